@@ -1,0 +1,25 @@
+# pgfanout developer entry points. `make test` is THE test command: it installs
+# what is missing (apt packages, .venv), starts a throwaway local stack
+# (PostgreSQL 15, Redis, nx-27017, FalkorDB) and runs the workspace's tests.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# Extra arguments for `cargo test`, e.g. make test ARGS='-p pgfanout-decoder'
+ARGS ?=
+
+.PHONY: setup test demo lint build
+
+setup:
+	deploy/local/stack.sh install
+
+test:
+	deploy/local/test.sh $(ARGS)
+
+demo:
+	deploy/local/demo.sh
+
+lint:
+	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --workspace

@@ -1,0 +1,31 @@
+//! pgfanout's core: the change model, transaction assembly, routing, the sink
+//! contract, sink workers and the checkpoint coordinator.
+//!
+//! What it is: everything between decoded pgoutput messages and a store
+//! driver. What it is not: it reads no socket (the `pg-replication` crate
+//! does) and speaks no store protocol (each `sink-*` crate does).
+//!
+//! Invariants:
+//! - a transaction reaches a sink only whole and in commit order;
+//! - the flush LSN ([`Pipeline::flush_lsn`]) never passes a transaction that a
+//!   sink it was routed to has not acknowledged;
+//! - a sink acknowledges only after [`Sink::apply`] returned `Ok`.
+
+#![warn(missing_docs)]
+
+pub mod assembler;
+pub mod checkpoint;
+pub mod metrics;
+pub mod model;
+pub mod pipeline;
+pub mod sink;
+pub mod worker;
+
+pub use assembler::{AssembleError, Assembled, TransactionAssembler};
+pub use checkpoint::CheckpointCoordinator;
+pub use metrics::Metrics;
+pub use model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
+pub use pgoutput::Lsn;
+pub use pipeline::{Pipeline, PipelineError};
+pub use sink::{ErrorKind, Sink, SinkError};
+pub use worker::{error_chain, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

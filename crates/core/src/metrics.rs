@@ -1,0 +1,121 @@
+//! Prometheus metrics: names in one place, registered on one registry.
+//!
+//! Names follow `pgfanout_<noun>_<unit>[_total]`; labels are of low
+//! cardinality (sink, table, op, kind) and never carry row values or keys.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Row changes received from PostgreSQL, by table and op.
+pub const EVENTS_TOTAL: &str = "pgfanout_events_total";
+/// Committed transactions received.
+pub const TRANSACTIONS_TOTAL: &str = "pgfanout_transactions_total";
+/// Changes applied by a sink, by table and op.
+pub const SINK_APPLIED_TOTAL: &str = "pgfanout_sink_applied_total";
+/// Changes per applied batch.
+pub const SINK_BATCH_SIZE: &str = "pgfanout_sink_batch_size";
+/// Time to apply one batch.
+pub const SINK_APPLY_SECONDS: &str = "pgfanout_sink_apply_seconds";
+/// Failed apply attempts, by kind.
+pub const SINK_ERRORS_TOTAL: &str = "pgfanout_sink_errors_total";
+/// Retries of failed batches.
+pub const SINK_RETRIES_TOTAL: &str = "pgfanout_sink_retries_total";
+/// Highest end LSN a sink has durably applied.
+pub const CHECKPOINT_LSN: &str = "pgfanout_checkpoint_lsn";
+/// Flush LSN last confirmed to PostgreSQL.
+pub const CONFIRMED_FLUSH_LSN: &str = "pgfanout_confirmed_flush_lsn";
+/// Bytes of WAL between the server's position and the confirmed flush LSN.
+pub const SOURCE_LAG_BYTES: &str = "pgfanout_source_lag_bytes";
+/// Build information as labels, value 1.
+pub const BUILD_INFO: &str = "pgfanout_build_info";
+
+/// Every metric pgfanout exports, cloneable into each task.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry the HTTP endpoint gathers.
+    pub registry: Registry,
+    /// See [`EVENTS_TOTAL`].
+    pub events_total: IntCounterVec,
+    /// See [`TRANSACTIONS_TOTAL`].
+    pub transactions_total: IntCounter,
+    /// See [`SINK_APPLIED_TOTAL`].
+    pub sink_applied_total: IntCounterVec,
+    /// See [`SINK_BATCH_SIZE`].
+    pub sink_batch_size: HistogramVec,
+    /// See [`SINK_APPLY_SECONDS`].
+    pub sink_apply_seconds: HistogramVec,
+    /// See [`SINK_ERRORS_TOTAL`].
+    pub sink_errors_total: IntCounterVec,
+    /// See [`SINK_RETRIES_TOTAL`].
+    pub sink_retries_total: IntCounterVec,
+    /// See [`CHECKPOINT_LSN`].
+    pub checkpoint_lsn: IntGaugeVec,
+    /// See [`CONFIRMED_FLUSH_LSN`].
+    pub confirmed_flush_lsn: IntGauge,
+    /// See [`SOURCE_LAG_BYTES`].
+    pub source_lag_bytes: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric on a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let histogram_vec = |name: &str, help: &str, buckets: Vec<f64>| -> Result<HistogramVec, prometheus::Error> {
+            let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["sink"])?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let transactions_total =
+            IntCounter::new(TRANSACTIONS_TOTAL, "Committed transactions received from PostgreSQL")?;
+        registry.register(Box::new(transactions_total.clone()))?;
+        let checkpoint_lsn =
+            IntGaugeVec::new(Opts::new(CHECKPOINT_LSN, "Highest end LSN the sink has durably applied"), &["sink"])?;
+        registry.register(Box::new(checkpoint_lsn.clone()))?;
+        let confirmed_flush_lsn = IntGauge::new(CONFIRMED_FLUSH_LSN, "Flush LSN last confirmed to PostgreSQL")?;
+        registry.register(Box::new(confirmed_flush_lsn.clone()))?;
+        let source_lag_bytes = IntGauge::new(
+            SOURCE_LAG_BYTES,
+            "WAL bytes between the server's last reported position and the confirmed flush LSN",
+        )?;
+        registry.register(Box::new(source_lag_bytes.clone()))?;
+        let build_info = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information"), &["version"])?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        Ok(Metrics {
+            events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
+            transactions_total,
+            sink_applied_total: counter_vec(
+                SINK_APPLIED_TOTAL,
+                "Row changes applied by a sink",
+                &["sink", "table", "op"],
+            )?,
+            sink_batch_size: histogram_vec(
+                SINK_BATCH_SIZE,
+                "Row changes per applied batch",
+                vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+            )?,
+            sink_apply_seconds: histogram_vec(
+                SINK_APPLY_SECONDS,
+                "Time to apply one batch",
+                prometheus::exponential_buckets(0.0005, 2.0, 14)?,
+            )?,
+            sink_errors_total: counter_vec(SINK_ERRORS_TOTAL, "Failed sink apply attempts", &["sink", "kind"])?,
+            sink_retries_total: counter_vec(SINK_RETRIES_TOTAL, "Retries of failed sink batches", &["sink"])?,
+            checkpoint_lsn,
+            confirmed_flush_lsn,
+            source_lag_bytes,
+            registry,
+        })
+    }
+
+    /// The registry's contents in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let encoder = prometheus::TextEncoder::new();
+        encoder.encode_to_string(&self.registry.gather()).unwrap_or_else(|err| format!("# encoding failed: {err}\n"))
+    }
+}

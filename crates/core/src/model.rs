@@ -1,0 +1,175 @@
+//! The change model every sink consumes: transactions of row changes with
+//! their relation's shape attached.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pgoutput::{Lsn, Oid, PgTimestamp, ReplicaIdentity, Xid};
+
+/// Schema-qualified table name, displayed as `schema.table`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// Namespace (`public`, …).
+    pub schema: String,
+    /// Relation name.
+    pub name: String,
+}
+
+impl TableName {
+    /// Builds a name from its two parts.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableName { schema: schema.into(), name: name.into() }
+    }
+
+    /// Parses `schema.table`, or `table` meaning `public.table`.
+    pub fn parse(text: &str) -> Self {
+        match text.split_once('.') {
+            Some((schema, name)) => TableName::new(schema, name),
+            None => TableName::new("public", text),
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// One column of a relation as announced by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnSchema {
+    /// Column name.
+    pub name: String,
+    /// Type OID.
+    pub type_oid: Oid,
+    /// Whether the column is part of the replica identity key.
+    pub is_key: bool,
+}
+
+/// The shape of a table at some point of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSchema {
+    /// Relation OID, the key DML messages refer to.
+    pub oid: Oid,
+    /// Qualified name.
+    pub table: TableName,
+    /// Replica identity setting.
+    pub replica_identity: ReplicaIdentity,
+    /// Published columns, in tuple order.
+    pub columns: Vec<ColumnSchema>,
+}
+
+impl TableSchema {
+    /// Positions of the key columns, in tuple order.
+    pub fn key_positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i)
+    }
+
+    /// Position of a column by name.
+    pub fn position(&self, column: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == column)
+    }
+}
+
+/// One column's value in a row image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnValue {
+    /// SQL NULL.
+    Null,
+    /// A TOASTed value the update did not change; the server did not send it
+    /// and a sink must keep what it stored.
+    UnchangedToast,
+    /// Text-format value (the type's output function, UTF-8).
+    Text(Bytes),
+    /// Binary-format value (the type's send function).
+    Binary(Bytes),
+}
+
+impl ColumnValue {
+    /// The raw bytes of a present value.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            ColumnValue::Text(b) | ColumnValue::Binary(b) => Some(b),
+            ColumnValue::Null | ColumnValue::UnchangedToast => None,
+        }
+    }
+}
+
+/// A row image: one value per column of its [`TableSchema`], in order.
+pub type Row = Vec<ColumnValue>;
+
+/// What happened to a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeOp {
+    /// A new row.
+    Insert {
+        /// The inserted row.
+        new: Row,
+    },
+    /// A changed row.
+    Update {
+        /// The old key (identity DEFAULT/INDEX, only when the key changed) or
+        /// the whole old row (identity FULL).
+        old: Option<Row>,
+        /// The new row; may hold [`ColumnValue::UnchangedToast`].
+        new: Row,
+    },
+    /// A removed row.
+    Delete {
+        /// The old key, or the whole old row under identity FULL.
+        old: Row,
+    },
+}
+
+impl ChangeOp {
+    /// `insert`, `update` or `delete`, for logs and metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ChangeOp::Insert { .. } => "insert",
+            ChangeOp::Update { .. } => "update",
+            ChangeOp::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// One row change inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The table's shape when the change was made.
+    pub table: Arc<TableSchema>,
+    /// The change itself.
+    pub op: ChangeOp,
+    /// Position in the transaction, from 0; with the commit LSN it orders
+    /// every change of the stream.
+    pub ordinal: u32,
+}
+
+impl Change {
+    /// The row image that identifies the row before the change (old key or
+    /// old row if sent, else the new row).
+    pub fn identity_row(&self) -> &Row {
+        match &self.op {
+            ChangeOp::Insert { new } => new,
+            ChangeOp::Update { old: Some(old), .. } => old,
+            ChangeOp::Update { old: None, new } => new,
+            ChangeOp::Delete { old } => old,
+        }
+    }
+}
+
+/// A committed transaction with the changes of published tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// Transaction id on the source.
+    pub xid: Xid,
+    /// LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// End of the commit record: the position to confirm once applied.
+    pub end_lsn: Lsn,
+    /// Commit time on the source.
+    pub commit_time: PgTimestamp,
+    /// Changes in commit order.
+    pub changes: Vec<Change>,
+}

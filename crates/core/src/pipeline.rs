@@ -1,0 +1,168 @@
+//! The pipeline between the decoder and the sink workers.
+//!
+//! ```text
+//!  pgoutput messages ─► TransactionAssembler ─► Router ─┬─► WorkerQueue(sink a) ─► SinkWorker ─┐
+//!  (from the stream)    (relation cache)       (tables  ├─► WorkerQueue(sink b) ─► SinkWorker ─┤ acks
+//!                                               per sink)└─► …                                  │
+//!                                                                                               ▼
+//!  keepalives ───────────────────────────────────────────────────────────► CheckpointCoordinator
+//!                                                                           flush_lsn() ─► confirm
+//! ```
+//!
+//! [`Pipeline`] is owned by the task that reads the replication stream. It
+//! hands each committed transaction to the workers of the sinks that route
+//! at least one of its tables (waiting when a queue is full, which is how
+//! backpressure reaches the stream) and tells the coordinator; the caller
+//! confirms [`Pipeline::flush_lsn`] to the server after each call.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use pgoutput::{Lsn, PgOutputMessage};
+
+use crate::assembler::{AssembleError, Assembled, TransactionAssembler};
+use crate::checkpoint::{CheckpointCoordinator, SinkSlot};
+use crate::metrics::Metrics;
+use crate::model::{TableName, Transaction};
+use crate::worker::{WorkerQueue, WorkerStopped};
+
+/// Errors that stop the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The message stream broke the protocol's order.
+    #[error("cannot assemble transactions")]
+    Assemble(#[from] AssembleError),
+    /// A sink worker is gone.
+    #[error("sink {sink} stopped while the pipeline was running")]
+    SinkStopped {
+        /// The sink.
+        sink: String,
+        /// Cause.
+        #[source]
+        source: WorkerStopped,
+    },
+}
+
+/// A sink as the pipeline sees it: a name, its tables and its queue.
+struct Route {
+    sink: String,
+    tables: HashSet<TableName>,
+    queue: WorkerQueue,
+    slot: SinkSlot,
+}
+
+/// Assembles, routes and dispatches; tracks what may be confirmed.
+pub struct Pipeline {
+    assembler: TransactionAssembler,
+    routes: Vec<Route>,
+    coordinator: CheckpointCoordinator,
+    metrics: Metrics,
+}
+
+impl Pipeline {
+    /// An empty pipeline reporting to `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Pipeline {
+            assembler: TransactionAssembler::new(),
+            routes: Vec::new(),
+            coordinator: CheckpointCoordinator::new(),
+            metrics,
+        }
+    }
+
+    /// Adds a sink receiving changes of `tables` through `queue`, acknowledging on `acked`.
+    pub fn add_sink(
+        &mut self,
+        sink: impl Into<String>,
+        tables: impl IntoIterator<Item = TableName>,
+        queue: WorkerQueue,
+        acked: tokio::sync::watch::Receiver<Lsn>,
+    ) {
+        let slot = self.coordinator.add_sink(acked);
+        self.routes.push(Route { sink: sink.into(), tables: tables.into_iter().collect(), queue, slot });
+    }
+
+    /// Feeds one decoded message; a commit dispatches its transaction.
+    pub async fn push(&mut self, message: PgOutputMessage) -> Result<(), PipelineError> {
+        if let Assembled::Committed(transaction) = self.assembler.push(message)? {
+            self.dispatch(transaction).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a keepalive from the server.
+    pub fn keepalive(&mut self, wal_end: Lsn) {
+        self.coordinator.keepalive(wal_end, self.assembler.is_idle());
+    }
+
+    /// The LSN that may be confirmed to PostgreSQL now.
+    pub fn flush_lsn(&self) -> Lsn {
+        self.coordinator.flush_lsn()
+    }
+
+    /// Closes every worker queue; workers drain what they hold and stop.
+    /// [`Pipeline::flush_lsn`] keeps following their acknowledgements.
+    pub fn close_queues(&mut self) {
+        self.routes.clear();
+    }
+
+    /// End LSN of the last transaction received whole; a new stream may
+    /// start there without missing or repeating anything.
+    pub fn received_lsn(&self) -> Lsn {
+        self.coordinator.received_lsn()
+    }
+
+    /// Forgets a transaction cut off by a lost connection; the server sends
+    /// it again from its Begin.
+    pub fn discard_partial(&mut self) {
+        self.assembler.discard_open();
+    }
+
+    async fn dispatch(&mut self, transaction: Transaction) -> Result<(), PipelineError> {
+        self.metrics.transactions_total.inc();
+        for change in &transaction.changes {
+            self.metrics.events_total.with_label_values(&[&change.table.table.to_string(), change.op.label()]).inc();
+        }
+        let end_lsn = transaction.end_lsn;
+        let transaction = Arc::new(transaction);
+        for route in &self.routes {
+            let Some(routed) = route_for(&transaction, &route.tables) else { continue };
+            route
+                .queue
+                .send(routed)
+                .await
+                .map_err(|source| PipelineError::SinkStopped { sink: route.sink.clone(), source })?;
+            self.coordinator.dispatched(route.slot, end_lsn);
+        }
+        self.coordinator.transaction_received(end_lsn);
+        Ok(())
+    }
+}
+
+/// The part of `transaction` a sink routing `tables` receives: the whole
+/// transaction shared when every change is routed, a filtered copy when
+/// some are, nothing when none are.
+fn route_for(transaction: &Arc<Transaction>, tables: &HashSet<TableName>) -> Option<Arc<Transaction>> {
+    let routed = transaction.changes.iter().filter(|c| tables.contains(&c.table.table)).count();
+    if routed == 0 {
+        None
+    } else if routed == transaction.changes.len() {
+        Some(transaction.clone())
+    } else {
+        let changes = transaction.changes.iter().filter(|c| tables.contains(&c.table.table)).cloned().collect();
+        Some(Arc::new(Transaction { changes, ..Transaction::clone_header(transaction) }))
+    }
+}
+
+impl Transaction {
+    /// A copy of the transaction's identity without its changes.
+    fn clone_header(&self) -> Transaction {
+        Transaction {
+            xid: self.xid,
+            commit_lsn: self.commit_lsn,
+            end_lsn: self.end_lsn,
+            commit_time: self.commit_time,
+            changes: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! The replication connection in command mode: connecting, authenticating,
+//! and the replication commands that answer like queries.
+//!
+//! A [`ReplicationConnection`] is owned by one task. [`ReplicationConnection::start_replication`]
+//! consumes it and returns a [`ReplicationStream`](crate::ReplicationStream).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use pgoutput::Lsn;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::escape::escape_literal;
+use postgres_protocol::message::{backend, frontend};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+use tokio_postgres::config::{Host, SslMode};
+
+use crate::error::{ReplicationError, Result};
+use crate::stream::{ReplicationStream, StreamSettings};
+use crate::wire::{server_error, server_notice, FrameReader, Incoming, Transport};
+
+/// Session settings sent at startup. pgoutput renders text values with the
+/// walsender session's settings, so they are pinned to what the value parsers expect.
+const SESSION_OPTIONS: &str =
+    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC -c bytea_output=hex";
+
+/// Where and as whom to connect; parsed from a libpq-style URL or key/value string.
+#[derive(Clone)]
+pub struct ConnectOptions {
+    endpoint: Endpoint,
+    user: String,
+    password: Option<Vec<u8>>,
+    database: String,
+    application_name: String,
+    connect_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+enum Endpoint {
+    Tcp { host: String, port: u16 },
+    Unix { socket: PathBuf },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Unix { socket } => write!(f, "{}", socket.display()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is deliberately left out.
+        f.debug_struct("ConnectOptions")
+            .field("endpoint", &self.endpoint)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("application_name", &self.application_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectOptions {
+    /// Parses `postgres://user@host:port/db` or `host=… user=… dbname=…`.
+    /// A host starting with `/` is a unix-socket directory, as in libpq.
+    pub fn parse(url: &str) -> Result<Self> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|err| ReplicationError::Config(format!("cannot parse source url: {err}")))?;
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let endpoint = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) => Endpoint::Tcp { host: host.clone(), port },
+            Some(Host::Unix(dir)) => Endpoint::Unix { socket: dir.join(format!(".s.PGSQL.{port}")) },
+            None => Endpoint::Unix { socket: PathBuf::from(format!("/var/run/postgresql/.s.PGSQL.{port}")) },
+        };
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(ReplicationError::Config(
+                "sslmode=require is not supported yet; use sslmode=disable or a unix socket".into(),
+            ));
+        }
+        let user = config
+            .get_user()
+            .ok_or_else(|| {
+                ReplicationError::Config("source url has no user; add one, e.g. postgres://pgfanout@host/db".into())
+            })?
+            .to_owned();
+        let database = config.get_dbname().unwrap_or(&user).to_owned();
+        Ok(ConnectOptions {
+            endpoint,
+            user,
+            password: config.get_password().map(<[u8]>::to_vec),
+            database,
+            application_name: config.get_application_name().unwrap_or("pgfanout").to_owned(),
+            connect_timeout: config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10)),
+        })
+    }
+
+    /// Sets the password (from a secret store, never from the URL in config files).
+    pub fn with_password(mut self, password: impl Into<Vec<u8>>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// Sets `application_name`, shown in `pg_stat_replication`.
+    pub fn with_application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// The database this connection decodes.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// The role this connection logs in as.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// `host:port` or the socket path, for logs.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.to_string()
+    }
+}
+
+/// The answer to `IDENTIFY_SYSTEM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemIdentity {
+    /// Cluster identifier.
+    pub system_id: String,
+    /// Current timeline.
+    pub timeline: u32,
+    /// Current WAL flush position.
+    pub xlog_position: Lsn,
+    /// Database of this connection.
+    pub database: Option<String>,
+}
+
+/// The answer to `CREATE_REPLICATION_SLOT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    /// Name of the slot.
+    pub slot_name: String,
+    /// First LSN the slot can stream from.
+    pub consistent_point: Lsn,
+    /// Name of the exported snapshot, if one was asked for.
+    pub snapshot_name: Option<String>,
+}
+
+/// A row of `pg_replication_slots`, the parts pgfanout uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    /// Output plugin (`pgoutput` for slots pgfanout can use).
+    pub plugin: Option<String>,
+    /// `logical` or `physical`.
+    pub slot_type: String,
+    /// Database the slot decodes.
+    pub database: Option<String>,
+    /// Whether a walsender is streaming from it right now.
+    pub active: bool,
+    /// Position the slot resumes from.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// Oldest WAL the slot keeps.
+    pub restart_lsn: Option<Lsn>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
+}
+
+/// Rows of a simple query, all values as text.
+#[derive(Debug, Default, Clone)]
+pub struct QueryResult {
+    /// Column names in order.
+    pub columns: Vec<String>,
+    /// Rows; `None` is SQL NULL.
+    pub rows: Vec<Vec<Option<String>>>,
+}
+
+impl QueryResult {
+    /// The value of `column` in row `row`, if both exist and it is not NULL.
+    pub fn get(&self, row: usize, column: &str) -> Option<&str> {
+        let index = self.columns.iter().position(|c| c == column)?;
+        self.rows.get(row)?.get(index)?.as_deref()
+    }
+}
+
+/// A connection opened with `replication=database`, in command mode.
+pub struct ReplicationConnection {
+    reader: FrameReader<tokio::io::ReadHalf<Transport>>,
+    writer: tokio::io::WriteHalf<Transport>,
+    options: ConnectOptions,
+    server_version: u32,
+}
+
+impl ReplicationConnection {
+    /// Connects, authenticates and waits until the server is ready for commands.
+    pub async fn connect(options: &ConnectOptions) -> Result<Self> {
+        let endpoint = options.endpoint.to_string();
+        let io_error = |source| ReplicationError::Io { endpoint: endpoint.clone(), source };
+        let transport = tokio::time::timeout(options.connect_timeout, async {
+            match &options.endpoint {
+                Endpoint::Tcp { host, port } => {
+                    let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(Transport::Tcp(stream))
+                }
+                Endpoint::Unix { socket } => UnixStream::connect(socket).await.map(Transport::Unix),
+            }
+        })
+        .await
+        .map_err(|_| io_error(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+        .map_err(io_error)?;
+
+        let (read_half, write_half) = tokio::io::split(transport);
+        let mut connection = ReplicationConnection {
+            reader: FrameReader::new(read_half, endpoint),
+            writer: write_half,
+            options: options.clone(),
+            server_version: 0,
+        };
+        connection.startup().await?;
+        Ok(connection)
+    }
+
+    /// `server_version_num`-style number, e.g. 150004.
+    pub fn server_version(&self) -> u32 {
+        self.server_version
+    }
+
+    async fn startup(&mut self) -> Result<()> {
+        let mut buf = BytesMut::new();
+        let params = [
+            ("user", self.options.user.as_str()),
+            ("database", self.options.database.as_str()),
+            ("replication", "database"),
+            ("application_name", self.options.application_name.as_str()),
+            ("client_encoding", "UTF8"),
+            ("options", SESSION_OPTIONS),
+        ];
+        frontend::startup_message(params, &mut buf).map_err(|e| ReplicationError::Config(e.to_string()))?;
+        self.send(&buf).await?;
+        self.authenticate().await?;
+        loop {
+            match self.next_message().await? {
+                backend::Message::ParameterStatus(status) => {
+                    if status.name().ok() == Some("server_version") {
+                        self.server_version = status.value().map(parse_server_version).unwrap_or(0);
+                    }
+                }
+                backend::Message::BackendKeyData(_) => {}
+                backend::Message::ReadyForQuery(_) => return Ok(()),
+                _ => return Err(ReplicationError::Protocol("unexpected message during startup".into())),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self) -> Result<()> {
+        let user = self.options.user.clone();
+        let auth_error = |reason: String| ReplicationError::Auth { user: user.clone(), reason };
+        let configured_password = self.options.password.clone();
+        let password = || {
+            configured_password.clone().ok_or_else(|| {
+                auth_error(
+                    "the server asks for a password and none is configured; set PGFANOUT_SOURCE__PASSWORD".into(),
+                )
+            })
+        };
+        let mut buf = BytesMut::new();
+        match self.next_message().await? {
+            backend::Message::AuthenticationOk => return Ok(()),
+            backend::Message::AuthenticationCleartextPassword => {
+                frontend::password_message(&password()?, &mut buf).map_err(|e| auth_error(e.to_string()))?;
+            }
+            backend::Message::AuthenticationMd5Password(body) => {
+                let hash = md5_hash(user.as_bytes(), &password()?, body.salt());
+                frontend::password_message(hash.as_bytes(), &mut buf).map_err(|e| auth_error(e.to_string()))?;
+            }
+            backend::Message::AuthenticationSasl(body) => {
+                let mut mechanisms = body.mechanisms();
+                let mut scram_offered = false;
+                while let Some(mechanism) = mechanisms.next().map_err(|e| auth_error(e.to_string()))? {
+                    scram_offered |= mechanism == sasl::SCRAM_SHA_256;
+                }
+                if !scram_offered {
+                    return Err(auth_error("the server offers no SASL mechanism this client speaks (SCRAM-SHA-256)".into()));
+                }
+                // No TLS yet, so no channel binding to offer.
+                let mut scram = ScramSha256::new(&password()?, ChannelBinding::unsupported());
+                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut buf)
+                    .map_err(|e| auth_error(e.to_string()))?;
+                self.send(&buf).await?;
+                buf.clear();
+                let server_first = match self.next_message().await? {
+                    backend::Message::AuthenticationSaslContinue(body) => body,
+                    _ => return Err(auth_error("expected SASL continue from the server".into())),
+                };
+                scram.update(server_first.data()).map_err(|e| auth_error(e.to_string()))?;
+                frontend::sasl_response(scram.message(), &mut buf).map_err(|e| auth_error(e.to_string()))?;
+                self.send(&buf).await?;
+                let server_final = match self.next_message().await? {
+                    backend::Message::AuthenticationSaslFinal(body) => body,
+                    _ => return Err(auth_error("expected SASL final from the server".into())),
+                };
+                scram
+                    .finish(server_final.data())
+                    .map_err(|e| auth_error(format!("server signature did not verify: {e}")))?;
+                return self.expect_auth_ok().await;
+            }
+            _ => {
+                return Err(auth_error(
+                    "the server asks for an authentication method this client does not speak (GSS/SSPI); use scram-sha-256, md5 or trust in pg_hba.conf".into(),
+                ))
+            }
+        }
+        self.send(&buf).await?;
+        self.expect_auth_ok().await
+    }
+
+    async fn expect_auth_ok(&mut self) -> Result<()> {
+        match self.next_message().await? {
+            backend::Message::AuthenticationOk => Ok(()),
+            _ => Err(ReplicationError::Auth {
+                user: self.options.user.clone(),
+                reason: "expected AuthenticationOk".into(),
+            }),
+        }
+    }
+
+    /// Next message; an `ErrorResponse` becomes an error and notices are logged.
+    async fn next_message(&mut self) -> Result<backend::Message> {
+        loop {
+            match self.reader.next().await? {
+                Incoming::CopyBothResponse => {
+                    return Err(ReplicationError::Protocol("unexpected CopyBothResponse in command mode".into()))
+                }
+                Incoming::Message(backend::Message::ErrorResponse(body)) => {
+                    let error = server_error(&body);
+                    // After an error in command mode the server sends ReadyForQuery;
+                    // consume it so the connection stays usable.
+                    if error.severity != "FATAL" {
+                        self.drain_until_ready().await?;
+                    }
+                    return Err(ReplicationError::Server(error));
+                }
+                Incoming::Message(backend::Message::NoticeResponse(body)) => {
+                    let notice = server_notice(&body);
+                    tracing::info!(code = %notice.code, message = %notice.message, "server notice");
+                }
+                Incoming::Message(message) => return Ok(message),
+            }
+        }
+    }
+
+    async fn drain_until_ready(&mut self) -> Result<()> {
+        loop {
+            if let Incoming::Message(backend::Message::ReadyForQuery(_)) = self.reader.next().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer
+            .write_all(bytes)
+            .await
+            .map_err(|source| ReplicationError::Io { endpoint: self.options.endpoint.to_string(), source })
+    }
+
+    /// Runs one statement or replication command with the simple query protocol.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<QueryResult> {
+        let mut buf = BytesMut::new();
+        frontend::query(sql, &mut buf).map_err(|e| ReplicationError::Config(e.to_string()))?;
+        self.send(&buf).await?;
+        let mut result = QueryResult::default();
+        loop {
+            match self.next_message().await? {
+                backend::Message::RowDescription(body) => {
+                    result.columns = body
+                        .fields()
+                        .map(|f| Ok(f.name().to_owned()))
+                        .collect()
+                        .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
+                }
+                backend::Message::DataRow(body) => {
+                    let buffer = body.buffer();
+                    let row = body
+                        .ranges()
+                        .map(|range| {
+                            Ok(range.and_then(|r| buffer.get(r)).map(|v| String::from_utf8_lossy(v).into_owned()))
+                        })
+                        .collect()
+                        .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
+                    result.rows.push(row);
+                }
+                backend::Message::ReadyForQuery(_) => return Ok(result),
+                _ => {}
+            }
+        }
+    }
+
+    /// `IDENTIFY_SYSTEM`.
+    pub async fn identify_system(&mut self) -> Result<SystemIdentity> {
+        let result = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let missing = |what: &str| ReplicationError::Protocol(format!("IDENTIFY_SYSTEM answer lacks {what}"));
+        Ok(SystemIdentity {
+            system_id: result.get(0, "systemid").ok_or_else(|| missing("systemid"))?.to_owned(),
+            timeline: result.get(0, "timeline").and_then(|t| t.parse().ok()).ok_or_else(|| missing("timeline"))?,
+            xlog_position: result.get(0, "xlogpos").and_then(|l| l.parse().ok()).ok_or_else(|| missing("xlogpos"))?,
+            database: result.get(0, "dbname").map(str::to_owned),
+        })
+    }
+
+    /// State of a slot from `pg_replication_slots`, `None` if it does not exist.
+    pub async fn slot_state(&mut self, slot: &str) -> Result<Option<SlotState>> {
+        let sql = format!(
+            "SELECT slot_type, plugin, database, active::text, confirmed_flush_lsn::text, restart_lsn::text, wal_status \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            escape_literal(slot)
+        );
+        let result = self.simple_query(&sql).await?;
+        if result.rows.is_empty() {
+            return Ok(None);
+        }
+        let lsn = |column| result.get(0, column).and_then(|l| l.parse::<Lsn>().ok());
+        Ok(Some(SlotState {
+            slot_type: result.get(0, "slot_type").unwrap_or_default().to_owned(),
+            plugin: result.get(0, "plugin").map(str::to_owned),
+            database: result.get(0, "database").map(str::to_owned),
+            active: result.get(0, "active") == Some("true"),
+            confirmed_flush_lsn: lsn("confirmed_flush_lsn"),
+            restart_lsn: lsn("restart_lsn"),
+            wal_status: result.get(0, "wal_status").map(str::to_owned),
+        }))
+    }
+
+    /// Creates a permanent logical slot using `pgoutput`, without exporting a snapshot.
+    pub async fn create_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
+        validate_slot_name(slot)?;
+        let result =
+            self.simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput NOEXPORT_SNAPSHOT")).await?;
+        Ok(CreatedSlot {
+            slot_name: result.get(0, "slot_name").unwrap_or(slot).to_owned(),
+            consistent_point: result.get(0, "consistent_point").and_then(|l| l.parse().ok()).ok_or_else(|| {
+                ReplicationError::Protocol("CREATE_REPLICATION_SLOT answer lacks consistent_point".into())
+            })?,
+            snapshot_name: result.get(0, "snapshot_name").map(str::to_owned),
+        })
+    }
+
+    /// Drops a slot; waits for it to be released when `wait` is set.
+    pub async fn drop_slot(&mut self, slot: &str, wait: bool) -> Result<()> {
+        validate_slot_name(slot)?;
+        let suffix = if wait { " WAIT" } else { "" };
+        self.simple_query(&format!("DROP_REPLICATION_SLOT {slot}{suffix}")).await.map(drop)
+    }
+
+    /// Sends `START_REPLICATION` and switches to streaming.
+    ///
+    /// Output starts at the later of `start` and the slot's `confirmed_flush_lsn`.
+    pub async fn start_replication(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        options: &StartOptions,
+        settings: StreamSettings,
+    ) -> Result<ReplicationStream> {
+        validate_slot_name(slot)?;
+        let command = options.command(slot, start);
+        tracing::debug!(%command, "starting replication");
+        let mut buf = BytesMut::new();
+        frontend::query(&command, &mut buf).map_err(|e| ReplicationError::Config(e.to_string()))?;
+        self.send(&buf).await?;
+        loop {
+            match self.reader.next().await? {
+                Incoming::CopyBothResponse => break,
+                Incoming::Message(backend::Message::ErrorResponse(body)) => {
+                    return Err(ReplicationError::Server(server_error(&body)))
+                }
+                Incoming::Message(backend::Message::NoticeResponse(body)) => {
+                    let notice = server_notice(&body);
+                    tracing::info!(code = %notice.code, message = %notice.message, "server notice");
+                }
+                Incoming::Message(_) => {
+                    return Err(ReplicationError::Protocol("expected CopyBothResponse after START_REPLICATION".into()))
+                }
+            }
+        }
+        let endpoint = self.options.endpoint.to_string();
+        Ok(ReplicationStream::new(self.reader, self.writer, endpoint, settings))
+    }
+
+    /// Sends `Terminate` and closes the socket.
+    pub async fn close(mut self) -> Result<()> {
+        let mut buf = BytesMut::new();
+        frontend::terminate(&mut buf);
+        self.send(&buf).await?;
+        let _ = self.writer.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Options of `START_REPLICATION` passed to pgoutput.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOptions {
+    /// pgoutput protocol version, 1–4.
+    pub proto_version: u32,
+    /// Publications to stream.
+    pub publication_names: Vec<String>,
+    /// Whether to request `pg_logical_emit_message` output.
+    pub messages: bool,
+}
+
+impl StartOptions {
+    /// Protocol v1 for the given publication.
+    pub fn new(publication: impl Into<String>) -> Self {
+        StartOptions { proto_version: 1, publication_names: vec![publication.into()], messages: false }
+    }
+
+    fn command(&self, slot: &str, start: Lsn) -> String {
+        // Publication names are parsed like SQL identifiers inside the literal,
+        // so each is double-quoted to keep its case.
+        let publications = self
+            .publication_names
+            .iter()
+            .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut command = format!(
+            "START_REPLICATION SLOT {slot} LOGICAL {start} (proto_version '{}', publication_names {}",
+            self.proto_version,
+            escape_literal(&publications)
+        );
+        if self.messages {
+            command.push_str(", messages 'true'");
+        }
+        command.push(')');
+        command
+    }
+}
+
+/// Slot names are restricted by the server to `[a-z0-9_]{1,63}`; checking here
+/// gives a clear error and keeps them safe to splice into commands unquoted.
+pub fn validate_slot_name(slot: &str) -> Result<()> {
+    let valid = !slot.is_empty()
+        && slot.len() <= 63
+        && slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ReplicationError::Config(format!(
+            "slot name {slot:?} is invalid: use 1 to 63 characters from a-z, 0-9 and _"
+        )))
+    }
+}
+
+/// `15.4 (Debian 15.4-1)` → 150004; `9.6.2` → 90602.
+fn parse_server_version(text: &str) -> u32 {
+    let numeric: String = text.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let mut parts = numeric.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let second = parts.next().unwrap_or(0);
+    if major >= 10 {
+        major * 10_000 + second
+    } else {
+        major * 10_000 + second * 100 + parts.next().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_version_numbers() {
+        assert_eq!(parse_server_version("15.4 (Debian 15.4-1.pgdg120+1)"), 150004);
+        assert_eq!(parse_server_version("17.0"), 170000);
+        assert_eq!(parse_server_version("9.6.2"), 90602);
+    }
+
+    #[test]
+    fn slot_names_are_checked() {
+        assert!(validate_slot_name("pgfanout_1").is_ok());
+        assert!(validate_slot_name("").is_err());
+        assert!(validate_slot_name("Upper").is_err());
+        assert!(validate_slot_name("x; DROP").is_err());
+        assert!(validate_slot_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn start_command_quotes_publications() {
+        let options =
+            StartOptions { proto_version: 1, publication_names: vec!["MyPub".into(), "o'x".into()], messages: true };
+        assert_eq!(
+            options.command("slot", Lsn(0x16_0000_0010)),
+            "START_REPLICATION SLOT slot LOGICAL 16/10 (proto_version '1', publication_names '\"MyPub\",\"o''x\"', messages 'true')"
+        );
+    }
+
+    #[test]
+    fn unix_socket_hosts_resolve_to_the_socket_file() {
+        let options = ConnectOptions::parse("host=/tmp/pg port=5433 user=u dbname=d").unwrap();
+        assert_eq!(options.endpoint(), "/tmp/pg/.s.PGSQL.5433");
+        let options = ConnectOptions::parse("postgres://u:secret@db:6000/app").unwrap();
+        assert_eq!(options.endpoint(), "db:6000");
+        assert_eq!(options.database(), "app");
+        assert!(!format!("{options:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,152 @@
+//! Framing of backend messages over any byte stream, and the transport
+//! (TCP or unix-domain socket) underneath.
+//!
+//! `postgres-protocol` parses almost every backend message, but not
+//! `CopyBothResponse` (`W`), which starts the replication stream; the reader
+//! consumes that frame itself.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::{self, ErrorResponseBody};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::error::{ReplicationError, Result, ServerError};
+
+/// Bytes read from the socket per call: large reads matter, a walsender sends
+/// one small CopyData per pgoutput message.
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Largest backend frame accepted. The server caps CopyData at about 1 GB;
+/// a larger length is corruption, not data.
+const MAX_FRAME_LEN: usize = 1 << 30;
+
+/// The socket to the server: TCP or a unix-domain socket.
+pub(crate) enum Transport {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A backend message, or the `CopyBothResponse` that `postgres-protocol` does not know.
+pub(crate) enum Incoming {
+    Message(backend::Message),
+    CopyBothResponse,
+}
+
+/// Reads backend messages from a byte stream with one growing buffer.
+pub(crate) struct FrameReader<R> {
+    source: R,
+    buffer: BytesMut,
+    endpoint: String,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(source: R, endpoint: String) -> Self {
+        FrameReader { source, buffer: BytesMut::with_capacity(READ_CHUNK), endpoint }
+    }
+
+    /// The next complete message, reading from the socket as needed.
+    pub(crate) async fn next(&mut self) -> Result<Incoming> {
+        loop {
+            if let Some(incoming) = self.try_parse()? {
+                return Ok(incoming);
+            }
+            self.buffer.reserve(READ_CHUNK);
+            let read = self
+                .source
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(|source| ReplicationError::Io { endpoint: self.endpoint.clone(), source })?;
+            if read == 0 {
+                return Err(ReplicationError::ConnectionClosed);
+            }
+        }
+    }
+
+    fn try_parse(&mut self) -> Result<Option<Incoming>> {
+        if self.buffer.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.buffer[0];
+        let declared = u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]) as usize;
+        if !(4..=MAX_FRAME_LEN).contains(&declared) {
+            return Err(ReplicationError::Protocol(format!(
+                "backend message {:?} declares length {declared}",
+                tag as char
+            )));
+        }
+        if tag == b'W' {
+            if self.buffer.len() < declared + 1 {
+                return Ok(None);
+            }
+            self.buffer.advance(declared + 1);
+            return Ok(Some(Incoming::CopyBothResponse));
+        }
+        match backend::Message::parse(&mut self.buffer) {
+            Ok(Some(message)) => Ok(Some(Incoming::Message(message))),
+            Ok(None) => Ok(None),
+            Err(err) => Err(ReplicationError::Protocol(format!("unparseable backend message: {err}"))),
+        }
+    }
+}
+
+/// Copies the fields of an `ErrorResponse` or `NoticeResponse` body.
+pub(crate) fn server_error(body: &ErrorResponseBody) -> ServerError {
+    fields_to_error(body.fields())
+}
+
+/// Same as [`server_error`] for a notice.
+pub(crate) fn server_notice(body: &backend::NoticeResponseBody) -> ServerError {
+    fields_to_error(body.fields())
+}
+
+fn fields_to_error(mut fields: backend::ErrorFields<'_>) -> ServerError {
+    let mut error =
+        ServerError { severity: String::new(), code: String::new(), message: String::new(), detail: None, hint: None };
+    while let Ok(Some(field)) = fields.next() {
+        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+        match field.type_() {
+            b'V' => error.severity = value,
+            b'S' if error.severity.is_empty() => error.severity = value,
+            b'C' => error.code = value,
+            b'M' => error.message = value,
+            b'D' => error.detail = Some(value),
+            b'H' => error.hint = Some(value),
+            _ => {}
+        }
+    }
+    error
+}

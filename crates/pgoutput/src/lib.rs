@@ -1,0 +1,70 @@
+//! A pure, synchronous decoder of PostgreSQL's `pgoutput` logical replication messages,
+//! protocol versions 1 to 4 (PostgreSQL 14–18).
+//!
+//! # What it is
+//!
+//! [`Decoder::decode`] takes the payload of one XLogData message — the bytes after the 25-byte
+//! `w` header — and returns one typed [`PgOutputMessage`]. Each message has one body type named
+//! after it ([`Begin`], [`Relation`], [`Update`], …) and one tag constant in [`tag`]. Scalars are
+//! newtypes: [`Lsn`] (with PostgreSQL's `HI/LO` text form), [`Oid`], [`Xid`], [`PgTimestamp`].
+//!
+//! # What it is not
+//!
+//! * No I/O and no async runtime: it depends on `bytes` and `thiserror` only. Reading the
+//!   CopyBoth stream, parsing the XLogData/keepalive headers and sending status updates belong
+//!   to the replication client.
+//! * No transaction assembly or ordering checks beyond what the layout needs: it does not cache
+//!   Relation messages, match Begin to Commit, or buffer streamed transactions.
+//! * No value conversion: tuple columns stay as the text or binary bytes PostgreSQL sent.
+//!
+//! # Invariants
+//!
+//! * Never panics, whatever the input; every malformed payload is a [`DecodeError`] with the
+//!   offset where it went wrong.
+//! * A payload is exactly one message: a short payload is [`DecodeError::UnexpectedEof`], a long
+//!   one [`DecodeError::TrailingBytes`].
+//! * Allocation is bounded by the payload's length, never by a count read from it.
+//! * Text/binary column values and logical message content are zero-copy slices of the payload.
+//! * The decoder's only state is whether it is inside a Stream Start … Stream Stop block, which
+//!   decides whether DML and schema messages carry a leading xid; it changes only on a
+//!   successfully decoded Stream Start/Stop. After any error the stream cannot be resynchronised
+//!   (pgoutput has no inner framing): drop the decoder and reconnect.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use pgoutput::{Decoder, Lsn, PgOutputMessage, Xid};
+//!
+//! let mut payload = vec![b'B'];
+//! payload.extend_from_slice(&0x16_B374_D848_u64.to_be_bytes()); // final LSN
+//! payload.extend_from_slice(&0_i64.to_be_bytes()); // commit time
+//! payload.extend_from_slice(&742_u32.to_be_bytes()); // xid
+//!
+//! let mut decoder = Decoder::new(1);
+//! let PgOutputMessage::Begin(begin) = decoder.decode(Bytes::from(payload))? else {
+//!     unreachable!("a B payload decodes to Begin");
+//! };
+//! assert_eq!(begin.final_lsn, "16/B374D848".parse::<Lsn>()?);
+//! assert_eq!(begin.xid, Xid(742));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod cursor;
+mod decoder;
+mod error;
+mod lsn;
+mod message;
+mod scalar;
+
+pub use decoder::Decoder;
+pub use error::DecodeError;
+pub use lsn::{Lsn, ParseLsnError};
+pub use message::{
+    tag, Begin, BeginPrepare, Commit, CommitPrepared, Delete, Insert, LogicalMessage, OldTuple, Origin,
+    PgOutputMessage, Prepare, Relation, RelationColumn, ReplicaIdentity, RollbackPrepared, StreamAbort, StreamCommit,
+    StreamPrepare, StreamStart, Truncate, TruncateOptions, TupleColumn, TupleData, TypeMessage, Update,
+};
+pub use scalar::{Oid, PgTimestamp, Xid};

@@ -1,0 +1,100 @@
+//! Configuration of a Redis sink (`kind = "redis"` in a `[[sink]]` table).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// One Redis sink.
+///
+/// ```toml
+/// [[sink]]
+/// name = "cache"
+/// kind = "redis"
+/// url = "redis://127.0.0.1:6379/0"
+/// [[sink.table]]
+/// source = "public.reservations"
+/// key = "reservation:{id}"
+/// ```
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// Sink name, unique in the config; letters, digits, `_` and `-`.
+    /// Example: `"cache"`.
+    pub name: String,
+    /// Server URL, `redis://[user:password@]host:port/db` (or `rediss://`).
+    /// Example: `"redis://127.0.0.1:6379/0"`.
+    pub url: String,
+    /// Tables this sink receives and how each maps to keys. At least one.
+    #[serde(rename = "table")]
+    pub tables: Vec<RedisTableConfig>,
+    /// Key holding the sink's checkpoint (end LSN of the last applied
+    /// transaction). Default: `pgfanout:checkpoint:<name>`.
+    #[serde(default)]
+    pub checkpoint_key: Option<String>,
+    /// Milliseconds to wait for Redis to answer one batch before the batch is
+    /// retried on a new connection. Default: 30000.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+}
+
+/// How one source table maps to Redis keys.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisTableConfig {
+    /// Source table, `schema.table` (a bare name means `public`).
+    /// Example: `"public.reservations"`.
+    pub source: String,
+    /// Key template: `{column}` is replaced by that column's text value
+    /// (`{{`/`}}` for literal braces). Default: the table name (qualified
+    /// when not in `public`), then each primary-key column, joined by `:`,
+    /// e.g. `reservations:42`. Example: `"reservation:{id}"`.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+fn default_response_timeout_ms() -> u64 {
+    30_000
+}
+
+impl RedisSinkConfig {
+    /// The checkpoint key, defaulted.
+    pub fn checkpoint_key(&self) -> String {
+        self.checkpoint_key.clone().unwrap_or_else(|| format!("pgfanout:checkpoint:{}", self.name))
+    }
+
+    /// How long one batch may take.
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+
+    /// Checks what serde cannot: names, templates, duplicates. Each problem
+    /// is one message saying what to change.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.name.is_empty() || !self.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            problems.push(format!("sink name {:?} must be non-empty and use only letters, digits, _ and -", self.name));
+        }
+        if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://") || self.url.starts_with("unix://")) {
+            problems.push(format!("sink {}: url must start with redis://, rediss:// or unix://", self.name));
+        }
+        if self.tables.is_empty() {
+            problems.push(format!("sink {}: add at least one [[sink.table]] with a source", self.name));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for table in &self.tables {
+            if !seen.insert(&table.source) {
+                problems.push(format!("sink {}: table {} is listed twice", self.name, table.source));
+            }
+            if let Some(key) = &table.key {
+                if let Err(err) = crate::encode::KeyTemplate::parse(key) {
+                    problems.push(format!("sink {}: table {}: {err}", self.name, table.source));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Pure mapping from transactions to Redis operations; no I/O.
+//!
+//! Each row is one hash whose fields are the row's non-NULL columns:
+//! - insert: the key is replaced by the new row (`DEL`, then `HSET`);
+//! - update: changed columns are written (`HSET`), columns that became NULL
+//!   removed (`HDEL`), unchanged TOAST columns left alone; when the key
+//!   itself changed the old hash is first copied to the new key (so
+//!   unchanged TOAST values follow the row) and deleted;
+//! - delete: `DEL`.
+//!
+//! The same batch encoded twice gives the same operations, and applying them
+//! twice gives the same state: that is what makes re-delivery harmless.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pgfanout_core::{Change, ChangeOp, ColumnValue, Row, TableName, TableSchema, Transaction};
+
+use crate::error::RedisSinkError;
+
+/// One Redis operation; field values are raw column bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisOp {
+    /// `DEL key`
+    Del(String),
+    /// `HSET key field value …` (never empty)
+    HSet(String, Vec<(String, Vec<u8>)>),
+    /// `HDEL key field …` (never empty)
+    HDel(String, Vec<String>),
+    /// `COPY from to REPLACE`
+    Copy(String, String),
+    /// `SET key value`
+    Set(String, String),
+}
+
+/// A parsed key template such as `reservation:{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    parts: Vec<KeyPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyPart {
+    Literal(String),
+    Column(String),
+}
+
+impl KeyTemplate {
+    /// Parses `{column}` placeholders; `{{` and `}}` are literal braces.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut literal = String::new();
+        let mut chars = template.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '{' if chars.peek() == Some(&'{') => {
+                    chars.next();
+                    literal.push('{');
+                }
+                '}' if chars.peek() == Some(&'}') => {
+                    chars.next();
+                    literal.push('}');
+                }
+                '{' => {
+                    let mut column = String::new();
+                    let mut closed = false;
+                    for c in chars.by_ref() {
+                        if c == '}' {
+                            closed = true;
+                            break;
+                        }
+                        column.push(c);
+                    }
+                    if !closed || column.is_empty() || column.contains('{') {
+                        return Err(format!("key template {template:?} has an empty or unclosed {{column}}"));
+                    }
+                    if !literal.is_empty() {
+                        parts.push(KeyPart::Literal(std::mem::take(&mut literal)));
+                    }
+                    parts.push(KeyPart::Column(column));
+                }
+                '}' => {
+                    return Err(format!("key template {template:?} has a stray '}}' (write '}}}}' for a literal one)"))
+                }
+                c => literal.push(c),
+            }
+        }
+        if !literal.is_empty() {
+            parts.push(KeyPart::Literal(literal));
+        }
+        if !parts.iter().any(|p| matches!(p, KeyPart::Column(_))) {
+            return Err(format!("key template {template:?} names no {{column}}: every row would share one key"));
+        }
+        Ok(KeyTemplate { parts })
+    }
+
+    /// The default template: table name, then each key column, joined by `:`.
+    pub fn default_for(table: &TableSchema) -> Result<Self, RedisSinkError> {
+        let prefix = if table.table.schema == "public" { table.table.name.clone() } else { table.table.to_string() };
+        let mut parts = vec![KeyPart::Literal(prefix)];
+        for position in table.key_positions() {
+            parts.push(KeyPart::Literal(":".into()));
+            parts.push(KeyPart::Column(table.columns[position].name.clone()));
+        }
+        if parts.len() == 1 {
+            return Err(RedisSinkError::Mapping {
+                table: table.table.to_string(),
+                reason: "the table has no primary key or replica identity columns; add a primary key or set `key` for it in the sink config".into(),
+            });
+        }
+        Ok(KeyTemplate { parts })
+    }
+}
+
+/// A template resolved against one table shape: column positions instead of names.
+#[derive(Debug)]
+struct ResolvedKey {
+    parts: Vec<ResolvedPart>,
+}
+
+#[derive(Debug)]
+enum ResolvedPart {
+    Literal(String),
+    Column { position: usize, name: String },
+}
+
+impl ResolvedKey {
+    fn resolve(template: &KeyTemplate, table: &TableSchema) -> Result<Self, RedisSinkError> {
+        let parts = template
+            .parts
+            .iter()
+            .map(|part| match part {
+                KeyPart::Literal(text) => Ok(ResolvedPart::Literal(text.clone())),
+                KeyPart::Column(name) => table
+                    .position(name)
+                    .map(|position| ResolvedPart::Column { position, name: name.clone() })
+                    .ok_or_else(|| RedisSinkError::Mapping {
+                        table: table.table.to_string(),
+                        reason: format!("key template refers to column {name}, which the table does not publish"),
+                    }),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ResolvedKey { parts })
+    }
+
+    /// Builds the key from `row`, taking a column from `fallback` where `row`
+    /// lacks it (a key-only old tuple holds NULL for non-key columns).
+    fn render(&self, table: &TableName, row: &Row, fallback: Option<&Row>) -> Result<String, RedisSinkError> {
+        let mut key = String::new();
+        for part in &self.parts {
+            match part {
+                ResolvedPart::Literal(text) => key.push_str(text),
+                ResolvedPart::Column { position, name } => {
+                    let value = row
+                        .get(*position)
+                        .and_then(ColumnValue::as_bytes)
+                        .or_else(|| fallback.and_then(|f| f.get(*position)).and_then(ColumnValue::as_bytes))
+                        .ok_or_else(|| RedisSinkError::Mapping {
+                            table: table.to_string(),
+                            reason: format!(
+                                "key column {name} is NULL or missing in a row; key columns must be NOT NULL"
+                            ),
+                        })?;
+                    key.push_str(&String::from_utf8_lossy(value));
+                }
+            }
+        }
+        Ok(key)
+    }
+}
+
+/// Encodes batches for one sink; caches resolved templates per table shape.
+#[derive(Debug)]
+pub struct RedisEncoder {
+    templates: HashMap<TableName, KeyTemplate>,
+    resolved: HashMap<TableName, (Arc<TableSchema>, ResolvedKey)>,
+    checkpoint_key: String,
+}
+
+impl RedisEncoder {
+    /// An encoder with the configured templates (tables without one use the default).
+    pub fn new(templates: HashMap<TableName, KeyTemplate>, checkpoint_key: String) -> Self {
+        RedisEncoder { templates, resolved: HashMap::new(), checkpoint_key }
+    }
+
+    /// The operations applying `batch` in order, ending with the checkpoint `SET`.
+    pub fn encode(&mut self, batch: &[Arc<Transaction>]) -> Result<Vec<RedisOp>, RedisSinkError> {
+        let mut ops = Vec::with_capacity(batch.iter().map(|t| t.changes.len() * 2).sum::<usize>() + 1);
+        for transaction in batch {
+            for change in &transaction.changes {
+                self.encode_change(change, &mut ops)?;
+            }
+        }
+        if let Some(last) = batch.last() {
+            ops.push(RedisOp::Set(self.checkpoint_key.clone(), last.end_lsn.to_string()));
+        }
+        Ok(ops)
+    }
+
+    fn encode_change(&mut self, change: &Change, ops: &mut Vec<RedisOp>) -> Result<(), RedisSinkError> {
+        let table = &change.table;
+        let key = self.key_for(table)?;
+        match &change.op {
+            ChangeOp::Insert { new } => {
+                let key = key.render(&table.table, new, None)?;
+                ops.push(RedisOp::Del(key.clone()));
+                let (set, _) = split_fields(table, new);
+                if !set.is_empty() {
+                    ops.push(RedisOp::HSet(key, set));
+                }
+            }
+            ChangeOp::Update { old, new } => {
+                let new_key = key.render(&table.table, new, None)?;
+                if let Some(old) = old {
+                    let old_key = key.render(&table.table, old, Some(new))?;
+                    if old_key != new_key {
+                        ops.push(RedisOp::Copy(old_key.clone(), new_key.clone()));
+                        ops.push(RedisOp::Del(old_key));
+                    }
+                }
+                let (set, unset) = split_fields(table, new);
+                if !set.is_empty() {
+                    ops.push(RedisOp::HSet(new_key.clone(), set));
+                }
+                if !unset.is_empty() {
+                    ops.push(RedisOp::HDel(new_key, unset));
+                }
+            }
+            ChangeOp::Delete { old } => {
+                ops.push(RedisOp::Del(key.render(&table.table, old, None)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// The resolved key template for this shape of the table, re-resolved
+    /// when a Relation message changed the shape.
+    fn key_for(&mut self, table: &Arc<TableSchema>) -> Result<&ResolvedKey, RedisSinkError> {
+        let stale = match self.resolved.get(&table.table) {
+            Some((shape, _)) => !Arc::ptr_eq(shape, table) && **shape != **table,
+            None => true,
+        };
+        if stale {
+            let template = match self.templates.get(&table.table) {
+                Some(template) => template.clone(),
+                None => KeyTemplate::default_for(table)?,
+            };
+            let resolved = ResolvedKey::resolve(&template, table)?;
+            self.resolved.insert(table.table.clone(), (table.clone(), resolved));
+        }
+        Ok(&self.resolved[&table.table].1)
+    }
+}
+
+/// Fields to write and fields to remove; unchanged TOAST columns are in neither.
+fn split_fields(table: &TableSchema, row: &Row) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+    let mut set = Vec::with_capacity(row.len());
+    let mut unset = Vec::new();
+    for (column, value) in table.columns.iter().zip(row) {
+        match value {
+            ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => set.push((column.name.clone(), bytes.to_vec())),
+            ColumnValue::Null => unset.push(column.name.clone()),
+            ColumnValue::UnchangedToast => {}
+        }
+    }
+    (set, unset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use pgfanout_core::{ColumnSchema, Lsn};
+    use pgoutput::{Oid, PgTimestamp, ReplicaIdentity, Xid};
+
+    fn table() -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            oid: Oid(1),
+            table: TableName::new("public", "reservations"),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                ColumnSchema { name: "id".into(), type_oid: Oid(20), is_key: true },
+                ColumnSchema { name: "status".into(), type_oid: Oid(25), is_key: false },
+                ColumnSchema { name: "notes".into(), type_oid: Oid(25), is_key: false },
+            ],
+        })
+    }
+
+    fn text(value: &'static str) -> ColumnValue {
+        ColumnValue::Text(Bytes::from_static(value.as_bytes()))
+    }
+
+    fn transaction(end: u64, ops: Vec<ChangeOp>) -> Arc<Transaction> {
+        let table = table();
+        Arc::new(Transaction {
+            xid: Xid(1),
+            commit_lsn: Lsn(end - 8),
+            end_lsn: Lsn(end),
+            commit_time: PgTimestamp(0),
+            changes: ops
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| Change { table: table.clone(), op, ordinal: i as u32 })
+                .collect(),
+        })
+    }
+
+    fn encoder(template: Option<&str>) -> RedisEncoder {
+        let templates = template
+            .map(|t| (TableName::new("public", "reservations"), KeyTemplate::parse(t).unwrap()))
+            .into_iter()
+            .collect();
+        RedisEncoder::new(templates, "cp".into())
+    }
+
+    #[test]
+    fn insert_update_delete_with_default_keys() {
+        let batch = [transaction(
+            0x100,
+            vec![
+                ChangeOp::Insert { new: vec![text("7"), text("new"), ColumnValue::Null] },
+                ChangeOp::Update { old: None, new: vec![text("7"), ColumnValue::Null, ColumnValue::UnchangedToast] },
+                ChangeOp::Delete { old: vec![text("7"), ColumnValue::Null, ColumnValue::Null] },
+            ],
+        )];
+        let ops = encoder(None).encode(&batch).unwrap();
+        assert_eq!(
+            ops,
+            vec![
+                RedisOp::Del("reservations:7".into()),
+                RedisOp::HSet(
+                    "reservations:7".into(),
+                    vec![("id".into(), b"7".to_vec()), ("status".into(), b"new".to_vec())]
+                ),
+                RedisOp::HSet("reservations:7".into(), vec![("id".into(), b"7".to_vec())]),
+                RedisOp::HDel("reservations:7".into(), vec!["status".into()]),
+                RedisOp::Del("reservations:7".into()),
+                RedisOp::Set("cp".into(), "0/100".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_change_moves_the_hash_before_writing() {
+        let batch = [transaction(
+            0x200,
+            vec![ChangeOp::Update {
+                old: Some(vec![text("7"), ColumnValue::Null, ColumnValue::Null]),
+                new: vec![text("8"), text("s"), ColumnValue::UnchangedToast],
+            }],
+        )];
+        let ops = encoder(Some("r:{id}")).encode(&batch).unwrap();
+        assert_eq!(ops[0], RedisOp::Copy("r:7".into(), "r:8".into()));
+        assert_eq!(ops[1], RedisOp::Del("r:7".into()));
+        assert_eq!(
+            ops[2],
+            RedisOp::HSet("r:8".into(), vec![("id".into(), b"8".to_vec()), ("status".into(), b"s".to_vec())])
+        );
+    }
+
+    #[test]
+    fn templates_parse_and_report_mistakes() {
+        assert!(KeyTemplate::parse("reservation:{id}").is_ok());
+        assert!(KeyTemplate::parse("{{literal}}:{a}:{b}").is_ok());
+        assert!(KeyTemplate::parse("no-columns").unwrap_err().contains("names no {column}"));
+        assert!(KeyTemplate::parse("x:{id").unwrap_err().contains("unclosed"));
+        assert!(KeyTemplate::parse("x:}").unwrap_err().contains("stray"));
+        let batch =
+            [transaction(0x300, vec![ChangeOp::Delete { old: vec![text("1"), ColumnValue::Null, ColumnValue::Null] }])];
+        let err = encoder(Some("r:{missing}")).encode(&batch).unwrap_err();
+        assert!(err.to_string().contains("column missing"), "{err}");
+        let err = encoder(Some("r:{status}")).encode(&batch).unwrap_err();
+        assert!(err.to_string().contains("is NULL"), "{err}");
+    }
+}

@@ -1,0 +1,151 @@
+//! The Redis sink: connection, batch apply, checkpoint.
+//!
+//! One batch is one `MULTI … EXEC` round trip holding every row operation and
+//! the checkpoint `SET`, so the stored checkpoint and the data can never
+//! disagree: after a crash the store holds either the whole batch and its
+//! checkpoint or neither.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pgfanout_core::{Lsn, Sink, SinkError, TableName, Transaction};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+
+use crate::config::RedisSinkConfig;
+use crate::encode::{KeyTemplate, RedisEncoder, RedisOp};
+use crate::error::RedisSinkError;
+
+/// Keeps Redis hashes equal to PostgreSQL rows.
+pub struct RedisSink {
+    config: RedisSinkConfig,
+    client: redis::Client,
+    connection: Option<MultiplexedConnection>,
+    encoder: RedisEncoder,
+}
+
+impl RedisSink {
+    /// Builds the sink from validated config; does not connect yet.
+    pub fn new(config: RedisSinkConfig) -> Result<Self, RedisSinkError> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|source| RedisSinkError::Connect { endpoint: endpoint_of(&config.url), source })?;
+        let mut templates = HashMap::new();
+        for table in &config.tables {
+            if let Some(key) = &table.key {
+                let template = KeyTemplate::parse(key)
+                    .map_err(|reason| RedisSinkError::Mapping { table: table.source.clone(), reason })?;
+                templates.insert(TableName::parse(&table.source), template);
+            }
+        }
+        let encoder = RedisEncoder::new(templates, config.checkpoint_key());
+        Ok(RedisSink { config, client, connection: None, encoder })
+    }
+
+    /// The source tables this sink receives.
+    pub fn tables(&self) -> Vec<TableName> {
+        self.config.tables.iter().map(|t| TableName::parse(&t.source)).collect()
+    }
+
+    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, RedisSinkError> {
+        if self.connection.is_none() {
+            let settings = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
+                .set_response_timeout(Some(self.config.response_timeout()));
+            let endpoint = endpoint_of(&self.config.url);
+            let mut connection = self
+                .client
+                .get_multiplexed_async_connection_with_config(&settings)
+                .await
+                .map_err(|source| RedisSinkError::Connect { endpoint: endpoint.clone(), source })?;
+            // Named so operators can find pgfanout in CLIENT LIST.
+            redis::cmd("CLIENT")
+                .arg("SETNAME")
+                .arg(format!("pgfanout:{}", self.config.name))
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|source| RedisSinkError::Connect { endpoint, source })?;
+            tracing::info!(sink = %self.config.name, "connected to redis");
+            self.connection = Some(connection);
+        }
+        // Just set above when it was None.
+        Ok(self.connection.as_mut().expect("connection is set"))
+    }
+
+    async fn load(&mut self) -> Result<Option<Lsn>, RedisSinkError> {
+        let key = self.config.checkpoint_key();
+        let connection = self.connection().await?;
+        let stored: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(connection)
+            .await
+            .map_err(|source| RedisSinkError::Command { what: format!("GET {key}"), source })?;
+        stored
+            .map(|value| value.parse::<Lsn>().map_err(|_| RedisSinkError::BadCheckpoint { key: key.clone(), value }))
+            .transpose()
+    }
+
+    async fn write(&mut self, batch: &[Arc<Transaction>]) -> Result<(), RedisSinkError> {
+        let ops = self.encoder.encode(batch)?;
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        for op in &ops {
+            match op {
+                RedisOp::Del(key) => pipeline.cmd("DEL").arg(key),
+                RedisOp::HSet(key, fields) => pipeline.cmd("HSET").arg(key).arg(fields),
+                RedisOp::HDel(key, fields) => pipeline.cmd("HDEL").arg(key).arg(fields),
+                RedisOp::Copy(from, to) => pipeline.cmd("COPY").arg(from).arg(to).arg("REPLACE"),
+                RedisOp::Set(key, value) => pipeline.cmd("SET").arg(key).arg(value),
+            }
+            .ignore();
+        }
+        let timeout = self.config.response_timeout();
+        let connection = self.connection().await?;
+        let result = tokio::time::timeout(timeout, pipeline.query_async::<()>(connection)).await;
+        let outcome = match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => {
+                Err(RedisSinkError::Command { what: format!("a batch of {} operations", ops.len()), source })
+            }
+            Err(_) => Err(RedisSinkError::Timeout(timeout)),
+        };
+        if outcome.as_ref().is_err_and(RedisSinkError::is_retriable) {
+            // Start the retry on a fresh connection.
+            self.connection = None;
+        }
+        outcome
+    }
+}
+
+#[async_trait]
+impl Sink for RedisSink {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn load_checkpoint(&mut self) -> Result<Option<Lsn>, SinkError> {
+        let name = self.config.name.clone();
+        self.load().await.map_err(|err| err.into_sink_error(&name, "reading the checkpoint".into()))
+    }
+
+    async fn apply(&mut self, batch: &[Arc<Transaction>]) -> Result<(), SinkError> {
+        let name = self.config.name.clone();
+        let end = batch.last().map(|t| t.end_lsn).unwrap_or_default();
+        self.write(batch).await.map_err(|err| err.into_sink_error(&name, format!("applying the batch ending at {end}")))
+    }
+}
+
+/// `host:port/db` from a Redis URL, without credentials, for messages.
+fn endpoint_of(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+    rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn endpoints_hide_credentials() {
+        assert_eq!(super::endpoint_of("redis://user:secret@cache:6379/2"), "cache:6379/2");
+        assert_eq!(super::endpoint_of("redis://127.0.0.1:6379"), "127.0.0.1:6379");
+    }
+}

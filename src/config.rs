@@ -1,0 +1,311 @@
+//! pgfanout's configuration: one TOML file, every value overridable from the
+//! environment as `PGFANOUT_<SECTION>__<KEY>` (e.g. `PGFANOUT_SOURCE__URL`).
+//!
+//! Secrets (the source password) come only from the environment or a file
+//! named in the config, are held as `SecretString` and are never logged.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use pgfanout_core::WorkerSettings;
+use pgfanout_sink_redis::RedisSinkConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Sections that environment variables may override.
+const ENV_SECTIONS: [&str; 3] = ["source__", "http__", "pipeline__"];
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The PostgreSQL server to replicate from.
+    pub source: SourceConfig,
+    /// Metrics and health endpoint.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Batching and queueing shared by every sink worker.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// The stores to keep in sync; at least one.
+    #[serde(rename = "sink", default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// `[source]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// libpq-style URL or key/value string, without password.
+    /// Example: `"postgres://pgfanout@db:5432/app"`, or `"host=/var/run/postgresql dbname=app user=pgfanout"`.
+    pub url: String,
+    /// Password; set it with `PGFANOUT_SOURCE__PASSWORD`, not in the file.
+    #[serde(default)]
+    pub password: Option<SecretString>,
+    /// File holding the password (first line), e.g. a mounted secret.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Logical replication slot. Default: `pgfanout`.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Publication to stream. Default: `pgfanout`.
+    #[serde(default = "default_publication")]
+    pub publication: String,
+    /// Create the slot when missing. Default: true.
+    #[serde(default = "default_true")]
+    pub create_slot: bool,
+    /// Create the publication (for the routed tables) when missing. Default: true.
+    #[serde(default = "default_true")]
+    pub create_publication: bool,
+    /// Milliseconds between standby status updates. Default: 10000.
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+}
+
+/// `[http]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address serving `/metrics`, `/healthz` and `/readyz`. Default: `127.0.0.1:9187`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+/// `[pipeline]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Transactions queued per sink before reading from PostgreSQL pauses. Default: 1024.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Changes per sink batch. Default: 1000.
+    #[serde(default = "default_max_batch_changes")]
+    pub max_batch_changes: usize,
+    /// Milliseconds a batch waits to fill up. Default: 20.
+    #[serde(default = "default_max_batch_delay_ms")]
+    pub max_batch_delay_ms: u64,
+    /// Seconds to drain in-flight batches on shutdown before giving up. Default: 30.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+/// One `[[sink]]`, by `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// `kind = "redis"`.
+    Redis(RedisSinkConfig),
+}
+
+impl SinkConfig {
+    /// The sink's name.
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Redis(redis) => &redis.name,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen() }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            queue_capacity: default_queue_capacity(),
+            max_batch_changes: default_max_batch_changes(),
+            max_batch_delay_ms: default_max_batch_delay_ms(),
+            shutdown_timeout_secs: default_shutdown_timeout_secs(),
+        }
+    }
+}
+
+fn default_slot() -> String {
+    "pgfanout".into()
+}
+fn default_publication() -> String {
+    "pgfanout".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_status_interval_ms() -> u64 {
+    10_000
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9187))
+}
+fn default_queue_capacity() -> usize {
+    1024
+}
+fn default_max_batch_changes() -> usize {
+    1000
+}
+fn default_max_batch_delay_ms() -> u64 {
+    20
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides and validates.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        if !path.exists() {
+            bail!("config file {} does not exist; pass --config with the path of a TOML file", path.display());
+        }
+        let environment = Env::prefixed("PGFANOUT_")
+            .filter(|key| ENV_SECTIONS.iter().any(|section| key.as_str().to_ascii_lowercase().starts_with(section)))
+            .split("__");
+        let config: Config = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(environment)
+            .extract()
+            .map_err(|err| anyhow::anyhow!("{}", describe_figment_error(err)))
+            .with_context(|| format!("invalid config {}", path.display()))?;
+        config.validate().with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot; lists every problem at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        if let Err(err) = pg_replication::validate_slot_name(&self.source.slot) {
+            problems.push(format!("source.slot: {err}"));
+        }
+        if self.source.publication.is_empty() {
+            problems.push("source.publication: must not be empty".to_owned());
+        }
+        if self.source.password.is_some() && self.source.password_file.is_some() {
+            problems.push("source: set either password (environment) or password_file, not both".to_owned());
+        }
+        if self.sinks.is_empty() {
+            problems.push("no [[sink]] configured: add at least one, e.g. kind = \"redis\"".to_owned());
+        }
+        if self.pipeline.max_batch_changes == 0 || self.pipeline.queue_capacity == 0 {
+            problems.push("pipeline.max_batch_changes and pipeline.queue_capacity must be at least 1".to_owned());
+        }
+        let mut names = std::collections::HashSet::new();
+        for sink in &self.sinks {
+            if !names.insert(sink.name()) {
+                problems.push(format!("sink name {} is used twice", sink.name()));
+            }
+            match sink {
+                SinkConfig::Redis(redis) => problems.extend(redis.validate().err().unwrap_or_default()),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("\n"))
+        }
+    }
+
+    /// The source password from the environment or the password file.
+    pub fn source_password(&self) -> anyhow::Result<Option<SecretString>> {
+        if let Some(password) = &self.source.password {
+            return Ok(Some(password.clone()));
+        }
+        match &self.source.password_file {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read source.password_file {}", file.display()))?;
+                Ok(Some(SecretString::from(text.lines().next().unwrap_or_default().to_owned())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Settings for every sink worker.
+    pub fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            queue_capacity: self.pipeline.queue_capacity,
+            max_batch_changes: self.pipeline.max_batch_changes,
+            max_batch_delay: Duration::from_millis(self.pipeline.max_batch_delay_ms),
+            ..WorkerSettings::default()
+        }
+    }
+}
+
+/// Exposes the secret only to hand it to the connection.
+pub fn expose(secret: &SecretString) -> &str {
+    secret.expose_secret()
+}
+
+/// One line per figment error, each naming the key and where its value came from.
+fn describe_figment_error(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { String::new() } else { format!("key {}: ", e.path.join(".")) };
+            let origin = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
+            format!("{key}{}{origin}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml: &str) -> anyhow::Result<Config> {
+        let dir = std::env::temp_dir().join(format!("pgfanout-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{:x}.toml", toml.len() * 31 + toml.as_bytes()[toml.len() / 2] as usize));
+        std::fs::write(&path, toml)?;
+        let result = Config::load(&path);
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    const MINIMAL: &str = r#"
+[source]
+url = "postgres://pgfanout@db/app"
+[[sink]]
+name = "cache"
+kind = "redis"
+url = "redis://127.0.0.1:6379/0"
+[[sink.table]]
+source = "public.reservations"
+key = "reservation:{id}"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.source.slot, "pgfanout");
+        assert_eq!(config.http.listen, default_listen());
+        assert_eq!(config.sinks.len(), 1);
+        assert_eq!(config.sinks[0].name(), "cache");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = parse(&MINIMAL.replace("slot_typo", "").replace("[source]", "[source]\nslto = \"x\"")).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("slto"), "{text}");
+    }
+
+    #[test]
+    fn semantic_problems_are_listed_together() {
+        let bad = MINIMAL.replace("name = \"cache\"", "name = \"bad name\"").replace("reservation:{id}", "no-column");
+        let text = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(text.contains("bad name"), "{text}");
+        assert!(text.contains("names no {column}"), "{text}");
+    }
+
+    #[test]
+    fn shipped_example_configs_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = "deploy/pgfanout.example.toml";
+        let config = Config::load(&root.join(example)).unwrap_or_else(|err| panic!("{example}: {err:#}"));
+        assert_eq!(config.sinks.len(), 1, "{example} should configure the example redis sink");
+    }
+}

@@ -1,0 +1,94 @@
+//! `pgfanout`: the binary. Parses the command line, loads the config, sets up
+//! logging and hands over to the command; the wiring of crates lives in
+//! [`run`].
+
+mod config;
+mod http;
+mod run;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// PostgreSQL change-data-capture sidecar.
+#[derive(Parser)]
+#[command(name = "pgfanout", version, about)]
+struct Cli {
+    /// Log format; `auto` is human-readable on a terminal and JSON otherwise.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream changes from PostgreSQL into the configured sinks until stopped.
+    Run {
+        /// Path of the TOML config.
+        #[arg(long, short, env = "PGFANOUT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate the config and reach PostgreSQL and every sink; exit non-zero on any problem.
+    Check {
+        /// Path of the TOML config.
+        #[arg(long, short, env = "PGFANOUT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGFANOUT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => run::run(&config::Config::load(&config)?).await,
+            Command::Check { config } => run::check(&config::Config::load(&config)?).await,
+            Command::Version => {
+                println!("pgfanout {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "pgfanout stopped");
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

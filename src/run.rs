@@ -1,0 +1,488 @@
+//! Wiring: the only place that knows every crate.
+//!
+//! ```text
+//!  ReplicationStream ─► pgoutput::Decoder ─► Pipeline ─► SinkWorker × N ─► stores
+//!        ▲                                      │
+//!        └──── FeedbackHandle::confirm ◄── flush_lsn (after acknowledgements)
+//! ```
+//!
+//! `run` prepares the source (publication, then slot), loads each sink's
+//! checkpoint, starts one worker per sink, then reads the stream on the
+//! current task, reconnecting after transient failures, until SIGINT or
+//! SIGTERM. Shutdown drains in-flight batches, confirms what they applied
+//! and ends the stream with CopyDone. A second signal exits at once without
+//! confirming anything more.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use pg_replication::{
+    ConnectOptions, ReplicationConnection, ReplicationError, ReplicationEvent, ReplicationStream, StartOptions,
+    StreamSettings,
+};
+use pgfanout_core::{error_chain, Lsn, Metrics, Pipeline, Sink, SinkWorker, TableName};
+use pgfanout_sink_redis::RedisSink;
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use tokio::sync::{watch, Notify};
+
+use crate::config::{expose, Config, SinkConfig};
+use crate::http::{self, HttpState};
+
+/// How often a progress line is logged while streaming.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `pgfanout run`.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let streaming = Arc::new(AtomicBool::new(false));
+    http::serve(config.http.listen, HttpState { metrics: metrics.clone(), streaming: streaming.clone() }).await?;
+    let shutdown = shutdown_signal();
+
+    let options = connect_options(config)?;
+    let mut first_connection = connect_with_retry(&options, &shutdown).await?;
+    prepare_source(&mut first_connection, config, options.database()).await?;
+    let mut connection = Some(first_connection);
+
+    let on_ack = Arc::new(Notify::new());
+    let mut pipeline = Pipeline::new(metrics.clone());
+    let mut workers = Vec::new();
+    let mut checkpoints = Vec::new();
+    for sink_config in &config.sinks {
+        let (mut sink, tables) = build_sink(sink_config)?;
+        let checkpoint = load_checkpoint_with_retry(sink.as_mut(), &shutdown).await?;
+        tracing::info!(sink = sink.name(), checkpoint = %checkpoint.unwrap_or_default(), "sink ready");
+        checkpoints.push(checkpoint);
+        let name = sink.name().to_owned();
+        let (worker, queue, acked) =
+            SinkWorker::new(sink, checkpoint, config.worker_settings(), metrics.clone(), on_ack.clone());
+        pipeline.add_sink(name, tables, queue, acked);
+        workers.push(tokio::spawn(worker.run()));
+    }
+    // Resume from the oldest sink checkpoint; the server moves a start older
+    // than the slot's confirmed_flush_lsn up to it.
+    let mut start = if checkpoints.iter().all(Option::is_some) {
+        checkpoints.iter().flatten().min().copied().unwrap_or_default()
+    } else {
+        Lsn::ZERO
+    };
+
+    let settings = StreamSettings {
+        status_interval: Duration::from_millis(config.source.status_interval_ms),
+        ..StreamSettings::default()
+    };
+    let start_options = StartOptions::new(config.source.publication.clone());
+    let mut backoff = Backoff::new();
+    loop {
+        start = start.max(pipeline.received_lsn());
+        let stream = match connection.take() {
+            Some(connection) => {
+                connection.start_replication(&config.source.slot, start, &start_options, settings).await
+            }
+            None => match connect_with_retry(&options, &shutdown).await {
+                Ok(connection) => {
+                    connection.start_replication(&config.source.slot, start, &start_options, settings).await
+                }
+                Err(err) => return Err(err),
+            },
+        };
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(err) if err.is_transient() => {
+                tracing::warn!(error = %error_chain(&err), "cannot start replication; retrying");
+                if !backoff.wait(&shutdown).await {
+                    return finish(pipeline, workers, None, config).await;
+                }
+                continue;
+            }
+            Err(err) => return Err(err).context(format!("cannot start replication from slot {}", config.source.slot)),
+        };
+        tracing::info!(slot = %config.source.slot, publication = %config.source.publication, %start, "streaming");
+        streaming.store(true, Ordering::Release);
+        let outcome = pump(&mut stream, &mut pipeline, &metrics, &on_ack, &shutdown).await;
+        streaming.store(false, Ordering::Release);
+        match outcome {
+            Ok(StreamEnd::Shutdown) => return finish(pipeline, workers, Some(stream), config).await,
+            Ok(StreamEnd::ServerClosed) => tracing::warn!("server ended the replication stream; reconnecting"),
+            Err(PumpError::Replication(err)) if err.is_transient() => {
+                tracing::warn!(error = %error_chain(&err), "replication connection lost; reconnecting");
+            }
+            Err(PumpError::Replication(err)) => return Err(err).context("replication stream failed"),
+            Err(PumpError::Fatal(err)) => return Err(err),
+        }
+        pipeline.discard_partial();
+        drop(stream);
+        if !backoff.wait(&shutdown).await {
+            return finish(pipeline, workers, None, config).await;
+        }
+    }
+}
+
+/// Why the stream loop returned.
+enum StreamEnd {
+    Shutdown,
+    ServerClosed,
+}
+
+enum PumpError {
+    Replication(ReplicationError),
+    Fatal(anyhow::Error),
+}
+
+/// Reads events until shutdown or failure, confirming after every acknowledgement.
+async fn pump(
+    stream: &mut ReplicationStream,
+    pipeline: &mut Pipeline,
+    metrics: &Metrics,
+    on_ack: &Notify,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<StreamEnd, PumpError> {
+    let feedback = stream.feedback();
+    let mut decoder = pgoutput::Decoder::new(1);
+    let mut shutdown = shutdown.clone();
+    let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+    progress.tick().await;
+    let mut server_position = Lsn::ZERO;
+    let mut last_logged = (0u64, Lsn::ZERO);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
+            _ = on_ack.notified() => {}
+            _ = progress.tick() => {
+                let transactions = metrics.transactions_total.get();
+                let confirmed = feedback.confirmed();
+                if (transactions, confirmed) != last_logged {
+                    tracing::info!(
+                        transactions = transactions - last_logged.0,
+                        confirmed_flush_lsn = %confirmed,
+                        "replicated since last report"
+                    );
+                    last_logged = (transactions, confirmed);
+                }
+            }
+            event = stream.next_event() => match event.map_err(PumpError::Replication)? {
+                Some(ReplicationEvent::XLogData { payload, .. }) => {
+                    let message = decoder
+                        .decode(payload)
+                        .map_err(|err| PumpError::Fatal(anyhow::Error::new(err).context("cannot decode a pgoutput message")))?;
+                    pipeline.push(message).await.map_err(|err| PumpError::Fatal(err.into()))?;
+                }
+                Some(ReplicationEvent::Keepalive { wal_end, .. }) => {
+                    server_position = server_position.max(wal_end);
+                    pipeline.keepalive(wal_end);
+                }
+                None => return Ok(StreamEnd::ServerClosed),
+            },
+        }
+        let flush = pipeline.flush_lsn();
+        feedback.confirm(flush);
+        metrics.confirmed_flush_lsn.set(feedback.confirmed().0 as i64);
+        metrics.source_lag_bytes.set(server_position.0.saturating_sub(feedback.confirmed().0) as i64);
+    }
+}
+
+/// Drains the workers, confirms what they applied, and ends the stream.
+async fn finish(
+    mut pipeline: Pipeline,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    stream: Option<ReplicationStream>,
+    config: &Config,
+) -> anyhow::Result<()> {
+    tracing::info!("shutting down: draining sink workers");
+    pipeline.close_queues();
+    let deadline = Duration::from_secs(config.pipeline.shutdown_timeout_secs);
+    let drained = tokio::time::timeout(deadline, futures_join_all(workers)).await.is_ok();
+    let flush = pipeline.flush_lsn();
+    if let Some(stream) = stream {
+        stream.feedback().confirm(flush);
+        if let Err(err) = stream.stop().await {
+            tracing::warn!(error = %error_chain(&err), "replication stream did not end cleanly");
+        }
+    }
+    if drained {
+        tracing::info!(confirmed_flush_lsn = %flush, "stopped");
+        Ok(())
+    } else {
+        bail!("sink workers did not drain within {deadline:?}; confirmed only up to {flush}")
+    }
+}
+
+async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+/// `pgfanout check`: config (already loaded), PostgreSQL prerequisites and
+/// every sink; one line per problem.
+pub async fn check(config: &Config) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    match connect_options(config) {
+        Ok(options) => match ReplicationConnection::connect(&options).await {
+            Ok(mut connection) => problems.extend(source_problems(&mut connection, config, options.database()).await),
+            Err(err) => {
+                problems.push(format!("cannot connect to PostgreSQL at {}: {}", options.endpoint(), error_chain(&err)))
+            }
+        },
+        Err(err) => problems.push(format!("{err:#}")),
+    }
+    for sink_config in &config.sinks {
+        match build_sink(sink_config) {
+            Ok((mut sink, _)) => {
+                if let Err(err) = sink.load_checkpoint().await {
+                    problems.push(error_chain(&err));
+                }
+            }
+            Err(err) => problems.push(format!("{err:#}")),
+        }
+    }
+    if problems.is_empty() {
+        println!("ok: config, PostgreSQL and {} sink(s) are ready", config.sinks.len());
+        Ok(())
+    } else {
+        for problem in &problems {
+            println!("problem: {problem}");
+        }
+        bail!("{} problem(s) found", problems.len())
+    }
+}
+
+/// Problems with the source that `run` would stop on, one line each.
+async fn source_problems(connection: &mut ReplicationConnection, config: &Config, database: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    match connection.simple_query("SHOW wal_level").await {
+        Ok(result) if result.get(0, "wal_level") == Some("logical") => {}
+        Ok(result) => problems.push(format!(
+            "wal_level is {}, not logical: set wal_level = logical in postgresql.conf and restart PostgreSQL",
+            result.get(0, "wal_level").unwrap_or("unknown")
+        )),
+        Err(err) => problems.push(format!("cannot read wal_level: {}", error_chain(&err))),
+    }
+    match missing_publication_tables(connection, config).await {
+        Ok(None) if !config.source.create_publication => problems.push(format!(
+            "publication {} does not exist and source.create_publication is false: run CREATE PUBLICATION {} FOR TABLE …",
+            config.source.publication,
+            escape_identifier(&config.source.publication)
+        )),
+        Ok(Some(missing)) if !missing.is_empty() => problems.push(format!(
+            "publication {} lacks routed tables: run ALTER PUBLICATION {} ADD TABLE {}",
+            config.source.publication,
+            escape_identifier(&config.source.publication),
+            missing.iter().map(qualified).collect::<Vec<_>>().join(", ")
+        )),
+        Ok(_) => {}
+        Err(err) => problems.push(format!("cannot read publication {}: {}", config.source.publication, error_chain(&err))),
+    }
+    match connection.slot_state(&config.source.slot).await {
+        Ok(Some(slot)) if slot.plugin.as_deref() != Some("pgoutput") => problems.push(format!(
+            "slot {} uses plugin {:?}, not pgoutput: drop it or configure another source.slot",
+            config.source.slot, slot.plugin
+        )),
+        Ok(Some(slot)) if slot.database.as_deref() != Some(database) => problems.push(format!(
+            "slot {} belongs to database {:?}, not {database}: configure another source.slot",
+            config.source.slot, slot.database
+        )),
+        Ok(Some(slot)) if slot.wal_status.as_deref() == Some("lost") => problems.push(format!(
+            "slot {} is invalidated (wal_status = lost): drop it and rebuild the sinks",
+            config.source.slot
+        )),
+        Ok(None) if !config.source.create_slot => problems.push(format!(
+            "slot {} does not exist and source.create_slot is false: create it with pg_create_logical_replication_slot('{}', 'pgoutput')",
+            config.source.slot, config.source.slot
+        )),
+        Ok(_) => {}
+        Err(err) => problems.push(format!("cannot read slot {}: {}", config.source.slot, error_chain(&err))),
+    }
+    problems
+}
+
+/// Creates the publication and the slot when missing (publication first: a
+/// slot only decodes publications that existed when its WAL was written).
+async fn prepare_source(connection: &mut ReplicationConnection, config: &Config, database: &str) -> anyhow::Result<()> {
+    let problems = source_problems(connection, config, database).await;
+    if !problems.is_empty() {
+        bail!("PostgreSQL is not ready for replication:\n{}", problems.join("\n"));
+    }
+    let publication = &config.source.publication;
+    if missing_publication_tables(connection, config).await?.is_none() {
+        let tables = routed_tables(config).iter().map(qualified).collect::<Vec<_>>().join(", ");
+        // TRUNCATE is left out until the sinks implement it.
+        let sql = format!(
+            "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish = 'insert, update, delete')",
+            escape_identifier(publication)
+        );
+        connection.simple_query(&sql).await.with_context(|| format!("cannot create publication {publication}"))?;
+        tracing::info!(%publication, %tables, "created publication");
+    }
+    let slot = &config.source.slot;
+    if connection.slot_state(slot).await?.is_none() {
+        let created = connection.create_slot(slot).await.with_context(|| format!("cannot create slot {slot}"))?;
+        tracing::info!(%slot, consistent_point = %created.consistent_point, "created replication slot");
+    }
+    Ok(())
+}
+
+/// `None` if the publication does not exist, else the routed tables it lacks.
+async fn missing_publication_tables(
+    connection: &mut ReplicationConnection,
+    config: &Config,
+) -> Result<Option<Vec<TableName>>, ReplicationError> {
+    let publication = escape_literal(&config.source.publication);
+    let exists = connection
+        .simple_query(&format!("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {publication}"))
+        .await?;
+    if exists.rows.is_empty() {
+        return Ok(None);
+    }
+    let published = connection
+        .simple_query(&format!(
+            "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {publication}"
+        ))
+        .await?;
+    let published: Vec<TableName> = (0..published.rows.len())
+        .map(|row| {
+            TableName::new(
+                published.get(row, "schemaname").unwrap_or_default(),
+                published.get(row, "tablename").unwrap_or_default(),
+            )
+        })
+        .collect();
+    Ok(Some(routed_tables(config).into_iter().filter(|table| !published.contains(table)).collect()))
+}
+
+fn routed_tables(config: &Config) -> Vec<TableName> {
+    let mut tables: Vec<TableName> = config
+        .sinks
+        .iter()
+        .flat_map(|sink| match sink {
+            SinkConfig::Redis(redis) => redis.tables.iter().map(|t| TableName::parse(&t.source)).collect::<Vec<_>>(),
+        })
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
+}
+
+fn qualified(table: &TableName) -> String {
+    format!("{}.{}", escape_identifier(&table.schema), escape_identifier(&table.name))
+}
+
+fn build_sink(config: &SinkConfig) -> anyhow::Result<(Box<dyn Sink>, Vec<TableName>)> {
+    match config {
+        SinkConfig::Redis(redis) => {
+            let sink = RedisSink::new(redis.clone()).with_context(|| format!("sink {}", redis.name))?;
+            let tables = sink.tables();
+            Ok((Box::new(sink), tables))
+        }
+    }
+}
+
+fn connect_options(config: &Config) -> anyhow::Result<ConnectOptions> {
+    let mut options = ConnectOptions::parse(&config.source.url).context("source.url")?;
+    if let Some(password) = config.source_password()? {
+        options = options.with_password(expose(&password).as_bytes().to_vec());
+    }
+    Ok(options)
+}
+
+async fn connect_with_retry(
+    options: &ConnectOptions,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<ReplicationConnection> {
+    let mut backoff = Backoff::new();
+    loop {
+        match ReplicationConnection::connect(options).await {
+            Ok(connection) => return Ok(connection),
+            Err(err) if err.is_transient() => {
+                tracing::warn!(endpoint = %options.endpoint(), error = %error_chain(&err), "cannot connect to PostgreSQL; retrying");
+                if !backoff.wait(shutdown).await {
+                    bail!("stopped while connecting to PostgreSQL");
+                }
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot connect to PostgreSQL at {}", options.endpoint()))
+            }
+        }
+    }
+}
+
+async fn load_checkpoint_with_retry(
+    sink: &mut dyn Sink,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Lsn>> {
+    let mut backoff = Backoff::new();
+    loop {
+        match sink.load_checkpoint().await {
+            Ok(checkpoint) => return Ok(checkpoint),
+            Err(err) if err.kind == pgfanout_core::ErrorKind::Transient => {
+                tracing::warn!(sink = sink.name(), error = %error_chain(&err), "sink unreachable; retrying");
+                if !backoff.wait(shutdown).await {
+                    bail!("stopped while waiting for sink {}", sink.name());
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Exponential backoff from 200 ms to 30 s, interrupted by shutdown.
+struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { delay: Duration::from_millis(200) }
+    }
+
+    /// Sleeps; `false` if shutdown was requested meanwhile.
+    async fn wait(&mut self, shutdown: &watch::Receiver<bool>) -> bool {
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return false;
+        }
+        let delay = self.delay;
+        self.delay = (self.delay * 2).min(Duration::from_secs(30));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = shutdown.changed() => false,
+        }
+    }
+}
+
+/// `true` once SIGINT or SIGTERM arrived; a second signal exits at once.
+fn shutdown_signal() -> watch::Receiver<bool> {
+    let (sender, receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut signals = 0;
+        loop {
+            wait_for_signal().await;
+            signals += 1;
+            if signals == 1 {
+                tracing::info!("signal received: finishing in-flight batches (send it again to exit at once)");
+                let _ = sender.send(true);
+            } else {
+                tracing::warn!("second signal: exiting without confirming unapplied changes");
+                std::process::exit(130);
+            }
+        }
+    });
+    receiver
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut interrupt), Ok(mut terminate)) => {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
