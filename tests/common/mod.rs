@@ -1,0 +1,353 @@
+//! Helpers for end-to-end tests against the local stack started by
+//! `make test` (see deploy/local/test.sh for the environment variables).
+//!
+//! Every test gets its own PostgreSQL database, slot and publication, and its
+//! own Redis logical database or server, so tests run in parallel.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+
+/// A required environment variable; tests never skip silently.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests with `make test`, which starts the local stack and sets it")
+    })
+}
+
+/// A fresh database on the test PostgreSQL server.
+pub struct TestDatabase {
+    /// Its name.
+    pub name: String,
+    /// A connection string for it (as the superuser, over TCP).
+    pub url: String,
+    /// A SQL client connected to it.
+    pub client: Client,
+}
+
+/// Creates (or re-creates) database `name`.
+pub async fn create_database(name: &str) -> TestDatabase {
+    let admin_url = required_env("PGFANOUT_TEST_PG_URL");
+    let admin = connect(&admin_url).await;
+    // A slot left by an earlier run would keep the database in use.
+    admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let url = with_database(&admin_url, name);
+    let client = connect(&url).await;
+    TestDatabase { name: name.to_owned(), url, client }
+}
+
+/// `url` with its database replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let base = url.rsplit_once('/').map(|(base, _)| base).unwrap_or(url);
+    format!("{base}/{database}")
+}
+
+/// A SQL connection whose driver task runs in the background.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|err| panic!("cannot connect to {url}: {err}"));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    // The same output settings pgfanout's replication session pins, so text
+    // values compare byte for byte.
+    client
+        .batch_execute(
+            "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; SET timezone = 'UTC'",
+        )
+        .await
+        .unwrap();
+    client
+}
+
+impl TestDatabase {
+    /// The slot's `confirmed_flush_lsn` as a number, 0 when not set.
+    pub async fn confirmed_flush_lsn(&self, slot: &str) -> u64 {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        row.and_then(|r| r.get::<_, Option<i64>>(0)).unwrap_or(0) as u64
+    }
+
+    /// The server's current WAL insert position: past every commit so far,
+    /// even with `synchronous_commit = off`, where the write position lags.
+    pub async fn current_wal_lsn(&self) -> u64 {
+        let row = self.client.query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint", &[]).await.unwrap();
+        row.get::<_, i64>(0) as u64
+    }
+}
+
+/// Every row of `table` as column → text value (NULLs left out), keyed by
+/// the text of `key_column`, using each type's output function.
+pub async fn table_as_text(
+    db: &TestDatabase,
+    table: &str,
+    key_column: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let columns: Vec<String> = db
+        .client
+        .query(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            &[&table],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let select = columns.iter().map(|c| format!("{c}::text")).collect::<Vec<_>>().join(", ");
+    let sql = format!("SELECT {key_column}::text, {select} FROM {table}");
+    let mut rows = BTreeMap::new();
+    for row in db.client.query(&sql, &[]).await.unwrap() {
+        let key: String = row.get(0);
+        let mut values = BTreeMap::new();
+        for (i, column) in columns.iter().enumerate() {
+            if let Some(value) = row.get::<_, Option<String>>(i + 1) {
+                values.insert(column.clone(), value);
+            }
+        }
+        rows.insert(key, values);
+    }
+    rows
+}
+
+/// A Redis connection to one logical database, emptied first.
+pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open(url).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap_or_else(|err| panic!("cannot reach redis at {url}: {err}"))
+}
+
+/// The test Redis server's URL for logical database `db`, emptied.
+pub async fn fresh_redis_db(db: u8) -> String {
+    let url = format!("{}/{db}", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
+    let mut connection = redis_connection(&url).await;
+    redis::cmd("FLUSHDB").query_async::<()>(&mut connection).await.unwrap();
+    url
+}
+
+/// Every hash under `prefix*` as key suffix → fields.
+pub async fn redis_hashes(
+    connection: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(connection)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut hashes = BTreeMap::new();
+    for key in keys {
+        let fields: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(connection).await.unwrap();
+        hashes.insert(key[prefix.len()..].to_owned(), fields);
+    }
+    hashes
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `pgfanout run` process; killed when dropped.
+pub struct Pgfanout {
+    child: Child,
+    /// Where its logs go.
+    pub log: PathBuf,
+    /// Its metrics address.
+    pub http: String,
+}
+
+impl Pgfanout {
+    /// Writes `config` to a file and starts `pgfanout run` with it.
+    pub fn start(name: &str, config: &str, http: &str) -> Pgfanout {
+        // One folder per test process: logs of earlier runs do not mix in.
+        let dir = std::env::temp_dir().join(format!("pgfanout-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config_path)
+            .env("PGFANOUT_LOG", "info,pgfanout=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("cannot start the pgfanout binary");
+        Pgfanout { child, log, http: http.to_owned() }
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "pgfanout did not exit within {timeout:?}; log: {}", self.log.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The body of `GET /metrics`, or `None` while the endpoint is not up.
+    pub async fn metrics(&self) -> Option<String> {
+        http_get(&self.http, "/metrics").await
+    }
+
+    /// The value of a metric line starting with `name` (exact series text), if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await?;
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// The log so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Pgfanout {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for the metrics endpoint.
+pub async fn http_get(address: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_owned())
+}
+
+/// Polls `condition` every 50 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A pgfanout config for one database, one Redis URL and the given tables
+/// (`(source, key template)`), with fast status updates for tests.
+pub fn redis_config(db: &TestDatabase, redis_url: &str, http: &str, tables: &[(&str, &str)]) -> String {
+    let mut config = format!(
+        r#"[source]
+url = "{url}"
+slot = "{name}"
+publication = "{name}"
+status_interval_ms = 200
+
+[http]
+listen = "{http}"
+
+[pipeline]
+shutdown_timeout_secs = 10
+
+[[sink]]
+name = "{name}"
+kind = "redis"
+url = "{redis_url}"
+"#,
+        url = db.url,
+        name = db.name,
+    );
+    for (source, key) in tables {
+        config.push_str(&format!("\n[[sink.table]]\nsource = \"{source}\"\nkey = \"{key}\"\n"));
+    }
+    config
+}
+
+/// A `redis-server` process of a test's own (stopped on drop, even when the
+/// test fails), for tests that pause or stop the store.
+pub struct OwnRedisServer {
+    /// `redis://` address of the server.
+    pub url: String,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl OwnRedisServer {
+    /// Starts a server on a free port and waits until it answers.
+    pub async fn start() -> OwnRedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("pgfanout-tests-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(required_env("PGFANOUT_TEST_REDIS_SERVER"))
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start PGFANOUT_TEST_REDIS_SERVER");
+        let server = OwnRedisServer { url: format!("redis://127.0.0.1:{port}/0"), child, dir };
+        wait_until("the test's own redis-server answers", Duration::from_secs(10), || async {
+            redis::Client::open(server.url.as_str()).unwrap().get_multiplexed_async_connection().await.is_ok()
+        })
+        .await;
+        server
+    }
+}
+
+impl Drop for OwnRedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

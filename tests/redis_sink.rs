@@ -1,0 +1,259 @@
+//! End to end: PostgreSQL → pgfanout → Redis, against the real servers of
+//! the local stack.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SCHEMA: &str = r#"
+CREATE TABLE reservations (
+    id bigint PRIMARY KEY,
+    guest text NOT NULL,
+    total_price numeric(12,2),
+    status text,
+    check_in date,
+    notes text
+);
+-- Keep long notes out of line (TOAST) and uncompressed, so an update that
+-- does not touch them sends them as "unchanged".
+ALTER TABLE reservations ALTER COLUMN notes SET STORAGE EXTERNAL;
+"#;
+
+/// A text long enough to be stored out of line.
+fn long_notes(seed: u32) -> String {
+    (0..400).map(|i| format!("{seed}-{i};")).collect()
+}
+
+async fn assert_redis_matches(db: &TestDatabase, redis: &mut redis::aio::MultiplexedConnection) {
+    let expected = table_as_text(db, "reservations", "id").await;
+    let actual = redis_hashes(redis, "reservation:").await;
+    assert_eq!(actual.len(), expected.len(), "row count differs");
+    assert_eq!(actual, expected);
+}
+
+async fn wait_for_match(db: &TestDatabase, redis: &mut redis::aio::MultiplexedConnection, pgfanout: &Pgfanout) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let expected = table_as_text(db, "reservations", "id").await;
+        let actual = redis_hashes(redis, "reservation:").await;
+        if expected == actual {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).take(5).collect();
+            let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+            panic!(
+                "redis never matched PostgreSQL: {} rows vs {} keys, missing {missing:?}, extra {extra:?}\nlog:\n{}",
+                expected.len(),
+                actual.len(),
+                pgfanout.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn inserts_updates_and_deletes_reach_redis() {
+    let db = create_database("e2e_basic").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = fresh_redis_db(1).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "reservation:{id}")]);
+    let pgfanout = Pgfanout::start("e2e_basic", &config, &http);
+    wait_until("the slot exists", Duration::from_secs(20), || async {
+        db.client
+            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'e2e_basic' AND active", &[])
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+
+    let notes = long_notes(1);
+    db.client
+        .execute(
+            "INSERT INTO reservations VALUES (1, 'ana', 120.50, 'pending', '2026-12-01', $1), (2, 'bo', NULL, NULL, NULL, NULL), (3, 'cy', 9.99, 'pending', '2027-01-02', 'short')",
+            &[&notes],
+        )
+        .await
+        .unwrap();
+    // Touches neither notes (TOASTed, sent as unchanged) nor the key.
+    db.client
+        .execute("UPDATE reservations SET status = 'confirmed', total_price = 130 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // A column becomes NULL: its field must disappear.
+    db.client.execute("UPDATE reservations SET status = NULL WHERE id = 3", &[]).await.unwrap();
+    // The key changes: the hash moves, keeping the TOASTed notes.
+    db.client.execute("UPDATE reservations SET id = 10, guest = 'ana b' WHERE id = 1", &[]).await.unwrap();
+    db.client.execute("DELETE FROM reservations WHERE id = 2", &[]).await.unwrap();
+    // Several changes to one row in one transaction end in its last state.
+    db.client
+        .batch_execute("BEGIN; INSERT INTO reservations VALUES (4, 'dee', 1, 'pending', NULL, NULL); UPDATE reservations SET status = 'cancelled' WHERE id = 4; COMMIT")
+        .await
+        .unwrap();
+
+    wait_for_match(&db, &mut redis, &pgfanout).await;
+    assert_redis_matches(&db, &mut redis).await;
+    let moved: Option<String> =
+        redis::cmd("HGET").arg("reservation:10").arg("notes").query_async(&mut redis).await.unwrap();
+    assert_eq!(moved.as_deref(), Some(notes.as_str()), "TOASTed notes must survive updates that do not touch them");
+
+    // The checkpoint is stored with the data, and the slot catches up to it.
+    let checkpoint: String =
+        redis::cmd("GET").arg("pgfanout:checkpoint:e2e_basic").query_async(&mut redis).await.unwrap();
+    let checkpoint: pgoutput::Lsn = checkpoint.parse().unwrap();
+    wait_until("confirmed_flush_lsn reaches the redis checkpoint", Duration::from_secs(10), || async {
+        db.confirmed_flush_lsn("e2e_basic").await >= checkpoint.0
+    })
+    .await;
+
+    // Metrics describe what happened.
+    let applied = pgfanout
+        .metric(r#"pgfanout_sink_applied_total{op="update",sink="e2e_basic",table="public.reservations"}"#)
+        .await;
+    assert_eq!(
+        applied,
+        Some(4.0),
+        "four updates applied; metrics were:\n{}",
+        pgfanout.metrics().await.unwrap_or_default()
+    );
+    assert!(pgfanout.metric("pgfanout_transactions_total").await.unwrap() >= 6.0);
+    assert!(http_get(&http, "/readyz").await.is_some(), "ready while streaming");
+}
+
+#[tokio::test]
+async fn restarts_mid_stream_lose_and_duplicate_nothing() {
+    let db = create_database("e2e_restart").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = fresh_redis_db(2).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "reservation:{id}")]);
+    let mut pgfanout = Pgfanout::start("e2e_restart", &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+
+    // A workload of inserts, updates and deletes in many small transactions,
+    // running while pgfanout is killed, stopped and restarted.
+    let writer_url = db.url.clone();
+    let workload = tokio::spawn(async move {
+        let client = connect(&writer_url).await;
+        for i in 0..600i64 {
+            let sql = match i % 4 {
+                0 | 1 => format!("INSERT INTO reservations VALUES ({i}, 'g{i}', {i}.25, 'pending', NULL, NULL)"),
+                2 => format!(
+                    "UPDATE reservations SET status = 'confirmed', total_price = total_price + 1 WHERE id = {}",
+                    i - 2
+                ),
+                _ => format!("DELETE FROM reservations WHERE id = {}", i - 2),
+            };
+            client.batch_execute(&sql).await.unwrap();
+            if i % 20 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    pgfanout.signal("KILL");
+    pgfanout.wait_exit(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut pgfanout = Pgfanout::start("e2e_restart", &config, &http);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    pgfanout.signal("TERM");
+    assert_eq!(pgfanout.wait_exit(Duration::from_secs(15)).await, Some(0), "SIGTERM exits cleanly");
+    let pgfanout = Pgfanout::start("e2e_restart", &config, &http);
+
+    workload.await.unwrap();
+    wait_for_match(&db, &mut redis, &pgfanout).await;
+    assert_redis_matches(&db, &mut redis).await;
+}
+
+#[tokio::test]
+async fn confirmed_flush_never_passes_what_redis_holds() {
+    // A Redis server of its own, so pausing it does not pause other tests.
+    let own_redis = OwnRedisServer::start().await;
+    let redis_url = own_redis.url.clone();
+    let mut redis = redis_connection(&redis_url).await;
+
+    let db = create_database("e2e_pause").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "reservation:{id}")]);
+    let mut pgfanout = Pgfanout::start("e2e_pause", &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+
+    db.client.execute("INSERT INTO reservations VALUES (1, 'before', 1, 'pending', NULL, NULL)", &[]).await.unwrap();
+    wait_for_match(&db, &mut redis, &pgfanout).await;
+    // Let the slot catch up with what Redis holds before pausing it.
+    let checkpoint: String =
+        redis::cmd("GET").arg("pgfanout:checkpoint:e2e_pause").query_async(&mut redis).await.unwrap();
+    let checkpoint: pgoutput::Lsn = checkpoint.parse().unwrap();
+    wait_until("confirmed_flush_lsn reaches the redis checkpoint", Duration::from_secs(10), || async {
+        db.confirmed_flush_lsn("e2e_pause").await >= checkpoint.0
+    })
+    .await;
+    let transactions_before = pgfanout.metric("pgfanout_transactions_total").await.unwrap();
+
+    // Writes block on the paused server; reads (our checks) still work.
+    redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE").query_async::<()>(&mut redis).await.unwrap();
+    db.client
+        .execute("INSERT INTO reservations VALUES (2, 'during pause', 2, 'pending', NULL, NULL)", &[])
+        .await
+        .unwrap();
+    let after_paused_commit = db.current_wal_lsn().await;
+    wait_until("pgfanout received the transaction", Duration::from_secs(10), || async {
+        pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0) > transactions_before
+    })
+    .await;
+    // Keepalives read before the transaction arrived may still be on their
+    // way to the server (status updates are coalesced); let them land. From
+    // then on the stuck transaction pins the position.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let confirmed_while_paused = db.confirmed_flush_lsn("e2e_pause").await;
+    // Many status-update intervals (200 ms) pass; nothing more may be confirmed.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let confirmed = db.confirmed_flush_lsn("e2e_pause").await;
+        assert_eq!(
+            confirmed,
+            confirmed_while_paused,
+            "confirmed_flush_lsn moved while the only sink was paused; metrics:\n{}\nlog:\n{}",
+            pgfanout.metrics().await.unwrap_or_default(),
+            pgfanout.log_text()
+        );
+        assert!(
+            confirmed < after_paused_commit,
+            "confirmed {confirmed:#x} passed the paused commit {after_paused_commit:#x}; log:\n{}",
+            pgfanout.log_text()
+        );
+    }
+
+    // Crash while the batch is stuck; make sure the stuck batch dies with it.
+    pgfanout.signal("KILL");
+    pgfanout.wait_exit(Duration::from_secs(5)).await;
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut redis).await.unwrap();
+    for line in clients.lines().filter(|l| l.contains("name=pgfanout:")) {
+        if let Some(id) = line.split_whitespace().find_map(|f| f.strip_prefix("id=")) {
+            let _: redis::RedisResult<i64> =
+                redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut redis).await;
+        }
+    }
+    redis::cmd("CLIENT").arg("UNPAUSE").query_async::<()>(&mut redis).await.unwrap();
+    let lost: bool = redis::cmd("EXISTS").arg("reservation:2").query_async(&mut redis).await.unwrap();
+    assert!(!lost, "the paused batch must not have been applied (test setup)");
+
+    // After a restart the unconfirmed transaction is delivered again: proof
+    // that the slot never confirmed it.
+    let pgfanout = Pgfanout::start("e2e_pause", &config, &http);
+    wait_for_match(&db, &mut redis, &pgfanout).await;
+    assert_redis_matches(&db, &mut redis).await;
+    drop(pgfanout);
+    drop(own_redis);
+}
