@@ -279,17 +279,20 @@ port = 5432
 EOF
 
     # Trust over the socket and for postgres over TCP; everyone else over TCP
-    # needs a SCRAM password (tests create such users). A logical replication
-    # connection is matched by its real database name, so `all` covers it;
-    # the `replication` lines are for physical ones (pg_basebackup &c.).
+    # needs a SCRAM password (tests create such users), except the role
+    # pgfanout_md5, kept on md5 so the client's md5 path is tested too.
+    # A logical replication connection is matched by its real database
+    # name, so `all` covers it; the `replication` lines are for physical
+    # ones (pg_basebackup &c.).
     cat >"$DIR/pgdata/pg_hba.conf" <<'EOF'
-# TYPE  DATABASE     USER      ADDRESS        METHOD
-local   all          all                      trust
-host    all          postgres  127.0.0.1/32   trust
-host    all          all       127.0.0.1/32   scram-sha-256
-local   replication  all                      trust
-host    replication  postgres  127.0.0.1/32   trust
-host    replication  all       127.0.0.1/32   scram-sha-256
+# TYPE  DATABASE     USER          ADDRESS        METHOD
+local   all          all                          trust
+host    all          postgres      127.0.0.1/32   trust
+host    all          pgfanout_md5  127.0.0.1/32   md5
+host    all          all           127.0.0.1/32   scram-sha-256
+local   replication  all                          trust
+host    replication  postgres      127.0.0.1/32   trust
+host    replication  all           127.0.0.1/32   scram-sha-256
 EOF
 }
 

@@ -222,7 +222,9 @@ impl ReplicationConnection {
             options: options.clone(),
             server_version: 0,
         };
-        connection.startup().await?;
+        if let Err(err) = connection.startup().await {
+            return Err(connection.explain_rejection(err));
+        }
         Ok(connection)
     }
 
@@ -318,6 +320,26 @@ impl ReplicationConnection {
         }
         self.send(&buf).await?;
         self.expect_auth_ok().await
+    }
+
+    /// Turns the server's refusals at login (SQLSTATE class 28: wrong
+    /// password, no `pg_hba.conf` entry, role without LOGIN/REPLICATION)
+    /// into an [`ReplicationError::Auth`] that says what to fix.
+    fn explain_rejection(&self, err: ReplicationError) -> ReplicationError {
+        match err {
+            // 42501: "must be superuser or replication role to start walsender".
+            ReplicationError::Server(server) if server.code.starts_with("28") || server.code == "42501" => {
+                ReplicationError::Auth {
+                    user: self.options.user.clone(),
+                    reason: format!(
+                        "the server refused the login ({server}); check the password, that pg_hba.conf admits \
+                     this user and host for database {:?}, and that the role has LOGIN and REPLICATION",
+                        self.options.database
+                    ),
+                }
+            }
+            other => other,
+        }
     }
 
     async fn expect_auth_ok(&mut self) -> Result<()> {
