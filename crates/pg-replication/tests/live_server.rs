@@ -176,7 +176,7 @@ async fn stream_delivers_a_transaction_and_confirmation_reaches_the_slot() {
     let state = connection.slot_state("client_stream").await.unwrap().expect("slot exists after creation");
     assert_eq!(state.plugin.as_deref(), Some("pgoutput"));
     assert!(!state.active);
-    let creating_again = connection.create_slot("client_stream").await.err().expect("the slot exists");
+    let creating_again = connection.create_slot("client_stream").await.expect_err("the slot exists");
     assert_eq!(creating_again.sqlstate(), Some("42710"), "{creating_again}");
 
     sql.batch_execute("INSERT INTO cities VALUES (1, 'Lisbon'), (2, 'Porto')").await.unwrap();
