@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use pgfanout_core::WorkerSettings;
+use pgfanout_core::{SpillSettings, WorkerSettings};
 use pgfanout_sink_redis::RedisSinkConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -64,6 +64,19 @@ pub struct SourceConfig {
     /// Milliseconds between standby status updates. Default: 10000.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
+    /// Receive large transactions while they run (pgoutput `streaming`,
+    /// PostgreSQL 14+), held until they commit and spilled to disk past
+    /// `pipeline.spill_memory_mb`. Off: the server holds (and spills) them.
+    /// Default: true.
+    #[serde(default = "default_true")]
+    pub streaming: bool,
+    /// Seconds without any transaction after which pgfanout writes a tiny
+    /// `pg_logical_emit_message` (prefix `pgfanout.heartbeat`, not
+    /// transactional) so the slot keeps advancing on an idle database; 0
+    /// turns it off. The role needs EXECUTE on `pg_logical_emit_message`.
+    /// Default: 30.
+    #[serde(default = "default_heartbeat_interval_secs")]
+    pub heartbeat_interval_secs: u64,
 }
 
 /// `[http]`.
@@ -91,6 +104,13 @@ pub struct PipelineConfig {
     /// Seconds to drain in-flight batches on shutdown before giving up. Default: 30.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Megabytes of streamed, not yet committed changes held in memory before
+    /// the largest transaction is written to a temporary file. Default: 64.
+    #[serde(default = "default_spill_memory_mb")]
+    pub spill_memory_mb: usize,
+    /// Folder for those temporary files. Default: the system's temp folder.
+    #[serde(default)]
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// One `[[sink]]`, by `kind`.
@@ -123,6 +143,8 @@ impl Default for PipelineConfig {
             max_batch_changes: default_max_batch_changes(),
             max_batch_delay_ms: default_max_batch_delay_ms(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            spill_memory_mb: default_spill_memory_mb(),
+            spill_dir: None,
         }
     }
 }
@@ -135,6 +157,12 @@ fn default_publication() -> String {
 }
 fn default_true() -> bool {
     true
+}
+fn default_heartbeat_interval_secs() -> u64 {
+    30
+}
+fn default_spill_memory_mb() -> usize {
+    64
 }
 fn default_status_interval_ms() -> u64 {
     10_000
@@ -220,6 +248,14 @@ impl Config {
                 Ok(Some(SecretString::from(text.lines().next().unwrap_or_default().to_owned())))
             }
             None => Ok(None),
+        }
+    }
+
+    /// Spill settings for streamed transactions.
+    pub fn spill_settings(&self) -> SpillSettings {
+        SpillSettings {
+            memory_limit: self.pipeline.spill_memory_mb.saturating_mul(1024 * 1024),
+            directory: self.pipeline.spill_dir.clone(),
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use pg_replication::{
     ConnectOptions, ReplicationConnection, ReplicationError, ReplicationEvent, ReplicationStream, StartOptions,
-    StreamSettings,
+    StreamSettings, Streaming,
 };
 use pgfanout_core::{error_chain, Lsn, Metrics, Pipeline, Sink, SinkWorker, TableName};
 use pgfanout_sink_redis::RedisSink;
@@ -43,10 +43,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let options = connect_options(config)?;
     let mut first_connection = connect_with_retry(&options, &shutdown).await?;
     prepare_source(&mut first_connection, config, options.database()).await?;
+    let start_options = start_options(config, first_connection.server_version());
     let mut connection = Some(first_connection);
 
     let on_ack = Arc::new(Notify::new());
-    let mut pipeline = Pipeline::new(metrics.clone());
+    let mut pipeline = Pipeline::new(metrics.clone()).with_spill(config.spill_settings());
     let mut workers = Vec::new();
     let mut checkpoints = Vec::new();
     for sink_config in &config.sinks {
@@ -72,7 +73,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         status_interval: Duration::from_millis(config.source.status_interval_ms),
         ..StreamSettings::default()
     };
-    let start_options = StartOptions::new(config.source.publication.clone());
+    if config.source.heartbeat_interval_secs > 0 {
+        let interval = Duration::from_secs(config.source.heartbeat_interval_secs);
+        tokio::spawn(heartbeat(options.clone(), interval, metrics.clone(), shutdown.clone()));
+    }
     let mut backoff = Backoff::new();
     loop {
         start = start.max(pipeline.received_lsn());
@@ -98,9 +102,17 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             }
             Err(err) => return Err(err).context(format!("cannot start replication from slot {}", config.source.slot)),
         };
-        tracing::info!(slot = %config.source.slot, publication = %config.source.publication, %start, "streaming");
+        tracing::info!(
+            slot = %config.source.slot,
+            publication = %config.source.publication,
+            %start,
+            proto_version = start_options.proto_version,
+            streaming = ?start_options.streaming,
+            "streaming"
+        );
         streaming.store(true, Ordering::Release);
-        let outcome = pump(&mut stream, &mut pipeline, &metrics, &on_ack, &shutdown).await;
+        let decoder = pgoutput::Decoder::new(start_options.proto_version);
+        let outcome = pump(&mut stream, decoder, &mut pipeline, &metrics, &on_ack, &shutdown).await;
         streaming.store(false, Ordering::Release);
         match outcome {
             Ok(StreamEnd::Shutdown) => return finish(pipeline, workers, Some(stream), config).await,
@@ -119,6 +131,65 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     }
 }
 
+/// The `START_REPLICATION` options for this server: its highest protocol
+/// version, streaming of large transactions when configured and available.
+/// Values stay in text format: the sinks consume the types' text output.
+fn start_options(config: &Config, server_version: u32) -> StartOptions {
+    let proto_version = StartOptions::highest_proto_version(server_version);
+    let streaming = if config.source.streaming && proto_version >= 2 { Streaming::On } else { Streaming::Off };
+    StartOptions { proto_version, streaming, ..StartOptions::new(config.source.publication.clone()) }
+}
+
+/// Writes a non-transactional logical message whenever no transaction has
+/// arrived for a whole `interval`, so that an idle database still produces
+/// WAL the slot can be confirmed past. Runs until shutdown; failures are
+/// logged (once per distinct error) and never stop replication.
+async fn heartbeat(options: ConnectOptions, interval: Duration, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut seen = metrics.transactions_total.get();
+    let mut last_error = String::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = metrics.transactions_total.get();
+        if now != seen {
+            seen = now;
+            continue;
+        }
+        let outcome = async {
+            let mut connection = ReplicationConnection::connect(&options).await?;
+            connection.simple_query(HEARTBEAT_SQL).await?;
+            connection.close().await
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                tracing::debug!("heartbeat written");
+                last_error.clear();
+            }
+            Err(err) => {
+                let text = error_chain(&err);
+                if text != last_error {
+                    tracing::warn!(
+                        error = %text,
+                        fix = "GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO <source role>, \
+                               or set source.heartbeat_interval_secs = 0",
+                        "cannot write the heartbeat"
+                    );
+                    last_error = text;
+                }
+            }
+        }
+    }
+}
+
+/// The heartbeat: a non-transactional logical message, ignored by pgfanout.
+const HEARTBEAT_SQL: &str = "SELECT pg_catalog.pg_logical_emit_message(false, 'pgfanout.heartbeat', '')";
+
 /// Why the stream loop returned.
 enum StreamEnd {
     Shutdown,
@@ -133,13 +204,13 @@ enum PumpError {
 /// Reads events until shutdown or failure, confirming after every acknowledgement.
 async fn pump(
     stream: &mut ReplicationStream,
+    mut decoder: pgoutput::Decoder,
     pipeline: &mut Pipeline,
     metrics: &Metrics,
     on_ack: &Notify,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<StreamEnd, PumpError> {
     let feedback = stream.feedback();
-    let mut decoder = pgoutput::Decoder::new(1);
     let mut shutdown = shutdown.clone();
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.tick().await;

@@ -34,25 +34,7 @@ async fn assert_redis_matches(db: &TestDatabase, redis: &mut redis::aio::Multipl
 }
 
 async fn wait_for_match(db: &TestDatabase, redis: &mut redis::aio::MultiplexedConnection, pgfanout: &Pgfanout) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let expected = table_as_text(db, "reservations", "id").await;
-        let actual = redis_hashes(redis, "reservation:").await;
-        if expected == actual {
-            return;
-        }
-        if std::time::Instant::now() > deadline {
-            let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).take(5).collect();
-            let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
-            panic!(
-                "redis never matched PostgreSQL: {} rows vs {} keys, missing {missing:?}, extra {extra:?}\nlog:\n{}",
-                expected.len(),
-                actual.len(),
-                pgfanout.log_text()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_redis_match(db, "reservations", "id", redis, "reservation:", pgfanout).await;
 }
 
 #[tokio::test]

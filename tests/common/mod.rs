@@ -351,3 +351,41 @@ impl Drop for OwnRedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Waits (up to 60 s) until the hashes under `prefix` equal `table`'s rows;
+/// panics with the difference and pgfanout's log otherwise.
+pub async fn wait_for_redis_match(
+    db: &TestDatabase,
+    table: &str,
+    key_column: &str,
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    pgfanout: &Pgfanout,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let expected = table_as_text(db, table, key_column).await;
+        let actual = redis_hashes(redis, prefix).await;
+        if expected == actual {
+            return;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).take(5).collect();
+            let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+            let differing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v))
+                .map(|(k, _)| k)
+                .take(5)
+                .collect();
+            panic!(
+                "redis never matched {table}: {} rows vs {} keys, missing {missing:?}, extra {extra:?}, \
+                 differing {differing:?}\nlog:\n{}",
+                expected.len(),
+                actual.len(),
+                pgfanout.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,20 +1,31 @@
 //! Turns the flat sequence of pgoutput messages into whole [`Transaction`]s,
 //! keeping the relation cache current.
 //!
-//! Invariant: a transaction is emitted only at its Commit, with every change
-//! between its Begin and Commit in order; a Relation message replaces the
-//! cached shape of its table at once, so a new column is picked up without
-//! restart.
+//! Two kinds of transaction arrive. Ordinary ones come whole, between Begin
+//! and Commit. Streamed ones (protocol 2+, `streaming` on) come in Stream
+//! Start … Stream Stop blocks while they are still running, interleaved with
+//! others, and end with Stream Commit or Stream Abort; their changes wait in
+//! [`StreamedTransactions`] (which spills to disk past a memory bound).
+//!
+//! Invariants:
+//! - a transaction is emitted only at its Commit or Stream Commit, with its
+//!   changes in order and without those of aborted subtransactions;
+//! - a Relation message replaces the cached shape of its table at once, so a
+//!   new column is picked up without restart. Inside a stream block it only
+//!   applies to that streamed transaction until it commits (then it becomes
+//!   the shape for everyone, as pgoutput assumes); if it aborts, the shape is
+//!   forgotten, because the server will not send the old one again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, TupleColumn, TupleData};
+use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, TupleColumn, TupleData, Xid};
 
 use crate::model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
+use crate::streamed::{SpillError, SpillSettings, StreamedTransactions};
 
 /// Errors in the order or content of the message stream.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum AssembleError {
     /// A change arrived outside Begin … Commit.
     #[error("{message} received outside a transaction")]
@@ -31,6 +42,17 @@ pub enum AssembleError {
     /// A change refers to a relation no Relation message announced.
     #[error("change for relation oid {0} that was never announced by a relation message")]
     UnknownRelation(Oid),
+    /// Stream Start while a stream block or an ordinary transaction was open.
+    #[error("stream start for transaction {xid} while {open} is open")]
+    NestedStreamStart {
+        /// The transaction the new block belongs to.
+        xid: Xid,
+        /// What was open: `a stream block` or `a transaction`.
+        open: &'static str,
+    },
+    /// A streamed transaction's changes could not be spilled or read back.
+    #[error(transparent)]
+    Spill(#[from] SpillError),
     /// A tuple's column count differs from its relation's.
     #[error("tuple for {table} has {found} columns, its relation message announced {expected}")]
     ColumnCountMismatch {
@@ -52,28 +74,55 @@ pub enum Assembled {
     Committed(Transaction),
 }
 
-/// Relation cache plus the transaction being assembled.
+/// Relation cache plus the transactions being assembled.
 #[derive(Debug, Default)]
 pub struct TransactionAssembler {
     relations: HashMap<Oid, Arc<TableSchema>>,
     open: Option<Transaction>,
+    /// Top-level xid of the stream block being received.
+    stream_block: Option<Xid>,
+    streamed: StreamedTransactions,
+    /// Relation shapes announced inside stream blocks, per streamed transaction.
+    stream_relations: HashMap<Xid, HashMap<Oid, Arc<TableSchema>>>,
 }
 
 impl TransactionAssembler {
-    /// An empty assembler.
+    /// An empty assembler with default spill settings.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Whether no transaction is open: everything received so far has been
-    /// handed on.
-    pub fn is_idle(&self) -> bool {
-        self.open.is_none()
+    /// An empty assembler spilling streamed transactions by `settings`.
+    pub fn with_spill(settings: SpillSettings) -> Self {
+        TransactionAssembler { streamed: StreamedTransactions::new(settings), ..Self::default() }
     }
 
-    /// Drops the open transaction, if any (its connection was lost).
+    /// Whether no ordinary transaction and no stream block is open: every
+    /// message received so far has been accounted for. Streamed transactions
+    /// may still be in progress between blocks; confirming a position inside
+    /// them is safe, because the server re-sends any transaction that
+    /// commits after the confirmed position.
+    pub fn is_idle(&self) -> bool {
+        self.open.is_none() && self.stream_block.is_none()
+    }
+
+    /// Bytes of streamed, uncommitted changes held in memory.
+    pub fn streamed_in_memory_bytes(&self) -> usize {
+        self.streamed.in_memory_bytes()
+    }
+
+    /// Bytes of streamed changes spilled to disk since start.
+    pub fn streamed_spilled_bytes_total(&self) -> u64 {
+        self.streamed.spilled_bytes_total()
+    }
+
+    /// Drops every partial transaction, ordinary or streamed (the connection
+    /// was lost; the server sends them again from their start).
     pub fn discard_open(&mut self) {
         self.open = None;
+        self.stream_block = None;
+        self.streamed.clear();
+        self.stream_relations.clear();
     }
 
     /// The cached shape of a relation.
@@ -106,7 +155,7 @@ impl TransactionAssembler {
                 Ok(Assembled::Committed(transaction))
             }
             PgOutputMessage::Relation(relation) => {
-                let schema = TableSchema {
+                let schema = Arc::new(TableSchema {
                     oid: relation.oid,
                     table: TableName::new(relation.namespace, relation.name),
                     replica_identity: relation.replica_identity,
@@ -115,43 +164,94 @@ impl TransactionAssembler {
                         .into_iter()
                         .map(|c| ColumnSchema { name: c.name, type_oid: c.type_oid, is_key: c.is_key })
                         .collect(),
+                });
+                match self.stream_block {
+                    Some(xid) => self.stream_relations.entry(xid).or_default().insert(schema.oid, schema),
+                    None => self.relations.insert(schema.oid, schema),
                 };
-                self.relations.insert(schema.oid, Arc::new(schema));
                 Ok(Assembled::Pending)
             }
             PgOutputMessage::Insert(insert) => {
                 let table = self.table(insert.relation)?;
                 let new = to_row(&table, insert.new_tuple)?;
-                self.add_change(table, ChangeOp::Insert { new }, "insert")
+                self.add_change(table, ChangeOp::Insert { new }, insert.xid, "insert")
             }
             PgOutputMessage::Update(update) => {
                 let table = self.table(update.relation)?;
                 let old = update.old_tuple.map(|old| to_row(&table, old_tuple_data(old))).transpose()?;
                 let new = to_row(&table, update.new_tuple)?;
-                self.add_change(table, ChangeOp::Update { old, new }, "update")
+                self.add_change(table, ChangeOp::Update { old, new }, update.xid, "update")
             }
             PgOutputMessage::Delete(delete) => {
                 let table = self.table(delete.relation)?;
                 let old = to_row(&table, old_tuple_data(delete.old_tuple))?;
-                self.add_change(table, ChangeOp::Delete { old }, "delete")
+                self.add_change(table, ChangeOp::Delete { old }, delete.xid, "delete")
+            }
+            PgOutputMessage::StreamStart(start) => {
+                if self.stream_block.is_some() || self.open.is_some() {
+                    let open = if self.open.is_some() { "a transaction" } else { "a stream block" };
+                    return Err(AssembleError::NestedStreamStart { xid: start.xid, open });
+                }
+                self.stream_block = Some(start.xid);
+                Ok(Assembled::Pending)
+            }
+            PgOutputMessage::StreamStop => {
+                self.stream_block.take().ok_or(AssembleError::OutsideTransaction { message: "stream stop" })?;
+                Ok(Assembled::Pending)
+            }
+            PgOutputMessage::StreamCommit(commit) => {
+                let changes = self.streamed.commit(commit.xid)?;
+                // pgoutput now considers the shapes sent in the stream known
+                // to us for ordinary transactions too.
+                if let Some(shapes) = self.stream_relations.remove(&commit.xid) {
+                    self.relations.extend(shapes);
+                }
+                Ok(Assembled::Committed(Transaction {
+                    xid: commit.xid,
+                    commit_lsn: commit.commit_lsn,
+                    end_lsn: commit.end_lsn,
+                    commit_time: commit.commit_time,
+                    changes,
+                }))
+            }
+            PgOutputMessage::StreamAbort(abort) => {
+                self.streamed.abort(abort.xid, abort.subxid);
+                if abort.xid == abort.subxid {
+                    self.stream_relations.remove(&abort.xid);
+                }
+                Ok(Assembled::Pending)
             }
             // Type and Origin carry nothing the sinks use yet; logical
-            // messages, truncate, streaming and two-phase are not requested
-            // by this client (proto v1, publication without truncate).
+            // messages (requested for heartbeats) are not changes; truncate
+            // is not published yet and two-phase is not requested.
             _ => Ok(Assembled::Pending),
         }
     }
 
+    /// The shape of `oid` as the message being processed sees it: a streamed
+    /// transaction's own announcement first, then the shared cache.
     fn table(&self, oid: Oid) -> Result<Arc<TableSchema>, AssembleError> {
-        self.relations.get(&oid).cloned().ok_or(AssembleError::UnknownRelation(oid))
+        self.stream_block
+            .and_then(|xid| self.stream_relations.get(&xid))
+            .and_then(|shapes| shapes.get(&oid))
+            .or_else(|| self.relations.get(&oid))
+            .cloned()
+            .ok_or(AssembleError::UnknownRelation(oid))
     }
 
+    /// Adds a change to the open transaction, or inside a stream block to the
+    /// streamed transaction (`subtransaction` is the xid the message carries).
     fn add_change(
         &mut self,
         table: Arc<TableSchema>,
         op: ChangeOp,
+        subtransaction: Option<Xid>,
         message: &'static str,
     ) -> Result<Assembled, AssembleError> {
+        if let Some(xid) = self.stream_block {
+            self.streamed.add(xid, subtransaction.unwrap_or(xid), Change { table, op, ordinal: 0 })?;
+            return Ok(Assembled::Pending);
+        }
         let open = self.open.as_mut().ok_or(AssembleError::OutsideTransaction { message })?;
         let ordinal = open.changes.len() as u32;
         open.changes.push(Change { table, op, ordinal });
@@ -190,7 +290,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use pgoutput::{
-        Begin, Commit, Delete, Insert, PgTimestamp, Relation, RelationColumn, ReplicaIdentity, Update, Xid,
+        Begin, Commit, Delete, Insert, PgTimestamp, Relation, RelationColumn, ReplicaIdentity, StreamAbort,
+        StreamCommit, StreamStart, Update, Xid,
     };
 
     fn relation(oid: u32, columns: &[(&str, bool)]) -> PgOutputMessage {
@@ -280,16 +381,154 @@ mod tests {
     #[test]
     fn protocol_order_errors_are_reported() {
         let mut assembler = TransactionAssembler::new();
-        assert_eq!(assembler.push(commit()), Err(AssembleError::OutsideTransaction { message: "commit" }));
+        assert!(matches!(assembler.push(commit()), Err(AssembleError::OutsideTransaction { message: "commit" })));
         assembler.push(begin()).unwrap();
-        assert_eq!(assembler.push(begin()), Err(AssembleError::NestedBegin { open: Lsn(100) }));
+        assert!(matches!(assembler.push(begin()), Err(AssembleError::NestedBegin { open: Lsn(100) })));
         let insert = Insert { xid: None, relation: Oid(9), new_tuple: TupleData { columns: vec![] } };
-        assert_eq!(assembler.push(PgOutputMessage::Insert(insert)), Err(AssembleError::UnknownRelation(Oid(9))));
+        assert!(matches!(assembler.push(PgOutputMessage::Insert(insert)), Err(AssembleError::UnknownRelation(Oid(9)))));
         assembler.push(relation(1, &[("id", true), ("v", false)])).unwrap();
         let short = Insert { xid: None, relation: Oid(1), new_tuple: TupleData { columns: vec![text("1")] } };
         assert!(matches!(
             assembler.push(PgOutputMessage::Insert(short)),
             Err(AssembleError::ColumnCountMismatch { expected: 2, found: 1, .. })
+        ));
+    }
+
+    fn stream_start(xid: u32) -> PgOutputMessage {
+        PgOutputMessage::StreamStart(StreamStart { xid: Xid(xid), first_segment: false })
+    }
+
+    fn stream_insert(subtransaction: u32, id: &'static str) -> PgOutputMessage {
+        PgOutputMessage::Insert(Insert {
+            xid: Some(Xid(subtransaction)),
+            relation: Oid(1),
+            new_tuple: TupleData { columns: vec![text(id), text("v")] },
+        })
+    }
+
+    fn inserted_ids(transaction: &Transaction) -> Vec<String> {
+        transaction
+            .changes
+            .iter()
+            .map(|c| match &c.op {
+                ChangeOp::Insert { new } => String::from_utf8(new[0].as_bytes().unwrap().to_vec()).unwrap(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    fn stream_commit(xid: u32, end: u64) -> PgOutputMessage {
+        PgOutputMessage::StreamCommit(StreamCommit {
+            xid: Xid(xid),
+            flags: 0,
+            commit_lsn: Lsn(end - 10),
+            end_lsn: Lsn(end),
+            commit_time: PgTimestamp(3),
+        })
+    }
+
+    fn stream_abort(xid: u32, subxid: u32) -> PgOutputMessage {
+        PgOutputMessage::StreamAbort(StreamAbort {
+            xid: Xid(xid),
+            subxid: Xid(subxid),
+            abort_lsn: None,
+            abort_time: None,
+        })
+    }
+
+    #[test]
+    fn streamed_transactions_wait_for_their_commit_and_keep_their_order() {
+        let mut assembler = TransactionAssembler::new();
+        assembler.push(relation(1, &[("id", true), ("v", false)])).unwrap();
+        // Two streamed transactions interleaved, with an ordinary one between blocks.
+        for (xid, id) in [(50, "a1"), (60, "b1"), (50, "a2"), (60, "b2")] {
+            assembler.push(stream_start(xid)).unwrap();
+            assert!(!assembler.is_idle(), "inside a stream block");
+            assert!(matches!(assembler.push(stream_insert(xid, id)).unwrap(), Assembled::Pending));
+            assembler.push(PgOutputMessage::StreamStop).unwrap();
+            assert!(assembler.is_idle(), "between blocks");
+        }
+        assembler.push(begin()).unwrap();
+        assembler
+            .push(PgOutputMessage::Insert(Insert {
+                xid: None,
+                relation: Oid(1),
+                new_tuple: TupleData { columns: vec![text("plain"), text("v")] },
+            }))
+            .unwrap();
+        let Assembled::Committed(plain) = assembler.push(commit()).unwrap() else { panic!("ordinary commit") };
+        assert_eq!(inserted_ids(&plain), ["plain"]);
+
+        let Assembled::Committed(b) = assembler.push(stream_commit(60, 500)).unwrap() else { panic!("stream commit") };
+        assert_eq!((b.xid, b.end_lsn), (Xid(60), Lsn(500)));
+        assert_eq!(inserted_ids(&b), ["b1", "b2"]);
+        assert_eq!(b.changes.iter().map(|c| c.ordinal).collect::<Vec<_>>(), [0, 1]);
+        let Assembled::Committed(a) = assembler.push(stream_commit(50, 600)).unwrap() else { panic!("stream commit") };
+        assert_eq!(inserted_ids(&a), ["a1", "a2"]);
+        assert_eq!(assembler.streamed_in_memory_bytes(), 0);
+    }
+
+    #[test]
+    fn stream_aborts_drop_the_subtransaction_or_the_whole_transaction() {
+        let mut assembler = TransactionAssembler::new();
+        assembler.push(relation(1, &[("id", true), ("v", false)])).unwrap();
+        assembler.push(stream_start(70)).unwrap();
+        for (sub, id) in [(70, "kept1"), (71, "rolled_back"), (70, "kept2")] {
+            assembler.push(stream_insert(sub, id)).unwrap();
+        }
+        assembler.push(PgOutputMessage::StreamStop).unwrap();
+        assembler.push(stream_abort(70, 71)).unwrap();
+        let Assembled::Committed(t) = assembler.push(stream_commit(70, 900)).unwrap() else { panic!("commit") };
+        assert_eq!(inserted_ids(&t), ["kept1", "kept2"]);
+
+        assembler.push(stream_start(80)).unwrap();
+        assembler.push(stream_insert(80, "gone")).unwrap();
+        assembler.push(PgOutputMessage::StreamStop).unwrap();
+        assembler.push(stream_abort(80, 80)).unwrap();
+        let Assembled::Committed(empty) = assembler.push(stream_commit(80, 950)).unwrap() else { panic!("commit") };
+        assert!(empty.changes.is_empty(), "an aborted transaction leaves nothing");
+    }
+
+    #[test]
+    fn a_shape_announced_in_an_aborted_stream_does_not_leak_into_ordinary_transactions() {
+        let mut assembler = TransactionAssembler::new();
+        assembler.push(relation(1, &[("id", true), ("v", false)])).unwrap();
+        assembler.push(stream_start(90)).unwrap();
+        let mut altered = relation(1, &[("id", true), ("v", false), ("added", false)]);
+        if let PgOutputMessage::Relation(r) = &mut altered {
+            r.xid = Some(Xid(90));
+        }
+        assembler.push(altered).unwrap();
+        assembler
+            .push(PgOutputMessage::Insert(Insert {
+                xid: Some(Xid(90)),
+                relation: Oid(1),
+                new_tuple: TupleData { columns: vec![text("s"), text("v"), text("x")] },
+            }))
+            .unwrap();
+        assembler.push(PgOutputMessage::StreamStop).unwrap();
+        assert_eq!(assembler.relation(Oid(1)).unwrap().columns.len(), 2, "ordinary transactions keep the old shape");
+        assembler.push(stream_abort(90, 90)).unwrap();
+        assert_eq!(assembler.relation(Oid(1)).unwrap().columns.len(), 2);
+
+        // Had it committed, the new shape would become everyone's.
+        assembler.push(stream_start(91)).unwrap();
+        assembler.push(relation(1, &[("id", true), ("v", false), ("added", false)])).unwrap();
+        assembler.push(PgOutputMessage::StreamStop).unwrap();
+        assembler.push(stream_commit(91, 1000)).unwrap();
+        assert_eq!(assembler.relation(Oid(1)).unwrap().columns.len(), 3);
+    }
+
+    #[test]
+    fn nested_stream_blocks_are_protocol_errors() {
+        let mut assembler = TransactionAssembler::new();
+        assembler.push(stream_start(1)).unwrap();
+        assert!(matches!(assembler.push(stream_start(2)), Err(AssembleError::NestedStreamStart { .. })));
+        assembler.discard_open();
+        assert!(assembler.is_idle());
+        assert!(matches!(
+            assembler.push(PgOutputMessage::StreamStop),
+            Err(AssembleError::OutsideTransaction { message: "stream stop" })
         ));
     }
 }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod sink;
+pub mod streamed;
 pub mod worker;
 
 pub use assembler::{AssembleError, Assembled, TransactionAssembler};
@@ -28,4 +29,5 @@ pub use model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, Tab
 pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
 pub use sink::{ErrorKind, Sink, SinkError};
+pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
 pub use worker::{error_chain, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

@@ -25,6 +25,10 @@ pub const CHECKPOINT_LSN: &str = "pgfanout_checkpoint_lsn";
 pub const CONFIRMED_FLUSH_LSN: &str = "pgfanout_confirmed_flush_lsn";
 /// Bytes of WAL between the server's position and the confirmed flush LSN.
 pub const SOURCE_LAG_BYTES: &str = "pgfanout_source_lag_bytes";
+/// Bytes of streamed, uncommitted changes held in memory.
+pub const STREAMED_MEMORY_BYTES: &str = "pgfanout_streamed_memory_bytes";
+/// Bytes of streamed changes written to spill files.
+pub const STREAMED_SPILLED_BYTES_TOTAL: &str = "pgfanout_streamed_spilled_bytes_total";
 /// Build information as labels, value 1.
 pub const BUILD_INFO: &str = "pgfanout_build_info";
 
@@ -37,6 +41,10 @@ pub struct Metrics {
     pub events_total: IntCounterVec,
     /// See [`TRANSACTIONS_TOTAL`].
     pub transactions_total: IntCounter,
+    /// See [`STREAMED_MEMORY_BYTES`].
+    pub streamed_memory_bytes: IntGauge,
+    /// See [`STREAMED_SPILLED_BYTES_TOTAL`].
+    pub streamed_spilled_bytes_total: IntCounter,
     /// See [`SINK_APPLIED_TOTAL`].
     pub sink_applied_total: IntCounterVec,
     /// See [`SINK_BATCH_SIZE`].
@@ -82,6 +90,12 @@ impl Metrics {
             "WAL bytes between the server's last reported position and the confirmed flush LSN",
         )?;
         registry.register(Box::new(source_lag_bytes.clone()))?;
+        let streamed_memory_bytes =
+            IntGauge::new(STREAMED_MEMORY_BYTES, "Bytes of streamed, uncommitted changes held in memory")?;
+        registry.register(Box::new(streamed_memory_bytes.clone()))?;
+        let streamed_spilled_bytes_total =
+            IntCounter::new(STREAMED_SPILLED_BYTES_TOTAL, "Bytes of streamed changes written to spill files")?;
+        registry.register(Box::new(streamed_spilled_bytes_total.clone()))?;
         let build_info = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information"), &["version"])?;
         registry.register(Box::new(build_info.clone()))?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -89,6 +103,8 @@ impl Metrics {
         Ok(Metrics {
             events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
             transactions_total,
+            streamed_memory_bytes,
+            streamed_spilled_bytes_total,
             sink_applied_total: counter_vec(
                 SINK_APPLIED_TOTAL,
                 "Row changes applied by a sink",

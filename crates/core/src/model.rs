@@ -74,7 +74,7 @@ impl TableSchema {
 }
 
 /// One column's value in a row image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ColumnValue {
     /// SQL NULL.
     Null,
@@ -101,7 +101,7 @@ impl ColumnValue {
 pub type Row = Vec<ColumnValue>;
 
 /// What happened to a row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ChangeOp {
     /// A new row.
     Insert {

@@ -24,6 +24,7 @@ use crate::assembler::{AssembleError, Assembled, TransactionAssembler};
 use crate::checkpoint::{CheckpointCoordinator, SinkSlot};
 use crate::metrics::Metrics;
 use crate::model::{TableName, Transaction};
+use crate::streamed::SpillSettings;
 use crate::worker::{WorkerQueue, WorkerStopped};
 
 /// Errors that stop the pipeline.
@@ -70,6 +71,12 @@ impl Pipeline {
         }
     }
 
+    /// Spills streamed transactions by `settings` instead of the defaults.
+    pub fn with_spill(mut self, settings: SpillSettings) -> Self {
+        self.assembler = TransactionAssembler::with_spill(settings);
+        self
+    }
+
     /// Adds a sink receiving changes of `tables` through `queue`, acknowledging on `acked`.
     pub fn add_sink(
         &mut self,
@@ -84,7 +91,14 @@ impl Pipeline {
 
     /// Feeds one decoded message; a commit dispatches its transaction.
     pub async fn push(&mut self, message: PgOutputMessage) -> Result<(), PipelineError> {
-        if let Assembled::Committed(transaction) = self.assembler.push(message)? {
+        let assembled = self.assembler.push(message)?;
+        self.metrics.streamed_memory_bytes.set(self.assembler.streamed_in_memory_bytes() as i64);
+        let spilled = self.assembler.streamed_spilled_bytes_total();
+        let reported = self.metrics.streamed_spilled_bytes_total.get();
+        if spilled > reported {
+            self.metrics.streamed_spilled_bytes_total.inc_by(spilled - reported);
+        }
+        if let Assembled::Committed(transaction) = assembled {
             self.dispatch(transaction).await?;
         }
         Ok(())

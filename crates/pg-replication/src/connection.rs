@@ -491,6 +491,7 @@ impl ReplicationConnection {
         settings: StreamSettings,
     ) -> Result<ReplicationStream> {
         validate_slot_name(slot)?;
+        options.validate(self.server_version)?;
         let command = options.command(slot, start);
         tracing::debug!(%command, "starting replication");
         let mut buf = BytesMut::new();
@@ -525,6 +526,20 @@ impl ReplicationConnection {
     }
 }
 
+/// How pgoutput should send transactions that are still in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streaming {
+    /// Only committed transactions are sent, each between Begin and Commit.
+    Off,
+    /// Large in-progress transactions are sent in Stream Start … Stream Stop
+    /// blocks as the server decodes them (protocol 2+), then committed or
+    /// aborted by Stream Commit / Stream Abort.
+    On,
+    /// As `On`, and Stream Abort carries the abort LSN and time (protocol 4+,
+    /// PostgreSQL 16+).
+    Parallel,
+}
+
 /// Options of `START_REPLICATION` passed to pgoutput.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartOptions {
@@ -534,12 +549,69 @@ pub struct StartOptions {
     pub publication_names: Vec<String>,
     /// Whether to request `pg_logical_emit_message` output.
     pub messages: bool,
+    /// Whether column values come in the types' binary send format
+    /// (PostgreSQL 14+) instead of their text output.
+    pub binary: bool,
+    /// Whether in-progress transactions are streamed (needs protocol 2+).
+    pub streaming: Streaming,
+    /// Whether prepared transactions are sent at PREPARE time (protocol 3+).
+    /// Only takes effect on a slot created with two-phase enabled.
+    pub two_phase: bool,
 }
 
 impl StartOptions {
-    /// Protocol v1 for the given publication.
+    /// Protocol v1 for the given publication, every option off.
     pub fn new(publication: impl Into<String>) -> Self {
-        StartOptions { proto_version: 1, publication_names: vec![publication.into()], messages: false }
+        StartOptions {
+            proto_version: 1,
+            publication_names: vec![publication.into()],
+            messages: false,
+            binary: false,
+            streaming: Streaming::Off,
+            two_phase: false,
+        }
+    }
+
+    /// The highest pgoutput protocol version a server speaks, from its
+    /// `server_version_num` (see [`ReplicationConnection::server_version`]):
+    /// 1 before PostgreSQL 14, 2 on 14, 3 on 15, 4 from 16.
+    pub fn highest_proto_version(server_version: u32) -> u32 {
+        match server_version {
+            0..=139_999 => 1,
+            140_000..=149_999 => 2,
+            150_000..=159_999 => 3,
+            _ => 4,
+        }
+    }
+
+    /// Checks the options against each other and against the server, so a
+    /// mismatch fails here with a clear message instead of as a server error.
+    pub fn validate(&self, server_version: u32) -> Result<()> {
+        let highest = Self::highest_proto_version(server_version);
+        let problem = if !(1..=4).contains(&self.proto_version) {
+            Some(format!("proto_version {} does not exist; use 1 to 4", self.proto_version))
+        } else if self.proto_version > highest {
+            Some(format!(
+                "proto_version {} needs a newer server; this one ({server_version}) speaks up to {highest}",
+                self.proto_version
+            ))
+        } else if self.publication_names.is_empty() {
+            Some("no publication given".to_owned())
+        } else if self.streaming != Streaming::Off && self.proto_version < 2 {
+            Some("streaming needs proto_version 2 or later".to_owned())
+        } else if self.streaming == Streaming::Parallel && self.proto_version < 4 {
+            Some("parallel streaming needs proto_version 4 (PostgreSQL 16 or later)".to_owned())
+        } else if self.two_phase && self.proto_version < 3 {
+            Some("two_phase needs proto_version 3 or later".to_owned())
+        } else if self.binary && server_version < 140_000 {
+            Some("binary needs PostgreSQL 14 or later".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(ReplicationError::Config(format!("START_REPLICATION options: {problem}"))),
+            None => Ok(()),
+        }
     }
 
     fn command(&self, slot: &str, start: Lsn) -> String {
@@ -556,8 +628,20 @@ impl StartOptions {
             self.proto_version,
             escape_literal(&publications)
         );
+        let mut flag = |name: &str, value: &str| command.push_str(&format!(", {name} '{value}'"));
         if self.messages {
-            command.push_str(", messages 'true'");
+            flag("messages", "true");
+        }
+        if self.binary {
+            flag("binary", "true");
+        }
+        match self.streaming {
+            Streaming::Off => {}
+            Streaming::On => flag("streaming", "on"),
+            Streaming::Parallel => flag("streaming", "parallel"),
+        }
+        if self.two_phase {
+            flag("two_phase", "true");
         }
         command.push(')');
         command
@@ -614,12 +698,53 @@ mod tests {
 
     #[test]
     fn start_command_quotes_publications() {
-        let options =
-            StartOptions { proto_version: 1, publication_names: vec!["MyPub".into(), "o'x".into()], messages: true };
+        let options = StartOptions {
+            publication_names: vec!["MyPub".into(), "o'x".into()],
+            messages: true,
+            ..StartOptions::new("unused")
+        };
         assert_eq!(
             options.command("slot", Lsn(0x16_0000_0010)),
             "START_REPLICATION SLOT slot LOGICAL 16/10 (proto_version '1', publication_names '\"MyPub\",\"o''x\"', messages 'true')"
         );
+    }
+
+    #[test]
+    fn start_command_carries_every_option() {
+        let options = StartOptions {
+            proto_version: 4,
+            binary: true,
+            streaming: Streaming::Parallel,
+            two_phase: true,
+            ..StartOptions::new("p")
+        };
+        assert_eq!(
+            options.command("s", Lsn(0)),
+            "START_REPLICATION SLOT s LOGICAL 0/0 (proto_version '4', publication_names '\"p\"', binary 'true', \
+             streaming 'parallel', two_phase 'true')"
+        );
+    }
+
+    #[test]
+    fn proto_version_follows_the_server() {
+        assert_eq!(StartOptions::highest_proto_version(130_011), 1);
+        assert_eq!(StartOptions::highest_proto_version(140_000), 2);
+        assert_eq!(StartOptions::highest_proto_version(150_004), 3);
+        assert_eq!(StartOptions::highest_proto_version(170_002), 4);
+    }
+
+    #[test]
+    fn incompatible_start_options_are_refused_before_the_server_sees_them() {
+        let streaming_v1 = StartOptions { streaming: Streaming::On, ..StartOptions::new("p") };
+        assert!(streaming_v1.validate(150_000).unwrap_err().to_string().contains("streaming needs proto_version 2"));
+        let v4_on_15 = StartOptions { proto_version: 4, ..StartOptions::new("p") };
+        assert!(v4_on_15.validate(150_004).unwrap_err().to_string().contains("speaks up to 3"));
+        let parallel_v3 = StartOptions { proto_version: 3, streaming: Streaming::Parallel, ..StartOptions::new("p") };
+        assert!(parallel_v3.validate(150_004).is_err());
+        let two_phase_v2 = StartOptions { proto_version: 2, two_phase: true, ..StartOptions::new("p") };
+        assert!(two_phase_v2.validate(150_004).is_err());
+        let fine = StartOptions { proto_version: 3, streaming: Streaming::On, binary: true, ..StartOptions::new("p") };
+        assert!(fine.validate(150_004).is_ok());
     }
 
     #[test]

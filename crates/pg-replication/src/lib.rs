@@ -24,7 +24,7 @@ mod wire;
 
 pub use connection::{
     validate_slot_name, ConnectOptions, CreatedSlot, QueryResult, ReplicationConnection, SlotState, StartOptions,
-    SystemIdentity,
+    Streaming, SystemIdentity,
 };
 pub use error::{ReplicationError, Result, ServerError};
 pub use stream::{FeedbackHandle, ReplicationEvent, ReplicationStream, StreamSettings};
