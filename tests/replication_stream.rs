@@ -165,3 +165,54 @@ async fn a_killed_walsender_loses_and_duplicates_nothing() {
         pgfanout.log_text()
     );
 }
+
+#[tokio::test]
+async fn an_idle_database_gets_heartbeats() {
+    let db = create_database("e2e_heartbeat").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    // A probe slot made before pgfanout starts sees every logical message written after.
+    db.client
+        .batch_execute("SELECT pg_create_logical_replication_slot('e2e_heartbeat_probe', 'pgoutput')")
+        .await
+        .unwrap();
+    let redis_url = fresh_redis_db(5).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.orders", "order:{id}")])
+        .replace("status_interval_ms = 200\n", "status_interval_ms = 200\nheartbeat_interval_secs = 1\n");
+    let pgfanout = Pgfanout::start("e2e_heartbeat", &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+
+    let heartbeats = || async {
+        let rows = db
+            .client
+            .query(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes('e2e_heartbeat_probe', NULL, NULL, \
+                 'proto_version', '1', 'publication_names', 'e2e_heartbeat', 'messages', 'true')",
+                &[],
+            )
+            .await
+            .unwrap();
+        let mut decoder = pgoutput::Decoder::new(1);
+        rows.iter()
+            .filter_map(|row| decoder.decode(bytes::Bytes::from(row.get::<_, Vec<u8>>(0))).ok())
+            .filter(|message| {
+                matches!(message, pgoutput::PgOutputMessage::Message(m)
+                    if m.prefix == "pgfanout.heartbeat" && !m.transactional)
+            })
+            .count()
+    };
+    wait_until("two heartbeats are written while nothing happens", Duration::from_secs(15), || async {
+        heartbeats().await >= 2
+    })
+    .await;
+
+    // While transactions keep arriving, no heartbeat is needed.
+    let before = heartbeats().await;
+    for id in 0..25 {
+        db.client.execute("INSERT INTO orders VALUES ($1, 'busy', 1, NULL)", &[&(id as i64)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(heartbeats().await <= before + 1, "heartbeats only on an idle database:\n{}", pgfanout.log_text());
+    db.client.batch_execute("SELECT pg_drop_replication_slot('e2e_heartbeat_probe')").await.unwrap();
+}
