@@ -58,7 +58,8 @@ pub struct SourceConfig {
     /// Create the slot when missing. Default: true.
     #[serde(default = "default_true")]
     pub create_slot: bool,
-    /// Create the publication (for the routed tables) when missing. Default: true.
+    /// Create the publication (for the routed tables) when missing, and add
+    /// routed tables it lacks. False: report what to run instead. Default: true.
     #[serde(default = "default_true")]
     pub create_publication: bool,
     /// Milliseconds between standby status updates. Default: 10000.

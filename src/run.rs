@@ -337,8 +337,8 @@ async fn source_problems(connection: &mut ReplicationConnection, config: &Config
             config.source.publication,
             escape_identifier(&config.source.publication)
         )),
-        Ok(Some(missing)) if !missing.is_empty() => problems.push(format!(
-            "publication {} lacks routed tables: run ALTER PUBLICATION {} ADD TABLE {}",
+        Ok(Some(missing)) if !missing.is_empty() && !config.source.create_publication => problems.push(format!(
+            "publication {} lacks routed tables and source.create_publication is false: run ALTER PUBLICATION {} ADD TABLE {}",
             config.source.publication,
             escape_identifier(&config.source.publication),
             missing.iter().map(qualified).collect::<Vec<_>>().join(", ")
@@ -377,15 +377,29 @@ async fn prepare_source(connection: &mut ReplicationConnection, config: &Config,
         bail!("PostgreSQL is not ready for replication:\n{}", problems.join("\n"));
     }
     let publication = &config.source.publication;
-    if missing_publication_tables(connection, config).await?.is_none() {
-        let tables = routed_tables(config).iter().map(qualified).collect::<Vec<_>>().join(", ");
-        // TRUNCATE is left out until the sinks implement it.
-        let sql = format!(
-            "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish = 'insert, update, delete')",
-            escape_identifier(publication)
-        );
-        connection.simple_query(&sql).await.with_context(|| format!("cannot create publication {publication}"))?;
-        tracing::info!(%publication, %tables, "created publication");
+    match missing_publication_tables(connection, config).await? {
+        None => {
+            let tables = routed_tables(config).iter().map(qualified).collect::<Vec<_>>().join(", ");
+            // TRUNCATE is left out until the sinks implement it.
+            let sql = format!(
+                "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish = 'insert, update, delete')",
+                escape_identifier(publication)
+            );
+            connection.simple_query(&sql).await.with_context(|| format!("cannot create publication {publication}"))?;
+            tracing::info!(%publication, %tables, "created publication");
+        }
+        // The config is the source of truth for what is routed: a table
+        // added to it is added to the publication (changes to it are
+        // streamed from this point on).
+        Some(missing) if !missing.is_empty() => {
+            let tables = missing.iter().map(qualified).collect::<Vec<_>>().join(", ");
+            let sql = format!("ALTER PUBLICATION {} ADD TABLE {tables}", escape_identifier(publication));
+            connection.simple_query(&sql).await.with_context(|| {
+                format!("cannot add {tables} to publication {publication}; add them yourself or fix the grants")
+            })?;
+            tracing::info!(%publication, %tables, "added routed tables to the publication");
+        }
+        Some(_) => {}
     }
     let slot = &config.source.slot;
     if connection.slot_state(slot).await?.is_none() {

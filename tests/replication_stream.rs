@@ -216,3 +216,52 @@ async fn an_idle_database_gets_heartbeats() {
     assert!(heartbeats().await <= before + 1, "heartbeats only on an idle database:\n{}", pgfanout.log_text());
     db.client.batch_execute("SELECT pg_drop_replication_slot('e2e_heartbeat_probe')").await.unwrap();
 }
+
+#[tokio::test]
+async fn routed_tables_missing_from_the_publication_are_added_or_reported() {
+    let db = create_database("e2e_publication").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2) NOT NULL, notes text);
+             CREATE TABLE cities (id int PRIMARY KEY, name text NOT NULL);
+             CREATE PUBLICATION e2e_publication FOR TABLE orders;",
+        )
+        .await
+        .unwrap();
+    let redis_url = fresh_redis_db(6).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config =
+        redis_config(&db, &redis_url, &http, &[("public.orders", "order:{id}"), ("public.cities", "city:{id}")]);
+
+    // With create_publication off, `check` names the fix and fails.
+    let strict = config.replace("status_interval_ms = 200\n", "status_interval_ms = 200\ncreate_publication = false\n");
+    let strict_path = std::env::temp_dir().join(format!("e2e_publication_strict_{}.toml", std::process::id()));
+    std::fs::write(&strict_path, strict).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+        .args(["check", "--config"])
+        .arg(&strict_path)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(!check.status.success(), "check must fail: {report}");
+    assert!(
+        report.contains(r#"ALTER PUBLICATION "e2e_publication" ADD TABLE "public"."cities""#),
+        "check prints the fix:\n{report}"
+    );
+    let _ = std::fs::remove_file(&strict_path);
+
+    // By default the routed table is added, and its changes flow.
+    let pgfanout = Pgfanout::start("e2e_publication", &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    let published: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'e2e_publication'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(published, 2);
+    db.client.batch_execute("INSERT INTO cities VALUES (1, 'Lisbon'), (2, 'Porto')").await.unwrap();
+    wait_for_redis_match(&db, "cities", "id", &mut redis, "city:", &pgfanout).await;
+}
