@@ -30,6 +30,10 @@ use tokio::sync::{watch, Notify};
 use crate::config::{expose, Config, SinkConfig};
 use crate::http::{self, HttpState};
 
+/// A stream that lasted this long counts as healthy: the reconnect backoff
+/// starts over after it ends.
+const STABLE_STREAM: Duration = Duration::from_secs(30);
+
 /// How often a progress line is logged while streaming.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -111,9 +115,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             "streaming"
         );
         streaming.store(true, Ordering::Release);
+        let streaming_since = std::time::Instant::now();
         let decoder = pgoutput::Decoder::new(start_options.proto_version);
         let outcome = pump(&mut stream, decoder, &mut pipeline, &metrics, &on_ack, &shutdown).await;
         streaming.store(false, Ordering::Release);
+        if streaming_since.elapsed() > STABLE_STREAM {
+            backoff.reset();
+        }
         match outcome {
             Ok(StreamEnd::Shutdown) => return finish(pipeline, workers, Some(stream), config).await,
             Ok(StreamEnd::ServerClosed) => tracing::warn!("server ended the replication stream; reconnecting"),
@@ -518,18 +526,27 @@ struct Backoff {
 }
 
 impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const CAP: Duration = Duration::from_secs(30);
+
     fn new() -> Self {
-        Backoff { delay: Duration::from_millis(200) }
+        Backoff { delay: Self::FIRST }
     }
 
-    /// Sleeps; `false` if shutdown was requested meanwhile.
+    /// Starts over from the shortest delay (after a connection that worked).
+    fn reset(&mut self) {
+        self.delay = Self::FIRST;
+    }
+
+    /// Sleeps the current delay with jitter, doubling it up to the cap;
+    /// `false` if shutdown was requested meanwhile.
     async fn wait(&mut self, shutdown: &watch::Receiver<bool>) -> bool {
         let mut shutdown = shutdown.clone();
         if *shutdown.borrow() {
             return false;
         }
-        let delay = self.delay;
-        self.delay = (self.delay * 2).min(Duration::from_secs(30));
+        let delay = pgfanout_core::jittered(self.delay);
+        self.delay = (self.delay * 2).min(Self::CAP);
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
             _ = shutdown.changed() => false,

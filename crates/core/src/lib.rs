@@ -30,4 +30,4 @@ pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
 pub use sink::{ErrorKind, Sink, SinkError};
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
-pub use worker::{error_chain, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};
+pub use worker::{error_chain, jittered, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

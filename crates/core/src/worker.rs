@@ -200,13 +200,10 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// `delay` scaled by a factor in [0.5, 1.0) so that many workers retrying at
-/// once do not hit a recovering store in lockstep.
-fn jittered(delay: Duration) -> Duration {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    let factor = 0.5 + f64::from(nanos % 1000) / 2000.0;
-    delay.mul_f64(factor)
+/// `delay` scaled by a random factor in [0.5, 1.0), so that many clients
+/// retrying at once do not hit a recovering server in lockstep.
+pub fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random_range(0.5..1.0))
 }
 
 #[cfg(test)]
