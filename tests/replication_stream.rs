@@ -265,3 +265,47 @@ async fn routed_tables_missing_from_the_publication_are_added_or_reported() {
     db.client.batch_execute("INSERT INTO cities VALUES (1, 'Lisbon'), (2, 'Porto')").await.unwrap();
     wait_for_redis_match(&db, "cities", "id", &mut redis, "city:", &pgfanout).await;
 }
+
+#[tokio::test]
+async fn keepalives_keep_the_connection_under_a_short_wal_sender_timeout() {
+    let db = create_database("e2e_sender_timeout").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    // The walsender drops clients silent for 2 s; pgfanout's own timer only
+    // reports every 10 s, so only answering the server's keepalives keeps it.
+    db.client.batch_execute("ALTER DATABASE e2e_sender_timeout SET wal_sender_timeout = '2s'").await.unwrap();
+    let redis_url = fresh_redis_db(7).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.orders", "order:{id}")])
+        .replace("status_interval_ms = 200\n", "status_interval_ms = 10000\nheartbeat_interval_secs = 0\n");
+    let pgfanout = Pgfanout::start("e2e_sender_timeout", &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    let walsender_pid = || async {
+        let row = db
+            .client
+            .query_one("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'e2e_sender_timeout'", &[])
+            .await
+            .unwrap();
+        row.get::<_, Option<i32>>(0)
+    };
+    let first = walsender_pid().await;
+    assert!(first.is_some());
+    // The walsender really runs with the short timeout.
+    let timeout: String = db
+        .client
+        .query_one(
+            "SELECT setting FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase, \
+             unnest(s.setconfig) setting WHERE d.datname = 'e2e_sender_timeout'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeout, "wal_sender_timeout=2s");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(walsender_pid().await, first, "the same walsender still serves pgfanout:\n{}", pgfanout.log_text());
+    assert!(!pgfanout.log_text().contains("reconnecting"), "no reconnect happened:\n{}", pgfanout.log_text());
+    db.client.batch_execute("INSERT INTO orders VALUES (1, 'after idle', 1, NULL)").await.unwrap();
+    wait_for_redis_match(&db, "orders", "id", &mut redis, "order:", &pgfanout).await;
+}
