@@ -2,9 +2,11 @@
 //! logging and hands over to the command; the wiring of crates lives in
 //! [`run`].
 
+mod check;
 mod config;
 mod http;
 mod run;
+mod source;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -76,7 +78,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run::run(&config::Config::load(&config)?).await,
-            Command::Check { config } => run::check(&config::Config::load(&config)?).await,
+            Command::Check { config } => check::check(&config::Config::load(&config)?).await,
             Command::Version => {
                 println!("pgfanout {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -1,4 +1,4 @@
-//! Wiring: the only place that knows every crate.
+//! `pgfanout run`: the only place that knows every crate.
 //!
 //! ```text
 //!  ReplicationStream ─► pgoutput::Decoder ─► Pipeline ─► SinkWorker × N ─► stores
@@ -24,11 +24,11 @@ use pg_replication::{
 };
 use pgfanout_core::{error_chain, Lsn, Metrics, Pipeline, Sink, SinkWorker, TableName};
 use pgfanout_sink_redis::RedisSink;
-use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio::sync::{watch, Notify};
 
-use crate::config::{expose, Config, SinkConfig};
+use crate::config::{Config, SinkConfig};
 use crate::http::{self, HttpState};
+use crate::source::{connect_options, connect_with_retry, prepare_source};
 
 /// A stream that lasted this long counts as healthy: the reconnect backoff
 /// starts over after it ends.
@@ -294,209 +294,13 @@ async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// `pgfanout check`: config (already loaded), PostgreSQL prerequisites and
-/// every sink; one line per problem.
-pub async fn check(config: &Config) -> anyhow::Result<()> {
-    let mut problems = Vec::new();
-    match connect_options(config) {
-        Ok(options) => match ReplicationConnection::connect(&options).await {
-            Ok(mut connection) => problems.extend(source_problems(&mut connection, config, options.database()).await),
-            Err(err) => {
-                problems.push(format!("cannot connect to PostgreSQL at {}: {}", options.endpoint(), error_chain(&err)))
-            }
-        },
-        Err(err) => problems.push(format!("{err:#}")),
-    }
-    for sink_config in &config.sinks {
-        match build_sink(sink_config) {
-            Ok((mut sink, _)) => {
-                if let Err(err) = sink.load_checkpoint().await {
-                    problems.push(error_chain(&err));
-                }
-            }
-            Err(err) => problems.push(format!("{err:#}")),
-        }
-    }
-    if problems.is_empty() {
-        println!("ok: config, PostgreSQL and {} sink(s) are ready", config.sinks.len());
-        Ok(())
-    } else {
-        for problem in &problems {
-            println!("problem: {problem}");
-        }
-        bail!("{} problem(s) found", problems.len())
-    }
-}
-
-/// Problems with the source that `run` would stop on, one line each.
-async fn source_problems(connection: &mut ReplicationConnection, config: &Config, database: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    match connection.simple_query("SHOW wal_level").await {
-        Ok(result) if result.get(0, "wal_level") == Some("logical") => {}
-        Ok(result) => problems.push(format!(
-            "wal_level is {}, not logical: set wal_level = logical in postgresql.conf and restart PostgreSQL",
-            result.get(0, "wal_level").unwrap_or("unknown")
-        )),
-        Err(err) => problems.push(format!("cannot read wal_level: {}", error_chain(&err))),
-    }
-    match missing_publication_tables(connection, config).await {
-        Ok(None) if !config.source.create_publication => problems.push(format!(
-            "publication {} does not exist and source.create_publication is false: run CREATE PUBLICATION {} FOR TABLE …",
-            config.source.publication,
-            escape_identifier(&config.source.publication)
-        )),
-        Ok(Some(missing)) if !missing.is_empty() && !config.source.create_publication => problems.push(format!(
-            "publication {} lacks routed tables and source.create_publication is false: run ALTER PUBLICATION {} ADD TABLE {}",
-            config.source.publication,
-            escape_identifier(&config.source.publication),
-            missing.iter().map(qualified).collect::<Vec<_>>().join(", ")
-        )),
-        Ok(_) => {}
-        Err(err) => problems.push(format!("cannot read publication {}: {}", config.source.publication, error_chain(&err))),
-    }
-    match connection.slot_state(&config.source.slot).await {
-        Ok(Some(slot)) if slot.plugin.as_deref() != Some("pgoutput") => problems.push(format!(
-            "slot {} uses plugin {:?}, not pgoutput: drop it or configure another source.slot",
-            config.source.slot, slot.plugin
-        )),
-        Ok(Some(slot)) if slot.database.as_deref() != Some(database) => problems.push(format!(
-            "slot {} belongs to database {:?}, not {database}: configure another source.slot",
-            config.source.slot, slot.database
-        )),
-        Ok(Some(slot)) if slot.wal_status.as_deref() == Some("lost") => problems.push(format!(
-            "slot {} is invalidated (wal_status = lost): drop it and rebuild the sinks",
-            config.source.slot
-        )),
-        Ok(None) if !config.source.create_slot => problems.push(format!(
-            "slot {} does not exist and source.create_slot is false: create it with pg_create_logical_replication_slot('{}', 'pgoutput')",
-            config.source.slot, config.source.slot
-        )),
-        Ok(_) => {}
-        Err(err) => problems.push(format!("cannot read slot {}: {}", config.source.slot, error_chain(&err))),
-    }
-    problems
-}
-
-/// Creates the publication and the slot when missing (publication first: a
-/// slot only decodes publications that existed when its WAL was written).
-async fn prepare_source(connection: &mut ReplicationConnection, config: &Config, database: &str) -> anyhow::Result<()> {
-    let problems = source_problems(connection, config, database).await;
-    if !problems.is_empty() {
-        bail!("PostgreSQL is not ready for replication:\n{}", problems.join("\n"));
-    }
-    let publication = &config.source.publication;
-    match missing_publication_tables(connection, config).await? {
-        None => {
-            let tables = routed_tables(config).iter().map(qualified).collect::<Vec<_>>().join(", ");
-            // TRUNCATE is left out until the sinks implement it.
-            let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {tables} WITH (publish = 'insert, update, delete')",
-                escape_identifier(publication)
-            );
-            connection.simple_query(&sql).await.with_context(|| format!("cannot create publication {publication}"))?;
-            tracing::info!(%publication, %tables, "created publication");
-        }
-        // The config is the source of truth for what is routed: a table
-        // added to it is added to the publication (changes to it are
-        // streamed from this point on).
-        Some(missing) if !missing.is_empty() => {
-            let tables = missing.iter().map(qualified).collect::<Vec<_>>().join(", ");
-            let sql = format!("ALTER PUBLICATION {} ADD TABLE {tables}", escape_identifier(publication));
-            connection.simple_query(&sql).await.with_context(|| {
-                format!("cannot add {tables} to publication {publication}; add them yourself or fix the grants")
-            })?;
-            tracing::info!(%publication, %tables, "added routed tables to the publication");
-        }
-        Some(_) => {}
-    }
-    let slot = &config.source.slot;
-    if connection.slot_state(slot).await?.is_none() {
-        let created = connection.create_slot(slot).await.with_context(|| format!("cannot create slot {slot}"))?;
-        tracing::info!(%slot, consistent_point = %created.consistent_point, "created replication slot");
-    }
-    Ok(())
-}
-
-/// `None` if the publication does not exist, else the routed tables it lacks.
-async fn missing_publication_tables(
-    connection: &mut ReplicationConnection,
-    config: &Config,
-) -> Result<Option<Vec<TableName>>, ReplicationError> {
-    let publication = escape_literal(&config.source.publication);
-    let exists = connection
-        .simple_query(&format!("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = {publication}"))
-        .await?;
-    if exists.rows.is_empty() {
-        return Ok(None);
-    }
-    let published = connection
-        .simple_query(&format!(
-            "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = {publication}"
-        ))
-        .await?;
-    let published: Vec<TableName> = (0..published.rows.len())
-        .map(|row| {
-            TableName::new(
-                published.get(row, "schemaname").unwrap_or_default(),
-                published.get(row, "tablename").unwrap_or_default(),
-            )
-        })
-        .collect();
-    Ok(Some(routed_tables(config).into_iter().filter(|table| !published.contains(table)).collect()))
-}
-
-fn routed_tables(config: &Config) -> Vec<TableName> {
-    let mut tables: Vec<TableName> = config
-        .sinks
-        .iter()
-        .flat_map(|sink| match sink {
-            SinkConfig::Redis(redis) => redis.tables.iter().map(|t| TableName::parse(&t.source)).collect::<Vec<_>>(),
-        })
-        .collect();
-    tables.sort();
-    tables.dedup();
-    tables
-}
-
-fn qualified(table: &TableName) -> String {
-    format!("{}.{}", escape_identifier(&table.schema), escape_identifier(&table.name))
-}
-
-fn build_sink(config: &SinkConfig) -> anyhow::Result<(Box<dyn Sink>, Vec<TableName>)> {
+/// The sink a `[[sink]]` section describes, with the tables it receives.
+pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Box<dyn Sink>, Vec<TableName>)> {
     match config {
         SinkConfig::Redis(redis) => {
             let sink = RedisSink::new(redis.clone()).with_context(|| format!("sink {}", redis.name))?;
             let tables = sink.tables();
             Ok((Box::new(sink), tables))
-        }
-    }
-}
-
-fn connect_options(config: &Config) -> anyhow::Result<ConnectOptions> {
-    let mut options = ConnectOptions::parse(&config.source.url).context("source.url")?;
-    if let Some(password) = config.source_password()? {
-        options = options.with_password(expose(&password).as_bytes().to_vec());
-    }
-    Ok(options)
-}
-
-async fn connect_with_retry(
-    options: &ConnectOptions,
-    shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<ReplicationConnection> {
-    let mut backoff = Backoff::new();
-    loop {
-        match ReplicationConnection::connect(options).await {
-            Ok(connection) => return Ok(connection),
-            Err(err) if err.is_transient() => {
-                tracing::warn!(endpoint = %options.endpoint(), error = %error_chain(&err), "cannot connect to PostgreSQL; retrying");
-                if !backoff.wait(shutdown).await {
-                    bail!("stopped while connecting to PostgreSQL");
-                }
-            }
-            Err(err) => {
-                return Err(err).with_context(|| format!("cannot connect to PostgreSQL at {}", options.endpoint()))
-            }
         }
     }
 }
@@ -521,7 +325,7 @@ async fn load_checkpoint_with_retry(
 }
 
 /// Exponential backoff from 200 ms to 30 s, interrupted by shutdown.
-struct Backoff {
+pub struct Backoff {
     delay: Duration,
 }
 
@@ -529,7 +333,8 @@ impl Backoff {
     const FIRST: Duration = Duration::from_millis(200);
     const CAP: Duration = Duration::from_secs(30);
 
-    fn new() -> Self {
+    /// Starts at the shortest delay.
+    pub fn new() -> Self {
         Backoff { delay: Self::FIRST }
     }
 
@@ -540,7 +345,7 @@ impl Backoff {
 
     /// Sleeps the current delay with jitter, doubling it up to the cap;
     /// `false` if shutdown was requested meanwhile.
-    async fn wait(&mut self, shutdown: &watch::Receiver<bool>) -> bool {
+    pub async fn wait(&mut self, shutdown: &watch::Receiver<bool>) -> bool {
         let mut shutdown = shutdown.clone();
         if *shutdown.borrow() {
             return false;
