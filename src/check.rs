@@ -24,7 +24,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
     }
     for sink_config in &config.sinks {
         match build_sink(sink_config) {
-            Ok((mut sink, _)) => {
+            Ok((sink, _)) => {
                 if let Err(err) = sink.load_checkpoint().await {
                     problems.push(error_chain(&err));
                 }

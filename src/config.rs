@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use pgfanout_core::{SpillSettings, WorkerSettings};
+use pgfanout_core::{DeliveryConfig, SpillSettings, WorkerSettings};
 use pgfanout_sink_redis::RedisSinkConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -127,6 +127,13 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Redis(redis) => &redis.name,
+        }
+    }
+
+    /// The sink's `[sink.delivery]` section.
+    pub fn delivery(&self) -> &DeliveryConfig {
+        match self {
+            SinkConfig::Redis(redis) => &redis.delivery,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod check;
 mod config;
+mod dead_letter;
 mod http;
 mod run;
 mod source;

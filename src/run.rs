@@ -22,7 +22,9 @@ use pg_replication::{
     ConnectOptions, ReplicationConnection, ReplicationError, ReplicationEvent, ReplicationStream, StartOptions,
     StreamSettings, Streaming,
 };
-use pgfanout_core::{error_chain, Lsn, Metrics, Pipeline, Sink, SinkWorker, TableName};
+use pgfanout_core::{
+    error_chain, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableName, WorkerSettings,
+};
 use pgfanout_sink_redis::RedisSink;
 use tokio::sync::{watch, Notify};
 
@@ -55,13 +57,19 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     let mut checkpoints = Vec::new();
     for sink_config in &config.sinks {
-        let (mut sink, tables) = build_sink(sink_config)?;
-        let checkpoint = load_checkpoint_with_retry(sink.as_mut(), &shutdown).await?;
-        tracing::info!(sink = sink.name(), checkpoint = %checkpoint.unwrap_or_default(), "sink ready");
+        let (sink, tables) = build_sink(sink_config)?;
+        let checkpoint = load_checkpoint_with_retry(sink.as_ref(), &shutdown).await?;
+        let settings = worker_settings(config, sink_config).await?;
+        tracing::info!(
+            sink = sink.name(),
+            checkpoint = %checkpoint.unwrap_or_default(),
+            lanes = settings.lanes,
+            on_error = ?settings.on_error,
+            "sink ready"
+        );
         checkpoints.push(checkpoint);
         let name = sink.name().to_owned();
-        let (worker, queue, acked) =
-            SinkWorker::new(sink, checkpoint, config.worker_settings(), metrics.clone(), on_ack.clone());
+        let (worker, queue, acked) = SinkWorker::new(sink, checkpoint, settings, metrics.clone(), on_ack.clone());
         pipeline.add_sink(name, tables, queue, acked);
         workers.push(tokio::spawn(worker.run()));
     }
@@ -246,6 +254,7 @@ async fn pump(
                     let message = decoder
                         .decode(payload)
                         .map_err(|err| PumpError::Fatal(anyhow::Error::new(err).context("cannot decode a pgoutput message")))?;
+                    tracing::trace!(tag = %char::from(message.tag()), "pgoutput message");
                     pipeline.push(message).await.map_err(|err| PumpError::Fatal(err.into()))?;
                 }
                 Some(ReplicationEvent::Keepalive { wal_end, .. }) => {
@@ -295,20 +304,34 @@ async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 /// The sink a `[[sink]]` section describes, with the tables it receives.
-pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Box<dyn Sink>, Vec<TableName>)> {
+pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Arc<dyn Sink>, Vec<TableName>)> {
     match config {
         SinkConfig::Redis(redis) => {
             let sink = RedisSink::new(redis.clone()).with_context(|| format!("sink {}", redis.name))?;
             let tables = sink.tables();
-            Ok((Box::new(sink), tables))
+            Ok((Arc::new(sink), tables))
         }
     }
 }
 
-async fn load_checkpoint_with_retry(
-    sink: &mut dyn Sink,
-    shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<Option<Lsn>> {
+/// The worker settings of one sink: the pipeline's batching, the sink's
+/// delivery section (lanes, error policy and its dead-letter destination).
+async fn worker_settings(config: &Config, sink: &SinkConfig) -> anyhow::Result<WorkerSettings> {
+    let delivery = sink.delivery();
+    let on_error = match (&delivery.on_error, &delivery.dead_letter) {
+        (OnErrorPolicy::DeadLetter, Some(destination)) => {
+            let queue = crate::dead_letter::open(destination, config)
+                .await
+                .with_context(|| format!("sink {}: dead-letter destination", sink.name()))?;
+            OnError::DeadLetter(Arc::from(queue))
+        }
+        // `validate` refuses dead_letter without a destination.
+        _ => OnError::Block,
+    };
+    Ok(WorkerSettings { lanes: delivery.lanes, on_error, ..config.worker_settings() })
+}
+
+async fn load_checkpoint_with_retry(sink: &dyn Sink, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Option<Lsn>> {
     let mut backoff = Backoff::new();
     loop {
         match sink.load_checkpoint().await {

@@ -46,14 +46,11 @@ async fn inserts_updates_and_deletes_reach_redis() {
     let http = format!("127.0.0.1:{}", free_port());
     let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "reservation:{id}")]);
     let pgfanout = Pgfanout::start("e2e_basic", &config, &http);
-    wait_until("the slot exists", Duration::from_secs(20), || async {
-        db.client
-            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = 'e2e_basic' AND active", &[])
-            .await
-            .unwrap()
-            .is_some()
-    })
-    .await;
+    // Ready = streaming, so the slot's consistent point is behind us. (A slot
+    // is already "active" while it is being created, waiting for running
+    // transactions; rows written then belong to the initial snapshot.)
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
 
     let notes = long_notes(1);
     db.client

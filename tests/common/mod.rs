@@ -201,7 +201,8 @@ impl Pgfanout {
         let child = Command::new(env!("CARGO_BIN_EXE_pgfanout"))
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config_path)
-            .env("PGFANOUT_LOG", "info,pgfanout=debug")
+            // PGFANOUT_TEST_LOG overrides the filter, e.g. "trace" to see every message.
+            .env("PGFANOUT_LOG", std::env::var("PGFANOUT_TEST_LOG").unwrap_or_else(|_| "info,pgfanout=debug".into()))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)

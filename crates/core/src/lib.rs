@@ -15,6 +15,9 @@
 
 pub mod assembler;
 pub mod checkpoint;
+pub mod dead_letter;
+pub mod delivery;
+pub mod lanes;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
@@ -24,10 +27,12 @@ pub mod worker;
 
 pub use assembler::{AssembleError, Assembled, TransactionAssembler};
 pub use checkpoint::CheckpointCoordinator;
+pub use dead_letter::dead_letter_record;
+pub use delivery::{DeadLetterConfig, DeliveryConfig, OnErrorPolicy};
 pub use metrics::Metrics;
 pub use model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
 pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
-pub use sink::{ErrorKind, Sink, SinkError};
+pub use sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError};
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
-pub use worker::{error_chain, jittered, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};
+pub use worker::{error_chain, jittered, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

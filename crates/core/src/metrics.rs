@@ -25,6 +25,12 @@ pub const CHECKPOINT_LSN: &str = "pgfanout_checkpoint_lsn";
 pub const CONFIRMED_FLUSH_LSN: &str = "pgfanout_confirmed_flush_lsn";
 /// Bytes of WAL between the server's position and the confirmed flush LSN.
 pub const SOURCE_LAG_BYTES: &str = "pgfanout_source_lag_bytes";
+/// Changes a sink rejected that went to its dead-letter destination.
+pub const DEAD_LETTER_TOTAL: &str = "pgfanout_dead_letter_total";
+/// Transactions waiting in a sink's queue.
+pub const SINK_QUEUE_DEPTH: &str = "pgfanout_sink_queue_depth";
+/// Seconds from a transaction's commit on the source to its apply in a sink.
+pub const SOURCE_LAG_SECONDS: &str = "pgfanout_source_lag_seconds";
 /// Bytes of streamed, uncommitted changes held in memory.
 pub const STREAMED_MEMORY_BYTES: &str = "pgfanout_streamed_memory_bytes";
 /// Bytes of streamed changes written to spill files.
@@ -41,6 +47,12 @@ pub struct Metrics {
     pub events_total: IntCounterVec,
     /// See [`TRANSACTIONS_TOTAL`].
     pub transactions_total: IntCounter,
+    /// See [`DEAD_LETTER_TOTAL`].
+    pub dead_letter_total: IntCounterVec,
+    /// See [`SINK_QUEUE_DEPTH`].
+    pub sink_queue_depth: IntGaugeVec,
+    /// See [`SOURCE_LAG_SECONDS`].
+    pub source_lag_seconds: HistogramVec,
     /// See [`STREAMED_MEMORY_BYTES`].
     pub streamed_memory_bytes: IntGauge,
     /// See [`STREAMED_SPILLED_BYTES_TOTAL`].
@@ -96,6 +108,9 @@ impl Metrics {
         let streamed_spilled_bytes_total =
             IntCounter::new(STREAMED_SPILLED_BYTES_TOTAL, "Bytes of streamed changes written to spill files")?;
         registry.register(Box::new(streamed_spilled_bytes_total.clone()))?;
+        let sink_queue_depth =
+            IntGaugeVec::new(Opts::new(SINK_QUEUE_DEPTH, "Transactions waiting in the sink's queue"), &["sink"])?;
+        registry.register(Box::new(sink_queue_depth.clone()))?;
         let build_info = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information"), &["version"])?;
         registry.register(Box::new(build_info.clone()))?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -103,6 +118,17 @@ impl Metrics {
         Ok(Metrics {
             events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
             transactions_total,
+            dead_letter_total: counter_vec(
+                DEAD_LETTER_TOTAL,
+                "Changes a sink rejected, written to its dead-letter destination",
+                &["sink"],
+            )?,
+            sink_queue_depth,
+            source_lag_seconds: histogram_vec(
+                SOURCE_LAG_SECONDS,
+                "Seconds from commit on the source to apply in the sink",
+                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0],
+            )?,
             streamed_memory_bytes,
             streamed_spilled_bytes_total,
             sink_applied_total: counter_vec(

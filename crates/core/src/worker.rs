@@ -1,30 +1,61 @@
-//! One worker task per sink: bounded queue → batcher → apply with retry → ack.
+//! One worker task per sink: bounded queue → batcher → lanes → apply with
+//! retry → checkpoint → ack.
 //!
 //! ```text
 //!  dispatcher ──(bounded mpsc, backpressure)──► SinkWorker::run
 //!                                                │ skip transactions at or below the stored checkpoint
 //!                                                │ batch by change count and by time
-//!                                                │ Sink::apply, retried with backoff until it succeeds
+//!                                                │ split into lanes by key (crate::lanes)
+//!                                                │ Sink::apply per lane, concurrently, each retried
+//!                                                │ Sink::apply(checkpoint) once every lane succeeded
 //!                                                ▼
 //!                                       watch<Lsn> acknowledgement ──► CheckpointCoordinator
 //! ```
 //!
-//! The worker acknowledges a transaction only after `Sink::apply` returned
-//! `Ok` for the batch holding it. With `on_error = "block"` (the only policy
-//! so far) a permanent error is retried like a transient one, at the capped
-//! backoff, so nothing is dropped and the flush LSN waits.
+//! The worker acknowledges a transaction only after every change of the
+//! batch holding it is durable in the store (or, with
+//! [`OnError::DeadLetter`], durable in the dead-letter destination) and the
+//! checkpoint is stored. Transient errors are retried with exponential
+//! backoff and jitter up to [`WorkerSettings::retry_max`], forever: nothing
+//! is dropped, the flush LSN waits. A permanent error is retried the same way
+//! under [`OnError::Block`]; under [`OnError::DeadLetter`] the lane is
+//! applied again one change at a time, and each change the store still
+//! rejects goes to the dead-letter destination, counted in
+//! `pgfanout_dead_letter_total`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use pgoutput::Lsn;
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::lanes::split_into_lanes;
 use crate::metrics::Metrics;
 use crate::model::Transaction;
-use crate::sink::Sink;
+use crate::sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError};
 
-/// Batching and retry settings of one worker.
+/// What a sink's worker does with a change the store rejects permanently.
+#[derive(Clone, Default)]
+pub enum OnError {
+    /// Retry until the store accepts it; the pipeline (and the flush LSN)
+    /// waits. Nothing is ever skipped.
+    #[default]
+    Block,
+    /// Write the change, the error and its LSN to this destination and go on.
+    DeadLetter(Arc<dyn DeadLetterQueue>),
+}
+
+impl std::fmt::Debug for OnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OnError::Block => f.write_str("Block"),
+            OnError::DeadLetter(queue) => write!(f, "DeadLetter({})", queue.describe()),
+        }
+    }
+}
+
+/// Batching, parallelism and retry settings of one worker.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
     /// Transactions the queue holds before the dispatcher waits.
@@ -33,10 +64,14 @@ pub struct WorkerSettings {
     pub max_batch_changes: usize,
     /// …or once its first transaction has waited this long.
     pub max_batch_delay: Duration,
+    /// Lanes a batch is split into by key, applied concurrently.
+    pub lanes: usize,
     /// First retry delay.
     pub retry_initial: Duration,
     /// Retry delay cap.
     pub retry_max: Duration,
+    /// Policy for changes the store rejects.
+    pub on_error: OnError,
 }
 
 impl Default for WorkerSettings {
@@ -45,8 +80,10 @@ impl Default for WorkerSettings {
             queue_capacity: 1024,
             max_batch_changes: 1000,
             max_batch_delay: Duration::from_millis(20),
+            lanes: 1,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
+            on_error: OnError::Block,
         }
     }
 }
@@ -54,13 +91,16 @@ impl Default for WorkerSettings {
 /// The sending side of a worker's queue, held by the dispatcher.
 pub struct WorkerQueue {
     sender: mpsc::Sender<Arc<Transaction>>,
+    depth: prometheus::IntGauge,
 }
 
 impl WorkerQueue {
     /// Queues a transaction, waiting while the queue is full (backpressure).
     /// Fails only if the worker has stopped.
     pub async fn send(&self, transaction: Arc<Transaction>) -> Result<(), WorkerStopped> {
-        self.sender.send(transaction).await.map_err(|_| WorkerStopped)
+        self.sender.send(transaction).await.map_err(|_| WorkerStopped)?;
+        self.depth.inc();
+        Ok(())
     }
 }
 
@@ -71,7 +111,8 @@ pub struct WorkerStopped;
 
 /// Drives one sink.
 pub struct SinkWorker {
-    sink: Box<dyn Sink>,
+    sink: Arc<dyn Sink>,
+    name: String,
     settings: WorkerSettings,
     queue: mpsc::Receiver<Arc<Transaction>>,
     acked: watch::Sender<Lsn>,
@@ -85,7 +126,7 @@ impl SinkWorker {
     /// returns it with its queue and its acknowledgement channel. `on_ack` is
     /// notified after every acknowledgement.
     pub fn new(
-        sink: Box<dyn Sink>,
+        sink: Arc<dyn Sink>,
         checkpoint: Option<Lsn>,
         settings: WorkerSettings,
         metrics: Metrics,
@@ -94,21 +135,23 @@ impl SinkWorker {
         let (sender, queue) = mpsc::channel(settings.queue_capacity.max(1));
         let checkpoint = checkpoint.unwrap_or(Lsn::ZERO);
         let (acked, acked_receiver) = watch::channel(Lsn::ZERO);
-        let worker = SinkWorker { sink, settings, queue, acked, on_ack, checkpoint, metrics };
-        (worker, WorkerQueue { sender }, acked_receiver)
+        let name = sink.name().to_owned();
+        let depth = metrics.sink_queue_depth.with_label_values(&[&name]);
+        let worker = SinkWorker { sink, name, settings, queue, acked, on_ack, checkpoint, metrics };
+        (worker, WorkerQueue { sender, depth }, acked_receiver)
     }
 
     /// Runs until the queue is closed and drained.
     pub async fn run(mut self) {
-        let name = self.sink.name().to_owned();
-        self.metrics.checkpoint_lsn.with_label_values(&[&name]).set(self.checkpoint.0 as i64);
+        self.metrics.checkpoint_lsn.with_label_values(&[&self.name]).set(self.checkpoint.0 as i64);
         while let Some(batch) = self.next_batch().await {
+            self.metrics.sink_queue_depth.with_label_values(&[&self.name]).sub(batch.len() as i64);
             let last = batch.last().map(|t| t.end_lsn).unwrap_or_default();
-            let applied: Vec<_> = batch.into_iter().filter(|t| t.end_lsn > self.checkpoint).collect();
-            if !applied.is_empty() {
-                self.apply_with_retry(&name, &applied).await;
+            let pending: Vec<_> = batch.into_iter().filter(|t| t.end_lsn > self.checkpoint).collect();
+            if !pending.is_empty() {
+                self.apply_batch(&pending, last).await;
                 self.checkpoint = last.max(self.checkpoint);
-                self.metrics.checkpoint_lsn.with_label_values(&[&name]).set(self.checkpoint.0 as i64);
+                self.metrics.checkpoint_lsn.with_label_values(&[&self.name]).set(self.checkpoint.0 as i64);
             }
             // Skipped transactions (already in the store) are acknowledged too.
             // `send_if_modified` keeps the acknowledgement monotonic without
@@ -122,7 +165,7 @@ impl SinkWorker {
             });
             self.on_ack.notify_one();
         }
-        tracing::debug!(sink = %name, "sink worker drained and stopped");
+        tracing::debug!(sink = %self.name, "sink worker drained and stopped");
     }
 
     async fn next_batch(&mut self) -> Option<Vec<Arc<Transaction>>> {
@@ -147,45 +190,162 @@ impl SinkWorker {
         Some(batch)
     }
 
-    async fn apply_with_retry(&mut self, name: &str, batch: &[Arc<Transaction>]) {
-        let changes: usize = batch.iter().map(|t| t.changes.len()).sum();
-        self.metrics.sink_batch_size.with_label_values(&[name]).observe(changes as f64);
-        let mut delay = self.settings.retry_initial;
-        let mut attempt = 0u32;
+    /// Applies every change of `batch` and stores `checkpoint`; returns only
+    /// once both are durable.
+    async fn apply_batch(&self, batch: &[Arc<Transaction>], checkpoint: Lsn) {
+        let changes: Vec<ChangeRef<'_>> = batch
+            .iter()
+            .flat_map(|transaction| transaction.changes.iter().map(move |change| ChangeRef { transaction, change }))
+            .collect();
+        self.metrics.sink_batch_size.with_label_values(&[&self.name]).observe(changes.len() as f64);
+        let started = Instant::now();
+        let lanes = split_into_lanes(changes, self.settings.lanes);
+        if let [only] = lanes.as_slice() {
+            // One lane: the checkpoint travels with the data, in one call.
+            self.apply_lane(only, Some(checkpoint)).await;
+        } else {
+            join_all(lanes.iter().map(|lane| self.apply_lane(lane, None))).await;
+            self.apply_lane(&[], Some(checkpoint)).await;
+        }
+        self.metrics.sink_apply_seconds.with_label_values(&[&self.name]).observe(started.elapsed().as_secs_f64());
+        let now = unix_micros_now();
+        let lag = self.metrics.source_lag_seconds.with_label_values(&[&self.name]);
+        for transaction in batch {
+            lag.observe(now.saturating_sub(transaction.commit_time.to_unix_micros()).max(0) as f64 / 1e6);
+        }
+    }
+
+    /// Applies one lane (and the checkpoint, if given) until it is durable.
+    async fn apply_lane(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) {
+        let mut retry = Retry::new(&self.settings);
         loop {
-            let started = Instant::now();
-            match self.sink.apply(batch).await {
+            match self.sink.apply(changes, checkpoint).await {
                 Ok(()) => {
-                    self.metrics.sink_apply_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
-                    for change in batch.iter().flat_map(|t| t.changes.iter()) {
-                        let table = change.table.table.to_string();
-                        self.metrics.sink_applied_total.with_label_values(&[name, &table, change.op.label()]).inc();
-                    }
-                    if attempt > 0 {
-                        tracing::info!(sink = %name, attempts = attempt + 1, "sink recovered");
+                    self.count_applied(changes);
+                    if retry.attempts > 0 {
+                        tracing::info!(sink = %self.name, attempts = retry.attempts + 1, "sink recovered");
                     }
                     return;
                 }
+                Err(err) if err.kind == ErrorKind::Permanent && !changes.is_empty() => {
+                    if let OnError::DeadLetter(queue) = &self.settings.on_error {
+                        self.note_failure(&err, changes, &mut retry);
+                        self.isolate_rejected(changes, checkpoint, queue.as_ref()).await;
+                        return;
+                    }
+                    self.note_failure(&err, changes, &mut retry);
+                    retry.wait().await;
+                }
                 Err(err) => {
-                    attempt += 1;
-                    self.metrics.sink_errors_total.with_label_values(&[name, err.kind.label()]).inc();
-                    self.metrics.sink_retries_total.with_label_values(&[name]).inc();
-                    let first_lsn = batch.first().map(|t| t.end_lsn).unwrap_or_default();
-                    tracing::warn!(
-                        sink = %name,
-                        kind = err.kind.label(),
-                        attempt,
-                        batch_first_end_lsn = %first_lsn,
-                        retry_in_ms = delay.as_millis() as u64,
-                        error = %error_chain(&err),
-                        "sink apply failed; retrying (on_error = block)"
-                    );
-                    tokio::time::sleep(jittered(delay)).await;
-                    delay = (delay * 2).min(self.settings.retry_max);
+                    self.note_failure(&err, changes, &mut retry);
+                    retry.wait().await;
                 }
             }
         }
     }
+
+    /// Applies `changes` one at a time; those the store still rejects
+    /// permanently go to the dead-letter `queue`. Then stores the checkpoint.
+    async fn isolate_rejected(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>, queue: &dyn DeadLetterQueue) {
+        for change in changes {
+            let single = std::slice::from_ref(change);
+            let mut retry = Retry::new(&self.settings);
+            loop {
+                match self.sink.apply(single, None).await {
+                    Ok(()) => {
+                        self.count_applied(single);
+                        break;
+                    }
+                    Err(err) if err.kind == ErrorKind::Permanent => {
+                        self.dead_letter(*change, &err, queue).await;
+                        break;
+                    }
+                    Err(err) => {
+                        self.note_failure(&err, single, &mut retry);
+                        retry.wait().await;
+                    }
+                }
+            }
+        }
+        if checkpoint.is_some() {
+            Box::pin(self.apply_lane(&[], checkpoint)).await;
+        }
+    }
+
+    /// Writes one rejected change to the dead-letter destination, retrying
+    /// until it is durable there (it must not be lost either).
+    async fn dead_letter(&self, change: ChangeRef<'_>, rejection: &SinkError, queue: &dyn DeadLetterQueue) {
+        let reason = error_chain(rejection);
+        let mut retry = Retry::new(&self.settings);
+        loop {
+            match queue.record(&self.name, change, &reason).await {
+                Ok(()) => {
+                    self.metrics.dead_letter_total.with_label_values(&[&self.name]).inc();
+                    tracing::warn!(
+                        sink = %self.name,
+                        table = %change.change.table.table,
+                        op = change.change.op.label(),
+                        commit_lsn = %change.transaction.commit_lsn,
+                        destination = %queue.describe(),
+                        error = %reason,
+                        "change rejected by the store; written to the dead-letter destination"
+                    );
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(sink = %self.name, error = %error_chain(&err), "cannot write a dead letter; retrying");
+                    retry.attempts += 1;
+                    retry.wait().await;
+                }
+            }
+        }
+    }
+
+    fn count_applied(&self, changes: &[ChangeRef<'_>]) {
+        for change in changes {
+            let table = change.change.table.table.to_string();
+            self.metrics.sink_applied_total.with_label_values(&[&self.name, &table, change.change.op.label()]).inc();
+        }
+    }
+
+    fn note_failure(&self, err: &SinkError, changes: &[ChangeRef<'_>], retry: &mut Retry) {
+        retry.attempts += 1;
+        self.metrics.sink_errors_total.with_label_values(&[&self.name, err.kind.label()]).inc();
+        self.metrics.sink_retries_total.with_label_values(&[&self.name]).inc();
+        let first_lsn = changes.first().map(|c| c.transaction.commit_lsn).unwrap_or_default();
+        tracing::warn!(
+            sink = %self.name,
+            kind = err.kind.label(),
+            attempt = retry.attempts,
+            changes = changes.len(),
+            first_commit_lsn = %first_lsn,
+            retry_in_ms = retry.delay.as_millis() as u64,
+            error = %error_chain(err),
+            "sink apply failed; retrying"
+        );
+    }
+}
+
+/// Exponential backoff with jitter for one failing call.
+struct Retry {
+    delay: Duration,
+    max: Duration,
+    attempts: u32,
+}
+
+impl Retry {
+    fn new(settings: &WorkerSettings) -> Self {
+        Retry { delay: settings.retry_initial, max: settings.retry_max, attempts: 0 }
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(jittered(self.delay)).await;
+        self.delay = (self.delay * 2).min(self.max);
+    }
+}
+
+fn unix_micros_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// The error and its causes on one line.
@@ -209,14 +369,25 @@ pub fn jittered(delay: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::SinkError;
+    use crate::model::{Change, ChangeOp, ColumnSchema, ColumnValue, TableName, TableSchema};
     use async_trait::async_trait;
-    use pgoutput::{PgTimestamp, Xid};
+    use bytes::Bytes;
+    use pgoutput::{Oid, PgTimestamp, ReplicaIdentity, Xid};
     use std::sync::Mutex;
 
+    /// Records what it applied; fails the first `failures_left` calls and
+    /// always rejects the change whose id is `poison`.
+    #[derive(Default)]
     struct RecordingSink {
-        applied: Arc<Mutex<Vec<Lsn>>>,
-        failures_left: usize,
+        applied: Mutex<Vec<String>>,
+        checkpoints: Mutex<Vec<Lsn>>,
+        failures_left: Mutex<usize>,
+        poison: Option<&'static str>,
+    }
+
+    fn id_of(change: &ChangeRef<'_>) -> String {
+        let ChangeOp::Insert { new } = &change.change.op else { panic!("inserts only") };
+        String::from_utf8(new[0].as_bytes().unwrap().to_vec()).unwrap()
     }
 
     #[async_trait]
@@ -224,26 +395,61 @@ mod tests {
         fn name(&self) -> &str {
             "recording"
         }
-        async fn load_checkpoint(&mut self) -> Result<Option<Lsn>, SinkError> {
+        async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
             Ok(None)
         }
-        async fn apply(&mut self, batch: &[Arc<Transaction>]) -> Result<(), SinkError> {
-            if self.failures_left > 0 {
-                self.failures_left -= 1;
-                return Err(SinkError::permanent("recording", "rejected"));
+        async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
+            {
+                let mut failures = self.failures_left.lock().unwrap();
+                if *failures > 0 {
+                    *failures -= 1;
+                    return Err(SinkError::transient("recording", "unreachable", std::io::Error::other("down")));
+                }
             }
-            self.applied.lock().unwrap().extend(batch.iter().map(|t| t.end_lsn));
+            if changes.iter().any(|c| Some(id_of(c).as_str()) == self.poison) {
+                return Err(SinkError::permanent("recording", "value rejected"));
+            }
+            self.applied.lock().unwrap().extend(changes.iter().map(id_of));
+            self.checkpoints.lock().unwrap().extend(checkpoint);
             Ok(())
         }
     }
 
-    fn transaction(end: u64) -> Arc<Transaction> {
+    #[derive(Default)]
+    struct MemoryDeadLetters(Mutex<Vec<serde_json::Value>>);
+
+    #[async_trait]
+    impl DeadLetterQueue for MemoryDeadLetters {
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+        async fn record(&self, sink: &str, change: ChangeRef<'_>, error: &str) -> Result<(), SinkError> {
+            self.0.lock().unwrap().push(crate::dead_letter::dead_letter_record(sink, change, error));
+            Ok(())
+        }
+    }
+
+    fn transaction(end: u64, ids: &[&str]) -> Arc<Transaction> {
+        let table = Arc::new(TableSchema {
+            oid: Oid(1),
+            table: TableName::new("public", "t"),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![ColumnSchema { name: "id".into(), type_oid: Oid(25), is_key: true }],
+        });
         Arc::new(Transaction {
             xid: Xid(1),
             commit_lsn: Lsn(end - 1),
             end_lsn: Lsn(end),
             commit_time: PgTimestamp(0),
-            changes: vec![],
+            changes: ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| Change {
+                    table: table.clone(),
+                    op: ChangeOp::Insert { new: vec![ColumnValue::Text(Bytes::from(id.to_string()))] },
+                    ordinal: i as u32,
+                })
+                .collect(),
         })
     }
 
@@ -255,19 +461,75 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn skips_what_the_store_holds_and_acknowledges_everything() {
-        let applied = Arc::new(Mutex::new(Vec::new()));
-        let sink = RecordingSink { applied: applied.clone(), failures_left: 2 };
+    async fn run_worker(
+        sink: Arc<RecordingSink>,
+        checkpoint: Option<Lsn>,
+        settings: WorkerSettings,
+        transactions: Vec<Arc<Transaction>>,
+    ) -> Lsn {
         let (worker, queue, mut acked) =
-            SinkWorker::new(Box::new(sink), Some(Lsn(20)), fast_settings(), Metrics::new().unwrap(), Arc::default());
+            SinkWorker::new(sink, checkpoint, settings, Metrics::new().unwrap(), Arc::default());
         let task = tokio::spawn(worker.run());
-        for end in [10, 20, 30, 40] {
-            queue.send(transaction(end)).await.unwrap();
+        for transaction in transactions {
+            queue.send(transaction).await.unwrap();
         }
         drop(queue);
         task.await.unwrap();
-        assert_eq!(*applied.lock().unwrap(), vec![Lsn(30), Lsn(40)], "retried after failures, skipped held ones");
-        assert_eq!(*acked.borrow_and_update(), Lsn(40));
+        let acked = *acked.borrow_and_update();
+        acked
+    }
+
+    #[tokio::test]
+    async fn skips_what_the_store_holds_retries_and_acknowledges_everything() {
+        let sink = Arc::new(RecordingSink { failures_left: Mutex::new(2), ..RecordingSink::default() });
+        let transactions = vec![transaction(10, &["a"]), transaction(20, &["b"]), transaction(30, &["c"])];
+        let acked = run_worker(sink.clone(), Some(Lsn(20)), fast_settings(), transactions).await;
+        assert_eq!(*sink.applied.lock().unwrap(), ["c"], "retried after failures, skipped what the store held");
+        assert_eq!(acked, Lsn(30));
+        assert_eq!(sink.checkpoints.lock().unwrap().last(), Some(&Lsn(30)));
+    }
+
+    #[tokio::test]
+    async fn lanes_apply_everything_then_store_the_checkpoint_once() {
+        let sink = Arc::new(RecordingSink::default());
+        let ids: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let settings = WorkerSettings { lanes: 4, max_batch_delay: Duration::from_millis(50), ..fast_settings() };
+        let acked = run_worker(sink.clone(), None, settings, vec![transaction(100, &refs)]).await;
+        let mut applied = sink.applied.lock().unwrap().clone();
+        applied.sort_by_key(|id| id.parse::<u32>().unwrap());
+        assert_eq!(applied, ids);
+        assert_eq!(*sink.checkpoints.lock().unwrap(), [Lsn(100)], "one checkpoint, after every lane");
+        assert_eq!(acked, Lsn(100));
+    }
+
+    #[tokio::test]
+    async fn a_rejected_change_goes_to_the_dead_letter_queue_and_the_rest_is_applied() {
+        let sink = Arc::new(RecordingSink { poison: Some("bad"), ..RecordingSink::default() });
+        let dead_letters = Arc::new(MemoryDeadLetters::default());
+        let settings = WorkerSettings { on_error: OnError::DeadLetter(dead_letters.clone()), ..fast_settings() };
+        let transactions = vec![transaction(10, &["a", "bad", "b"]), transaction(20, &["c"])];
+        let acked = run_worker(sink.clone(), None, settings, transactions).await;
+        assert_eq!(*sink.applied.lock().unwrap(), ["a", "b", "c"]);
+        let letters = dead_letters.0.lock().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0]["new"]["id"], "bad");
+        assert_eq!(letters[0]["commit_lsn"], Lsn(9).to_string());
+        assert_eq!(letters[0]["table"], "public.t");
+        assert!(letters[0]["error"].as_str().unwrap().contains("value rejected"));
+        assert_eq!(acked, Lsn(20));
+    }
+
+    #[tokio::test]
+    async fn under_block_a_rejected_change_holds_the_acknowledgement() {
+        let sink = Arc::new(RecordingSink { poison: Some("bad"), ..RecordingSink::default() });
+        let (worker, queue, acked) =
+            SinkWorker::new(sink.clone(), None, fast_settings(), Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        queue.send(transaction(10, &["a"])).await.unwrap();
+        queue.send(transaction(20, &["bad"])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(*acked.borrow() < Lsn(20), "the rejected transaction is never acknowledged under block");
+        task.abort();
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use pgfanout_core::DeliveryConfig;
 use serde::Deserialize;
 
 /// One Redis sink.
@@ -35,6 +36,9 @@ pub struct RedisSinkConfig {
     /// retried on a new connection. Default: 30000.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// Lanes and error policy, `[sink.delivery]`.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
 }
 
 /// How one source table maps to Redis keys.
@@ -91,6 +95,7 @@ impl RedisSinkConfig {
                 }
             }
         }
+        problems.extend(self.delivery.validate(&self.name));
         if problems.is_empty() {
             Ok(())
         } else {

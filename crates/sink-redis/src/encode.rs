@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgfanout_core::{Change, ChangeOp, ColumnValue, Row, TableName, TableSchema, Transaction};
+use pgfanout_core::{Change, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, TableName, TableSchema};
 
 use crate::error::RedisSinkError;
 
@@ -183,16 +183,19 @@ impl RedisEncoder {
         RedisEncoder { templates, resolved: HashMap::new(), checkpoint_key }
     }
 
-    /// The operations applying `batch` in order, ending with the checkpoint `SET`.
-    pub fn encode(&mut self, batch: &[Arc<Transaction>]) -> Result<Vec<RedisOp>, RedisSinkError> {
-        let mut ops = Vec::with_capacity(batch.iter().map(|t| t.changes.len() * 2).sum::<usize>() + 1);
-        for transaction in batch {
-            for change in &transaction.changes {
-                self.encode_change(change, &mut ops)?;
-            }
+    /// The operations applying `changes` in order, ending with the
+    /// checkpoint `SET` when `checkpoint` is given.
+    pub fn encode(
+        &mut self,
+        changes: &[ChangeRef<'_>],
+        checkpoint: Option<Lsn>,
+    ) -> Result<Vec<RedisOp>, RedisSinkError> {
+        let mut ops = Vec::with_capacity(changes.len() * 2 + 1);
+        for change in changes {
+            self.encode_change(change.change, &mut ops)?;
         }
-        if let Some(last) = batch.last() {
-            ops.push(RedisOp::Set(self.checkpoint_key.clone(), last.end_lsn.to_string()));
+        if let Some(checkpoint) = checkpoint {
+            ops.push(RedisOp::Set(self.checkpoint_key.clone(), checkpoint.to_string()));
         }
         Ok(ops)
     }
@@ -270,7 +273,7 @@ fn split_fields(table: &TableSchema, row: &Row) -> (Vec<(String, Vec<u8>)>, Vec<
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use pgfanout_core::{ColumnSchema, Lsn};
+    use pgfanout_core::{ColumnSchema, Transaction};
     use pgoutput::{Oid, PgTimestamp, ReplicaIdentity, Xid};
 
     fn table() -> Arc<TableSchema> {
@@ -305,6 +308,13 @@ mod tests {
         })
     }
 
+    fn refs(batch: &[Arc<Transaction>]) -> Vec<ChangeRef<'_>> {
+        batch
+            .iter()
+            .flat_map(|transaction| transaction.changes.iter().map(move |change| ChangeRef { transaction, change }))
+            .collect()
+    }
+
     fn encoder(template: Option<&str>) -> RedisEncoder {
         let templates = template
             .map(|t| (TableName::new("public", "reservations"), KeyTemplate::parse(t).unwrap()))
@@ -323,7 +333,7 @@ mod tests {
                 ChangeOp::Delete { old: vec![text("7"), ColumnValue::Null, ColumnValue::Null] },
             ],
         )];
-        let ops = encoder(None).encode(&batch).unwrap();
+        let ops = encoder(None).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap();
         assert_eq!(
             ops,
             vec![
@@ -349,7 +359,7 @@ mod tests {
                 new: vec![text("8"), text("s"), ColumnValue::UnchangedToast],
             }],
         )];
-        let ops = encoder(Some("r:{id}")).encode(&batch).unwrap();
+        let ops = encoder(Some("r:{id}")).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap();
         assert_eq!(ops[0], RedisOp::Copy("r:7".into(), "r:8".into()));
         assert_eq!(ops[1], RedisOp::Del("r:7".into()));
         assert_eq!(
@@ -367,9 +377,9 @@ mod tests {
         assert!(KeyTemplate::parse("x:}").unwrap_err().contains("stray"));
         let batch =
             [transaction(0x300, vec![ChangeOp::Delete { old: vec![text("1"), ColumnValue::Null, ColumnValue::Null] }])];
-        let err = encoder(Some("r:{missing}")).encode(&batch).unwrap_err();
+        let err = encoder(Some("r:{missing}")).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap_err();
         assert!(err.to_string().contains("column missing"), "{err}");
-        let err = encoder(Some("r:{status}")).encode(&batch).unwrap_err();
+        let err = encoder(Some("r:{status}")).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap_err();
         assert!(err.to_string().contains("is NULL"), "{err}");
     }
 }

@@ -1,15 +1,16 @@
 //! The Redis sink: connection, batch apply, checkpoint.
 //!
-//! One batch is one `MULTI … EXEC` round trip holding every row operation and
-//! the checkpoint `SET`, so the stored checkpoint and the data can never
-//! disagree: after a crash the store holds either the whole batch and its
-//! checkpoint or neither.
+//! One call is one `MULTI … EXEC` round trip holding every row operation and,
+//! when the worker hands it over, the checkpoint `SET`, so with a single lane
+//! the stored checkpoint and the data can never disagree: after a crash the
+//! store holds either the whole batch and its checkpoint or neither. Lanes
+//! share one multiplexed connection, so concurrent calls pipeline on it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::Mutex;
 
 use async_trait::async_trait;
-use pgfanout_core::{Lsn, Sink, SinkError, TableName, Transaction};
+use pgfanout_core::{ChangeRef, Lsn, Sink, SinkError, TableName};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
@@ -21,8 +22,9 @@ use crate::error::RedisSinkError;
 pub struct RedisSink {
     config: RedisSinkConfig,
     client: redis::Client,
-    connection: Option<MultiplexedConnection>,
-    encoder: RedisEncoder,
+    /// The shared connection; `None` until first use and after a failure.
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    encoder: Mutex<RedisEncoder>,
 }
 
 impl RedisSink {
@@ -39,7 +41,7 @@ impl RedisSink {
             }
         }
         let encoder = RedisEncoder::new(templates, config.checkpoint_key());
-        Ok(RedisSink { config, client, connection: None, encoder })
+        Ok(RedisSink { config, client, connection: tokio::sync::Mutex::new(None), encoder: Mutex::new(encoder) })
     }
 
     /// The source tables this sink receives.
@@ -47,8 +49,10 @@ impl RedisSink {
         self.config.tables.iter().map(|t| TableName::parse(&t.source)).collect()
     }
 
-    async fn connection(&mut self) -> Result<&mut MultiplexedConnection, RedisSinkError> {
-        if self.connection.is_none() {
+    /// A handle on the shared connection, connecting first if needed.
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisSinkError> {
+        let mut shared = self.connection.lock().await;
+        if shared.is_none() {
             let settings = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
                 .set_response_timeout(Some(self.config.response_timeout()));
@@ -66,18 +70,18 @@ impl RedisSink {
                 .await
                 .map_err(|source| RedisSinkError::Connect { endpoint, source })?;
             tracing::info!(sink = %self.config.name, "connected to redis");
-            self.connection = Some(connection);
+            *shared = Some(connection);
         }
         // Just set above when it was None.
-        Ok(self.connection.as_mut().expect("connection is set"))
+        Ok(shared.clone().expect("connection is set"))
     }
 
-    async fn load(&mut self) -> Result<Option<Lsn>, RedisSinkError> {
+    async fn load(&self) -> Result<Option<Lsn>, RedisSinkError> {
         let key = self.config.checkpoint_key();
-        let connection = self.connection().await?;
+        let mut connection = self.connection().await?;
         let stored: Option<String> = redis::cmd("GET")
             .arg(&key)
-            .query_async(connection)
+            .query_async(&mut connection)
             .await
             .map_err(|source| RedisSinkError::Command { what: format!("GET {key}"), source })?;
         stored
@@ -85,8 +89,8 @@ impl RedisSink {
             .transpose()
     }
 
-    async fn write(&mut self, batch: &[Arc<Transaction>]) -> Result<(), RedisSinkError> {
-        let ops = self.encoder.encode(batch)?;
+    async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), RedisSinkError> {
+        let ops = self.encoder.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).encode(changes, checkpoint)?;
         let mut pipeline = redis::pipe();
         pipeline.atomic();
         for op in &ops {
@@ -100,8 +104,8 @@ impl RedisSink {
             .ignore();
         }
         let timeout = self.config.response_timeout();
-        let connection = self.connection().await?;
-        let result = tokio::time::timeout(timeout, pipeline.query_async::<()>(connection)).await;
+        let mut connection = self.connection().await?;
+        let result = tokio::time::timeout(timeout, pipeline.query_async::<()>(&mut connection)).await;
         let outcome = match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => {
@@ -111,7 +115,7 @@ impl RedisSink {
         };
         if outcome.as_ref().is_err_and(RedisSinkError::is_retriable) {
             // Start the retry on a fresh connection.
-            self.connection = None;
+            *self.connection.lock().await = None;
         }
         outcome
     }
@@ -123,15 +127,23 @@ impl Sink for RedisSink {
         &self.config.name
     }
 
-    async fn load_checkpoint(&mut self) -> Result<Option<Lsn>, SinkError> {
+    async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
         let name = self.config.name.clone();
         self.load().await.map_err(|err| err.into_sink_error(&name, "reading the checkpoint".into()))
     }
 
-    async fn apply(&mut self, batch: &[Arc<Transaction>]) -> Result<(), SinkError> {
-        let name = self.config.name.clone();
-        let end = batch.last().map(|t| t.end_lsn).unwrap_or_default();
-        self.write(batch).await.map_err(|err| err.into_sink_error(&name, format!("applying the batch ending at {end}")))
+    async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        let context = match (changes.first(), changes.last()) {
+            (Some(first), Some(last)) => format!(
+                "applying {} changes, commit LSNs {} to {}",
+                changes.len(),
+                first.transaction.commit_lsn,
+                last.transaction.commit_lsn
+            ),
+            _ => format!("storing checkpoint {}", checkpoint.unwrap_or_default()),
+        };
+        self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(name, context))
     }
 }
 
