@@ -1,0 +1,206 @@
+//! End to end: the pipeline's guarantees with real servers — several sinks
+//! and the checkpoint, dead letters, and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SCHEMA: &str =
+    "CREATE TABLE orders (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2) NOT NULL);";
+
+async fn wait_for_readiness(http: &str) {
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(http, "/readyz").await.is_some() })
+        .await;
+}
+
+async fn redis_checkpoint(redis: &mut redis::aio::MultiplexedConnection, sink: &str) -> u64 {
+    let stored: Option<String> =
+        redis::cmd("GET").arg(format!("pgfanout:checkpoint:{sink}")).query_async(redis).await.unwrap();
+    stored.map(|text| text.parse::<pgoutput::Lsn>().unwrap().0).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_checkpoint_waits_for_the_slowest_of_two_sinks() {
+    let db = create_database("e2e_two_sinks").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let fast_url = fresh_redis_db(9).await;
+    let slow_server = OwnRedisServer::start().await;
+    let mut fast = redis_connection(&fast_url).await;
+    let mut slow = redis_connection(&slow_server.url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        r#"[source]
+url = "{url}"
+slot = "e2e_two_sinks"
+publication = "e2e_two_sinks"
+status_interval_ms = 200
+
+[http]
+listen = "{http}"
+
+[[sink]]
+name = "fast"
+kind = "redis"
+url = "{fast_url}"
+[[sink.table]]
+source = "public.orders"
+key = "order:{{id}}"
+
+[[sink]]
+name = "slow"
+kind = "redis"
+url = "{slow_url}"
+[[sink.table]]
+source = "public.orders"
+key = "order:{{id}}"
+"#,
+        url = db.url,
+        slow_url = slow_server.url,
+    );
+    let pgfanout = Pgfanout::start("e2e_two_sinks", &config, &http);
+    wait_for_readiness(&http).await;
+    db.client.batch_execute("INSERT INTO orders VALUES (1, 'a', 1)").await.unwrap();
+    wait_for_redis_match(&db, "orders", "id", &mut fast, "order:", &pgfanout).await;
+    wait_for_redis_match(&db, "orders", "id", &mut slow, "order:", &pgfanout).await;
+    let both = redis_checkpoint(&mut slow, "slow").await;
+    wait_until("the slot reaches what both sinks hold", Duration::from_secs(10), || async {
+        db.confirmed_flush_lsn("e2e_two_sinks").await >= both
+    })
+    .await;
+
+    // The slow sink stops accepting writes; the fast one goes on.
+    redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE").query_async::<()>(&mut slow).await.unwrap();
+    db.client
+        .batch_execute("INSERT INTO orders VALUES (2, 'b', 2); INSERT INTO orders VALUES (3, 'c', 3)")
+        .await
+        .unwrap();
+    let after_writes = db.current_wal_lsn().await;
+    wait_for_redis_match(&db, "orders", "id", &mut fast, "order:", &pgfanout).await;
+    assert!(redis_checkpoint(&mut fast, "fast").await > both, "the fast sink advanced");
+    // Let keepalive-driven confirmations from before the writes land, then watch.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let held = db.confirmed_flush_lsn("e2e_two_sinks").await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let confirmed = db.confirmed_flush_lsn("e2e_two_sinks").await;
+        assert_eq!(confirmed, held, "confirmed_flush_lsn moved while the slow sink held nothing new");
+        assert!(confirmed < after_writes);
+    }
+    assert_eq!(redis_checkpoint(&mut slow, "slow").await, both, "the paused sink applied nothing");
+
+    // Back to normal: both end equal to PostgreSQL and the slot catches up.
+    redis::cmd("CLIENT").arg("UNPAUSE").query_async::<()>(&mut slow).await.unwrap();
+    wait_for_redis_match(&db, "orders", "id", &mut slow, "order:", &pgfanout).await;
+    wait_for_redis_match(&db, "orders", "id", &mut fast, "order:", &pgfanout).await;
+    let slow_checkpoint = redis_checkpoint(&mut slow, "slow").await;
+    wait_until("the slot catches up once both sinks hold everything", Duration::from_secs(10), || async {
+        db.confirmed_flush_lsn("e2e_two_sinks").await >= slow_checkpoint
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_change_the_store_rejects_goes_to_the_dead_letter_file_and_the_rest_flows() {
+    let db = create_database("e2e_dead_letter").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = fresh_redis_db(10).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let dead_letters = std::env::temp_dir().join(format!("e2e_dead_letter_{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&dead_letters);
+    let config = redis_config(&db, &redis_url, &http, &[("public.orders", "order:{id}")])
+        + &format!(
+        "[sink.delivery]\non_error = \"dead_letter\"\n[sink.delivery.dead_letter]\nkind = \"file\"\npath = \"{}\"\n",
+        dead_letters.display()
+    );
+    let pgfanout = Pgfanout::start("e2e_dead_letter", &config, &http);
+    wait_for_readiness(&http).await;
+    db.client.batch_execute("INSERT INTO orders SELECT g, 'c', g FROM generate_series(1, 3) g").await.unwrap();
+    wait_for_redis_match(&db, "orders", "id", &mut redis, "order:", &pgfanout).await;
+
+    // Another application turns order:2 into a string; HSET on it now fails
+    // with WRONGTYPE, which no retry can fix.
+    redis::cmd("SET").arg("order:2").arg("not a hash").query_async::<()>(&mut redis).await.unwrap();
+    db.client.batch_execute("UPDATE orders SET amount = amount + 10").await.unwrap();
+    let update_done = db.current_wal_lsn().await;
+    db.client.batch_execute("INSERT INTO orders VALUES (4, 'after', 4)").await.unwrap();
+
+    wait_until("the rejected change is dead-lettered", Duration::from_secs(20), || async {
+        pgfanout.metric(r#"pgfanout_dead_letter_total{sink="e2e_dead_letter"}"#).await == Some(1.0)
+    })
+    .await;
+    wait_until("the change after the rejected one arrives", Duration::from_secs(20), || async {
+        let exists: bool = redis::cmd("EXISTS").arg("order:4").query_async(&mut redis.clone()).await.unwrap();
+        exists
+    })
+    .await;
+    for id in ["1", "3"] {
+        let amount: String =
+            redis::cmd("HGET").arg(format!("order:{id}")).arg("amount").query_async(&mut redis).await.unwrap();
+        assert!(amount.starts_with("1") && amount.len() > 4, "order:{id} got its update: {amount}");
+    }
+    let untouched: String = redis::cmd("GET").arg("order:2").query_async(&mut redis).await.unwrap();
+    assert_eq!(untouched, "not a hash");
+
+    let text = std::fs::read_to_string(&dead_letters).expect("the dead-letter file exists");
+    let records: Vec<serde_json::Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(records.len(), 1, "exactly the rejected change: {text}");
+    let record = &records[0];
+    assert_eq!(record["sink"], "e2e_dead_letter");
+    assert_eq!(record["table"], "public.orders");
+    assert_eq!(record["op"], "update");
+    assert_eq!(record["new"]["id"], "2");
+    assert_eq!(record["new"]["amount"], "12.00");
+    assert!(record["error"].as_str().unwrap().contains("WRONGTYPE"), "{record}");
+    let commit_lsn: pgoutput::Lsn = record["commit_lsn"].as_str().unwrap().parse().unwrap();
+    assert!(commit_lsn.0 < update_done);
+    assert_eq!(pgfanout.metric(r#"pgfanout_dead_letter_total{sink="e2e_dead_letter"}"#).await, Some(1.0));
+    wait_until("the slot moves past the rejected change", Duration::from_secs(10), || async {
+        db.confirmed_flush_lsn("e2e_dead_letter").await > commit_lsn.0
+    })
+    .await;
+    let _ = std::fs::remove_file(&dead_letters);
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_confirms_exactly_what_was_applied() {
+    let db = create_database("e2e_sigterm").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = fresh_redis_db(11).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.orders", "order:{id}")]);
+    let mut pgfanout = Pgfanout::start("e2e_sigterm", &config, &http);
+    wait_for_readiness(&http).await;
+
+    let writer_url = db.url.clone();
+    let workload = tokio::spawn(async move {
+        let writer = connect(&writer_url).await;
+        for id in 1..=300i64 {
+            writer.execute("INSERT INTO orders VALUES ($1, 'w', 1)", &[&id]).await.unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pgfanout.signal("TERM");
+    assert_eq!(pgfanout.wait_exit(Duration::from_secs(20)).await, Some(0), "SIGTERM exits cleanly");
+    workload.await.unwrap();
+
+    // The slot confirms everything Redis holds (it may confirm further only
+    // past WAL that held nothing for this sink) and nothing Redis lacks: the
+    // restart below must bring exactly the missing rows.
+    let held = redis_checkpoint(&mut redis, "e2e_sigterm").await;
+    assert!(held > 0);
+    assert!(db.confirmed_flush_lsn("e2e_sigterm").await >= held, "log:\n{}", pgfanout.log_text());
+    let applied_rows = redis_hashes(&mut redis, "order:").await.len() as i64;
+    assert!(applied_rows > 0 && applied_rows <= 300);
+
+    let pgfanout = Pgfanout::start("e2e_sigterm", &config, &http);
+    wait_for_redis_match(&db, "orders", "id", &mut redis, "order:", &pgfanout).await;
+    let applied = pgfanout
+        .metric(r#"pgfanout_sink_applied_total{op="insert",sink="e2e_sigterm",table="public.orders"}"#)
+        .await
+        .unwrap_or(0.0) as i64;
+    assert_eq!(applied, 300 - applied_rows, "the restart applies exactly the rest");
+}
