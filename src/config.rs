@@ -96,6 +96,11 @@ pub struct PipelineConfig {
     /// Transactions queued per sink before reading from PostgreSQL pauses. Default: 1024.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Megabytes of changes queued per sink (approximate, including the batch
+    /// being applied) before reading from PostgreSQL pauses. With
+    /// `spill_memory_mb`, this bounds the memory a slow sink can cost. Default: 64.
+    #[serde(default = "default_queue_mb")]
+    pub queue_mb: usize,
     /// Changes per sink batch. Default: 1000.
     #[serde(default = "default_max_batch_changes")]
     pub max_batch_changes: usize,
@@ -148,6 +153,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             queue_capacity: default_queue_capacity(),
+            queue_mb: default_queue_mb(),
             max_batch_changes: default_max_batch_changes(),
             max_batch_delay_ms: default_max_batch_delay_ms(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
@@ -177,6 +183,9 @@ fn default_status_interval_ms() -> u64 {
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9187))
+}
+fn default_queue_mb() -> usize {
+    64
 }
 fn default_queue_capacity() -> usize {
     1024
@@ -271,6 +280,7 @@ impl Config {
     pub fn worker_settings(&self) -> WorkerSettings {
         WorkerSettings {
             queue_capacity: self.pipeline.queue_capacity,
+            queue_bytes: self.pipeline.queue_mb.saturating_mul(1024 * 1024),
             max_batch_changes: self.pipeline.max_batch_changes,
             max_batch_delay: Duration::from_millis(self.pipeline.max_batch_delay_ms),
             ..WorkerSettings::default()

@@ -147,6 +147,19 @@ pub struct Change {
 }
 
 impl Change {
+    /// Approximate bytes the change occupies in memory, for memory bounds.
+    pub fn approximate_size(&self) -> usize {
+        const PER_CHANGE: usize = 96;
+        const PER_VALUE: usize = 24;
+        let row_size = |row: &Row| row.iter().map(|v| PER_VALUE + v.as_bytes().map_or(0, <[u8]>::len)).sum::<usize>();
+        PER_CHANGE
+            + match &self.op {
+                ChangeOp::Insert { new } => row_size(new),
+                ChangeOp::Update { old, new } => old.as_ref().map_or(0, row_size) + row_size(new),
+                ChangeOp::Delete { old } => row_size(old),
+            }
+    }
+
     /// The row image that identifies the row before the change (old key or
     /// old row if sent, else the new row).
     pub fn identity_row(&self) -> &Row {
@@ -156,6 +169,13 @@ impl Change {
             ChangeOp::Update { old: None, new } => new,
             ChangeOp::Delete { old } => old,
         }
+    }
+}
+
+impl Transaction {
+    /// Approximate bytes the transaction's changes occupy in memory.
+    pub fn approximate_size(&self) -> usize {
+        self.changes.iter().map(Change::approximate_size).sum::<usize>() + 64
     }
 }
 

@@ -57,19 +57,6 @@ pub struct SpillError {
     pub source: std::io::Error,
 }
 
-/// Approximate memory a change occupies, for the spill threshold.
-fn approximate_size(change: &Change) -> usize {
-    const PER_CHANGE: usize = 96;
-    const PER_VALUE: usize = 24;
-    let row_size = |row: &crate::model::Row| row.iter().map(|v| PER_VALUE + v.as_bytes().map_or(0, <[u8]>::len)).sum();
-    PER_CHANGE
-        + match &change.op {
-            ChangeOp::Insert { new } => row_size(new),
-            ChangeOp::Update { old, new } => old.as_ref().map_or(0, row_size) + row_size(new),
-            ChangeOp::Delete { old } => row_size(old),
-        }
-}
-
 /// One change as written to a spill file: its table by index into the
 /// transaction's schema list (schemas stay in memory; they are few).
 #[derive(Serialize, Deserialize)]
@@ -205,7 +192,7 @@ impl StreamedTransactions {
     /// Adds a change of `subtransaction` (the top-level xid itself for
     /// changes outside any subtransaction) to transaction `xid`.
     pub fn add(&mut self, xid: Xid, subtransaction: Xid, change: Change) -> Result<(), SpillError> {
-        let size = approximate_size(&change);
+        let size = change.approximate_size();
         let held = self.held.entry(xid).or_insert_with(HeldTransaction::new);
         held.in_memory.push((subtransaction, change));
         held.in_memory_bytes += size;
@@ -238,7 +225,7 @@ impl StreamedTransactions {
         if let Some(held) = self.held.get_mut(&xid) {
             let before = held.in_memory_bytes;
             held.in_memory.retain(|(sub, _)| *sub != subtransaction);
-            held.in_memory_bytes = held.in_memory.iter().map(|(_, change)| approximate_size(change)).sum();
+            held.in_memory_bytes = held.in_memory.iter().map(|(_, change)| change.approximate_size()).sum();
             self.in_memory_bytes -= before - held.in_memory_bytes;
             // Spilled changes of the subtransaction are skipped when read back.
             held.aborted_subtransactions.insert(subtransaction);

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use pgoutput::Lsn;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::lanes::split_into_lanes;
 use crate::metrics::Metrics;
@@ -60,6 +60,11 @@ impl std::fmt::Debug for OnError {
 pub struct WorkerSettings {
     /// Transactions the queue holds before the dispatcher waits.
     pub queue_capacity: usize,
+    /// Approximate bytes of changes the queue (and the batch being applied)
+    /// may hold before the dispatcher waits; with `queue_capacity` this bounds
+    /// the memory a stalled sink can make pgfanout use. A transaction larger
+    /// than the whole bound is let through alone.
+    pub queue_bytes: usize,
     /// A batch is applied once it holds this many changes…
     pub max_batch_changes: usize,
     /// …or once its first transaction has waited this long.
@@ -78,6 +83,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             queue_capacity: 1024,
+            queue_bytes: 64 * 1024 * 1024,
             max_batch_changes: 1000,
             max_batch_delay: Duration::from_millis(20),
             lanes: 1,
@@ -88,17 +94,28 @@ impl Default for WorkerSettings {
     }
 }
 
+/// Granularity of the byte bound: permits of the queue's semaphore.
+const PERMIT_BYTES: usize = 1024;
+
+/// A queued transaction and the share of the byte bound it holds until it
+/// has been applied.
+type Queued = (Arc<Transaction>, OwnedSemaphorePermit);
+
 /// The sending side of a worker's queue, held by the dispatcher.
 pub struct WorkerQueue {
-    sender: mpsc::Sender<Arc<Transaction>>,
+    sender: mpsc::Sender<Queued>,
+    bytes: Arc<Semaphore>,
+    capacity_permits: u32,
     depth: prometheus::IntGauge,
 }
 
 impl WorkerQueue {
-    /// Queues a transaction, waiting while the queue is full (backpressure).
-    /// Fails only if the worker has stopped.
+    /// Queues a transaction, waiting while the queue is full, by count or by
+    /// bytes (backpressure). Fails only if the worker has stopped.
     pub async fn send(&self, transaction: Arc<Transaction>) -> Result<(), WorkerStopped> {
-        self.sender.send(transaction).await.map_err(|_| WorkerStopped)?;
+        let wanted = (transaction.approximate_size() / PERMIT_BYTES).clamp(1, self.capacity_permits as usize) as u32;
+        let permit = self.bytes.clone().acquire_many_owned(wanted).await.map_err(|_| WorkerStopped)?;
+        self.sender.send((transaction, permit)).await.map_err(|_| WorkerStopped)?;
         self.depth.inc();
         Ok(())
     }
@@ -114,7 +131,7 @@ pub struct SinkWorker {
     sink: Arc<dyn Sink>,
     name: String,
     settings: WorkerSettings,
-    queue: mpsc::Receiver<Arc<Transaction>>,
+    queue: mpsc::Receiver<Queued>,
     acked: watch::Sender<Lsn>,
     on_ack: Arc<Notify>,
     checkpoint: Lsn,
@@ -133,19 +150,23 @@ impl SinkWorker {
         on_ack: Arc<Notify>,
     ) -> (Self, WorkerQueue, watch::Receiver<Lsn>) {
         let (sender, queue) = mpsc::channel(settings.queue_capacity.max(1));
+        let capacity_permits = (settings.queue_bytes / PERMIT_BYTES).clamp(1, Semaphore::MAX_PERMITS) as u32;
+        let bytes = Arc::new(Semaphore::new(capacity_permits as usize));
         let checkpoint = checkpoint.unwrap_or(Lsn::ZERO);
         let (acked, acked_receiver) = watch::channel(Lsn::ZERO);
         let name = sink.name().to_owned();
         let depth = metrics.sink_queue_depth.with_label_values(&[&name]);
         let worker = SinkWorker { sink, name, settings, queue, acked, on_ack, checkpoint, metrics };
-        (worker, WorkerQueue { sender, depth }, acked_receiver)
+        (worker, WorkerQueue { sender, bytes, capacity_permits, depth }, acked_receiver)
     }
 
     /// Runs until the queue is closed and drained.
     pub async fn run(mut self) {
         self.metrics.checkpoint_lsn.with_label_values(&[&self.name]).set(self.checkpoint.0 as i64);
-        while let Some(batch) = self.next_batch().await {
-            self.metrics.sink_queue_depth.with_label_values(&[&self.name]).sub(batch.len() as i64);
+        while let Some(queued) = self.next_batch().await {
+            self.metrics.sink_queue_depth.with_label_values(&[&self.name]).sub(queued.len() as i64);
+            // The permits stay held (memory stays counted) until the batch is applied.
+            let (batch, _permits): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
             let last = batch.last().map(|t| t.end_lsn).unwrap_or_default();
             let pending: Vec<_> = batch.into_iter().filter(|t| t.end_lsn > self.checkpoint).collect();
             if !pending.is_empty() {
@@ -168,9 +189,9 @@ impl SinkWorker {
         tracing::debug!(sink = %self.name, "sink worker drained and stopped");
     }
 
-    async fn next_batch(&mut self) -> Option<Vec<Arc<Transaction>>> {
+    async fn next_batch(&mut self) -> Option<Vec<Queued>> {
         let first = self.queue.recv().await?;
-        let mut changes = first.changes.len();
+        let mut changes = first.0.changes.len();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.settings.max_batch_delay;
         while changes < self.settings.max_batch_changes {
@@ -184,7 +205,7 @@ impl SinkWorker {
                     }
                 }
             };
-            changes += next.changes.len();
+            changes += next.0.changes.len();
             batch.push(next);
         }
         Some(batch)
