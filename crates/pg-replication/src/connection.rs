@@ -27,6 +27,7 @@ use tokio_postgres::config::{Host, SslNegotiation};
 use crate::auth::{choose_scram, ChannelBindingMode, TlsBinding};
 use crate::conninfo::split_tls_params;
 use crate::error::{ReplicationError, Result};
+use crate::slot::{slot_state_query, SlotOptions};
 use crate::stream::{ReplicationStream, StreamSettings};
 use crate::tls::{session_end_point, SslMode, TlsPolicy};
 use crate::wire::{server_error, server_notice, FrameReader, Incoming, Transport};
@@ -220,7 +221,7 @@ pub struct CreatedSlot {
     pub slot_name: String,
     /// First LSN the slot can stream from.
     pub consistent_point: Lsn,
-    /// Name of the exported snapshot, if one was asked for.
+    /// Name of the exported snapshot, with [`SnapshotAction::Export`](crate::SnapshotAction::Export) only.
     pub snapshot_name: Option<String>,
 }
 
@@ -235,12 +236,19 @@ pub struct SlotState {
     pub database: Option<String>,
     /// Whether a walsender is streaming from it right now.
     pub active: bool,
+    /// Whether the slot disappears when its creating session ends.
+    pub temporary: bool,
+    /// Whether prepared transactions are decoded at `PREPARE` time (always false before PostgreSQL 14).
+    pub two_phase: bool,
     /// Position the slot resumes from.
     pub confirmed_flush_lsn: Option<Lsn>,
     /// Oldest WAL the slot keeps.
     pub restart_lsn: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
+    /// Bytes of WAL that can still be written before this slot risks losing
+    /// what it needs (`lost`); `None` when `max_slot_wal_keep_size` is unlimited.
+    pub safe_wal_size: Option<i64>,
 }
 
 /// Rows of a simple query, all values as text.
@@ -539,12 +547,7 @@ impl ReplicationConnection {
 
     /// State of a slot from `pg_replication_slots`, `None` if it does not exist.
     pub async fn slot_state(&mut self, slot: &str) -> Result<Option<SlotState>> {
-        let sql = format!(
-            "SELECT slot_type, plugin, database, active::text, confirmed_flush_lsn::text, restart_lsn::text, wal_status \
-             FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
-            escape_literal(slot)
-        );
-        let result = self.simple_query(&sql).await?;
+        let result = self.simple_query(&slot_state_query(slot, self.server_version)).await?;
         if result.rows.is_empty() {
             return Ok(None);
         }
@@ -554,17 +557,30 @@ impl ReplicationConnection {
             plugin: result.get(0, "plugin").map(str::to_owned),
             database: result.get(0, "database").map(str::to_owned),
             active: result.get(0, "active") == Some("true"),
+            temporary: result.get(0, "temporary") == Some("true"),
+            two_phase: result.get(0, "two_phase") == Some("true"),
             confirmed_flush_lsn: lsn("confirmed_flush_lsn"),
             restart_lsn: lsn("restart_lsn"),
             wal_status: result.get(0, "wal_status").map(str::to_owned),
+            safe_wal_size: result.get(0, "safe_wal_size").and_then(|size| size.parse().ok()),
         }))
     }
 
     /// Creates a permanent logical slot using `pgoutput`, without exporting a snapshot.
     pub async fn create_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
+        self.create_slot_with(slot, &SlotOptions::new()).await
+    }
+
+    /// Creates a logical slot using `pgoutput` with the given options.
+    ///
+    /// With [`SnapshotAction::Export`](crate::SnapshotAction::Export) the
+    /// returned [`CreatedSlot::snapshot_name`] can be imported by other
+    /// sessions only while this connection stays open and sends no further
+    /// command; copy the tables first, then start streaming.
+    pub async fn create_slot_with(&mut self, slot: &str, options: &SlotOptions) -> Result<CreatedSlot> {
         validate_slot_name(slot)?;
-        let result =
-            self.simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput NOEXPORT_SNAPSHOT")).await?;
+        let command = options.create_command(slot, self.server_version)?;
+        let result = self.simple_query(&command).await?;
         Ok(CreatedSlot {
             slot_name: result.get(0, "slot_name").unwrap_or(slot).to_owned(),
             consistent_point: result.get(0, "consistent_point").and_then(|l| l.parse().ok()).ok_or_else(|| {

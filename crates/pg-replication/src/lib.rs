@@ -4,7 +4,7 @@
 //! `replication=database` mode — connect (TCP, TLS over TCP, or unix
 //! socket), authenticate (trust, cleartext, md5, SCRAM-SHA-256 and
 //! SCRAM-SHA-256-PLUS, client certificates), run replication commands
-//! (`IDENTIFY_SYSTEM`, slot creation, plain SQL), then
+//! (`IDENTIFY_SYSTEM`, slot creation with [`SlotOptions`], plain SQL), then
 //! `START_REPLICATION` and yield the raw [`ReplicationEvent`]s of the CopyBoth
 //! stream while answering keepalives and sending standby status updates.
 //!
@@ -33,6 +33,7 @@ mod auth;
 pub mod connection;
 mod conninfo;
 pub mod error;
+pub mod slot;
 pub mod stream;
 pub mod tls;
 mod wire;
@@ -42,5 +43,6 @@ pub use connection::{
     SystemIdentity,
 };
 pub use error::{ReplicationError, Result, ServerError};
+pub use slot::{SlotOptions, SnapshotAction};
 pub use stream::{FeedbackHandle, ReplicationEvent, ReplicationStream, StreamSettings};
 pub use tls::SslMode;
