@@ -5,13 +5,18 @@
 //!
 //! What each `sslmode` does here, as in libpq:
 //!
-//! | sslmode       | TLS                        | certificate check                                  |
-//! |---------------|----------------------------|----------------------------------------------------|
-//! | `disable`     | never                      | —                                                  |
-//! | `prefer`      | if the server accepts it   | none, or the chain if `sslrootcert` is given        |
-//! | `require`     | always                     | none, or the chain if `sslrootcert` is given        |
-//! | `verify-ca`   | always                     | chain against `sslrootcert`                         |
-//! | `verify-full` | always                     | chain and host name, against `sslrootcert` or the system's CAs |
+//! | sslmode       | TLS                      | certificate check                                         |
+//! |---------------|--------------------------|-----------------------------------------------------------|
+//! | `disable`     | never                    | —                                                         |
+//! | `prefer`      | if the server accepts it | none, or the chain if `sslrootcert` is given              |
+//! | `require`     | always                   | none, or the chain if `sslrootcert` is given              |
+//! | `verify-ca`   | always                   | the chain, against `sslrootcert`                          |
+//! | `verify-full` | always                   | chain and host name, against `sslrootcert` or system CAs  |
+//!
+//! As in libpq, `prefer` also retries once without TLS when the TLS
+//! handshake is rejected (for example a certificate that does not pass the
+//! `sslrootcert` check); every other mode fails with [`ReplicationError::Tls`], which is
+//! not transient.
 //!
 //! Differences from libpq, on purpose: there is no `~/.postgresql/root.crt`
 //! default (pgfanout runs as a service; the URL says which CA to trust), so

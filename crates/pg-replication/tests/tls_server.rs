@@ -7,7 +7,8 @@
 //! [`server_pki`]): it writes a fresh CA-signed certificate into the data
 //! directory (`PGFANOUT_TEST_PG_DATA`), sets `ssl = on` and reloads. Plain
 //! connections keep working (the `host` lines of pg_hba.conf match both), so
-//! the other test files are unaffected.
+//! the other test files are unaffected. Test binaries run one after the
+//! other, so no two processes rewrite the certificate at the same time.
 
 mod common;
 
@@ -92,7 +93,8 @@ async fn enable_server_tls() -> Pki {
         write_server_file(&data_dir, "pg_hba.conf", &format!("{CERT_HBA_LINE}\n{hba}"), 0o600);
     }
 
-    let client_dir = std::env::temp_dir().join(format!("pgfanout-tls-test-{}", std::process::id()));
+    // Next to the data directory, inside the stack's folder, so the files go when the stack does.
+    let client_dir = data_dir.parent().unwrap_or(&data_dir).join(format!("tls-test-client-{}", std::process::id()));
     std::fs::create_dir_all(&client_dir).unwrap();
     let pki = Pki {
         ca: client_dir.join("ca.pem"),
