@@ -29,7 +29,7 @@ use crate::conninfo::split_tls_params;
 use crate::error::{ReplicationError, Result};
 use crate::slot::{slot_state_query, SlotOptions};
 use crate::stream::{ReplicationStream, StreamSettings};
-use crate::tls::{session_end_point, SslMode, TlsPolicy};
+use crate::tls::{session_end_point, Negotiated, SslMode, TlsPolicy};
 use crate::wire::{server_error, server_notice, FrameReader, Incoming, Transport};
 
 /// Session settings sent at startup. pgoutput renders text values with the
@@ -183,11 +183,11 @@ async fn open_transport(options: &ConnectOptions, tls: &TlsPolicy) -> Result<(Tr
                 .map_err(io_error)?;
                 tcp.set_nodelay(true).map_err(io_error)?;
                 match tls.negotiate(tcp, host, &endpoint).await? {
-                    Ok(session) => {
+                    Negotiated::Tls(session) => {
                         let binding = TlsBinding::Encrypted(session_end_point(&session));
                         Ok((Transport::Tls(session), binding))
                     }
-                    Err(tcp) => Ok((Transport::Tcp(tcp), TlsBinding::Plaintext)),
+                    Negotiated::Plain(tcp) => Ok((Transport::Tcp(tcp), TlsBinding::Plaintext)),
                 }
             }
             Endpoint::Unix { socket } => {

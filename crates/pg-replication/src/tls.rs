@@ -125,6 +125,13 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// What [`TlsPolicy::negotiate`] leaves the connection running over.
+pub(crate) enum Negotiated {
+    Tls(Box<TlsStream<TcpStream>>),
+    /// No TLS: `sslmode=disable`, or the server declined under `prefer`.
+    Plain(TcpStream),
+}
+
 /// How much of the server's certificate is checked once TLS is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CertificateCheck {
@@ -222,15 +229,10 @@ impl TlsPolicy {
     }
 
     /// Sends `SSLRequest` on a fresh TCP connection and, if the server agrees,
-    /// runs the TLS handshake. `Ok(Err(tcp))` hands the socket back for a
-    /// plain session when the server declined and the mode allows that.
-    pub(crate) async fn negotiate(
-        &self,
-        mut tcp: TcpStream,
-        host: &str,
-        endpoint: &str,
-    ) -> Result<std::result::Result<Box<TlsStream<TcpStream>>, TcpStream>> {
-        let Some(config) = &self.config else { return Ok(Err(tcp)) };
+    /// runs the TLS handshake; hands the socket back for a plain session when
+    /// the mode allows that.
+    pub(crate) async fn negotiate(&self, mut tcp: TcpStream, host: &str, endpoint: &str) -> Result<Negotiated> {
+        let Some(config) = &self.config else { return Ok(Negotiated::Plain(tcp)) };
         let io_error = |source| ReplicationError::Io { endpoint: endpoint.to_owned(), source };
         let mut request = BytesMut::new();
         frontend::ssl_request(&mut request);
@@ -251,7 +253,7 @@ impl TlsPolicy {
                     ),
                 })
             }
-            b'N' => return Ok(Err(tcp)),
+            b'N' => return Ok(Negotiated::Plain(tcp)),
             b'E' => return Err(read_refusal(&mut tcp, endpoint).await),
             other => {
                 return Err(ReplicationError::Protocol(format!(
@@ -263,8 +265,7 @@ impl TlsPolicy {
         TlsConnector::from(Arc::clone(config))
             .connect(server_name, tcp)
             .await
-            .map(Box::new)
-            .map(Ok)
+            .map(|session| Negotiated::Tls(Box::new(session)))
             .map_err(|err| self.explain_handshake_failure(err, host, endpoint))
     }
 
