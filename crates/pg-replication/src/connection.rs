@@ -3,7 +3,12 @@
 //!
 //! A [`ReplicationConnection`] is owned by one task. [`ReplicationConnection::start_replication`]
 //! consumes it and returns a [`ReplicationStream`](crate::ReplicationStream).
+//!
+//! Connecting over TCP first settles TLS as `sslmode` says (see [`crate::tls`]);
+//! the startup message and everything after go through the TLS session when
+//! there is one. Unix-domain sockets are always plain, as with libpq.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,15 +17,19 @@ use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use pgoutput::Lsn;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{self, ChannelBinding, ScramSha256};
+use postgres_protocol::authentication::sasl::{ScramSha256, SCRAM_SHA_256_PLUS};
 use postgres_protocol::escape::escape_literal;
 use postgres_protocol::message::{backend, frontend};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::{Host, SslNegotiation};
 
+use crate::auth::{choose_scram, ChannelBindingMode, TlsBinding};
+use crate::conninfo::split_tls_params;
 use crate::error::{ReplicationError, Result};
+use crate::slot::{slot_state_query, SlotOptions};
 use crate::stream::{ReplicationStream, StreamSettings};
+use crate::tls::{session_end_point, Negotiated, SslMode, TlsPolicy};
 use crate::wire::{server_error, server_notice, FrameReader, Incoming, Transport};
 
 /// Session settings sent at startup. pgoutput renders text values with the
@@ -37,18 +46,29 @@ pub struct ConnectOptions {
     database: String,
     application_name: String,
     connect_timeout: Duration,
+    tls: TlsPolicy,
+    channel_binding: ChannelBindingMode,
 }
 
 #[derive(Clone, Debug)]
 enum Endpoint {
-    Tcp { host: String, port: u16 },
-    Unix { socket: PathBuf },
+    /// `host` is the name certificates are checked against; `address`
+    /// (libpq's `hostaddr`), when given, is where to connect instead of
+    /// resolving `host`.
+    Tcp {
+        host: String,
+        address: Option<IpAddr>,
+        port: u16,
+    },
+    Unix {
+        socket: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Endpoint::Tcp { host, port } => write!(f, "{host}:{port}"),
+            Endpoint::Tcp { host, port, .. } => write!(f, "{host}:{port}"),
             Endpoint::Unix { socket } => write!(f, "{}", socket.display()),
         }
     }
@@ -62,6 +82,8 @@ impl std::fmt::Debug for ConnectOptions {
             .field("user", &self.user)
             .field("database", &self.database)
             .field("application_name", &self.application_name)
+            .field("sslmode", &self.tls.mode())
+            .field("channel_binding", &self.channel_binding)
             .finish_non_exhaustive()
     }
 }
@@ -69,20 +91,32 @@ impl std::fmt::Debug for ConnectOptions {
 impl ConnectOptions {
     /// Parses `postgres://user@host:port/db` or `host=… user=… dbname=…`.
     /// A host starting with `/` is a unix-socket directory, as in libpq.
+    ///
+    /// TLS settings follow libpq: `sslmode` (`disable`, `prefer` — the
+    /// default —, `require`, `verify-ca`, `verify-full`), `sslrootcert`
+    /// (a PEM file of trusted CAs, or `system`), `sslcert`/`sslkey` (a client
+    /// certificate) and `channel_binding` (`disable`, `prefer`, `require`);
+    /// see [`crate::tls`] for what each mode checks. The certificate files
+    /// are read here, once. `hostaddr` connects to that address while the
+    /// certificate is checked against `host`.
     pub fn parse(url: &str) -> Result<Self> {
-        let config = tokio_postgres::Config::from_str(url)
+        let (rest, tls_params) = split_tls_params(url)?;
+        let tls = TlsPolicy::from_params(&tls_params)?;
+        let config = tokio_postgres::Config::from_str(&rest)
             .map_err(|err| ReplicationError::Config(format!("cannot parse source url: {err}")))?;
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let endpoint = match config.get_hosts().first() {
-            Some(Host::Tcp(host)) => Endpoint::Tcp { host: host.clone(), port },
-            Some(Host::Unix(dir)) => Endpoint::Unix { socket: dir.join(format!(".s.PGSQL.{port}")) },
-            None => Endpoint::Unix { socket: PathBuf::from(format!("/var/run/postgresql/.s.PGSQL.{port}")) },
-        };
-        if config.get_ssl_mode() == SslMode::Require {
+        if config.get_ssl_negotiation() == SslNegotiation::Direct {
             return Err(ReplicationError::Config(
-                "sslmode=require is not supported yet; use sslmode=disable or a unix socket".into(),
+                "sslnegotiation=direct is not supported; remove it to negotiate TLS the classic way".into(),
             ));
         }
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let address = config.get_hostaddrs().first().copied();
+        let endpoint = match (config.get_hosts().first(), address) {
+            (Some(Host::Tcp(host)), _) => Endpoint::Tcp { host: host.clone(), address, port },
+            (Some(Host::Unix(dir)), _) => Endpoint::Unix { socket: dir.join(format!(".s.PGSQL.{port}")) },
+            (None, Some(address)) => Endpoint::Tcp { host: address.to_string(), address: Some(address), port },
+            (None, None) => Endpoint::Unix { socket: PathBuf::from(format!("/var/run/postgresql/.s.PGSQL.{port}")) },
+        };
         let user = config
             .get_user()
             .ok_or_else(|| {
@@ -97,7 +131,14 @@ impl ConnectOptions {
             database,
             application_name: config.get_application_name().unwrap_or("pgfanout").to_owned(),
             connect_timeout: config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10)),
+            tls,
+            channel_binding: config.get_channel_binding().into(),
         })
+    }
+
+    /// The `sslmode` in force (`prefer` unless the URL says otherwise).
+    pub fn ssl_mode(&self) -> SslMode {
+        self.tls.mode()
     }
 
     /// Sets the password (from a secret store, never from the URL in config files).
@@ -128,6 +169,38 @@ impl ConnectOptions {
     }
 }
 
+/// Opens the socket and settles TLS on it as `tls` says; unix sockets are always plain.
+async fn open_transport(options: &ConnectOptions, tls: &TlsPolicy) -> Result<(Transport, TlsBinding)> {
+    let endpoint = options.endpoint.to_string();
+    let io_error = |source| ReplicationError::Io { endpoint: endpoint.clone(), source };
+    let opening = async {
+        match &options.endpoint {
+            Endpoint::Tcp { host, address, port } => {
+                let tcp = match address {
+                    Some(address) => TcpStream::connect((*address, *port)).await,
+                    None => TcpStream::connect((host.as_str(), *port)).await,
+                }
+                .map_err(io_error)?;
+                tcp.set_nodelay(true).map_err(io_error)?;
+                match tls.negotiate(tcp, host, &endpoint).await? {
+                    Negotiated::Tls(session) => {
+                        let binding = TlsBinding::Encrypted(session_end_point(&session));
+                        Ok((Transport::Tls(session), binding))
+                    }
+                    Negotiated::Plain(tcp) => Ok((Transport::Tcp(tcp), TlsBinding::Plaintext)),
+                }
+            }
+            Endpoint::Unix { socket } => {
+                let stream = UnixStream::connect(socket).await.map_err(io_error)?;
+                Ok((Transport::Unix(stream), TlsBinding::Plaintext))
+            }
+        }
+    };
+    tokio::time::timeout(options.connect_timeout, opening)
+        .await
+        .map_err(|_| io_error(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
+}
+
 /// The answer to `IDENTIFY_SYSTEM`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SystemIdentity {
@@ -148,7 +221,7 @@ pub struct CreatedSlot {
     pub slot_name: String,
     /// First LSN the slot can stream from.
     pub consistent_point: Lsn,
-    /// Name of the exported snapshot, if one was asked for.
+    /// Name of the exported snapshot, with [`SnapshotAction::Export`](crate::SnapshotAction::Export) only.
     pub snapshot_name: Option<String>,
 }
 
@@ -163,12 +236,19 @@ pub struct SlotState {
     pub database: Option<String>,
     /// Whether a walsender is streaming from it right now.
     pub active: bool,
+    /// Whether the slot disappears when its creating session ends.
+    pub temporary: bool,
+    /// Whether prepared transactions are decoded at `PREPARE` time (always false before PostgreSQL 14).
+    pub two_phase: bool,
     /// Position the slot resumes from.
     pub confirmed_flush_lsn: Option<Lsn>,
     /// Oldest WAL the slot keeps.
     pub restart_lsn: Option<Lsn>,
     /// `reserved`, `extended`, `unreserved` or `lost`.
     pub wal_status: Option<String>,
+    /// Bytes of WAL that can still be written before this slot risks losing
+    /// what it needs (`lost`); `None` when `max_slot_wal_keep_size` is unlimited.
+    pub safe_wal_size: Option<i64>,
 }
 
 /// Rows of a simple query, all values as text.
@@ -194,33 +274,33 @@ pub struct ReplicationConnection {
     writer: tokio::io::WriteHalf<Transport>,
     options: ConnectOptions,
     server_version: u32,
+    tls_binding: TlsBinding,
+    channel_bound: bool,
 }
 
 impl ReplicationConnection {
-    /// Connects, authenticates and waits until the server is ready for commands.
+    /// Connects, settles TLS, authenticates and waits until the server is
+    /// ready for commands.
+    ///
+    /// Under `sslmode=prefer` a failed TLS handshake (a certificate that does
+    /// not pass an `sslrootcert` check, say) is followed by one plain
+    /// attempt, as libpq does; a warning says so.
     pub async fn connect(options: &ConnectOptions) -> Result<Self> {
-        let endpoint = options.endpoint.to_string();
-        let io_error = |source| ReplicationError::Io { endpoint: endpoint.clone(), source };
-        let transport = tokio::time::timeout(options.connect_timeout, async {
-            match &options.endpoint {
-                Endpoint::Tcp { host, port } => {
-                    let stream = TcpStream::connect((host.as_str(), *port)).await?;
-                    stream.set_nodelay(true)?;
-                    Ok(Transport::Tcp(stream))
-                }
-                Endpoint::Unix { socket } => UnixStream::connect(socket).await.map(Transport::Unix),
+        let (transport, tls_binding) = match open_transport(options, &options.tls).await {
+            Err(err @ ReplicationError::Tls { .. }) if options.tls.mode() == SslMode::Prefer => {
+                tracing::warn!(endpoint = %options.endpoint, error = %err, "TLS failed under sslmode=prefer; connecting without TLS");
+                open_transport(options, &options.tls.without_tls()).await?
             }
-        })
-        .await
-        .map_err(|_| io_error(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
-        .map_err(io_error)?;
-
+            other => other?,
+        };
         let (read_half, write_half) = tokio::io::split(transport);
         let mut connection = ReplicationConnection {
-            reader: FrameReader::new(read_half, endpoint),
+            reader: FrameReader::new(read_half, options.endpoint.to_string()),
             writer: write_half,
             options: options.clone(),
             server_version: 0,
+            tls_binding,
+            channel_bound: false,
         };
         if let Err(err) = connection.startup().await {
             return Err(connection.explain_rejection(err));
@@ -231,6 +311,17 @@ impl ReplicationConnection {
     /// `server_version_num`-style number, e.g. 150004.
     pub fn server_version(&self) -> u32 {
         self.server_version
+    }
+
+    /// Whether this connection runs over TLS.
+    pub fn uses_tls(&self) -> bool {
+        matches!(self.tls_binding, TlsBinding::Encrypted(_))
+    }
+
+    /// Whether the login used SCRAM-SHA-256-PLUS, binding the password proof
+    /// to this TLS session (so no man in the middle can have relayed it).
+    pub fn channel_bound(&self) -> bool {
+        self.channel_bound
     }
 
     async fn startup(&mut self) -> Result<()> {
@@ -271,28 +362,44 @@ impl ReplicationConnection {
                 )
             })
         };
+        // Under channel_binding=require, only SCRAM-SHA-256-PLUS may log in:
+        // the password must not go out by any other method, and a server
+        // that skips authentication (trust) may be an impostor.
+        let binding_required = self.options.channel_binding == ChannelBindingMode::Require;
+        let refuse_unbound = |method: &str| {
+            auth_error(format!(
+                "channel_binding=require, but the server asks for {method}, which cannot be bound to the TLS \
+                 session; use the scram-sha-256 method in pg_hba.conf, or set channel_binding=prefer"
+            ))
+        };
         let mut buf = BytesMut::new();
         match self.next_message().await? {
+            backend::Message::AuthenticationOk if binding_required => {
+                return Err(refuse_unbound("no authentication at all (trust)"))
+            }
             backend::Message::AuthenticationOk => return Ok(()),
+            backend::Message::AuthenticationCleartextPassword if binding_required => {
+                return Err(refuse_unbound("a cleartext password"))
+            }
             backend::Message::AuthenticationCleartextPassword => {
                 frontend::password_message(&password()?, &mut buf).map_err(|e| auth_error(e.to_string()))?;
+            }
+            backend::Message::AuthenticationMd5Password(_) if binding_required => {
+                return Err(refuse_unbound("an md5 password"))
             }
             backend::Message::AuthenticationMd5Password(body) => {
                 let hash = md5_hash(user.as_bytes(), &password()?, body.salt());
                 frontend::password_message(hash.as_bytes(), &mut buf).map_err(|e| auth_error(e.to_string()))?;
             }
             backend::Message::AuthenticationSasl(body) => {
-                let mut mechanisms = body.mechanisms();
-                let mut scram_offered = false;
-                while let Some(mechanism) = mechanisms.next().map_err(|e| auth_error(e.to_string()))? {
-                    scram_offered |= mechanism == sasl::SCRAM_SHA_256;
-                }
-                if !scram_offered {
-                    return Err(auth_error("the server offers no SASL mechanism this client speaks (SCRAM-SHA-256)".into()));
-                }
-                // No TLS yet, so no channel binding to offer.
-                let mut scram = ScramSha256::new(&password()?, ChannelBinding::unsupported());
-                frontend::sasl_initial_response(sasl::SCRAM_SHA_256, scram.message(), &mut buf)
+                let offered = body
+                    .mechanisms()
+                    .map(|mechanism| Ok(mechanism.to_owned()))
+                    .collect::<Vec<_>>()
+                    .map_err(|e| auth_error(e.to_string()))?;
+                let plan = choose_scram(&offered, &self.tls_binding, self.options.channel_binding).map_err(auth_error)?;
+                let mut scram = ScramSha256::new(&password()?, plan.channel_binding());
+                frontend::sasl_initial_response(plan.mechanism(), scram.message(), &mut buf)
                     .map_err(|e| auth_error(e.to_string()))?;
                 self.send(&buf).await?;
                 buf.clear();
@@ -310,7 +417,9 @@ impl ReplicationConnection {
                 scram
                     .finish(server_final.data())
                     .map_err(|e| auth_error(format!("server signature did not verify: {e}")))?;
-                return self.expect_auth_ok().await;
+                self.expect_auth_ok().await?;
+                self.channel_bound = plan.mechanism() == SCRAM_SHA_256_PLUS;
+                return Ok(());
             }
             _ => {
                 return Err(auth_error(
@@ -438,12 +547,7 @@ impl ReplicationConnection {
 
     /// State of a slot from `pg_replication_slots`, `None` if it does not exist.
     pub async fn slot_state(&mut self, slot: &str) -> Result<Option<SlotState>> {
-        let sql = format!(
-            "SELECT slot_type, plugin, database, active::text, confirmed_flush_lsn::text, restart_lsn::text, wal_status \
-             FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
-            escape_literal(slot)
-        );
-        let result = self.simple_query(&sql).await?;
+        let result = self.simple_query(&slot_state_query(slot, self.server_version)).await?;
         if result.rows.is_empty() {
             return Ok(None);
         }
@@ -453,17 +557,30 @@ impl ReplicationConnection {
             plugin: result.get(0, "plugin").map(str::to_owned),
             database: result.get(0, "database").map(str::to_owned),
             active: result.get(0, "active") == Some("true"),
+            temporary: result.get(0, "temporary") == Some("true"),
+            two_phase: result.get(0, "two_phase") == Some("true"),
             confirmed_flush_lsn: lsn("confirmed_flush_lsn"),
             restart_lsn: lsn("restart_lsn"),
             wal_status: result.get(0, "wal_status").map(str::to_owned),
+            safe_wal_size: result.get(0, "safe_wal_size").and_then(|size| size.parse().ok()),
         }))
     }
 
     /// Creates a permanent logical slot using `pgoutput`, without exporting a snapshot.
     pub async fn create_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
+        self.create_slot_with(slot, &SlotOptions::new()).await
+    }
+
+    /// Creates a logical slot using `pgoutput` with the given options.
+    ///
+    /// With [`SnapshotAction::Export`](crate::SnapshotAction::Export) the
+    /// returned [`CreatedSlot::snapshot_name`] can be imported by other
+    /// sessions only while this connection stays open and sends no further
+    /// command; copy the tables first, then start streaming.
+    pub async fn create_slot_with(&mut self, slot: &str, options: &SlotOptions) -> Result<CreatedSlot> {
         validate_slot_name(slot)?;
-        let result =
-            self.simple_query(&format!("CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput NOEXPORT_SNAPSHOT")).await?;
+        let command = options.create_command(slot, self.server_version)?;
+        let result = self.simple_query(&command).await?;
         Ok(CreatedSlot {
             slot_name: result.get(0, "slot_name").unwrap_or(slot).to_owned(),
             consistent_point: result.get(0, "consistent_point").and_then(|l| l.parse().ok()).ok_or_else(|| {

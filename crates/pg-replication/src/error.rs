@@ -46,6 +46,16 @@ pub enum ReplicationError {
         #[source]
         source: io::Error,
     },
+    /// TLS could not be set up as `sslmode` demands: the server refused it,
+    /// or its certificate did not pass the checks. Not transient: retrying
+    /// meets the same certificate.
+    #[error("tls with {endpoint} failed: {reason}")]
+    Tls {
+        /// `host:port`.
+        endpoint: String,
+        /// What went wrong, naming the sslmode and file involved, with what to do.
+        reason: String,
+    },
     /// The server closed the connection.
     #[error("server closed the connection")]
     ConnectionClosed,

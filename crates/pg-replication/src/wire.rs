@@ -1,5 +1,5 @@
 //! Framing of backend messages over any byte stream, and the transport
-//! (TCP or unix-domain socket) underneath.
+//! (TCP, TLS over TCP, or unix-domain socket) underneath.
 //!
 //! `postgres-protocol` parses almost every backend message, but not
 //! `CopyBothResponse` (`W`), which starts the replication stream; the reader
@@ -13,6 +13,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{self, ErrorResponseBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
 
 use crate::error::{ReplicationError, Result, ServerError};
 
@@ -24,9 +25,11 @@ const READ_CHUNK: usize = 256 * 1024;
 /// a larger length is corruption, not data.
 const MAX_FRAME_LEN: usize = 1 << 30;
 
-/// The socket to the server: TCP or a unix-domain socket.
+/// The socket to the server: TCP, TLS over TCP, or a unix-domain socket.
 pub(crate) enum Transport {
     Tcp(TcpStream),
+    /// Boxed: a TLS session is large next to a bare socket.
+    Tls(Box<TlsStream<TcpStream>>),
     Unix(UnixStream),
 }
 
@@ -34,6 +37,7 @@ impl AsyncRead for Transport {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
@@ -43,18 +47,21 @@ impl AsyncWrite for Transport {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Transport::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Transport::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
