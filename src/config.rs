@@ -213,9 +213,8 @@ impl Config {
             .merge(Toml::file_exact(path))
             .merge(environment)
             .extract()
-            .map_err(|err| anyhow::anyhow!("{}", describe_figment_error(err)))
-            .with_context(|| format!("invalid config {}", path.display()))?;
-        config.validate().with_context(|| format!("invalid config {}", path.display()))?;
+            .map_err(|err| invalid_config(path, &describe_figment_error(err)))?;
+        config.validate().map_err(|err| invalid_config(path, &format!("{err:#}")))?;
         Ok(config)
     }
 
@@ -293,16 +292,42 @@ pub fn expose(secret: &SecretString) -> &str {
     secret.expose_secret()
 }
 
+/// One line per problem, each naming the file, so that every line of the
+/// error stands on its own (`check` and `run` print them as they are).
+fn invalid_config(path: &Path, problems: &str) -> anyhow::Error {
+    let lines: Vec<String> =
+        problems.lines().map(|problem| format!("invalid config {}: {problem}", path.display())).collect();
+    anyhow::anyhow!("{}", lines.join("\n"))
+}
+
 /// One line per figment error, each naming the key and where its value came from.
 fn describe_figment_error(err: figment::Error) -> String {
     err.into_iter()
         .map(|e| {
             let key = if e.path.is_empty() { String::new() } else { format!("key {}: ", e.path.join(".")) };
             let origin = e.metadata.as_ref().map(|m| format!(" (from {})", m.name)).unwrap_or_default();
-            format!("{key}{}{origin}", e.kind)
+            format!("{key}{}{origin}", squeeze_parse_error(&e.kind.to_string()))
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A TOML parse error on one line: its position and what was expected, without the
+/// source excerpt (`3 | [source`) and caret (`  |   ^`) lines, which only
+/// read well in a terminal. Other messages pass through unchanged.
+fn squeeze_parse_error(message: &str) -> String {
+    let is_excerpt = |line: &str| {
+        let line = line.trim();
+        line.starts_with('|') || line.split_once(" |").is_some_and(|(number, _)| number.parse::<u32>().is_ok())
+    };
+    let mut lines = message.lines().map(str::trim).filter(|line| !line.is_empty() && !is_excerpt(line));
+    let first = lines.next().unwrap_or_default().to_owned();
+    let rest: Vec<&str> = lines.collect();
+    if rest.is_empty() {
+        first
+    } else {
+        format!("{first}: {}", rest.join(", "))
+    }
 }
 
 #[cfg(test)]
@@ -353,6 +378,25 @@ key = "reservation:{id}"
         let text = format!("{:#}", parse(&bad).unwrap_err());
         assert!(text.contains("bad name"), "{text}");
         assert!(text.contains("names no {column}"), "{text}");
+    }
+
+    #[test]
+    fn every_problem_is_one_line_naming_the_file() {
+        // (Content unlike the other tests': `parse` names the file after it.)
+        let bad = MINIMAL.replace("name = \"cache\"", "name = \"bad/name\"").replace("reservation:{id}", "nocolumn");
+        let text = format!("{:#}", parse(&bad).unwrap_err());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines.iter().all(|line| line.starts_with("invalid config ") && line.contains(".toml: ")), "{text}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_one_line_with_their_position() {
+        let text = format!("{:#}", parse("[source\nurl = 1\n").unwrap_err());
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains("TOML parse error at line 1"), "{text}");
+        assert!(text.contains("invalid table header"), "{text}");
+        assert!(!text.contains("[source"), "the source excerpt is left out: {text}");
     }
 
     #[test]
