@@ -33,11 +33,48 @@ enum Command {
         #[arg(long, short, env = "PGFANOUT_CONFIG")]
         config: PathBuf,
     },
-    /// Validate the config and reach PostgreSQL and every sink; exit non-zero on any problem.
+    /// Validate the config, PostgreSQL's prerequisites and every sink:
+    /// "problem:" lines exit 1, "warning:" lines alone exit 0.
     Check {
         /// Path of the TOML config.
         #[arg(long, short, env = "PGFANOUT_CONFIG")]
         config: PathBuf,
+    },
+    /// Re-apply the changes from an LSN to some sinks (not yet implemented).
+    Replay {
+        /// Path of the TOML config.
+        #[arg(long, short, env = "PGFANOUT_CONFIG")]
+        config: PathBuf,
+        /// First LSN to re-apply, e.g. `0/16B3748`.
+        #[arg(long)]
+        from: String,
+        /// Sinks to replay into; all when omitted.
+        #[arg(long)]
+        sink: Vec<String>,
+    },
+    /// Rebuild a sink from a consistent snapshot of PostgreSQL (not yet implemented).
+    Rebuild {
+        /// Path of the TOML config.
+        #[arg(long, short, env = "PGFANOUT_CONFIG")]
+        config: PathBuf,
+        /// The sink to rebuild.
+        #[arg(long)]
+        sink: String,
+        /// Tables to rebuild; all routed ones when omitted.
+        #[arg(long)]
+        table: Vec<String>,
+    },
+    /// Compare PostgreSQL with the sinks and print differences (not yet implemented).
+    Verify {
+        /// Path of the TOML config.
+        #[arg(long, short, env = "PGFANOUT_CONFIG")]
+        config: PathBuf,
+        /// Sinks to verify; all when omitted.
+        #[arg(long)]
+        sink: Vec<String>,
+        /// Re-apply the rows that differ.
+        #[arg(long)]
+        repair: bool,
     },
     /// Print the version.
     Version,
@@ -79,7 +116,19 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run::run(&config::Config::load(&config)?).await,
-            Command::Check { config } => check::check(&config::Config::load(&config)?).await,
+            Command::Check { config } => match config::Config::load(&config) {
+                Ok(config) => check::check(&config).await,
+                Err(err) => {
+                    // A broken config is a problem like any other: one line each.
+                    for line in format!("{err:#}").lines().filter(|line| !line.trim().is_empty()) {
+                        println!("problem: {}", line.trim());
+                    }
+                    Err(err)
+                }
+            },
+            Command::Replay { .. } | Command::Rebuild { .. } | Command::Verify { .. } => {
+                anyhow::bail!("not yet implemented: replay, rebuild and verify arrive with the change archive")
+            }
             Command::Version => {
                 println!("pgfanout {}", env!("CARGO_PKG_VERSION"));
                 Ok(())
