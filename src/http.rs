@@ -20,6 +20,8 @@ pub struct HttpState {
     pub metrics: Metrics,
     /// Whether the replication stream is running.
     pub streaming: Arc<AtomicBool>,
+    /// Names of the configured sinks.
+    pub sinks: Arc<Vec<String>>,
 }
 
 /// Binds `listen` and serves until the process ends.
@@ -30,7 +32,7 @@ pub async fn serve(listen: SocketAddr, state: HttpState) -> anyhow::Result<tokio
     tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
     let router = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { json(StatusCode::OK, r#"{"status":"ok"}"#) }))
+        .route("/healthz", get(|| async { json(StatusCode::OK, serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(ready))
         .with_state(state);
     Ok(tokio::spawn(async move {
@@ -44,14 +46,32 @@ async fn metrics(axum::extract::State(state): axum::extract::State<HttpState>) -
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
+/// Ready = streaming from PostgreSQL and every sink's store reachable
+/// (`pgfanout_sink_up` is 1; a sink not yet started counts as down).
 async fn ready(axum::extract::State(state): axum::extract::State<HttpState>) -> impl IntoResponse {
-    if state.streaming.load(Ordering::Acquire) {
-        json(StatusCode::OK, r#"{"status":"ready"}"#)
+    let mut reasons = Vec::new();
+    if !state.streaming.load(Ordering::Acquire) {
+        reasons.push("not streaming from PostgreSQL".to_owned());
+    }
+    let down: Vec<&str> = state
+        .sinks
+        .iter()
+        .filter(|sink| state.metrics.sink_up.get_metric_with_label_values(&[sink]).map_or(true, |up| up.get() != 1))
+        .map(String::as_str)
+        .collect();
+    if !down.is_empty() {
+        reasons.push(format!("sink(s) not connected: {}", down.join(", ")));
+    }
+    if reasons.is_empty() {
+        json(StatusCode::OK, serde_json::json!({ "status": "ready" }))
     } else {
-        json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready","reason":"not streaming from PostgreSQL"}"#)
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "status": "not ready", "reason": reasons.join("; ") }),
+        )
     }
 }
 
-fn json(status: StatusCode, body: &'static str) -> impl IntoResponse {
-    (status, [(header::CONTENT_TYPE, "application/json")], body)
+fn json(status: StatusCode, body: serde_json::Value) -> impl IntoResponse {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }

@@ -6,6 +6,7 @@ mod check;
 mod config;
 mod dead_letter;
 mod http;
+mod monitor;
 mod run;
 mod source;
 

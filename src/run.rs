@@ -18,10 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pg_replication::{
-    ConnectOptions, ReplicationConnection, ReplicationError, ReplicationEvent, ReplicationStream, StartOptions,
-    StreamSettings, Streaming,
-};
+use pg_replication::{ReplicationError, ReplicationEvent, ReplicationStream, StartOptions, StreamSettings, Streaming};
 use pgfanout_core::{
     error_chain, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableName, WorkerSettings,
 };
@@ -43,7 +40,15 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let streaming = Arc::new(AtomicBool::new(false));
-    http::serve(config.http.listen, HttpState { metrics: metrics.clone(), streaming: streaming.clone() }).await?;
+    http::serve(
+        config.http.listen,
+        HttpState {
+            metrics: metrics.clone(),
+            streaming: streaming.clone(),
+            sinks: Arc::new(config.sinks.iter().map(|sink| sink.name().to_owned()).collect()),
+        },
+    )
+    .await?;
     let shutdown = shutdown_signal();
 
     let options = connect_options(config)?;
@@ -85,10 +90,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         status_interval: Duration::from_millis(config.source.status_interval_ms),
         ..StreamSettings::default()
     };
-    if config.source.heartbeat_interval_secs > 0 {
-        let interval = Duration::from_secs(config.source.heartbeat_interval_secs);
-        tokio::spawn(heartbeat(options.clone(), interval, metrics.clone(), shutdown.clone()));
-    }
+    tokio::spawn(crate::monitor::watch_source(
+        options.clone(),
+        config.source.slot.clone(),
+        config.source.heartbeat_interval_secs,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let mut backoff = Backoff::new();
     loop {
         start = start.max(pipeline.received_lsn());
@@ -155,56 +163,6 @@ fn start_options(config: &Config, server_version: u32) -> StartOptions {
     let streaming = if config.source.streaming && proto_version >= 2 { Streaming::On } else { Streaming::Off };
     StartOptions { proto_version, streaming, ..StartOptions::new(config.source.publication.clone()) }
 }
-
-/// Writes a non-transactional logical message whenever no transaction has
-/// arrived for a whole `interval`, so that an idle database still produces
-/// WAL the slot can be confirmed past. Runs until shutdown; failures are
-/// logged (once per distinct error) and never stop replication.
-async fn heartbeat(options: ConnectOptions, interval: Duration, metrics: Metrics, mut shutdown: watch::Receiver<bool>) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    let mut seen = metrics.transactions_total.get();
-    let mut last_error = String::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = ticks.tick() => {}
-        }
-        let now = metrics.transactions_total.get();
-        if now != seen {
-            seen = now;
-            continue;
-        }
-        let outcome = async {
-            let mut connection = ReplicationConnection::connect(&options).await?;
-            connection.simple_query(HEARTBEAT_SQL).await?;
-            connection.close().await
-        }
-        .await;
-        match outcome {
-            Ok(()) => {
-                tracing::debug!("heartbeat written");
-                last_error.clear();
-            }
-            Err(err) => {
-                let text = error_chain(&err);
-                if text != last_error {
-                    tracing::warn!(
-                        error = %text,
-                        fix = "GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO <source role>, \
-                               or set source.heartbeat_interval_secs = 0",
-                        "cannot write the heartbeat"
-                    );
-                    last_error = text;
-                }
-            }
-        }
-    }
-}
-
-/// The heartbeat: a non-transactional logical message, ignored by pgfanout.
-const HEARTBEAT_SQL: &str = "SELECT pg_catalog.pg_logical_emit_message(false, 'pgfanout.heartbeat', '')";
 
 /// Why the stream loop returned.
 enum StreamEnd {

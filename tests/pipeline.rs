@@ -204,3 +204,70 @@ async fn sigterm_drains_and_confirms_exactly_what_was_applied() {
         .unwrap_or(0.0) as i64;
     assert_eq!(applied, 300 - applied_rows, "the restart applies exactly the rest");
 }
+
+/// Every metric the operator's guide lists.
+const EXPORTED_METRICS: &[&str] = &[
+    "pgfanout_events_total",
+    "pgfanout_transactions_total",
+    "pgfanout_source_lag_bytes",
+    "pgfanout_source_lag_seconds_bucket",
+    "pgfanout_sink_applied_total",
+    "pgfanout_sink_batch_size_bucket",
+    "pgfanout_sink_apply_seconds_bucket",
+    "pgfanout_sink_errors_total",
+    "pgfanout_sink_retries_total",
+    "pgfanout_dead_letter_total",
+    "pgfanout_sink_queue_depth",
+    "pgfanout_checkpoint_lsn",
+    "pgfanout_confirmed_flush_lsn",
+    "pgfanout_slot_retained_wal_bytes",
+    "pgfanout_build_info",
+    "pgfanout_sink_up",
+];
+
+#[tokio::test]
+async fn a_stopped_store_shows_in_metrics_and_readiness_and_loses_nothing() {
+    let db = create_database("e2e_store_down").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let mut server = OwnRedisServer::start().await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &server.url, &http, &[("public.orders", "order:{id}")]);
+    let pgfanout = Pgfanout::start("e2e_store_down", &config, &http);
+    wait_for_readiness(&http).await;
+    db.client.batch_execute("INSERT INTO orders VALUES (1, 'a', 1)").await.unwrap();
+    let mut redis = redis_connection(&server.url).await;
+    wait_for_redis_match(&db, "orders", "id", &mut redis, "order:", &pgfanout).await;
+    wait_until("retained WAL is measured", Duration::from_secs(20), || async {
+        pgfanout.metric("pgfanout_slot_retained_wal_bytes").await.unwrap_or(0.0) > 0.0
+    })
+    .await;
+    let metrics = pgfanout.metrics().await.unwrap();
+    for name in EXPORTED_METRICS {
+        assert!(metrics.lines().any(|line| line.starts_with(name)), "{name} missing from /metrics:\n{metrics}");
+    }
+
+    // The store goes away; writes continue in PostgreSQL.
+    server.kill();
+    db.client
+        .batch_execute("INSERT INTO orders VALUES (2, 'b', 2); UPDATE orders SET amount = 5 WHERE id = 1")
+        .await
+        .unwrap();
+    let after_writes = db.current_wal_lsn().await;
+    wait_until("readiness reports the sink", Duration::from_secs(20), || async {
+        let response = raw_http_get(&http, "/readyz").await;
+        response.split_whitespace().nth(1) == Some("503") && response.contains("sink(s) not connected: e2e_store_down")
+    })
+    .await;
+    assert_eq!(pgfanout.metric(r#"pgfanout_sink_up{sink="e2e_store_down"}"#).await, Some(0.0));
+    assert!(
+        pgfanout.metric(r#"pgfanout_sink_errors_total{kind="transient",sink="e2e_store_down"}"#).await.unwrap() > 0.0
+    );
+    assert!(db.confirmed_flush_lsn("e2e_store_down").await < after_writes, "nothing confirmed past the outage");
+
+    // It comes back: everything arrives, readiness returns.
+    server.restart().await;
+    let mut redis = redis_connection(&server.url).await;
+    wait_for_redis_match(&db, "orders", "id", &mut redis, "order:", &pgfanout).await;
+    wait_for_readiness(&http).await;
+    assert_eq!(pgfanout.metric(r#"pgfanout_sink_up{sink="e2e_store_down"}"#).await, Some(1.0));
+}

@@ -258,13 +258,22 @@ impl Drop for Pgfanout {
     }
 }
 
-/// A minimal HTTP/1.0 GET, enough for the metrics endpoint.
-pub async fn http_get(address: &str, path: &str) -> Option<String> {
+/// The whole response (status line, headers, body) to a minimal HTTP/1.0
+/// GET; empty when nothing answers.
+pub async fn raw_http_get(address: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.ok()?;
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else { return String::new() };
+    if stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await.is_err() {
+        return String::new();
+    }
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
+    let _ = stream.read_to_string(&mut response).await;
+    response
+}
+
+/// The body of a `200` answer to a GET, `None` for any other answer.
+pub async fn http_get(address: &str, path: &str) -> Option<String> {
+    let response = raw_http_get(address, path).await;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?;
     (status == "200").then(|| body.to_owned())
@@ -314,11 +323,14 @@ url = "{redis_url}"
 }
 
 /// A `redis-server` process of a test's own (stopped on drop, even when the
-/// test fails), for tests that pause or stop the store.
+/// test fails), for tests that pause or stop the store. Its data survives
+/// [`OwnRedisServer::kill`] + [`OwnRedisServer::restart`] (append-only file,
+/// fsync on every write).
 pub struct OwnRedisServer {
     /// `redis://` address of the server.
     pub url: String,
-    child: Child,
+    port: u16,
+    child: Option<Child>,
     dir: PathBuf,
 }
 
@@ -327,28 +339,44 @@ impl OwnRedisServer {
     pub async fn start() -> OwnRedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("pgfanout-tests-redis-{port}"));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let mut server = OwnRedisServer { url: format!("redis://127.0.0.1:{port}/0"), port, child: None, dir };
+        server.restart().await;
+        server
+    }
+
+    /// Stops the server at once (SIGKILL), as a crash or an outage would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and data; waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
         let child = Command::new(required_env("PGFANOUT_TEST_REDIS_SERVER"))
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .current_dir(&dir)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("cannot start PGFANOUT_TEST_REDIS_SERVER");
-        let server = OwnRedisServer { url: format!("redis://127.0.0.1:{port}/0"), child, dir };
+        self.child = Some(child);
         wait_until("the test's own redis-server answers", Duration::from_secs(10), || async {
-            redis::Client::open(server.url.as_str()).unwrap().get_multiplexed_async_connection().await.is_ok()
+            redis::Client::open(self.url.as_str()).unwrap().get_multiplexed_async_connection().await.is_ok()
         })
         .await;
-        server
     }
 }
 
 impl Drop for OwnRedisServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -31,6 +31,10 @@ pub const DEAD_LETTER_TOTAL: &str = "pgfanout_dead_letter_total";
 pub const SINK_QUEUE_DEPTH: &str = "pgfanout_sink_queue_depth";
 /// Seconds from a transaction's commit on the source to its apply in a sink.
 pub const SOURCE_LAG_SECONDS: &str = "pgfanout_source_lag_seconds";
+/// WAL the slot holds back: the server's position minus the slot's restart LSN.
+pub const SLOT_RETAINED_WAL_BYTES: &str = "pgfanout_slot_retained_wal_bytes";
+/// 1 while a sink's last write attempt reached the store, 0 after a failure to reach it.
+pub const SINK_UP: &str = "pgfanout_sink_up";
 /// Bytes of streamed, uncommitted changes held in memory.
 pub const STREAMED_MEMORY_BYTES: &str = "pgfanout_streamed_memory_bytes";
 /// Bytes of streamed changes written to spill files.
@@ -47,6 +51,10 @@ pub struct Metrics {
     pub events_total: IntCounterVec,
     /// See [`TRANSACTIONS_TOTAL`].
     pub transactions_total: IntCounter,
+    /// See [`SLOT_RETAINED_WAL_BYTES`].
+    pub slot_retained_wal_bytes: IntGauge,
+    /// See [`SINK_UP`].
+    pub sink_up: IntGaugeVec,
     /// See [`DEAD_LETTER_TOTAL`].
     pub dead_letter_total: IntCounterVec,
     /// See [`SINK_QUEUE_DEPTH`].
@@ -108,6 +116,14 @@ impl Metrics {
         let streamed_spilled_bytes_total =
             IntCounter::new(STREAMED_SPILLED_BYTES_TOTAL, "Bytes of streamed changes written to spill files")?;
         registry.register(Box::new(streamed_spilled_bytes_total.clone()))?;
+        let slot_retained_wal_bytes =
+            IntGauge::new(SLOT_RETAINED_WAL_BYTES, "WAL bytes the slot holds back (server position - restart_lsn)")?;
+        registry.register(Box::new(slot_retained_wal_bytes.clone()))?;
+        let sink_up = IntGaugeVec::new(
+            Opts::new(SINK_UP, "1 while the sink's store is reachable, 0 after a failure to reach it"),
+            &["sink"],
+        )?;
+        registry.register(Box::new(sink_up.clone()))?;
         let sink_queue_depth =
             IntGaugeVec::new(Opts::new(SINK_QUEUE_DEPTH, "Transactions waiting in the sink's queue"), &["sink"])?;
         registry.register(Box::new(sink_queue_depth.clone()))?;
@@ -118,6 +134,8 @@ impl Metrics {
         Ok(Metrics {
             events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
             transactions_total,
+            slot_retained_wal_bytes,
+            sink_up,
             dead_letter_total: counter_vec(
                 DEAD_LETTER_TOTAL,
                 "Changes a sink rejected, written to its dead-letter destination",

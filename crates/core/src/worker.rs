@@ -163,6 +163,15 @@ impl SinkWorker {
     /// Runs until the queue is closed and drained.
     pub async fn run(mut self) {
         self.metrics.checkpoint_lsn.with_label_values(&[&self.name]).set(self.checkpoint.0 as i64);
+        // The sink's checkpoint was read before the worker started: the store is reachable.
+        self.metrics.sink_up.with_label_values(&[&self.name]).set(1);
+        // Series exist from the start (at 0), so dashboards and alerts see them.
+        for kind in [ErrorKind::Transient, ErrorKind::Permanent] {
+            self.metrics.sink_errors_total.with_label_values(&[&self.name, kind.label()]);
+        }
+        self.metrics.sink_retries_total.with_label_values(&[&self.name]);
+        self.metrics.dead_letter_total.with_label_values(&[&self.name]);
+        self.metrics.sink_queue_depth.with_label_values(&[&self.name]);
         while let Some(queued) = self.next_batch().await {
             self.metrics.sink_queue_depth.with_label_values(&[&self.name]).sub(queued.len() as i64);
             // The permits stay held (memory stays counted) until the batch is applied.
@@ -323,6 +332,7 @@ impl SinkWorker {
     }
 
     fn count_applied(&self, changes: &[ChangeRef<'_>]) {
+        self.metrics.sink_up.with_label_values(&[&self.name]).set(1);
         for change in changes {
             let table = change.change.table.table.to_string();
             self.metrics.sink_applied_total.with_label_values(&[&self.name, &table, change.change.op.label()]).inc();
@@ -331,6 +341,9 @@ impl SinkWorker {
 
     fn note_failure(&self, err: &SinkError, changes: &[ChangeRef<'_>], retry: &mut Retry) {
         retry.attempts += 1;
+        if err.kind == ErrorKind::Transient {
+            self.metrics.sink_up.with_label_values(&[&self.name]).set(0);
+        }
         self.metrics.sink_errors_total.with_label_values(&[&self.name, err.kind.label()]).inc();
         self.metrics.sink_retries_total.with_label_values(&[&self.name]).inc();
         let first_lsn = changes.first().map(|c| c.transaction.commit_lsn).unwrap_or_default();
