@@ -20,7 +20,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use pg_replication::{ReplicationError, ReplicationEvent, ReplicationStream, StartOptions, StreamSettings, Streaming};
 use pgfanout_core::{
-    error_chain, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableName, WorkerSettings,
+    error_chain, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableMapping, TableName,
+    WorkerSettings,
 };
 use pgfanout_sink_redis::RedisSink;
 use tokio::sync::{watch, Notify};
@@ -261,12 +262,23 @@ async fn futures_join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
+/// The tables a sink receives, each with its mapping.
+pub type RoutedTables = Vec<(TableName, TableMapping)>;
+
 /// The sink a `[[sink]]` section describes, with the tables it receives.
-pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Arc<dyn Sink>, Vec<TableName>)> {
+pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Arc<dyn Sink>, RoutedTables)> {
     match config {
         SinkConfig::Redis(redis) => {
             let sink = RedisSink::new(redis.clone()).with_context(|| format!("sink {}", redis.name))?;
-            let tables = sink.tables();
+            let tables = sink
+                .tables()
+                .into_iter()
+                .map(|(table, mapping)| {
+                    let mapping =
+                        TableMapping::new(mapping).with_context(|| format!("sink {}: table {table}", redis.name))?;
+                    Ok((table, mapping))
+                })
+                .collect::<anyhow::Result<_>>()?;
             Ok((Arc::new(sink), tables))
         }
     }

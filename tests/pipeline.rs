@@ -271,3 +271,46 @@ async fn a_stopped_store_shows_in_metrics_and_readiness_and_loses_nothing() {
     wait_for_readiness(&http).await;
     assert_eq!(pgfanout.metric(r#"pgfanout_sink_up{sink="e2e_store_down"}"#).await, Some(1.0));
 }
+
+#[tokio::test]
+async fn columns_and_rows_reach_the_sink_as_mapped() {
+    let db = create_database("e2e_mapping").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE reservations (id bigint PRIMARY KEY, status text, total_price numeric(12,2), notes text);",
+        )
+        .await
+        .unwrap();
+    let redis_url = fresh_redis_db(12).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "booking:{booking}")])
+        + r#"exclude = ["notes"]
+rename = { id = "booking", total_price = "price" }
+filter = 'status != "cancelled" && total_price >= 100'
+"#;
+    let pgfanout = Pgfanout::start("e2e_mapping", &config, &http);
+    wait_for_readiness(&http).await;
+    db.client
+        .batch_execute(
+            "INSERT INTO reservations VALUES (1, 'paid', 150, 'secret note'), (2, 'paid', 50, 'x'), (3, 'new', 300, NULL);
+             UPDATE reservations SET status = 'cancelled' WHERE id = 3;
+             UPDATE reservations SET total_price = 120 WHERE id = 2;
+             INSERT INTO reservations VALUES (4, 'paid', 999, 'last');",
+        )
+        .await
+        .unwrap();
+    wait_until("the last row arrives", Duration::from_secs(20), || async {
+        redis::cmd("EXISTS").arg("booking:4").query_async::<bool>(&mut redis.clone()).await.unwrap()
+    })
+    .await;
+    let hashes = redis_hashes(&mut redis, "booking:").await;
+    let keys: Vec<&String> = hashes.keys().collect();
+    // 1 matches; 2 enters the filter with its update; 3 left it; 4 matches.
+    assert_eq!(keys, ["1", "2", "4"], "{hashes:?}");
+    let first = &hashes["1"];
+    assert_eq!(first.get("booking").map(String::as_str), Some("1"));
+    assert_eq!(first.get("price").map(String::as_str), Some("150.00"));
+    assert_eq!(first.get("status").map(String::as_str), Some("paid"));
+    assert!(!first.contains_key("notes") && !first.contains_key("total_price") && !first.contains_key("id"));
+}

@@ -15,15 +15,16 @@
 //! backpressure reaches the stream) and tells the coordinator; the caller
 //! confirms [`Pipeline::flush_lsn`] to the server after each call.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use pgoutput::{Lsn, PgOutputMessage};
 
 use crate::assembler::{AssembleError, Assembled, TransactionAssembler};
 use crate::checkpoint::{CheckpointCoordinator, SinkSlot};
+use crate::mapping::{Mapped, TableMapping};
 use crate::metrics::Metrics;
-use crate::model::{TableName, Transaction};
+use crate::model::{Change, TableName, Transaction};
 use crate::streamed::SpillSettings;
 use crate::worker::{WorkerQueue, WorkerStopped};
 
@@ -47,7 +48,7 @@ pub enum PipelineError {
 /// A sink as the pipeline sees it: a name, its tables and its queue.
 struct Route {
     sink: String,
-    tables: HashSet<TableName>,
+    tables: HashMap<TableName, Arc<TableMapping>>,
     queue: WorkerQueue,
     slot: SinkSlot,
 }
@@ -81,12 +82,13 @@ impl Pipeline {
     pub fn add_sink(
         &mut self,
         sink: impl Into<String>,
-        tables: impl IntoIterator<Item = TableName>,
+        tables: impl IntoIterator<Item = (TableName, TableMapping)>,
         queue: WorkerQueue,
         acked: tokio::sync::watch::Receiver<Lsn>,
     ) {
         let slot = self.coordinator.add_sink(acked);
-        self.routes.push(Route { sink: sink.into(), tables: tables.into_iter().collect(), queue, slot });
+        let tables = tables.into_iter().map(|(table, mapping)| (table, Arc::new(mapping))).collect();
+        self.routes.push(Route { sink: sink.into(), tables, queue, slot });
     }
 
     /// Feeds one decoded message; a commit dispatches its transaction.
@@ -153,19 +155,39 @@ impl Pipeline {
     }
 }
 
-/// The part of `transaction` a sink routing `tables` receives: the whole
-/// transaction shared when every change is routed, a filtered copy when
-/// some are, nothing when none are.
-fn route_for(transaction: &Arc<Transaction>, tables: &HashSet<TableName>) -> Option<Arc<Transaction>> {
-    let routed = transaction.changes.iter().filter(|c| tables.contains(&c.table.table)).count();
-    if routed == 0 {
-        None
-    } else if routed == transaction.changes.len() {
-        Some(transaction.clone())
-    } else {
-        let changes = transaction.changes.iter().filter(|c| tables.contains(&c.table.table)).cloned().collect();
-        Some(Arc::new(Transaction { changes, ..Transaction::clone_header(transaction) }))
+/// The part of `transaction` a sink routing `tables` receives, mapped: the
+/// whole transaction shared when every change is routed unmapped, a mapped
+/// or filtered copy otherwise, nothing when no change is left.
+fn route_for(
+    transaction: &Arc<Transaction>,
+    tables: &HashMap<TableName, Arc<TableMapping>>,
+) -> Option<Arc<Transaction>> {
+    let mut all_as_is = true;
+    let mut any = false;
+    for change in &transaction.changes {
+        match tables.get(&change.table.table) {
+            Some(mapping) => {
+                any = true;
+                all_as_is &= mapping.is_identity();
+            }
+            None => all_as_is = false,
+        }
     }
+    if !any {
+        return None;
+    }
+    if all_as_is {
+        return Some(transaction.clone());
+    }
+    let changes: Vec<Change> = transaction
+        .changes
+        .iter()
+        .filter_map(|change| match tables.get(&change.table.table)?.apply(change) {
+            Mapped::Change(mapped) => Some(mapped),
+            Mapped::Filtered => None,
+        })
+        .collect();
+    (!changes.is_empty()).then(|| Arc::new(Transaction { changes, ..Transaction::clone_header(transaction) }))
 }
 
 impl Transaction {

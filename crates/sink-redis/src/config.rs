@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use pgfanout_core::DeliveryConfig;
+use std::collections::HashMap;
+
+use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping};
 use serde::Deserialize;
 
 /// One Redis sink.
@@ -51,9 +53,37 @@ pub struct RedisTableConfig {
     /// Key template: `{column}` is replaced by that column's text value
     /// (`{{`/`}}` for literal braces). Default: the table name (qualified
     /// when not in `public`), then each primary-key column, joined by `:`,
-    /// e.g. `reservations:42`. Example: `"reservation:{id}"`.
+    /// e.g. `reservations:42`. Example: `"reservation:{id}"`. Columns are
+    /// named as the sink sees them (after `rename`).
     #[serde(default)]
     pub key: Option<String>,
+    /// Only these columns are written (key columns always are).
+    /// Example: `["id", "status", "total_price"]`.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// These columns are never written (key columns always are).
+    /// Example: `["notes"]`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Field names in Redis for source columns. Example: `{ total_price = "price" }`.
+    #[serde(default)]
+    pub rename: HashMap<String, String>,
+    /// Rows kept in Redis: a boolean expression over column values (source
+    /// names), e.g. `'status != "cancelled" && total_price > 100'`.
+    #[serde(default)]
+    pub filter: Option<String>,
+}
+
+impl RedisTableConfig {
+    /// The table's column mapping and row filter.
+    pub fn mapping(&self) -> MappingConfig {
+        MappingConfig {
+            columns: self.columns.clone(),
+            exclude: self.exclude.clone(),
+            rename: self.rename.clone(),
+            filter: self.filter.clone(),
+        }
+    }
 }
 
 fn default_response_timeout_ms() -> u64 {
@@ -93,6 +123,11 @@ impl RedisSinkConfig {
                 if let Err(err) = crate::encode::KeyTemplate::parse(key) {
                     problems.push(format!("sink {}: table {}: {err}", self.name, table.source));
                 }
+            }
+        }
+        for table in &self.tables {
+            if let Err(err) = TableMapping::new(table.mapping()) {
+                problems.push(format!("sink {}: table {}: {err}", self.name, table.source));
             }
         }
         problems.extend(self.delivery.validate(&self.name));

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use pgfanout_core::{ChangeRef, Lsn, Sink, SinkError, TableName};
+use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
@@ -44,9 +44,9 @@ impl RedisSink {
         Ok(RedisSink { config, client, connection: tokio::sync::Mutex::new(None), encoder: Mutex::new(encoder) })
     }
 
-    /// The source tables this sink receives.
-    pub fn tables(&self) -> Vec<TableName> {
-        self.config.tables.iter().map(|t| TableName::parse(&t.source)).collect()
+    /// The source tables this sink receives, with their mapping.
+    pub fn tables(&self) -> Vec<(TableName, MappingConfig)> {
+        self.config.tables.iter().map(|t| (TableName::parse(&t.source), t.mapping())).collect()
     }
 
     /// A handle on the shared connection, connecting first if needed.
