@@ -289,7 +289,7 @@ async fn columns_and_rows_reach_the_sink_as_mapped() {
 rename = { id = "booking", total_price = "price" }
 filter = 'status != "cancelled" && total_price >= 100'
 "#;
-    let pgfanout = Pgfanout::start("e2e_mapping", &config, &http);
+    let _pgfanout = Pgfanout::start("e2e_mapping", &config, &http);
     wait_for_readiness(&http).await;
     db.client
         .batch_execute(
