@@ -314,3 +314,62 @@ filter = 'status != "cancelled" && total_price >= 100'
     assert_eq!(first.get("status").map(String::as_str), Some("paid"));
     assert!(!first.contains_key("notes") && !first.contains_key("total_price") && !first.contains_key("id"));
 }
+
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_stalled_sink_with_a_million_pending_changes_keeps_memory_bounded() {
+    let db = create_database("e2e_backpressure").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let server = OwnRedisServer::start().await;
+    let mut redis = redis_connection(&server.url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &server.url, &http, &[("public.orders", "order:{id}")])
+        .replace("[pipeline]\n", "[pipeline]\nqueue_mb = 16\nspill_memory_mb = 16\n");
+    let pgfanout = Pgfanout::start("e2e_backpressure", &config, &http);
+    wait_for_readiness(&http).await;
+    db.client.batch_execute("INSERT INTO orders VALUES (0, 'first', 0)").await.unwrap();
+    wait_for_redis_match(&db, "orders", "id", &mut redis, "order:", &pgfanout).await;
+    let baseline_kb = peak_rss_kb(pgfanout.pid());
+
+    // The sink stalls; a million changes pile up in PostgreSQL.
+    redis::cmd("CLIENT").arg("PAUSE").arg(600_000).arg("WRITE").query_async::<()>(&mut redis).await.unwrap();
+    for chunk in 0..100i64 {
+        db.client
+            .execute(
+                "INSERT INTO orders SELECT g, 'bulk', g FROM generate_series($1::bigint, $2::bigint) g",
+                &[&(chunk * 10_000 + 1), &((chunk + 1) * 10_000)],
+            )
+            .await
+            .unwrap();
+    }
+    // pgfanout reads until its bounded queue is full, then stops reading.
+    let mut last = -1.0;
+    let mut steady_since = std::time::Instant::now();
+    while steady_since.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let received =
+            pgfanout.metric("pgfanout_events_total{op=\"insert\",table=\"public.orders\"}").await.unwrap_or(0.0);
+        if received != last {
+            last = received;
+            steady_since = std::time::Instant::now();
+        }
+    }
+    let peak_kb = peak_rss_kb(pgfanout.pid());
+    let queued = pgfanout.metric(r#"pgfanout_sink_queue_depth{sink="e2e_backpressure"}"#).await.unwrap_or(0.0);
+    println!("baseline {baseline_kb} kB, peak {peak_kb} kB, received {last} changes, {queued} transactions queued");
+    assert!(last < 1_000_001.0, "backpressure: pgfanout stopped reading before taking all changes in ({last})");
+    // The bound: 16 MB of queued changes (approximate) plus batches in flight,
+    // decoder buffers and the runtime; without it, a million changes would
+    // take several hundred MB.
+    assert!(peak_kb < baseline_kb + 120 * 1024, "peak {peak_kb} kB over baseline {baseline_kb} kB");
+    assert!(db.confirmed_flush_lsn("e2e_backpressure").await < db.current_wal_lsn().await);
+}
