@@ -13,6 +13,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use pgfanout_core::{DeliveryConfig, SpillSettings, WorkerSettings};
 use pgfanout_sink_redis::RedisSinkConfig;
+
+use crate::discard::DiscardSinkConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -125,6 +127,8 @@ pub struct PipelineConfig {
 pub enum SinkConfig {
     /// `kind = "redis"`.
     Redis(RedisSinkConfig),
+    /// `kind = "discard"`: accepts and drops everything (measurements, dry runs).
+    Discard(DiscardSinkConfig),
 }
 
 impl SinkConfig {
@@ -132,6 +136,7 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Redis(redis) => &redis.name,
+            SinkConfig::Discard(discard) => &discard.name,
         }
     }
 
@@ -139,6 +144,7 @@ impl SinkConfig {
     pub fn delivery(&self) -> &DeliveryConfig {
         match self {
             SinkConfig::Redis(redis) => &redis.delivery,
+            SinkConfig::Discard(discard) => &discard.delivery,
         }
     }
 }
@@ -243,6 +249,7 @@ impl Config {
             }
             match sink {
                 SinkConfig::Redis(redis) => problems.extend(redis.validate().err().unwrap_or_default()),
+                SinkConfig::Discard(discard) => problems.extend(discard.validate()),
             }
         }
         if problems.is_empty() {

@@ -5,6 +5,7 @@
 mod check;
 mod config;
 mod dead_letter;
+mod discard;
 mod http;
 mod monitor;
 mod run;

@@ -27,6 +27,7 @@ use pgfanout_sink_redis::RedisSink;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, SinkConfig};
+use crate::discard::DiscardSink;
 use crate::http::{self, HttpState};
 use crate::source::{connect_options, connect_with_retry, prepare_source};
 
@@ -267,21 +268,22 @@ pub type RoutedTables = Vec<(TableName, TableMapping)>;
 
 /// The sink a `[[sink]]` section describes, with the tables it receives.
 pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Arc<dyn Sink>, RoutedTables)> {
-    match config {
+    let (sink, tables): (Arc<dyn Sink>, _) = match config {
         SinkConfig::Redis(redis) => {
             let sink = RedisSink::new(redis.clone()).with_context(|| format!("sink {}", redis.name))?;
-            let tables = sink
-                .tables()
-                .into_iter()
-                .map(|(table, mapping)| {
-                    let mapping =
-                        TableMapping::new(mapping).with_context(|| format!("sink {}: table {table}", redis.name))?;
-                    Ok((table, mapping))
-                })
-                .collect::<anyhow::Result<_>>()?;
-            Ok((Arc::new(sink), tables))
+            let tables = sink.tables();
+            (Arc::new(sink), tables)
         }
-    }
+        SinkConfig::Discard(discard) => (Arc::new(DiscardSink::new(&discard.name)), discard.tables()),
+    };
+    let tables = tables
+        .into_iter()
+        .map(|(table, mapping)| {
+            let mapping = TableMapping::new(mapping).with_context(|| format!("sink {}: table {table}", sink.name()))?;
+            Ok((table, mapping))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok((sink, tables))
 }
 
 /// The worker settings of one sink: the pipeline's batching, the sink's

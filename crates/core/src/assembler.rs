@@ -106,6 +106,11 @@ impl TransactionAssembler {
         self.open.is_none() && self.stream_block.is_none()
     }
 
+    /// Whether a stream block is open or streamed transactions are held.
+    pub fn is_streaming(&self) -> bool {
+        self.stream_block.is_some() || !self.streamed.is_empty()
+    }
+
     /// Bytes of streamed, uncommitted changes held in memory.
     pub fn streamed_in_memory_bytes(&self) -> usize {
         self.streamed.in_memory_bytes()

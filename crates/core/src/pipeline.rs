@@ -93,12 +93,15 @@ impl Pipeline {
 
     /// Feeds one decoded message; a commit dispatches its transaction.
     pub async fn push(&mut self, message: PgOutputMessage) -> Result<(), PipelineError> {
+        let streamed = self.assembler.is_streaming();
         let assembled = self.assembler.push(message)?;
-        self.metrics.streamed_memory_bytes.set(self.assembler.streamed_in_memory_bytes() as i64);
-        let spilled = self.assembler.streamed_spilled_bytes_total();
-        let reported = self.metrics.streamed_spilled_bytes_total.get();
-        if spilled > reported {
-            self.metrics.streamed_spilled_bytes_total.inc_by(spilled - reported);
+        if streamed || self.assembler.is_streaming() {
+            self.metrics.streamed_memory_bytes.set(self.assembler.streamed_in_memory_bytes() as i64);
+            let spilled = self.assembler.streamed_spilled_bytes_total();
+            let reported = self.metrics.streamed_spilled_bytes_total.get();
+            if spilled > reported {
+                self.metrics.streamed_spilled_bytes_total.inc_by(spilled - reported);
+            }
         }
         if let Assembled::Committed(transaction) = assembled {
             self.dispatch(transaction).await?;
@@ -136,8 +139,8 @@ impl Pipeline {
 
     async fn dispatch(&mut self, transaction: Transaction) -> Result<(), PipelineError> {
         self.metrics.transactions_total.inc();
-        for change in &transaction.changes {
-            self.metrics.events_total.with_label_values(&[&change.table.table.to_string(), change.op.label()]).inc();
+        for ((table, op), count) in count_by_table_and_op(transaction.changes.iter()) {
+            self.metrics.events_total.with_label_values(&[&table.to_string(), op]).inc_by(count);
         }
         let end_lsn = transaction.end_lsn;
         let transaction = Arc::new(transaction);
@@ -153,6 +156,22 @@ impl Pipeline {
         self.coordinator.transaction_received(end_lsn);
         Ok(())
     }
+}
+
+/// Changes counted per (table, op), for metrics: one label lookup per group
+/// instead of one per change. Consecutive runs are merged; order is kept.
+pub fn count_by_table_and_op<'a>(
+    changes: impl Iterator<Item = &'a Change>,
+) -> Vec<((&'a TableName, &'static str), u64)> {
+    let mut counts: Vec<((&TableName, &'static str), u64)> = Vec::new();
+    for change in changes {
+        let key = (&change.table.table, change.op.label());
+        match counts.iter_mut().find(|(known, _)| *known == key) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((key, 1)),
+        }
+    }
+    counts
 }
 
 /// The part of `transaction` a sink routing `tables` receives, mapped: the

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use crate::lanes::split_into_lanes;
 use crate::metrics::Metrics;
 use crate::model::Transaction;
+use crate::pipeline::count_by_table_and_op;
 use crate::sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError};
 
 /// What a sink's worker does with a change the store rejects permanently.
@@ -333,9 +334,8 @@ impl SinkWorker {
 
     fn count_applied(&self, changes: &[ChangeRef<'_>]) {
         self.metrics.sink_up.with_label_values(&[&self.name]).set(1);
-        for change in changes {
-            let table = change.change.table.table.to_string();
-            self.metrics.sink_applied_total.with_label_values(&[&self.name, &table, change.change.op.label()]).inc();
+        for ((table, op), count) in count_by_table_and_op(changes.iter().map(|c| c.change)) {
+            self.metrics.sink_applied_total.with_label_values(&[&self.name, &table.to_string(), op]).inc_by(count);
         }
     }
 
