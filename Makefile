@@ -6,8 +6,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # Extra arguments for `cargo test`, e.g. make test ARGS='-p pgfanout-decoder'
 ARGS ?=
+# How long `make fuzz` runs the decoder fuzz target, in seconds.
+FUZZ_SECONDS ?= 60
 
-.PHONY: setup test demo lint build
+.PHONY: setup test demo lint build fuzz
 
 setup:
 	deploy/local/stack.sh install
@@ -23,3 +25,7 @@ lint:
 
 build:
 	$(CARGO) build --workspace
+
+# Fuzz the pgoutput decoder for FUZZ_SECONDS on the stable toolchain; fails on any crash.
+fuzz:
+	CARGO="$(CARGO)" deploy/local/fuzz.sh $(FUZZ_SECONDS)

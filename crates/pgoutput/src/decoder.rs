@@ -1,4 +1,5 @@
-//! The [`Decoder`]: turns one payload into one [`PgOutputMessage`].
+//! The [`Decoder`]: turns one payload into one [`PgOutputMessage`], or reads the message at the
+//! front of a longer buffer and says where it ended.
 //!
 //! The only state it keeps is what changes the wire layout: the negotiated protocol version,
 //! whether `streaming 'parallel'` was requested (Stream Abort grows by 16 bytes), and whether we
@@ -9,28 +10,18 @@
 use bytes::Bytes;
 
 use crate::cursor::Cursor;
+use crate::layout::{
+    self, tuple_kind, tuple_marker, COLUMN_IS_KEY, MESSAGE_TRANSACTIONAL, MIN_RELATION_COLUMN_LEN,
+    MIN_TUPLE_COLUMN_LEN, PG_CATALOG, STREAM_FIRST_SEGMENT, TRUNCATE_CASCADE, TRUNCATE_OID_LEN,
+    TRUNCATE_RESTART_IDENTITY,
+};
 use crate::message::tag;
 use crate::{
     Begin, BeginPrepare, Commit, CommitPrepared, DecodeError, Delete, Insert, LogicalMessage, Lsn, Oid, OldTuple,
-    Origin, PgOutputMessage, PgTimestamp, Prepare, Relation, RelationColumn, ReplicaIdentity, RollbackPrepared,
-    StreamAbort, StreamCommit, StreamPrepare, StreamStart, Truncate, TruncateOptions, TupleColumn, TupleData,
-    TypeMessage, Update, Xid,
+    Origin, PgOutputMessage, PgTimestamp, Prepare, Relation, RelationColumn, RollbackPrepared, StreamAbort,
+    StreamCommit, StreamPrepare, StreamStart, Truncate, TruncateOptions, TupleColumn, TupleData, TypeMessage, Update,
+    Xid,
 };
-
-/// Smallest encoding of a Relation column: flags, empty name's NUL, type OID, typmod.
-const MIN_RELATION_COLUMN_LEN: usize = 1 + 1 + 4 + 4;
-/// Smallest encoding of a TupleData column: the kind byte alone (`n`/`u`).
-const MIN_TUPLE_COLUMN_LEN: usize = 1;
-/// Truncate option bit for `CASCADE`.
-const TRUNCATE_CASCADE: u8 = 1;
-/// Truncate option bit for `RESTART IDENTITY`.
-const TRUNCATE_RESTART_IDENTITY: u8 = 2;
-/// Relation column flag: part of the replica identity.
-const COLUMN_IS_KEY: u8 = 1;
-/// Message flag: transactional.
-const MESSAGE_TRANSACTIONAL: u8 = 1;
-/// First protocol version whose Stream Abort can carry abort LSN and time.
-const ABORT_INFO_MIN_VERSION: u32 = 4;
 
 /// Decodes pgoutput messages of one replication connection, in order.
 ///
@@ -64,6 +55,11 @@ impl Decoder {
         self.protocol_version
     }
 
+    /// Whether `streaming 'parallel'` was declared with [`Decoder::with_parallel_streaming`].
+    pub fn parallel_streaming(&self) -> bool {
+        self.parallel_streaming
+    }
+
     /// Whether the last Stream Start has not yet been closed by a Stream Stop.
     pub fn in_stream_block(&self) -> bool {
         self.in_stream
@@ -77,43 +73,69 @@ impl Decoder {
     /// the version (Stream Abort) consult it.
     pub fn decode(&mut self, payload: Bytes) -> Result<PgOutputMessage, DecodeError> {
         let mut cur = Cursor::new(payload);
-        let message = match cur.read_u8()? {
-            tag::BEGIN => PgOutputMessage::Begin(read_begin(&mut cur)?),
-            tag::COMMIT => PgOutputMessage::Commit(read_commit(&mut cur)?),
-            tag::ORIGIN => PgOutputMessage::Origin(read_origin(&mut cur)?),
+        let message = self.read_message(&mut cur)?;
+        cur.finish()?;
+        self.follow_stream_block(&message);
+        Ok(message)
+    }
+
+    /// Decodes the message at the front of `payload` and returns it with the number of bytes
+    /// it took; whatever follows is left alone.
+    ///
+    /// This is for inputs where messages are not framed one per buffer, such as the files
+    /// `pg_recvlogical --file` writes (each message followed by a `\n`, no length prefix):
+    /// pgoutput messages are self-delimiting once the decoder's state is known, so the caller
+    /// can slice off `consumed` bytes, check its own separator, and call again. Values in the
+    /// message are zero-copy slices of `payload`. Errors and state changes are as for
+    /// [`Decoder::decode`], except that there is no [`DecodeError::TrailingBytes`]; a message
+    /// cut short by the end of `payload` is [`DecodeError::UnexpectedEof`].
+    pub fn decode_prefix(&mut self, payload: &Bytes) -> Result<(PgOutputMessage, usize), DecodeError> {
+        let mut cur = Cursor::new(payload.clone());
+        let message = self.read_message(&mut cur)?;
+        let consumed = cur.offset();
+        self.follow_stream_block(&message);
+        Ok((message, consumed))
+    }
+
+    /// Reads one message from the cursor without touching the decoder's state.
+    fn read_message(&self, cur: &mut Cursor) -> Result<PgOutputMessage, DecodeError> {
+        Ok(match cur.read_u8()? {
+            tag::BEGIN => PgOutputMessage::Begin(read_begin(cur)?),
+            tag::COMMIT => PgOutputMessage::Commit(read_commit(cur)?),
+            tag::ORIGIN => PgOutputMessage::Origin(read_origin(cur)?),
             tag::RELATION => {
-                let xid = self.read_stream_xid(&mut cur)?;
-                PgOutputMessage::Relation(read_relation(&mut cur, xid)?)
+                let xid = self.read_stream_xid(cur)?;
+                PgOutputMessage::Relation(read_relation(cur, xid)?)
             }
             tag::TYPE => {
-                let xid = self.read_stream_xid(&mut cur)?;
-                PgOutputMessage::Type(read_type(&mut cur, xid)?)
+                let xid = self.read_stream_xid(cur)?;
+                PgOutputMessage::Type(read_type(cur, xid)?)
             }
             tag::INSERT => {
-                let xid = self.read_stream_xid(&mut cur)?;
-                PgOutputMessage::Insert(read_insert(&mut cur, xid)?)
+                let xid = self.read_stream_xid(cur)?;
+                PgOutputMessage::Insert(read_insert(cur, xid)?)
             }
             tag::UPDATE => {
-                let xid = self.read_stream_xid(&mut cur)?;
-                PgOutputMessage::Update(read_update(&mut cur, xid)?)
+                let xid = self.read_stream_xid(cur)?;
+                PgOutputMessage::Update(read_update(cur, xid)?)
             }
             tag::DELETE => {
-                let xid = self.read_stream_xid(&mut cur)?;
-                PgOutputMessage::Delete(read_delete(&mut cur, xid)?)
+                let xid = self.read_stream_xid(cur)?;
+                PgOutputMessage::Delete(read_delete(cur, xid)?)
             }
             tag::TRUNCATE => {
-                let xid = self.read_stream_xid(&mut cur)?;
-                PgOutputMessage::Truncate(read_truncate(&mut cur, xid)?)
+                let xid = self.read_stream_xid(cur)?;
+                PgOutputMessage::Truncate(read_truncate(cur, xid)?)
             }
             tag::MESSAGE => {
-                let xid = self.read_stream_xid(&mut cur)?;
-                PgOutputMessage::Message(read_message(&mut cur, xid)?)
+                let xid = self.read_stream_xid(cur)?;
+                PgOutputMessage::Message(read_message(cur, xid)?)
             }
             tag::STREAM_START => {
                 if self.in_stream {
                     return Err(DecodeError::StreamStartInsideBlock);
                 }
-                PgOutputMessage::StreamStart(read_stream_start(&mut cur)?)
+                PgOutputMessage::StreamStart(read_stream_start(cur)?)
             }
             tag::STREAM_STOP => {
                 if !self.in_stream {
@@ -121,17 +143,18 @@ impl Decoder {
                 }
                 PgOutputMessage::StreamStop
             }
-            tag::STREAM_COMMIT => PgOutputMessage::StreamCommit(read_stream_commit(&mut cur)?),
+            tag::STREAM_COMMIT => PgOutputMessage::StreamCommit(read_stream_commit(cur)?),
             tag::STREAM_ABORT => {
-                let with_abort_info = self.protocol_version >= ABORT_INFO_MIN_VERSION && self.parallel_streaming;
-                PgOutputMessage::StreamAbort(read_stream_abort(&mut cur, with_abort_info)?)
+                let with_abort_info =
+                    layout::stream_abort_has_abort_info(self.protocol_version, self.parallel_streaming);
+                PgOutputMessage::StreamAbort(read_stream_abort(cur, with_abort_info)?)
             }
-            tag::BEGIN_PREPARE => PgOutputMessage::BeginPrepare(read_begin_prepare(&mut cur)?),
-            tag::PREPARE => PgOutputMessage::Prepare(read_prepare(&mut cur)?),
-            tag::COMMIT_PREPARED => PgOutputMessage::CommitPrepared(read_commit_prepared(&mut cur)?),
-            tag::ROLLBACK_PREPARED => PgOutputMessage::RollbackPrepared(read_rollback_prepared(&mut cur)?),
+            tag::BEGIN_PREPARE => PgOutputMessage::BeginPrepare(read_begin_prepare(cur)?),
+            tag::PREPARE => PgOutputMessage::Prepare(read_prepare(cur)?),
+            tag::COMMIT_PREPARED => PgOutputMessage::CommitPrepared(read_commit_prepared(cur)?),
+            tag::ROLLBACK_PREPARED => PgOutputMessage::RollbackPrepared(read_rollback_prepared(cur)?),
             tag::STREAM_PREPARE => {
-                let p = read_prepare(&mut cur)?;
+                let p = read_prepare(cur)?;
                 PgOutputMessage::StreamPrepare(StreamPrepare {
                     flags: p.flags,
                     prepare_lsn: p.prepare_lsn,
@@ -142,16 +165,17 @@ impl Decoder {
                 })
             }
             other => return Err(DecodeError::UnknownMessageTag { tag: other }),
-        };
-        cur.finish()?;
+        })
+    }
 
-        // Only a fully valid Start/Stop may move the block state.
+    /// Moves the block state; called only once a message has fully decoded, so that an invalid
+    /// Stream Start/Stop never changes how the next payload is read.
+    fn follow_stream_block(&mut self, message: &PgOutputMessage) {
         match message {
             PgOutputMessage::StreamStart(_) => self.in_stream = true,
             PgOutputMessage::StreamStop => self.in_stream = false,
             _ => {}
         }
-        Ok(message)
     }
 
     /// Reads the subtransaction xid that prefixes DML/schema messages inside a stream block.
@@ -183,7 +207,7 @@ fn read_oid(cur: &mut Cursor) -> Result<Oid, DecodeError> {
 /// Reads a namespace, mapping PostgreSQL's empty-string shorthand back to `pg_catalog`.
 fn read_namespace(cur: &mut Cursor) -> Result<String, DecodeError> {
     let namespace = cur.read_cstr()?;
-    Ok(if namespace.is_empty() { "pg_catalog".to_owned() } else { namespace })
+    Ok(if namespace.is_empty() { PG_CATALOG.to_owned() } else { namespace })
 }
 
 fn read_begin(cur: &mut Cursor) -> Result<Begin, DecodeError> {
@@ -207,13 +231,10 @@ fn read_relation(cur: &mut Cursor, xid: Option<Xid>) -> Result<Relation, DecodeE
     let oid = read_oid(cur)?;
     let namespace = read_namespace(cur)?;
     let name = cur.read_cstr()?;
-    let replica_identity = match cur.read_u8()? {
-        b'd' => ReplicaIdentity::Default,
-        b'n' => ReplicaIdentity::Nothing,
-        b'f' => ReplicaIdentity::Full,
-        b'i' => ReplicaIdentity::Index,
-        byte => return Err(DecodeError::InvalidReplicaIdentity { byte }),
-    };
+    let identity_offset = cur.offset();
+    let identity_byte = cur.read_u8()?;
+    let replica_identity = layout::replica_identity_from_byte(identity_byte)
+        .ok_or(DecodeError::InvalidReplicaIdentity { offset: identity_offset, byte: identity_byte })?;
     let count = usize::from(cur.read_u16()?);
     // The count is untrusted: reserve no more than the remaining bytes could possibly hold.
     let mut columns = Vec::with_capacity(count.min(cur.remaining() / MIN_RELATION_COLUMN_LEN));
@@ -239,13 +260,13 @@ fn read_tuple(cur: &mut Cursor) -> Result<TupleData, DecodeError> {
     for _ in 0..count {
         let offset = cur.offset();
         let column = match cur.read_u8()? {
-            b'n' => TupleColumn::Null,
-            b'u' => TupleColumn::UnchangedToast,
-            b't' => {
+            tuple_kind::NULL => TupleColumn::Null,
+            tuple_kind::UNCHANGED_TOAST => TupleColumn::UnchangedToast,
+            tuple_kind::TEXT => {
                 let len = cur.read_len_i32()?;
                 TupleColumn::Text(cur.read_bytes(len)?)
             }
-            b'b' => {
+            tuple_kind::BINARY => {
                 let len = cur.read_len_i32()?;
                 TupleColumn::Binary(cur.read_bytes(len)?)
             }
@@ -260,7 +281,7 @@ fn read_tuple(cur: &mut Cursor) -> Result<TupleData, DecodeError> {
 fn expect_new_marker(cur: &mut Cursor, expected: &'static str) -> Result<(), DecodeError> {
     let offset = cur.offset();
     match cur.read_u8()? {
-        b'N' => Ok(()),
+        tuple_marker::NEW => Ok(()),
         found => Err(DecodeError::UnexpectedByte { offset, expected, found }),
     }
 }
@@ -275,9 +296,9 @@ fn read_update(cur: &mut Cursor, xid: Option<Xid>) -> Result<Update, DecodeError
     let relation = read_oid(cur)?;
     let offset = cur.offset();
     let old_tuple = match cur.read_u8()? {
-        b'K' => Some(OldTuple::Key(read_tuple(cur)?)),
-        b'O' => Some(OldTuple::Full(read_tuple(cur)?)),
-        b'N' => None,
+        tuple_marker::OLD_KEY => Some(OldTuple::Key(read_tuple(cur)?)),
+        tuple_marker::OLD_ROW => Some(OldTuple::Full(read_tuple(cur)?)),
+        tuple_marker::NEW => None,
         found => return Err(DecodeError::UnexpectedByte { offset, expected: "'K', 'O' or 'N'", found }),
     };
     if old_tuple.is_some() {
@@ -290,8 +311,8 @@ fn read_delete(cur: &mut Cursor, xid: Option<Xid>) -> Result<Delete, DecodeError
     let relation = read_oid(cur)?;
     let offset = cur.offset();
     let old_tuple = match cur.read_u8()? {
-        b'K' => OldTuple::Key(read_tuple(cur)?),
-        b'O' => OldTuple::Full(read_tuple(cur)?),
+        tuple_marker::OLD_KEY => OldTuple::Key(read_tuple(cur)?),
+        tuple_marker::OLD_ROW => OldTuple::Full(read_tuple(cur)?),
         found => return Err(DecodeError::UnexpectedByte { offset, expected: "'K' or 'O'", found }),
     };
     Ok(Delete { xid, relation, old_tuple })
@@ -301,7 +322,7 @@ fn read_truncate(cur: &mut Cursor, xid: Option<Xid>) -> Result<Truncate, DecodeE
     let count = cur.read_len_i32()?;
     let bits = cur.read_u8()?;
     // OIDs are fixed-size, so the whole list can be bounds-checked before allocating.
-    cur.need(count.saturating_mul(4))?;
+    cur.need(count.saturating_mul(TRUNCATE_OID_LEN))?;
     let mut relations = Vec::with_capacity(count);
     for _ in 0..count {
         relations.push(read_oid(cur)?);
@@ -328,7 +349,7 @@ fn read_stream_start(cur: &mut Cursor) -> Result<StreamStart, DecodeError> {
     Ok(StreamStart {
         xid: read_xid(cur)?,
         // As PostgreSQL's own reader does: only 1 means "first".
-        first_segment: cur.read_u8()? == 1,
+        first_segment: cur.read_u8()? == STREAM_FIRST_SEGMENT,
     })
 }
 

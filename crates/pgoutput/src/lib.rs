@@ -8,6 +8,12 @@
 //! after it ([`Begin`], [`Relation`], [`Update`], …) and one tag constant in [`tag`]. Scalars are
 //! newtypes: [`Lsn`] (with PostgreSQL's `HI/LO` text form), [`Oid`], [`Xid`], [`PgTimestamp`].
 //!
+//! [`Decoder::decode_prefix`] reads the message at the front of a longer buffer and says how
+//! many bytes it took, for inputs that are not one message per buffer (`pg_recvlogical` files).
+//!
+//! [`Encoder`] goes the other way, for fixtures, fuzz seeds and test servers: it writes any
+//! message exactly as PostgreSQL would, in the same protocol and stream state as a decoder.
+//!
 //! # What it is not
 //!
 //! * No I/O and no async runtime: it depends on `bytes` and `thiserror` only. Reading the
@@ -21,8 +27,10 @@
 //!
 //! * Never panics, whatever the input; every malformed payload is a [`DecodeError`] with the
 //!   offset where it went wrong.
-//! * A payload is exactly one message: a short payload is [`DecodeError::UnexpectedEof`], a long
-//!   one [`DecodeError::TrailingBytes`].
+//! * For [`Decoder::decode`] a payload is exactly one message: a short payload is
+//!   [`DecodeError::UnexpectedEof`], a long one [`DecodeError::TrailingBytes`].
+//! * `decode(encode(m)) == m` for every message the [`Encoder`] accepts, with encoder and
+//!   decoder in the same state; the fuzz target in `fuzz/` checks it on arbitrary input.
 //! * Allocation is bounded by the payload's length, never by a count read from it.
 //! * Text/binary column values and logical message content are zero-copy slices of the payload.
 //! * The decoder's only state is whether it is inside a Stream Start … Stream Stop block, which
@@ -54,13 +62,16 @@
 
 mod cursor;
 mod decoder;
+mod encode;
 mod error;
+mod layout;
 mod lsn;
 mod message;
 mod scalar;
 
 pub use decoder::Decoder;
-pub use error::DecodeError;
+pub use encode::Encoder;
+pub use error::{DecodeError, EncodeError};
 pub use lsn::{Lsn, ParseLsnError};
 pub use message::{
     tag, Begin, BeginPrepare, Commit, CommitPrepared, Delete, Insert, LogicalMessage, OldTuple, Origin,

@@ -1,16 +1,17 @@
-//! Hand-built pgoutput payloads shared by the test files.
+//! Messages and payloads shared by the test files (and by `examples/fuzz_seeds.rs`).
 //!
-//! `Msg` writes fields the way PostgreSQL's `proto.c` does (big-endian, NUL-terminated strings),
-//! so each test spells out its wire bytes field by field next to the decoding it expects.
+//! Valid payloads come from [`Encoder`], whose byte layout `tests/encode.rs` checks field by
+//! field against the protocol documentation; malformed payloads are spelled out as raw bytes
+//! with [`wire`].
 
 #![allow(dead_code)] // each test binary uses a different subset
 
 use bytes::Bytes;
 use pgoutput::{
-    tag, Begin, BeginPrepare, Commit, CommitPrepared, Decoder, Delete, Insert, LogicalMessage, Lsn, Oid, OldTuple,
-    Origin, PgOutputMessage, PgTimestamp, Prepare, Relation, RelationColumn, ReplicaIdentity, RollbackPrepared,
-    StreamAbort, StreamCommit, StreamPrepare, StreamStart, Truncate, TruncateOptions, TupleColumn, TupleData,
-    TypeMessage, Update, Xid,
+    tag, Begin, BeginPrepare, Commit, CommitPrepared, Decoder, Delete, Encoder, Insert, LogicalMessage, Lsn, Oid,
+    OldTuple, Origin, PgOutputMessage, PgTimestamp, Prepare, Relation, RelationColumn, ReplicaIdentity,
+    RollbackPrepared, StreamAbort, StreamCommit, StreamPrepare, StreamStart, Truncate, TruncateOptions, TupleColumn,
+    TupleData, TypeMessage, Update, Xid,
 };
 
 pub const LSN_A: u64 = 0x16_B374_D848;
@@ -22,75 +23,10 @@ pub const XID: u32 = 742;
 pub const SUBXID: u32 = 745;
 pub const REL: u32 = 16_384;
 
-/// A payload under construction.
-#[derive(Clone)]
-pub struct Msg(Vec<u8>);
-
-impl Msg {
-    pub fn new(tag: u8) -> Self {
-        Msg(vec![tag])
-    }
-    pub fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-    pub fn u16(mut self, v: u16) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    pub fn i32(mut self, v: i32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    pub fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    pub fn u64(mut self, v: u64) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    pub fn i64(mut self, v: i64) -> Self {
-        self.0.extend_from_slice(&v.to_be_bytes());
-        self
-    }
-    pub fn cstr(mut self, s: &str) -> Self {
-        self.0.extend_from_slice(s.as_bytes());
-        self.0.push(0);
-        self
-    }
-    pub fn raw(mut self, b: &[u8]) -> Self {
-        self.0.extend_from_slice(b);
-        self
-    }
-    /// Writes a TupleData exactly as `logicalrep_write_tuple` would.
-    pub fn tuple(mut self, tuple: &TupleData) -> Self {
-        let count = u16::try_from(tuple.columns.len()).expect("test tuple too wide");
-        self = self.u16(count);
-        for column in &tuple.columns {
-            self = match column {
-                TupleColumn::Null => self.u8(b'n'),
-                TupleColumn::UnchangedToast => self.u8(b'u'),
-                TupleColumn::Text(v) => self.u8(b't').i32(len_i32(v)).raw(v),
-                TupleColumn::Binary(v) => self.u8(b'b').i32(len_i32(v)).raw(v),
-            };
-        }
-        self
-    }
-    /// Appends an optional in-stream xid prefix.
-    pub fn xid(self, xid: Option<Xid>) -> Self {
-        match xid {
-            Some(Xid(x)) => self.u32(x),
-            None => self,
-        }
-    }
-    pub fn build(self) -> Bytes {
-        Bytes::from(self.0)
-    }
-}
-
-fn len_i32(v: &[u8]) -> i32 {
-    i32::try_from(v.len()).expect("test value too long")
+/// Concatenates hand-written fields into one payload, e.g.
+/// `wire(&[&[tag::BEGIN], &LSN_A.to_be_bytes(), &TS_A.to_be_bytes(), &XID.to_be_bytes()])`.
+pub fn wire(fields: &[&[u8]]) -> Bytes {
+    Bytes::from(fields.concat())
 }
 
 pub fn text(s: &'static str) -> TupleColumn {
@@ -101,10 +37,15 @@ pub fn row(columns: Vec<TupleColumn>) -> TupleData {
     TupleData { columns }
 }
 
+/// The bytes `decoder` (in its current state) should decode back to `message`.
+pub fn encode_for(decoder: &Decoder, message: &PgOutputMessage) -> Bytes {
+    Encoder::matching(decoder).encode(message).expect("test message has a wire form")
+}
+
 /// A decoder that has just decoded a Stream Start for `XID`.
 pub fn in_stream(protocol_version: u32) -> Decoder {
     let mut decoder = Decoder::new(protocol_version);
-    let start = Msg::new(tag::STREAM_START).u32(XID).u8(1).build();
+    let start = wire(&[&[tag::STREAM_START], &XID.to_be_bytes(), &[1]]);
     decoder.decode(start).expect("stream start decodes");
     assert!(decoder.in_stream_block());
     decoder
@@ -118,31 +59,12 @@ pub struct Case {
     pub expected: PgOutputMessage,
 }
 
-fn case(name: &'static str, decoder: Decoder, msg: Msg, expected: PgOutputMessage) -> Case {
-    Case { name, decoder, payload: msg.build(), expected }
+fn case(name: &'static str, decoder: &Decoder, expected: PgOutputMessage) -> Case {
+    Case { name, decoder: decoder.clone(), payload: encode_for(decoder, &expected), expected }
 }
 
-pub fn users_relation(xid: Option<Xid>) -> (Msg, Relation) {
-    let msg = Msg::new(tag::RELATION)
-        .xid(xid)
-        .u32(REL)
-        .cstr("public")
-        .cstr("users")
-        .u8(b'd')
-        .u16(3)
-        .u8(1)
-        .cstr("id")
-        .u32(23)
-        .i32(-1)
-        .u8(0)
-        .cstr("name")
-        .u32(1043)
-        .i32(36)
-        .u8(0)
-        .cstr("bio")
-        .u32(25)
-        .i32(-1);
-    let relation = Relation {
+pub fn users_relation(xid: Option<Xid>) -> Relation {
+    Relation {
         xid,
         oid: Oid(REL),
         namespace: "public".into(),
@@ -153,8 +75,7 @@ pub fn users_relation(xid: Option<Xid>) -> (Msg, Relation) {
             RelationColumn { is_key: false, name: "name".into(), type_oid: Oid(1043), type_modifier: 36 },
             RelationColumn { is_key: false, name: "bio".into(), type_oid: Oid(25), type_modifier: -1 },
         ],
-    };
-    (msg, relation)
+    }
 }
 
 /// The DML/schema messages, with or without the in-stream xid prefix.
@@ -162,14 +83,13 @@ fn xid_prefixed_cases(xid: Option<Xid>, decoder: &Decoder) -> Vec<Case> {
     let new_row = row(vec![text("1"), text("ada"), TupleColumn::Binary(Bytes::from_static(&[0, 1, 2]))]);
     let toasted_row = row(vec![text("1"), text("ada"), TupleColumn::UnchangedToast]);
     let key_row = row(vec![text("1"), TupleColumn::Null, TupleColumn::Null]);
-    let (rel_msg, relation) = users_relation(xid);
+    let relation = Oid(REL);
 
     vec![
-        case("relation", decoder.clone(), rel_msg, PgOutputMessage::Relation(relation)),
+        case("relation", decoder, PgOutputMessage::Relation(users_relation(xid))),
         case(
             "type",
-            decoder.clone(),
-            Msg::new(tag::TYPE).xid(xid).u32(16_400).cstr("public").cstr("mood"),
+            decoder,
             PgOutputMessage::Type(TypeMessage {
                 xid,
                 oid: Oid(16_400),
@@ -177,61 +97,45 @@ fn xid_prefixed_cases(xid: Option<Xid>, decoder: &Decoder) -> Vec<Case> {
                 name: "mood".into(),
             }),
         ),
-        case(
-            "insert",
-            decoder.clone(),
-            Msg::new(tag::INSERT).xid(xid).u32(REL).u8(b'N').tuple(&new_row),
-            PgOutputMessage::Insert(Insert { xid, relation: Oid(REL), new_tuple: new_row.clone() }),
-        ),
+        case("insert", decoder, PgOutputMessage::Insert(Insert { xid, relation, new_tuple: new_row.clone() })),
         case(
             "update without old tuple",
-            decoder.clone(),
-            Msg::new(tag::UPDATE).xid(xid).u32(REL).u8(b'N').tuple(&toasted_row),
-            PgOutputMessage::Update(Update {
-                xid,
-                relation: Oid(REL),
-                old_tuple: None,
-                new_tuple: toasted_row.clone(),
-            }),
+            decoder,
+            PgOutputMessage::Update(Update { xid, relation, old_tuple: None, new_tuple: toasted_row.clone() }),
         ),
         case(
             "update with old key",
-            decoder.clone(),
-            Msg::new(tag::UPDATE).xid(xid).u32(REL).u8(b'K').tuple(&key_row).u8(b'N').tuple(&new_row),
+            decoder,
             PgOutputMessage::Update(Update {
                 xid,
-                relation: Oid(REL),
+                relation,
                 old_tuple: Some(OldTuple::Key(key_row.clone())),
                 new_tuple: new_row.clone(),
             }),
         ),
         case(
             "update with old row",
-            decoder.clone(),
-            Msg::new(tag::UPDATE).xid(xid).u32(REL).u8(b'O').tuple(&new_row).u8(b'N').tuple(&toasted_row),
+            decoder,
             PgOutputMessage::Update(Update {
                 xid,
-                relation: Oid(REL),
+                relation,
                 old_tuple: Some(OldTuple::Full(new_row.clone())),
                 new_tuple: toasted_row.clone(),
             }),
         ),
         case(
             "delete with old key",
-            decoder.clone(),
-            Msg::new(tag::DELETE).xid(xid).u32(REL).u8(b'K').tuple(&key_row),
-            PgOutputMessage::Delete(Delete { xid, relation: Oid(REL), old_tuple: OldTuple::Key(key_row.clone()) }),
+            decoder,
+            PgOutputMessage::Delete(Delete { xid, relation, old_tuple: OldTuple::Key(key_row.clone()) }),
         ),
         case(
             "delete with old row",
-            decoder.clone(),
-            Msg::new(tag::DELETE).xid(xid).u32(REL).u8(b'O').tuple(&new_row),
-            PgOutputMessage::Delete(Delete { xid, relation: Oid(REL), old_tuple: OldTuple::Full(new_row.clone()) }),
+            decoder,
+            PgOutputMessage::Delete(Delete { xid, relation, old_tuple: OldTuple::Full(new_row.clone()) }),
         ),
         case(
             "truncate",
-            decoder.clone(),
-            Msg::new(tag::TRUNCATE).xid(xid).i32(2).u8(3).u32(REL).u32(REL + 1),
+            decoder,
             PgOutputMessage::Truncate(Truncate {
                 xid,
                 options: TruncateOptions { cascade: true, restart_identity: true },
@@ -240,8 +144,7 @@ fn xid_prefixed_cases(xid: Option<Xid>, decoder: &Decoder) -> Vec<Case> {
         ),
         case(
             "transactional message",
-            decoder.clone(),
-            Msg::new(tag::MESSAGE).xid(xid).u8(1).u64(LSN_A).cstr("pgfanout").i32(5).raw(b"hello"),
+            decoder,
             PgOutputMessage::Message(LogicalMessage {
                 xid,
                 transactional: true,
@@ -256,19 +159,18 @@ fn xid_prefixed_cases(xid: Option<Xid>, decoder: &Decoder) -> Vec<Case> {
 /// One valid payload of every message type (DML both inside and outside a stream block).
 pub fn valid_cases() -> Vec<Case> {
     let v1 = Decoder::new(1);
+    let v2 = Decoder::new(2);
     let v3 = Decoder::new(3);
     let v4_parallel = Decoder::new(4).with_parallel_streaming(true);
     let mut cases = vec![
         case(
             "begin",
-            v1.clone(),
-            Msg::new(tag::BEGIN).u64(LSN_A).i64(TS_A).u32(XID),
+            &v1,
             PgOutputMessage::Begin(Begin { final_lsn: Lsn(LSN_A), commit_time: PgTimestamp(TS_A), xid: Xid(XID) }),
         ),
         case(
             "commit",
-            v1.clone(),
-            Msg::new(tag::COMMIT).u8(0).u64(LSN_A).u64(LSN_B).i64(TS_A),
+            &v1,
             PgOutputMessage::Commit(Commit {
                 flags: 0,
                 commit_lsn: Lsn(LSN_A),
@@ -276,16 +178,10 @@ pub fn valid_cases() -> Vec<Case> {
                 commit_time: PgTimestamp(TS_A),
             }),
         ),
-        case(
-            "origin",
-            v1.clone(),
-            Msg::new(tag::ORIGIN).u64(LSN_A).cstr("pg_16390"),
-            PgOutputMessage::Origin(Origin { commit_lsn: Lsn(LSN_A), name: "pg_16390".into() }),
-        ),
+        case("origin", &v1, PgOutputMessage::Origin(Origin { commit_lsn: Lsn(LSN_A), name: "pg_16390".into() })),
         case(
             "relation in pg_catalog, no columns",
-            v1.clone(),
-            Msg::new(tag::RELATION).u32(1259).cstr("").cstr("pg_class").u8(b'f').u16(0),
+            &v1,
             PgOutputMessage::Relation(Relation {
                 xid: None,
                 oid: Oid(1259),
@@ -297,8 +193,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "type in pg_catalog",
-            v1.clone(),
-            Msg::new(tag::TYPE).u32(16_500).cstr("").cstr("text"),
+            &v1,
             PgOutputMessage::Type(TypeMessage {
                 xid: None,
                 oid: Oid(16_500),
@@ -308,8 +203,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "insert of nulls and empty text",
-            v1.clone(),
-            Msg::new(tag::INSERT).u32(REL).u8(b'N').tuple(&row(vec![TupleColumn::Null, text("")])),
+            &v1,
             PgOutputMessage::Insert(Insert {
                 xid: None,
                 relation: Oid(REL),
@@ -318,14 +212,12 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "truncate of nothing",
-            v1.clone(),
-            Msg::new(tag::TRUNCATE).i32(0).u8(0),
+            &v1,
             PgOutputMessage::Truncate(Truncate { xid: None, options: TruncateOptions::default(), relations: vec![] }),
         ),
         case(
             "non-transactional empty message",
-            v1.clone(),
-            Msg::new(tag::MESSAGE).u8(0).u64(LSN_B).cstr("").i32(0),
+            &v1,
             PgOutputMessage::Message(LogicalMessage {
                 xid: None,
                 transactional: false,
@@ -336,27 +228,23 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "stream start, first segment",
-            Decoder::new(2),
-            Msg::new(tag::STREAM_START).u32(XID).u8(1),
+            &v2,
             PgOutputMessage::StreamStart(StreamStart { xid: Xid(XID), first_segment: true }),
         ),
         case(
             "stream start, later segment",
-            Decoder::new(2),
-            Msg::new(tag::STREAM_START).u32(XID).u8(0),
+            &v2,
             PgOutputMessage::StreamStart(StreamStart { xid: Xid(XID), first_segment: false }),
         ),
-        case("stream stop", in_stream(2), Msg::new(tag::STREAM_STOP), PgOutputMessage::StreamStop),
+        case("stream stop", &in_stream(2), PgOutputMessage::StreamStop),
         case(
             "origin inside stream block has no xid",
-            in_stream(2),
-            Msg::new(tag::ORIGIN).u64(0).cstr("pg_1"),
+            &in_stream(2),
             PgOutputMessage::Origin(Origin { commit_lsn: Lsn::ZERO, name: "pg_1".into() }),
         ),
         case(
             "stream commit",
-            Decoder::new(2),
-            Msg::new(tag::STREAM_COMMIT).u32(XID).u8(0).u64(LSN_A).u64(LSN_B).i64(TS_A),
+            &v2,
             PgOutputMessage::StreamCommit(StreamCommit {
                 xid: Xid(XID),
                 flags: 0,
@@ -367,8 +255,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "stream abort v2",
-            Decoder::new(2),
-            Msg::new(tag::STREAM_ABORT).u32(XID).u32(SUBXID),
+            &v2,
             PgOutputMessage::StreamAbort(StreamAbort {
                 xid: Xid(XID),
                 subxid: Xid(SUBXID),
@@ -378,8 +265,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "stream abort v4 without parallel streaming",
-            Decoder::new(4),
-            Msg::new(tag::STREAM_ABORT).u32(XID).u32(XID),
+            &Decoder::new(4),
             PgOutputMessage::StreamAbort(StreamAbort {
                 xid: Xid(XID),
                 subxid: Xid(XID),
@@ -389,8 +275,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "stream abort v3 ignores parallel flag",
-            Decoder::new(3).with_parallel_streaming(true),
-            Msg::new(tag::STREAM_ABORT).u32(XID).u32(SUBXID),
+            &Decoder::new(3).with_parallel_streaming(true),
             PgOutputMessage::StreamAbort(StreamAbort {
                 xid: Xid(XID),
                 subxid: Xid(SUBXID),
@@ -400,8 +285,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "stream abort v4 parallel",
-            v4_parallel.clone(),
-            Msg::new(tag::STREAM_ABORT).u32(XID).u32(SUBXID).u64(LSN_B).i64(TS_B),
+            &v4_parallel,
             PgOutputMessage::StreamAbort(StreamAbort {
                 xid: Xid(XID),
                 subxid: Xid(SUBXID),
@@ -411,8 +295,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "begin prepare",
-            v3.clone(),
-            Msg::new(tag::BEGIN_PREPARE).u64(LSN_A).u64(LSN_B).i64(TS_A).u32(XID).cstr("gid-1"),
+            &v3,
             PgOutputMessage::BeginPrepare(BeginPrepare {
                 prepare_lsn: Lsn(LSN_A),
                 end_lsn: Lsn(LSN_B),
@@ -423,8 +306,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "prepare",
-            v3.clone(),
-            Msg::new(tag::PREPARE).u8(0).u64(LSN_A).u64(LSN_B).i64(TS_A).u32(XID).cstr("gid-1"),
+            &v3,
             PgOutputMessage::Prepare(Prepare {
                 flags: 0,
                 prepare_lsn: Lsn(LSN_A),
@@ -436,8 +318,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "commit prepared",
-            v3.clone(),
-            Msg::new(tag::COMMIT_PREPARED).u8(0).u64(LSN_A).u64(LSN_B).i64(TS_B).u32(XID).cstr("gid-1"),
+            &v3,
             PgOutputMessage::CommitPrepared(CommitPrepared {
                 flags: 0,
                 commit_lsn: Lsn(LSN_A),
@@ -449,8 +330,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "rollback prepared",
-            v3.clone(),
-            Msg::new(tag::ROLLBACK_PREPARED).u8(0).u64(LSN_A).u64(LSN_B).i64(TS_A).i64(TS_B).u32(XID).cstr("gid-1"),
+            &v3,
             PgOutputMessage::RollbackPrepared(RollbackPrepared {
                 flags: 0,
                 prepare_end_lsn: Lsn(LSN_A),
@@ -463,8 +343,7 @@ pub fn valid_cases() -> Vec<Case> {
         ),
         case(
             "stream prepare",
-            v3.clone(),
-            Msg::new(tag::STREAM_PREPARE).u8(0).u64(LSN_A).u64(LSN_B).i64(TS_A).u32(XID).cstr("gid-2"),
+            &v3,
             PgOutputMessage::StreamPrepare(StreamPrepare {
                 flags: 0,
                 prepare_lsn: Lsn(LSN_A),
