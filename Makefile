@@ -1,10 +1,11 @@
 # pgfanout developer entry points. `make test` is THE test command: it installs
 # what is missing (apt packages, .venv), starts a throwaway local stack
-# (PostgreSQL 15, Redis, nx-27017, FalkorDB) and runs the workspace's tests.
+# (PostgreSQL 15, Redis, nx-27017, FalkorDB), runs the workspace's tests and
+# fuzzes the decoder for FUZZ_SECONDS.
 
 SHELL := /bin/bash
 CARGO ?= cargo
-# Extra arguments for `cargo test`, e.g. make test ARGS='-p pgfanout-decoder'
+# Extra arguments for `cargo test`, e.g. make test ARGS='-p pgoutput'
 ARGS ?=
 # How long `make fuzz` runs the decoder fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
@@ -14,8 +15,11 @@ FUZZ_SECONDS ?= 60
 setup:
 	deploy/local/stack.sh install
 
+# The workspace's tests against the local stack, then a bounded fuzz run of
+# the decoder (skipped when ARGS narrows the tests).
 test:
 	deploy/local/test.sh $(ARGS)
+	$(if $(ARGS),,CARGO="$(CARGO)" deploy/local/fuzz.sh $(FUZZ_SECONDS))
 
 demo:
 	deploy/local/demo.sh
