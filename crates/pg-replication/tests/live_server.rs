@@ -11,37 +11,14 @@ use pg_replication::{
     ConnectOptions, ReplicationConnection, ReplicationError, ReplicationEvent, StartOptions, StreamSettings,
 };
 use pgoutput::{Decoder, Lsn, PgOutputMessage, TupleColumn};
-use tokio_postgres::{Client, NoTls};
+mod common;
 
-fn required_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set; run the tests with `make test`"))
-}
-
-/// A SQL session as the stack's superuser, on `database`.
-async fn admin(database: &str) -> Client {
-    let url = with_database(&required_env("PGFANOUT_TEST_PG_URL"), database);
-    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.expect("cannot reach the test PostgreSQL");
-    tokio::spawn(connection);
-    client
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let base = url.rsplit_once('/').map(|(base, _)| base).unwrap_or(url);
-    format!("{base}/{database}")
-}
+use common::{admin, confirmed_flush, create_role, database_with_table, required_env, with_database};
 
 fn tcp_address() -> String {
     let url = required_env("PGFANOUT_TEST_PG_URL");
     let after_at = url.split_once('@').map(|(_, rest)| rest).expect("PGFANOUT_TEST_PG_URL has a user");
     after_at.split('/').next().unwrap().to_owned()
-}
-
-/// Creates (or resets) a login role with the given password and attributes.
-async fn create_role(role: &str, password: &str, attributes: &str, encryption: &str) {
-    let client = admin("postgres").await;
-    client.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await.unwrap();
-    client.batch_execute(&format!("SET password_encryption = '{encryption}'")).await.unwrap();
-    client.batch_execute(&format!("CREATE ROLE {role} LOGIN {attributes} PASSWORD '{password}'")).await.unwrap();
 }
 
 async fn system_identifier() -> String {
@@ -132,40 +109,9 @@ async fn unreachable_server_is_a_transient_io_error() {
     assert!(err.is_transient());
 }
 
-/// Creates a database with one published table; returns a SQL session on it.
-async fn database_with_table(name: &str) -> Client {
-    let postgres = admin("postgres").await;
-    postgres
-        .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
-            &[&name],
-        )
-        .await
-        .unwrap();
-    postgres.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
-    postgres.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    let client = admin(name).await;
-    client
-        .batch_execute(
-            "CREATE TABLE cities (id int PRIMARY KEY, name text NOT NULL);
-             CREATE PUBLICATION client_test FOR TABLE cities;",
-        )
-        .await
-        .unwrap();
-    client
-}
-
-async fn confirmed_flush(client: &Client, slot: &str) -> Option<Lsn> {
-    let row = client
-        .query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-        .await
-        .unwrap();
-    row.get::<_, Option<String>>(0).map(|text| text.parse().unwrap())
-}
-
 #[tokio::test]
 async fn stream_delivers_a_transaction_and_confirmation_reaches_the_slot() {
-    let sql = database_with_table("replication_client_stream").await;
+    let sql = database_with_table("replication_client_stream", "client_test").await;
     let url = with_database(&required_env("PGFANOUT_TEST_PG_URL"), "replication_client_stream");
     let options = ConnectOptions::parse(&url).unwrap();
 
