@@ -5,13 +5,14 @@
 //! Needs `PGFANOUT_TEST_PG_URL` (a trusted superuser over TCP) and
 //! `PGFANOUT_TEST_PG_SOCKET_DIR`; `make test` provides both.
 
+mod common;
+
 use std::time::Duration;
 
 use pg_replication::{
     ConnectOptions, ReplicationConnection, ReplicationError, ReplicationEvent, StartOptions, StreamSettings,
 };
 use pgoutput::{Decoder, Lsn, PgOutputMessage, TupleColumn};
-mod common;
 
 use common::{admin, confirmed_flush, create_role, database_with_table, required_env, with_database};
 
