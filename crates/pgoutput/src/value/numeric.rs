@@ -26,6 +26,11 @@ const SIGN_NAN: u16 = 0xC000;
 const SIGN_POSITIVE_INFINITY: u16 = 0xD000;
 /// Sign word of `-Infinity` (PostgreSQL 14+).
 const SIGN_NEGATIVE_INFINITY: u16 = 0xF000;
+/// The `dscale` field `numeric_send` writes for ±Infinity. Special values are stored as a bare
+/// short-format header, and the scale is read from that header's bits (`0xD000 & 0x1F80 >> 7`),
+/// so the server sends 32; receivers ignore it. Writing the same keeps our encoding
+/// byte-identical to the server's.
+const INFINITY_DSCALE: usize = 32;
 /// Base of the binary format's digits.
 const NBASE: u16 = 10_000;
 /// Decimal digits per binary digit.
@@ -216,8 +221,8 @@ impl Numeric {
         let decimal = match self {
             Numeric::Finite(decimal) => decimal,
             Numeric::NaN => return write_header(out, 0, 0, SIGN_NAN, 0),
-            Numeric::Infinity => return write_header(out, 0, 0, SIGN_POSITIVE_INFINITY, 0),
-            Numeric::NegativeInfinity => return write_header(out, 0, 0, SIGN_NEGATIVE_INFINITY, 0),
+            Numeric::Infinity => return write_header(out, 0, 0, SIGN_POSITIVE_INFINITY, INFINITY_DSCALE),
+            Numeric::NegativeInfinity => return write_header(out, 0, 0, SIGN_NEGATIVE_INFINITY, INFINITY_DSCALE),
         };
         let (integer, fraction) = decimal.parts();
         let integer = integer.trim_start_matches('0').as_bytes();
@@ -448,6 +453,7 @@ mod tests {
         assert_eq!(Numeric::from_binary(&binary(1, -3, SIGN_POSITIVE, 4, &[5])).unwrap().as_str(), "0.0000");
         assert_eq!(Numeric::from_binary(&binary(0, 0, SIGN_NAN, 0, &[])), Ok(Numeric::NaN));
         assert_eq!(Numeric::from_binary(&binary(0, 0, SIGN_POSITIVE_INFINITY, 0, &[])), Ok(Numeric::Infinity));
+        assert_eq!(Numeric::from_binary(&binary(0, 0, SIGN_POSITIVE_INFINITY, 32, &[])), Ok(Numeric::Infinity));
         assert_eq!(Numeric::from_binary(&binary(0, 0, SIGN_NEGATIVE_INFINITY, 0, &[])), Ok(Numeric::NegativeInfinity));
     }
 
@@ -473,7 +479,10 @@ mod tests {
         assert_eq!(encode("0.00"), binary(0, 0, SIGN_POSITIVE, 2, &[]));
         assert_eq!(encode("100000000"), binary(1, 2, SIGN_POSITIVE, 0, &[1]));
         assert_eq!(encode("123456789.0123"), binary(4, 2, SIGN_POSITIVE, 4, &[1, 2345, 6789, 123]));
-        assert_eq!(encode("Infinity"), binary(0, 0, SIGN_POSITIVE_INFINITY, 0, &[]));
+        // As numeric_send('Infinity') and numeric_send('NaN') return on PostgreSQL 15.
+        assert_eq!(encode("Infinity"), [0, 0, 0, 0, 0xD0, 0, 0, 0x20]);
+        assert_eq!(encode("-Infinity"), [0, 0, 0, 0, 0xF0, 0, 0, 0x20]);
+        assert_eq!(encode("NaN"), [0, 0, 0, 0, 0xC0, 0, 0, 0]);
         for text in ["123456789012345678901234567890.123456789", "-5.5", "0.00001", "99999999.99999999"] {
             assert_eq!(Numeric::from_binary(&encode(text)).unwrap().as_str(), text);
         }
