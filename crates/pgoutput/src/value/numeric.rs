@@ -143,20 +143,22 @@ impl Numeric {
 
     /// Parses `numeric_in`'s input forms that `numeric_out` can produce plus exponents and a
     /// leading `+`: `[+-]digits[.digits][e[+-]digits]`, `NaN`, `[+-]Infinity`, `[+-]inf` (any case).
-    pub(crate) fn parse(text: &str) -> Result<Numeric, &'static str> {
-        if is_canonical_finite(text.as_bytes()) {
-            return Ok(Numeric::Finite(Decimal(text.to_owned())));
+    pub(crate) fn parse(text: &[u8]) -> Result<Numeric, &'static str> {
+        if is_canonical_finite(text) {
+            // Canonical text is ASCII, so this cannot fail.
+            let text = String::from_utf8(text.to_vec()).map_err(|_| "not ASCII")?;
+            return Ok(Numeric::Finite(Decimal(text)));
         }
-        let special = match text.to_ascii_lowercase().as_str() {
-            "nan" => Some(Numeric::NaN),
-            "infinity" | "+infinity" | "inf" | "+inf" => Some(Numeric::Infinity),
-            "-infinity" | "-inf" => Some(Numeric::NegativeInfinity),
-            _ => None,
-        };
-        if let Some(special) = special {
-            return Ok(special);
+        let is = |spellings: &[&[u8]]| spellings.iter().any(|spelling| text.eq_ignore_ascii_case(spelling));
+        if is(&[b"nan"]) {
+            Ok(Numeric::NaN)
+        } else if is(&[b"infinity", b"+infinity", b"inf", b"+inf"]) {
+            Ok(Numeric::Infinity)
+        } else if is(&[b"-infinity", b"-inf"]) {
+            Ok(Numeric::NegativeInfinity)
+        } else {
+            parse_general(text).map(Numeric::Finite)
         }
-        parse_general(text.as_bytes()).map(Numeric::Finite)
     }
 
     /// Decodes `numeric_send`'s format: `ndigits`, `weight`, `sign`, `dscale` (16 bits each),
@@ -190,29 +192,55 @@ impl Numeric {
         if dscale > MAX_SCALE {
             return Err((6, "display scale out of range"));
         }
-        let mut groups = Vec::with_capacity(ndigits);
-        for index in 0..ndigits {
-            let group = word(8 + 2 * index)?;
-            if group >= NBASE {
-                return Err((8 + 2 * index, "digit out of range"));
-            }
-            groups.push(group);
+        let digits = bytes.get(8..).unwrap_or_default();
+        let mut groups = digits.chunks_exact(2).map(|pair| match pair {
+            &[hi, lo] => u16::from_be_bytes([hi, lo]),
+            _ => 0, // chunks_exact yields pairs only
+        });
+        if let Some(index) = groups.clone().position(|group| group >= NBASE) {
+            return Err((8 + 2 * index, "digit out of range"));
         }
-        // The group at index i is worth 10000^(weight - i); print groups from the highest
-        // position down to the last one dscale needs, as numeric_out does (digits beyond dscale
-        // are cut, not rounded).
-        let group_at = |position: i64| -> u16 {
-            usize::try_from(weight - position).ok().and_then(|index| groups.get(index)).copied().unwrap_or(0)
+        // The group at index i is worth 10000^(weight - i). Print from the highest position down
+        // to the last one dscale needs, straight into the canonical text, as numeric_out does
+        // (digits beyond dscale are cut, not rounded).
+        let mut next_index = 0_i64;
+        let mut group_at = |position: i64| -> u16 {
+            // Positions are visited in decreasing order, so each group is read when reached.
+            if weight - position == next_index {
+                next_index += 1;
+                groups.next().unwrap_or(0)
+            } else {
+                0
+            }
         };
         let integer_groups = usize::try_from(weight + 1).unwrap_or(0);
-        let fraction_groups = dscale.div_ceil(DEC_DIGITS);
-        let mut digits = Vec::with_capacity((integer_groups + fraction_groups) * DEC_DIGITS);
-        for position in (-(fraction_groups as i64)..=weight).rev() {
-            digits.extend_from_slice(&group_digits(group_at(position)));
+        let mut text = String::with_capacity(integer_groups * DEC_DIGITS + dscale + 3);
+        if negative {
+            text.push('-');
         }
-        // The last group printed is at position -fraction_groups; drop the digits below dscale.
-        digits.truncate(digits.len().saturating_sub(fraction_groups * DEC_DIGITS - dscale));
-        Decimal::from_unscaled(negative, &digits, dscale).map(Numeric::Finite).map_err(|reason| (2, reason))
+        let integer_start = text.len();
+        for position in (0..=weight).rev() {
+            let digits = group_digits(group_at(position));
+            // Leading zeros of the integer part are not printed.
+            let first =
+                if text.len() == integer_start { digits.iter().position(|&d| d != b'0').unwrap_or(4) } else { 0 };
+            push_ascii(&mut text, digits.get(first..).unwrap_or_default());
+        }
+        if text.len() == integer_start {
+            text.push('0');
+        }
+        if dscale > 0 {
+            text.push('.');
+            let fraction_start = text.len();
+            for position in (-(dscale.div_ceil(DEC_DIGITS) as i64)..=-1).rev() {
+                push_ascii(&mut text, &group_digits(group_at(position)));
+            }
+            text.truncate(fraction_start + dscale);
+        }
+        if negative && text.bytes().all(|b| matches!(b, b'-' | b'0' | b'.')) {
+            text.remove(0); // PostgreSQL has no negative zero
+        }
+        Ok(Numeric::Finite(Decimal(text)))
     }
 
     /// Appends `numeric_send`'s format; `None` when the value has more base-10000 digits than the
@@ -362,7 +390,7 @@ impl FromStr for Numeric {
     /// Parses `numeric` text input (see [`Numeric`] for what is kept): `-12.50`, `1.5e3`,
     /// `NaN`, `-Infinity`.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Numeric::parse(text).map_err(|reason| ParseNumericError { reason })
+        Numeric::parse(text.as_bytes()).map_err(|reason| ParseNumericError { reason })
     }
 }
 

@@ -80,8 +80,14 @@ enum Resolved {
     Unknown(Oid),
 }
 
-/// Maps type OIDs to conversions and converts column values (see the [module
-/// documentation](self)).
+/// Maps type OIDs to conversions and converts column values.
+///
+/// Built-in types come from a static table and cannot be re-registered; enums, domains and
+/// arrays of other types are what the caller registers (typically one [`TypeKind`] per
+/// `pg_type` row, via [`TypeKind::from_pg_type`]). Type (`Y`) messages only add names, so a
+/// type known only that way converts as [`Value::Unknown`]. Registrations may be replaced at
+/// any time (after `ALTER DOMAIN`, say) and apply to the next value decoded. Decoding takes
+/// `&self`, so a registry can be shared across threads between updates.
 ///
 /// ```
 /// use pgoutput::value::{type_oid, TypeKind};
@@ -190,6 +196,10 @@ impl TypeRegistry {
     /// Converts a value in text format (a type's output function's result).
     pub fn decode_text(&self, type_oid: Oid, bytes: &[u8]) -> Result<Value, ValueError> {
         let resolved = self.resolve(type_oid)?;
+        if let Resolved::Scalar(scalar) = resolved {
+            // Scalars check UTF-8 only where their grammar is not ASCII.
+            return text::decode_scalar(scalar, type_oid, bytes);
+        }
         let text = std::str::from_utf8(bytes)
             .map_err(|err| ValueError::InvalidUtf8 { type_oid, valid_up_to: err.valid_up_to() })?;
         self.decode_text_resolved(type_oid, resolved, text)
@@ -197,7 +207,7 @@ impl TypeRegistry {
 
     fn decode_text_resolved(&self, type_oid: Oid, resolved: Resolved, text: &str) -> Result<Value, ValueError> {
         match resolved {
-            Resolved::Scalar(scalar) => text::decode_scalar(scalar, type_oid, text),
+            Resolved::Scalar(scalar) => text::decode_scalar(scalar, type_oid, text.as_bytes()),
             Resolved::Enum(enum_oid) => Ok(Value::Enum { type_oid: enum_oid, label: text.to_owned() }),
             Resolved::Unknown(oid) => Ok(Value::Unknown { type_oid: oid, text: text.to_owned() }),
             Resolved::Array { array, element } => {
@@ -276,19 +286,18 @@ impl TypeRegistry {
         if relation.columns.len() != tuple.columns.len() {
             return Err(ValueError::ColumnCount { expected: relation.columns.len(), found: tuple.columns.len() });
         }
-        relation
-            .columns
-            .iter()
-            .zip(&tuple.columns)
-            .enumerate()
-            .map(|(index, (column, value))| {
-                self.decode_column(column.type_oid, value).map_err(|source| ValueError::Column {
-                    index,
-                    name: column.name.clone(),
-                    source: Box::new(source),
-                })
-            })
-            .collect()
+        // A plain loop into an exactly sized Vec: collecting into Result<Vec<_>> has no size
+        // hint and reallocates on the hot path.
+        let mut values = Vec::with_capacity(tuple.columns.len());
+        for (index, (column, value)) in relation.columns.iter().zip(&tuple.columns).enumerate() {
+            let converted = self.decode_column(column.type_oid, value).map_err(|source| ValueError::Column {
+                index,
+                name: column.name.clone(),
+                source: Box::new(source),
+            })?;
+            values.push(converted);
+        }
+        Ok(values)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The text format: parsing each [`ScalarType`]'s output text, and rendering any [`Value`] the
-//! way PostgreSQL's output functions print it (see the [module documentation](super) for the
+//! way PostgreSQL's output functions print it (see the `value` module documentation for the
 //! session settings assumed).
 
 use std::fmt::{self, Write as _};
@@ -14,44 +14,74 @@ use super::{array, ScalarType};
 use crate::{Oid, Value, ValueError};
 
 /// Converts the output text of a built-in type.
-pub(crate) fn decode_scalar(scalar: ScalarType, type_oid: Oid, text: &str) -> Result<Value, ValueError> {
+///
+/// Only text-like types (`text`, `json`, `jsonb`, `xml`) check that the bytes are UTF-8, which
+/// is then [`ValueError::InvalidUtf8`]; the other grammars are ASCII and are parsed from the
+/// bytes directly, so anything else in them is [`ValueError::InvalidText`]. Validating UTF-8
+/// first for every column was the largest single cost of text conversion.
+pub(crate) fn decode_scalar(scalar: ScalarType, type_oid: Oid, bytes: &[u8]) -> Result<Value, ValueError> {
+    let utf8 = || {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|err| ValueError::InvalidUtf8 { type_oid, valid_up_to: err.valid_up_to() })
+    };
+    let ascii = |bytes| std::str::from_utf8(bytes).map_err(|_| "not ASCII");
     let parsed = match scalar {
-        ScalarType::Text => return Ok(Value::Text(text.to_owned())),
-        ScalarType::Json => return Ok(Value::Json(text.to_owned())),
-        ScalarType::Jsonb => return Ok(Value::Jsonb(text.to_owned())),
-        ScalarType::Xml => return Ok(Value::Xml(text.to_owned())),
-        ScalarType::Bool => match text {
-            "t" => Ok(Value::Bool(true)),
-            "f" => Ok(Value::Bool(false)),
+        ScalarType::Text => return utf8().map(Value::Text),
+        ScalarType::Json => return utf8().map(Value::Json),
+        ScalarType::Jsonb => return utf8().map(Value::Jsonb),
+        ScalarType::Xml => return utf8().map(Value::Xml),
+        ScalarType::Bool => match bytes {
+            b"t" => Ok(Value::Bool(true)),
+            b"f" => Ok(Value::Bool(false)),
             _ => Err("expected t or f"),
         },
-        ScalarType::Int2 => parse_int(text).map(Value::Int2),
-        ScalarType::Int4 => parse_int(text).map(Value::Int4),
-        ScalarType::Int8 => parse_int(text).map(Value::Int8),
-        ScalarType::Oid => parse_int(text).map(|oid| Value::Oid(Oid(oid))),
-        ScalarType::Float4 => parse_float(text).map(|v: f32| Value::Float4(v)),
-        ScalarType::Float8 => parse_float(text).map(|v: f64| Value::Float8(v)),
-        ScalarType::Numeric => Numeric::parse(text).map(Value::Numeric),
-        ScalarType::Bytea => parse_bytea(text).map(|bytes| Value::Bytea(Bytes::from(bytes))),
-        ScalarType::Uuid => parse_uuid(text).map(Value::Uuid),
-        ScalarType::Date => Date::parse(text).map(Value::Date),
-        ScalarType::Time => Time::parse(text).map(Value::Time),
-        ScalarType::TimeTz => TimeTz::parse(text).map(Value::TimeTz),
-        ScalarType::Timestamp => Timestamp::parse(text, false).map(Value::Timestamp),
-        ScalarType::TimestampTz => Timestamp::parse(text, true).map(Value::TimestampTz),
-        ScalarType::Interval => Interval::parse(text).map(Value::Interval),
-        ScalarType::Inet => Inet::parse(text, false).map(Value::Inet),
-        ScalarType::Cidr => Inet::parse(text, true).map(Value::Cidr),
-        ScalarType::MacAddr => parse_mac(text).map(Value::MacAddr),
-        ScalarType::MacAddr8 => parse_mac(text).map(Value::MacAddr8),
+        ScalarType::Int2 => parse_int(bytes).map(Value::Int2),
+        ScalarType::Int4 => parse_int(bytes).map(Value::Int4),
+        ScalarType::Int8 => parse_int(bytes).map(Value::Int8),
+        ScalarType::Oid => parse_int(bytes).map(|oid| Value::Oid(Oid(oid))),
+        ScalarType::Float4 => ascii(bytes).and_then(parse_float).map(|v: f32| Value::Float4(v)),
+        ScalarType::Float8 => ascii(bytes).and_then(parse_float).map(|v: f64| Value::Float8(v)),
+        ScalarType::Numeric => Numeric::parse(bytes).map(Value::Numeric),
+        ScalarType::Bytea => parse_bytea(bytes).map(|bytes| Value::Bytea(Bytes::from(bytes))),
+        ScalarType::Uuid => parse_uuid(bytes).map(Value::Uuid),
+        ScalarType::Date => Date::parse(bytes).map(Value::Date),
+        ScalarType::Time => Time::parse(bytes).map(Value::Time),
+        ScalarType::TimeTz => TimeTz::parse(bytes).map(Value::TimeTz),
+        ScalarType::Timestamp => Timestamp::parse(bytes, false).map(Value::Timestamp),
+        ScalarType::TimestampTz => Timestamp::parse(bytes, true).map(Value::TimestampTz),
+        ScalarType::Interval => ascii(bytes).and_then(Interval::parse).map(Value::Interval),
+        ScalarType::Inet => ascii(bytes).and_then(|text| Inet::parse(text, false)).map(Value::Inet),
+        ScalarType::Cidr => ascii(bytes).and_then(|text| Inet::parse(text, true)).map(Value::Cidr),
+        ScalarType::MacAddr => parse_mac(bytes).map(Value::MacAddr),
+        ScalarType::MacAddr8 => parse_mac(bytes).map(Value::MacAddr8),
     };
-    parsed.map_err(|reason| invalid_text(type_oid, scalar.name(), text, reason))
+    parsed.map_err(|reason| invalid_text(type_oid, scalar.name(), &String::from_utf8_lossy(bytes), reason))
 }
 
 /// A decimal integer as `int2out`/`int4out`/`int8out`/`oidout` print it: an optional `-` and
 /// digits (a leading `+` is accepted too, as the input functions do).
-fn parse_int<T: std::str::FromStr>(text: &str) -> Result<T, &'static str> {
-    text.parse().map_err(|_| "not an integer in range")
+fn parse_int<T: TryFrom<i64>>(bytes: &[u8]) -> Result<T, &'static str> {
+    const INVALID: &str = "not an integer in range";
+    let (negative, digits) = match bytes {
+        [b'-', digits @ ..] => (true, digits),
+        [b'+', digits @ ..] => (false, digits),
+        digits => (false, digits),
+    };
+    if digits.is_empty() {
+        return Err(INVALID);
+    }
+    // Accumulate towards the sign so that i64::MIN, whose magnitude i64 cannot hold, parses.
+    let mut value: i64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return Err(INVALID);
+        }
+        let digit = i64::from(digit - b'0');
+        value = value.checked_mul(10).ok_or(INVALID)?;
+        value = if negative { value.checked_sub(digit) } else { value.checked_add(digit) }.ok_or(INVALID)?;
+    }
+    T::try_from(value).map_err(|_| INVALID)
 }
 
 /// `float4out`/`float8out` output: a shortest-round-trip decimal, `NaN`, `Infinity` or
@@ -89,9 +119,8 @@ impl FloatSpecials for f64 {
 
 /// `bytea` in hex (`\x0aff`) or, for sessions with `bytea_output=escape`, escape format
 /// (`\\` for a backslash, `\ooo` octal for other bytes).
-fn parse_bytea(text: &str) -> Result<Vec<u8>, &'static str> {
-    if let Some(hex) = text.strip_prefix("\\x") {
-        let hex = hex.as_bytes();
+fn parse_bytea(text: &[u8]) -> Result<Vec<u8>, &'static str> {
+    if let Some(hex) = text.strip_prefix(b"\\x") {
         if hex.len() % 2 != 0 {
             return Err("odd number of hex digits");
         }
@@ -105,7 +134,7 @@ fn parse_bytea(text: &str) -> Result<Vec<u8>, &'static str> {
             .ok_or("invalid hex digit");
     }
     let mut out = Vec::with_capacity(text.len());
-    let mut bytes = text.bytes();
+    let mut bytes = text.iter().copied();
     while let Some(byte) = bytes.next() {
         if byte != b'\\' {
             out.push(byte);
@@ -126,27 +155,22 @@ fn parse_bytea(text: &str) -> Result<Vec<u8>, &'static str> {
 }
 
 /// `uuid_out`'s `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (also without hyphens, either case).
-fn parse_uuid(text: &str) -> Result<[u8; 16], &'static str> {
-    let bytes = text.as_bytes();
-    let hex_digits: Vec<u8> = match bytes.len() {
-        36 => {
-            for at in [8, 13, 18, 23] {
-                if bytes.get(at) != Some(&b'-') {
-                    return Err("misplaced hyphen");
-                }
-            }
-            bytes.iter().copied().filter(|&b| b != b'-').collect()
-        }
-        32 => bytes.to_vec(),
+fn parse_uuid(bytes: &[u8]) -> Result<[u8; 16], &'static str> {
+    /// Where each byte's two hex digits start in the hyphenated form.
+    const HYPHENATED: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    /// The same without hyphens.
+    const PLAIN: [usize; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
+    let starts = match bytes.len() {
+        36 if [8, 13, 18, 23].iter().all(|&at| bytes.get(at) == Some(&b'-')) => &HYPHENATED,
+        36 => return Err("misplaced hyphen"),
+        32 => &PLAIN,
         _ => return Err("wrong length"),
     };
     let mut out = [0u8; 16];
-    for (slot, pair) in out.iter_mut().zip(hex_digits.chunks_exact(2)) {
-        let [hi, lo] = pair else { return Err("wrong length") };
-        *slot = hex_value(*hi).zip(hex_value(*lo)).map(|(hi, lo)| hi << 4 | lo).ok_or("invalid hex digit")?;
-    }
-    if hex_digits.len() != 32 {
-        return Err("wrong length");
+    for (slot, &start) in out.iter_mut().zip(starts) {
+        let hi = bytes.get(start).copied().and_then(hex_value);
+        let lo = bytes.get(start + 1).copied().and_then(hex_value);
+        *slot = hi.zip(lo).map(|(hi, lo)| hi << 4 | lo).ok_or("invalid hex digit")?;
     }
     Ok(out)
 }
@@ -299,7 +323,7 @@ mod tests {
     use super::*;
 
     fn decode(scalar: ScalarType, text: &str) -> Result<Value, ValueError> {
-        decode_scalar(scalar, Oid(1), text)
+        decode_scalar(scalar, Oid(1), text.as_bytes())
     }
 
     #[test]
@@ -382,7 +406,7 @@ mod tests {
         assert_eq!(decode(ScalarType::Int8, "9223372036854775807"), Ok(Value::Int8(i64::MAX)));
         assert_eq!(decode(ScalarType::Oid, "4294967295"), Ok(Value::Oid(Oid(u32::MAX))));
         assert_eq!(decode(ScalarType::MacAddr, "08:00:2b:01:02:03").unwrap().to_string(), "08:00:2b:01:02:03");
-        let err = decode_scalar(ScalarType::Int2, Oid(21), "32768").unwrap_err();
+        let err = decode_scalar(ScalarType::Int2, Oid(21), b"32768").unwrap_err();
         assert_eq!(
             err,
             ValueError::InvalidText {
@@ -393,6 +417,17 @@ mod tests {
             }
         );
         assert!(decode(ScalarType::Bool, "true").is_err());
+        assert_eq!(decode(ScalarType::Int8, "-9223372036854775808"), Ok(Value::Int8(i64::MIN)));
+        assert_eq!(decode(ScalarType::Int4, "+7"), Ok(Value::Int4(7)));
+        for bad in ["", "-", "+", "1-", "9223372036854775808", "-9223372036854775809", "1_000", "١"] {
+            assert!(decode(ScalarType::Int8, bad).is_err(), "{bad}");
+        }
+        assert!(decode(ScalarType::Oid, "-1").is_err());
+        let not_ascii = decode_scalar(ScalarType::Date, Oid(1082), b"2024-01-0\xFF").unwrap_err();
+        assert!(
+            matches!(&not_ascii, ValueError::InvalidText { text, .. } if text == "2024-01-0\u{FFFD}"),
+            "non-UTF-8 in an ASCII grammar is invalid text: {not_ascii:?}"
+        );
         assert!(decode(ScalarType::Int4, " 1").is_err());
     }
 }
