@@ -21,7 +21,10 @@
 //!   to the replication client.
 //! * No transaction assembly or ordering checks beyond what the layout needs: it does not cache
 //!   Relation messages, match Begin to Commit, or buffer streamed transactions.
-//! * No value conversion: tuple columns stay as the text or binary bytes PostgreSQL sent.
+//! * Decoding a message does not convert values: tuple columns stay as the text or binary bytes
+//!   PostgreSQL sent. Converting them to typed [`Value`]s is a separate, optional step through
+//!   a [`TypeRegistry`] (module [`value`]), which knows the built-in types and whatever enums,
+//!   domains and arrays the caller registers.
 //!
 //! # Invariants
 //!
@@ -68,6 +71,7 @@ mod layout;
 mod lsn;
 mod message;
 mod scalar;
+pub mod value;
 
 pub use decoder::Decoder;
 pub use encode::Encoder;
@@ -79,3 +83,4 @@ pub use message::{
     StreamPrepare, StreamStart, Truncate, TruncateOptions, TupleColumn, TupleData, TypeMessage, Update,
 };
 pub use scalar::{Oid, PgTimestamp, Xid};
+pub use value::{ColumnValue, TypeRegistry, Value, ValueError};
