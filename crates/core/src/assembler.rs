@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, TupleColumn, TupleData, Xid};
+use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, TupleColumn, TupleData, TypeRegistry, Xid};
 
 use crate::model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
 use crate::streamed::{SpillError, SpillSettings, StreamedTransactions};
@@ -78,6 +78,9 @@ pub enum Assembled {
 #[derive(Debug, Default)]
 pub struct TransactionAssembler {
     relations: HashMap<Oid, Arc<TableSchema>>,
+    /// Value conversion for the stream's types: built-ins, plus the names of
+    /// user types announced by Type messages.
+    types: TypeRegistry,
     open: Option<Transaction>,
     /// Top-level xid of the stream block being received.
     stream_block: Option<Xid>,
@@ -104,6 +107,11 @@ impl TransactionAssembler {
     /// commits after the confirmed position.
     pub fn is_idle(&self) -> bool {
         self.open.is_none() && self.stream_block.is_none()
+    }
+
+    /// How column values of this stream convert to typed values.
+    pub fn types(&self) -> &TypeRegistry {
+        &self.types
     }
 
     /// Whether a stream block is open or streamed transactions are held.
@@ -158,6 +166,10 @@ impl TransactionAssembler {
                 transaction.end_lsn = commit.end_lsn;
                 transaction.commit_time = commit.commit_time;
                 Ok(Assembled::Committed(transaction))
+            }
+            PgOutputMessage::Type(announced) => {
+                self.types.observe(&announced);
+                Ok(Assembled::Pending)
             }
             PgOutputMessage::Relation(relation) => {
                 let schema = Arc::new(TableSchema {
@@ -535,5 +547,31 @@ mod tests {
             assembler.push(PgOutputMessage::StreamStop),
             Err(AssembleError::OutsideTransaction { message: "stream stop" })
         ));
+    }
+
+    #[test]
+    fn changes_carry_values_convertible_to_typed_values() {
+        use pgoutput::Value;
+        let mut assembler = TransactionAssembler::new();
+        let mut shape = relation(1, &[("id", true), ("v", false)]);
+        if let PgOutputMessage::Relation(r) = &mut shape {
+            r.columns[0].type_oid = Oid(20); // int8
+            r.columns[1].type_oid = Oid(1700); // numeric
+        }
+        assembler.push(shape).unwrap();
+        assembler.push(begin()).unwrap();
+        let insert = Insert {
+            xid: None,
+            relation: Oid(1),
+            new_tuple: TupleData { columns: vec![text("42"), text("12345678901234567890.50")] },
+        };
+        assembler.push(PgOutputMessage::Insert(insert)).unwrap();
+        let Assembled::Committed(transaction) = assembler.push(commit()).unwrap() else { panic!("commit") };
+        let change = &transaction.changes[0];
+        let ChangeOp::Insert { new } = &change.op else { panic!("insert") };
+        let typed = change.table.typed_row(new, assembler.types()).unwrap();
+        assert_eq!(typed[0], Some(Value::Int8(42)));
+        assert_eq!(typed[1].as_ref().map(ToString::to_string).as_deref(), Some("12345678901234567890.50"), "exact");
+        assert_eq!(ColumnValue::UnchangedToast.to_value(Oid(25), assembler.types()).unwrap(), None);
     }
 }

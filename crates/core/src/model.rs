@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use pgoutput::{Lsn, Oid, PgTimestamp, ReplicaIdentity, Xid};
+use pgoutput::{Lsn, Oid, PgTimestamp, ReplicaIdentity, TypeRegistry, Value, ValueError, Xid};
 
 /// Schema-qualified table name, displayed as `schema.table`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +62,11 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
+    /// A row's typed values, column by column (see [`ColumnValue::to_value`]).
+    pub fn typed_row(&self, row: &Row, types: &TypeRegistry) -> Result<Vec<Option<Value>>, ValueError> {
+        self.columns.iter().zip(row).map(|(column, value)| value.to_value(column.type_oid, types)).collect()
+    }
+
     /// Positions of the key columns, in tuple order.
     pub fn key_positions(&self) -> impl Iterator<Item = usize> + '_ {
         self.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i)
@@ -73,7 +78,9 @@ impl TableSchema {
     }
 }
 
-/// One column's value in a row image.
+/// One column's value in a row image, as the server sent it; the typed
+/// [`Value`] is one call away ([`ColumnValue::to_value`]), so sinks that
+/// write text (Redis) pay no conversion and sinks that need types do.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ColumnValue {
     /// SQL NULL.
@@ -88,6 +95,18 @@ pub enum ColumnValue {
 }
 
 impl ColumnValue {
+    /// The typed value of a column of type `type_oid`: `None` for an
+    /// unchanged TOAST value (not sent), `Some(Value::Null)` for SQL NULL.
+    /// Types `types` does not know pass through as text, never dropped.
+    pub fn to_value(&self, type_oid: Oid, types: &TypeRegistry) -> Result<Option<Value>, ValueError> {
+        match self {
+            ColumnValue::Null => Ok(Some(Value::Null)),
+            ColumnValue::UnchangedToast => Ok(None),
+            ColumnValue::Text(bytes) => types.decode_text(type_oid, bytes).map(Some),
+            ColumnValue::Binary(bytes) => types.decode_binary(type_oid, bytes).map(Some),
+        }
+    }
+
     /// The raw bytes of a present value.
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
