@@ -8,6 +8,7 @@ mod dead_letter;
 mod discard;
 mod http;
 mod monitor;
+mod progress;
 mod run;
 mod source;
 

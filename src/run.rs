@@ -13,6 +13,7 @@
 //! and ends the stream with CopyDone. A second signal exits at once without
 //! confirming anything more.
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let mut first_connection = connect_with_retry(&options, &shutdown).await?;
     prepare_source(&mut first_connection, config, options.database()).await?;
     let start_options = start_options(config, first_connection.server_version());
+    // Where the server is now: the backlog to catch up on, for the progress bar.
+    let server_position = first_connection.identify_system().await.context("IDENTIFY_SYSTEM")?.xlog_position;
     let mut connection = Some(first_connection);
 
     let on_ack = Arc::new(Notify::new());
@@ -99,6 +102,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown.clone(),
     ));
+    if std::io::stderr().is_terminal() {
+        tokio::spawn(crate::progress::catch_up(metrics.clone(), server_position, shutdown.clone()));
+    }
     let mut backoff = Backoff::new();
     loop {
         start = start.max(pipeline.received_lsn());
