@@ -4,6 +4,7 @@
 
 mod config;
 mod http;
+mod inspect;
 mod run;
 
 use std::io::IsTerminal;
@@ -36,6 +37,9 @@ enum Command {
         #[arg(long, short, env = "PGFANOUT_CONFIG")]
         config: PathBuf,
     },
+    /// Print decoded pgoutput messages as JSON lines, from a `pg_recvlogical` capture or live
+    /// from a slot (which is never advanced unless --confirm is given).
+    Inspect(inspect::InspectArgs),
     /// Print the version.
     Version,
 }
@@ -77,6 +81,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Run { config } => run::run(&config::Config::load(&config)?).await,
             Command::Check { config } => run::check(&config::Config::load(&config)?).await,
+            Command::Inspect(args) => inspect::run(args).await,
             Command::Version => {
                 println!("pgfanout {}", env!("CARGO_PKG_VERSION"));
                 Ok(())
