@@ -7,6 +7,7 @@ mod config;
 mod dead_letter;
 mod discard;
 mod http;
+mod inspect;
 mod monitor;
 mod progress;
 mod run;
@@ -43,6 +44,9 @@ enum Command {
         #[arg(long, short, env = "PGFANOUT_CONFIG")]
         config: PathBuf,
     },
+    /// Print decoded pgoutput messages as JSON lines, from a `pg_recvlogical` capture or live
+    /// from a slot (which is never advanced unless --confirm is given).
+    Inspect(inspect::InspectArgs),
     /// Re-apply the changes from an LSN to some sinks (not yet implemented).
     Replay {
         /// Path of the TOML config.
@@ -109,7 +113,13 @@ fn init_logging(format: LogFormat) {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `inspect` is one reader and its status task: on a single thread they hand over without
+    // waking other threads, which costs less CPU than the work itself (see benches/README.md).
+    let mut builder = match cli.command {
+        Command::Inspect(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -132,6 +142,7 @@ fn main() -> std::process::ExitCode {
             Command::Replay { .. } | Command::Rebuild { .. } | Command::Verify { .. } => {
                 anyhow::bail!("not yet implemented: replay, rebuild and verify arrive with the change archive")
             }
+            Command::Inspect(args) => inspect::run(args).await,
             Command::Version => {
                 println!("pgfanout {}", env!("CARGO_PKG_VERSION"));
                 Ok(())

@@ -269,6 +269,8 @@ unix_socket_permissions = 0777
 wal_level = logical
 max_replication_slots = 64
 max_wal_senders = 64
+# Two-phase decoding (PREPARE TRANSACTION) needs prepared transactions enabled.
+max_prepared_transactions = 10
 max_connections = 200
 fsync = off
 synchronous_commit = off

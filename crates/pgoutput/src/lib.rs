@@ -9,7 +9,8 @@
 //! newtypes: [`Lsn`] (with PostgreSQL's `HI/LO` text form), [`Oid`], [`Xid`], [`PgTimestamp`].
 //!
 //! [`Decoder::decode_prefix`] reads the message at the front of a longer buffer and says how
-//! many bytes it took, for inputs that are not one message per buffer (`pg_recvlogical` files).
+//! many bytes it took, for inputs that are not one message per buffer; [`capture::CaptureReader`]
+//! uses it to read the files `pg_recvlogical --file` writes.
 //!
 //! [`Encoder`] goes the other way, for fixtures, fuzz seeds and test servers: it writes any
 //! message exactly as PostgreSQL would, in the same protocol and stream state as a decoder.
@@ -63,6 +64,7 @@
 
 #![warn(missing_docs)]
 
+pub mod capture;
 mod cursor;
 mod decoder;
 mod encode;
