@@ -154,7 +154,6 @@ run_workload() {
     local started=$SECONDS
     sql "$DB" "CALL bench_workload($N)"
     END_LSN=$(sql "$DB" "SELECT pg_current_wal_insert_lsn()")
-    local wal
     sql "$DB" "CREATE TABLE bench_run AS SELECT $N AS changes, '$END_LSN'::pg_lsn AS end_lsn"
     log "workload done in $((SECONDS - started)) s; end LSN $END_LSN; $(wal_to_decode) of WAL to decode"
 }
