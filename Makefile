@@ -10,7 +10,7 @@ ARGS ?=
 # How long `make fuzz` runs the decoder fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: setup test demo lint build fuzz
+.PHONY: setup test demo lint build fuzz bench
 
 setup:
 	deploy/local/stack.sh install
@@ -23,6 +23,11 @@ test:
 
 demo:
 	deploy/local/demo.sh
+
+# End-to-end decode throughput, pgfanout inspect vs pg_recvlogical (benches/README.md).
+# Parameters via the environment, e.g. make bench N=200000 REPEAT=5.
+bench:
+	N=$(or $(N),1000000) REPEAT=$(or $(REPEAT),3) benches/e2e/decode_vs_recvlogical.sh
 
 lint:
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets -- -D warnings
