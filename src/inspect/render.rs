@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use pgoutput::TypeRegistry;
 use pgoutput::{
     Lsn, OldTuple, PgOutputMessage, PgTimestamp, Relation, RelationColumn, ReplicaIdentity, TupleColumn, TupleData,
 };
@@ -30,6 +31,8 @@ use serde::Serialize;
 #[derive(Debug, Default)]
 pub struct Renderer {
     relations: HashMap<pgoutput::Oid, Relation>,
+    /// Converts binary-format values to their text form (the `"value"` key).
+    types: TypeRegistry,
 }
 
 /// Where a message was in the replication stream; added to the line in live mode.
@@ -50,8 +53,12 @@ impl Renderer {
     /// Records what a message tells about the schema. Call it for every decoded message, in
     /// order, whether or not the message is rendered.
     pub fn observe(&mut self, message: &PgOutputMessage) {
-        if let PgOutputMessage::Relation(relation) = message {
-            self.relations.insert(relation.oid, relation.clone());
+        match message {
+            PgOutputMessage::Relation(relation) => {
+                self.relations.insert(relation.oid, relation.clone());
+            }
+            PgOutputMessage::Type(announced) => self.types.observe(announced),
+            _ => {}
         }
     }
 
@@ -63,7 +70,7 @@ impl Renderer {
         position: Option<WalPosition>,
         out: &mut impl std::io::Write,
     ) -> serde_json::Result<()> {
-        serde_json::to_writer(out, &MessageJson { message, position, relations: &self.relations })
+        serde_json::to_writer(out, &MessageJson { message, position, relations: &self.relations, types: &self.types })
     }
 }
 
@@ -71,6 +78,7 @@ struct MessageJson<'a> {
     message: &'a PgOutputMessage,
     position: Option<WalPosition>,
     relations: &'a HashMap<pgoutput::Oid, Relation>,
+    types: &'a TypeRegistry,
 }
 
 impl Serialize for MessageJson<'_> {
@@ -122,7 +130,7 @@ impl Serialize for MessageJson<'_> {
                 map.serialize_entry("xid", &m.xid.map(|x| x.0))?;
                 map.serialize_entry("relation", &m.relation.0)?;
                 serialize_table(&mut map, relation)?;
-                map.serialize_entry("new_tuple", &TupleJson { tuple: &m.new_tuple, relation })?;
+                map.serialize_entry("new_tuple", &TupleJson { tuple: &m.new_tuple, relation, types: self.types })?;
             }
             PgOutputMessage::Update(m) => {
                 let relation = table(m.relation);
@@ -130,8 +138,11 @@ impl Serialize for MessageJson<'_> {
                 map.serialize_entry("xid", &m.xid.map(|x| x.0))?;
                 map.serialize_entry("relation", &m.relation.0)?;
                 serialize_table(&mut map, relation)?;
-                map.serialize_entry("old_tuple", &m.old_tuple.as_ref().map(|old| OldTupleJson { old, relation }))?;
-                map.serialize_entry("new_tuple", &TupleJson { tuple: &m.new_tuple, relation })?;
+                map.serialize_entry(
+                    "old_tuple",
+                    &m.old_tuple.as_ref().map(|old| OldTupleJson { old, relation, types: self.types }),
+                )?;
+                map.serialize_entry("new_tuple", &TupleJson { tuple: &m.new_tuple, relation, types: self.types })?;
             }
             PgOutputMessage::Delete(m) => {
                 let relation = table(m.relation);
@@ -139,7 +150,7 @@ impl Serialize for MessageJson<'_> {
                 map.serialize_entry("xid", &m.xid.map(|x| x.0))?;
                 map.serialize_entry("relation", &m.relation.0)?;
                 serialize_table(&mut map, relation)?;
-                map.serialize_entry("old_tuple", &OldTupleJson { old: &m.old_tuple, relation })?;
+                map.serialize_entry("old_tuple", &OldTupleJson { old: &m.old_tuple, relation, types: self.types })?;
             }
             PgOutputMessage::Truncate(m) => {
                 map.serialize_entry("type", "truncate")?;
@@ -283,6 +294,7 @@ impl Serialize for RelationColumnJson<'_> {
 struct OldTupleJson<'a> {
     old: &'a OldTuple,
     relation: Option<&'a Relation>,
+    types: &'a TypeRegistry,
 }
 
 impl Serialize for OldTupleJson<'_> {
@@ -293,7 +305,7 @@ impl Serialize for OldTupleJson<'_> {
         };
         let mut map = serializer.serialize_map(Some(2))?;
         map.serialize_entry("kind", kind)?;
-        map.serialize_entry("columns", &TupleJson { tuple, relation: self.relation })?;
+        map.serialize_entry("columns", &TupleJson { tuple, relation: self.relation, types: self.types })?;
         map.end()
     }
 }
@@ -301,6 +313,7 @@ impl Serialize for OldTupleJson<'_> {
 struct TupleJson<'a> {
     tuple: &'a TupleData,
     relation: Option<&'a Relation>,
+    types: &'a TypeRegistry,
 }
 
 impl Serialize for TupleJson<'_> {
@@ -309,17 +322,18 @@ impl Serialize for TupleJson<'_> {
         for (index, value) in self.tuple.columns.iter().enumerate() {
             // A tuple wider than its Relation (a corrupt stream) still renders, without names.
             let column = self.relation.and_then(|relation| relation.columns.get(index));
-            seq.serialize_element(&ColumnJson { value, column })?;
+            seq.serialize_element(&ColumnJson { value, column, types: self.types })?;
         }
         seq.end()
     }
 }
 
-/// One tuple column. Typed values (the `values` conversion) belong here, next to the raw
-/// form, since this is where the column's type OID is at hand.
+/// One tuple column. A binary-format value also gets `"value"`: its text form, converted
+/// through the type registry, so binary captures are readable.
 struct ColumnJson<'a> {
     value: &'a TupleColumn,
     column: Option<&'a RelationColumn>,
+    types: &'a TypeRegistry,
 }
 
 impl Serialize for ColumnJson<'_> {
@@ -335,7 +349,15 @@ impl Serialize for ColumnJson<'_> {
                 Ok(text) => map.serialize_entry("text", text)?,
                 Err(_) => map.serialize_entry("text_hex", &HexJson(bytes))?,
             },
-            TupleColumn::Binary(bytes) => map.serialize_entry("binary", &HexJson(bytes))?,
+            TupleColumn::Binary(bytes) => {
+                map.serialize_entry("binary", &HexJson(bytes))?;
+                if let Some(column) = self.column {
+                    match self.types.decode_binary(column.type_oid, bytes) {
+                        Ok(value) => map.serialize_entry("value", &value.to_string())?,
+                        Err(err) => map.serialize_entry("value_error", &err.to_string())?,
+                    }
+                }
+            }
         }
         map.end()
     }
