@@ -21,6 +21,9 @@ use crate::error::{ReplicationError, Result, ServerError};
 /// one small CopyData per pgoutput message.
 const READ_CHUNK: usize = 256 * 1024;
 
+/// Below this much free space a new chunk is started before reading.
+const MIN_READ: usize = 16 * 1024;
+
 /// Largest backend frame accepted. The server caps CopyData at about 1 GB;
 /// a larger length is corruption, not data.
 const MAX_FRAME_LEN: usize = 1 << 30;
@@ -91,7 +94,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(incoming) = self.try_parse()? {
                 return Ok(incoming);
             }
-            self.buffer.reserve(READ_CHUNK);
+            self.make_room();
             let read = self
                 .source
                 .read_buf(&mut self.buffer)
@@ -101,6 +104,31 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Err(ReplicationError::ConnectionClosed);
             }
         }
+    }
+
+    /// Makes sure a read has room, without growing shared memory: frames
+    /// handed out are zero-copy slices of the buffer, so while any is alive
+    /// its allocation cannot be reused. Rather than let `BytesMut::reserve`
+    /// grow (and, when unique again, double) one allocation, start a fresh
+    /// chunk and carry over only the unparsed tail; old chunks are freed as
+    /// soon as their frames are dropped, so memory follows what is still
+    /// referenced.
+    ///
+    /// A frame larger than a chunk gets one allocation of its full size (its
+    /// length is known from its header), not a copy per read.
+    fn make_room(&mut self) {
+        let pending_frame = match self.buffer.get(..5) {
+            // Validated by `try_parse` before any read: at most MAX_FRAME_LEN.
+            Some(header) => u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize + 1,
+            None => 0,
+        };
+        let wanted = self.buffer.len().max(pending_frame) + MIN_READ;
+        if self.buffer.capacity() >= wanted {
+            return;
+        }
+        let mut fresh = BytesMut::with_capacity(READ_CHUNK.max(pending_frame + MIN_READ));
+        fresh.extend_from_slice(&self.buffer);
+        self.buffer = fresh;
     }
 
     fn try_parse(&mut self) -> Result<Option<Incoming>> {
@@ -156,4 +184,48 @@ fn fields_to_error(mut fields: backend::ErrorFields<'_>) -> ServerError {
         }
     }
     error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_data(payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![b'd'];
+        frame.extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    #[tokio::test]
+    async fn frames_stay_intact_across_chunks_and_large_frames_arrive_whole() {
+        // 40,000 small frames (about 4 MB), all kept alive, as queued changes would be.
+        let mut wire = Vec::new();
+        for i in 0..40_000u32 {
+            wire.extend(copy_data(&[i as u8; 96]));
+        }
+        // A frame larger than a read chunk arrives whole.
+        let large = vec![7u8; 3 * READ_CHUNK + 11];
+        wire.extend(copy_data(&large));
+        let mut reader = FrameReader::new(std::io::Cursor::new(wire), "test".into());
+        // Most frames are dropped soon (applied), some stay (queued). (The
+        // memory effect of chunking shows end to end: tests/pipeline.rs,
+        // the million-change backpressure test, run with --release.)
+        let mut kept = Vec::new();
+        for i in 0..40_000usize {
+            let frame = match reader.next().await.unwrap() {
+                Incoming::Message(backend::Message::CopyData(body)) => body.into_bytes(),
+                _ => panic!("expected CopyData"),
+            };
+            assert_eq!((frame.len(), frame[0]), (96, i as u8));
+            if i % 1000 == 0 {
+                kept.push(frame);
+            }
+            assert!(reader.buffer.capacity() <= READ_CHUNK + MIN_READ, "capacity {}", reader.buffer.capacity());
+        }
+        match reader.next().await.unwrap() {
+            Incoming::Message(backend::Message::CopyData(body)) => assert_eq!(body.into_bytes().as_ref(), &large[..]),
+            _ => panic!("expected the large CopyData"),
+        }
+    }
 }
