@@ -629,7 +629,7 @@ mod tests {
                 "new_tuple": [
                     {"name": "id", "text": "1"},
                     {"name": "bio", "unchanged_toast": true},
-                    {"name": "avatar", "binary": "cafe"},
+                    {"name": "avatar", "binary": "cafe", "value": "\\xcafe"},
                 ]
             })
         );
