@@ -31,6 +31,7 @@ bench:
 
 lint:
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 build:
 	$(CARGO) build --workspace

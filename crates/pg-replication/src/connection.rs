@@ -2,7 +2,7 @@
 //! and the replication commands that answer like queries.
 //!
 //! A [`ReplicationConnection`] is owned by one task. [`ReplicationConnection::start_replication`]
-//! consumes it and returns a [`ReplicationStream`](crate::ReplicationStream).
+//! consumes it and returns a [`ReplicationStream`].
 //!
 //! Connecting over TCP first settles TLS as `sslmode` says (see [`crate::tls`]);
 //! the startup message and everything after go through the TLS session when
