@@ -236,3 +236,55 @@ async fn confirmed_flush_never_passes_what_redis_holds() {
     drop(pgfanout);
     drop(own_redis);
 }
+
+#[tokio::test]
+async fn rows_expire_and_every_change_lands_in_the_event_stream() {
+    let db = create_database("e2e_redis_events").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = fresh_redis_db(13).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "reservation:{id}")])
+        + "ttl_secs = 600\nstream = \"events:reservations\"\nstream_max_len = 1000\n"
+        // One lane: events in commit order across keys (with more, per key).
+        + "[sink.delivery]\nlanes = 1\n";
+    let pgfanout = Pgfanout::start("e2e_redis_events", &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    db.client
+        .batch_execute(
+            "INSERT INTO reservations VALUES (1, 'ana', 10, 'pending', NULL, NULL);
+             UPDATE reservations SET status = 'paid' WHERE id = 1;
+             INSERT INTO reservations VALUES (2, 'bo', 20, 'pending', NULL, NULL);
+             DELETE FROM reservations WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    wait_for_match(&db, &mut redis, &pgfanout).await;
+    let ttl: i64 = redis::cmd("TTL").arg("reservation:1").query_async(&mut redis).await.unwrap();
+    assert!((1..=600).contains(&ttl), "the row expires: TTL {ttl}");
+
+    wait_until("four events", Duration::from_secs(10), || async {
+        redis::cmd("XLEN").arg("events:reservations").query_async::<i64>(&mut redis.clone()).await.unwrap() == 4
+    })
+    .await;
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+        redis::cmd("XRANGE").arg("events:reservations").arg("-").arg("+").query_async(&mut redis).await.unwrap();
+    let ops: Vec<(&str, &str)> =
+        entries.iter().map(|(_, fields)| (fields["op"].as_str(), fields["key"].as_str())).collect();
+    assert_eq!(
+        ops,
+        [
+            ("insert", "reservation:1"),
+            ("update", "reservation:1"),
+            ("insert", "reservation:2"),
+            ("delete", "reservation:2")
+        ]
+    );
+    let update: serde_json::Value = serde_json::from_str(&entries[1].1["new"]).unwrap();
+    assert_eq!(update["status"], "paid");
+    assert_eq!(update["total_price"], "10.00");
+    // Commit LSNs grow along the stream: consumers can order and deduplicate.
+    let lsns: Vec<pgoutput::Lsn> = entries.iter().map(|(_, f)| f["commit_lsn"].parse().unwrap()).collect();
+    assert!(lsns.windows(2).all(|pair| pair[0] <= pair[1]), "{lsns:?}");
+}

@@ -72,6 +72,25 @@ pub struct RedisTableConfig {
     /// names), e.g. `'status != "cancelled" && total_price > 100'`.
     #[serde(default)]
     pub filter: Option<String>,
+    /// Seconds a row's key lives after each write (`EXPIRE`); none by default.
+    /// Example: `3600`.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Stream receiving one event per change (`XADD`, in the same round trip
+    /// as the write): fields `op`, `table`, `key`, `commit_lsn`, `ordinal`,
+    /// `commit_time_unix_micros`, `new` and `old` (JSON). At-least-once:
+    /// deduplicate by (`commit_lsn`, `ordinal`). Events of one key are in
+    /// commit order; across keys only with `[sink.delivery] lanes = 1`.
+    /// Example: `"events:reservations"`.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Approximate cap on the stream's length (`MAXLEN ~`). Default: 100000.
+    #[serde(default = "default_stream_max_len")]
+    pub stream_max_len: u64,
+}
+
+fn default_stream_max_len() -> u64 {
+    100_000
 }
 
 impl RedisTableConfig {
@@ -128,6 +147,12 @@ impl RedisSinkConfig {
         for table in &self.tables {
             if let Err(err) = TableMapping::new(table.mapping()) {
                 problems.push(format!("sink {}: table {}: {err}", self.name, table.source));
+            }
+            if table.ttl_secs == Some(0) {
+                problems.push(format!("sink {}: table {}: ttl_secs must be at least 1", self.name, table.source));
+            }
+            if table.stream.as_deref().is_some_and(str::is_empty) {
+                problems.push(format!("sink {}: table {}: stream must be a key name", self.name, table.source));
             }
         }
         problems.extend(self.delivery.validate(&self.name));

@@ -8,6 +8,12 @@
 //!   unchanged TOAST values follow the row) and deleted;
 //! - delete: `DEL`.
 //!
+//! Per table, optionally: an `EXPIRE` after each write (`ttl_secs`), and an
+//! event appended to a stream (`XADD <stream> MAXLEN ~ N * …`) in the same
+//! round trip, carrying op, table, key, commit LSN and ordinal, commit time
+//! and the new/old rows as JSON. Events are at-least-once: a consumer
+//! deduplicates by (`commit_lsn`, `ordinal`).
+//!
 //! The same batch encoded twice gives the same operations, and applying them
 //! twice gives the same state: that is what makes re-delivery harmless.
 
@@ -31,6 +37,28 @@ pub enum RedisOp {
     Copy(String, String),
     /// `SET key value`
     Set(String, String),
+    /// `EXPIRE key seconds`
+    Expire(String, u64),
+    /// `XADD stream MAXLEN ~ max_len * field value …`
+    XAdd {
+        /// Stream key.
+        stream: String,
+        /// Approximate length cap.
+        max_len: u64,
+        /// Entry fields, in order.
+        fields: Vec<(&'static str, String)>,
+    },
+}
+
+/// Per-table options beyond the key template.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    /// Key template; the default (`<table>:{pk}`) when `None`.
+    pub key: Option<KeyTemplate>,
+    /// Seconds a written row lives (`EXPIRE` after each write).
+    pub ttl_secs: Option<u64>,
+    /// Event stream key and its approximate length cap.
+    pub stream: Option<(String, u64)>,
 }
 
 /// A parsed key template such as `reservation:{id}`.
@@ -172,15 +200,16 @@ impl ResolvedKey {
 /// Encodes batches for one sink; caches resolved templates per table shape.
 #[derive(Debug)]
 pub struct RedisEncoder {
-    templates: HashMap<TableName, KeyTemplate>,
+    tables: HashMap<TableName, TableOptions>,
     resolved: HashMap<TableName, (Arc<TableSchema>, ResolvedKey)>,
     checkpoint_key: String,
 }
 
 impl RedisEncoder {
-    /// An encoder with the configured templates (tables without one use the default).
-    pub fn new(templates: HashMap<TableName, KeyTemplate>, checkpoint_key: String) -> Self {
-        RedisEncoder { templates, resolved: HashMap::new(), checkpoint_key }
+    /// An encoder with the configured per-table options (tables without a
+    /// template use the default).
+    pub fn new(tables: HashMap<TableName, TableOptions>, checkpoint_key: String) -> Self {
+        RedisEncoder { tables, resolved: HashMap::new(), checkpoint_key }
     }
 
     /// The operations applying `changes` in order, ending with the
@@ -192,7 +221,7 @@ impl RedisEncoder {
     ) -> Result<Vec<RedisOp>, RedisSinkError> {
         let mut ops = Vec::with_capacity(changes.len() * 2 + 1);
         for change in changes {
-            self.encode_change(change.change, &mut ops)?;
+            self.encode_change(change, &mut ops)?;
         }
         if let Some(checkpoint) = checkpoint {
             ops.push(RedisOp::Set(self.checkpoint_key.clone(), checkpoint.to_string()));
@@ -200,17 +229,20 @@ impl RedisEncoder {
         Ok(ops)
     }
 
-    fn encode_change(&mut self, change: &Change, ops: &mut Vec<RedisOp>) -> Result<(), RedisSinkError> {
+    fn encode_change(&mut self, change_ref: &ChangeRef<'_>, ops: &mut Vec<RedisOp>) -> Result<(), RedisSinkError> {
+        let change: &Change = change_ref.change;
         let table = &change.table;
+        let options = self.tables.get(&table.table).cloned().unwrap_or_default();
         let key = self.key_for(table)?;
-        match &change.op {
+        let written_key = match &change.op {
             ChangeOp::Insert { new } => {
                 let key = key.render(&table.table, new, None)?;
                 ops.push(RedisOp::Del(key.clone()));
                 let (set, _) = split_fields(table, new);
                 if !set.is_empty() {
-                    ops.push(RedisOp::HSet(key, set));
+                    ops.push(RedisOp::HSet(key.clone(), set));
                 }
+                key
             }
             ChangeOp::Update { old, new } => {
                 let new_key = key.render(&table.table, new, None)?;
@@ -226,12 +258,21 @@ impl RedisEncoder {
                     ops.push(RedisOp::HSet(new_key.clone(), set));
                 }
                 if !unset.is_empty() {
-                    ops.push(RedisOp::HDel(new_key, unset));
+                    ops.push(RedisOp::HDel(new_key.clone(), unset));
                 }
+                new_key
             }
             ChangeOp::Delete { old } => {
-                ops.push(RedisOp::Del(key.render(&table.table, old, None)?));
+                let key = key.render(&table.table, old, None)?;
+                ops.push(RedisOp::Del(key.clone()));
+                key
             }
+        };
+        if let (Some(ttl), false) = (options.ttl_secs, matches!(change.op, ChangeOp::Delete { .. })) {
+            ops.push(RedisOp::Expire(written_key.clone(), ttl));
+        }
+        if let Some((stream, max_len)) = options.stream {
+            ops.push(RedisOp::XAdd { stream, max_len, fields: event_fields(change_ref, written_key) });
         }
         Ok(())
     }
@@ -244,8 +285,8 @@ impl RedisEncoder {
             None => true,
         };
         if stale {
-            let template = match self.templates.get(&table.table) {
-                Some(template) => template.clone(),
+            let template = match self.tables.get(&table.table).and_then(|options| options.key.clone()) {
+                Some(template) => template,
                 None => KeyTemplate::default_for(table)?,
             };
             let resolved = ResolvedKey::resolve(&template, table)?;
@@ -253,6 +294,48 @@ impl RedisEncoder {
         }
         Ok(&self.resolved[&table.table].1)
     }
+}
+
+/// The fields of a change's stream event.
+fn event_fields(change: &ChangeRef<'_>, key: String) -> Vec<(&'static str, String)> {
+    let (old, new) = match &change.change.op {
+        ChangeOp::Insert { new } => (None, Some(new)),
+        ChangeOp::Update { old, new } => (old.as_ref(), Some(new)),
+        ChangeOp::Delete { old } => (Some(old), None),
+    };
+    let table = &change.change.table;
+    let mut fields = vec![
+        ("op", change.change.op.label().to_owned()),
+        ("table", table.table.to_string()),
+        ("key", key),
+        ("commit_lsn", change.transaction.commit_lsn.to_string()),
+        ("ordinal", change.change.ordinal.to_string()),
+        ("commit_time_unix_micros", change.transaction.commit_time.to_unix_micros().to_string()),
+    ];
+    if let Some(new) = new {
+        fields.push(("new", row_json(table, new)));
+    }
+    if let Some(old) = old {
+        fields.push(("old", row_json(table, old)));
+    }
+    fields
+}
+
+/// A row as a JSON object of column text values (`null` for SQL NULL);
+/// unchanged TOAST columns are left out (their value was not sent).
+fn row_json(table: &TableSchema, row: &Row) -> String {
+    let mut object = serde_json::Map::with_capacity(row.len());
+    for (column, value) in table.columns.iter().zip(row) {
+        let value = match value {
+            ColumnValue::Null => serde_json::Value::Null,
+            ColumnValue::UnchangedToast => continue,
+            ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => {
+                serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
+            }
+        };
+        object.insert(column.name.clone(), value);
+    }
+    serde_json::Value::Object(object).to_string()
 }
 
 /// Fields to write and fields to remove; unchanged TOAST columns are in neither.
@@ -316,11 +399,14 @@ mod tests {
     }
 
     fn encoder(template: Option<&str>) -> RedisEncoder {
-        let templates = template
-            .map(|t| (TableName::new("public", "reservations"), KeyTemplate::parse(t).unwrap()))
+        let tables = template
+            .map(|t| {
+                let options = TableOptions { key: Some(KeyTemplate::parse(t).unwrap()), ..TableOptions::default() };
+                (TableName::new("public", "reservations"), options)
+            })
             .into_iter()
             .collect();
-        RedisEncoder::new(templates, "cp".into())
+        RedisEncoder::new(tables, "cp".into())
     }
 
     #[test]
@@ -381,5 +467,47 @@ mod tests {
         assert!(err.to_string().contains("column missing"), "{err}");
         let err = encoder(Some("r:{status}")).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap_err();
         assert!(err.to_string().contains("is NULL"), "{err}");
+    }
+
+    #[test]
+    fn ttl_and_event_stream_follow_each_write() {
+        let options = TableOptions {
+            key: Some(KeyTemplate::parse("r:{id}").unwrap()),
+            ttl_secs: Some(60),
+            stream: Some(("events".into(), 1000)),
+        };
+        let mut encoder =
+            RedisEncoder::new(HashMap::from([(TableName::new("public", "reservations"), options)]), "cp".into());
+        let batch = [transaction(
+            0x200,
+            vec![
+                ChangeOp::Insert { new: vec![text("7"), text("new"), ColumnValue::Null] },
+                ChangeOp::Delete { old: vec![text("7"), ColumnValue::Null, ColumnValue::Null] },
+            ],
+        )];
+        let ops = encoder.encode(&refs(&batch), None).unwrap();
+        assert_eq!(ops[0], RedisOp::Del("r:7".into()));
+        assert_eq!(
+            ops[1],
+            RedisOp::HSet("r:7".into(), vec![("id".into(), b"7".to_vec()), ("status".into(), b"new".to_vec())])
+        );
+        assert_eq!(ops[2], RedisOp::Expire("r:7".into(), 60), "a written row gets its TTL");
+        let RedisOp::XAdd { stream, max_len, fields } = &ops[3] else { panic!("an event after the write: {ops:?}") };
+        assert_eq!((stream.as_str(), *max_len), ("events", 1000));
+        let field = |name: &str| fields.iter().find(|(f, _)| *f == name).map(|(_, v)| v.as_str());
+        assert_eq!(field("op"), Some("insert"));
+        assert_eq!(field("key"), Some("r:7"));
+        assert_eq!(field("table"), Some("public.reservations"));
+        assert_eq!(field("commit_lsn"), Some(Lsn(0x200 - 8).to_string().as_str()));
+        assert_eq!(field("ordinal"), Some("0"));
+        let new: serde_json::Value = serde_json::from_str(field("new").unwrap()).unwrap();
+        assert_eq!(new, serde_json::json!({"id": "7", "status": "new", "notes": null}));
+        assert_eq!(field("old"), None);
+        // A delete gets no TTL, but an event with the old row.
+        assert_eq!(ops[4], RedisOp::Del("r:7".into()));
+        let RedisOp::XAdd { fields, .. } = &ops[5] else { panic!("delete event: {ops:?}") };
+        assert!(fields.iter().any(|(f, v)| *f == "op" && v == "delete"));
+        assert!(fields.iter().any(|(f, _)| *f == "old"));
+        assert_eq!(ops.len(), 6);
     }
 }

@@ -15,7 +15,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
 use crate::config::RedisSinkConfig;
-use crate::encode::{KeyTemplate, RedisEncoder, RedisOp};
+use crate::encode::{KeyTemplate, RedisEncoder, RedisOp, TableOptions};
 use crate::error::RedisSinkError;
 
 /// Keeps Redis hashes equal to PostgreSQL rows.
@@ -32,15 +32,22 @@ impl RedisSink {
     pub fn new(config: RedisSinkConfig) -> Result<Self, RedisSinkError> {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|source| RedisSinkError::Connect { endpoint: endpoint_of(&config.url), source })?;
-        let mut templates = HashMap::new();
+        let mut tables = HashMap::new();
         for table in &config.tables {
-            if let Some(key) = &table.key {
-                let template = KeyTemplate::parse(key)
-                    .map_err(|reason| RedisSinkError::Mapping { table: table.source.clone(), reason })?;
-                templates.insert(TableName::parse(&table.source), template);
-            }
+            let key = table
+                .key
+                .as_deref()
+                .map(KeyTemplate::parse)
+                .transpose()
+                .map_err(|reason| RedisSinkError::Mapping { table: table.source.clone(), reason })?;
+            let options = TableOptions {
+                key,
+                ttl_secs: table.ttl_secs,
+                stream: table.stream.clone().map(|stream| (stream, table.stream_max_len)),
+            };
+            tables.insert(TableName::parse(&table.source), options);
         }
-        let encoder = RedisEncoder::new(templates, config.checkpoint_key());
+        let encoder = RedisEncoder::new(tables, config.checkpoint_key());
         Ok(RedisSink { config, client, connection: tokio::sync::Mutex::new(None), encoder: Mutex::new(encoder) })
     }
 
@@ -100,6 +107,10 @@ impl RedisSink {
                 RedisOp::HDel(key, fields) => pipeline.cmd("HDEL").arg(key).arg(fields),
                 RedisOp::Copy(from, to) => pipeline.cmd("COPY").arg(from).arg(to).arg("REPLACE"),
                 RedisOp::Set(key, value) => pipeline.cmd("SET").arg(key).arg(value),
+                RedisOp::Expire(key, seconds) => pipeline.cmd("EXPIRE").arg(key).arg(*seconds),
+                RedisOp::XAdd { stream, max_len, fields } => {
+                    pipeline.cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(*max_len).arg("*").arg(fields)
+                }
             }
             .ignore();
         }
