@@ -288,3 +288,75 @@ async fn rows_expire_and_every_change_lands_in_the_event_stream() {
     let lsns: Vec<pgoutput::Lsn> = entries.iter().map(|(_, f)| f["commit_lsn"].parse().unwrap()).collect();
     assert!(lsns.windows(2).all(|pair| pair[0] <= pair[1]), "{lsns:?}");
 }
+
+#[tokio::test]
+async fn changes_invalidate_dependent_cache_keys_and_tracked_sets() {
+    let db = create_database("e2e_redis_invalidate").await;
+    db.client.batch_execute("CREATE TABLE properties (id bigint PRIMARY KEY, city_id int, title text);").await.unwrap();
+    let redis_url = fresh_redis_db(14).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.properties", "property:{id}")])
+        + "invalidate = [\"city:{city_id}:summary\"]\ninvalidate_sets = [\"search:index:city:{city_id}\"]\n";
+    let pgfanout = Pgfanout::start("e2e_redis_invalidate", &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+
+    // An application cached two search pages for city 1 (tracked in a set),
+    // a summary per city, and a page for city 2.
+    redis::pipe()
+        .cmd("SET")
+        .arg("search:city:1:page:1")
+        .arg("cached")
+        .cmd("SET")
+        .arg("search:city:1:page:2")
+        .arg("cached")
+        .cmd("SADD")
+        .arg("search:index:city:1")
+        .arg("search:city:1:page:1")
+        .arg("search:city:1:page:2")
+        .cmd("SET")
+        .arg("city:1:summary")
+        .arg("cached")
+        .cmd("SET")
+        .arg("city:3:summary")
+        .arg("cached")
+        .cmd("SET")
+        .arg("search:city:2:page:1")
+        .arg("cached")
+        .cmd("SADD")
+        .arg("search:index:city:2")
+        .arg("search:city:2:page:1")
+        .query_async::<()>(&mut redis)
+        .await
+        .unwrap();
+    // A property moves from city 1 to city 3.
+    db.client
+        .batch_execute(
+            "INSERT INTO properties VALUES (10, 1, 'loft'); UPDATE properties SET city_id = 3 WHERE id = 10;",
+        )
+        .await
+        .unwrap();
+    wait_until("the property is in Redis", Duration::from_secs(20), || async {
+        redis::cmd("HGET")
+            .arg("property:10")
+            .arg("city_id")
+            .query_async::<Option<String>>(&mut redis.clone())
+            .await
+            .unwrap()
+            == Some("3".into())
+    })
+    .await;
+    let exists = |key: &'static str| {
+        let mut redis = redis.clone();
+        async move { redis::cmd("EXISTS").arg(key).query_async::<bool>(&mut redis).await.unwrap() }
+    };
+    for gone in
+        ["search:city:1:page:1", "search:city:1:page:2", "search:index:city:1", "city:1:summary", "city:3:summary"]
+    {
+        assert!(!exists(gone).await, "{gone} must be invalidated");
+    }
+    for kept in ["search:city:2:page:1", "search:index:city:2"] {
+        assert!(exists(kept).await, "{kept} is unrelated and must stay");
+    }
+}

@@ -84,6 +84,15 @@ pub struct RedisTableConfig {
     /// Example: `"events:reservations"`.
     #[serde(default)]
     pub stream: Option<String>,
+    /// Keys deleted on any change to the table, rendered from the old and
+    /// the new row (sink column names), e.g. `["search:city:{city_id}"]`.
+    #[serde(default)]
+    pub invalidate: Vec<String>,
+    /// Sets whose members are deleted (then the set) on any change, e.g. a
+    /// set tracking the cached search pages of a city:
+    /// `["search:index:{city_id}"]`.
+    #[serde(default)]
+    pub invalidate_sets: Vec<String>,
     /// Approximate cap on the stream's length (`MAXLEN ~`). Default: 100000.
     #[serde(default = "default_stream_max_len")]
     pub stream_max_len: u64,
@@ -147,6 +156,11 @@ impl RedisSinkConfig {
         for table in &self.tables {
             if let Err(err) = TableMapping::new(table.mapping()) {
                 problems.push(format!("sink {}: table {}: {err}", self.name, table.source));
+            }
+            for template in table.invalidate.iter().chain(&table.invalidate_sets) {
+                if let Err(reason) = crate::encode::KeyTemplate::parse(template) {
+                    problems.push(format!("sink {}: table {}: invalidate: {reason}", self.name, table.source));
+                }
             }
             if table.ttl_secs == Some(0) {
                 problems.push(format!("sink {}: table {}: ttl_secs must be at least 1", self.name, table.source));

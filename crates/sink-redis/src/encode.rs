@@ -8,7 +8,10 @@
 //!   unchanged TOAST values follow the row) and deleted;
 //! - delete: `DEL`.
 //!
-//! Per table, optionally: an `EXPIRE` after each write (`ttl_secs`), and an
+//! Per table, optionally: cache invalidation — keys rendered from the old
+//! and the new row are deleted (`invalidate`), or every member of a tracked
+//! set and the set itself (`invalidate_sets`, one server-side script call);
+//! an `EXPIRE` after each write (`ttl_secs`); and an
 //! event appended to a stream (`XADD <stream> MAXLEN ~ N * …`) in the same
 //! round trip, carrying op, table, key, commit LSN and ordinal, commit time
 //! and the new/old rows as JSON. Events are at-least-once: a consumer
@@ -39,6 +42,8 @@ pub enum RedisOp {
     Set(String, String),
     /// `EXPIRE key seconds`
     Expire(String, u64),
+    /// Deletes every member of the set `key`, then the set (a Lua script).
+    DelSetMembers(String),
     /// `XADD stream MAXLEN ~ max_len * field value …`
     XAdd {
         /// Stream key.
@@ -59,6 +64,10 @@ pub struct TableOptions {
     pub ttl_secs: Option<u64>,
     /// Event stream key and its approximate length cap.
     pub stream: Option<(String, u64)>,
+    /// Keys to delete on any change, rendered from the old and the new row.
+    pub invalidate: Vec<KeyTemplate>,
+    /// Sets whose members (and themselves) are deleted on any change.
+    pub invalidate_sets: Vec<KeyTemplate>,
 }
 
 /// A parsed key template such as `reservation:{id}`.
@@ -171,6 +180,20 @@ impl ResolvedKey {
         Ok(ResolvedKey { parts })
     }
 
+    /// Builds the key from `row` when every column it needs is present.
+    fn try_render(&self, row: &Row) -> Option<String> {
+        let mut key = String::new();
+        for part in &self.parts {
+            match part {
+                ResolvedPart::Literal(text) => key.push_str(text),
+                ResolvedPart::Column { position, .. } => {
+                    key.push_str(&String::from_utf8_lossy(row.get(*position).and_then(ColumnValue::as_bytes)?));
+                }
+            }
+        }
+        Some(key)
+    }
+
     /// Builds the key from `row`, taking a column from `fallback` where `row`
     /// lacks it (a key-only old tuple holds NULL for non-key columns).
     fn render(&self, table: &TableName, row: &Row, fallback: Option<&Row>) -> Result<String, RedisSinkError> {
@@ -270,6 +293,30 @@ impl RedisEncoder {
         };
         if let (Some(ttl), false) = (options.ttl_secs, matches!(change.op, ChangeOp::Delete { .. })) {
             ops.push(RedisOp::Expire(written_key.clone(), ttl));
+        }
+        if !options.invalidate.is_empty() || !options.invalidate_sets.is_empty() {
+            let (old, new) = match &change.op {
+                ChangeOp::Insert { new } => (None, Some(new)),
+                ChangeOp::Update { old, new } => (old.as_ref(), Some(new)),
+                ChangeOp::Delete { old } => (Some(old), None),
+            };
+            for (templates, as_set) in [(&options.invalidate, false), (&options.invalidate_sets, true)] {
+                let mut keys: Vec<String> = Vec::new();
+                for template in templates {
+                    let resolved = ResolvedKey::resolve(template, table)?;
+                    // A row image without a column (NULL, key-only old tuple) says nothing.
+                    for row in [old, new].into_iter().flatten() {
+                        if let Some(key) = resolved.try_render(row) {
+                            if !keys.contains(&key) {
+                                keys.push(key);
+                            }
+                        }
+                    }
+                }
+                ops.extend(
+                    keys.into_iter().map(|key| if as_set { RedisOp::DelSetMembers(key) } else { RedisOp::Del(key) }),
+                );
+            }
         }
         if let Some((stream, max_len)) = options.stream {
             ops.push(RedisOp::XAdd { stream, max_len, fields: event_fields(change_ref, written_key) });
@@ -475,6 +522,7 @@ mod tests {
             key: Some(KeyTemplate::parse("r:{id}").unwrap()),
             ttl_secs: Some(60),
             stream: Some(("events".into(), 1000)),
+            ..TableOptions::default()
         };
         let mut encoder =
             RedisEncoder::new(HashMap::from([(TableName::new("public", "reservations"), options)]), "cp".into());
@@ -509,5 +557,42 @@ mod tests {
         assert!(fields.iter().any(|(f, v)| *f == "op" && v == "delete"));
         assert!(fields.iter().any(|(f, _)| *f == "old"));
         assert_eq!(ops.len(), 6);
+    }
+
+    #[test]
+    fn invalidation_deletes_keys_of_the_old_and_the_new_row() {
+        let options = TableOptions {
+            key: Some(KeyTemplate::parse("r:{id}").unwrap()),
+            invalidate: vec![KeyTemplate::parse("by_status:{status}").unwrap()],
+            invalidate_sets: vec![KeyTemplate::parse("pages:{status}").unwrap()],
+            ..TableOptions::default()
+        };
+        let mut encoder =
+            RedisEncoder::new(HashMap::from([(TableName::new("public", "reservations"), options)]), "cp".into());
+        let batch = [transaction(
+            0x300,
+            vec![ChangeOp::Update {
+                old: Some(vec![text("7"), text("pending"), ColumnValue::Null]),
+                new: vec![text("7"), text("paid"), ColumnValue::UnchangedToast],
+            }],
+        )];
+        let ops = encoder.encode(&refs(&batch), None).unwrap();
+        let invalidations: Vec<&RedisOp> =
+            ops.iter().filter(|op| matches!(op, RedisOp::Del(_) | RedisOp::DelSetMembers(_))).collect();
+        assert_eq!(
+            invalidations,
+            [
+                &RedisOp::Del("by_status:pending".into()),
+                &RedisOp::Del("by_status:paid".into()),
+                &RedisOp::DelSetMembers("pages:pending".into()),
+                &RedisOp::DelSetMembers("pages:paid".into()),
+            ]
+        );
+        // A row image without the column (NULL) invalidates nothing for it.
+        let batch =
+            [transaction(0x400, vec![ChangeOp::Insert { new: vec![text("8"), ColumnValue::Null, ColumnValue::Null] }])];
+        let ops = encoder.encode(&refs(&batch), None).unwrap();
+        assert!(!ops.iter().any(|op| matches!(op, RedisOp::DelSetMembers(_))), "{ops:?}");
+        assert_eq!(ops.iter().filter(|op| matches!(op, RedisOp::Del(_))).count(), 1, "only the row's own DEL: {ops:?}");
     }
 }

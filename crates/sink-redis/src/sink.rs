@@ -18,6 +18,12 @@ use crate::config::RedisSinkConfig;
 use crate::encode::{KeyTemplate, RedisEncoder, RedisOp, TableOptions};
 use crate::error::RedisSinkError;
 
+/// Deletes the members of the set `KEYS[1]` (in slices, under Lua's
+/// argument limit), then the set; returns how many members there were.
+const DELETE_SET_MEMBERS: &str = "local members = redis.call('SMEMBERS', KEYS[1]) \
+     for i = 1, #members, 500 do redis.call('DEL', unpack(members, i, math.min(i + 499, #members))) end \
+     redis.call('DEL', KEYS[1]) return #members";
+
 /// Keeps Redis hashes equal to PostgreSQL rows.
 pub struct RedisSink {
     config: RedisSinkConfig,
@@ -40,10 +46,18 @@ impl RedisSink {
                 .map(KeyTemplate::parse)
                 .transpose()
                 .map_err(|reason| RedisSinkError::Mapping { table: table.source.clone(), reason })?;
+            let templates = |list: &[String]| {
+                list.iter()
+                    .map(|template| KeyTemplate::parse(template))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|reason| RedisSinkError::Mapping { table: table.source.clone(), reason })
+            };
             let options = TableOptions {
                 key,
                 ttl_secs: table.ttl_secs,
                 stream: table.stream.clone().map(|stream| (stream, table.stream_max_len)),
+                invalidate: templates(&table.invalidate)?,
+                invalidate_sets: templates(&table.invalidate_sets)?,
             };
             tables.insert(TableName::parse(&table.source), options);
         }
@@ -108,6 +122,7 @@ impl RedisSink {
                 RedisOp::Copy(from, to) => pipeline.cmd("COPY").arg(from).arg(to).arg("REPLACE"),
                 RedisOp::Set(key, value) => pipeline.cmd("SET").arg(key).arg(value),
                 RedisOp::Expire(key, seconds) => pipeline.cmd("EXPIRE").arg(key).arg(*seconds),
+                RedisOp::DelSetMembers(set) => pipeline.cmd("EVAL").arg(DELETE_SET_MEMBERS).arg(1).arg(set),
                 RedisOp::XAdd { stream, max_len, fields } => {
                     pipeline.cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(*max_len).arg("*").arg(fields)
                 }
