@@ -298,7 +298,7 @@ async fn changes_invalidate_dependent_cache_keys_and_tracked_sets() {
     let http = format!("127.0.0.1:{}", free_port());
     let config = redis_config(&db, &redis_url, &http, &[("public.properties", "property:{id}")])
         + "invalidate = [\"city:{city_id}:summary\"]\ninvalidate_sets = [\"search:index:city:{city_id}\"]\n";
-    let pgfanout = Pgfanout::start("e2e_redis_invalidate", &config, &http);
+    let _pgfanout = Pgfanout::start("e2e_redis_invalidate", &config, &http);
     wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
         .await;
 
