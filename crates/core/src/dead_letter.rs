@@ -10,17 +10,13 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::model::{ChangeOp, ColumnValue, Row, TableSchema};
+use crate::model::{ColumnValue, Row, TableSchema};
 use crate::sink::ChangeRef;
 
 /// The dead-letter record of `change`, rejected by `sink` with `error`.
 pub fn dead_letter_record(sink: &str, change: ChangeRef<'_>, error: &str) -> Value {
     let table = &change.change.table;
-    let (old, new) = match &change.change.op {
-        ChangeOp::Insert { new } => (None, Some(new)),
-        ChangeOp::Update { old, new } => (old.as_ref(), Some(new)),
-        ChangeOp::Delete { old } => (Some(old), None),
-    };
+    let (old, new) = change.change.op.images();
     json!({
         "sink": sink,
         "error": error,
@@ -36,7 +32,11 @@ pub fn dead_letter_record(sink: &str, change: ChangeRef<'_>, error: &str) -> Val
     })
 }
 
-fn row_json(table: &TableSchema, row: &Row) -> Value {
+/// A row image as a JSON object, column name → text value, `null` for SQL
+/// NULL, `{"unchanged_toast": true}` for a TOAST value the server did not
+/// send, `{"binary_hex": "…"}` for binary-format values. The one row format
+/// of every JSON pgfanout writes (dead letters, Redis event streams).
+pub fn row_json(table: &TableSchema, row: &Row) -> Value {
     let mut object = Map::with_capacity(row.len());
     for (column, value) in table.columns.iter().zip(row) {
         let value = match value {

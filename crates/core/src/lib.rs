@@ -28,7 +28,7 @@ pub mod worker;
 
 pub use assembler::{AssembleError, Assembled, TransactionAssembler};
 pub use checkpoint::CheckpointCoordinator;
-pub use dead_letter::dead_letter_record;
+pub use dead_letter::{dead_letter_record, row_json};
 pub use delivery::{DeadLetterConfig, DeliveryConfig, OnErrorPolicy};
 pub use mapping::{MappingConfig, MappingError, TableMapping};
 pub use metrics::Metrics;

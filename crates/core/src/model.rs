@@ -143,6 +143,15 @@ pub enum ChangeOp {
 }
 
 impl ChangeOp {
+    /// The old and the new row image, where the change has them.
+    pub fn images(&self) -> (Option<&Row>, Option<&Row>) {
+        match self {
+            ChangeOp::Insert { new } => (None, Some(new)),
+            ChangeOp::Update { old, new } => (old.as_ref(), Some(new)),
+            ChangeOp::Delete { old } => (Some(old), None),
+        }
+    }
+
     /// `insert`, `update` or `delete`, for logs and metric labels.
     pub fn label(&self) -> &'static str {
         match self {

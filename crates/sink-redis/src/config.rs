@@ -78,7 +78,9 @@ pub struct RedisTableConfig {
     pub ttl_secs: Option<u64>,
     /// Stream receiving one event per change (`XADD`, in the same round trip
     /// as the write): fields `op`, `table`, `key`, `commit_lsn`, `ordinal`,
-    /// `commit_time_unix_micros`, `new` and `old` (JSON). At-least-once:
+    /// `commit_time_unix_micros`, `new` and `old` (JSON rows in the same
+    /// format as dead letters: unchanged TOAST values are marked, not
+    /// omitted). At-least-once:
     /// deduplicate by (`commit_lsn`, `ordinal`). Events of one key are in
     /// commit order; across keys only with `[sink.delivery] lanes = 1`.
     /// Example: `"events:reservations"`.

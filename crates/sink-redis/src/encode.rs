@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgfanout_core::{Change, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, TableName, TableSchema};
+use pgfanout_core::{row_json, Change, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, TableName, TableSchema};
 
 use crate::error::RedisSinkError;
 
@@ -224,7 +224,7 @@ impl ResolvedKey {
 #[derive(Debug)]
 pub struct RedisEncoder {
     tables: HashMap<TableName, TableOptions>,
-    resolved: HashMap<TableName, (Arc<TableSchema>, ResolvedKey)>,
+    resolved: HashMap<TableName, ResolvedTable>,
     checkpoint_key: String,
 }
 
@@ -255,8 +255,8 @@ impl RedisEncoder {
     fn encode_change(&mut self, change_ref: &ChangeRef<'_>, ops: &mut Vec<RedisOp>) -> Result<(), RedisSinkError> {
         let change: &Change = change_ref.change;
         let table = &change.table;
-        let options = self.tables.get(&table.table).cloned().unwrap_or_default();
-        let key = self.key_for(table)?;
+        let resolved = self.resolve(table)?;
+        let key = &resolved.key;
         let written_key = match &change.op {
             ChangeOp::Insert { new } => {
                 let key = key.render(&table.table, new, None)?;
@@ -291,65 +291,76 @@ impl RedisEncoder {
                 key
             }
         };
-        if let (Some(ttl), false) = (options.ttl_secs, matches!(change.op, ChangeOp::Delete { .. })) {
+        if let (Some(ttl), false) = (resolved.ttl_secs, matches!(change.op, ChangeOp::Delete { .. })) {
             ops.push(RedisOp::Expire(written_key.clone(), ttl));
         }
-        if !options.invalidate.is_empty() || !options.invalidate_sets.is_empty() {
-            let (old, new) = match &change.op {
-                ChangeOp::Insert { new } => (None, Some(new)),
-                ChangeOp::Update { old, new } => (old.as_ref(), Some(new)),
-                ChangeOp::Delete { old } => (Some(old), None),
-            };
-            for (templates, as_set) in [(&options.invalidate, false), (&options.invalidate_sets, true)] {
-                let mut keys: Vec<String> = Vec::new();
-                for template in templates {
-                    let resolved = ResolvedKey::resolve(template, table)?;
-                    // A row image without a column (NULL, key-only old tuple) says nothing.
-                    for row in [old, new].into_iter().flatten() {
-                        if let Some(key) = resolved.try_render(row) {
-                            if !keys.contains(&key) {
-                                keys.push(key);
-                            }
-                        }
-                    }
+        let (old, new) = change.op.images();
+        for (templates, as_set) in [(&resolved.invalidate, false), (&resolved.invalidate_sets, true)] {
+            let mut keys: Vec<String> = Vec::new();
+            // A row image without a column (NULL, key-only old tuple) says nothing.
+            let rendered =
+                templates.iter().flat_map(|t| [old, new].into_iter().flatten().filter_map(|r| t.try_render(r)));
+            for key in rendered {
+                if !keys.contains(&key) {
+                    keys.push(key);
                 }
-                ops.extend(
-                    keys.into_iter().map(|key| if as_set { RedisOp::DelSetMembers(key) } else { RedisOp::Del(key) }),
-                );
             }
+            ops.extend(
+                keys.into_iter().map(|key| if as_set { RedisOp::DelSetMembers(key) } else { RedisOp::Del(key) }),
+            );
         }
-        if let Some((stream, max_len)) = options.stream {
-            ops.push(RedisOp::XAdd { stream, max_len, fields: event_fields(change_ref, written_key) });
+        if let Some((stream, max_len)) = &resolved.stream {
+            let fields = event_fields(change_ref, written_key);
+            ops.push(RedisOp::XAdd { stream: stream.clone(), max_len: *max_len, fields });
         }
         Ok(())
     }
 
-    /// The resolved key template for this shape of the table, re-resolved
-    /// when a Relation message changed the shape.
-    fn key_for(&mut self, table: &Arc<TableSchema>) -> Result<&ResolvedKey, RedisSinkError> {
+    /// The table's options resolved against this shape of it (column
+    /// positions instead of names), re-resolved only when a Relation message
+    /// changed the shape: nothing is cloned or resolved per change.
+    fn resolve(&mut self, table: &Arc<TableSchema>) -> Result<&ResolvedTable, RedisSinkError> {
         let stale = match self.resolved.get(&table.table) {
-            Some((shape, _)) => !Arc::ptr_eq(shape, table) && **shape != **table,
+            Some(resolved) => !Arc::ptr_eq(&resolved.shape, table) && *resolved.shape != **table,
             None => true,
         };
         if stale {
-            let template = match self.tables.get(&table.table).and_then(|options| options.key.clone()) {
+            let options = self.tables.get(&table.table).cloned().unwrap_or_default();
+            let template = match options.key {
                 Some(template) => template,
                 None => KeyTemplate::default_for(table)?,
             };
-            let resolved = ResolvedKey::resolve(&template, table)?;
-            self.resolved.insert(table.table.clone(), (table.clone(), resolved));
+            let resolve_all = |templates: &[KeyTemplate]| {
+                templates.iter().map(|t| ResolvedKey::resolve(t, table)).collect::<Result<Vec<_>, _>>()
+            };
+            let resolved = ResolvedTable {
+                shape: Arc::clone(table),
+                key: ResolvedKey::resolve(&template, table)?,
+                invalidate: resolve_all(&options.invalidate)?,
+                invalidate_sets: resolve_all(&options.invalidate_sets)?,
+                ttl_secs: options.ttl_secs,
+                stream: options.stream,
+            };
+            self.resolved.insert(table.table.clone(), resolved);
         }
-        Ok(&self.resolved[&table.table].1)
+        Ok(&self.resolved[&table.table])
     }
+}
+
+/// A table's [`TableOptions`] resolved against one shape of the table.
+#[derive(Debug)]
+struct ResolvedTable {
+    shape: Arc<TableSchema>,
+    key: ResolvedKey,
+    invalidate: Vec<ResolvedKey>,
+    invalidate_sets: Vec<ResolvedKey>,
+    ttl_secs: Option<u64>,
+    stream: Option<(String, u64)>,
 }
 
 /// The fields of a change's stream event.
 fn event_fields(change: &ChangeRef<'_>, key: String) -> Vec<(&'static str, String)> {
-    let (old, new) = match &change.change.op {
-        ChangeOp::Insert { new } => (None, Some(new)),
-        ChangeOp::Update { old, new } => (old.as_ref(), Some(new)),
-        ChangeOp::Delete { old } => (Some(old), None),
-    };
+    let (old, new) = change.change.op.images();
     let table = &change.change.table;
     let mut fields = vec![
         ("op", change.change.op.label().to_owned()),
@@ -360,29 +371,12 @@ fn event_fields(change: &ChangeRef<'_>, key: String) -> Vec<(&'static str, Strin
         ("commit_time_unix_micros", change.transaction.commit_time.to_unix_micros().to_string()),
     ];
     if let Some(new) = new {
-        fields.push(("new", row_json(table, new)));
+        fields.push(("new", row_json(table, new).to_string()));
     }
     if let Some(old) = old {
-        fields.push(("old", row_json(table, old)));
+        fields.push(("old", row_json(table, old).to_string()));
     }
     fields
-}
-
-/// A row as a JSON object of column text values (`null` for SQL NULL);
-/// unchanged TOAST columns are left out (their value was not sent).
-fn row_json(table: &TableSchema, row: &Row) -> String {
-    let mut object = serde_json::Map::with_capacity(row.len());
-    for (column, value) in table.columns.iter().zip(row) {
-        let value = match value {
-            ColumnValue::Null => serde_json::Value::Null,
-            ColumnValue::UnchangedToast => continue,
-            ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => {
-                serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
-            }
-        };
-        object.insert(column.name.clone(), value);
-    }
-    serde_json::Value::Object(object).to_string()
 }
 
 /// Fields to write and fields to remove; unchanged TOAST columns are in neither.
