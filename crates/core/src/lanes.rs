@@ -30,31 +30,30 @@ pub fn split_into_lanes<'a>(changes: Vec<ChangeRef<'a>>, lanes: usize) -> Vec<Ve
     let mut split: Vec<Vec<ChangeRef<'a>>> = (0..lanes).map(|_| Vec::new()).collect();
     for change in changes {
         // Lane count fits in u64; the remainder is below `lanes`.
-        let lane = (hasher.hash_one(lane_key(&change)) % lanes as u64) as usize;
+        let lane = (hasher.hash_one(LaneKey(&change)) % lanes as u64) as usize;
         split[lane].push(change);
     }
     split.retain(|lane| !lane.is_empty());
     split
 }
 
-/// What identifies the row a change touches, for hashing.
-#[derive(Hash)]
-enum LaneKey<'a> {
-    Row { table: &'a str, schema: &'a str, key: Vec<&'a [u8]> },
-    WholeTable { table: &'a str, schema: &'a str },
-}
+/// What identifies the row a change touches, hashed without allocating:
+/// the table, then (unless identity FULL puts the whole table in one lane)
+/// each key column's bytes.
+struct LaneKey<'a>(&'a ChangeRef<'a>);
 
-fn lane_key<'a>(change: &ChangeRef<'a>) -> LaneKey<'a> {
-    let table = &change.change.table;
-    if table.replica_identity == ReplicaIdentity::Full {
-        return LaneKey::WholeTable { table: &table.table.name, schema: &table.table.schema };
+impl Hash for LaneKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let table = &self.0.change.table;
+        table.table.hash(state);
+        if table.replica_identity == ReplicaIdentity::Full {
+            return;
+        }
+        let row = self.0.change.identity_row();
+        for position in table.key_positions() {
+            row.get(position).and_then(ColumnValue::as_bytes).unwrap_or(&[]).hash(state);
+        }
     }
-    let row = change.change.identity_row();
-    let key = table
-        .key_positions()
-        .map(|position| row.get(position).and_then(ColumnValue::as_bytes).unwrap_or(&[]))
-        .collect();
-    LaneKey::Row { table: &table.table.name, schema: &table.table.schema, key }
 }
 
 /// Whether `change` is an update that moves its row to another key.

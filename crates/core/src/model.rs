@@ -221,3 +221,19 @@ pub struct Transaction {
     /// Changes in commit order.
     pub changes: Vec<Change>,
 }
+
+/// Changes counted per (table, op), for metrics: one label lookup per group
+/// instead of one per change. Consecutive runs are merged; order is kept.
+pub fn count_by_table_and_op<'a>(
+    changes: impl Iterator<Item = &'a Change>,
+) -> Vec<((&'a TableName, &'static str), u64)> {
+    let mut counts: Vec<((&TableName, &'static str), u64)> = Vec::new();
+    for change in changes {
+        let key = (&change.table.table, change.op.label());
+        match counts.iter_mut().find(|(known, _)| *known == key) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((key, 1)),
+        }
+    }
+    counts
+}

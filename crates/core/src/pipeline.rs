@@ -24,7 +24,7 @@ use crate::assembler::{AssembleError, Assembled, TransactionAssembler};
 use crate::checkpoint::{CheckpointCoordinator, SinkSlot};
 use crate::mapping::{Mapped, TableMapping};
 use crate::metrics::Metrics;
-use crate::model::{Change, TableName, Transaction};
+use crate::model::{count_by_table_and_op, Change, TableName, Transaction};
 use crate::streamed::SpillSettings;
 use crate::worker::{WorkerQueue, WorkerStopped};
 
@@ -156,22 +156,6 @@ impl Pipeline {
         self.coordinator.transaction_received(end_lsn);
         Ok(())
     }
-}
-
-/// Changes counted per (table, op), for metrics: one label lookup per group
-/// instead of one per change. Consecutive runs are merged; order is kept.
-pub fn count_by_table_and_op<'a>(
-    changes: impl Iterator<Item = &'a Change>,
-) -> Vec<((&'a TableName, &'static str), u64)> {
-    let mut counts: Vec<((&TableName, &'static str), u64)> = Vec::new();
-    for change in changes {
-        let key = (&change.table.table, change.op.label());
-        match counts.iter_mut().find(|(known, _)| *known == key) {
-            Some((_, count)) => *count += 1,
-            None => counts.push((key, 1)),
-        }
-    }
-    counts
 }
 
 /// The part of `transaction` a sink routing `tables` receives, mapped: the

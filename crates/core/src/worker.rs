@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::lanes::split_into_lanes;
 use crate::metrics::Metrics;
+use crate::model::count_by_table_and_op;
 use crate::model::Transaction;
-use crate::pipeline::count_by_table_and_op;
 use crate::sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError};
 
 /// What a sink's worker does with a change the store rejects permanently.
