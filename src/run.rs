@@ -199,10 +199,13 @@ async fn pump(
     let mut server_position = Lsn::ZERO;
     let mut last_logged = (0u64, Lsn::ZERO);
     loop {
-        tokio::select! {
+        // Whether the confirmable position may have moved: after an
+        // acknowledgement, a keepalive, or a message that completed a
+        // transaction — not after every row message.
+        let position_may_move = tokio::select! {
             biased;
             _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
-            _ = on_ack.notified() => {}
+            _ = on_ack.notified() => true,
             _ = progress.tick() => {
                 let transactions = metrics.transactions_total.get();
                 let confirmed = feedback.confirmed();
@@ -214,26 +217,32 @@ async fn pump(
                     );
                     last_logged = (transactions, confirmed);
                 }
+                false
             }
             event = stream.next_event() => match event.map_err(PumpError::Replication)? {
-                Some(ReplicationEvent::XLogData { payload, .. }) => {
+                Some(ReplicationEvent::XLogData { payload, wal_end, .. }) => {
+                    server_position = server_position.max(wal_end);
                     let message = decoder
                         .decode(payload)
                         .map_err(|err| PumpError::Fatal(anyhow::Error::new(err).context("cannot decode a pgoutput message")))?;
                     tracing::trace!(tag = %char::from(message.tag()), "pgoutput message");
+                    let received = pipeline.received_lsn();
                     pipeline.push(message).await.map_err(|err| PumpError::Fatal(err.into()))?;
+                    pipeline.received_lsn() != received
                 }
                 Some(ReplicationEvent::Keepalive { wal_end, .. }) => {
                     server_position = server_position.max(wal_end);
                     pipeline.keepalive(wal_end);
+                    true
                 }
                 None => return Ok(StreamEnd::ServerClosed),
             },
+        };
+        if position_may_move {
+            feedback.confirm(pipeline.flush_lsn());
+            metrics.confirmed_flush_lsn.set(feedback.confirmed().0 as i64);
+            metrics.source_lag_bytes.set(server_position.0.saturating_sub(feedback.confirmed().0) as i64);
         }
-        let flush = pipeline.flush_lsn();
-        feedback.confirm(flush);
-        metrics.confirmed_flush_lsn.set(feedback.confirmed().0 as i64);
-        metrics.source_lag_bytes.set(server_position.0.saturating_sub(feedback.confirmed().0) as i64);
     }
 }
 

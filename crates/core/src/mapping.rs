@@ -54,7 +54,10 @@ pub struct MappingConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
     /// The filter does not parse.
-    #[error("filter {filter:?} does not parse: {reason}")]
+    #[error(
+        "filter {filter:?} does not parse: {reason}; write it like 'status != \"cancelled\" && amount >= 100' \
+     (double-quoted strings, == != < <= > >=, && || !)"
+    )]
     Filter {
         /// The expression.
         filter: String,

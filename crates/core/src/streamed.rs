@@ -46,7 +46,10 @@ impl Default for SpillSettings {
 
 /// Failure to write or read a spill file.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {action} the spill file of streamed transaction {xid}")]
+#[error(
+    "cannot {action} the spill file of streamed transaction {xid}: check that pipeline.spill_dir (default: the \
+     system temp folder) exists, is writable and has free space, or raise pipeline.spill_memory_mb"
+)]
 pub struct SpillError {
     /// The top-level transaction.
     pub xid: Xid,
