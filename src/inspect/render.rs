@@ -199,15 +199,18 @@ impl Serialize for MessageJson<'_> {
                 map.serialize_entry("xid", &m.xid.0)?;
                 map.serialize_entry("gid", &m.gid)?;
             }
-            PgOutputMessage::Prepare(m) => {
-                map.serialize_entry("type", "prepare")?;
-                map.serialize_entry("flags", &m.flags)?;
-                map.serialize_entry("prepare_lsn", &LsnJson(m.prepare_lsn))?;
-                map.serialize_entry("end_lsn", &LsnJson(m.end_lsn))?;
-                map.serialize_entry("prepare_time", &TimeJson(m.prepare_time))?;
-                map.serialize_entry("xid", &m.xid.0)?;
-                map.serialize_entry("gid", &m.gid)?;
-            }
+            PgOutputMessage::Prepare(m) => serialize_prepare(
+                &mut map,
+                "prepare",
+                PrepareFields {
+                    flags: m.flags,
+                    lsn: m.prepare_lsn,
+                    end: m.end_lsn,
+                    time: m.prepare_time,
+                    xid: m.xid.0,
+                },
+                &m.gid,
+            )?,
             PgOutputMessage::CommitPrepared(m) => {
                 map.serialize_entry("type", "commit_prepared")?;
                 map.serialize_entry("flags", &m.flags)?;
@@ -227,18 +230,45 @@ impl Serialize for MessageJson<'_> {
                 map.serialize_entry("xid", &m.xid.0)?;
                 map.serialize_entry("gid", &m.gid)?;
             }
-            PgOutputMessage::StreamPrepare(m) => {
-                map.serialize_entry("type", "stream_prepare")?;
-                map.serialize_entry("flags", &m.flags)?;
-                map.serialize_entry("prepare_lsn", &LsnJson(m.prepare_lsn))?;
-                map.serialize_entry("end_lsn", &LsnJson(m.end_lsn))?;
-                map.serialize_entry("prepare_time", &TimeJson(m.prepare_time))?;
-                map.serialize_entry("xid", &m.xid.0)?;
-                map.serialize_entry("gid", &m.gid)?;
-            }
+            PgOutputMessage::StreamPrepare(m) => serialize_prepare(
+                &mut map,
+                "stream_prepare",
+                PrepareFields {
+                    flags: m.flags,
+                    lsn: m.prepare_lsn,
+                    end: m.end_lsn,
+                    time: m.prepare_time,
+                    xid: m.xid.0,
+                },
+                &m.gid,
+            )?,
         }
         map.end()
     }
+}
+
+/// The fields Prepare and Stream Prepare share (they differ in tag only).
+struct PrepareFields {
+    flags: u8,
+    lsn: Lsn,
+    end: Lsn,
+    time: PgTimestamp,
+    xid: u32,
+}
+
+fn serialize_prepare<M: SerializeMap>(
+    map: &mut M,
+    kind: &str,
+    fields: PrepareFields,
+    gid: &str,
+) -> Result<(), M::Error> {
+    map.serialize_entry("type", kind)?;
+    map.serialize_entry("flags", &fields.flags)?;
+    map.serialize_entry("prepare_lsn", &LsnJson(fields.lsn))?;
+    map.serialize_entry("end_lsn", &LsnJson(fields.end))?;
+    map.serialize_entry("prepare_time", &TimeJson(fields.time))?;
+    map.serialize_entry("xid", &fields.xid)?;
+    map.serialize_entry("gid", gid)
 }
 
 fn serialize_table<M: SerializeMap>(map: &mut M, relation: Option<&Relation>) -> Result<(), M::Error> {
