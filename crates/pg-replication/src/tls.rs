@@ -368,11 +368,11 @@ fn build_client_config(
         .map_err(|err| ReplicationError::Config(format!("cannot set up TLS: {err}")))?;
     let builder = match check {
         CertificateCheck::Nothing => {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { algorithms }))
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(LenientVerifier { roots: None, algorithms }))
         }
         CertificateCheck::Chain => {
-            let roots = Arc::new(load_roots(root_file)?);
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly { roots, algorithms }))
+            let roots = Some(Arc::new(load_roots(root_file)?));
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(LenientVerifier { roots, algorithms }))
         }
         CertificateCheck::ChainAndHostName => builder.with_root_certificates(load_roots(root_file)?),
     };
@@ -443,59 +443,23 @@ fn read_certificates(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'s
     Ok(certificates)
 }
 
-/// `sslmode=require`/`prefer` without a root certificate: encryption without
-/// authentication of the server, exactly what libpq does. The handshake
-/// signatures are still verified, so the peer must hold the key of the
-/// certificate it shows (which matters for channel binding).
+/// The two checks rustls's own verifier cannot do, because it always checks
+/// the host name:
+/// - `roots: None` — `sslmode=require`/`prefer` without a root certificate:
+///   encryption without authentication of the server, exactly what libpq
+///   does;
+/// - `roots: Some(..)` — `sslmode=verify-ca`: the chain must lead to a
+///   trusted CA; the host name is not looked at.
+///
+/// Either way the handshake signatures are verified, so the peer must hold
+/// the key of the certificate it shows (which matters for channel binding).
 #[derive(Debug)]
-struct AcceptAnyCertificate {
+struct LenientVerifier {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `sslmode=verify-ca`: the chain must lead to a trusted CA; the host name is
-/// not looked at (rustls's own verifier always checks it, hence this type).
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for LenientVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -504,8 +468,10 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
-        let certificate = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(&certificate, &self.roots, intermediates, now, self.algorithms.all)?;
+        if let Some(roots) = &self.roots {
+            let certificate = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(&certificate, roots, intermediates, now, self.algorithms.all)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
