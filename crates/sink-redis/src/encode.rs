@@ -27,15 +27,16 @@ use pgfanout_core::{row_json, Change, ChangeOp, ChangeRef, ColumnValue, Lsn, Row
 
 use crate::error::RedisSinkError;
 
-/// One Redis operation; field values are raw column bytes.
+/// One Redis operation; field names and values borrow from the changes
+/// (no per-field copy: the batch is written while the changes are alive).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisOp {
+pub enum RedisOp<'a> {
     /// `DEL key`
     Del(String),
     /// `HSET key field value …` (never empty)
-    HSet(String, Vec<(String, Vec<u8>)>),
+    HSet(String, Vec<(&'a str, &'a [u8])>),
     /// `HDEL key field …` (never empty)
-    HDel(String, Vec<String>),
+    HDel(String, Vec<&'a str>),
     /// `COPY from to REPLACE`
     Copy(String, String),
     /// `SET key value`
@@ -237,11 +238,11 @@ impl RedisEncoder {
 
     /// The operations applying `changes` in order, ending with the
     /// checkpoint `SET` when `checkpoint` is given.
-    pub fn encode(
+    pub fn encode<'a>(
         &mut self,
-        changes: &[ChangeRef<'_>],
+        changes: &[ChangeRef<'a>],
         checkpoint: Option<Lsn>,
-    ) -> Result<Vec<RedisOp>, RedisSinkError> {
+    ) -> Result<Vec<RedisOp<'a>>, RedisSinkError> {
         let mut ops = Vec::with_capacity(changes.len() * 2 + 1);
         for change in changes {
             self.encode_change(change, &mut ops)?;
@@ -252,8 +253,12 @@ impl RedisEncoder {
         Ok(ops)
     }
 
-    fn encode_change(&mut self, change_ref: &ChangeRef<'_>, ops: &mut Vec<RedisOp>) -> Result<(), RedisSinkError> {
-        let change: &Change = change_ref.change;
+    fn encode_change<'a>(
+        &mut self,
+        change_ref: &ChangeRef<'a>,
+        ops: &mut Vec<RedisOp<'a>>,
+    ) -> Result<(), RedisSinkError> {
+        let change: &'a Change = change_ref.change;
         let table = &change.table;
         let resolved = self.resolve(table)?;
         let key = &resolved.key;
@@ -380,13 +385,13 @@ fn event_fields(change: &ChangeRef<'_>, key: String) -> Vec<(&'static str, Strin
 }
 
 /// Fields to write and fields to remove; unchanged TOAST columns are in neither.
-fn split_fields(table: &TableSchema, row: &Row) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
+fn split_fields<'a>(table: &'a TableSchema, row: &'a Row) -> (Vec<(&'a str, &'a [u8])>, Vec<&'a str>) {
     let mut set = Vec::with_capacity(row.len());
     let mut unset = Vec::new();
     for (column, value) in table.columns.iter().zip(row) {
         match value {
-            ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => set.push((column.name.clone(), bytes.to_vec())),
-            ColumnValue::Null => unset.push(column.name.clone()),
+            ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => set.push((column.name.as_str(), &bytes[..])),
+            ColumnValue::Null => unset.push(column.name.as_str()),
             ColumnValue::UnchangedToast => {}
         }
     }
@@ -465,12 +470,9 @@ mod tests {
             ops,
             vec![
                 RedisOp::Del("reservations:7".into()),
-                RedisOp::HSet(
-                    "reservations:7".into(),
-                    vec![("id".into(), b"7".to_vec()), ("status".into(), b"new".to_vec())]
-                ),
-                RedisOp::HSet("reservations:7".into(), vec![("id".into(), b"7".to_vec())]),
-                RedisOp::HDel("reservations:7".into(), vec!["status".into()]),
+                RedisOp::HSet("reservations:7".into(), vec![("id", &b"7"[..]), ("status", &b"new"[..])]),
+                RedisOp::HSet("reservations:7".into(), vec![("id", &b"7"[..])]),
+                RedisOp::HDel("reservations:7".into(), vec!["status"]),
                 RedisOp::Del("reservations:7".into()),
                 RedisOp::Set("cp".into(), "0/100".into()),
             ]
@@ -489,10 +491,7 @@ mod tests {
         let ops = encoder(Some("r:{id}")).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap();
         assert_eq!(ops[0], RedisOp::Copy("r:7".into(), "r:8".into()));
         assert_eq!(ops[1], RedisOp::Del("r:7".into()));
-        assert_eq!(
-            ops[2],
-            RedisOp::HSet("r:8".into(), vec![("id".into(), b"8".to_vec()), ("status".into(), b"s".to_vec())])
-        );
+        assert_eq!(ops[2], RedisOp::HSet("r:8".into(), vec![("id", &b"8"[..]), ("status", &b"s"[..])]));
     }
 
     #[test]
@@ -529,10 +528,7 @@ mod tests {
         )];
         let ops = encoder.encode(&refs(&batch), None).unwrap();
         assert_eq!(ops[0], RedisOp::Del("r:7".into()));
-        assert_eq!(
-            ops[1],
-            RedisOp::HSet("r:7".into(), vec![("id".into(), b"7".to_vec()), ("status".into(), b"new".to_vec())])
-        );
+        assert_eq!(ops[1], RedisOp::HSet("r:7".into(), vec![("id", &b"7"[..]), ("status", &b"new"[..])]));
         assert_eq!(ops[2], RedisOp::Expire("r:7".into(), 60), "a written row gets its TTL");
         let RedisOp::XAdd { stream, max_len, fields } = &ops[3] else { panic!("an event after the write: {ops:?}") };
         assert_eq!((stream.as_str(), *max_len), ("events", 1000));
