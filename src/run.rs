@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use pg_replication::{ReplicationError, ReplicationEvent, ReplicationStream, StartOptions, StreamSettings, Streaming};
 use pgfanout_core::{
-    error_chain, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableMapping, TableName,
+    error_chain, Backoff, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableMapping, TableName,
     WorkerSettings,
 };
 use pgfanout_sink_redis::RedisSink;
@@ -105,7 +105,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     if std::io::stderr().is_terminal() {
         tokio::spawn(crate::progress::catch_up(metrics.clone(), server_position, shutdown.clone()));
     }
-    let mut backoff = Backoff::new();
+    let mut backoff = reconnect_backoff();
     loop {
         start = start.max(pipeline.received_lsn());
         let stream = match connection.take() {
@@ -123,7 +123,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             Ok(stream) => stream,
             Err(err) if err.is_transient() => {
                 tracing::warn!(error = %error_chain(&err), "cannot start replication; retrying");
-                if !backoff.wait(&shutdown).await {
+                if !backoff.wait_unless(&shutdown).await {
                     return finish(pipeline, workers, None, config).await;
                 }
                 continue;
@@ -157,7 +157,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         }
         pipeline.discard_partial();
         drop(stream);
-        if !backoff.wait(&shutdown).await {
+        if !backoff.wait_unless(&shutdown).await {
             return finish(pipeline, workers, None, config).await;
         }
     }
@@ -319,13 +319,13 @@ async fn worker_settings(config: &Config, sink: &SinkConfig) -> anyhow::Result<W
 }
 
 async fn load_checkpoint_with_retry(sink: &dyn Sink, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Option<Lsn>> {
-    let mut backoff = Backoff::new();
+    let mut backoff = reconnect_backoff();
     loop {
         match sink.load_checkpoint().await {
             Ok(checkpoint) => return Ok(checkpoint),
             Err(err) if err.kind == pgfanout_core::ErrorKind::Transient => {
                 tracing::warn!(sink = sink.name(), error = %error_chain(&err), "sink unreachable; retrying");
-                if !backoff.wait(shutdown).await {
+                if !backoff.wait_unless(shutdown).await {
                     bail!("stopped while waiting for sink {}", sink.name());
                 }
             }
@@ -334,39 +334,9 @@ async fn load_checkpoint_with_retry(sink: &dyn Sink, shutdown: &watch::Receiver<
     }
 }
 
-/// Exponential backoff from 200 ms to 30 s, interrupted by shutdown.
-pub struct Backoff {
-    delay: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const CAP: Duration = Duration::from_secs(30);
-
-    /// Starts at the shortest delay.
-    pub fn new() -> Self {
-        Backoff { delay: Self::FIRST }
-    }
-
-    /// Starts over from the shortest delay (after a connection that worked).
-    fn reset(&mut self) {
-        self.delay = Self::FIRST;
-    }
-
-    /// Sleeps the current delay with jitter, doubling it up to the cap;
-    /// `false` if shutdown was requested meanwhile.
-    pub async fn wait(&mut self, shutdown: &watch::Receiver<bool>) -> bool {
-        let mut shutdown = shutdown.clone();
-        if *shutdown.borrow() {
-            return false;
-        }
-        let delay = pgfanout_core::jittered(self.delay);
-        self.delay = (self.delay * 2).min(Self::CAP);
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => true,
-            _ = shutdown.changed() => false,
-        }
-    }
+/// Reconnect backoff: from 200 ms to 30 s.
+pub fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
 }
 
 /// `true` once SIGINT or SIGTERM arrived; a second signal exits at once.

@@ -24,7 +24,7 @@ use postgres_protocol::escape::{escape_identifier, escape_literal};
 use tokio::sync::watch;
 
 use crate::config::{expose, Config, SinkConfig};
-use crate::run::Backoff;
+use crate::run::reconnect_backoff;
 
 /// Retained WAL past which `check` warns when `max_slot_wal_keep_size` is
 /// unlimited: 1 GiB is far beyond what a healthy pgfanout holds back (it
@@ -678,13 +678,13 @@ pub async fn connect_with_retry(
     options: &ConnectOptions,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<ReplicationConnection> {
-    let mut backoff = Backoff::new();
+    let mut backoff = reconnect_backoff();
     loop {
         match ReplicationConnection::connect(options).await {
             Ok(connection) => return Ok(connection),
             Err(err) if err.is_transient() => {
                 tracing::warn!(endpoint = %options.endpoint(), error = %error_chain(&err), "cannot connect to PostgreSQL; retrying");
-                if !backoff.wait(shutdown).await {
+                if !backoff.wait_unless(shutdown).await {
                     bail!("stopped while connecting to PostgreSQL");
                 }
             }

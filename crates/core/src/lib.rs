@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod assembler;
+pub mod backoff;
 pub mod checkpoint;
 pub mod dead_letter;
 pub mod delivery;
@@ -27,6 +28,7 @@ pub mod streamed;
 pub mod worker;
 
 pub use assembler::{AssembleError, Assembled, TransactionAssembler};
+pub use backoff::Backoff;
 pub use checkpoint::CheckpointCoordinator;
 pub use dead_letter::{dead_letter_record, row_json};
 pub use delivery::{DeadLetterConfig, DeliveryConfig, OnErrorPolicy};
@@ -37,4 +39,4 @@ pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
 pub use sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError};
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
-pub use worker::{error_chain, jittered, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};
+pub use worker::{error_chain, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

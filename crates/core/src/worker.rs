@@ -30,6 +30,7 @@ use futures_util::future::join_all;
 use pgoutput::Lsn;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::backoff::Backoff;
 use crate::lanes::split_into_lanes;
 use crate::metrics::Metrics;
 use crate::model::count_by_table_and_op;
@@ -248,27 +249,27 @@ impl SinkWorker {
 
     /// Applies one lane (and the checkpoint, if given) until it is durable.
     async fn apply_lane(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) {
-        let mut retry = Retry::new(&self.settings);
+        let mut retry = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
         loop {
             match self.sink.apply(changes, checkpoint).await {
                 Ok(()) => {
                     self.count_applied(changes);
-                    if retry.attempts > 0 {
-                        tracing::info!(sink = %self.name, attempts = retry.attempts + 1, "sink recovered");
+                    if retry.attempts() > 0 {
+                        tracing::info!(sink = %self.name, attempts = retry.attempts() + 1, "sink recovered");
                     }
                     return;
                 }
                 Err(err) if err.kind == ErrorKind::Permanent && !changes.is_empty() => {
                     if let OnError::DeadLetter(queue) = &self.settings.on_error {
-                        self.note_failure(&err, changes, &mut retry);
+                        self.note_failure(&err, changes, &retry);
                         self.isolate_rejected(changes, checkpoint, queue.as_ref()).await;
                         return;
                     }
-                    self.note_failure(&err, changes, &mut retry);
+                    self.note_failure(&err, changes, &retry);
                     retry.wait().await;
                 }
                 Err(err) => {
-                    self.note_failure(&err, changes, &mut retry);
+                    self.note_failure(&err, changes, &retry);
                     retry.wait().await;
                 }
             }
@@ -280,7 +281,7 @@ impl SinkWorker {
     async fn isolate_rejected(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>, queue: &dyn DeadLetterQueue) {
         for change in changes {
             let single = std::slice::from_ref(change);
-            let mut retry = Retry::new(&self.settings);
+            let mut retry = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
             loop {
                 match self.sink.apply(single, None).await {
                     Ok(()) => {
@@ -292,7 +293,7 @@ impl SinkWorker {
                         break;
                     }
                     Err(err) => {
-                        self.note_failure(&err, single, &mut retry);
+                        self.note_failure(&err, single, &retry);
                         retry.wait().await;
                     }
                 }
@@ -307,7 +308,7 @@ impl SinkWorker {
     /// until it is durable there (it must not be lost either).
     async fn dead_letter(&self, change: ChangeRef<'_>, rejection: &SinkError, queue: &dyn DeadLetterQueue) {
         let reason = error_chain(rejection);
-        let mut retry = Retry::new(&self.settings);
+        let mut retry = Backoff::new(self.settings.retry_initial, self.settings.retry_max);
         loop {
             match queue.record(&self.name, change, &reason).await {
                 Ok(()) => {
@@ -325,7 +326,6 @@ impl SinkWorker {
                 }
                 Err(err) => {
                     tracing::warn!(sink = %self.name, error = %error_chain(&err), "cannot write a dead letter; retrying");
-                    retry.attempts += 1;
                     retry.wait().await;
                 }
             }
@@ -339,8 +339,7 @@ impl SinkWorker {
         }
     }
 
-    fn note_failure(&self, err: &SinkError, changes: &[ChangeRef<'_>], retry: &mut Retry) {
-        retry.attempts += 1;
+    fn note_failure(&self, err: &SinkError, changes: &[ChangeRef<'_>], retry: &Backoff) {
         if err.kind == ErrorKind::Transient {
             self.metrics.sink_up.with_label_values(&[&self.name]).set(0);
         }
@@ -350,31 +349,13 @@ impl SinkWorker {
         tracing::warn!(
             sink = %self.name,
             kind = err.kind.label(),
-            attempt = retry.attempts,
+            attempt = retry.attempts() + 1,
             changes = changes.len(),
             first_commit_lsn = %first_lsn,
-            retry_in_ms = retry.delay.as_millis() as u64,
+            retry_in_ms = retry.upcoming().as_millis() as u64,
             error = %error_chain(err),
             "sink apply failed; retrying"
         );
-    }
-}
-
-/// Exponential backoff with jitter for one failing call.
-struct Retry {
-    delay: Duration,
-    max: Duration,
-    attempts: u32,
-}
-
-impl Retry {
-    fn new(settings: &WorkerSettings) -> Self {
-        Retry { delay: settings.retry_initial, max: settings.retry_max, attempts: 0 }
-    }
-
-    async fn wait(&mut self) {
-        tokio::time::sleep(jittered(self.delay)).await;
-        self.delay = (self.delay * 2).min(self.max);
     }
 }
 
@@ -392,12 +373,6 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// `delay` scaled by a random factor in [0.5, 1.0), so that many clients
-/// retrying at once do not hit a recovering server in lockstep.
-pub fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(rand::random_range(0.5..1.0))
 }
 
 #[cfg(test)]
