@@ -190,6 +190,7 @@ mod tests {
 
     fn rejected() -> Transaction {
         let table = Arc::new(TableSchema {
+            types: Default::default(),
             oid: Oid(1),
             table: TableName::new("public", "orders"),
             replica_identity: ReplicaIdentity::Default,

@@ -2,6 +2,7 @@
 //! logging and hands over to the command; the wiring of crates lives in
 //! [`run`].
 
+mod catalog;
 mod check;
 mod config;
 mod dead_letter;

@@ -19,12 +19,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use pg_replication::{ReplicationError, ReplicationEvent, ReplicationStream, StartOptions, StreamSettings, Streaming};
+use pg_replication::{
+    ConnectOptions, ReplicationError, ReplicationEvent, ReplicationStream, StartOptions, StreamSettings, Streaming,
+};
 use pgfanout_core::{
     error_chain, Backoff, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableMapping, TableName,
     WorkerSettings,
 };
 use pgfanout_sink_redis::RedisSink;
+use pgoutput::PgOutputMessage;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, SinkConfig};
@@ -60,10 +63,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let start_options = start_options(config, first_connection.server_version());
     // Where the server is now: the backlog to catch up on, for the progress bar.
     let server_position = first_connection.identify_system().await.context("IDENTIFY_SYSTEM")?.xlog_position;
+    let user_types =
+        crate::catalog::user_types(&mut first_connection).await.context("reading user types from pg_type")?;
     let mut connection = Some(first_connection);
 
     let on_ack = Arc::new(Notify::new());
     let mut pipeline = Pipeline::new(metrics.clone()).with_spill(config.spill_settings());
+    pipeline.register_types(user_types);
     let mut workers = Vec::new();
     let mut checkpoints = Vec::new();
     for sink_config in &config.sinks {
@@ -141,7 +147,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         streaming.store(true, Ordering::Release);
         let streaming_since = std::time::Instant::now();
         let decoder = pgoutput::Decoder::new(start_options.proto_version);
-        let outcome = pump(&mut stream, decoder, &mut pipeline, &metrics, &on_ack, &shutdown).await;
+        let outcome = pump(&mut stream, decoder, &mut pipeline, &metrics, &on_ack, &shutdown, &options).await;
         streaming.store(false, Ordering::Release);
         if streaming_since.elapsed() > STABLE_STREAM {
             backoff.reset();
@@ -191,6 +197,7 @@ async fn pump(
     metrics: &Metrics,
     on_ack: &Notify,
     shutdown: &watch::Receiver<bool>,
+    options: &ConnectOptions,
 ) -> Result<StreamEnd, PumpError> {
     let feedback = stream.feedback();
     let mut shutdown = shutdown.clone();
@@ -226,6 +233,16 @@ async fn pump(
                         .decode(payload)
                         .map_err(|err| PumpError::Fatal(anyhow::Error::new(err).context("cannot decode a pgoutput message")))?;
                     tracing::trace!(tag = %char::from(message.tag()), "pgoutput message");
+                    if let PgOutputMessage::Type(announced) = &message {
+                        if !pipeline.converts(announced.oid) {
+                            // A type created since start: learn it before the
+                            // Relation message that uses it. On failure the
+                            // stream restarts and the server sends it again.
+                            let types = crate::catalog::load_user_types(options).await.map_err(PumpError::Replication)?;
+                            tracing::info!(type_oid = %announced.oid, name = %announced.name, "read new user types from pg_type");
+                            pipeline.register_types(types);
+                        }
+                    }
                     let received = pipeline.received_lsn();
                     pipeline.push(message).await.map_err(|err| PumpError::Fatal(err.into()))?;
                     pipeline.received_lsn() != received

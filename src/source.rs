@@ -36,9 +36,9 @@ const RETAINED_WAL_WARNING_BYTES: u64 = 1 << 30;
 /// rebuild, so the warning comes while there is still room.
 const KEEP_SIZE_WARNING_PERCENT: u64 = 80;
 
-/// The `publish` option pgfanout needs: the sinks apply inserts, updates
-/// and deletes. TRUNCATE is left out until the sinks implement it.
-const PUBLISHED_OPERATIONS: [&str; 3] = ["insert", "update", "delete"];
+/// The `publish` option pgfanout needs: the sinks apply inserts, updates,
+/// deletes and truncates.
+const PUBLISHED_OPERATIONS: [&str; 4] = ["insert", "update", "delete", "truncate"];
 
 /// Problems with the source that `run` would stop on, one line each.
 pub async fn source_problems(connection: &mut ReplicationConnection, config: &Config, database: &str) -> Vec<String> {
@@ -316,17 +316,13 @@ impl PublicationState {
 
     /// The operations pgfanout needs that the publication leaves out.
     fn publish_problem(&self, publication: &str) -> Option<String> {
-        let needed = [self.publishes_insert, self.publishes_update, self.publishes_delete];
+        let needed = [self.publishes_insert, self.publishes_update, self.publishes_delete, self.publishes_truncate];
         let missing: Vec<&str> =
             PUBLISHED_OPERATIONS.iter().zip(needed).filter(|(_, published)| !published).map(|(op, _)| *op).collect();
         if missing.is_empty() {
             return None;
         }
-        // Keep truncate when it is on: another subscriber may rely on it.
-        let mut publish = PUBLISHED_OPERATIONS.to_vec();
-        if self.publishes_truncate {
-            publish.push("truncate");
-        }
+        let publish = PUBLISHED_OPERATIONS.to_vec();
         Some(format!(
             "publication {publication} does not publish {}, so the sinks would miss those changes: run \
              ALTER PUBLICATION {} SET (publish = '{}')",
@@ -757,7 +753,7 @@ mod tests {
     }
 
     #[test]
-    fn publication_without_updates_and_deletes_keeps_truncate() {
+    fn publication_without_updates_and_deletes_gets_the_whole_publish_list() {
         let state = PublicationState {
             publishes_insert: true,
             publishes_update: false,
@@ -768,8 +764,11 @@ mod tests {
         let problem = state.publish_problem("Feed").unwrap();
         assert!(problem.starts_with("publication Feed does not publish update, delete"), "{problem}");
         assert!(problem.ends_with(r#"run ALTER PUBLICATION "Feed" SET (publish = 'insert, update, delete, truncate')"#));
-        let complete = PublicationState { publishes_update: true, publishes_delete: true, ..state };
+        let complete = PublicationState { publishes_update: true, publishes_delete: true, ..state.clone() };
         assert_eq!(complete.publish_problem("Feed"), None);
+        let no_truncate = PublicationState { publishes_truncate: false, ..complete };
+        let problem = no_truncate.publish_problem("Feed").unwrap();
+        assert!(problem.starts_with("publication Feed does not publish truncate"), "{problem}");
     }
 
     fn slot_use(retained: u64, wal_status: &str, safe_wal_size: Option<i64>) -> SlotUse {

@@ -224,14 +224,15 @@ async fn a_publication_without_updates_and_deletes_gets_the_publish_fix() {
     let run = run_check("check_publish", &config);
     run.assert_failed();
     let problem = run.problem_about("publication check_publish");
-    assert!(problem.starts_with("publication check_publish does not publish update, delete"), "{problem}");
+    assert!(problem.starts_with("publication check_publish does not publish update, delete, truncate"), "{problem}");
     assert!(
-        problem.ends_with(r#"run ALTER PUBLICATION "check_publish" SET (publish = 'insert, update, delete')"#),
+        problem
+            .ends_with(r#"run ALTER PUBLICATION "check_publish" SET (publish = 'insert, update, delete, truncate')"#),
         "{problem}"
     );
 
     db.client
-        .batch_execute(r#"ALTER PUBLICATION "check_publish" SET (publish = 'insert, update, delete')"#)
+        .batch_execute(r#"ALTER PUBLICATION "check_publish" SET (publish = 'insert, update, delete, truncate')"#)
         .await
         .unwrap();
     run_check("check_publish", &config).assert_ok();
@@ -246,7 +247,7 @@ async fn a_missing_publication_with_create_publication_off_gets_the_create_state
     let run = run_check("check_no_publication", &config);
     run.assert_failed();
     let problem = run.problem_about("publication check_no_publication");
-    let create = r#"CREATE PUBLICATION "check_no_publication" FOR TABLE "public"."orders" WITH (publish = 'insert, update, delete')"#;
+    let create = r#"CREATE PUBLICATION "check_no_publication" FOR TABLE "public"."orders" WITH (publish = 'insert, update, delete, truncate')"#;
     assert!(problem.ends_with(&format!("run {create}")), "{problem}");
 
     db.client.batch_execute(create).await.unwrap();

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use pgoutput::value::TypeKind;
 use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, TupleColumn, TupleData, TypeRegistry, Xid};
 
 use crate::model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
@@ -78,9 +79,10 @@ pub enum Assembled {
 #[derive(Debug, Default)]
 pub struct TransactionAssembler {
     relations: HashMap<Oid, Arc<TableSchema>>,
-    /// Value conversion for the stream's types: built-ins, plus the names of
-    /// user types announced by Type messages.
-    types: TypeRegistry,
+    /// Value conversion for the stream's types: built-ins, the user types
+    /// registered from the catalog, and the names Type messages announce.
+    /// Shared with the table shapes announced since its last change.
+    types: Arc<TypeRegistry>,
     open: Option<Transaction>,
     /// Top-level xid of the stream block being received.
     stream_block: Option<Xid>,
@@ -112,6 +114,25 @@ impl TransactionAssembler {
     /// How column values of this stream convert to typed values.
     pub fn types(&self) -> &TypeRegistry {
         &self.types
+    }
+
+    /// Registers user types (enums, domains, arrays; typically read from
+    /// `pg_type`). Shapes announced from now on convert with them; shapes
+    /// already cached keep the registry they were announced with, which is
+    /// why this is best called before streaming starts, or whenever a Type
+    /// message names a type the registry cannot convert (the server sends
+    /// the Relation message that uses it right after).
+    pub fn register_types(&mut self, kinds: impl IntoIterator<Item = (Oid, TypeKind)>) {
+        let types = Arc::make_mut(&mut self.types);
+        for (oid, kind) in kinds {
+            // Built-in OIDs are refused by the registry and need no registration.
+            let _ = types.register(oid, kind);
+        }
+    }
+
+    /// Whether the registry converts values of `oid` (built in or registered).
+    pub fn converts(&self, oid: Oid) -> bool {
+        self.types.kind(oid).is_some()
     }
 
     /// Whether a stream block is open or streamed transactions are held.
@@ -168,7 +189,7 @@ impl TransactionAssembler {
                 Ok(Assembled::Committed(transaction))
             }
             PgOutputMessage::Type(announced) => {
-                self.types.observe(&announced);
+                Arc::make_mut(&mut self.types).observe(&announced);
                 Ok(Assembled::Pending)
             }
             PgOutputMessage::Relation(relation) => {
@@ -181,6 +202,7 @@ impl TransactionAssembler {
                         .into_iter()
                         .map(|c| ColumnSchema { name: c.name, type_oid: c.type_oid, is_key: c.is_key })
                         .collect(),
+                    types: Arc::clone(&self.types),
                 });
                 match self.stream_block {
                     Some(xid) => self.stream_relations.entry(xid).or_default().insert(schema.oid, schema),
@@ -203,6 +225,13 @@ impl TransactionAssembler {
                 let table = self.table(delete.relation)?;
                 let old = to_row(&table, old_tuple_data(delete.old_tuple))?;
                 self.add_change(table, ChangeOp::Delete { old }, delete.xid, "delete")
+            }
+            PgOutputMessage::Truncate(truncate) => {
+                for relation in truncate.relations {
+                    let table = self.table(relation)?;
+                    self.add_change(table, ChangeOp::Truncate, truncate.xid, "truncate")?;
+                }
+                Ok(Assembled::Pending)
             }
             PgOutputMessage::StreamStart(start) => {
                 if self.stream_block.is_some() || self.open.is_some() {
@@ -238,9 +267,9 @@ impl TransactionAssembler {
                 }
                 Ok(Assembled::Pending)
             }
-            // Type and Origin carry nothing the sinks use yet; logical
-            // messages (requested for heartbeats) are not changes; truncate
-            // is not published yet and two-phase is not requested.
+            // Origin carries nothing the sinks use yet; logical messages
+            // (requested for heartbeats) are not changes; two-phase is not
+            // requested.
             _ => Ok(Assembled::Pending),
         }
     }
@@ -569,9 +598,67 @@ mod tests {
         let Assembled::Committed(transaction) = assembler.push(commit()).unwrap() else { panic!("commit") };
         let change = &transaction.changes[0];
         let ChangeOp::Insert { new } = &change.op else { panic!("insert") };
-        let typed = change.table.typed_row(new, assembler.types()).unwrap();
+        let typed = change.table.typed_row(new).unwrap();
         assert_eq!(typed[0], Some(Value::Int8(42)));
         assert_eq!(typed[1].as_ref().map(ToString::to_string).as_deref(), Some("12345678901234567890.50"), "exact");
         assert_eq!(ColumnValue::UnchangedToast.to_value(Oid(25), assembler.types()).unwrap(), None);
+    }
+
+    #[test]
+    fn shapes_convert_with_the_types_registered_before_their_announcement() {
+        use pgoutput::Value;
+        let mood = Oid(16_500);
+        let shape_with_mood = || {
+            let mut shape = relation(1, &[("id", true), ("mood", false)]);
+            if let PgOutputMessage::Relation(r) = &mut shape {
+                r.columns[1].type_oid = mood;
+            }
+            shape
+        };
+        let mut assembler = TransactionAssembler::new();
+        assembler.push(shape_with_mood()).unwrap();
+        let unknown = Arc::clone(assembler.relation(Oid(1)).unwrap());
+        assert!(!assembler.converts(mood));
+
+        assembler.register_types([(mood, TypeKind::Enum), (Oid(20), TypeKind::Enum)]);
+        assert!(assembler.converts(mood));
+        assembler.push(shape_with_mood()).unwrap();
+        let known = Arc::clone(assembler.relation(Oid(1)).unwrap());
+
+        let happy = ColumnValue::Text(Bytes::from_static(b"happy"));
+        assert_eq!(
+            unknown.typed_value(1, &happy).unwrap(),
+            Some(Value::Unknown { type_oid: mood, text: "happy".into() })
+        );
+        assert_eq!(known.typed_value(1, &happy).unwrap(), Some(Value::Enum { type_oid: mood, label: "happy".into() }));
+        // The built-in OID in the same call was refused; int8 still converts as int8.
+        let forty_two = ColumnValue::Text(Bytes::from_static(b"42"));
+        assert_eq!(known.types.decode_text(Oid(20), b"42").unwrap(), Value::Int8(42));
+        assert_eq!(known.typed_value(5, &forty_two).unwrap(), None, "no such column");
+    }
+
+    #[test]
+    fn a_truncate_becomes_one_change_per_table_in_message_order() {
+        let mut assembler = TransactionAssembler::new();
+        assembler.push(relation(1, &[("id", true)])).unwrap();
+        assembler.push(relation(2, &[("id", true)])).unwrap();
+        assembler.push(begin()).unwrap();
+        let truncate = pgoutput::Truncate {
+            xid: None,
+            options: pgoutput::TruncateOptions { cascade: true, restart_identity: false },
+            relations: vec![Oid(2), Oid(1)],
+        };
+        assembler.push(PgOutputMessage::Truncate(truncate.clone())).unwrap();
+        let Assembled::Committed(transaction) = assembler.push(commit()).unwrap() else { panic!("commit") };
+        let truncated: Vec<(Oid, &ChangeOp, u32)> =
+            transaction.changes.iter().map(|c| (c.table.oid, &c.op, c.ordinal)).collect();
+        assert_eq!(truncated, [(Oid(2), &ChangeOp::Truncate, 0), (Oid(1), &ChangeOp::Truncate, 1)]);
+
+        let unknown = pgoutput::Truncate { relations: vec![Oid(9)], ..truncate };
+        assembler.push(begin()).unwrap();
+        assert!(matches!(
+            assembler.push(PgOutputMessage::Truncate(unknown)),
+            Err(AssembleError::UnknownRelation(Oid(9)))
+        ));
     }
 }

@@ -9,7 +9,9 @@
 //! - an update that changes the key (the old and the new key must stay
 //!   ordered with every other change to either of them);
 //! - a table with identity FULL, whose "key" is every column and so changes
-//!   with each update: its changes all go to one lane, chosen by table.
+//!   with each update: its changes all go to one lane, chosen by table;
+//! - a truncate, which must come after every earlier change to its table and
+//!   before every later one, whatever their keys.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -22,7 +24,7 @@ use crate::sink::ChangeRef;
 /// order. Returns a single lane when `lanes <= 1` or the batch cannot be
 /// split (see the module docs).
 pub fn split_into_lanes<'a>(changes: Vec<ChangeRef<'a>>, lanes: usize) -> Vec<Vec<ChangeRef<'a>>> {
-    if lanes <= 1 || changes.len() <= 1 || changes.iter().any(changes_key) {
+    if lanes <= 1 || changes.len() <= 1 || changes.iter().any(|change| changes_key(change) || is_truncate(change)) {
         return vec![changes];
     }
     // Fixed seeds: the same key maps to the same lane in every batch.
@@ -49,11 +51,16 @@ impl Hash for LaneKey<'_> {
         if table.replica_identity == ReplicaIdentity::Full {
             return;
         }
-        let row = self.0.change.identity_row();
+        // A truncate never reaches here: it keeps its batch in one lane.
+        let Some(row) = self.0.change.identity_row() else { return };
         for position in table.key_positions() {
             row.get(position).and_then(ColumnValue::as_bytes).unwrap_or(&[]).hash(state);
         }
     }
+}
+
+fn is_truncate(change: &ChangeRef<'_>) -> bool {
+    matches!(change.change.op, ChangeOp::Truncate)
 }
 
 /// Whether `change` is an update that moves its row to another key.
@@ -77,6 +84,7 @@ mod tests {
 
     fn table(identity: ReplicaIdentity) -> Arc<TableSchema> {
         Arc::new(TableSchema {
+            types: Default::default(),
             oid: Oid(1),
             table: TableName::new("public", "t"),
             replica_identity: identity,
@@ -174,5 +182,17 @@ mod tests {
         let transactions = transactions(&table, &ops);
         let refs: Vec<_> = transactions.iter().map(|t| ChangeRef { transaction: t, change: &t.changes[0] }).collect();
         assert!(split_into_lanes(refs, 4).len() > 1);
+    }
+
+    #[test]
+    fn a_truncate_keeps_the_batch_in_one_lane() {
+        let table = table(ReplicaIdentity::Default);
+        let ops: Vec<_> = (0..40).map(|i| (i as u8, None)).collect();
+        let mut transactions = transactions(&table, &ops);
+        transactions[20].changes[0].op = ChangeOp::Truncate;
+        let refs: Vec<_> = transactions.iter().map(|t| ChangeRef { transaction: t, change: &t.changes[0] }).collect();
+        let split = split_into_lanes(refs, 4);
+        assert_eq!(split.len(), 1);
+        assert_eq!(split[0].iter().map(sequence_of).collect::<Vec<_>>(), (0..40).collect::<Vec<_>>());
     }
 }

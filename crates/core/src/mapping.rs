@@ -135,6 +135,8 @@ impl TableMapping {
         // Decide on borrowed rows; copy values once, into the mapped shape.
         let decided = match (&self.filter, &change.op) {
             (_, ChangeOp::Delete { old }) => Decided::Delete(old),
+            // A truncate removes filtered-in rows too: all of them go.
+            (_, ChangeOp::Truncate) => Decided::Truncate,
             (None, ChangeOp::Insert { new }) => Decided::Insert(new),
             (None, ChangeOp::Update { old, new }) => Decided::Update(old.as_ref(), new),
             (Some(filter), ChangeOp::Insert { new }) => {
@@ -160,6 +162,7 @@ impl TableMapping {
             Decided::Insert(new) => ChangeOp::Insert { new: pick(new) },
             Decided::Update(old, new) => ChangeOp::Update { old: old.map(pick), new: pick(new) },
             Decided::Delete(old) => ChangeOp::Delete { old: pick(old) },
+            Decided::Truncate => ChangeOp::Truncate,
         };
         Mapped::Change(Change { table, op, ordinal: change.ordinal })
     }
@@ -218,6 +221,7 @@ enum Decided<'a> {
     Insert(&'a Row),
     Update(Option<&'a Row>, &'a Row),
     Delete(&'a Row),
+    Truncate,
 }
 
 /// A column value as the filter sees it.
@@ -254,6 +258,7 @@ mod tests {
             is_key,
         };
         Arc::new(TableSchema {
+            types: Default::default(),
             oid: Oid(1),
             table: TableName::new("public", "reservations"),
             replica_identity: ReplicaIdentity::Default,

@@ -59,12 +59,26 @@ pub struct TableSchema {
     pub replica_identity: ReplicaIdentity,
     /// Published columns, in tuple order.
     pub columns: Vec<ColumnSchema>,
+    /// How the columns' types convert to typed values: the stream's type
+    /// registry as it was when the server announced this shape. PostgreSQL
+    /// sends a type's Type message before the first Relation message that
+    /// uses it, so the snapshot knows every column's type that can be known.
+    pub types: Arc<TypeRegistry>,
 }
 
 impl TableSchema {
     /// A row's typed values, column by column (see [`ColumnValue::to_value`]).
-    pub fn typed_row(&self, row: &Row, types: &TypeRegistry) -> Result<Vec<Option<Value>>, ValueError> {
-        self.columns.iter().zip(row).map(|(column, value)| value.to_value(column.type_oid, types)).collect()
+    pub fn typed_row(&self, row: &Row) -> Result<Vec<Option<Value>>, ValueError> {
+        self.columns.iter().zip(row).map(|(column, value)| value.to_value(column.type_oid, &self.types)).collect()
+    }
+
+    /// The typed value of the column at `position` holding `value`; `None`
+    /// for an unchanged TOAST value or a position past the last column.
+    pub fn typed_value(&self, position: usize, value: &ColumnValue) -> Result<Option<Value>, ValueError> {
+        match self.columns.get(position) {
+            Some(column) => value.to_value(column.type_oid, &self.types),
+            None => Ok(None),
+        }
     }
 
     /// Positions of the key columns, in tuple order.
@@ -140,6 +154,10 @@ pub enum ChangeOp {
         /// The old key, or the whole old row under identity FULL.
         old: Row,
     },
+    /// Every row of the table removed (`TRUNCATE`). A statement truncating
+    /// several tables (or cascading to them) gives one change per table,
+    /// in the order the server listed them.
+    Truncate,
 }
 
 impl ChangeOp {
@@ -149,15 +167,17 @@ impl ChangeOp {
             ChangeOp::Insert { new } => (None, Some(new)),
             ChangeOp::Update { old, new } => (old.as_ref(), Some(new)),
             ChangeOp::Delete { old } => (Some(old), None),
+            ChangeOp::Truncate => (None, None),
         }
     }
 
-    /// `insert`, `update` or `delete`, for logs and metric labels.
+    /// `insert`, `update`, `delete` or `truncate`, for logs and metric labels.
     pub fn label(&self) -> &'static str {
         match self {
             ChangeOp::Insert { .. } => "insert",
             ChangeOp::Update { .. } => "update",
             ChangeOp::Delete { .. } => "delete",
+            ChangeOp::Truncate => "truncate",
         }
     }
 }
@@ -185,17 +205,20 @@ impl Change {
                 ChangeOp::Insert { new } => row_size(new),
                 ChangeOp::Update { old, new } => old.as_ref().map_or(0, row_size) + row_size(new),
                 ChangeOp::Delete { old } => row_size(old),
+                ChangeOp::Truncate => 0,
             }
     }
 
     /// The row image that identifies the row before the change (old key or
-    /// old row if sent, else the new row).
-    pub fn identity_row(&self) -> &Row {
+    /// old row if sent, else the new row); `None` for a truncate, which
+    /// touches no single row.
+    pub fn identity_row(&self) -> Option<&Row> {
         match &self.op {
-            ChangeOp::Insert { new } => new,
-            ChangeOp::Update { old: Some(old), .. } => old,
-            ChangeOp::Update { old: None, new } => new,
-            ChangeOp::Delete { old } => old,
+            ChangeOp::Insert { new } => Some(new),
+            ChangeOp::Update { old: Some(old), .. } => Some(old),
+            ChangeOp::Update { old: None, new } => Some(new),
+            ChangeOp::Delete { old } => Some(old),
+            ChangeOp::Truncate => None,
         }
     }
 }

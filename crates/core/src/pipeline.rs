@@ -18,7 +18,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgoutput::{Lsn, PgOutputMessage};
+use pgoutput::value::TypeKind;
+use pgoutput::{Lsn, Oid, PgOutputMessage};
 
 use crate::assembler::{AssembleError, Assembled, TransactionAssembler};
 use crate::checkpoint::{CheckpointCoordinator, SinkSlot};
@@ -76,6 +77,16 @@ impl Pipeline {
     pub fn with_spill(mut self, settings: SpillSettings) -> Self {
         self.assembler = TransactionAssembler::with_spill(settings);
         self
+    }
+
+    /// Registers user types (see [`TransactionAssembler::register_types`]).
+    pub fn register_types(&mut self, kinds: impl IntoIterator<Item = (Oid, TypeKind)>) {
+        self.assembler.register_types(kinds);
+    }
+
+    /// Whether values of type `oid` convert to typed values (built in or registered).
+    pub fn converts(&self, oid: Oid) -> bool {
+        self.assembler.converts(oid)
     }
 
     /// Adds a sink receiving changes of `tables` through `queue`, acknowledging on `acked`.

@@ -83,11 +83,52 @@ pub struct ChangeRef<'a> {
 }
 
 impl ChangeRef<'_> {
-    /// The change's version: its commit LSN, then its position in the
-    /// transaction. Versions grow strictly along the stream, so a store that
-    /// keeps the version with each row can refuse to move a row backwards.
-    pub fn version(&self) -> (Lsn, u32) {
-        (self.transaction.commit_lsn, self.change.ordinal)
+    /// The change's version (see [`Version`]).
+    pub fn version(&self) -> Version {
+        Version { commit_lsn: self.transaction.commit_lsn, ordinal: self.change.ordinal }
+    }
+}
+
+/// A change's place in the stream: the commit LSN of its transaction, then
+/// its position in the transaction. Versions grow strictly along the stream
+/// (commits are sent in commit order, each at a higher LSN), so a store that
+/// keeps the version with each row can refuse to move the row backwards when
+/// changes come again after a crash or a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    /// Commit LSN of the transaction.
+    pub commit_lsn: Lsn,
+    /// Position of the change in the transaction, from 0.
+    pub ordinal: u32,
+}
+
+impl Version {
+    /// Length of [`to_sortable_string`](Self::to_sortable_string)'s output.
+    pub const SORTABLE_LEN: usize = 25;
+
+    /// Fixed-width upper-case hex, `LLLLLLLLLLLLLLLL.OOOOOOOO`, whose byte
+    /// order is the version order: for stores that compare versions as
+    /// strings (Lua scripts, document filters, graph properties).
+    pub fn to_sortable_string(&self) -> String {
+        format!("{:016X}.{:08X}", self.commit_lsn.0, self.ordinal)
+    }
+
+    /// Reads [`to_sortable_string`](Self::to_sortable_string)'s output back.
+    pub fn parse_sortable(text: &str) -> Option<Version> {
+        let (lsn, ordinal) = text.split_once('.')?;
+        if lsn.len() != 16 || ordinal.len() != 8 {
+            return None;
+        }
+        Some(Version {
+            commit_lsn: Lsn(u64::from_str_radix(lsn, 16).ok()?),
+            ordinal: u32::from_str_radix(ordinal, 16).ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.commit_lsn, self.ordinal)
     }
 }
 
@@ -119,4 +160,22 @@ pub trait DeadLetterQueue: Send + Sync {
 
     /// Durably records `change`, which sink `sink` rejected with `error`.
     async fn record(&self, sink: &str, change: ChangeRef<'_>, error: &str) -> Result<(), SinkError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn sortable_strings_order_like_versions(a in any::<(u64, u32)>(), b in any::<(u64, u32)>()) {
+            let a = Version { commit_lsn: Lsn(a.0), ordinal: a.1 };
+            let b = Version { commit_lsn: Lsn(b.0), ordinal: b.1 };
+            let (text_a, text_b) = (a.to_sortable_string(), b.to_sortable_string());
+            prop_assert_eq!(text_a.len(), Version::SORTABLE_LEN);
+            prop_assert_eq!(a.cmp(&b), text_a.cmp(&text_b));
+            prop_assert_eq!(Version::parse_sortable(&text_a), Some(a));
+        }
+    }
 }

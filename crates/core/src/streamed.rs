@@ -260,6 +260,7 @@ mod tests {
 
     fn schema() -> Arc<TableSchema> {
         Arc::new(TableSchema {
+            types: Default::default(),
             oid: Oid(1),
             table: TableName::new("public", "t"),
             replica_identity: ReplicaIdentity::Default,

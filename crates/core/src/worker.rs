@@ -440,6 +440,7 @@ mod tests {
 
     fn transaction(end: u64, ids: &[&str]) -> Arc<Transaction> {
         let table = Arc::new(TableSchema {
+            types: Default::default(),
             oid: Oid(1),
             table: TableName::new("public", "t"),
             replica_identity: ReplicaIdentity::Default,

@@ -295,6 +295,12 @@ impl RedisEncoder {
                 ops.push(RedisOp::Del(key.clone()));
                 key
             }
+            ChangeOp::Truncate => {
+                return Err(RedisSinkError::Mapping {
+                    table: table.table.to_string(),
+                    reason: "TRUNCATE is not applied by the redis sink yet".into(),
+                })
+            }
         };
         if let (Some(ttl), false) = (resolved.ttl_secs, matches!(change.op, ChangeOp::Delete { .. })) {
             ops.push(RedisOp::Expire(written_key.clone(), ttl));
@@ -407,6 +413,7 @@ mod tests {
 
     fn table() -> Arc<TableSchema> {
         Arc::new(TableSchema {
+            types: Default::default(),
             oid: Oid(1),
             table: TableName::new("public", "reservations"),
             replica_identity: ReplicaIdentity::Default,

@@ -65,7 +65,7 @@ pub enum RegisterError {
 }
 
 /// What the caller told us about one non-built-in type.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct RegisteredType {
     kind: Option<TypeKind>,
     name: Option<TypeName>,
@@ -110,7 +110,7 @@ enum Resolved {
 /// assert_eq!(registry.decode_text(Oid(600), b"(1,2)")?, Value::Unknown { type_oid: Oid(600), text: "(1,2)".into() });
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TypeRegistry {
     registered: HashMap<Oid, RegisteredType>,
 }
