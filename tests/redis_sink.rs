@@ -360,3 +360,135 @@ async fn changes_invalidate_dependent_cache_keys_and_tracked_sets() {
         assert!(exists(kept).await, "{kept} is unrelated and must stay");
     }
 }
+
+/// Every key of the database but the checkpoint, with its value as text
+/// (hash fields sorted), for comparing whole stores.
+async fn redis_dump(redis: &mut redis::aio::MultiplexedConnection) -> std::collections::BTreeMap<String, String> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(redis).await.unwrap();
+    let mut dump = std::collections::BTreeMap::new();
+    for key in keys.into_iter().filter(|key| !key.starts_with("pgfanout:checkpoint:")) {
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(redis).await.unwrap();
+        let value = match kind.as_str() {
+            "hash" => {
+                let fields: std::collections::BTreeMap<String, String> =
+                    redis::cmd("HGETALL").arg(&key).query_async(redis).await.unwrap();
+                format!("{fields:?}")
+            }
+            "set" => {
+                let mut members: Vec<String> = redis::cmd("SMEMBERS").arg(&key).query_async(redis).await.unwrap();
+                members.sort();
+                format!("{members:?}")
+            }
+            "string" => redis::cmd("GET").arg(&key).query_async(redis).await.unwrap(),
+            other => panic!("unexpected {other} at {key}"),
+        };
+        dump.insert(key, value);
+    }
+    dump
+}
+
+/// Rows stored as JSON strings under `prefix*`, without the version
+/// property, in the shape of [`table_as_text`].
+async fn redis_json_rows(
+    redis: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(redis).await.unwrap();
+    let mut rows = std::collections::BTreeMap::new();
+    for key in keys {
+        let text: String = redis::cmd("GET").arg(&key).query_async(redis).await.unwrap();
+        let document: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let fields = document
+            .into_iter()
+            .filter(|(name, _)| name != REDIS_VERSION_FIELD)
+            // table_as_text leaves NULL columns out, as hashes do.
+            .filter_map(|(name, value)| value.as_str().map(|text| (name, text.to_owned())))
+            .collect();
+        rows.insert(key[prefix.len()..].to_owned(), fields);
+    }
+    rows
+}
+
+#[tokio::test]
+async fn truncates_json_rows_and_a_replay_from_the_start_leave_redis_exactly_as_it_was() {
+    let db = create_database("e2e_replay").await;
+    db.client
+        .batch_execute(&format!(
+            "{SCHEMA}
+             CREATE TABLE items (sku text PRIMARY KEY, label text, stock int);
+             CREATE PUBLICATION e2e_replay FOR TABLE reservations, items WITH (publish = 'insert, update, delete, truncate');"
+        ))
+        .await
+        .unwrap();
+    // A second slot, from before any change: the replay's starting point.
+    db.client.batch_execute("SELECT pg_create_logical_replication_slot('e2e_replay_again', 'pgoutput')").await.unwrap();
+    let redis_url = fresh_redis_db(8).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "reservation:{id}")]).replace(
+        "key = \"reservation:{id}\"\n",
+        "key = \"reservation:{id}\"\ntombstone_secs = 3600\n\n[[sink.table]]\nsource = \"public.items\"\n\
+         key = \"item:{sku}\"\nformat = \"json\"\ntruncate = \"scan\"\n",
+    );
+    let mut pgfanout = Pgfanout::start("e2e_replay", &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+
+    let notes = long_notes(7);
+    db.client
+        .execute(
+            "INSERT INTO reservations SELECT g, 'guest ' || g, g * 1.5, 'pending', NULL, CASE WHEN g = 1 THEN $1 END FROM generate_series(1, 20) g",
+            &[&notes],
+        )
+        .await
+        .unwrap();
+    db.client
+        .batch_execute(
+            "INSERT INTO items VALUES ('a', 'Apple \"green\" ✓', 3), ('b', NULL, 0), ('c', 'Cherry', 10);
+             UPDATE reservations SET status = 'paid' WHERE id % 3 = 0;
+             UPDATE reservations SET id = 100 WHERE id = 1;
+             DELETE FROM reservations WHERE id BETWEEN 15 AND 17;
+             UPDATE items SET stock = stock + 1;
+             BEGIN; TRUNCATE items; INSERT INTO items VALUES ('z', 'after the truncate', 1); COMMIT;
+             UPDATE items SET label = NULL WHERE sku = 'z';
+             TRUNCATE reservations;
+             INSERT INTO reservations VALUES (5, 'eve', 1, 'new', NULL, NULL), (6, 'fay', 2, 'new', NULL, NULL);
+             DELETE FROM reservations WHERE id = 6;",
+        )
+        .await
+        .unwrap();
+    wait_for_match(&db, &mut redis, &pgfanout).await;
+    wait_until("items match", Duration::from_secs(20), || async {
+        redis_json_rows(&mut redis_connection(&redis_url).await, "item:").await
+            == table_as_text(&db, "items", "sku").await
+    })
+    .await;
+    let items = redis_json_rows(&mut redis, "item:").await;
+    assert_eq!(items.keys().collect::<Vec<_>>(), ["z"], "the truncate removed a, b and c");
+    let index: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("pgfanout:index:e2e_replay:public.reservations")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(index, ["reservation:5"], "the index set follows writes, deletes and the truncate");
+    let buried: bool =
+        redis::cmd("EXISTS").arg("pgfanout:tombstone:reservation:6").query_async(&mut redis).await.unwrap();
+    assert!(buried, "the delete left a tombstone");
+    pgfanout.signal("TERM");
+    assert_eq!(pgfanout.wait_exit(Duration::from_secs(15)).await, Some(0));
+    let before = redis_dump(&mut redis).await;
+
+    // Replay the whole stream from a slot created before it, with the
+    // checkpoint gone: every change is applied a second time.
+    redis::cmd("DEL").arg("pgfanout:checkpoint:e2e_replay").query_async::<()>(&mut redis).await.unwrap();
+    let replay = config.replace("slot = \"e2e_replay\"", "slot = \"e2e_replay_again\"");
+    let end = db.current_wal_lsn().await;
+    let pgfanout = Pgfanout::start("e2e_replay_again", &replay, &http);
+    wait_until("the replay reaches the end of the stream", Duration::from_secs(30), || async {
+        db.confirmed_flush_lsn("e2e_replay_again").await >= end
+    })
+    .await;
+    let after = redis_dump(&mut redis).await;
+    assert_eq!(after, before, "a replay leaves every key, version and index exactly as it was");
+    assert!(pgfanout.log_text().contains("streaming"), "{}", pgfanout.log_text());
+}

@@ -143,7 +143,11 @@ pub async fn fresh_redis_db(db: u8) -> String {
     url
 }
 
-/// Every hash under `prefix*` as key suffix → fields.
+/// The field pgfanout's Redis sink keeps each row's version in (default name).
+pub const REDIS_VERSION_FIELD: &str = "_pgfanout_version";
+
+/// Every hash under `prefix*` as key suffix → fields, without the sink's
+/// version field (PostgreSQL has no such column to compare with).
 pub async fn redis_hashes(
     connection: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
@@ -168,7 +172,9 @@ pub async fn redis_hashes(
     }
     let mut hashes = BTreeMap::new();
     for key in keys {
-        let fields: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(connection).await.unwrap();
+        let mut fields: BTreeMap<String, String> =
+            redis::cmd("HGETALL").arg(&key).query_async(connection).await.unwrap();
+        fields.remove(REDIS_VERSION_FIELD);
         hashes.insert(key[prefix.len()..].to_owned(), fields);
     }
     hashes

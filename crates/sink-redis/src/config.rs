@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping};
 use serde::Deserialize;
 
+use crate::encode::RowFormat;
+
 /// One Redis sink.
 ///
 /// ```toml
@@ -34,6 +36,26 @@ pub struct RedisSinkConfig {
     /// transaction). Default: `pgfanout:checkpoint:<name>`.
     #[serde(default)]
     pub checkpoint_key: Option<String>,
+    /// Whether each row stores its change's version and the sink refuses to
+    /// write a row older than the one stored, so a replay never moves a key
+    /// backwards. Readers see the version as one more field (hash) or
+    /// property (JSON). Default: true.
+    #[serde(default = "default_true")]
+    pub version_guard: bool,
+    /// Name of the field or JSON property holding a row's version: a
+    /// 25-character string, commit LSN then position in the transaction,
+    /// in hex, that sorts in stream order. Default: `"_pgfanout_version"`.
+    #[serde(default = "default_version_field")]
+    pub version_field: String,
+    /// Prefix of tombstone keys (tables with `tombstone_secs`): the deleted
+    /// row's key follows it. Default: `"pgfanout:tombstone:"`.
+    #[serde(default = "default_tombstone_prefix")]
+    pub tombstone_prefix: String,
+    /// Prefix of the sets tracking each table's row keys for TRUNCATE
+    /// (`truncate = "index_set"`); `schema.table` follows it. Default:
+    /// `"pgfanout:index:<name>:"`.
+    #[serde(default)]
+    pub index_prefix: Option<String>,
     /// Milliseconds to wait for Redis to answer one batch before the batch is
     /// retried on a new connection. Default: 30000.
     #[serde(default = "default_response_timeout_ms")]
@@ -72,10 +94,38 @@ pub struct RedisTableConfig {
     /// names), e.g. `'status != "cancelled" && total_price > 100'`.
     #[serde(default)]
     pub filter: Option<String>,
+    /// How a row is stored: `"hash"` (one field per non-NULL column) or
+    /// `"json"` (a string holding a JSON object: column name → text value,
+    /// `null` for NULL). Default: `"hash"`.
+    #[serde(default)]
+    pub format: RowFormat,
     /// Seconds a row's key lives after each write (`EXPIRE`); none by default.
     /// Example: `3600`.
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// When set, a delete leaves a tombstone key (`tombstone_prefix` + the
+    /// row's key) holding the delete's version for this many seconds, so a
+    /// replayed older write cannot bring the row back while it lives.
+    /// Needs `version_guard`. Example: `86400`.
+    #[serde(default)]
+    pub tombstone_secs: Option<u64>,
+    /// How TRUNCATE finds the table's keys: `"index_set"` (every write adds
+    /// its key to a set, `index_prefix` + `schema.table` or `index_key`;
+    /// truncate deletes the members) or `"scan"` (no set to maintain; a
+    /// truncate scans the keyspace with `SCAN … MATCH`, the key template
+    /// with each column as `*`, or `scan_match`). Default: `"index_set"`.
+    /// Switching an existing table to `index_set` needs a rebuild to list
+    /// the keys written before.
+    #[serde(default)]
+    pub truncate: TruncateMode,
+    /// Name of the table's index set, instead of the default.
+    /// Example: `"idx:reservations"`.
+    #[serde(default)]
+    pub index_key: Option<String>,
+    /// `SCAN` pattern for `truncate = "scan"`, instead of the one derived
+    /// from the key template. Example: `"reservation:*"`.
+    #[serde(default)]
+    pub scan_match: Option<String>,
     /// Stream receiving one event per change (`XADD`, in the same round trip
     /// as the write): fields `op`, `table`, `key`, `commit_lsn`, `ordinal`,
     /// `commit_time_unix_micros`, `new` and `old` (JSON rows in the same
@@ -104,6 +154,29 @@ fn default_stream_max_len() -> u64 {
     100_000
 }
 
+/// How TRUNCATE finds a table's keys in Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncateMode {
+    /// The members of a set every write maintains.
+    #[default]
+    IndexSet,
+    /// A `SCAN` of the keyspace with a pattern.
+    Scan,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_version_field() -> String {
+    "_pgfanout_version".into()
+}
+
+fn default_tombstone_prefix() -> String {
+    "pgfanout:tombstone:".into()
+}
+
 impl RedisTableConfig {
     /// The table's column mapping and row filter.
     pub fn mapping(&self) -> MappingConfig {
@@ -126,6 +199,11 @@ impl RedisSinkConfig {
         self.checkpoint_key.clone().unwrap_or_else(|| format!("pgfanout:checkpoint:{}", self.name))
     }
 
+    /// The index set prefix, defaulted.
+    pub fn index_prefix(&self) -> String {
+        self.index_prefix.clone().unwrap_or_else(|| format!("pgfanout:index:{}:", self.name))
+    }
+
     /// How long one batch may take.
     pub fn response_timeout(&self) -> Duration {
         Duration::from_millis(self.response_timeout_ms)
@@ -140,6 +218,9 @@ impl RedisSinkConfig {
         }
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://") || self.url.starts_with("unix://")) {
             problems.push(format!("sink {}: url must start with redis://, rediss:// or unix://", self.name));
+        }
+        if self.version_guard && self.version_field.is_empty() {
+            problems.push(format!("sink {}: version_field must be a field name", self.name));
         }
         if self.tables.is_empty() {
             problems.push(format!("sink {}: add at least one [[sink.table]] with a source", self.name));
@@ -166,6 +247,26 @@ impl RedisSinkConfig {
             }
             if table.ttl_secs == Some(0) {
                 problems.push(format!("sink {}: table {}: ttl_secs must be at least 1", self.name, table.source));
+            }
+            if table.tombstone_secs == Some(0) {
+                problems.push(format!("sink {}: table {}: tombstone_secs must be at least 1", self.name, table.source));
+            }
+            if table.tombstone_secs.is_some() && !self.version_guard {
+                problems.push(format!(
+                    "sink {}: table {}: tombstone_secs needs version_guard = true (a tombstone holds a version)",
+                    self.name, table.source
+                ));
+            }
+            match table.truncate {
+                TruncateMode::IndexSet if table.scan_match.is_some() => problems.push(format!(
+                    "sink {}: table {}: scan_match applies to truncate = \"scan\" only",
+                    self.name, table.source
+                )),
+                TruncateMode::Scan if table.index_key.is_some() => problems.push(format!(
+                    "sink {}: table {}: index_key applies to truncate = \"index_set\" only",
+                    self.name, table.source
+                )),
+                _ => {}
             }
             if table.stream.as_deref().is_some_and(str::is_empty) {
                 problems.push(format!("sink {}: table {}: stream must be a key name", self.name, table.source));

@@ -1,59 +1,75 @@
 //! Pure mapping from transactions to Redis operations; no I/O.
 //!
-//! Each row is one hash whose fields are the row's non-NULL columns:
-//! - insert: the key is replaced by the new row (`DEL`, then `HSET`);
-//! - update: changed columns are written (`HSET`), columns that became NULL
-//!   removed (`HDEL`), unchanged TOAST columns left alone; when the key
-//!   itself changed the old hash is first copied to the new key (so
-//!   unchanged TOAST values follow the row) and deleted;
-//! - delete: `DEL`.
+//! A batch becomes one call of a server-side script (`lua/apply_batch.lua`,
+//! sent with `EVALSHA`): a flat list of records the script applies in order,
+//! then the checkpoint. Each row is one key, holding a hash (default) whose
+//! fields are the row's non-NULL columns, or a JSON object of column name to
+//! text value (`null` for NULL):
+//! - insert: the key is replaced by the new row;
+//! - update: changed columns are written, columns that became NULL removed
+//!   (hash) or written as `null` (JSON), unchanged TOAST columns keep their
+//!   stored value; when the key itself changed the stored row first moves
+//!   to the new key (so unchanged TOAST values follow it);
+//! - delete: the key is removed, optionally leaving a tombstone key that
+//!   holds the delete's version for `tombstone_secs`;
+//! - truncate: every row key of the table goes — the members of the table's
+//!   index set (which every write keeps up to date) or, when configured, the
+//!   keys a `SCAN` with the table's key pattern finds.
+//!
+//! Version guard (on by default): every row stores its change's version
+//! ([`Version::to_sortable_string`]) in a field (`_pgfanout_version`), and
+//! the script writes or deletes a row only when the change is newer than
+//! what the row or its tombstone holds, so a replay never moves a key
+//! backwards.
 //!
 //! Per table, optionally: cache invalidation — keys rendered from the old
 //! and the new row are deleted (`invalidate`), or every member of a tracked
-//! set and the set itself (`invalidate_sets`, one server-side script call);
-//! an `EXPIRE` after each write (`ttl_secs`); and an
-//! event appended to a stream (`XADD <stream> MAXLEN ~ N * …`) in the same
-//! round trip, carrying op, table, key, commit LSN and ordinal, commit time
-//! and the new/old rows as JSON. Events are at-least-once: a consumer
-//! deduplicates by (`commit_lsn`, `ordinal`).
+//! set and the set itself (`invalidate_sets`); an `EXPIRE` after each write
+//! (`ttl_secs`); and an event appended to a stream (`XADD <stream> MAXLEN ~
+//! N * …`) in the same call, carrying op, table, key, commit LSN and
+//! ordinal, commit time and the new/old rows as JSON. Invalidations and
+//! events are not guarded: they are at-least-once, and a consumer
+//! deduplicates events by (`commit_lsn`, `ordinal`).
 //!
-//! The same batch encoded twice gives the same operations, and applying them
-//! twice gives the same state: that is what makes re-delivery harmless.
+//! The same batch encoded twice gives the same records, and applying them
+//! twice gives the same rows: that is what makes re-delivery harmless.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgfanout_core::{row_json, Change, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, TableName, TableSchema};
+use pgfanout_core::{row_json, Change, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, TableName, TableSchema, Version};
 
 use crate::error::RedisSinkError;
 
-/// One Redis operation; field names and values borrow from the changes
-/// (no per-field copy: the batch is written while the changes are alive).
+/// How a row is stored under its key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowFormat {
+    /// A hash: one field per non-NULL column.
+    #[default]
+    Hash,
+    /// A string holding a JSON object: column name → text value or `null`.
+    Json,
+}
+
+impl RowFormat {
+    /// The script's one-letter code.
+    fn code(self) -> &'static str {
+        match self {
+            RowFormat::Hash => "h",
+            RowFormat::Json => "j",
+        }
+    }
+}
+
+/// How a TRUNCATE finds the table's keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisOp<'a> {
-    /// `DEL key`
-    Del(String),
-    /// `HSET key field value …` (never empty)
-    HSet(String, Vec<(&'a str, &'a [u8])>),
-    /// `HDEL key field …` (never empty)
-    HDel(String, Vec<&'a str>),
-    /// `COPY from to REPLACE`
-    Copy(String, String),
-    /// `SET key value`
-    Set(String, String),
-    /// `EXPIRE key seconds`
-    Expire(String, u64),
-    /// Deletes every member of the set `key`, then the set (a Lua script).
-    DelSetMembers(String),
-    /// `XADD stream MAXLEN ~ max_len * field value …`
-    XAdd {
-        /// Stream key.
-        stream: String,
-        /// Approximate length cap.
-        max_len: u64,
-        /// Entry fields, in order.
-        fields: Vec<(&'static str, String)>,
-    },
+pub enum TruncateBy {
+    /// The members of this set, which every write of the table maintains.
+    IndexSet(String),
+    /// The keys matching this `SCAN` pattern (no set to maintain; a scan of
+    /// the whole keyspace per truncate).
+    Scan(String),
 }
 
 /// Per-table options beyond the key template.
@@ -61,14 +77,34 @@ pub enum RedisOp<'a> {
 pub struct TableOptions {
     /// Key template; the default (`<table>:{pk}`) when `None`.
     pub key: Option<KeyTemplate>,
+    /// Hash or JSON string.
+    pub format: RowFormat,
     /// Seconds a written row lives (`EXPIRE` after each write).
     pub ttl_secs: Option<u64>,
+    /// Seconds a deleted row's tombstone lives; no tombstones when `None`.
+    pub tombstone_secs: Option<u64>,
+    /// How a truncate finds the keys; by the default index set when `None`.
+    pub truncate: Option<TruncateBy>,
     /// Event stream key and its approximate length cap.
     pub stream: Option<(String, u64)>,
     /// Keys to delete on any change, rendered from the old and the new row.
     pub invalidate: Vec<KeyTemplate>,
     /// Sets whose members (and themselves) are deleted on any change.
     pub invalidate_sets: Vec<KeyTemplate>,
+}
+
+/// Sink-wide naming and guard settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncoderSettings {
+    /// Key holding the checkpoint.
+    pub checkpoint_key: String,
+    /// Field (hash) or property (JSON) holding each row's version; `None`
+    /// turns the version guard off.
+    pub version_field: Option<String>,
+    /// Prefix of tombstone keys (the row key follows it).
+    pub tombstone_prefix: String,
+    /// Prefix of the default index set of a table (`schema.table` follows).
+    pub index_prefix: String,
 }
 
 /// A parsed key template such as `reservation:{id}`.
@@ -130,6 +166,30 @@ impl KeyTemplate {
             return Err(format!("key template {template:?} names no {{column}}: every row would share one key"));
         }
         Ok(KeyTemplate { parts })
+    }
+
+    /// The `SCAN` pattern matching every key the template renders: each
+    /// column becomes `*`, glob characters in the literal parts are escaped.
+    pub fn scan_pattern(&self) -> String {
+        self.parts
+            .iter()
+            .map(|part| match part {
+                KeyPart::Literal(text) => Self::escape_pattern(text),
+                KeyPart::Column(_) => "*".to_owned(),
+            })
+            .collect()
+    }
+
+    /// `text` with the glob characters of `SCAN … MATCH` escaped.
+    pub fn escape_pattern(text: &str) -> String {
+        let mut escaped = String::with_capacity(text.len());
+        for c in text.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        escaped
     }
 
     /// The default template: table name, then each key column, joined by `:`.
@@ -221,55 +281,210 @@ impl ResolvedKey {
     }
 }
 
+/// One argument of the batch script; row values are borrowed from the
+/// changes (the call is written while they are alive), not copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptArg<'a> {
+    /// Bytes of a column name or value.
+    Borrowed(&'a [u8]),
+    /// A rendered key index, version, number or JSON text.
+    Owned(String),
+    /// An opcode or a fixed word.
+    Static(&'static str),
+}
+
+impl ScriptArg<'_> {
+    /// The argument's bytes as sent.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            ScriptArg::Borrowed(bytes) => bytes,
+            ScriptArg::Owned(text) => text.as_bytes(),
+            ScriptArg::Static(text) => text.as_bytes(),
+        }
+    }
+}
+
+impl redis::ToRedisArgs for ScriptArg<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        out.write_arg(self.as_bytes());
+    }
+}
+
+/// One call of the batch script: the keys it touches (each once; the
+/// checkpoint key first) and its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptCall<'a> {
+    keys: Vec<String>,
+    key_positions: HashMap<String, usize>,
+    args: Vec<ScriptArg<'a>>,
+}
+
+impl<'a> ScriptCall<'a> {
+    fn new(settings: &EncoderSettings) -> Self {
+        let version_field = settings.version_field.clone().unwrap_or_default();
+        ScriptCall {
+            keys: vec![settings.checkpoint_key.clone()],
+            key_positions: HashMap::from([(settings.checkpoint_key.clone(), 1)]),
+            args: vec![ScriptArg::Owned(version_field), ScriptArg::Static("")],
+        }
+    }
+
+    /// `KEYS` of the call.
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
+    /// `ARGV` of the call.
+    pub fn args(&self) -> &[ScriptArg<'a>] {
+        &self.args
+    }
+
+    /// Whether the call has neither records nor a checkpoint.
+    pub fn is_empty(&self) -> bool {
+        self.args.len() == 2 && self.args[1].as_bytes().is_empty()
+    }
+
+    fn set_checkpoint(&mut self, checkpoint: Lsn) {
+        self.args[1] = ScriptArg::Owned(checkpoint.to_string());
+    }
+
+    /// Adds `key` to `KEYS` (once) and its index to the records.
+    fn key(&mut self, key: String) {
+        let index = match self.key_positions.get(&key) {
+            Some(&index) => index,
+            None => {
+                self.keys.push(key.clone());
+                self.key_positions.insert(key, self.keys.len());
+                self.keys.len()
+            }
+        };
+        self.number(index as u64);
+    }
+
+    fn optional_key(&mut self, key: Option<String>) {
+        match key {
+            Some(key) => self.key(key),
+            None => self.number(0),
+        }
+    }
+
+    fn word(&mut self, word: &'static str) {
+        self.args.push(ScriptArg::Static(word));
+    }
+
+    fn text(&mut self, text: String) {
+        self.args.push(ScriptArg::Owned(text));
+    }
+
+    fn bytes(&mut self, bytes: &'a [u8]) {
+        self.args.push(ScriptArg::Borrowed(bytes));
+    }
+
+    fn number(&mut self, number: u64) {
+        self.args.push(ScriptArg::Owned(number.to_string()));
+    }
+}
+
+/// One step of applying a batch, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchStep<'a> {
+    /// A script call (one round trip).
+    Script(ScriptCall<'a>),
+    /// A truncate by `SCAN`: delete the keys matching `pattern` that hold
+    /// rows older than `version` (see [`RedisEncoder::delete_if_older`]).
+    ScanTruncate {
+        /// Table, for messages.
+        table: TableName,
+        /// `SCAN … MATCH` pattern.
+        pattern: String,
+        /// How the table's rows are stored.
+        format: RowFormat,
+        /// The truncate's version.
+        version: Version,
+    },
+}
+
 /// Encodes batches for one sink; caches resolved templates per table shape.
 #[derive(Debug)]
 pub struct RedisEncoder {
     tables: HashMap<TableName, TableOptions>,
     resolved: HashMap<TableName, ResolvedTable>,
-    checkpoint_key: String,
+    settings: EncoderSettings,
 }
 
 impl RedisEncoder {
     /// An encoder with the configured per-table options (tables without a
     /// template use the default).
-    pub fn new(tables: HashMap<TableName, TableOptions>, checkpoint_key: String) -> Self {
-        RedisEncoder { tables, resolved: HashMap::new(), checkpoint_key }
+    pub fn new(tables: HashMap<TableName, TableOptions>, settings: EncoderSettings) -> Self {
+        RedisEncoder { tables, resolved: HashMap::new(), settings }
     }
 
-    /// The operations applying `changes` in order, ending with the
-    /// checkpoint `SET` when `checkpoint` is given.
+    /// The steps applying `changes` in order, the last one storing
+    /// `checkpoint` when given. Usually a single script call; a truncate by
+    /// scan splits the batch around it.
     pub fn encode<'a>(
         &mut self,
         changes: &[ChangeRef<'a>],
         checkpoint: Option<Lsn>,
-    ) -> Result<Vec<RedisOp<'a>>, RedisSinkError> {
-        let mut ops = Vec::with_capacity(changes.len() * 2 + 1);
+    ) -> Result<Vec<BatchStep<'a>>, RedisSinkError> {
+        let mut steps = Vec::new();
+        let mut call = ScriptCall::new(&self.settings);
         for change in changes {
-            self.encode_change(change, &mut ops)?;
+            if let Some(scan) = self.encode_change(change, &mut call)? {
+                if !call.is_empty() {
+                    steps.push(BatchStep::Script(std::mem::replace(&mut call, ScriptCall::new(&self.settings))));
+                }
+                steps.push(scan);
+            }
         }
         if let Some(checkpoint) = checkpoint {
-            ops.push(RedisOp::Set(self.checkpoint_key.clone(), checkpoint.to_string()));
+            call.set_checkpoint(checkpoint);
         }
-        Ok(ops)
+        if !call.is_empty() {
+            steps.push(BatchStep::Script(call));
+        }
+        Ok(steps)
     }
 
+    /// A call deleting each of `keys` unless it holds a row at `version` or
+    /// newer: one page of a truncate by scan.
+    pub fn delete_if_older(&self, keys: Vec<String>, format: RowFormat, version: Version) -> ScriptCall<'static> {
+        let mut call = ScriptCall::new(&self.settings);
+        let version = version.to_sortable_string();
+        for key in keys {
+            call.word("D");
+            call.word(format.code());
+            call.key(key);
+            call.number(0);
+            call.number(0);
+            call.text(version.clone());
+            call.number(0);
+        }
+        call
+    }
+
+    /// Adds the records of one change; a truncate by scan is returned as a
+    /// step of its own instead.
     fn encode_change<'a>(
         &mut self,
         change_ref: &ChangeRef<'a>,
-        ops: &mut Vec<RedisOp<'a>>,
-    ) -> Result<(), RedisSinkError> {
+        call: &mut ScriptCall<'a>,
+    ) -> Result<Option<BatchStep<'a>>, RedisSinkError> {
         let change: &'a Change = change_ref.change;
         let table = &change.table;
-        let resolved = self.resolve(table)?;
+        let version = change_ref.version();
+        let settings = &self.settings;
+        let resolved = Self::resolve(&mut self.resolved, &self.tables, settings, table)?;
         let key = &resolved.key;
+        let tombstone = |key: &str| resolved.tombstone_secs.map(|_| format!("{}{key}", settings.tombstone_prefix));
+        let format = resolved.format;
         let written_key = match &change.op {
             ChangeOp::Insert { new } => {
                 let key = key.render(&table.table, new, None)?;
-                ops.push(RedisOp::Del(key.clone()));
-                let (set, _) = split_fields(table, new);
-                if !set.is_empty() {
-                    ops.push(RedisOp::HSet(key.clone(), set));
-                }
+                write_row(call, resolved, &key, tombstone(&key), version, RowImage::Replace(new), table);
                 key
             }
             ChangeOp::Update { old, new } => {
@@ -277,36 +492,50 @@ impl RedisEncoder {
                 if let Some(old) = old {
                     let old_key = key.render(&table.table, old, Some(new))?;
                     if old_key != new_key {
-                        ops.push(RedisOp::Copy(old_key.clone(), new_key.clone()));
-                        ops.push(RedisOp::Del(old_key));
+                        call.word("M");
+                        call.word(format.code());
+                        call.key(old_key.clone());
+                        call.key(new_key.clone());
+                        call.optional_key(tombstone(&old_key));
+                        call.optional_key(resolved.index_set.clone());
+                        call.text(version.to_sortable_string());
+                        call.number(resolved.tombstone_secs.unwrap_or(0));
                     }
                 }
-                let (set, unset) = split_fields(table, new);
-                if !set.is_empty() {
-                    ops.push(RedisOp::HSet(new_key.clone(), set));
-                }
-                if !unset.is_empty() {
-                    ops.push(RedisOp::HDel(new_key.clone(), unset));
-                }
+                write_row(call, resolved, &new_key, tombstone(&new_key), version, RowImage::Patch(new), table);
                 new_key
             }
             ChangeOp::Delete { old } => {
                 let key = key.render(&table.table, old, None)?;
-                ops.push(RedisOp::Del(key.clone()));
+                call.word("D");
+                call.word(format.code());
+                call.key(key.clone());
+                call.optional_key(tombstone(&key));
+                call.optional_key(resolved.index_set.clone());
+                call.text(version.to_sortable_string());
+                call.number(resolved.tombstone_secs.unwrap_or(0));
                 key
             }
-            ChangeOp::Truncate => {
-                return Err(RedisSinkError::Mapping {
-                    table: table.table.to_string(),
-                    reason: "TRUNCATE is not applied by the redis sink yet".into(),
-                })
-            }
+            ChangeOp::Truncate => match &resolved.truncate {
+                TruncateBy::IndexSet(set) => {
+                    call.word("T");
+                    call.word(format.code());
+                    call.key(set.clone());
+                    call.text(version.to_sortable_string());
+                    String::new()
+                }
+                TruncateBy::Scan(pattern) => {
+                    return Ok(Some(BatchStep::ScanTruncate {
+                        table: table.table.clone(),
+                        pattern: pattern.clone(),
+                        format,
+                        version,
+                    }))
+                }
+            },
         };
-        if let (Some(ttl), false) = (resolved.ttl_secs, matches!(change.op, ChangeOp::Delete { .. })) {
-            ops.push(RedisOp::Expire(written_key.clone(), ttl));
-        }
         let (old, new) = change.op.images();
-        for (templates, as_set) in [(&resolved.invalidate, false), (&resolved.invalidate_sets, true)] {
+        for (templates, opcode) in [(&resolved.invalidate, "I"), (&resolved.invalidate_sets, "S")] {
             let mut keys: Vec<String> = Vec::new();
             // A row image without a column (NULL, key-only old tuple) says nothing.
             let rendered =
@@ -316,27 +545,40 @@ impl RedisEncoder {
                     keys.push(key);
                 }
             }
-            ops.extend(
-                keys.into_iter().map(|key| if as_set { RedisOp::DelSetMembers(key) } else { RedisOp::Del(key) }),
-            );
+            for key in keys {
+                call.word(opcode);
+                call.key(key);
+            }
         }
         if let Some((stream, max_len)) = &resolved.stream {
             let fields = event_fields(change_ref, written_key);
-            ops.push(RedisOp::XAdd { stream: stream.clone(), max_len: *max_len, fields });
+            call.word("X");
+            call.key(stream.clone());
+            call.number(*max_len);
+            call.number(fields.len() as u64);
+            for (field, value) in fields {
+                call.word(field);
+                call.text(value);
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The table's options resolved against this shape of it (column
     /// positions instead of names), re-resolved only when a Relation message
     /// changed the shape: nothing is cloned or resolved per change.
-    fn resolve(&mut self, table: &Arc<TableSchema>) -> Result<&ResolvedTable, RedisSinkError> {
-        let stale = match self.resolved.get(&table.table) {
-            Some(resolved) => !Arc::ptr_eq(&resolved.shape, table) && *resolved.shape != **table,
+    fn resolve<'r>(
+        resolved: &'r mut HashMap<TableName, ResolvedTable>,
+        tables: &HashMap<TableName, TableOptions>,
+        settings: &EncoderSettings,
+        table: &Arc<TableSchema>,
+    ) -> Result<&'r ResolvedTable, RedisSinkError> {
+        let stale = match resolved.get(&table.table) {
+            Some(known) => !Arc::ptr_eq(&known.shape, table) && *known.shape != **table,
             None => true,
         };
         if stale {
-            let options = self.tables.get(&table.table).cloned().unwrap_or_default();
+            let options = tables.get(&table.table).cloned().unwrap_or_default();
             let template = match options.key {
                 Some(template) => template,
                 None => KeyTemplate::default_for(table)?,
@@ -344,17 +586,90 @@ impl RedisEncoder {
             let resolve_all = |templates: &[KeyTemplate]| {
                 templates.iter().map(|t| ResolvedKey::resolve(t, table)).collect::<Result<Vec<_>, _>>()
             };
-            let resolved = ResolvedTable {
+            let truncate = options
+                .truncate
+                .unwrap_or_else(|| TruncateBy::IndexSet(format!("{}{}", settings.index_prefix, table.table)));
+            let index_set = match &truncate {
+                TruncateBy::IndexSet(set) => Some(set.clone()),
+                TruncateBy::Scan(_) => None,
+            };
+            let entry = ResolvedTable {
                 shape: Arc::clone(table),
                 key: ResolvedKey::resolve(&template, table)?,
+                format: options.format,
                 invalidate: resolve_all(&options.invalidate)?,
                 invalidate_sets: resolve_all(&options.invalidate_sets)?,
                 ttl_secs: options.ttl_secs,
+                tombstone_secs: options.tombstone_secs.filter(|_| settings.version_field.is_some()),
+                truncate,
+                index_set,
                 stream: options.stream,
+                version_field: settings.version_field.clone(),
             };
-            self.resolved.insert(table.table.clone(), resolved);
+            resolved.insert(table.table.clone(), entry);
         }
-        Ok(&self.resolved[&table.table])
+        Ok(&resolved[&table.table])
+    }
+}
+
+/// A row image to write: a whole new row, or an update's columns (unchanged
+/// TOAST columns keep the stored value).
+enum RowImage<'a> {
+    Replace(&'a Row),
+    Patch(&'a Row),
+}
+
+/// The `H` or `J` record writing `image` under `key`.
+fn write_row<'a>(
+    call: &mut ScriptCall<'a>,
+    resolved: &ResolvedTable,
+    key: &str,
+    tombstone: Option<String>,
+    version: Version,
+    image: RowImage<'a>,
+    table: &'a TableSchema,
+) {
+    let (row, replace) = match image {
+        RowImage::Replace(row) => (row, true),
+        RowImage::Patch(row) => (row, false),
+    };
+    let version = version.to_sortable_string();
+    match resolved.format {
+        RowFormat::Hash => {
+            call.word("H");
+            call.key(key.to_owned());
+            call.optional_key(tombstone);
+            call.optional_key(resolved.index_set.clone());
+            call.text(version);
+            call.word(if replace { "r" } else { "p" });
+            call.number(resolved.ttl_secs.unwrap_or(0));
+            let (set, unset) = split_fields(table, row);
+            call.number(set.len() as u64);
+            for (field, value) in set {
+                call.bytes(field.as_bytes());
+                call.bytes(value);
+            }
+            // A replaced row has no stale fields to remove.
+            let unset = if replace { Vec::new() } else { unset };
+            call.number(unset.len() as u64);
+            for field in unset {
+                call.bytes(field.as_bytes());
+            }
+        }
+        RowFormat::Json => {
+            call.word("J");
+            call.key(key.to_owned());
+            call.optional_key(tombstone);
+            call.optional_key(resolved.index_set.clone());
+            let (json, kept) = row_document(table, row, resolved.version_field.as_deref().map(|f| (f, &version[..])));
+            call.text(version);
+            call.number(resolved.ttl_secs.unwrap_or(0));
+            call.text(json);
+            call.number(kept.len() as u64);
+            for column in kept {
+                call.bytes(column.as_bytes());
+            }
+        }
     }
 }
 
@@ -363,10 +678,16 @@ impl RedisEncoder {
 struct ResolvedTable {
     shape: Arc<TableSchema>,
     key: ResolvedKey,
+    format: RowFormat,
     invalidate: Vec<ResolvedKey>,
     invalidate_sets: Vec<ResolvedKey>,
     ttl_secs: Option<u64>,
+    tombstone_secs: Option<u64>,
+    truncate: TruncateBy,
+    /// The index set every write maintains (truncate by index set only).
+    index_set: Option<String>,
     stream: Option<(String, u64)>,
+    version_field: Option<String>,
 }
 
 /// The fields of a change's stream event.
@@ -402,6 +723,54 @@ fn split_fields<'a>(table: &'a TableSchema, row: &'a Row) -> (Vec<(&'a str, &'a 
         }
     }
     (set, unset)
+}
+
+/// The JSON text of a row (column name → text value, `null` for NULL, the
+/// version first when guarded), and the unchanged TOAST columns it leaves
+/// out. Binary-format values are written as PostgreSQL's `\x` hex text.
+fn row_document<'a>(table: &'a TableSchema, row: &Row, version: Option<(&str, &str)>) -> (String, Vec<&'a str>) {
+    fn push_string(out: &mut String, text: &str) {
+        // Serialising a &str to JSON cannot fail.
+        out.push_str(&serde_json::to_string(text).unwrap_or_default());
+    }
+    let mut out =
+        String::with_capacity(16 + row.iter().map(|v| v.as_bytes().map_or(4, <[u8]>::len) + 16).sum::<usize>());
+    let mut kept = Vec::new();
+    out.push('{');
+    let mut first = true;
+    let mut separator = |out: &mut String| {
+        if !std::mem::take(&mut first) {
+            out.push(',');
+        }
+    };
+    if let Some((field, version)) = version {
+        separator(&mut out);
+        push_string(&mut out, field);
+        out.push(':');
+        push_string(&mut out, version);
+    }
+    for (column, value) in table.columns.iter().zip(row) {
+        let text = match value {
+            ColumnValue::UnchangedToast => {
+                kept.push(column.name.as_str());
+                continue;
+            }
+            ColumnValue::Null => None,
+            ColumnValue::Text(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            ColumnValue::Binary(bytes) => {
+                Some(format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+            }
+        };
+        separator(&mut out);
+        push_string(&mut out, &column.name);
+        out.push(':');
+        match text {
+            Some(text) => push_string(&mut out, &text),
+            None => out.push_str("null"),
+        }
+    }
+    out.push('}');
+    (out, kept)
 }
 
 #[cfg(test)]
@@ -451,19 +820,41 @@ mod tests {
             .collect()
     }
 
+    fn settings() -> EncoderSettings {
+        EncoderSettings {
+            checkpoint_key: "cp".into(),
+            version_field: Some("_v".into()),
+            tombstone_prefix: "tomb:".into(),
+            index_prefix: "idx:".into(),
+        }
+    }
+
+    fn encoder_with(options: TableOptions) -> RedisEncoder {
+        RedisEncoder::new(HashMap::from([(TableName::new("public", "reservations"), options)]), settings())
+    }
+
     fn encoder(template: Option<&str>) -> RedisEncoder {
-        let tables = template
-            .map(|t| {
-                let options = TableOptions { key: Some(KeyTemplate::parse(t).unwrap()), ..TableOptions::default() };
-                (TableName::new("public", "reservations"), options)
-            })
-            .into_iter()
-            .collect();
-        RedisEncoder::new(tables, "cp".into())
+        encoder_with(TableOptions { key: template.map(|t| KeyTemplate::parse(t).unwrap()), ..TableOptions::default() })
+    }
+
+    fn only_call<'a>(steps: &'a [BatchStep<'a>]) -> &'a ScriptCall<'a> {
+        match steps {
+            [BatchStep::Script(call)] => call,
+            other => panic!("expected one script call, got {other:?}"),
+        }
+    }
+
+    /// The call's arguments as text, key indices replaced by `<key>`.
+    fn texts(call: &ScriptCall<'_>) -> Vec<String> {
+        call.args().iter().map(|arg| String::from_utf8_lossy(arg.as_bytes()).into_owned()).collect()
+    }
+
+    fn version(end: u64, ordinal: u32) -> String {
+        Version { commit_lsn: Lsn(end - 8), ordinal }.to_sortable_string()
     }
 
     #[test]
-    fn insert_update_delete_with_default_keys() {
+    fn a_batch_is_one_call_naming_each_key_once() {
         let batch = [transaction(
             0x100,
             vec![
@@ -472,22 +863,53 @@ mod tests {
                 ChangeOp::Delete { old: vec![text("7"), ColumnValue::Null, ColumnValue::Null] },
             ],
         )];
-        let ops = encoder(None).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap();
-        assert_eq!(
-            ops,
-            vec![
-                RedisOp::Del("reservations:7".into()),
-                RedisOp::HSet("reservations:7".into(), vec![("id", &b"7"[..]), ("status", &b"new"[..])]),
-                RedisOp::HSet("reservations:7".into(), vec![("id", &b"7"[..])]),
-                RedisOp::HDel("reservations:7".into(), vec!["status"]),
-                RedisOp::Del("reservations:7".into()),
-                RedisOp::Set("cp".into(), "0/100".into()),
-            ]
-        );
+        let steps = encoder(None).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap();
+        let call = only_call(&steps);
+        assert_eq!(call.keys(), ["cp", "reservations:7", "idx:public.reservations"]);
+        let expected: Vec<String> = [
+            "_v",
+            "0/100", // guard field, checkpoint
+            "H",
+            "2",
+            "0",
+            "3",
+            &version(0x100, 0),
+            "r",
+            "0",
+            "2",
+            "id",
+            "7",
+            "status",
+            "new",
+            "0",
+            "H",
+            "2",
+            "0",
+            "3",
+            &version(0x100, 1),
+            "p",
+            "0",
+            "1",
+            "id",
+            "7",
+            "1",
+            "status",
+            "D",
+            "h",
+            "2",
+            "0",
+            "3",
+            &version(0x100, 2),
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(texts(call), expected);
     }
 
     #[test]
-    fn a_key_change_moves_the_hash_before_writing() {
+    fn a_key_change_moves_the_row_before_patching_it() {
         let batch = [transaction(
             0x200,
             vec![ChangeOp::Update {
@@ -495,10 +917,85 @@ mod tests {
                 new: vec![text("8"), text("s"), ColumnValue::UnchangedToast],
             }],
         )];
-        let ops = encoder(Some("r:{id}")).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap();
-        assert_eq!(ops[0], RedisOp::Copy("r:7".into(), "r:8".into()));
-        assert_eq!(ops[1], RedisOp::Del("r:7".into()));
-        assert_eq!(ops[2], RedisOp::HSet("r:8".into(), vec![("id", &b"8"[..]), ("status", &b"s"[..])]));
+        let options = TableOptions {
+            key: Some(KeyTemplate::parse("r:{id}").unwrap()),
+            tombstone_secs: Some(60),
+            ..TableOptions::default()
+        };
+        let steps = encoder_with(options).encode(&refs(&batch), None).unwrap();
+        let call = only_call(&steps);
+        assert_eq!(call.keys(), ["cp", "r:7", "r:8", "tomb:r:7", "idx:public.reservations", "tomb:r:8"]);
+        let v = version(0x200, 0);
+        assert_eq!(texts(call)[2..11], ["M", "h", "2", "3", "4", "5", v.as_str(), "60", "H"]);
+    }
+
+    #[test]
+    fn json_rows_hold_text_values_and_leave_unchanged_toast_to_the_store() {
+        let options = TableOptions {
+            key: Some(KeyTemplate::parse("r:{id}").unwrap()),
+            format: RowFormat::Json,
+            ..TableOptions::default()
+        };
+        let batch = [transaction(
+            0x300,
+            vec![ChangeOp::Update {
+                old: None,
+                new: vec![text("7"), text("say \"hi\" ✓"), ColumnValue::UnchangedToast],
+            }],
+        )];
+        let steps = encoder_with(options).encode(&refs(&batch), None).unwrap();
+        let args = texts(only_call(&steps));
+        let v = version(0x300, 0);
+        assert_eq!(args[2..8], ["J", "2", "0", "3", v.as_str(), "0"]);
+        let document: serde_json::Value = serde_json::from_str(&args[8]).unwrap();
+        assert_eq!(document, serde_json::json!({"_v": v, "id": "7", "status": "say \"hi\" ✓"}));
+        assert!(args[8].starts_with("{\"_v\":"), "the version comes first: {}", args[8]);
+        assert_eq!(args[9..], ["1", "notes"], "the TOAST column is kept from the store");
+    }
+
+    #[test]
+    fn without_the_guard_no_version_field_is_named() {
+        let mut settings = settings();
+        settings.version_field = None;
+        let mut encoder = RedisEncoder::new(HashMap::new(), settings);
+        let batch = [transaction(0x100, vec![ChangeOp::Insert { new: vec![text("1"), text("a"), text("b")] }])];
+        let steps = encoder.encode(&refs(&batch), None).unwrap();
+        assert_eq!(texts(only_call(&steps))[..2], ["", ""]);
+    }
+
+    #[test]
+    fn a_truncate_by_index_set_is_a_record_and_by_scan_splits_the_batch() {
+        let batch = [transaction(
+            0x400,
+            vec![
+                ChangeOp::Insert { new: vec![text("1"), text("a"), ColumnValue::Null] },
+                ChangeOp::Truncate,
+                ChangeOp::Insert { new: vec![text("2"), text("b"), ColumnValue::Null] },
+            ],
+        )];
+        let steps = encoder(None).encode(&refs(&batch), Some(Lsn(0x400))).unwrap();
+        let args = texts(only_call(&steps));
+        let v = version(0x400, 1);
+        let truncate = args.iter().position(|a| a == "T").unwrap();
+        assert_eq!(args[truncate..truncate + 4], ["T", "h", "3", v.as_str()]);
+
+        let options = TableOptions {
+            key: Some(KeyTemplate::parse("r[{id}]").unwrap()),
+            truncate: Some(TruncateBy::Scan("r\\[*\\]".into())),
+            ..TableOptions::default()
+        };
+        let steps = encoder_with(options).encode(&refs(&batch), Some(Lsn(0x400))).unwrap();
+        let [BatchStep::Script(before), BatchStep::ScanTruncate { pattern, version, .. }, BatchStep::Script(after)] =
+            &steps[..]
+        else {
+            panic!("script, scan, script: {steps:?}")
+        };
+        assert_eq!(pattern, "r\\[*\\]");
+        assert_eq!(version.to_sortable_string(), v);
+        assert_eq!(before.keys(), ["cp", "r[1]"]);
+        assert_eq!(texts(before)[1], "", "the checkpoint waits for the last step");
+        assert_eq!(texts(after)[1], "0/400");
+        assert_eq!(KeyTemplate::parse("r[{id}]:*{x}").unwrap().scan_pattern(), "r\\[*\\]:\\**");
     }
 
     #[test]
@@ -524,8 +1021,6 @@ mod tests {
             stream: Some(("events".into(), 1000)),
             ..TableOptions::default()
         };
-        let mut encoder =
-            RedisEncoder::new(HashMap::from([(TableName::new("public", "reservations"), options)]), "cp".into());
         let batch = [transaction(
             0x200,
             vec![
@@ -533,27 +1028,29 @@ mod tests {
                 ChangeOp::Delete { old: vec![text("7"), ColumnValue::Null, ColumnValue::Null] },
             ],
         )];
-        let ops = encoder.encode(&refs(&batch), None).unwrap();
-        assert_eq!(ops[0], RedisOp::Del("r:7".into()));
-        assert_eq!(ops[1], RedisOp::HSet("r:7".into(), vec![("id", &b"7"[..]), ("status", &b"new"[..])]));
-        assert_eq!(ops[2], RedisOp::Expire("r:7".into(), 60), "a written row gets its TTL");
-        let RedisOp::XAdd { stream, max_len, fields } = &ops[3] else { panic!("an event after the write: {ops:?}") };
-        assert_eq!((stream.as_str(), *max_len), ("events", 1000));
-        let field = |name: &str| fields.iter().find(|(f, _)| *f == name).map(|(_, v)| v.as_str());
-        assert_eq!(field("op"), Some("insert"));
-        assert_eq!(field("key"), Some("r:7"));
-        assert_eq!(field("table"), Some("public.reservations"));
-        assert_eq!(field("commit_lsn"), Some(Lsn(0x200 - 8).to_string().as_str()));
-        assert_eq!(field("ordinal"), Some("0"));
-        let new: serde_json::Value = serde_json::from_str(field("new").unwrap()).unwrap();
+        let steps = encoder_with(options).encode(&refs(&batch), None).unwrap();
+        let call = only_call(&steps);
+        assert_eq!(call.keys(), ["cp", "r:7", "idx:public.reservations", "events"]);
+        let args = texts(call);
+        assert_eq!(args[8], "60", "a written row gets its TTL");
+        let events: Vec<usize> = args.iter().enumerate().filter(|(_, a)| *a == "X").map(|(i, _)| i).collect();
+        assert_eq!(events.len(), 2, "one event per change: {args:?}");
+        let field = |event: usize, name: &str| {
+            let count: usize = args[event + 3].parse().unwrap();
+            let pairs = &args[event + 4..event + 4 + 2 * count];
+            pairs.chunks(2).find(|pair| pair[0] == name).map(|pair| pair[1].clone())
+        };
+        assert_eq!(args[events[0] + 1..events[0] + 3], ["4", "1000"]);
+        assert_eq!(field(events[0], "op").as_deref(), Some("insert"));
+        assert_eq!(field(events[0], "key").as_deref(), Some("r:7"));
+        assert_eq!(field(events[0], "table").as_deref(), Some("public.reservations"));
+        assert_eq!(field(events[0], "commit_lsn"), Some(Lsn(0x200 - 8).to_string()));
+        assert_eq!(field(events[0], "ordinal").as_deref(), Some("0"));
+        let new: serde_json::Value = serde_json::from_str(&field(events[0], "new").unwrap()).unwrap();
         assert_eq!(new, serde_json::json!({"id": "7", "status": "new", "notes": null}));
-        assert_eq!(field("old"), None);
-        // A delete gets no TTL, but an event with the old row.
-        assert_eq!(ops[4], RedisOp::Del("r:7".into()));
-        let RedisOp::XAdd { fields, .. } = &ops[5] else { panic!("delete event: {ops:?}") };
-        assert!(fields.iter().any(|(f, v)| *f == "op" && v == "delete"));
-        assert!(fields.iter().any(|(f, _)| *f == "old"));
-        assert_eq!(ops.len(), 6);
+        assert_eq!(field(events[0], "old"), None);
+        assert_eq!(field(events[1], "op").as_deref(), Some("delete"));
+        assert!(field(events[1], "old").is_some());
     }
 
     #[test]
@@ -564,8 +1061,7 @@ mod tests {
             invalidate_sets: vec![KeyTemplate::parse("pages:{status}").unwrap()],
             ..TableOptions::default()
         };
-        let mut encoder =
-            RedisEncoder::new(HashMap::from([(TableName::new("public", "reservations"), options)]), "cp".into());
+        let mut encoder = encoder_with(options);
         let batch = [transaction(
             0x300,
             vec![ChangeOp::Update {
@@ -573,23 +1069,27 @@ mod tests {
                 new: vec![text("7"), text("paid"), ColumnValue::UnchangedToast],
             }],
         )];
-        let ops = encoder.encode(&refs(&batch), None).unwrap();
-        let invalidations: Vec<&RedisOp> =
-            ops.iter().filter(|op| matches!(op, RedisOp::Del(_) | RedisOp::DelSetMembers(_))).collect();
+        let steps = encoder.encode(&refs(&batch), None).unwrap();
+        let call = only_call(&steps);
         assert_eq!(
-            invalidations,
+            call.keys(),
             [
-                &RedisOp::Del("by_status:pending".into()),
-                &RedisOp::Del("by_status:paid".into()),
-                &RedisOp::DelSetMembers("pages:pending".into()),
-                &RedisOp::DelSetMembers("pages:paid".into()),
+                "cp",
+                "r:7",
+                "idx:public.reservations",
+                "by_status:pending",
+                "by_status:paid",
+                "pages:pending",
+                "pages:paid"
             ]
         );
+        let args = texts(call);
+        let tail = &args[args.len() - 8..];
+        assert_eq!(tail, ["I", "4", "I", "5", "S", "6", "S", "7"]);
         // A row image without the column (NULL) invalidates nothing for it.
         let batch =
             [transaction(0x400, vec![ChangeOp::Insert { new: vec![text("8"), ColumnValue::Null, ColumnValue::Null] }])];
-        let ops = encoder.encode(&refs(&batch), None).unwrap();
-        assert!(!ops.iter().any(|op| matches!(op, RedisOp::DelSetMembers(_))), "{ops:?}");
-        assert_eq!(ops.iter().filter(|op| matches!(op, RedisOp::Del(_))).count(), 1, "only the row's own DEL: {ops:?}");
+        let steps = encoder.encode(&refs(&batch), None).unwrap();
+        assert_eq!(only_call(&steps).keys(), ["cp", "r:8", "idx:public.reservations"]);
     }
 }

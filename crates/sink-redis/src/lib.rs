@@ -1,15 +1,20 @@
-//! Redis sink for pgfanout: one hash per PostgreSQL row.
+//! Redis sink for pgfanout: one key per PostgreSQL row, a hash or a JSON
+//! string.
 //!
-//! What it is: the mapping from row changes to Redis hashes under key
-//! templates ([`encode`]), and the sink that applies a batch in one atomic
-//! round trip together with its checkpoint ([`sink`]).
+//! What it is: the mapping from row changes to the records of a server-side
+//! batch script ([`encode`], pure), the script itself (`lua/apply_batch.lua`)
+//! and the sink that runs it, one `EVALSHA` per batch with the checkpoint
+//! last in it ([`sink`]).
 //!
-//! What it is not (yet): JSON rows, TTLs, invalidation rules, event streams
-//! and version guards come with later work; TRUNCATE is not published to it.
+//! What it is not: a Redis Cluster client (a batch's keys may span hash
+//! slots), nor a reader: nothing is read back per row on the client side.
 //!
-//! Invariants: unchanged TOAST values never overwrite stored fields; a
-//! batch and its checkpoint are written atomically (`MULTI`/`EXEC`); nothing
-//! is ever read back per row, so a batch costs one round trip.
+//! Invariants: a row is written only by a change newer than the version it
+//! stores (the version guard, on by default), so re-delivery and replays
+//! never move a key backwards; unchanged TOAST values never overwrite stored
+//! values; the checkpoint is stored only after every record of its call
+//! succeeded; one round trip per batch (plus one per `SCAN` page of a
+//! truncate by scan).
 
 #![warn(missing_docs)]
 
@@ -18,6 +23,7 @@ pub mod encode;
 pub mod error;
 pub mod sink;
 
-pub use config::{RedisSinkConfig, RedisTableConfig};
+pub use config::{RedisSinkConfig, RedisTableConfig, TruncateMode};
+pub use encode::RowFormat;
 pub use error::RedisSinkError;
 pub use sink::RedisSink;

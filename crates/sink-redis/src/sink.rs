@@ -1,10 +1,15 @@
 //! The Redis sink: connection, batch apply, checkpoint.
 //!
-//! One call is one `MULTI … EXEC` round trip holding every row operation and,
-//! when the worker hands it over, the checkpoint `SET`, so with a single lane
-//! the stored checkpoint and the data can never disagree: after a crash the
-//! store holds either the whole batch and its checkpoint or neither. Lanes
-//! share one multiplexed connection, so concurrent calls pipeline on it.
+//! One call is one round trip: `EVALSHA` of the batch script with every row
+//! record and, when the worker hands it over, the checkpoint, which the
+//! script stores last. No other client runs between its commands, and a
+//! script stopped by an error (a value the store rejects) never reaches the
+//! checkpoint, so with a single lane the stored checkpoint never runs ahead
+//! of the data; what a stopped script did write is applied again, guarded by
+//! version, on the retry. After a server restart forgets the script the
+//! sink loads it again (`SCRIPT LOAD`) and repeats the call. A truncate by
+//! scan adds one `SCAN` round trip per page. Lanes share one multiplexed
+//! connection, so concurrent calls pipeline on it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,15 +19,17 @@ use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
-use crate::config::RedisSinkConfig;
-use crate::encode::{KeyTemplate, RedisEncoder, RedisOp, TableOptions};
+use crate::config::{RedisSinkConfig, TruncateMode};
+use crate::encode::{
+    BatchStep, EncoderSettings, KeyTemplate, RedisEncoder, RowFormat, ScriptCall, TableOptions, TruncateBy,
+};
 use crate::error::RedisSinkError;
 
-/// Deletes the members of the set `KEYS[1]` (in slices, under Lua's
-/// argument limit), then the set; returns how many members there were.
-const DELETE_SET_MEMBERS: &str = "local members = redis.call('SMEMBERS', KEYS[1]) \
-     for i = 1, #members, 500 do redis.call('DEL', unpack(members, i, math.min(i + 499, #members))) end \
-     redis.call('DEL', KEYS[1]) return #members";
+/// The batch script (see its header for the record format).
+const APPLY_BATCH: &str = include_str!("lua/apply_batch.lua");
+
+/// Keys one `SCAN` page asks for during a truncate by scan.
+const SCAN_PAGE: usize = 1000;
 
 /// Keeps Redis hashes equal to PostgreSQL rows.
 pub struct RedisSink {
@@ -31,6 +38,7 @@ pub struct RedisSink {
     /// The shared connection; `None` until first use and after a failure.
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     encoder: Mutex<RedisEncoder>,
+    script: redis::Script,
 }
 
 impl RedisSink {
@@ -52,8 +60,27 @@ impl RedisSink {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|reason| RedisSinkError::Mapping { table: table.source.clone(), reason })
             };
+            let truncate = match table.truncate {
+                TruncateMode::IndexSet => table.index_key.clone().map(TruncateBy::IndexSet),
+                TruncateMode::Scan => {
+                    let pattern = match (&table.scan_match, &key) {
+                        (Some(pattern), _) => pattern.clone(),
+                        (None, Some(template)) => template.scan_pattern(),
+                        // The default template: the table's name, then its key columns.
+                        (None, None) => {
+                            let name = TableName::parse(&table.source);
+                            let prefix = if name.schema == "public" { name.name } else { name.to_string() };
+                            format!("{}:*", KeyTemplate::escape_pattern(&prefix))
+                        }
+                    };
+                    Some(TruncateBy::Scan(pattern))
+                }
+            };
             let options = TableOptions {
                 key,
+                format: table.format,
+                tombstone_secs: table.tombstone_secs,
+                truncate,
                 ttl_secs: table.ttl_secs,
                 stream: table.stream.clone().map(|stream| (stream, table.stream_max_len)),
                 invalidate: templates(&table.invalidate)?,
@@ -61,8 +88,20 @@ impl RedisSink {
             };
             tables.insert(TableName::parse(&table.source), options);
         }
-        let encoder = RedisEncoder::new(tables, config.checkpoint_key());
-        Ok(RedisSink { config, client, connection: tokio::sync::Mutex::new(None), encoder: Mutex::new(encoder) })
+        let settings = EncoderSettings {
+            checkpoint_key: config.checkpoint_key(),
+            version_field: config.version_guard.then(|| config.version_field.clone()),
+            tombstone_prefix: config.tombstone_prefix.clone(),
+            index_prefix: config.index_prefix(),
+        };
+        let encoder = RedisEncoder::new(tables, settings);
+        Ok(RedisSink {
+            config,
+            client,
+            connection: tokio::sync::Mutex::new(None),
+            encoder: Mutex::new(encoder),
+            script: redis::Script::new(APPLY_BATCH),
+        })
     }
 
     /// The source tables this sink receives, with their mapping.
@@ -111,39 +150,100 @@ impl RedisSink {
     }
 
     async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), RedisSinkError> {
-        let ops = self.encoder.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).encode(changes, checkpoint)?;
-        let mut pipeline = redis::pipe();
-        pipeline.atomic();
-        for op in &ops {
-            match op {
-                RedisOp::Del(key) => pipeline.cmd("DEL").arg(key),
-                RedisOp::HSet(key, fields) => pipeline.cmd("HSET").arg(key).arg(fields),
-                RedisOp::HDel(key, fields) => pipeline.cmd("HDEL").arg(key).arg(fields),
-                RedisOp::Copy(from, to) => pipeline.cmd("COPY").arg(from).arg(to).arg("REPLACE"),
-                RedisOp::Set(key, value) => pipeline.cmd("SET").arg(key).arg(value),
-                RedisOp::Expire(key, seconds) => pipeline.cmd("EXPIRE").arg(key).arg(*seconds),
-                RedisOp::DelSetMembers(set) => pipeline.cmd("EVAL").arg(DELETE_SET_MEMBERS).arg(1).arg(set),
-                RedisOp::XAdd { stream, max_len, fields } => {
-                    pipeline.cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(*max_len).arg("*").arg(fields)
-                }
-            }
-            .ignore();
-        }
-        let timeout = self.config.response_timeout();
+        let steps = self.encoder().encode(changes, checkpoint)?;
         let mut connection = self.connection().await?;
-        let result = tokio::time::timeout(timeout, pipeline.query_async::<()>(&mut connection)).await;
-        let outcome = match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => {
-                Err(RedisSinkError::Command { what: format!("a batch of {} operations", ops.len()), source })
+        let mut outcome = Ok(());
+        for step in &steps {
+            outcome = match step {
+                BatchStep::Script(call) => self.call_script(call, &mut connection).await,
+                BatchStep::ScanTruncate { table, pattern, format, version } => {
+                    self.truncate_by_scan(table, pattern, *format, *version, &mut connection).await
+                }
+            };
+            if outcome.is_err() {
+                break;
             }
-            Err(_) => Err(RedisSinkError::Timeout(timeout)),
-        };
+        }
         if outcome.as_ref().is_err_and(RedisSinkError::is_retriable) {
             // Start the retry on a fresh connection.
             *self.connection.lock().await = None;
         }
         outcome
+    }
+
+    fn encoder(&self) -> std::sync::MutexGuard<'_, RedisEncoder> {
+        self.encoder.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One `EVALSHA` of the batch script, loading the script first if the
+    /// server does not know it (a restart, `SCRIPT FLUSH`).
+    async fn call_script(
+        &self,
+        call: &ScriptCall<'_>,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<(), RedisSinkError> {
+        let mut command = redis::cmd("EVALSHA");
+        command.arg(self.script.get_hash()).arg(call.keys().len()).arg(call.keys()).arg(call.args());
+        let what = || format!("a batch script call with {} arguments", call.args().len());
+        let (written, skipped): (u64, u64) = match self.query(&command, connection).await {
+            Err(RedisSinkError::Command { source, .. }) if source.code() == Some("NOSCRIPT") => {
+                tracing::info!(sink = %self.config.name, "loading the batch script into redis");
+                self.script
+                    .load_async(connection)
+                    .await
+                    .map_err(|source| RedisSinkError::Command { what: "SCRIPT LOAD".into(), source })?;
+                self.query(&command, connection).await
+            }
+            other => other,
+        }
+        .map_err(|err| err.with_what(what()))?;
+        if skipped > 0 {
+            tracing::debug!(sink = %self.config.name, written, skipped, "rows already held at a newer version were left alone");
+        }
+        Ok(())
+    }
+
+    /// Runs `command` within the response timeout.
+    async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<T, RedisSinkError> {
+        let timeout = self.config.response_timeout();
+        match tokio::time::timeout(timeout, command.query_async(connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(RedisSinkError::Command { what: String::new(), source }),
+            Err(_) => Err(RedisSinkError::Timeout(timeout)),
+        }
+    }
+
+    /// Deletes the keys matching `pattern` that hold rows older than
+    /// `version`, one `SCAN` page at a time.
+    async fn truncate_by_scan(
+        &self,
+        table: &TableName,
+        pattern: &str,
+        format: RowFormat,
+        version: pgfanout_core::Version,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<(), RedisSinkError> {
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_PAGE);
+            let (next, keys): (u64, Vec<String>) = self
+                .query(&scan, connection)
+                .await
+                .map_err(|err| err.with_what(format!("SCAN MATCH {pattern} truncating {table}")))?;
+            if !keys.is_empty() {
+                let call = self.encoder().delete_if_older(keys, format, version);
+                self.call_script(&call, connection).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 }
 

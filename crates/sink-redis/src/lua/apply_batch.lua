@@ -1,0 +1,171 @@
+-- pgfanout: applies one batch of row changes and its checkpoint, atomically
+-- with respect to other clients, in one call.
+--
+-- KEYS: every key the batch touches; KEYS[1] is the checkpoint key.
+-- ARGV[1]: name of the version field ('' = no version guard).
+-- ARGV[2]: checkpoint LSN to store after the batch ('' = none).
+-- ARGV[3..]: records, each an opcode then its arguments; a key argument is
+-- an index into KEYS, 0 meaning "none". Versions are fixed-width strings
+-- whose byte order is the stream order, so `<` compares them.
+--   H key tomb index version mode ttl nset (field value)* nunset field*
+--       hash row write; mode 'r' replaces the row, 'p' patches it
+--   J key tomb index version ttl json ntoast column*
+--       JSON row write; columns listed keep their stored value (TOAST)
+--   M format old new oldtomb index version tombttl
+--       key change: the old row moves to the new key, then an H/J follows
+--   D format key tomb index version tombttl
+--       row delete, leaving a tombstone when tomb is given
+--   T format index version
+--       truncate: every row tracked in the index set
+--   I key          delete a dependent key (cache invalidation)
+--   S set          delete the members of a set, then the set
+--   X stream maxlen nfields (field value)*
+-- Returns {written, skipped}: skipped counts row writes refused because the
+-- store already held the row at the same or a newer version (a replay).
+
+local version_field = ARGV[1]
+local position = 3
+local written, skipped = 0, 0
+
+local function next_arg()
+  local value = ARGV[position]
+  position = position + 1
+  return value
+end
+
+local function next_number()
+  return tonumber(next_arg())
+end
+
+local function next_key()
+  local index = next_number()
+  if index == 0 then return nil end
+  return KEYS[index]
+end
+
+-- The version stored with a row, or nil (no row, no guard, or a row
+-- written without one).
+local function stored_version(key, format)
+  if format == 'h' then
+    local version = redis.call('HGET', key, version_field)
+    if version then return version end
+    return nil
+  end
+  local text = redis.call('GET', key)
+  if not text then return nil end
+  local ok, document = pcall(cjson.decode, text)
+  if ok and type(document) == 'table' and type(document[version_field]) == 'string' then
+    return document[version_field]
+  end
+  return nil
+end
+
+-- Whether a change at `version` may touch the row at `key`: true unless the
+-- row (or its tombstone) already holds that version or a newer one.
+local function may_write(key, tomb, format, version)
+  if version_field == '' then return true end
+  local current = stored_version(key, format)
+  if current and current >= version then return false end
+  if tomb then
+    local buried = redis.call('GET', tomb)
+    if buried and buried >= version then return false end
+  end
+  return true
+end
+
+local function count(allowed)
+  if allowed then written = written + 1 else skipped = skipped + 1 end
+  return allowed
+end
+
+while position <= #ARGV do
+  local op = next_arg()
+  if op == 'H' then
+    local key, tomb, index = next_key(), next_key(), next_key()
+    local version, mode, ttl = next_arg(), next_arg(), next_number()
+    local fields = {}
+    for i = 1, next_number() * 2 do fields[i] = next_arg() end
+    local unset = {}
+    for i = 1, next_number() do unset[i] = next_arg() end
+    if count(may_write(key, tomb, 'h', version)) then
+      if mode == 'r' then redis.call('DEL', key) end
+      if version_field ~= '' then
+        fields[#fields + 1] = version_field
+        fields[#fields + 1] = version
+      end
+      if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
+      if #unset > 0 then redis.call('HDEL', key, unpack(unset)) end
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+      if index then redis.call('SADD', index, key) end
+      if tomb then redis.call('DEL', tomb) end
+    end
+  elseif op == 'J' then
+    local key, tomb, index = next_key(), next_key(), next_key()
+    local version, ttl, json = next_arg(), next_number(), next_arg()
+    local kept = {}
+    for i = 1, next_number() do kept[i] = next_arg() end
+    if count(may_write(key, tomb, 'j', version)) then
+      if #kept > 0 then
+        -- Unchanged TOAST columns keep what the stored row holds.
+        local ok, stored = pcall(cjson.decode, redis.call('GET', key) or '')
+        local document = cjson.decode(json)
+        if ok and type(stored) == 'table' then
+          for _, column in ipairs(kept) do document[column] = stored[column] end
+        end
+        json = cjson.encode(document)
+      end
+      redis.call('SET', key, json)
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+      if index then redis.call('SADD', index, key) end
+      if tomb then redis.call('DEL', tomb) end
+    end
+  elseif op == 'M' then
+    local format, old, new, old_tomb, index = next_arg(), next_key(), next_key(), next_key(), next_key()
+    local version, tomb_ttl = next_arg(), next_number()
+    -- A newer change already rewrote the old key (another row took it):
+    -- leave it; the write that follows is guarded on its own.
+    if may_write(old, nil, format, version) then
+      if may_write(new, nil, format, version) and redis.call('EXISTS', old) == 1 then
+        redis.call('COPY', old, new, 'REPLACE')
+      end
+      redis.call('DEL', old)
+      if index then redis.call('SREM', index, old) end
+      if old_tomb then redis.call('SET', old_tomb, version, 'EX', tomb_ttl) end
+    end
+  elseif op == 'D' then
+    local format, key, tomb, index = next_arg(), next_key(), next_key(), next_key()
+    local version, tomb_ttl = next_arg(), next_number()
+    if count(may_write(key, tomb, format, version)) then
+      redis.call('DEL', key)
+      if index then redis.call('SREM', index, key) end
+      if tomb then redis.call('SET', tomb, version, 'EX', tomb_ttl) end
+    end
+  elseif op == 'T' then
+    local format, index, version = next_arg(), next_key(), next_arg()
+    for _, member in ipairs(redis.call('SMEMBERS', index)) do
+      if count(may_write(member, nil, format, version)) then
+        redis.call('DEL', member)
+        redis.call('SREM', index, member)
+      end
+    end
+  elseif op == 'I' then
+    redis.call('DEL', next_key())
+  elseif op == 'S' then
+    local set = next_key()
+    local members = redis.call('SMEMBERS', set)
+    for i = 1, #members, 500 do
+      redis.call('DEL', unpack(members, i, math.min(i + 499, #members)))
+    end
+    redis.call('DEL', set)
+  elseif op == 'X' then
+    local stream, max_len = next_key(), next_arg()
+    local fields = {}
+    for i = 1, next_number() * 2 do fields[i] = next_arg() end
+    redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', unpack(fields))
+  else
+    return redis.error_reply('pgfanout batch script: unknown record ' .. tostring(op) .. ' at argument ' .. (position - 1))
+  end
+end
+
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2]) end
+return {written, skipped}
