@@ -640,14 +640,19 @@ fn write_row<'a>(
             call.key(key.to_owned());
             call.optional_key(tombstone);
             call.optional_key(resolved.index_set.clone());
-            call.text(version);
+            call.text(version.clone());
             call.word(if replace { "r" } else { "p" });
             call.number(resolved.ttl_secs.unwrap_or(0));
             let (set, unset) = split_fields(table, row);
-            call.number(set.len() as u64);
+            let guard = resolved.version_field.as_deref();
+            call.number(set.len() as u64 + u64::from(guard.is_some()));
             for (field, value) in set {
                 call.bytes(field.as_bytes());
                 call.bytes(value);
+            }
+            if let Some(field) = guard {
+                call.text(field.to_owned());
+                call.text(version.clone());
             }
             // A replaced row has no stale fields to remove.
             let unset = if replace { Vec::new() } else { unset };
@@ -866,46 +871,18 @@ mod tests {
         let steps = encoder(None).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap();
         let call = only_call(&steps);
         assert_eq!(call.keys(), ["cp", "reservations:7", "idx:public.reservations"]);
-        let expected: Vec<String> = [
-            "_v",
-            "0/100", // guard field, checkpoint
-            "H",
-            "2",
-            "0",
-            "3",
-            &version(0x100, 0),
-            "r",
-            "0",
-            "2",
-            "id",
-            "7",
-            "status",
-            "new",
-            "0",
-            "H",
-            "2",
-            "0",
-            "3",
-            &version(0x100, 1),
-            "p",
-            "0",
-            "1",
-            "id",
-            "7",
-            "1",
-            "status",
-            "D",
-            "h",
-            "2",
-            "0",
-            "3",
-            &version(0x100, 2),
-            "0",
+        let (v0, v1, v2) = (version(0x100, 0), version(0x100, 1), version(0x100, 2));
+        // Guard field, checkpoint; then per record: opcode, key indices
+        // (row, tombstone, index set), version, mode, TTL, fields (the
+        // version's own last), fields to remove.
+        let expected = [
+            "_v 0/100".to_owned(),
+            format!("H 2 0 3 {v0} r 0 3 id 7 status new _v {v0} 0"),
+            format!("H 2 0 3 {v1} p 0 2 id 7 _v {v1} 1 status"),
+            format!("D h 2 0 3 {v2} 0"),
         ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(texts(call), expected);
+        .join(" ");
+        assert_eq!(texts(call).join(" "), expected);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 -- an index into KEYS, 0 meaning "none". Versions are fixed-width strings
 -- whose byte order is the stream order, so `<` compares them.
 --   H key tomb index version mode ttl nset (field value)* nunset field*
---       hash row write; mode 'r' replaces the row, 'p' patches it
+--       hash row write; mode 'r' replaces the row, 'p' patches it; the
+--       fields include the version field when guarded
 --   J key tomb index version ttl json ntoast column*
 --       JSON row write; columns listed keep their stored value (TOAST)
 --   M format old new oldtomb index version tombttl
@@ -24,21 +25,11 @@
 -- store already held the row at the same or a newer version (a replay).
 
 local version_field = ARGV[1]
-local position = 3
 local written, skipped = 0, 0
 
-local function next_arg()
-  local value = ARGV[position]
-  position = position + 1
-  return value
-end
-
-local function next_number()
-  return tonumber(next_arg())
-end
-
-local function next_key()
-  local index = next_number()
+-- The key whose index into KEYS is ARGV[i], or nil for index 0.
+local function key_at(i)
+  local index = tonumber(ARGV[i])
   if index == 0 then return nil end
   return KEYS[index]
 end
@@ -78,39 +69,42 @@ local function count(allowed)
   return allowed
 end
 
-while position <= #ARGV do
-  local op = next_arg()
+-- Records are read in place: field lists go to Redis as ranges of ARGV
+-- (unpack), never copied into Lua tables, which is most of the script's
+-- cost per row.
+local p = 3
+local last = #ARGV
+while p <= last do
+  local op = ARGV[p]
   if op == 'H' then
-    local key, tomb, index = next_key(), next_key(), next_key()
-    local version, mode, ttl = next_arg(), next_arg(), next_number()
-    local fields = {}
-    for i = 1, next_number() * 2 do fields[i] = next_arg() end
-    local unset = {}
-    for i = 1, next_number() do unset[i] = next_arg() end
+    local key, tomb, index = key_at(p + 1), key_at(p + 2), key_at(p + 3)
+    local version, mode, ttl = ARGV[p + 4], ARGV[p + 5], tonumber(ARGV[p + 6])
+    local set_count = tonumber(ARGV[p + 7]) * 2
+    local set_from = p + 8
+    local unset_count = tonumber(ARGV[set_from + set_count])
+    local unset_from = set_from + set_count + 1
+    p = unset_from + unset_count
     if count(may_write(key, tomb, 'h', version)) then
       if mode == 'r' then redis.call('DEL', key) end
-      if version_field ~= '' then
-        fields[#fields + 1] = version_field
-        fields[#fields + 1] = version
-      end
-      if #fields > 0 then redis.call('HSET', key, unpack(fields)) end
-      if #unset > 0 then redis.call('HDEL', key, unpack(unset)) end
+      if set_count > 0 then redis.call('HSET', key, unpack(ARGV, set_from, set_from + set_count - 1)) end
+      if unset_count > 0 then redis.call('HDEL', key, unpack(ARGV, unset_from, p - 1)) end
       if ttl > 0 then redis.call('EXPIRE', key, ttl) end
       if index then redis.call('SADD', index, key) end
       if tomb then redis.call('DEL', tomb) end
     end
   elseif op == 'J' then
-    local key, tomb, index = next_key(), next_key(), next_key()
-    local version, ttl, json = next_arg(), next_number(), next_arg()
-    local kept = {}
-    for i = 1, next_number() do kept[i] = next_arg() end
+    local key, tomb, index = key_at(p + 1), key_at(p + 2), key_at(p + 3)
+    local version, ttl, json = ARGV[p + 4], tonumber(ARGV[p + 5]), ARGV[p + 6]
+    local kept_count = tonumber(ARGV[p + 7])
+    local kept_from = p + 8
+    p = kept_from + kept_count
     if count(may_write(key, tomb, 'j', version)) then
-      if #kept > 0 then
+      if kept_count > 0 then
         -- Unchanged TOAST columns keep what the stored row holds.
         local ok, stored = pcall(cjson.decode, redis.call('GET', key) or '')
         local document = cjson.decode(json)
         if ok and type(stored) == 'table' then
-          for _, column in ipairs(kept) do document[column] = stored[column] end
+          for i = kept_from, p - 1 do document[ARGV[i]] = stored[ARGV[i]] end
         end
         json = cjson.encode(document)
       end
@@ -120,8 +114,9 @@ while position <= #ARGV do
       if tomb then redis.call('DEL', tomb) end
     end
   elseif op == 'M' then
-    local format, old, new, old_tomb, index = next_arg(), next_key(), next_key(), next_key(), next_key()
-    local version, tomb_ttl = next_arg(), next_number()
+    local format, old, new, old_tomb, index = ARGV[p + 1], key_at(p + 2), key_at(p + 3), key_at(p + 4), key_at(p + 5)
+    local version, tomb_ttl = ARGV[p + 6], tonumber(ARGV[p + 7])
+    p = p + 8
     -- A newer change already rewrote the old key (another row took it):
     -- leave it; the write that follows is guarded on its own.
     if may_write(old, nil, format, version) then
@@ -133,15 +128,17 @@ while position <= #ARGV do
       if old_tomb then redis.call('SET', old_tomb, version, 'EX', tomb_ttl) end
     end
   elseif op == 'D' then
-    local format, key, tomb, index = next_arg(), next_key(), next_key(), next_key()
-    local version, tomb_ttl = next_arg(), next_number()
+    local format, key, tomb, index = ARGV[p + 1], key_at(p + 2), key_at(p + 3), key_at(p + 4)
+    local version, tomb_ttl = ARGV[p + 5], tonumber(ARGV[p + 6])
+    p = p + 7
     if count(may_write(key, tomb, format, version)) then
       redis.call('DEL', key)
       if index then redis.call('SREM', index, key) end
       if tomb then redis.call('SET', tomb, version, 'EX', tomb_ttl) end
     end
   elseif op == 'T' then
-    local format, index, version = next_arg(), next_key(), next_arg()
+    local format, index, version = ARGV[p + 1], key_at(p + 2), ARGV[p + 3]
+    p = p + 4
     for _, member in ipairs(redis.call('SMEMBERS', index)) do
       if count(may_write(member, nil, format, version)) then
         redis.call('DEL', member)
@@ -149,21 +146,23 @@ while position <= #ARGV do
       end
     end
   elseif op == 'I' then
-    redis.call('DEL', next_key())
+    redis.call('DEL', key_at(p + 1))
+    p = p + 2
   elseif op == 'S' then
-    local set = next_key()
+    local set = key_at(p + 1)
+    p = p + 2
     local members = redis.call('SMEMBERS', set)
     for i = 1, #members, 500 do
       redis.call('DEL', unpack(members, i, math.min(i + 499, #members)))
     end
     redis.call('DEL', set)
   elseif op == 'X' then
-    local stream, max_len = next_key(), next_arg()
-    local fields = {}
-    for i = 1, next_number() * 2 do fields[i] = next_arg() end
-    redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', unpack(fields))
+    local stream, max_len = key_at(p + 1), ARGV[p + 2]
+    local fields_from = p + 4
+    p = fields_from + tonumber(ARGV[p + 3]) * 2
+    redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', unpack(ARGV, fields_from, p - 1))
   else
-    return redis.error_reply('pgfanout batch script: unknown record ' .. tostring(op) .. ' at argument ' .. (position - 1))
+    return redis.error_reply('pgfanout batch script: unknown record ' .. tostring(op) .. ' at argument ' .. p)
   end
 end
 
