@@ -976,6 +976,29 @@ mod tests {
     }
 
     #[test]
+    fn composite_keys_render_every_key_column() {
+        let mut composite = (*table()).clone();
+        composite.columns[1].is_key = true;
+        let composite = Arc::new(composite);
+        let transaction = Transaction {
+            xid: Xid(1),
+            commit_lsn: Lsn(0x10),
+            end_lsn: Lsn(0x18),
+            commit_time: PgTimestamp(0),
+            changes: vec![Change {
+                table: Arc::clone(&composite),
+                op: ChangeOp::Insert { new: vec![text("7"), text("paid"), ColumnValue::Null] },
+                ordinal: 0,
+            }],
+        };
+        let refs = [ChangeRef { transaction: &transaction, change: &transaction.changes[0] }];
+        let steps = encoder(None).encode(&refs, None).unwrap();
+        assert_eq!(only_call(&steps).keys()[1], "reservations:7:paid", "default: table, then each key column");
+        let steps = encoder(Some("r:{status}/{id}")).encode(&refs, None).unwrap();
+        assert_eq!(only_call(&steps).keys()[1], "r:paid/7");
+    }
+
+    #[test]
     fn templates_parse_and_report_mistakes() {
         assert!(KeyTemplate::parse("reservation:{id}").is_ok());
         assert!(KeyTemplate::parse("{{literal}}:{a}:{b}").is_ok());
