@@ -2,7 +2,7 @@
 //! parameters; no I/O. Both transports run exactly these statements.
 //!
 //! Statement shapes (`$rows` is a list of maps, one per row; identifiers are
-//! backtick-quoted; `v` is the change's [`Version`] as a sortable string):
+//! backtick-quoted; `v` is the change's [`Version`](pgfanout_core::Version) as a sortable string):
 //! - node upsert, one per table: `UNWIND $rows AS row MERGE (n:Label {key…})
 //!   WITH n, row WHERE n.version IS NULL OR n.version < row.v SET n += row.p,
 //!   n.version = row.v`, then per foreign key: the old relationship is

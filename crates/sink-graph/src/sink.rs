@@ -9,6 +9,10 @@
 //!
 //! Indexes on key properties are created the first time a batch needs them,
 //! before its writes, and remembered per process.
+//!
+//! Lanes: FalkorDB runs write queries one at a time, so `lanes = 1` is the
+//! faster setting there (benches/README.md); with Neo4j, lanes commit side
+//! by side.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
