@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use pgfanout_core::{DeliveryConfig, SpillSettings, WorkerSettings};
+use pgfanout_sink_graph::GraphSinkConfig;
 use pgfanout_sink_redis::RedisSinkConfig;
 
 use crate::discard::DiscardSinkConfig;
@@ -127,6 +128,8 @@ pub struct PipelineConfig {
 pub enum SinkConfig {
     /// `kind = "redis"`.
     Redis(RedisSinkConfig),
+    /// `kind = "graph"`: FalkorDB over RESP or Neo4j over Bolt.
+    Graph(GraphSinkConfig),
     /// `kind = "discard"`: accepts and drops everything (measurements, dry runs).
     Discard(DiscardSinkConfig),
 }
@@ -136,7 +139,17 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Redis(redis) => &redis.name,
+            SinkConfig::Graph(graph) => &graph.name,
             SinkConfig::Discard(discard) => &discard.name,
+        }
+    }
+
+    /// The source tables the sink routes, as written (`schema.table` or `table`).
+    pub fn table_sources(&self) -> Vec<&str> {
+        match self {
+            SinkConfig::Redis(redis) => redis.tables.iter().map(|t| t.source.as_str()).collect(),
+            SinkConfig::Graph(graph) => graph.tables.iter().map(|t| t.source.as_str()).collect(),
+            SinkConfig::Discard(discard) => discard.tables.iter().map(|t| t.source.as_str()).collect(),
         }
     }
 
@@ -144,6 +157,7 @@ impl SinkConfig {
     pub fn delivery(&self) -> &DeliveryConfig {
         match self {
             SinkConfig::Redis(redis) => &redis.delivery,
+            SinkConfig::Graph(graph) => &graph.delivery,
             SinkConfig::Discard(discard) => &discard.delivery,
         }
     }
@@ -249,6 +263,7 @@ impl Config {
             }
             match sink {
                 SinkConfig::Redis(redis) => problems.extend(redis.validate().err().unwrap_or_default()),
+                SinkConfig::Graph(graph) => problems.extend(graph.validate().err().unwrap_or_default()),
                 SinkConfig::Discard(discard) => problems.extend(discard.validate()),
             }
         }

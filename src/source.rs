@@ -289,10 +289,7 @@ fn sinks_routing(config: &Config, table: &TableName) -> String {
     config
         .sinks
         .iter()
-        .filter(|sink| match sink {
-            SinkConfig::Redis(redis) => redis.tables.iter().any(|t| TableName::parse(&t.source) == *table),
-            SinkConfig::Discard(discard) => discard.tables.iter().any(|t| TableName::parse(&t.source) == *table),
-        })
+        .filter(|sink| sink.table_sources().into_iter().any(|source| TableName::parse(source) == *table))
         .map(SinkConfig::name)
         .collect::<Vec<_>>()
         .join(", ")
@@ -643,12 +640,7 @@ pub fn routed_tables(config: &Config) -> Vec<TableName> {
     let mut tables: Vec<TableName> = config
         .sinks
         .iter()
-        .flat_map(|sink| match sink {
-            SinkConfig::Redis(redis) => redis.tables.iter().map(|t| TableName::parse(&t.source)).collect::<Vec<_>>(),
-            SinkConfig::Discard(discard) => {
-                discard.tables.iter().map(|t| TableName::parse(&t.source)).collect::<Vec<_>>()
-            }
-        })
+        .flat_map(|sink| sink.table_sources().into_iter().map(TableName::parse).collect::<Vec<_>>())
         .collect();
     tables.sort();
     tables.dedup();

@@ -1,0 +1,204 @@
+//! Bolt (Neo4j 4.4 and later) through `neo4rs`, which speaks Bolt 4.x.
+//!
+//! A batch is one explicit transaction: `BEGIN`, one `RUN`/`PULL` per
+//! statement, `COMMIT`. Unlike Redis, Neo4j rolls the whole transaction back
+//! when a statement fails, so a failed batch leaves nothing behind. Indexes
+//! are created on their own (`CREATE INDEX IF NOT EXISTS`): Neo4j refuses
+//! schema changes and writes in one transaction.
+//!
+//! Concurrency: lanes run their transactions side by side. The derived
+//! relationships' marking takes a write lock on every `source` node it
+//! marks (it sets a label), which the recompute of the same transaction
+//! holds until commit, so two lanes never recompute one node at once.
+
+use std::time::Duration;
+
+use neo4rs::{BoltBoolean, BoltFloat, BoltInteger, BoltList, BoltMap, BoltNull, BoltString, BoltType, Query};
+
+use crate::encode::{ident, IndexSpec, Statement};
+use crate::error::{endpoint_of, statement_head, GraphSinkError};
+use crate::value::GraphValue;
+
+/// `value` as a Bolt parameter.
+pub fn to_bolt(value: &GraphValue) -> BoltType {
+    match value {
+        GraphValue::Null => BoltType::Null(BoltNull),
+        GraphValue::Bool(b) => BoltType::Boolean(BoltBoolean::new(*b)),
+        GraphValue::Int(i) => BoltType::Integer(BoltInteger::new(*i)),
+        GraphValue::Float(f) => BoltType::Float(BoltFloat::new(*f)),
+        GraphValue::String(s) => BoltType::String(BoltString::new(s)),
+        GraphValue::List(items) => BoltType::List(BoltList::from(items.iter().map(to_bolt).collect::<Vec<_>>())),
+        GraphValue::Map(fields) => {
+            BoltType::Map(fields.iter().map(|(key, item)| (BoltString::new(key), to_bolt(item))).collect::<BoltMap>())
+        }
+    }
+}
+
+/// `statement` as a `neo4rs` query.
+pub fn to_query(statement: &Statement) -> Query {
+    statement
+        .params
+        .iter()
+        .fold(Query::new(statement.cypher.clone()), |query, (name, value)| query.param(name, to_bolt(value)))
+}
+
+fn index_statement(index: &IndexSpec) -> String {
+    match index {
+        IndexSpec::Node { label, property } => {
+            format!("CREATE INDEX IF NOT EXISTS FOR (n:{}) ON (n.{})", ident(label), ident(property))
+        }
+        IndexSpec::Relationship { rel_type, property } => {
+            format!("CREATE INDEX IF NOT EXISTS FOR ()-[r:{}]-() ON (r.{})", ident(rel_type), ident(property))
+        }
+    }
+}
+
+/// A Neo4j database reached over Bolt.
+pub struct BoltTransport {
+    graph: neo4rs::Graph,
+    database: Option<String>,
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl BoltTransport {
+    /// A transport for `url`; connections are opened (and pooled) on use.
+    pub fn new(
+        url: &str,
+        user: Option<&str>,
+        password: Option<&str>,
+        database: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, GraphSinkError> {
+        let endpoint = endpoint_of(url);
+        let mut builder = neo4rs::ConfigBuilder::default()
+            .uri(url)
+            // neo4rs always sends credentials; a server without
+            // authentication ignores them.
+            .user(user.unwrap_or("neo4j"))
+            .password(password.unwrap_or(""))
+            .connection_timeout(Duration::from_secs(5))
+            .max_connections(8);
+        if let Some(database) = &database {
+            builder = builder.db(database.as_str());
+        }
+        let config = builder
+            .build()
+            .map_err(|err| GraphSinkError::Rejected { what: "the bolt settings".into(), message: err.to_string() })?;
+        let graph = neo4rs::Graph::connect(config)
+            .map_err(|source| GraphSinkError::Unreachable { endpoint: endpoint.clone(), source: Box::new(source) })?;
+        Ok(BoltTransport { graph, database, endpoint, timeout })
+    }
+
+    fn classify(&self, what: String, err: neo4rs::Error) -> GraphSinkError {
+        match err {
+            neo4rs::Error::Neo4j(server) => {
+                if matches!(server.kind(), neo4rs::Neo4jErrorKind::Transient) {
+                    GraphSinkError::Unreachable {
+                        endpoint: self.endpoint.clone(),
+                        source: Box::new(neo4rs::Error::Neo4j(server)),
+                    }
+                } else {
+                    GraphSinkError::Rejected { what, message: format!("{}: {}", server.code(), server.message()) }
+                }
+            }
+            neo4rs::Error::UnsupportedVersion(..)
+            | neo4rs::Error::ProtocolMismatch(_)
+            | neo4rs::Error::AuthenticationError(_)
+            | neo4rs::Error::InvalidConfig
+            | neo4rs::Error::UnsupportedScheme(_)
+            | neo4rs::Error::StringTooLong
+            | neo4rs::Error::MapTooBig
+            | neo4rs::Error::ListTooLong => GraphSinkError::Rejected { what, message: err.to_string() },
+            other => GraphSinkError::Unreachable { endpoint: self.endpoint.clone(), source: Box::new(other) },
+        }
+    }
+
+    async fn within_timeout<T>(
+        &self,
+        future: impl std::future::Future<Output = Result<T, GraphSinkError>>,
+    ) -> Result<T, GraphSinkError> {
+        tokio::time::timeout(self.timeout, future).await.unwrap_or(Err(GraphSinkError::Timeout(self.timeout)))
+    }
+
+    /// Runs `statements` in order in one transaction.
+    pub async fn run_all(&self, statements: &[Statement]) -> Result<(), GraphSinkError> {
+        if statements.is_empty() {
+            return Ok(());
+        }
+        self.within_timeout(async {
+            let begin = match &self.database {
+                Some(database) => self.graph.start_txn_on(database.as_str()).await,
+                None => self.graph.start_txn().await,
+            };
+            let mut txn = begin.map_err(|err| self.classify("BEGIN".into(), err))?;
+            for statement in statements {
+                if let Err(err) = txn.run(to_query(statement)).await {
+                    // The server already failed the transaction; the
+                    // rollback only returns the connection in a clean state.
+                    let _ = txn.rollback().await;
+                    return Err(self.classify(statement_head(&statement.cypher), err));
+                }
+            }
+            txn.commit().await.map(|_| ()).map_err(|err| self.classify("COMMIT".into(), err))
+        })
+        .await
+    }
+
+    /// Runs one read statement and returns its rows' first column as text.
+    pub async fn query_first_column(&self, statement: &Statement) -> Result<Vec<Option<String>>, GraphSinkError> {
+        self.within_timeout(async {
+            let what = || statement_head(&statement.cypher);
+            let result = match &self.database {
+                Some(database) => self.graph.execute_on(database.as_str(), to_query(statement)).await,
+                None => self.graph.execute(to_query(statement)).await,
+            };
+            let mut rows = result.map_err(|err| self.classify(what(), err))?;
+            let mut values = Vec::new();
+            while let Some(row) = rows.next().await.map_err(|err| self.classify(what(), err))? {
+                let first = row.keys().first().map(|key| key.value.clone());
+                values.push(first.and_then(|key| row.get::<Option<String>>(&key).ok().flatten()));
+            }
+            Ok(values)
+        })
+        .await
+    }
+
+    /// Creates `index` unless it exists.
+    pub async fn ensure_index(&self, index: &IndexSpec) -> Result<(), GraphSinkError> {
+        let text = index_statement(index);
+        self.within_timeout(async {
+            let query = Query::new(text.clone());
+            let result = match &self.database {
+                Some(database) => self.graph.run_on(database.as_str(), query).await,
+                None => self.graph.run(query).await,
+            };
+            result.map(|_| ()).map_err(|err| self.classify(text.clone(), err))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_keep_their_types_as_bolt_parameters() {
+        let row = GraphValue::Map(vec![
+            ("id".into(), GraphValue::Int(7)),
+            ("tags".into(), GraphValue::List(vec![GraphValue::String("a".into())])),
+            ("gone".into(), GraphValue::Null),
+        ]);
+        let BoltType::Map(map) = to_bolt(&row) else { panic!("a map") };
+        assert_eq!(map.get::<i64>("id").unwrap(), 7);
+        assert_eq!(map.get::<Vec<String>>("tags").unwrap(), vec!["a".to_owned()]);
+        assert!(matches!(map.value.get(&BoltString::new("gone")), Some(BoltType::Null(_))));
+    }
+
+    #[test]
+    fn index_statements_are_idempotent_on_neo4j() {
+        let index = IndexSpec::Node { label: "User".into(), property: "id".into() };
+        assert_eq!(index_statement(&index), "CREATE INDEX IF NOT EXISTS FOR (n:`User`) ON (n.`id`)");
+    }
+}

@@ -1,0 +1,932 @@
+//! Pure mapping from a batch of changes to Cypher statements with
+//! parameters; no I/O. Both transports run exactly these statements.
+//!
+//! Statement shapes (`$rows` is a list of maps, one per row; identifiers are
+//! backtick-quoted; `v` is the change's [`Version`](pgfanout_core::Version) as a sortable string):
+//! - node upsert, one per table: `UNWIND $rows AS row MERGE (n:Label {key…})
+//!   WITH n, row WHERE n.version IS NULL OR n.version < row.v SET n += row.p,
+//!   n.version = row.v`, then per foreign key: the old relationship is
+//!   deleted when the key changed or became NULL, and the target node is
+//!   `MERGE`d by key and linked (so the target may arrive later);
+//! - node delete: `DETACH DELETE` of the node, unless it holds a newer version;
+//! - join-table upsert: the relationship with the row's key is created
+//!   between the two endpoint nodes (merged by key) or, when an endpoint
+//!   changed, re-created between the new ones with its properties carried
+//!   over; join-table delete removes it;
+//! - truncate: every node of the label (every relationship of the type);
+//! - derived relationships: before and after a round's writes, the `source`
+//!   nodes the touched rows reach through the rule's pattern are marked
+//!   with a label; at the end of the batch each marked node's relationships
+//!   of the rule's type are replaced by one per `target` the pattern
+//!   reaches, with the count and lists recomputed from the matches. Counts
+//!   are never incremented, so replays and deletes leave them exact.
+//!
+//! A batch becomes *rounds*: a round holds at most one change per row, so
+//! its statements can group rows by table; a row seen again starts the next
+//! round, and a truncate is a round of its own. One statement per (round,
+//! table, kind), so 1,000 inserts into one table are one statement.
+//!
+//! Invariants: unchanged TOAST values are never written (they are left out
+//! of `row.p`, and a foreign key whose column is unchanged keeps its
+//! relationship); a write carries its version and never overwrites a newer
+//! one; the same batch gives the same statements.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt::Write as _;
+
+use pgfanout_core::{Change, ChangeOp, ChangeRef, ColumnValue, Row, TableName, TableSchema};
+
+use crate::config::{Direction, ForeignKeyConfig, GraphSinkConfig, JoinConfig};
+use crate::error::GraphSinkError;
+use crate::value::{GraphValue, ValueOptions};
+
+/// One Cypher statement and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// The query text, parameters as `$name`.
+    pub cypher: String,
+    /// Parameter values by name.
+    pub params: Vec<(String, GraphValue)>,
+}
+
+impl Statement {
+    fn new(cypher: String) -> Self {
+        Statement { cypher, params: Vec::new() }
+    }
+
+    fn with(mut self, name: &str, value: GraphValue) -> Self {
+        self.params.push((name.to_owned(), value));
+        self
+    }
+}
+
+/// An index the statements rely on to find nodes/relationships by key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IndexSpec {
+    /// On a property of nodes with a label.
+    Node {
+        /// Label.
+        label: String,
+        /// Property.
+        property: String,
+    },
+    /// On a property of relationships of a type.
+    Relationship {
+        /// Relationship type.
+        rel_type: String,
+        /// Property.
+        property: String,
+    },
+}
+
+/// What one batch needs done, in order.
+#[derive(Debug, Default, PartialEq)]
+pub struct Encoded {
+    /// Indexes to make sure of before the statements run (separately: a
+    /// schema change cannot share a transaction with writes in Neo4j).
+    pub indexes: Vec<IndexSpec>,
+    /// The writes, to run in order in one transaction.
+    pub statements: Vec<Statement>,
+}
+
+/// Backtick-quotes a label, type or property name.
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// The resolved rules of one sink.
+#[derive(Debug)]
+pub struct GraphEncoder {
+    tables: HashMap<TableName, TableRule>,
+    derived: Vec<DerivedRule>,
+    values: ValueOptions,
+    version: String,
+    checkpoint_label: String,
+    sink: String,
+}
+
+#[derive(Debug)]
+enum TableRule {
+    Node(NodeRule),
+    Join(JoinConfig),
+}
+
+#[derive(Debug)]
+struct NodeRule {
+    label: String,
+    key: Option<Vec<String>>,
+    foreign_keys: Vec<ForeignKeyConfig>,
+    /// (derived rule index, pattern variable) for rules this table affects.
+    affects: Vec<(usize, String)>,
+}
+
+#[derive(Debug)]
+struct DerivedRule {
+    config: crate::config::DerivedConfig,
+    dirty_label: String,
+}
+
+/// A row write within a round.
+#[derive(Debug)]
+enum RowOp {
+    Upsert(GraphValue),
+    Delete(GraphValue),
+}
+
+/// A change's row writes: the key property names, then each write with the
+/// identity of the row it touches.
+type RowOps = (Vec<String>, Vec<(String, RowOp)>);
+
+/// Rows of one table with the same key property names (one statement).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Group {
+    table: TableName,
+    key_names: Vec<String>,
+}
+
+/// Rows of one round, grouped by table and kind in first-seen order.
+#[derive(Default)]
+struct Round {
+    seen: HashSet<(TableName, String)>,
+    upserts: Vec<(Group, Vec<GraphValue>)>,
+    deletes: Vec<(Group, Vec<GraphValue>)>,
+    /// Rows whose derived marks are due before / after the writes.
+    mark_before: Vec<(Group, Vec<GraphValue>)>,
+    mark_after: Vec<(Group, Vec<GraphValue>)>,
+}
+
+fn push_to(groups: &mut Vec<(Group, Vec<GraphValue>)>, group: &Group, row: GraphValue) {
+    match groups.iter_mut().find(|(known, _)| known == group) {
+        Some((_, rows)) => rows.push(row),
+        None => groups.push((group.clone(), vec![row])),
+    }
+}
+
+impl GraphEncoder {
+    /// Resolves a validated config.
+    pub fn new(config: &GraphSinkConfig) -> Self {
+        let derived: Vec<DerivedRule> = config
+            .derived
+            .iter()
+            .map(|rule| DerivedRule { config: rule.clone(), dirty_label: format!("PgfanoutDirty_{}", rule.rel_type) })
+            .collect();
+        let tables = config
+            .tables
+            .iter()
+            .map(|table| {
+                let name = TableName::parse(&table.source);
+                let rule = match &table.relationship {
+                    Some(join) => TableRule::Join(join.clone()),
+                    None => TableRule::Node(NodeRule {
+                        label: table.label(),
+                        key: table.key.clone(),
+                        foreign_keys: table.relationships.clone(),
+                        affects: derived
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(index, rule)| {
+                                rule.config
+                                    .on
+                                    .iter()
+                                    .find(|(source, _)| TableName::parse(source) == name)
+                                    .map(|(_, variable)| (index, variable.clone()))
+                            })
+                            .collect(),
+                    }),
+                };
+                (name, rule)
+            })
+            .collect();
+        GraphEncoder {
+            tables,
+            derived,
+            values: ValueOptions { numeric: config.numeric, timestamps: config.timestamps },
+            version: ident(&config.version_property),
+            checkpoint_label: ident(&config.checkpoint_label),
+            sink: config.name.clone(),
+        }
+    }
+
+    /// The statements that apply `changes`, in order.
+    pub fn encode(&self, changes: &[ChangeRef<'_>]) -> Result<Encoded, GraphSinkError> {
+        let mut encoded = Encoded::default();
+        let mut indexes = BTreeSet::new();
+        let mut round = Round::default();
+        let mut dirty = vec![false; self.derived.len()];
+        for change_ref in changes {
+            let change = change_ref.change;
+            let table = &change.table.table;
+            let Some(rule) = self.tables.get(table) else {
+                return Err(GraphSinkError::Mapping {
+                    table: table.to_string(),
+                    reason: "the sink has no [[sink.table]] for it".into(),
+                });
+            };
+            let version = GraphValue::String(change_ref.version().to_sortable_string());
+            if matches!(change.op, ChangeOp::Truncate) {
+                self.flush(&mut round, &mut encoded.statements, &mut dirty);
+                self.truncate(rule, &mut encoded.statements, &mut dirty);
+                continue;
+            }
+            let (key_names, ops) = match rule {
+                TableRule::Node(node) => self.node_ops(node, change, version, &mut indexes)?,
+                TableRule::Join(join) => self.join_ops(join, change, version, &mut indexes)?,
+            };
+            let group = Group { table: table.clone(), key_names };
+            if ops.iter().any(|(identity, _)| round.seen.contains(&(table.clone(), identity.clone()))) {
+                self.flush(&mut round, &mut encoded.statements, &mut dirty);
+            }
+            for (identity, op) in ops {
+                round.seen.insert((table.clone(), identity));
+                let affects = matches!(rule, TableRule::Node(node) if !node.affects.is_empty());
+                match op {
+                    RowOp::Upsert(row) => {
+                        if affects {
+                            push_to(&mut round.mark_before, &group, row.clone());
+                            push_to(&mut round.mark_after, &group, row.clone());
+                        }
+                        push_to(&mut round.upserts, &group, row);
+                    }
+                    RowOp::Delete(row) => {
+                        if affects {
+                            push_to(&mut round.mark_before, &group, row.clone());
+                        }
+                        push_to(&mut round.deletes, &group, row);
+                    }
+                }
+            }
+        }
+        self.flush(&mut round, &mut encoded.statements, &mut dirty);
+        for (rule, is_dirty) in self.derived.iter().zip(dirty) {
+            if is_dirty {
+                encoded.statements.push(self.recompute(rule));
+            }
+        }
+        encoded.indexes = indexes.into_iter().collect();
+        Ok(encoded)
+    }
+
+    /// The statement storing the checkpoint.
+    pub fn store_checkpoint(&self, lsn: pgfanout_core::Lsn) -> Statement {
+        Statement::new(format!("MERGE (c:{} {{sink: $sink}}) SET c.lsn = $lsn", self.checkpoint_label))
+            .with("sink", GraphValue::String(self.sink.clone()))
+            .with("lsn", GraphValue::String(lsn.to_string()))
+    }
+
+    /// The statement reading the checkpoint: one row, one string column, or no row.
+    pub fn load_checkpoint(&self) -> Statement {
+        Statement::new(format!("MATCH (c:{} {{sink: $sink}}) RETURN c.lsn", self.checkpoint_label))
+            .with("sink", GraphValue::String(self.sink.clone()))
+    }
+
+    /// The index on the checkpoint node's `sink` property.
+    pub fn checkpoint_index(&self) -> IndexSpec {
+        IndexSpec::Node { label: self.checkpoint_label.trim_matches('`').replace("``", "`"), property: "sink".into() }
+    }
+
+    /// The statements for the rows gathered in `round`, which is emptied.
+    fn flush(&self, round: &mut Round, out: &mut Vec<Statement>, dirty: &mut [bool]) {
+        let round = std::mem::take(round);
+        for (group, rows) in &round.mark_before {
+            self.marks(group, rows, out, dirty);
+        }
+        // `encode` put only tables it has rules for into the round.
+        for (group, rows) in round.deletes {
+            match &self.tables[&group.table] {
+                TableRule::Node(node) => out.push(self.node_delete(node, &group.key_names, rows)),
+                TableRule::Join(join) => out.push(self.join_delete(join, &group.key_names, rows)),
+            }
+        }
+        for (group, rows) in round.upserts {
+            match &self.tables[&group.table] {
+                TableRule::Node(node) => out.push(self.node_upsert(node, &group.key_names, rows)),
+                TableRule::Join(join) => out.push(self.join_upsert(join, &group.key_names, rows)),
+            }
+        }
+        for (group, rows) in &round.mark_after {
+            self.marks(group, rows, out, dirty);
+        }
+    }
+
+    fn marks(&self, group: &Group, rows: &[GraphValue], out: &mut Vec<Statement>, dirty: &mut [bool]) {
+        let Some(TableRule::Node(node)) = self.tables.get(&group.table) else { return };
+        for (index, variable) in &node.affects {
+            let rule = &self.derived[*index];
+            dirty[*index] = true;
+            out.push(
+                Statement::new(format!(
+                    "UNWIND $rows AS row MATCH ({variable}:{label} {{{keys}}}) MATCH {pattern} SET source:{dirty}",
+                    label = ident(&node.label),
+                    keys = key_match(&group.key_names),
+                    pattern = rule.config.pattern,
+                    dirty = ident(&rule.dirty_label),
+                ))
+                .with("rows", GraphValue::List(rows.to_vec())),
+            );
+        }
+    }
+
+    fn truncate(&self, rule: &TableRule, out: &mut Vec<Statement>, dirty: &mut [bool]) {
+        match rule {
+            TableRule::Node(node) => {
+                for (index, variable) in &node.affects {
+                    let rule = &self.derived[*index];
+                    dirty[*index] = true;
+                    out.push(Statement::new(format!(
+                        "MATCH ({variable}:{label}) MATCH {pattern} SET source:{dirty}",
+                        label = ident(&node.label),
+                        pattern = rule.config.pattern,
+                        dirty = ident(&rule.dirty_label),
+                    )));
+                }
+                out.push(Statement::new(format!("MATCH (n:{}) DETACH DELETE n", ident(&node.label))));
+            }
+            TableRule::Join(join) => {
+                out.push(Statement::new(format!("MATCH ()-[r:{}]->() DELETE r", ident(&join.rel_type))));
+            }
+        }
+    }
+
+    fn recompute(&self, rule: &DerivedRule) -> Statement {
+        let config = &rule.config;
+        let mut cypher = format!(
+            "MATCH (source:{dirty}) REMOVE source:{dirty} WITH source \
+             OPTIONAL MATCH (source)-[old:{rel}]->() DELETE old WITH DISTINCT source \
+             MATCH {pattern} WITH source, target, count(DISTINCT {count}) AS derived_count",
+            dirty = ident(&rule.dirty_label),
+            rel = ident(&config.rel_type),
+            pattern = config.pattern,
+            count = config.count,
+        );
+        for (position, expression) in config.collect.values().enumerate() {
+            let _ = write!(cypher, ", collect(DISTINCT {expression}) AS derived_{position}");
+        }
+        let _ = write!(
+            cypher,
+            " CREATE (source)-[d:{}]->(target) SET d.{} = derived_count",
+            ident(&config.rel_type),
+            ident(&config.count_property)
+        );
+        for (position, property) in config.collect.keys().enumerate() {
+            let _ = write!(cypher, ", d.{} = derived_{position}", ident(property));
+        }
+        Statement::new(cypher)
+    }
+
+    fn node_upsert(&self, node: &NodeRule, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
+        let version = &self.version;
+        let mut cypher = format!(
+            "UNWIND $rows AS row MERGE (n:{label} {{{keys}}}) \
+             WITH n, row WHERE n.{version} IS NULL OR n.{version} < row.v \
+             SET n += row.p, n.{version} = row.v",
+            label = ident(&node.label),
+            keys = key_match(key_names),
+        );
+        for (position, fk) in node.foreign_keys.iter().enumerate() {
+            let (arrow_left, arrow_right) = match fk.direction {
+                Direction::Out => ("-", "->"),
+                Direction::In => ("<-", "-"),
+            };
+            let rel = ident(&fk.rel_type);
+            let target = ident(&fk.to);
+            let target_key = ident(&fk.to_key);
+            // Only when the column was sent (`s`): the old relationship goes
+            // when the key changed or became NULL, the new one is merged.
+            let _ = write!(
+                cypher,
+                " WITH n, row OPTIONAL MATCH (n){arrow_left}[old{position}:{rel}]{arrow_right}(t{position}:{target}) \
+                 WHERE row.s{position} AND (row.f{position} IS NULL OR t{position}.{target_key} <> row.f{position}) \
+                 WITH n, row, collect(old{position}) AS gone{position} \
+                 FOREACH (o IN gone{position} | DELETE o) \
+                 FOREACH (x IN CASE WHEN row.s{position} AND row.f{position} IS NOT NULL THEN [row.f{position}] ELSE [] END | \
+                 MERGE (t:{target} {{{target_key}: x}}) MERGE (n){arrow_left}[:{rel}]{arrow_right}(t))"
+            );
+        }
+        Statement::new(cypher).with("rows", GraphValue::List(rows))
+    }
+
+    fn node_delete(&self, node: &NodeRule, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
+        let version = &self.version;
+        Statement::new(format!(
+            "UNWIND $rows AS row MATCH (n:{label} {{{keys}}}) \
+             WHERE n.{version} IS NULL OR n.{version} < row.v DETACH DELETE n",
+            label = ident(&node.label),
+            keys = key_match(key_names),
+        ))
+        .with("rows", GraphValue::List(rows))
+    }
+
+    fn join_upsert(&self, join: &JoinConfig, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
+        let version = &self.version;
+        let keys = key_match(key_names);
+        let rel = ident(&join.rel_type);
+        // An existing relationship with the row's key that is not newer is
+        // replaced: kept when its endpoints are the row's, else re-created
+        // between the new endpoints with its properties carried over (an
+        // unchanged TOAST value is not in `row.p` and must survive).
+        Statement::new(format!(
+            "UNWIND $rows AS row OPTIONAL MATCH ()-[old:{rel} {{{keys}}}]->() \
+             WITH row, old WHERE old IS NULL OR old.{version} IS NULL OR old.{version} < row.v \
+             MERGE (a:{from_label} {{{from_key}: row.a}}) MERGE (b:{to_label} {{{to_key}: row.b}}) \
+             MERGE (a)-[rel:{rel} {{{keys}}}]->(b) \
+             SET rel += CASE WHEN old IS NULL OR id(old) = id(rel) THEN {{}} ELSE properties(old) END \
+             SET rel += row.p, rel.{version} = row.v \
+             WITH rel, old WHERE old IS NOT NULL AND id(old) <> id(rel) DELETE old",
+            from_label = ident(&join.from.label),
+            from_key = ident(&join.from.key),
+            to_label = ident(&join.to.label),
+            to_key = ident(&join.to.key),
+        ))
+        .with("rows", GraphValue::List(rows))
+    }
+
+    fn join_delete(&self, join: &JoinConfig, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
+        let version = &self.version;
+        Statement::new(format!(
+            "UNWIND $rows AS row MATCH ()-[rel:{rel} {{{keys}}}]->() \
+             WHERE rel.{version} IS NULL OR rel.{version} < row.v DELETE rel",
+            rel = ident(&join.rel_type),
+            keys = key_match(key_names),
+        ))
+        .with("rows", GraphValue::List(rows))
+    }
+
+    /// The upsert/delete rows of one change to a node table, each with the
+    /// identity that keeps one row per round.
+    fn node_ops(
+        &self,
+        node: &NodeRule,
+        change: &Change,
+        version: GraphValue,
+        indexes: &mut BTreeSet<IndexSpec>,
+    ) -> Result<RowOps, GraphSinkError> {
+        let schema = &change.table;
+        let key_positions = self.key_positions(schema, node.key.as_deref())?;
+        for &position in &key_positions {
+            indexes
+                .insert(IndexSpec::Node { label: node.label.clone(), property: schema.columns[position].name.clone() });
+        }
+        for fk in &node.foreign_keys {
+            indexes.insert(IndexSpec::Node { label: fk.to.clone(), property: fk.to_key.clone() });
+        }
+        let mut ops = Vec::new();
+        match &change.op {
+            ChangeOp::Insert { new } | ChangeOp::Update { old: None, new } => {
+                ops.push(self.node_upsert_row(node, schema, &key_positions, new, None, version)?);
+            }
+            ChangeOp::Update { old: Some(old), new } => {
+                let old_key = self.key_values(schema, &key_positions, old, Some(new))?;
+                let new_key = self.key_values(schema, &key_positions, new, Some(old))?;
+                if old_key != new_key {
+                    // The row moved to another key: the old node goes (with
+                    // its relationships), the new one is written whole.
+                    ops.push((identity(&old_key), RowOp::Delete(GraphValue::Map(key_row(old_key, &version)))));
+                }
+                ops.push(self.node_upsert_row(node, schema, &key_positions, new, Some(old), version)?);
+            }
+            ChangeOp::Delete { old } => {
+                let key = self.key_values(schema, &key_positions, old, None)?;
+                ops.push((identity(&key), RowOp::Delete(GraphValue::Map(key_row(key, &version)))));
+            }
+            ChangeOp::Truncate => {}
+        }
+        Ok((key_names(schema, &key_positions), ops))
+    }
+
+    fn node_upsert_row(
+        &self,
+        node: &NodeRule,
+        schema: &TableSchema,
+        key_positions: &[usize],
+        new: &Row,
+        old: Option<&Row>,
+        version: GraphValue,
+    ) -> Result<(String, RowOp), GraphSinkError> {
+        let key = self.key_values(schema, key_positions, new, old)?;
+        let id = identity(&key);
+        let mut fields = key_row(key, &version);
+        fields.push(("p".into(), self.properties(schema, new)?));
+        for (position, fk) in node.foreign_keys.iter().enumerate() {
+            let column = schema.position(&fk.column).ok_or_else(|| GraphSinkError::Mapping {
+                table: schema.table.to_string(),
+                reason: format!(
+                    "relationship {} uses column {}, which the table does not publish",
+                    fk.rel_type, fk.column
+                ),
+            })?;
+            let value = self.typed(schema, column, new)?;
+            fields.push((format!("s{position}"), GraphValue::Bool(value.is_some())));
+            fields.push((format!("f{position}"), value.unwrap_or(GraphValue::Null)));
+        }
+        Ok((id, RowOp::Upsert(GraphValue::Map(fields))))
+    }
+
+    fn join_ops(
+        &self,
+        join: &JoinConfig,
+        change: &Change,
+        version: GraphValue,
+        indexes: &mut BTreeSet<IndexSpec>,
+    ) -> Result<RowOps, GraphSinkError> {
+        let schema = &change.table;
+        let key_positions = self.key_positions(schema, None)?;
+        for &position in &key_positions {
+            indexes.insert(IndexSpec::Relationship {
+                rel_type: join.rel_type.clone(),
+                property: schema.columns[position].name.clone(),
+            });
+        }
+        indexes.insert(IndexSpec::Node { label: join.from.label.clone(), property: join.from.key.clone() });
+        indexes.insert(IndexSpec::Node { label: join.to.label.clone(), property: join.to.key.clone() });
+        let mut ops = Vec::new();
+        let (old, new) = change.op.images();
+        if let (Some(old), Some(new)) = (old, new) {
+            let old_key = self.key_values(schema, &key_positions, old, Some(new))?;
+            if old_key != self.key_values(schema, &key_positions, new, Some(old))? {
+                ops.push((identity(&old_key), RowOp::Delete(GraphValue::Map(key_row(old_key, &version)))));
+            }
+        }
+        match (old, new) {
+            (_, Some(new)) => {
+                let key = self.key_values(schema, &key_positions, new, old)?;
+                let id = identity(&key);
+                let endpoint = |column: &str| -> Result<Option<GraphValue>, GraphSinkError> {
+                    let position = schema.position(column).ok_or_else(|| GraphSinkError::Mapping {
+                        table: schema.table.to_string(),
+                        reason: format!(
+                            "relationship {} uses column {column}, which the table does not publish",
+                            join.rel_type
+                        ),
+                    })?;
+                    Ok(self.typed(schema, position, new)?.filter(|value| *value != GraphValue::Null))
+                };
+                match (endpoint(&join.from.column)?, endpoint(&join.to.column)?) {
+                    (Some(from), Some(to)) => {
+                        let mut fields = key_row(key, &version);
+                        fields.push(("p".into(), self.properties(schema, new)?));
+                        fields.push(("a".into(), from));
+                        fields.push(("b".into(), to));
+                        ops.push((id, RowOp::Upsert(GraphValue::Map(fields))));
+                    }
+                    // An endpoint is NULL (or unchanged and unknown): no relationship.
+                    _ => ops.push((id, RowOp::Delete(GraphValue::Map(key_row(key, &version))))),
+                }
+            }
+            (Some(old), None) => {
+                let key = self.key_values(schema, &key_positions, old, None)?;
+                ops.push((identity(&key), RowOp::Delete(GraphValue::Map(key_row(key, &version)))));
+            }
+            (None, None) => {}
+        }
+        Ok((key_names(schema, &key_positions), ops))
+    }
+
+    fn key_positions(&self, schema: &TableSchema, configured: Option<&[String]>) -> Result<Vec<usize>, GraphSinkError> {
+        let positions: Vec<usize> = match configured {
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    schema.position(name).ok_or_else(|| GraphSinkError::Mapping {
+                        table: schema.table.to_string(),
+                        reason: format!("key column {name} is not published by the table"),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            None => schema.key_positions().collect(),
+        };
+        if positions.is_empty() {
+            return Err(GraphSinkError::Mapping {
+                table: schema.table.to_string(),
+                reason: "the table has no primary key or replica identity columns; add a primary key or set `key` for it in the sink config".into(),
+            });
+        }
+        Ok(positions)
+    }
+
+    /// The key's graph values from `row`, falling back on `fallback` where
+    /// `row` lacks a column (a key-only old tuple, an unchanged TOAST value).
+    fn key_values(
+        &self,
+        schema: &TableSchema,
+        positions: &[usize],
+        row: &Row,
+        fallback: Option<&Row>,
+    ) -> Result<Vec<GraphValue>, GraphSinkError> {
+        positions
+            .iter()
+            .map(|&position| {
+                let value = match self.typed(schema, position, row)? {
+                    Some(GraphValue::Null) | None => match fallback {
+                        Some(other) => self.typed(schema, position, other)?,
+                        None => None,
+                    },
+                    present => present,
+                };
+                value.filter(|value| *value != GraphValue::Null).ok_or_else(|| GraphSinkError::Mapping {
+                    table: schema.table.to_string(),
+                    reason: format!("key column {} is NULL or missing", schema.columns[position].name),
+                })
+            })
+            .collect()
+    }
+
+    /// The typed graph value of column `position` of `row`; `None` when the
+    /// row does not carry it (unchanged TOAST).
+    fn typed(&self, schema: &TableSchema, position: usize, row: &Row) -> Result<Option<GraphValue>, GraphSinkError> {
+        let Some(value) = row.get(position) else { return Ok(None) };
+        if matches!(value, ColumnValue::UnchangedToast) {
+            return Ok(None);
+        }
+        let typed = schema.typed_value(position, value).map_err(|source| GraphSinkError::Value {
+            table: schema.table.to_string(),
+            column: schema.columns[position].name.clone(),
+            source,
+        })?;
+        Ok(typed.map(|value| self.values.convert(&value)))
+    }
+
+    /// Every column the row carries, as a property map (NULL removes).
+    fn properties(&self, schema: &TableSchema, row: &Row) -> Result<GraphValue, GraphSinkError> {
+        let mut properties = Vec::with_capacity(row.len());
+        for (position, column) in schema.columns.iter().enumerate() {
+            if let Some(value) = self.typed(schema, position, row)? {
+                properties.push((column.name.clone(), value));
+            }
+        }
+        Ok(GraphValue::Map(properties))
+    }
+}
+
+/// `{k0: …, k1: …, v: version}`: the key values (their property names are
+/// in the statement's text) and the change's version.
+fn key_row(key: Vec<GraphValue>, version: &GraphValue) -> Vec<(String, GraphValue)> {
+    let mut fields: Vec<(String, GraphValue)> = Vec::with_capacity(key.len() + 1);
+    for (position, value) in key.into_iter().enumerate() {
+        fields.push((format!("k{position}"), value));
+    }
+    fields.push(("v".into(), version.clone()));
+    fields
+}
+
+/// The sink names of the key columns.
+fn key_names(schema: &TableSchema, positions: &[usize]) -> Vec<String> {
+    // Positions come from `key_positions`, which checked them against the schema.
+    positions.iter().map(|&position| schema.columns[position].name.clone()).collect()
+}
+
+/// `` `id`: row.k0, `other`: row.k1 ``
+fn key_match(names: &[String]) -> String {
+    names.iter().enumerate().map(|(i, name)| format!("{}: row.k{i}", ident(name))).collect::<Vec<_>>().join(", ")
+}
+
+/// A row's identity within a batch, for splitting rounds.
+fn identity(key: &[GraphValue]) -> String {
+    format!("{key:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use pgfanout_core::{ColumnSchema, Lsn, Transaction};
+    use pgoutput::{Oid, PgTimestamp, ReplicaIdentity, Xid};
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+name = "graph"
+transport = "falkordb"
+url = "redis://127.0.0.1:6379"
+[[table]]
+source = "public.reservations"
+label = "Reservation"
+relationships = [{ column = "guest_id", type = "BOOKED_BY", to = "User" }]
+[[table]]
+source = "public.favorites"
+relationship = { type = "FAVORITE", from = { column = "user_id", label = "User" }, to = { column = "property_id", label = "Property" } }
+[[derived]]
+type = "BOOKED_IN"
+match = "(source:User)<-[:BOOKED_BY]-(r:Reservation)-[:IN_CITY]->(target:City)"
+count = "r"
+collect = { reservations = "r.id" }
+on = { "public.reservations" = "r" }
+"#;
+
+    fn encoder() -> GraphEncoder {
+        let config: GraphSinkConfig = toml::from_str(CONFIG).unwrap();
+        config.validate().unwrap();
+        GraphEncoder::new(&config)
+    }
+
+    fn table(name: &str, columns: &[&str]) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            oid: Oid(1),
+            table: TableName::new("public", name),
+            replica_identity: ReplicaIdentity::Default,
+            // int8 for every column but `note` (text); the first is the key.
+            columns: columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ColumnSchema {
+                    name: (*c).into(),
+                    type_oid: Oid(if *c == "note" { 25 } else { 20 }),
+                    is_key: i == 0,
+                })
+                .collect(),
+            types: Default::default(),
+        })
+    }
+
+    fn row(values: &[Option<&str>]) -> Row {
+        values
+            .iter()
+            .map(|v| match v {
+                Some("<toast>") => ColumnValue::UnchangedToast,
+                Some(text) => ColumnValue::Text(Bytes::copy_from_slice(text.as_bytes())),
+                None => ColumnValue::Null,
+            })
+            .collect()
+    }
+
+    fn transaction(lsn: u64, changes: Vec<(Arc<TableSchema>, ChangeOp)>) -> Transaction {
+        Transaction {
+            xid: Xid(1),
+            commit_lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 1),
+            commit_time: PgTimestamp(0),
+            changes: changes
+                .into_iter()
+                .enumerate()
+                .map(|(ordinal, (table, op))| Change { table, op, ordinal: ordinal as u32 })
+                .collect(),
+        }
+    }
+
+    fn encode(transactions: &[Transaction]) -> Encoded {
+        let refs: Vec<ChangeRef<'_>> = transactions
+            .iter()
+            .flat_map(|transaction| transaction.changes.iter().map(move |change| ChangeRef { transaction, change }))
+            .collect();
+        encoder().encode(&refs).unwrap()
+    }
+
+    fn rows_of(statement: &Statement) -> &[GraphValue] {
+        match &statement.params[..] {
+            [(name, GraphValue::List(rows))] if name == "rows" => rows,
+            other => panic!("expected one $rows parameter, got {other:?}"),
+        }
+    }
+
+    fn field<'a>(row: &'a GraphValue, name: &str) -> &'a GraphValue {
+        let GraphValue::Map(fields) = row else { panic!("row is not a map: {row:?}") };
+        &fields.iter().find(|(key, _)| key == name).unwrap_or_else(|| panic!("no {name} in {row:?}")).1
+    }
+
+    #[test]
+    fn inserts_of_one_table_are_one_unwind_statement_with_marks_and_one_recompute() {
+        let reservations = table("reservations", &["id", "guest_id", "note"]);
+        let inserts = (0..3)
+            .map(|i| {
+                let id = i.to_string();
+                (reservations.clone(), ChangeOp::Insert { new: row(&[Some(&id), Some("7"), Some("n")]) })
+            })
+            .collect();
+        let encoded = encode(&[transaction(0x100, inserts)]);
+        let kinds: Vec<&str> = encoded.statements.iter().map(|s| s.cypher.split(' ').nth(4).unwrap_or("")).collect();
+        // mark before, upsert, mark after, recompute.
+        assert_eq!(encoded.statements.len(), 4, "{kinds:?}");
+        let upsert = &encoded.statements[1];
+        assert!(
+            upsert.cypher.starts_with("UNWIND $rows AS row MERGE (n:`Reservation` {`id`: row.k0})"),
+            "{}",
+            upsert.cypher
+        );
+        assert!(upsert.cypher.contains("n.`pgfanout_version` < row.v"), "writes are guarded by version");
+        let rows = rows_of(upsert);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(field(&rows[2], "k0"), &GraphValue::Int(2));
+        assert_eq!(field(&rows[2], "v"), &GraphValue::String("0000000000000100.00000002".into()));
+        assert_eq!(field(&rows[2], "f0"), &GraphValue::Int(7), "the foreign key's target key");
+        assert_eq!(field(&rows[2], "s0"), &GraphValue::Bool(true));
+        assert!(encoded.statements[0].cypher.contains("SET source:`PgfanoutDirty_BOOKED_IN`"));
+        assert_eq!(encoded.statements[0].params, encoded.statements[2].params, "marks before and after the writes");
+        let recompute = &encoded.statements[3].cypher;
+        assert!(recompute.contains("count(DISTINCT r) AS derived_count"), "{recompute}");
+        assert!(recompute.contains("d.`count` = derived_count, d.`reservations` = derived_0"), "{recompute}");
+        assert!(!recompute.contains("+ 1"), "counts are recomputed, never incremented");
+        assert_eq!(
+            encoded.indexes,
+            vec![
+                IndexSpec::Node { label: "Reservation".into(), property: "id".into() },
+                IndexSpec::Node { label: "User".into(), property: "id".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_row_changed_twice_starts_a_second_round_in_order() {
+        let reservations = table("reservations", &["id", "guest_id", "note"]);
+        let encoded = encode(&[transaction(
+            0x200,
+            vec![
+                (reservations.clone(), ChangeOp::Insert { new: row(&[Some("1"), Some("7"), None]) }),
+                (reservations.clone(), ChangeOp::Insert { new: row(&[Some("2"), Some("7"), None]) }),
+                (reservations.clone(), ChangeOp::Delete { old: row(&[Some("1"), None, None]) }),
+            ],
+        )]);
+        let writes: Vec<&Statement> = encoded
+            .statements
+            .iter()
+            .filter(|s| s.cypher.contains("MERGE (n:") || s.cypher.contains("DETACH"))
+            .collect();
+        assert_eq!(writes.len(), 2);
+        assert_eq!(rows_of(writes[0]).len(), 2, "both inserts in the first round");
+        assert!(writes[1].cypher.contains("DETACH DELETE n"), "the delete comes after, in a round of its own");
+        assert_eq!(field(&rows_of(writes[1])[0], "k0"), &GraphValue::Int(1));
+        assert_eq!(encoded.statements.iter().filter(|s| s.cypher.contains("REMOVE source:")).count(), 1);
+    }
+
+    #[test]
+    fn unchanged_toast_values_are_not_written_and_keep_their_relationship() {
+        let reservations = table("reservations", &["id", "guest_id", "note"]);
+        let encoded = encode(&[transaction(
+            0x300,
+            vec![(
+                reservations,
+                ChangeOp::Update { old: None, new: row(&[Some("1"), Some("<toast>"), Some("<toast>")]) },
+            )],
+        )]);
+        let upsert = encoded.statements.iter().find(|s| s.cypher.contains("MERGE (n:")).unwrap();
+        let row = &rows_of(upsert)[0];
+        assert_eq!(field(row, "p"), &GraphValue::Map(vec![("id".into(), GraphValue::Int(1))]));
+        assert_eq!(field(row, "s0"), &GraphValue::Bool(false), "the relationship is left alone");
+        assert!(upsert.cypher.contains("WHERE row.s0 AND (row.f0 IS NULL OR t0.`id` <> row.f0)"), "{}", upsert.cypher);
+    }
+
+    #[test]
+    fn join_rows_become_relationships_and_a_null_endpoint_removes_one() {
+        let favorites = table("favorites", &["id", "user_id", "property_id"]);
+        let encoded = encode(&[transaction(
+            0x400,
+            vec![
+                (favorites.clone(), ChangeOp::Insert { new: row(&[Some("1"), Some("7"), Some("9")]) }),
+                (favorites, ChangeOp::Insert { new: row(&[Some("2"), Some("7"), None]) }),
+            ],
+        )]);
+        assert_eq!(encoded.statements.len(), 2);
+        let delete = &encoded.statements[0];
+        assert!(delete.cypher.starts_with("UNWIND $rows AS row MATCH ()-[rel:`FAVORITE` {`id`: row.k0}]->()"));
+        assert_eq!(field(&rows_of(delete)[0], "k0"), &GraphValue::Int(2));
+        let upsert = &encoded.statements[1];
+        assert!(upsert.cypher.contains("MERGE (a)-[rel:`FAVORITE` {`id`: row.k0}]->(b)"), "{}", upsert.cypher);
+        assert!(upsert.cypher.contains("properties(old)"), "a moved relationship keeps its properties");
+        assert_eq!(field(&rows_of(upsert)[0], "a"), &GraphValue::Int(7));
+        assert_eq!(field(&rows_of(upsert)[0], "b"), &GraphValue::Int(9));
+        assert!(encoded
+            .indexes
+            .contains(&IndexSpec::Relationship { rel_type: "FAVORITE".into(), property: "id".into() }));
+    }
+
+    #[test]
+    fn truncate_marks_everything_then_deletes_the_label() {
+        let reservations = table("reservations", &["id", "guest_id", "note"]);
+        let encoded = encode(&[transaction(0x500, vec![(reservations, ChangeOp::Truncate)])]);
+        let texts: Vec<&str> = encoded.statements.iter().map(|s| s.cypher.as_str()).collect();
+        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert!(texts[0].starts_with("MATCH (r:`Reservation`) MATCH (source:User)"), "{}", texts[0]);
+        assert_eq!(texts[1], "MATCH (n:`Reservation`) DETACH DELETE n");
+        assert!(texts[2].starts_with("MATCH (source:`PgfanoutDirty_BOOKED_IN`)"));
+    }
+
+    #[test]
+    fn a_key_change_deletes_the_old_node_and_writes_the_new_one() {
+        let reservations = table("reservations", &["id", "guest_id", "note"]);
+        let encoded = encode(&[transaction(
+            0x600,
+            vec![(
+                reservations,
+                ChangeOp::Update { old: Some(row(&[Some("1"), None, None])), new: row(&[Some("5"), Some("7"), None]) },
+            )],
+        )]);
+        let delete = encoded.statements.iter().find(|s| s.cypher.contains("DETACH DELETE")).unwrap();
+        let upsert = encoded.statements.iter().find(|s| s.cypher.contains("MERGE (n:")).unwrap();
+        assert_eq!(field(&rows_of(delete)[0], "k0"), &GraphValue::Int(1));
+        assert_eq!(field(&rows_of(upsert)[0], "k0"), &GraphValue::Int(5));
+    }
+
+    #[test]
+    fn rows_without_a_key_are_refused() {
+        let mut schema = (*table("reservations", &["id", "guest_id", "note"])).clone();
+        schema.columns.iter_mut().for_each(|column| column.is_key = false);
+        let transactions = [transaction(
+            0x700,
+            vec![(Arc::new(schema), ChangeOp::Insert { new: row(&[Some("1"), Some("2"), None]) })],
+        )];
+        let refs: Vec<ChangeRef<'_>> =
+            transactions[0].changes.iter().map(|change| ChangeRef { transaction: &transactions[0], change }).collect();
+        let err = encoder().encode(&refs).unwrap_err();
+        assert!(err.to_string().contains("no primary key"), "{err}");
+        assert!(!err.is_retriable());
+    }
+}

@@ -1,0 +1,171 @@
+//! The graph sink: transport choice, index creation, batch apply, checkpoint.
+//!
+//! One call is one transaction of the store (FalkorDB: `MULTI … EXEC`;
+//! Bolt: `BEGIN … COMMIT`) holding the batch's statements ([`crate::encode`]).
+//! The checkpoint node is written after the batch: in the same Bolt
+//! transaction (Neo4j rolls a failed one back whole), and in a second round
+//! trip for FalkorDB, whose `EXEC` keeps running the queued queries after one
+//! fails — a checkpoint queued behind a failed batch would claim it applied.
+//!
+//! Indexes on key properties are created the first time a batch needs them,
+//! before its writes, and remembered per process.
+//!
+//! Lanes: FalkorDB runs write queries one at a time, so `lanes = 1` is the
+//! faster setting there (benches/README.md); with Neo4j, lanes commit side
+//! by side.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName};
+use secrecy::ExposeSecret;
+
+use crate::bolt::BoltTransport;
+use crate::config::{GraphSinkConfig, Transport};
+use crate::encode::{GraphEncoder, IndexSpec, Statement};
+use crate::error::GraphSinkError;
+use crate::falkordb::FalkorTransport;
+
+enum Backend {
+    Falkor(Box<FalkorTransport>),
+    Bolt(BoltTransport),
+}
+
+impl Backend {
+    async fn run_all(&self, statements: &[Statement]) -> Result<(), GraphSinkError> {
+        match self {
+            Backend::Falkor(falkor) => falkor.run_all(statements).await,
+            Backend::Bolt(bolt) => bolt.run_all(statements).await,
+        }
+    }
+
+    async fn ensure_index(&self, index: &IndexSpec) -> Result<(), GraphSinkError> {
+        match self {
+            Backend::Falkor(falkor) => falkor.ensure_index(index).await,
+            Backend::Bolt(bolt) => bolt.ensure_index(index).await,
+        }
+    }
+
+    async fn first_column(&self, statement: &Statement) -> Result<Vec<Option<String>>, GraphSinkError> {
+        match self {
+            Backend::Falkor(falkor) => Ok(falkor
+                .query_strings(statement)
+                .await?
+                .into_iter()
+                .map(|row| row.into_iter().next().flatten())
+                .collect()),
+            Backend::Bolt(bolt) => bolt.query_first_column(statement).await,
+        }
+    }
+}
+
+/// Keeps a property graph equal to PostgreSQL rows.
+pub struct GraphSink {
+    config: GraphSinkConfig,
+    encoder: GraphEncoder,
+    backend: Backend,
+    /// Indexes created (or found) by this process.
+    indexed: Mutex<HashSet<IndexSpec>>,
+}
+
+impl GraphSink {
+    /// Builds the sink from validated config (with its password resolved);
+    /// does not connect yet.
+    pub fn new(config: GraphSinkConfig) -> Result<Self, GraphSinkError> {
+        let backend = match config.transport {
+            Transport::Falkordb => Backend::Falkor(Box::new(FalkorTransport::new(
+                &config.url,
+                config.graph_key(),
+                format!("pgfanout:{}", config.name),
+                config.response_timeout(),
+            )?)),
+            Transport::Bolt => Backend::Bolt(BoltTransport::new(
+                &config.url,
+                config.user.as_deref(),
+                config.password.as_ref().map(|secret| secret.expose_secret()),
+                config.graph.clone(),
+                config.response_timeout(),
+            )?),
+        };
+        let encoder = GraphEncoder::new(&config);
+        Ok(GraphSink { config, encoder, backend, indexed: Mutex::new(HashSet::new()) })
+    }
+
+    /// The source tables this sink receives, with their mapping.
+    pub fn tables(&self) -> Vec<(TableName, MappingConfig)> {
+        self.config.tables.iter().map(|t| (TableName::parse(&t.source), t.mapping())).collect()
+    }
+
+    async fn ensure_indexes(&self, indexes: &[IndexSpec]) -> Result<(), GraphSinkError> {
+        if !self.config.create_indexes {
+            return Ok(());
+        }
+        let missing: Vec<IndexSpec> = {
+            let known = self.indexed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            indexes.iter().filter(|index| !known.contains(*index)).cloned().collect()
+        };
+        for index in missing {
+            self.backend.ensure_index(&index).await?;
+            tracing::debug!(sink = %self.config.name, index = ?index, "index ready");
+            self.indexed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(index);
+        }
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Option<Lsn>, GraphSinkError> {
+        self.ensure_indexes(&[self.encoder.checkpoint_index()]).await?;
+        let stored = self.backend.first_column(&self.encoder.load_checkpoint()).await?;
+        match stored.into_iter().next().flatten() {
+            None => Ok(None),
+            Some(value) => value
+                .parse::<Lsn>()
+                .map(Some)
+                .map_err(|_| GraphSinkError::BadCheckpoint { sink: self.config.name.clone(), value }),
+        }
+    }
+
+    async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), GraphSinkError> {
+        let encoded = self.encoder.encode(changes)?;
+        self.ensure_indexes(&encoded.indexes).await?;
+        let mut statements = encoded.statements;
+        let checkpoint = checkpoint.map(|lsn| self.encoder.store_checkpoint(lsn));
+        match (&self.backend, checkpoint) {
+            (Backend::Bolt(_), Some(checkpoint)) => {
+                statements.push(checkpoint);
+                self.backend.run_all(&statements).await
+            }
+            (_, checkpoint) => {
+                self.backend.run_all(&statements).await?;
+                match checkpoint {
+                    Some(checkpoint) => self.backend.run_all(std::slice::from_ref(&checkpoint)).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for GraphSink {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
+        self.load().await.map_err(|err| err.into_sink_error(&self.config.name, "reading the checkpoint".into()))
+    }
+
+    async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
+        let context = match (changes.first(), changes.last()) {
+            (Some(first), Some(last)) => format!(
+                "applying {} changes, commit LSNs {} to {}",
+                changes.len(),
+                first.transaction.commit_lsn,
+                last.transaction.commit_lsn
+            ),
+            _ => format!("storing checkpoint {}", checkpoint.unwrap_or_default()),
+        };
+        self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(&self.config.name, context))
+    }
+}
