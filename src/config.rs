@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use pgfanout_core::{DeliveryConfig, SpillSettings, WorkerSettings};
 use pgfanout_sink_redis::RedisSinkConfig;
+use pgfanout_sink_scylla::ScyllaSinkConfig;
 
 use crate::discard::DiscardSinkConfig;
 use secrecy::{ExposeSecret, SecretString};
@@ -129,6 +130,8 @@ pub enum SinkConfig {
     Redis(RedisSinkConfig),
     /// `kind = "discard"`: accepts and drops everything (measurements, dry runs).
     Discard(DiscardSinkConfig),
+    /// `kind = "scylla"`: Cassandra or ScyllaDB query tables.
+    Scylla(ScyllaSinkConfig),
 }
 
 impl SinkConfig {
@@ -137,6 +140,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Redis(redis) => &redis.name,
             SinkConfig::Discard(discard) => &discard.name,
+            SinkConfig::Scylla(scylla) => &scylla.name,
         }
     }
 
@@ -145,6 +149,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Redis(redis) => &redis.delivery,
             SinkConfig::Discard(discard) => &discard.delivery,
+            SinkConfig::Scylla(scylla) => &scylla.delivery,
         }
     }
 }
@@ -250,6 +255,7 @@ impl Config {
             match sink {
                 SinkConfig::Redis(redis) => problems.extend(redis.validate().err().unwrap_or_default()),
                 SinkConfig::Discard(discard) => problems.extend(discard.validate()),
+                SinkConfig::Scylla(scylla) => problems.extend(scylla.validate().err().unwrap_or_default()),
             }
         }
         if problems.is_empty() {
@@ -404,6 +410,32 @@ key = "reservation:{id}"
         assert!(text.contains("TOML parse error at line 1"), "{text}");
         assert!(text.contains("invalid table header"), "{text}");
         assert!(!text.contains("[source"), "the source excerpt is left out: {text}");
+    }
+
+    #[test]
+    fn scylla_sinks_parse_with_their_query_tables() {
+        let scylla = r#"
+[source]
+url = "postgres://pgfanout@db/app"
+[[sink]]
+name = "analytics"
+kind = "scylla"
+nodes = ["127.0.0.1:9042"]
+keyspace = "rentals"
+write_timestamps = false
+[[sink.table]]
+source = "public.reservations"
+[[sink.table.target]]
+table = "reservations_by_guest"
+partition_key = ["guest_id"]
+clustering_key = ["id"]
+"#;
+        let config = parse(scylla).unwrap();
+        let SinkConfig::Scylla(sink) = &config.sinks[0] else { panic!("{:?}", config.sinks[0]) };
+        assert!(!sink.write_timestamps);
+        assert_eq!(sink.tables[0].targets[0].clustering_key, ["id"]);
+        let text = format!("{:#}", parse(&scylla.replace("[\"guest_id\"]", "[]")).unwrap_err());
+        assert!(text.contains("partition_key must name at least one column"), "{text}");
     }
 
     #[test]

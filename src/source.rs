@@ -292,6 +292,7 @@ fn sinks_routing(config: &Config, table: &TableName) -> String {
         .filter(|sink| match sink {
             SinkConfig::Redis(redis) => redis.tables.iter().any(|t| TableName::parse(&t.source) == *table),
             SinkConfig::Discard(discard) => discard.tables.iter().any(|t| TableName::parse(&t.source) == *table),
+            SinkConfig::Scylla(scylla) => scylla.tables.iter().any(|t| TableName::parse(&t.source) == *table),
         })
         .map(SinkConfig::name)
         .collect::<Vec<_>>()
@@ -648,6 +649,7 @@ pub fn routed_tables(config: &Config) -> Vec<TableName> {
             SinkConfig::Discard(discard) => {
                 discard.tables.iter().map(|t| TableName::parse(&t.source)).collect::<Vec<_>>()
             }
+            SinkConfig::Scylla(scylla) => scylla.tables.iter().map(|t| TableName::parse(&t.source)).collect::<Vec<_>>(),
         })
         .collect();
     tables.sort();

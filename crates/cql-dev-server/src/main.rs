@@ -1,0 +1,25 @@
+//! `pgfanout-cql-dev-server [ADDRESS]`: serves an empty in-memory CQL
+//! database (default `127.0.0.1:9042`) until killed, for `make demo` and the
+//! end-to-end benchmark. Not for production data: see the library docs.
+
+fn main() {
+    let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9042".to_owned());
+    let address: std::net::SocketAddr = match address.parse() {
+        Ok(address) => address,
+        Err(err) => {
+            eprintln!("usage: pgfanout-cql-dev-server [HOST:PORT]: {address:?}: {err}");
+            std::process::exit(2);
+        }
+    };
+    let server = match pgfanout_cql_dev_server::CqlDevServer::start(address) {
+        Ok(server) => server,
+        Err(err) => {
+            eprintln!("cannot serve CQL on {address}: {err}");
+            std::process::exit(1);
+        }
+    };
+    println!("serving CQL on {}", server.address());
+    loop {
+        std::thread::park();
+    }
+}
