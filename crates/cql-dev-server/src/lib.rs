@@ -19,6 +19,7 @@
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -35,8 +36,16 @@ use tokio::sync::oneshot;
 /// An in-memory CQL server on a fixed address.
 pub struct CqlDevServer {
     address: SocketAddr,
-    session: Arc<Mutex<KassandraSession>>,
+    session: Arc<Shared>,
     serving: Option<Serving>,
+}
+
+/// The data and a count of the requests that reached it.
+struct Shared {
+    session: Mutex<KassandraSession>,
+    /// Query, prepare, execute and batch requests answered: the round trips
+    /// clients made (connection setup excluded), for benchmarks.
+    requests: AtomicU64,
 }
 
 /// The thread serving connections and the way to stop it.
@@ -51,7 +60,7 @@ impl CqlDevServer {
     pub fn start(address: SocketAddr) -> std::io::Result<CqlDevServer> {
         let listener = StdTcpListener::bind(address)?;
         let address = listener.local_addr()?;
-        let session = Arc::new(Mutex::new(KassandraSession::new()));
+        let session = Arc::new(Shared { session: Mutex::new(KassandraSession::new()), requests: AtomicU64::new(0) });
         let serving = serve(listener, session.clone())?;
         Ok(CqlDevServer { address, session, serving: Some(serving) })
     }
@@ -59,6 +68,11 @@ impl CqlDevServer {
     /// The address clients connect to.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// Query, prepare, execute and batch requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.session.requests.load(Ordering::Relaxed)
     }
 
     /// Whether connections are being accepted.
@@ -92,7 +106,7 @@ impl Drop for CqlDevServer {
 }
 
 /// Starts the serving thread on `listener`.
-fn serve(listener: StdTcpListener, session: Arc<Mutex<KassandraSession>>) -> std::io::Result<Serving> {
+fn serve(listener: StdTcpListener, session: Arc<Shared>) -> std::io::Result<Serving> {
     listener.set_nonblocking(true)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
     let (stop, stopped) = oneshot::channel();
@@ -111,7 +125,7 @@ fn serve(listener: StdTcpListener, session: Arc<Mutex<KassandraSession>>) -> std
     Ok(Serving { stop, thread })
 }
 
-async fn accept_forever(listener: TcpListener, session: Arc<Mutex<KassandraSession>>) {
+async fn accept_forever(listener: TcpListener, session: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -124,7 +138,7 @@ async fn accept_forever(listener: TcpListener, session: Arc<Mutex<KassandraSessi
 }
 
 /// Answers one connection's frames in order until it closes.
-async fn answer(mut stream: TcpStream, session: Arc<Mutex<KassandraSession>>) {
+async fn answer(mut stream: TcpStream, session: Arc<Shared>) {
     let (reader, writer) = stream.split();
     let mut requests = request_stream(reader);
     let mut responses = response_sink(writer);
@@ -142,8 +156,11 @@ async fn answer(mut stream: TcpStream, session: Arc<Mutex<KassandraSession>>) {
 
 /// The engine's answer to one request; a panic in the engine becomes a
 /// server error.
-fn respond(session: &Mutex<KassandraSession>, request: Request<'_>) -> Response {
-    let mut session = session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+fn respond(shared: &Shared, request: Request<'_>) -> Response {
+    if matches!(request, Request::Query(_) | Request::Prepare(_) | Request::Execute(_) | Request::Batch(_)) {
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut session = shared.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match request {
         Request::StartUp(_) | Request::Register { .. } => Ok(Response::Ready),
         Request::Options => Ok(Response::options()),

@@ -1,6 +1,9 @@
 //! `pgfanout-cql-dev-server [ADDRESS]`: serves an empty in-memory CQL
 //! database (default `127.0.0.1:9042`) until killed, for `make demo` and the
 //! end-to-end benchmark. Not for production data: see the library docs.
+//!
+//! Prints `requests=N` (query, prepare, execute and batch requests answered
+//! so far) each second the count changed, for round-trip measurements.
 
 fn main() {
     let address = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9042".to_owned());
@@ -19,7 +22,13 @@ fn main() {
         }
     };
     println!("serving CQL on {}", server.address());
+    let mut reported = 0;
     loop {
-        std::thread::park();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let requests = server.requests();
+        if requests != reported {
+            println!("requests={requests}");
+            reported = requests;
+        }
     }
 }
