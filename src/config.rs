@@ -14,6 +14,7 @@ use figment::Figment;
 use pgfanout_core::{DeliveryConfig, SpillSettings, WorkerSettings};
 use pgfanout_sink_graph::GraphSinkConfig;
 use pgfanout_sink_redis::RedisSinkConfig;
+use pgfanout_sink_scylla::ScyllaSinkConfig;
 
 use crate::discard::DiscardSinkConfig;
 use secrecy::{ExposeSecret, SecretString};
@@ -132,6 +133,8 @@ pub enum SinkConfig {
     Graph(GraphSinkConfig),
     /// `kind = "discard"`: accepts and drops everything (measurements, dry runs).
     Discard(DiscardSinkConfig),
+    /// `kind = "scylla"`: Cassandra or ScyllaDB query tables.
+    Scylla(ScyllaSinkConfig),
 }
 
 impl SinkConfig {
@@ -141,6 +144,7 @@ impl SinkConfig {
             SinkConfig::Redis(redis) => &redis.name,
             SinkConfig::Graph(graph) => &graph.name,
             SinkConfig::Discard(discard) => &discard.name,
+            SinkConfig::Scylla(scylla) => &scylla.name,
         }
     }
 
@@ -150,6 +154,7 @@ impl SinkConfig {
             SinkConfig::Redis(redis) => redis.tables.iter().map(|t| t.source.as_str()).collect(),
             SinkConfig::Graph(graph) => graph.tables.iter().map(|t| t.source.as_str()).collect(),
             SinkConfig::Discard(discard) => discard.tables.iter().map(|t| t.source.as_str()).collect(),
+            SinkConfig::Scylla(scylla) => scylla.tables.iter().map(|t| t.source.as_str()).collect(),
         }
     }
 
@@ -159,6 +164,7 @@ impl SinkConfig {
             SinkConfig::Redis(redis) => &redis.delivery,
             SinkConfig::Graph(graph) => &graph.delivery,
             SinkConfig::Discard(discard) => &discard.delivery,
+            SinkConfig::Scylla(scylla) => &scylla.delivery,
         }
     }
 }
@@ -265,6 +271,7 @@ impl Config {
                 SinkConfig::Redis(redis) => problems.extend(redis.validate().err().unwrap_or_default()),
                 SinkConfig::Graph(graph) => problems.extend(graph.validate().err().unwrap_or_default()),
                 SinkConfig::Discard(discard) => problems.extend(discard.validate()),
+                SinkConfig::Scylla(scylla) => problems.extend(scylla.validate().err().unwrap_or_default()),
             }
         }
         if problems.is_empty() {
@@ -419,6 +426,32 @@ key = "reservation:{id}"
         assert!(text.contains("TOML parse error at line 1"), "{text}");
         assert!(text.contains("invalid table header"), "{text}");
         assert!(!text.contains("[source"), "the source excerpt is left out: {text}");
+    }
+
+    #[test]
+    fn scylla_sinks_parse_with_their_query_tables() {
+        let scylla = r#"
+[source]
+url = "postgres://pgfanout@db/app"
+[[sink]]
+name = "analytics"
+kind = "scylla"
+nodes = ["127.0.0.1:9042"]
+keyspace = "rentals"
+write_timestamps = false
+[[sink.table]]
+source = "public.reservations"
+[[sink.table.target]]
+table = "reservations_by_guest"
+partition_key = ["guest_id"]
+clustering_key = ["id"]
+"#;
+        let config = parse(scylla).unwrap();
+        let SinkConfig::Scylla(sink) = &config.sinks[0] else { panic!("{:?}", config.sinks[0]) };
+        assert!(!sink.write_timestamps);
+        assert_eq!(sink.tables[0].targets[0].clustering_key, ["id"]);
+        let text = format!("{:#}", parse(&scylla.replace("[\"guest_id\"]", "[]")).unwrap_err());
+        assert!(text.contains("partition_key must name at least one column"), "{text}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use pgfanout_core::{
 };
 use pgfanout_sink_graph::GraphSink;
 use pgfanout_sink_redis::RedisSink;
+use pgfanout_sink_scylla::ScyllaSink;
 use pgoutput::PgOutputMessage;
 use tokio::sync::{watch, Notify};
 
@@ -315,6 +316,11 @@ pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Arc<dyn Sink>, RoutedT
             (Arc::new(sink), tables)
         }
         SinkConfig::Discard(discard) => (Arc::new(DiscardSink::new(&discard.name)), discard.tables()),
+        SinkConfig::Scylla(scylla) => {
+            let sink = ScyllaSink::new(scylla.clone());
+            let tables = sink.tables();
+            (Arc::new(sink), tables)
+        }
     };
     let tables = tables
         .into_iter()

@@ -1,0 +1,873 @@
+//! Pure mapping from row changes to CQL statements, and the plan of requests
+//! that sends them; no I/O.
+//!
+//! Each source table feeds one or more *target* (query) tables, each keyed
+//! by a partition key and clustering columns of its own. Per change and
+//! target:
+//! - insert: `INSERT INTO ks.t (key…, col…) VALUES (?…)` — NULLs are written
+//!   (a re-sent insert must clear what an earlier state left);
+//! - update: the same `INSERT` without the unchanged TOAST columns (another
+//!   statement shape, prepared on its own); if the target key changed — the
+//!   source key, or a non-key column the target is keyed by — first `DELETE`
+//!   under the old key;
+//! - delete: `DELETE FROM ks.t WHERE key = ?…`;
+//! - truncate: `TRUNCATE ks.t`, when enabled.
+//!
+//! With write timestamps every statement carries `USING TIMESTAMP ?` (see
+//! [`crate::timestamp`]), and with a TTL every write `USING TTL n`.
+//!
+//! Knowing the old target key needs the old values of every target key
+//! column: a target keyed by a column outside the replica identity needs
+//! `REPLICA IDENTITY FULL` on the source table, else updates and deletes are
+//! refused with that advice (a stale row would otherwise stay behind).
+//!
+//! [`plan_requests`] groups statements by partition into unlogged batches
+//! (packing whole partitions up to a statement count) and orders them in
+//! waves: without write timestamps the server gives every statement of a
+//! batch the same timestamp, so two statements on one row never share a
+//! batch or a wave; with them, everything goes in one wave.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use pgfanout_core::{ChangeOp, ChangeRef, Row, TableName, TableSchema};
+use pgoutput::value::ValueError;
+use pgoutput::{ReplicaIdentity, Value};
+
+use crate::config::{is_plain_identifier, ScyllaTableConfig};
+use crate::error::ScyllaSinkError;
+use crate::timestamp::WriteClock;
+use crate::types::cql_type_for;
+
+/// One bound value of a statement, in bind-marker order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    /// A column's typed value (`Value::Null` for NULL), converted to the
+    /// column's CQL type when bound.
+    Column(Value),
+    /// The write timestamp (`USING TIMESTAMP ?`), microseconds.
+    Timestamp(i64),
+}
+
+/// One CQL statement with its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The CQL text, shared by every statement of the same shape.
+    pub cql: Arc<str>,
+    /// Values in bind order.
+    pub values: Vec<Bound>,
+    /// Target table and partition key values, rendered: statements with the
+    /// same value share a partition.
+    pub partition: String,
+    /// `partition` plus the clustering values: the row written.
+    pub row: String,
+}
+
+/// What a batch of changes turns into, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CqlOp {
+    /// A row write or delete.
+    Write(Statement),
+    /// `TRUNCATE ks.table`: every earlier write must be applied before it,
+    /// every later one after.
+    Truncate(String),
+}
+
+/// A target table's shape for schema management.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSchema {
+    /// Table name (unqualified).
+    pub table: String,
+    /// `CREATE TABLE IF NOT EXISTS …` text.
+    pub create: String,
+    /// Non-key columns and their CQL types, for `ALTER TABLE … ADD`.
+    pub columns: Vec<(String, String)>,
+}
+
+/// One query table as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetOptions {
+    /// Table name; `None` for the default target (named like the source).
+    pub table: Option<String>,
+    /// Partition key columns; empty for the default target (the source key).
+    pub partition_key: Vec<String>,
+    /// Clustering columns.
+    pub clustering_key: Vec<String>,
+    /// Non-key columns written; `None` means all.
+    pub columns: Option<Vec<String>>,
+    /// `USING TTL`, seconds.
+    pub ttl_secs: Option<u32>,
+}
+
+/// A source table's options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableOptions {
+    /// Its target tables; empty means one default target.
+    pub targets: Vec<TargetOptions>,
+    /// CQL types of created columns, overriding the default mapping.
+    pub types: HashMap<String, String>,
+}
+
+impl TableOptions {
+    /// The options configured for a `[[sink.table]]`.
+    pub fn from_config(table: &ScyllaTableConfig) -> Self {
+        let targets = table
+            .targets
+            .iter()
+            .map(|target| TargetOptions {
+                table: Some(target.table.clone()),
+                partition_key: target.partition_key.clone(),
+                clustering_key: target.clustering_key.clone(),
+                columns: target.columns.clone(),
+                ttl_secs: target.ttl_secs.or(table.ttl_secs),
+            })
+            .collect::<Vec<_>>();
+        let targets = if targets.is_empty() {
+            vec![TargetOptions {
+                table: None,
+                partition_key: vec![],
+                clustering_key: vec![],
+                columns: None,
+                ttl_secs: table.ttl_secs,
+            }]
+        } else {
+            targets
+        };
+        TableOptions { targets, types: table.types.clone() }
+    }
+}
+
+/// Encodes batches for one sink; resolves each table shape once.
+#[derive(Debug)]
+pub struct CqlEncoder {
+    keyspace: String,
+    tables: HashMap<TableName, TableOptions>,
+    write_timestamps: bool,
+    truncate: bool,
+    resolved: HashMap<TableName, ResolvedTable>,
+}
+
+/// A source table's targets resolved against one shape of the table.
+#[derive(Debug)]
+struct ResolvedTable {
+    shape: Arc<TableSchema>,
+    targets: Vec<ResolvedTarget>,
+}
+
+#[derive(Debug)]
+struct ResolvedTarget {
+    /// `ks.table`.
+    qualified: String,
+    /// Positions and names of the partition key columns.
+    partition: Vec<(usize, String)>,
+    /// Positions and names of the clustering columns.
+    clustering: Vec<(usize, String)>,
+    /// Positions of the other written columns, in shape order.
+    values: Vec<usize>,
+    /// A key column outside the replica identity (without identity FULL).
+    key_outside_identity: Option<String>,
+    /// `DELETE` text.
+    delete: Arc<str>,
+    /// `INSERT` texts by the positions of the value columns present.
+    inserts: HashMap<Vec<usize>, Arc<str>>,
+    /// ` USING …` clause of writes (empty when none).
+    write_using: String,
+    schema: TargetSchema,
+}
+
+impl CqlEncoder {
+    /// An encoder for tables in `keyspace` with the configured options.
+    pub fn new(
+        keyspace: &str,
+        tables: HashMap<TableName, TableOptions>,
+        write_timestamps: bool,
+        truncate: bool,
+    ) -> Self {
+        CqlEncoder { keyspace: keyspace.to_owned(), tables, write_timestamps, truncate, resolved: HashMap::new() }
+    }
+
+    /// The operations applying `changes` in order. `clock` gives write
+    /// timestamps (used only when they are on).
+    pub fn encode(&mut self, changes: &[ChangeRef<'_>], clock: &mut WriteClock) -> Result<Vec<CqlOp>, ScyllaSinkError> {
+        let mut ops = Vec::with_capacity(changes.len() * 2);
+        for change in changes {
+            let timestamp = if self.write_timestamps { Some(clock.timestamp(change)) } else { None };
+            self.encode_change(change, timestamp, &mut ops)?;
+        }
+        Ok(ops)
+    }
+
+    /// The target tables of `shape`, for schema management.
+    pub fn schemas(&mut self, shape: &Arc<TableSchema>) -> Result<Vec<TargetSchema>, ScyllaSinkError> {
+        Ok(self.resolve(shape)?.targets.iter().map(|t| t.schema.clone()).collect())
+    }
+
+    fn encode_change(
+        &mut self,
+        change: &ChangeRef<'_>,
+        timestamp: Option<i64>,
+        ops: &mut Vec<CqlOp>,
+    ) -> Result<(), ScyllaSinkError> {
+        let shape = &change.change.table;
+        let truncate = self.truncate;
+        let resolved = self.resolve(shape)?;
+        let source = shape.table.to_string();
+        let typed = |row: &Row| -> Result<Vec<Option<Value>>, ScyllaSinkError> {
+            shape
+                .typed_row(row)
+                .map_err(|err: ValueError| ScyllaSinkError::Value { table: source.clone(), source: err })
+        };
+        match &change.change.op {
+            ChangeOp::Insert { new } => {
+                let new = typed(new)?;
+                for target in &mut resolved.targets {
+                    ops.push(CqlOp::Write(target.upsert(&source, &new, timestamp)?));
+                }
+            }
+            ChangeOp::Update { old, new } => {
+                let new = typed(new)?;
+                let old = old.as_ref().map(typed).transpose()?;
+                for target in &mut resolved.targets {
+                    if let Some(column) = &target.key_outside_identity {
+                        return Err(identity_error(&source, &target.qualified, column));
+                    }
+                    if let Some(old) = &old {
+                        let old_key = target.key_values(&source, old, Some(&new))?;
+                        let new_key = target.key_values(&source, &new, None)?;
+                        if old_key != new_key {
+                            // The row moves: nothing of it may stay under the old key.
+                            if let Some(position) =
+                                target.values.iter().find(|&&p| new.get(p).is_some_and(Option::is_none))
+                            {
+                                if old.get(*position).is_none_or(Option::is_none) {
+                                    return Err(ScyllaSinkError::Mapping {
+                                        table: source,
+                                        reason: format!(
+                                            "the key of a row changed while column {} was an unchanged TOAST value, \
+                                             which the new row of {} would lose; set REPLICA IDENTITY FULL on the table",
+                                            shape.columns.get(*position).map_or("?", |c| c.name.as_str()),
+                                            target.qualified
+                                        ),
+                                    });
+                                }
+                            }
+                            ops.push(CqlOp::Write(target.delete(&source, old, Some(&new), timestamp)?));
+                            let moved: Vec<Option<Value>> = new
+                                .iter()
+                                .zip(old.iter())
+                                .map(|(new, old)| new.clone().or_else(|| old.clone()))
+                                .collect();
+                            ops.push(CqlOp::Write(target.upsert(&source, &moved, timestamp)?));
+                            continue;
+                        }
+                    }
+                    ops.push(CqlOp::Write(target.upsert(&source, &new, timestamp)?));
+                }
+            }
+            ChangeOp::Delete { old } => {
+                let old = typed(old)?;
+                for target in &resolved.targets {
+                    if let Some(column) = &target.key_outside_identity {
+                        return Err(identity_error(&source, &target.qualified, column));
+                    }
+                    ops.push(CqlOp::Write(target.delete(&source, &old, None, timestamp)?));
+                }
+            }
+            ChangeOp::Truncate => {
+                if truncate {
+                    ops.extend(resolved.targets.iter().map(|t| CqlOp::Truncate(format!("TRUNCATE {}", t.qualified))));
+                } else {
+                    tracing::warn!(table = %source, "truncate not applied: the sink runs with truncate = false");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The table's targets resolved against this shape, re-resolved only when
+    /// a Relation message changed the shape.
+    fn resolve(&mut self, shape: &Arc<TableSchema>) -> Result<&mut ResolvedTable, ScyllaSinkError> {
+        let stale = match self.resolved.get(&shape.table) {
+            Some(resolved) => !Arc::ptr_eq(&resolved.shape, shape) && *resolved.shape != **shape,
+            None => true,
+        };
+        if stale {
+            let options = self.tables.get(&shape.table).cloned().unwrap_or_default();
+            let options = if options.targets.is_empty() {
+                TableOptions { targets: vec![default_target()], ..options }
+            } else {
+                options
+            };
+            let targets = options
+                .targets
+                .iter()
+                .map(|target| self.resolve_target(shape, target, &options.types))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.resolved.insert(shape.table.clone(), ResolvedTable { shape: shape.clone(), targets });
+        }
+        // Inserted just above when missing or stale.
+        Ok(self.resolved.get_mut(&shape.table).expect("resolved table"))
+    }
+
+    fn resolve_target(
+        &self,
+        shape: &TableSchema,
+        target: &TargetOptions,
+        types: &HashMap<String, String>,
+    ) -> Result<ResolvedTarget, ScyllaSinkError> {
+        let source = shape.table.to_string();
+        let mapping_error = |reason: String| ScyllaSinkError::Mapping { table: source.clone(), reason };
+        let table = target.table.clone().unwrap_or_else(|| shape.table.name.clone());
+        if !is_plain_identifier(&table) {
+            return Err(mapping_error(format!(
+                "the default target table {table:?} is not a plain CQL name; configure a [[sink.table.target]] with a table name"
+            )));
+        }
+        let partition_names: Vec<String> = if target.partition_key.is_empty() {
+            shape.key_positions().map(|p| shape.columns[p].name.clone()).collect()
+        } else {
+            target.partition_key.clone()
+        };
+        if partition_names.is_empty() {
+            return Err(mapping_error(
+                "the table has no primary key or replica identity; configure a target with a partition_key".into(),
+            ));
+        }
+        let locate = |name: &String| {
+            shape.position(name).map(|p| (p, name.clone())).ok_or_else(|| {
+                mapping_error(format!("target {table} is keyed by column {name}, which the table does not publish"))
+            })
+        };
+        let partition = partition_names.iter().map(locate).collect::<Result<Vec<_>, _>>()?;
+        let clustering = target.clustering_key.iter().map(locate).collect::<Result<Vec<_>, _>>()?;
+        let is_key = |p: usize| partition.iter().chain(&clustering).any(|(k, _)| *k == p);
+        let values: Vec<usize> = match &target.columns {
+            Some(names) => {
+                let mut positions = names.iter().map(|n| locate(n).map(|(p, _)| p)).collect::<Result<Vec<_>, _>>()?;
+                positions.retain(|&p| !is_key(p));
+                positions.sort_unstable();
+                positions.dedup();
+                positions
+            }
+            None => (0..shape.columns.len()).filter(|&p| !is_key(p)).collect(),
+        };
+        for &position in partition.iter().chain(&clustering).map(|(p, _)| p).chain(&values) {
+            let name = &shape.columns[position].name;
+            if !is_plain_identifier(name) {
+                return Err(mapping_error(format!(
+                    "column {name:?} is not a plain CQL name (lower-case letters, digits, _); rename it with `rename`"
+                )));
+            }
+        }
+        let key_outside_identity = if shape.replica_identity == ReplicaIdentity::Full {
+            None
+        } else {
+            partition.iter().chain(&clustering).find(|(p, _)| !shape.columns[*p].is_key).map(|(_, name)| name.clone())
+        };
+        let qualified = format!("{}.{table}", self.keyspace);
+        let timestamp = if self.write_timestamps { " USING TIMESTAMP ?" } else { "" };
+        let mut delete = format!("DELETE FROM {qualified}{timestamp} WHERE ");
+        for (i, (_, name)) in partition.iter().chain(&clustering).enumerate() {
+            let _ = write!(delete, "{}{name} = ?", if i == 0 { "" } else { " AND " });
+        }
+        let write_using = match (self.write_timestamps, target.ttl_secs) {
+            (true, Some(ttl)) => format!(" USING TIMESTAMP ? AND TTL {ttl}"),
+            (true, None) => " USING TIMESTAMP ?".to_owned(),
+            (false, Some(ttl)) => format!(" USING TTL {ttl}"),
+            (false, None) => String::new(),
+        };
+        let cql_type = |p: usize| {
+            let column = &shape.columns[p];
+            types.get(&column.name).cloned().unwrap_or_else(|| cql_type_for(column.type_oid, &shape.types))
+        };
+        let mut create = format!("CREATE TABLE IF NOT EXISTS {qualified} (");
+        for &position in partition.iter().chain(&clustering).map(|(p, _)| p).chain(&values) {
+            let _ = write!(create, "{} {}, ", shape.columns[position].name, cql_type(position));
+        }
+        let names = |keys: &[(usize, String)]| keys.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
+        let _ = write!(create, "PRIMARY KEY (({})", names(&partition));
+        if !clustering.is_empty() {
+            let _ = write!(create, ", {}", names(&clustering));
+        }
+        create.push_str("))");
+        let schema = TargetSchema {
+            table: table.clone(),
+            create,
+            columns: values.iter().map(|&p| (shape.columns[p].name.clone(), cql_type(p))).collect(),
+        };
+        Ok(ResolvedTarget {
+            qualified,
+            partition,
+            clustering,
+            values,
+            key_outside_identity,
+            delete: delete.into(),
+            inserts: HashMap::new(),
+            write_using,
+            schema,
+        })
+    }
+}
+
+fn default_target() -> TargetOptions {
+    TargetOptions { table: None, partition_key: vec![], clustering_key: vec![], columns: None, ttl_secs: None }
+}
+
+fn identity_error(source: &str, target: &str, column: &str) -> ScyllaSinkError {
+    ScyllaSinkError::Mapping {
+        table: source.to_owned(),
+        reason: format!(
+            "target {target} is keyed by {column}, which is not part of the replica identity, so the old row \
+             cannot be found on update or delete; run ALTER TABLE {source} REPLICA IDENTITY FULL"
+        ),
+    }
+}
+
+impl ResolvedTarget {
+    /// The key values (partition, then clustering) from `row`, a column
+    /// taken from `fallback` where `row` lacks it (a key-only old tuple).
+    fn key_values(
+        &self,
+        source: &str,
+        row: &[Option<Value>],
+        fallback: Option<&[Option<Value>]>,
+    ) -> Result<Vec<Value>, ScyllaSinkError> {
+        self.partition
+            .iter()
+            .chain(&self.clustering)
+            .map(|(position, name)| {
+                let present = |row: &[Option<Value>]| row.get(*position).cloned().flatten().filter(|v| !v.is_null());
+                present(row).or_else(|| fallback.and_then(present)).ok_or_else(|| ScyllaSinkError::Mapping {
+                    table: source.to_owned(),
+                    reason: format!(
+                        "key column {name} of {} is NULL or missing; key columns must be NOT NULL",
+                        self.qualified
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    /// Partition and row identities for grouping.
+    fn identities(&self, key: &[Value]) -> (String, String) {
+        let mut partition = self.qualified.clone();
+        for value in key.iter().take(self.partition.len()) {
+            partition.push('\u{1f}');
+            partition.push_str(&value.to_string());
+        }
+        let mut row = partition.clone();
+        for value in key.iter().skip(self.partition.len()) {
+            row.push('\u{1f}');
+            row.push_str(&value.to_string());
+        }
+        (partition, row)
+    }
+
+    fn delete(
+        &self,
+        source: &str,
+        row: &[Option<Value>],
+        fallback: Option<&[Option<Value>]>,
+        timestamp: Option<i64>,
+    ) -> Result<Statement, ScyllaSinkError> {
+        let key = self.key_values(source, row, fallback)?;
+        let (partition, row) = self.identities(&key);
+        let mut values = Vec::with_capacity(key.len() + 1);
+        values.extend(timestamp.map(Bound::Timestamp));
+        values.extend(key.into_iter().map(Bound::Column));
+        Ok(Statement { cql: self.delete.clone(), values, partition, row })
+    }
+
+    /// `INSERT` of the key and every value column present in `row`
+    /// (unchanged TOAST columns are absent and left out).
+    fn upsert(
+        &mut self,
+        source: &str,
+        row: &[Option<Value>],
+        timestamp: Option<i64>,
+    ) -> Result<Statement, ScyllaSinkError> {
+        let key = self.key_values(source, row, None)?;
+        let (partition, identity) = self.identities(&key);
+        let present: Vec<usize> =
+            self.values.iter().copied().filter(|&p| row.get(p).is_some_and(Option::is_some)).collect();
+        let cql = match self.inserts.get(&present) {
+            Some(cql) => cql.clone(),
+            None => {
+                let cql: Arc<str> = self.insert_text(&present).into();
+                self.inserts.insert(present.clone(), cql.clone());
+                cql
+            }
+        };
+        let mut values: Vec<Bound> = key.into_iter().map(Bound::Column).collect();
+        values.extend(present.iter().filter_map(|&p| row.get(p).cloned().flatten()).map(Bound::Column));
+        values.extend(timestamp.map(Bound::Timestamp));
+        Ok(Statement { cql, values, partition, row: identity })
+    }
+
+    fn insert_text(&self, present: &[usize]) -> String {
+        let names: Vec<&str> = self
+            .partition
+            .iter()
+            .chain(&self.clustering)
+            .map(|(_, name)| name.as_str())
+            .chain(present.iter().map(|&p| self.schema_column_name(p)))
+            .collect();
+        let markers = vec!["?"; names.len()].join(", ");
+        format!("INSERT INTO {} ({}) VALUES ({markers}){}", self.qualified, names.join(", "), self.write_using)
+    }
+
+    fn schema_column_name(&self, position: usize) -> &str {
+        // `values` and `schema.columns` are built in the same order.
+        let index = self.values.iter().position(|&p| p == position).unwrap_or(0);
+        self.schema.columns.get(index).map_or("", |(name, _)| name.as_str())
+    }
+}
+
+/// One request: statements sent together (a single statement goes alone,
+/// several as one unlogged batch).
+pub type Request = Vec<Statement>;
+
+/// How a batch's operations are sent, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Requests sent concurrently; every request of a wave completes before
+    /// the next wave starts.
+    Waves(Vec<Vec<Request>>),
+    /// A truncate, alone.
+    Truncate(String),
+}
+
+/// Groups `ops` into phases: writes between truncates are grouped by
+/// partition, whole partitions packed into requests of at most
+/// `max_statements` statements. `separate_rows` (no write timestamps) puts a
+/// statement whose row already appears in a partition's current wave into
+/// that partition's next wave.
+pub fn plan_requests(ops: Vec<CqlOp>, max_statements: usize, separate_rows: bool) -> Vec<Phase> {
+    let mut phases = Vec::new();
+    let mut writes = Vec::new();
+    for op in ops {
+        match op {
+            CqlOp::Write(statement) => writes.push(statement),
+            CqlOp::Truncate(cql) => {
+                if !writes.is_empty() {
+                    phases.push(Phase::Waves(pack(std::mem::take(&mut writes), max_statements, separate_rows)));
+                }
+                phases.push(Phase::Truncate(cql));
+            }
+        }
+    }
+    if !writes.is_empty() {
+        phases.push(Phase::Waves(pack(writes, max_statements, separate_rows)));
+    }
+    phases
+}
+
+fn pack(statements: Vec<Statement>, max_statements: usize, separate_rows: bool) -> Vec<Vec<Request>> {
+    let max_statements = max_statements.max(1);
+    // Partition → its statements per wave, partitions in first-seen order.
+    let mut order: Vec<String> = Vec::new();
+    let mut partitions: HashMap<String, Vec<Vec<Statement>>> = HashMap::new();
+    for statement in statements {
+        let waves = partitions.entry(statement.partition.clone()).or_insert_with(|| {
+            order.push(statement.partition.clone());
+            vec![Vec::new()]
+        });
+        let wave = if separate_rows {
+            // After the last wave that touches this row.
+            waves.iter().rposition(|w| w.iter().any(|s| s.row == statement.row)).map_or(0, |w| w + 1)
+        } else {
+            0
+        };
+        if wave == waves.len() {
+            waves.push(Vec::new());
+        }
+        waves[wave].push(statement);
+    }
+    let wave_count = partitions.values().map(Vec::len).max().unwrap_or(0);
+    let mut waves: Vec<Vec<Request>> = (0..wave_count).map(|_| Vec::new()).collect();
+    for partition in order {
+        let Some(partition_waves) = partitions.remove(&partition) else { continue };
+        for (wave, statements) in partition_waves.into_iter().enumerate() {
+            let requests = &mut waves[wave];
+            for statement in statements {
+                match requests.last_mut() {
+                    Some(request) if request.len() < max_statements => request.push(statement),
+                    _ => requests.push(vec![statement]),
+                }
+            }
+        }
+    }
+    waves.retain(|wave| !wave.is_empty());
+    waves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use pgfanout_core::{Change, ColumnSchema, ColumnValue, Lsn, Transaction};
+    use pgoutput::{Oid, PgTimestamp, Xid};
+
+    fn shape(identity: ReplicaIdentity) -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            types: Default::default(),
+            oid: Oid(1),
+            table: TableName::new("public", "reservations"),
+            replica_identity: identity,
+            columns: vec![
+                ColumnSchema { name: "id".into(), type_oid: Oid(20), is_key: true },
+                ColumnSchema { name: "guest_id".into(), type_oid: Oid(23), is_key: false },
+                ColumnSchema { name: "status".into(), type_oid: Oid(25), is_key: false },
+                ColumnSchema { name: "notes".into(), type_oid: Oid(25), is_key: false },
+            ],
+        })
+    }
+
+    fn text(value: &str) -> ColumnValue {
+        ColumnValue::Text(Bytes::copy_from_slice(value.as_bytes()))
+    }
+
+    fn row(id: &str, guest: &str, status: Option<&str>, notes: ColumnValue) -> Row {
+        // An empty guest stands for NULL (a key-only old tuple).
+        let guest = if guest.is_empty() { ColumnValue::Null } else { text(guest) };
+        vec![text(id), guest, status.map_or(ColumnValue::Null, text), notes]
+    }
+
+    fn transaction(shape: &Arc<TableSchema>, ops: Vec<ChangeOp>) -> Transaction {
+        Transaction {
+            xid: Xid(1),
+            commit_lsn: Lsn(0x100),
+            end_lsn: Lsn(0x108),
+            commit_time: PgTimestamp(1_000),
+            changes: ops
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| Change { table: shape.clone(), op, ordinal: i as u32 })
+                .collect(),
+        }
+    }
+
+    fn refs(transaction: &Transaction) -> Vec<ChangeRef<'_>> {
+        transaction.changes.iter().map(|change| ChangeRef { transaction, change }).collect()
+    }
+
+    fn by_guest_and_default(ttl: Option<u32>) -> HashMap<TableName, TableOptions> {
+        let targets = vec![
+            TargetOptions {
+                table: Some("reservations".into()),
+                partition_key: vec!["id".into()],
+                clustering_key: vec![],
+                columns: None,
+                ttl_secs: ttl,
+            },
+            TargetOptions {
+                table: Some("by_guest".into()),
+                partition_key: vec!["guest_id".into()],
+                clustering_key: vec!["id".into()],
+                columns: Some(vec!["status".into()]),
+                ttl_secs: ttl,
+            },
+        ];
+        HashMap::from([(TableName::new("public", "reservations"), TableOptions { targets, types: HashMap::new() })])
+    }
+
+    fn statements(ops: &[CqlOp]) -> Vec<(&str, &[Bound])> {
+        ops.iter()
+            .map(|op| match op {
+                CqlOp::Write(s) => (&*s.cql, s.values.as_slice()),
+                CqlOp::Truncate(cql) => (cql.as_str(), &[][..]),
+            })
+            .collect()
+    }
+
+    fn col(value: Value) -> Bound {
+        Bound::Column(value)
+    }
+
+    #[test]
+    fn inserts_write_every_query_table_with_timestamps_and_ttl() {
+        let shape = shape(ReplicaIdentity::Full);
+        let batch = transaction(&shape, vec![ChangeOp::Insert { new: row("7", "3", None, text("n")) }]);
+        let mut encoder = CqlEncoder::new("ks", by_guest_and_default(Some(60)), true, true);
+        let mut clock = WriteClock::starting_after(0);
+        let ops = encoder.encode(&refs(&batch), &mut clock).unwrap();
+        let commit = PgTimestamp(1_000).to_unix_micros();
+        assert_eq!(
+            statements(&ops),
+            [
+                (
+                    "INSERT INTO ks.reservations (id, guest_id, status, notes) VALUES (?, ?, ?, ?) USING TIMESTAMP ? AND TTL 60",
+                    &[col(Value::Int8(7)), col(Value::Int4(3)), col(Value::Null), col(Value::Text("n".into())), Bound::Timestamp(commit)][..]
+                ),
+                (
+                    "INSERT INTO ks.by_guest (guest_id, id, status) VALUES (?, ?, ?) USING TIMESTAMP ? AND TTL 60",
+                    &[col(Value::Int4(3)), col(Value::Int8(7)), col(Value::Null), Bound::Timestamp(commit)][..]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_toast_columns_are_left_out_and_deletes_use_the_key() {
+        let shape = shape(ReplicaIdentity::Full);
+        let batch = transaction(
+            &shape,
+            vec![
+                ChangeOp::Update {
+                    old: Some(row("7", "3", Some("new"), text("n"))),
+                    new: row("7", "3", Some("paid"), ColumnValue::UnchangedToast),
+                },
+                ChangeOp::Delete { old: row("7", "3", Some("paid"), text("n")) },
+            ],
+        );
+        let mut encoder = CqlEncoder::new("ks", by_guest_and_default(None), false, true);
+        let ops = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap();
+        assert_eq!(
+            statements(&ops),
+            [
+                (
+                    "INSERT INTO ks.reservations (id, guest_id, status) VALUES (?, ?, ?)",
+                    &[col(Value::Int8(7)), col(Value::Int4(3)), col(Value::Text("paid".into()))][..]
+                ),
+                (
+                    "INSERT INTO ks.by_guest (guest_id, id, status) VALUES (?, ?, ?)",
+                    &[col(Value::Int4(3)), col(Value::Int8(7)), col(Value::Text("paid".into()))][..]
+                ),
+                ("DELETE FROM ks.reservations WHERE id = ?", &[col(Value::Int8(7))][..]),
+                (
+                    "DELETE FROM ks.by_guest WHERE guest_id = ? AND id = ?",
+                    &[col(Value::Int4(3)), col(Value::Int8(7))][..]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_query_key_moves_the_row_and_timestamps_keep_the_order() {
+        let shape = shape(ReplicaIdentity::Full);
+        let batch = transaction(
+            &shape,
+            vec![ChangeOp::Update {
+                old: Some(row("7", "3", Some("new"), text("long"))),
+                new: row("7", "4", Some("new"), ColumnValue::UnchangedToast),
+            }],
+        );
+        let mut encoder = CqlEncoder::new("ks", by_guest_and_default(None), true, true);
+        let ops = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap();
+        let stamp = Bound::Timestamp(PgTimestamp(1_000).to_unix_micros());
+        let listed = statements(&ops);
+        // The base table keeps its key: a plain write without the TOAST column.
+        assert_eq!(
+            listed[0].0,
+            "INSERT INTO ks.reservations (id, guest_id, status) VALUES (?, ?, ?) USING TIMESTAMP ?"
+        );
+        // The query table: delete under guest 3, write under guest 4.
+        assert_eq!(
+            listed[1],
+            (
+                "DELETE FROM ks.by_guest USING TIMESTAMP ? WHERE guest_id = ? AND id = ?",
+                &[stamp.clone(), col(Value::Int4(3)), col(Value::Int8(7))][..]
+            )
+        );
+        assert_eq!(
+            listed[2],
+            (
+                "INSERT INTO ks.by_guest (guest_id, id, status) VALUES (?, ?, ?) USING TIMESTAMP ?",
+                &[col(Value::Int4(4)), col(Value::Int8(7)), col(Value::Text("new".into())), stamp][..]
+            )
+        );
+        // Delete and write of one change share a timestamp; a later change gets a higher one.
+        assert_eq!(ops.len(), 3);
+    }
+
+    #[test]
+    fn a_query_key_outside_the_identity_needs_identity_full() {
+        let shape = shape(ReplicaIdentity::Default);
+        let batch = transaction(&shape, vec![ChangeOp::Delete { old: row("7", "", None, ColumnValue::Null) }]);
+        let mut encoder = CqlEncoder::new("ks", by_guest_and_default(None), false, true);
+        let err = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap_err();
+        assert!(err.to_string().contains("REPLICA IDENTITY FULL"), "{err}");
+        // Inserts need no old row.
+        let batch = transaction(&shape, vec![ChangeOp::Insert { new: row("7", "3", None, ColumnValue::Null) }]);
+        assert_eq!(encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_default_target_is_keyed_by_the_primary_key_and_truncates() {
+        let shape = shape(ReplicaIdentity::Default);
+        let batch = transaction(
+            &shape,
+            vec![
+                ChangeOp::Update {
+                    old: Some(row("7", "", None, ColumnValue::Null)),
+                    new: row("8", "3", None, text("n")),
+                },
+                ChangeOp::Truncate,
+            ],
+        );
+        let mut encoder = CqlEncoder::new("ks", HashMap::new(), false, true);
+        let ops = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap();
+        assert_eq!(
+            statements(&ops),
+            [
+                ("DELETE FROM ks.reservations WHERE id = ?", &[col(Value::Int8(7))][..]),
+                (
+                    "INSERT INTO ks.reservations (id, guest_id, status, notes) VALUES (?, ?, ?, ?)",
+                    &[col(Value::Int8(8)), col(Value::Int4(3)), col(Value::Null), col(Value::Text("n".into()))][..]
+                ),
+                ("TRUNCATE ks.reservations", &[][..]),
+            ]
+        );
+        let schemas = encoder.schemas(&shape).unwrap();
+        assert_eq!(schemas[0].create, "CREATE TABLE IF NOT EXISTS ks.reservations (id bigint, guest_id int, status text, notes text, PRIMARY KEY ((id)))");
+        // With truncate off, nothing is written for it.
+        let mut encoder = CqlEncoder::new("ks", HashMap::new(), false, false);
+        assert_eq!(encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap().len(), 2);
+    }
+
+    fn write(partition: &str, row: &str) -> Statement {
+        Statement { cql: "c".into(), values: vec![], partition: partition.into(), row: format!("{partition}/{row}") }
+    }
+
+    fn rows(wave: &[Request]) -> Vec<Vec<String>> {
+        wave.iter().map(|request| request.iter().map(|s| s.row.clone()).collect()).collect()
+    }
+
+    #[test]
+    fn requests_group_by_partition_and_pack_partitions() {
+        let ops = ["a/1", "b/1", "a/2", "c/1", "a/3"]
+            .iter()
+            .map(|id| {
+                let (p, r) = id.split_once('/').unwrap();
+                CqlOp::Write(write(p, r))
+            })
+            .collect();
+        let phases = plan_requests(ops, 4, false);
+        let [Phase::Waves(waves)] = phases.as_slice() else { panic!("{phases:?}") };
+        assert_eq!(waves.len(), 1);
+        assert_eq!(rows(&waves[0]), [vec!["a/1", "a/2", "a/3", "b/1"], vec!["c/1"]]);
+    }
+
+    #[test]
+    fn without_timestamps_one_row_never_shares_a_wave() {
+        let ops = vec![
+            CqlOp::Write(write("a", "1")),
+            CqlOp::Write(write("a", "2")),
+            CqlOp::Write(write("a", "1")),
+            CqlOp::Write(write("b", "1")),
+            CqlOp::Truncate("TRUNCATE ks.t".into()),
+            CqlOp::Write(write("a", "1")),
+        ];
+        let phases = plan_requests(ops.clone(), 100, true);
+        let Phase::Waves(first) = &phases[0] else { panic!("{phases:?}") };
+        assert_eq!(rows(&first[0]), [vec!["a/1", "a/2", "b/1"]]);
+        assert_eq!(rows(&first[1]), [vec!["a/1"]]);
+        assert_eq!(phases[1], Phase::Truncate("TRUNCATE ks.t".into()));
+        let Phase::Waves(last) = &phases[2] else { panic!("{phases:?}") };
+        assert_eq!(rows(&last[0]), [vec!["a/1"]]);
+        // With timestamps the same row may share a batch: they order it.
+        let Phase::Waves(waves) = &plan_requests(ops, 100, false)[0] else { panic!() };
+        assert_eq!(waves.len(), 1);
+    }
+}

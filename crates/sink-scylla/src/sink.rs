@@ -1,0 +1,414 @@
+//! The Cassandra/ScyllaDB sink: session, schema, batch apply, checkpoint.
+//!
+//! One [`Sink::apply`] call: encode the changes ([`crate::encode`]), create
+//! or extend target tables when schema management is on, store a new
+//! timestamp reservation when the clock needs one ([`crate::timestamp`]),
+//! send the planned requests — unlogged batches grouped by partition, the
+//! requests of a wave concurrently (up to `concurrency`), waves and
+//! truncates in order — then, when handed over, the checkpoint row.
+//!
+//! Cassandra has no transactions across partitions: the data and the
+//! checkpoint are written one after the other, data first, so the stored
+//! checkpoint never claims more than the store holds; after a crash between
+//! the two, the writes after the checkpoint are applied again (idempotent).
+//!
+//! Statements are prepared once per CQL text — a text per (table, column
+//! set), so an update without its unchanged TOAST columns, or a relation
+//! that gained a column, gets a statement of its own. Routing is the
+//! driver's default policy: token-aware, using the prepared statements'
+//! partition key.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName, TableSchema};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlValue;
+
+use crate::config::ScyllaSinkConfig;
+use crate::encode::{plan_requests, Bound, CqlEncoder, Phase, Request, TableOptions};
+use crate::error::ScyllaSinkError;
+use crate::timestamp::WriteClock;
+use crate::types::to_cql;
+
+/// Keeps Cassandra/ScyllaDB query tables equal to PostgreSQL rows.
+pub struct ScyllaSink {
+    config: ScyllaSinkConfig,
+    /// The session; `None` until first use. The driver reconnects by itself.
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// Encoder and timestamp clock: used without awaiting, by one lane at a time.
+    state: Mutex<EncodeState>,
+    /// Prepared statements by CQL text.
+    prepared: Mutex<HashMap<Arc<str>, PreparedStatement>>,
+    /// Schema statements that succeeded in this process, and the columns
+    /// known to exist per target table.
+    schema: tokio::sync::Mutex<SchemaState>,
+    /// Checkpoint last stored (repeated with a new reservation).
+    stored_checkpoint: Mutex<Option<Lsn>>,
+}
+
+struct EncodeState {
+    encoder: CqlEncoder,
+    /// `None` until the stored reservation has been read.
+    clock: Option<WriteClock>,
+}
+
+#[derive(Default)]
+struct SchemaState {
+    done: HashSet<String>,
+    columns: HashMap<String, HashSet<String>>,
+}
+
+impl ScyllaSink {
+    /// Builds the sink from validated config; does not connect yet.
+    pub fn new(config: ScyllaSinkConfig) -> Self {
+        let tables =
+            config.tables.iter().map(|t| (TableName::parse(&t.source), TableOptions::from_config(t))).collect();
+        let encoder = CqlEncoder::new(&config.keyspace, tables, config.write_timestamps, config.truncate);
+        ScyllaSink {
+            config,
+            session: tokio::sync::Mutex::new(None),
+            state: Mutex::new(EncodeState { encoder, clock: None }),
+            prepared: Mutex::new(HashMap::new()),
+            schema: tokio::sync::Mutex::new(SchemaState::default()),
+            stored_checkpoint: Mutex::new(None),
+        }
+    }
+
+    /// The source tables this sink receives, with their mapping.
+    pub fn tables(&self) -> Vec<(TableName, MappingConfig)> {
+        self.config.tables.iter().map(|t| (TableName::parse(&t.source), t.mapping())).collect()
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, EncodeState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn session(&self) -> Result<Arc<Session>, ScyllaSinkError> {
+        let mut shared = self.session.lock().await;
+        if let Some(session) = shared.as_ref() {
+            return Ok(session.clone());
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(self.config.consistency())
+            .request_timeout(Some(self.config.request_timeout()))
+            .build();
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&self.config.nodes)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .auto_await_schema_agreement(self.config.await_schema_agreement)
+            .fetch_schema_metadata(self.config.fetch_schema_metadata)
+            .default_execution_profile_handle(profile.into_handle());
+        if let Some(user) = &self.config.username {
+            let password = match &self.config.password_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|source| ScyllaSinkError::PasswordFile { path: path.display().to_string(), source })?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+                None => String::new(),
+            };
+            builder = builder.user(user, password);
+        }
+        let session = builder.build().await.map_err(|source| ScyllaSinkError::Connect {
+            nodes: self.config.nodes.join(", "),
+            source: Box::new(source),
+        })?;
+        tracing::info!(sink = %self.config.name, nodes = ?self.config.nodes, "connected to the cql cluster");
+        let session = Arc::new(session);
+        *shared = Some(session.clone());
+        Ok(session)
+    }
+
+    fn checkpoint_table(&self) -> String {
+        format!("{}.{}", self.config.keyspace, self.config.checkpoint_table)
+    }
+
+    /// Reads the checkpoint row: the LSN and the timestamp reservation.
+    async fn load(&self) -> Result<Option<Lsn>, ScyllaSinkError> {
+        let session = self.session().await?;
+        let cql = format!("SELECT lsn, reserved_timestamp FROM {} WHERE sink = ?", self.checkpoint_table());
+        let result = session.query_unpaged(cql.as_str(), (self.config.name.as_str(),)).await;
+        let (lsn, reserved) = match result {
+            Ok(result) => {
+                let rows = result.into_rows_result().map_err(|err| ScyllaSinkError::CheckpointRow(err.to_string()))?;
+                rows.maybe_first_row::<(Option<String>, Option<i64>)>()
+                    .map_err(|err| ScyllaSinkError::CheckpointRow(err.to_string()))?
+                    .unwrap_or((None, None))
+            }
+            Err(source) => {
+                let err = ScyllaSinkError::Execute { what: cql.clone(), source: Box::new(source) };
+                // No checkpoint table (or keyspace) yet: nothing applied so far.
+                if !err.is_invalid_request() {
+                    return Err(err);
+                }
+                tracing::info!(sink = %self.config.name, error = %err, "no checkpoint table yet");
+                (None, None)
+            }
+        };
+        let lsn = lsn
+            .map(|value| {
+                value
+                    .parse::<Lsn>()
+                    .map_err(|_| ScyllaSinkError::BadCheckpoint { sink: self.config.name.clone(), value })
+            })
+            .transpose()?;
+        *self.stored_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = lsn;
+        let mut state = self.lock_state();
+        if state.clock.is_none() {
+            state.clock = Some(WriteClock::starting_after(reserved.unwrap_or(0)));
+        }
+        Ok(lsn)
+    }
+
+    async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), ScyllaSinkError> {
+        let session = self.session().await?;
+        if self.lock_state().clock.is_none() {
+            self.load().await?;
+        }
+        if self.config.manage_schema {
+            self.ensure_target_tables(&session, changes).await?;
+        }
+        let (ops, reservation) = {
+            let mut state = self.lock_state();
+            let EncodeState { encoder, clock } = &mut *state;
+            // Set by `load` just above when it was missing.
+            let clock = clock.get_or_insert_with(|| WriteClock::starting_after(0));
+            let ops = encoder.encode(changes, clock)?;
+            (ops, clock.reservation_needed())
+        };
+        if reservation.is_some() || checkpoint.is_some() {
+            self.ensure_checkpoint_table(&session).await?;
+        }
+        if let Some(reservation) = reservation {
+            let stored = *self.stored_checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+            self.store_checkpoint_row(&session, stored, reservation).await?;
+            if let Some(clock) = self.lock_state().clock.as_mut() {
+                clock.reserved(reservation);
+            }
+        }
+        let separate_rows = !self.config.write_timestamps;
+        for phase in plan_requests(ops, self.config.max_batch_statements, separate_rows) {
+            match phase {
+                Phase::Waves(waves) => {
+                    for wave in waves {
+                        stream::iter(wave.into_iter().map(|request| self.send(&session, request)))
+                            .buffer_unordered(self.config.concurrency)
+                            .try_collect::<()>()
+                            .await?;
+                    }
+                }
+                Phase::Truncate(cql) => {
+                    session
+                        .query_unpaged(cql.as_str(), ())
+                        .await
+                        .map_err(|source| ScyllaSinkError::Execute { what: cql.clone(), source: Box::new(source) })?;
+                }
+            }
+        }
+        if let Some(checkpoint) = checkpoint {
+            let reservation = self.lock_state().clock.as_ref().map_or(0, WriteClock::reservation);
+            self.store_checkpoint_row(&session, Some(checkpoint), reservation).await?;
+            *self.stored_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = Some(checkpoint);
+            if let Some(clock) = self.lock_state().clock.as_mut() {
+                clock.forget_before(checkpoint);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one request: a statement alone, or an unlogged batch.
+    async fn send(&self, session: &Session, request: Request) -> Result<(), ScyllaSinkError> {
+        let mut prepared = Vec::with_capacity(request.len());
+        let mut values = Vec::with_capacity(request.len());
+        for statement in &request {
+            let statement_prepared = self.prepare(session, &statement.cql).await?;
+            values.push(bind(&statement_prepared, &statement.values)?);
+            prepared.push(statement_prepared);
+        }
+        if let ([statement], [values]) = (prepared.as_slice(), values.as_slice()) {
+            session.execute_unpaged(statement, values).await.map_err(|source| ScyllaSinkError::Execute {
+                what: format!("statement {}", request[0].cql),
+                source: Box::new(source),
+            })?;
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for statement in prepared {
+            batch.append_statement(statement);
+        }
+        session.batch(&batch, values).await.map_err(|source| ScyllaSinkError::Execute {
+            what: format!("a batch of {} statements", request.len()),
+            source: Box::new(source),
+        })?;
+        Ok(())
+    }
+
+    async fn prepare(&self, session: &Session, cql: &Arc<str>) -> Result<PreparedStatement, ScyllaSinkError> {
+        if let Some(prepared) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(cql) {
+            return Ok(prepared.clone());
+        }
+        let prepared = session
+            .prepare(cql.as_ref())
+            .await
+            .map_err(|source| ScyllaSinkError::Prepare { cql: cql.to_string(), source: Box::new(source) })?;
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner()).insert(cql.clone(), prepared.clone());
+        Ok(prepared)
+    }
+
+    async fn ddl(&self, session: &Session, cql: &str) -> Result<(), ScyllaSinkError> {
+        session
+            .query_unpaged(cql, ())
+            .await
+            .map_err(|source| ScyllaSinkError::Execute { what: cql.to_owned(), source: Box::new(source) })?;
+        tracing::info!(sink = %self.config.name, statement = %cql, "schema statement applied");
+        Ok(())
+    }
+
+    async fn ensure_checkpoint_table(&self, session: &Session) -> Result<(), ScyllaSinkError> {
+        let cql = format!(
+            "CREATE TABLE IF NOT EXISTS {} (sink text, lsn text, reserved_timestamp bigint, PRIMARY KEY (sink))",
+            self.checkpoint_table()
+        );
+        let mut schema = self.schema.lock().await;
+        if !schema.done.contains(&cql) {
+            self.ensure_keyspace(session, &mut schema).await?;
+            self.ddl(session, &cql).await?;
+            schema.done.insert(cql);
+        }
+        Ok(())
+    }
+
+    async fn ensure_keyspace(&self, session: &Session, schema: &mut SchemaState) -> Result<(), ScyllaSinkError> {
+        if !self.config.manage_schema {
+            return Ok(());
+        }
+        let cql = format!(
+            "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {}",
+            self.config.keyspace, self.config.replication
+        );
+        if !schema.done.contains(&cql) {
+            self.ddl(session, &cql).await?;
+            schema.done.insert(cql);
+        }
+        Ok(())
+    }
+
+    /// Creates the target tables of the batch's table shapes when missing and
+    /// adds the columns they lack.
+    async fn ensure_target_tables(&self, session: &Session, changes: &[ChangeRef<'_>]) -> Result<(), ScyllaSinkError> {
+        let mut shapes: Vec<&Arc<TableSchema>> = Vec::new();
+        for change in changes {
+            if !shapes.iter().any(|s| Arc::ptr_eq(s, &change.change.table)) {
+                shapes.push(&change.change.table);
+            }
+        }
+        let mut schema = self.schema.lock().await;
+        for shape in shapes {
+            let targets = self.lock_state().encoder.schemas(shape)?;
+            for target in targets {
+                if !schema.done.contains(&target.create) {
+                    self.ensure_keyspace(session, &mut schema).await?;
+                    self.ddl(session, &target.create).await?;
+                    schema.done.insert(target.create.clone());
+                }
+                if !schema.columns.contains_key(&target.table) {
+                    // What the cluster says the table has; else what the
+                    // CREATE above made (an older table may lack columns
+                    // then: the docs say to keep fetch_schema_metadata on).
+                    let existing = self.existing_columns(session, &target.table).await;
+                    let created = || target.columns.iter().map(|(name, _)| name.clone()).collect();
+                    schema.columns.insert(target.table.clone(), existing.unwrap_or_else(created));
+                }
+                let known = schema.columns.entry(target.table.clone()).or_default();
+                for (column, cql_type) in &target.columns {
+                    if !known.contains(column) {
+                        let cql =
+                            format!("ALTER TABLE {}.{} ADD {column} {cql_type}", self.config.keyspace, target.table);
+                        self.ddl(session, &cql).await?;
+                        known.insert(column.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The table's columns from the driver's schema metadata, if fetched.
+    async fn existing_columns(&self, session: &Session, table: &str) -> Option<HashSet<String>> {
+        if !self.config.fetch_schema_metadata {
+            return None;
+        }
+        // Fresh metadata: the table may have just been created.
+        session.refresh_metadata().await.ok()?;
+        let state = session.get_cluster_state();
+        let keyspace = state.get_keyspace(&self.config.keyspace)?;
+        let table = keyspace.tables.get(table)?;
+        Some(table.columns.keys().cloned().collect())
+    }
+
+    async fn store_checkpoint_row(
+        &self,
+        session: &Session,
+        checkpoint: Option<Lsn>,
+        reservation: i64,
+    ) -> Result<(), ScyllaSinkError> {
+        let cql = format!("INSERT INTO {} (sink, lsn, reserved_timestamp) VALUES (?, ?, ?)", self.checkpoint_table());
+        let values = (self.config.name.as_str(), checkpoint.map(|lsn| lsn.to_string()), reservation);
+        session.query_unpaged(cql.as_str(), values).await.map_err(|source| ScyllaSinkError::Execute {
+            what: format!("storing the checkpoint in {}", self.checkpoint_table()),
+            source: Box::new(source),
+        })?;
+        Ok(())
+    }
+}
+
+/// Converts a statement's values to the CQL types of its bind markers.
+fn bind(prepared: &PreparedStatement, values: &[Bound]) -> Result<Vec<Option<CqlValue>>, ScyllaSinkError> {
+    let specs = prepared.get_variable_col_specs();
+    values
+        .iter()
+        .zip(specs.iter())
+        .map(|(value, spec)| match value {
+            Bound::Timestamp(micros) => Ok(Some(CqlValue::BigInt(*micros))),
+            Bound::Column(value) => to_cql(value, spec.typ()).map_err(|source| ScyllaSinkError::Conversion {
+                table: spec.table_spec().table_name().to_owned(),
+                column: spec.name().to_owned(),
+                source,
+            }),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Sink for ScyllaSink {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
+        let name = self.config.name.clone();
+        self.load().await.map_err(|err| err.into_sink_error(&name, "reading the checkpoint".into()))
+    }
+
+    async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        let context = match (changes.first(), changes.last()) {
+            (Some(first), Some(last)) => format!(
+                "applying {} changes, commit LSNs {} to {}",
+                changes.len(),
+                first.transaction.commit_lsn,
+                last.transaction.commit_lsn
+            ),
+            _ => format!("storing checkpoint {}", checkpoint.unwrap_or_default()),
+        };
+        self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(name, context))
+    }
+}
