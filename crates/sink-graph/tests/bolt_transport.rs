@@ -456,6 +456,37 @@ async fn query_first_column_reads_record_values() {
 }
 
 #[tokio::test]
+async fn numbers_in_the_first_column_read_as_text_like_falkordb() {
+    let server = FakeBolt::start().await;
+    let bolt = transport(&server, None);
+    server.script(
+        "RETURN",
+        Outcome::Rows { fields: vec!["count"], rows: vec![vec![Value::Int(42)], vec![Value::Float(0.5)]] },
+    );
+    let statement = Statement { cypher: "MATCH (n) RETURN count(n) AS count".into(), params: vec![] };
+
+    let values = bolt.query_first_column(&statement).await.expect("the query runs");
+
+    assert_eq!(values, vec![Some("42".to_owned()), Some("0.5".to_owned())]);
+}
+
+#[tokio::test]
+async fn a_result_with_several_columns_is_refused_not_read_in_hash_order() {
+    let server = FakeBolt::start().await;
+    let bolt = transport(&server, None);
+    server.script(
+        "RETURN",
+        Outcome::Rows { fields: vec!["a", "b"], rows: vec![vec![Value::string("first"), Value::string("second")]] },
+    );
+    let statement = Statement { cypher: "MATCH (n) RETURN n.a AS a, n.b AS b".into(), params: vec![] };
+
+    let err = bolt.query_first_column(&statement).await.expect_err("two columns are ambiguous");
+
+    assert!(!err.is_retriable());
+    assert!(err.to_string().contains("2 columns"), "{err}");
+}
+
+#[tokio::test]
 async fn the_sink_loads_its_checkpoint_from_a_record() {
     let server = FakeBolt::start().await;
     let config = config(&server);
