@@ -1,7 +1,8 @@
 //! Bolt (Neo4j 4.4 and later) through `neo4rs`, which speaks Bolt 4.x.
 //!
-//! A batch is one explicit transaction: `BEGIN`, one `RUN`/`PULL` per
-//! statement, `COMMIT`. Unlike Redis, Neo4j rolls the whole transaction back
+//! A batch is one explicit transaction: `BEGIN`, one `RUN` per statement
+//! (`neo4rs` pipelines a `DISCARD` behind it: writes return nothing to
+//! read), `COMMIT`; reads are `RUN` and `PULL` outside a transaction. Unlike Redis, Neo4j rolls the whole transaction back
 //! when a statement fails, so a failed batch leaves nothing behind. Indexes
 //! are created on their own (`CREATE INDEX IF NOT EXISTS`): Neo4j refuses
 //! schema changes and writes in one transaction.
