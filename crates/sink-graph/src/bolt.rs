@@ -1,7 +1,8 @@
 //! Bolt (Neo4j 4.4 and later) through `neo4rs`, which speaks Bolt 4.x.
 //!
-//! A batch is one explicit transaction: `BEGIN`, one `RUN`/`PULL` per
-//! statement, `COMMIT`. Unlike Redis, Neo4j rolls the whole transaction back
+//! A batch is one explicit transaction: `BEGIN`, one `RUN` per statement
+//! (`neo4rs` pipelines a `DISCARD` behind it: writes return nothing to
+//! read), `COMMIT`; reads are `RUN` and `PULL` outside a transaction. Unlike Redis, Neo4j rolls the whole transaction back
 //! when a statement fails, so a failed batch leaves nothing behind. Indexes
 //! are created on their own (`CREATE INDEX IF NOT EXISTS`): Neo4j refuses
 //! schema changes and writes in one transaction.
@@ -31,6 +32,17 @@ pub fn to_bolt(value: &GraphValue) -> BoltType {
         GraphValue::Map(fields) => {
             BoltType::Map(fields.iter().map(|(key, item)| (BoltString::new(key), to_bolt(item))).collect::<BoltMap>())
         }
+    }
+}
+
+/// A scalar result value as text; `None` for NULL and non-scalar values.
+fn text_of(value: &BoltType) -> Option<String> {
+    match value {
+        BoltType::String(text) => Some(text.value.clone()),
+        BoltType::Integer(integer) => Some(integer.value.to_string()),
+        BoltType::Float(float) => Some(float.value.to_string()),
+        BoltType::Boolean(boolean) => Some(boolean.value.to_string()),
+        _ => None,
     }
 }
 
@@ -145,7 +157,13 @@ impl BoltTransport {
         .await
     }
 
-    /// Runs one read statement and returns its rows' first column as text.
+    /// Runs one read statement that returns a single column and returns
+    /// its rows' values as text (numbers and booleans in their Cypher
+    /// spelling, as the FalkorDB transport reads them; NULL and other
+    /// types as `None`).
+    ///
+    /// A statement returning several columns is refused: `neo4rs` hands a
+    /// row over as a hash map, so which column is "first" is not known.
     pub async fn query_first_column(&self, statement: &Statement) -> Result<Vec<Option<String>>, GraphSinkError> {
         self.within_timeout(async {
             let what = || statement_head(&statement.cypher);
@@ -156,8 +174,17 @@ impl BoltTransport {
             let mut rows = result.map_err(|err| self.classify(what(), err))?;
             let mut values = Vec::new();
             while let Some(row) = rows.next().await.map_err(|err| self.classify(what(), err))? {
-                let first = row.keys().first().map(|key| key.value.clone());
-                values.push(first.and_then(|key| row.get::<Option<String>>(&key).ok().flatten()));
+                let value = match row.keys()[..] {
+                    [] => None,
+                    [column] => row.get::<BoltType>(&column.value).ok(),
+                    ref columns => {
+                        return Err(GraphSinkError::Rejected {
+                            what: what(),
+                            message: format!("returned {} columns where one was expected", columns.len()),
+                        })
+                    }
+                };
+                values.push(value.as_ref().and_then(text_of));
             }
             Ok(values)
         })
