@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use pgfanout_core::{DeliveryConfig, SpillSettings, WorkerSettings};
+use pgfanout_sink_mongodb::MongoSinkConfig;
 use pgfanout_sink_redis::RedisSinkConfig;
 
 use crate::discard::DiscardSinkConfig;
@@ -127,6 +128,8 @@ pub struct PipelineConfig {
 pub enum SinkConfig {
     /// `kind = "redis"`.
     Redis(RedisSinkConfig),
+    /// `kind = "mongodb"`.
+    Mongodb(MongoSinkConfig),
     /// `kind = "discard"`: accepts and drops everything (measurements, dry runs).
     Discard(DiscardSinkConfig),
 }
@@ -136,7 +139,32 @@ impl SinkConfig {
     pub fn name(&self) -> &str {
         match self {
             SinkConfig::Redis(redis) => &redis.name,
+            SinkConfig::Mongodb(mongodb) => &mongodb.name,
             SinkConfig::Discard(discard) => &discard.name,
+        }
+    }
+
+    /// The source tables the sink receives.
+    pub fn tables(&self) -> Vec<pgfanout_core::TableName> {
+        let sources: Vec<&str> = match self {
+            SinkConfig::Redis(redis) => redis.tables.iter().map(|t| t.source.as_str()).collect(),
+            SinkConfig::Mongodb(mongodb) => mongodb.tables.iter().map(|t| t.source.as_str()).collect(),
+            SinkConfig::Discard(discard) => discard.tables.iter().map(|t| t.source.as_str()).collect(),
+        };
+        sources.into_iter().map(pgfanout_core::TableName::parse).collect()
+    }
+
+    /// Source tables whose updates and deletes the sink needs with the whole old row
+    /// (`REPLICA IDENTITY FULL`): MongoDB tables with running aggregates.
+    pub fn tables_needing_full_identity(&self) -> Vec<pgfanout_core::TableName> {
+        match self {
+            SinkConfig::Mongodb(mongodb) => mongodb
+                .tables
+                .iter()
+                .filter(|t| !t.aggregates.is_empty())
+                .map(|t| pgfanout_core::TableName::parse(&t.source))
+                .collect(),
+            SinkConfig::Redis(_) | SinkConfig::Discard(_) => Vec::new(),
         }
     }
 
@@ -144,6 +172,7 @@ impl SinkConfig {
     pub fn delivery(&self) -> &DeliveryConfig {
         match self {
             SinkConfig::Redis(redis) => &redis.delivery,
+            SinkConfig::Mongodb(mongodb) => &mongodb.delivery,
             SinkConfig::Discard(discard) => &discard.delivery,
         }
     }
@@ -249,6 +278,7 @@ impl Config {
             }
             match sink {
                 SinkConfig::Redis(redis) => problems.extend(redis.validate().err().unwrap_or_default()),
+                SinkConfig::Mongodb(mongodb) => problems.extend(mongodb.validate().err().unwrap_or_default()),
                 SinkConfig::Discard(discard) => problems.extend(discard.validate()),
             }
         }

@@ -26,6 +26,7 @@ use pgfanout_core::{
     error_chain, Backoff, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableMapping, TableName,
     WorkerSettings,
 };
+use pgfanout_sink_mongodb::MongoSink;
 use pgfanout_sink_redis::RedisSink;
 use pgoutput::PgOutputMessage;
 use tokio::sync::{watch, Notify};
@@ -303,6 +304,11 @@ pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Arc<dyn Sink>, RoutedT
     let (sink, tables): (Arc<dyn Sink>, _) = match config {
         SinkConfig::Redis(redis) => {
             let sink = RedisSink::new(redis.clone()).with_context(|| format!("sink {}", redis.name))?;
+            let tables = sink.tables();
+            (Arc::new(sink), tables)
+        }
+        SinkConfig::Mongodb(mongodb) => {
+            let sink = MongoSink::new(mongodb.clone());
             let tables = sink.tables();
             (Arc::new(sink), tables)
         }

@@ -223,7 +223,7 @@ fn table_problem(table: &RoutedTable, config: &Config) -> Option<String> {
         ));
     };
     match relation.kind.as_str() {
-        "r" | "p" => identity_problem(name, relation),
+        "r" | "p" => identity_problem(name, relation).or_else(|| full_identity_problem(name, relation, config)),
         kind => Some(format!(
             "routed table {name} (sink {}) is a {}, and logical replication publishes tables only: route the \
              table it reads from instead",
@@ -271,6 +271,29 @@ fn identity_problem(name: &TableName, relation: &Relation) -> Option<String> {
     ))
 }
 
+/// A table some sink needs the whole old row of (running aggregates: old value out, new
+/// value in) without `REPLICA IDENTITY FULL`.
+fn full_identity_problem(name: &TableName, relation: &Relation, config: &Config) -> Option<String> {
+    if relation.replica_identity == "f" {
+        return None;
+    }
+    let sinks: Vec<&str> = config
+        .sinks
+        .iter()
+        .filter(|sink| sink.tables_needing_full_identity().contains(name))
+        .map(SinkConfig::name)
+        .collect();
+    if sinks.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "table {name} feeds running aggregates (sink {}), which need the old row of every update and delete: \
+         run ALTER TABLE {} REPLICA IDENTITY FULL",
+        sinks.join(", "),
+        qualified(name)
+    ))
+}
+
 fn relation_kind_name(kind: &str) -> &'static str {
     match kind {
         "v" => "view",
@@ -289,10 +312,7 @@ fn sinks_routing(config: &Config, table: &TableName) -> String {
     config
         .sinks
         .iter()
-        .filter(|sink| match sink {
-            SinkConfig::Redis(redis) => redis.tables.iter().any(|t| TableName::parse(&t.source) == *table),
-            SinkConfig::Discard(discard) => discard.tables.iter().any(|t| TableName::parse(&t.source) == *table),
-        })
+        .filter(|sink| sink.tables().contains(table))
         .map(SinkConfig::name)
         .collect::<Vec<_>>()
         .join(", ")
@@ -640,16 +660,7 @@ pub async fn prepare_source(
 
 /// Every table some sink routes, sorted, once each.
 pub fn routed_tables(config: &Config) -> Vec<TableName> {
-    let mut tables: Vec<TableName> = config
-        .sinks
-        .iter()
-        .flat_map(|sink| match sink {
-            SinkConfig::Redis(redis) => redis.tables.iter().map(|t| TableName::parse(&t.source)).collect::<Vec<_>>(),
-            SinkConfig::Discard(discard) => {
-                discard.tables.iter().map(|t| TableName::parse(&t.source)).collect::<Vec<_>>()
-            }
-        })
-        .collect();
+    let mut tables: Vec<TableName> = config.sinks.iter().flat_map(SinkConfig::tables).collect();
     tables.sort();
     tables.dedup();
     tables
