@@ -181,12 +181,14 @@ pub struct MongoTableConfig {
     /// Example: `"reservations"`.
     #[serde(default)]
     pub collection: Option<String>,
-    /// Column whose value becomes `_id` (as the sink names it, after `rename`); it must
-    /// identify rows uniquely and never change, so normally a unique key. Default: the
-    /// primary key: its value for one key column, a sub-document `{col: value, …}` in key
-    /// order for several. Example: `"code"`.
+    /// Columns whose values make `_id` (sink names, after `rename`): one column gives its
+    /// value, several a sub-document `{column: value, …}` in this order. They must identify
+    /// rows and be in every row image PostgreSQL sends for deletes, so: the primary key, or
+    /// any unique columns under `REPLICA IDENTITY FULL`. Default: the replica identity's key
+    /// columns; a `REPLICA IDENTITY FULL` table (whose every column counts as key) must set
+    /// it. Example: `["id"]`.
     #[serde(default)]
-    pub id_column: Option<String>,
+    pub id_columns: Option<Vec<String>>,
     /// Only these columns are written (key columns always are). Example: `["id", "status"]`.
     #[serde(default)]
     pub columns: Option<Vec<String>>,
@@ -335,6 +337,9 @@ impl MongoSinkConfig {
             }
             if let Err(err) = TableMapping::new(table.mapping()) {
                 problems.push(format!("sink {name}: table {}: {err}", table.source));
+            }
+            if table.id_columns.as_ref().is_some_and(Vec::is_empty) {
+                problems.push(format!("sink {name}: table {}: id_columns must name at least one column", table.source));
             }
             if !table.aggregates.is_empty() && table.filter.is_some() {
                 problems.push(format!(

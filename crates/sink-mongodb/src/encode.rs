@@ -2,7 +2,7 @@
 //!
 //! # Row documents
 //!
-//! One document per row, `_id` from the key (see [`MongoTableConfig::id_column`]). Every
+//! One document per row, `_id` from the key (see [`MongoTableConfig::id_columns`]). Every
 //! write carries the change's [`Version`] in the version field and is guarded by it:
 //!
 //! ```text
@@ -40,6 +40,8 @@ use pgfanout_core::{ChangeOp, ChangeRef, ColumnValue, Row, TableName, TableSchem
 use pgoutput::value::Numeric;
 use pgoutput::{ReplicaIdentity, Value};
 
+#[cfg(doc)]
+use crate::config::MongoTableConfig;
 use crate::config::{MongoSinkConfig, NullFormat};
 use crate::value::{decimal_parts, ValueEncoder, ValueRejected};
 
@@ -92,7 +94,7 @@ pub struct Write {
 #[derive(Debug, Clone)]
 struct TableTarget {
     namespace: Arc<Namespace>,
-    id_column: Option<String>,
+    id_columns: Option<Vec<String>>,
     aggregates: Vec<AggregateTarget>,
 }
 
@@ -189,7 +191,7 @@ impl MongoEncoder {
                     sums: aggregate.sum.clone(),
                 })
                 .collect();
-            let target = TableTarget { namespace, id_column: table.id_column.clone(), aggregates };
+            let target = TableTarget { namespace, id_columns: table.id_columns.clone(), aggregates };
             tables.insert(TableName::parse(&table.source), target);
         }
         MongoEncoder {
@@ -266,40 +268,42 @@ impl MongoEncoder {
         doc! { "_id": id.clone(), "$or": [ { field: { "$lt": version } }, { field: { "$exists": false } } ] }
     }
 
-    /// `_id` of the row: the configured column's value, the single key column's value, or
-    /// a sub-document of the key columns.
+    /// `_id` of the row: the value of the single id column, or a sub-document of several.
     fn document_id(&self, target: &TableTarget, table: &TableSchema, row: &Row) -> Result<Bson, String> {
         let value_at = |position: usize| -> Result<Bson, String> {
-            let column = &table.columns[position];
+            let name = table.columns.get(position).map_or("?", |column| column.name.as_str());
             match row.get(position) {
                 Some(ColumnValue::Null) | None => Err(format!(
-                    "column {} (the document _id) is NULL in this row image; with a non-key id_column \
-                     the table needs REPLICA IDENTITY FULL",
-                    column.name
+                    "column {name} (part of the document _id) is NULL in this row image; id columns outside the \
+                     replica identity key need REPLICA IDENTITY FULL"
                 )),
                 Some(ColumnValue::UnchangedToast) => {
-                    Err(format!("column {} (the document _id) was not sent", column.name))
+                    Err(format!("column {name} (part of the document _id) was not sent"))
                 }
                 Some(value) => {
                     let typed = table.typed_value(position, value).map_err(|err| err.to_string())?;
-                    let typed = typed.unwrap_or(Value::Null);
-                    self.values.to_bson(&typed).map_err(|err| format!("column {}: {err}", column.name))
+                    self.values.to_bson(&typed.unwrap_or(Value::Null)).map_err(|err| format!("column {name}: {err}"))
                 }
             }
         };
-        if let Some(column) = &target.id_column {
-            let position =
-                table.position(column).ok_or_else(|| format!("id_column {column} is not a column of the table"))?;
-            return value_at(position);
-        }
-        let keys: Vec<usize> = table.key_positions().collect();
-        match keys.as_slice() {
-            [] => Err("the table has no key columns: give it a primary key or set id_column".into()),
+        let positions: Vec<usize> = match &target.id_columns {
+            Some(columns) => columns
+                .iter()
+                .map(|column| table.position(column).ok_or_else(|| format!("id column {column} is not in the table")))
+                .collect::<Result<_, _>>()?,
+            None if table.replica_identity == ReplicaIdentity::Full => {
+                return Err("under REPLICA IDENTITY FULL every column counts as key: set id_columns".into())
+            }
+            None => table.key_positions().collect(),
+        };
+        match positions.as_slice() {
+            [] => Err("the table has no key columns: give it a primary key or set id_columns".into()),
             [only] => value_at(*only),
             several => {
                 let mut id = Document::new();
                 for &position in several {
-                    id.insert(table.columns[position].name.clone(), value_at(position)?);
+                    let name = table.columns.get(position).map_or_else(String::new, |column| column.name.clone());
+                    id.insert(name, value_at(position)?);
                 }
                 Ok(Bson::Document(id))
             }
@@ -704,4 +708,291 @@ fn contribution(
         }
     }
     Ok((group, sums))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use pgfanout_core::{Change, ColumnSchema, Transaction};
+    use pgoutput::{Lsn, Oid, PgTimestamp, Xid};
+
+    use crate::config::{AggregateConfig, MongoTableConfig, TypeOptions};
+
+    fn config(tombstones: bool, aggregates: Vec<AggregateConfig>) -> MongoSinkConfig {
+        MongoSinkConfig {
+            name: "docs".into(),
+            url: "mongodb://127.0.0.1".into(),
+            database: "app".into(),
+            tables: vec![MongoTableConfig {
+                source: "public.stays".into(),
+                database: None,
+                collection: None,
+                id_columns: None,
+                columns: None,
+                exclude: vec![],
+                rename: HashMap::new(),
+                filter: None,
+                aggregates,
+            }],
+            checkpoint_collection: "pgfanout_checkpoints".into(),
+            version_field: "_v".into(),
+            tombstones,
+            deleted_field: "_deleted".into(),
+            types: TypeOptions::default(),
+            response_timeout_ms: 1000,
+            delivery: Default::default(),
+        }
+    }
+
+    fn stays(identity: ReplicaIdentity, keys: &[&str]) -> Arc<TableSchema> {
+        let column = |name: &str, oid: u32| ColumnSchema {
+            name: name.into(),
+            type_oid: Oid(oid),
+            is_key: keys.contains(&name) || identity == ReplicaIdentity::Full,
+        };
+        Arc::new(TableSchema {
+            types: Default::default(),
+            oid: Oid(1),
+            table: TableName::new("public", "stays"),
+            replica_identity: identity,
+            columns: vec![column("id", 23), column("city", 25), column("host", 23), column("price", 1700)],
+        })
+    }
+
+    fn text(value: &str) -> ColumnValue {
+        ColumnValue::Text(Bytes::copy_from_slice(value.as_bytes()))
+    }
+
+    fn row(values: [&str; 4]) -> Row {
+        values.iter().map(|v| if *v == "NULL" { ColumnValue::Null } else { text(v) }).collect()
+    }
+
+    fn transaction(lsn: u64, table: &Arc<TableSchema>, ops: Vec<ChangeOp>) -> Transaction {
+        let changes = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| Change { table: Arc::clone(table), op, ordinal: i as u32 })
+            .collect();
+        Transaction { xid: Xid(1), commit_lsn: Lsn(lsn), end_lsn: Lsn(lsn + 1), commit_time: PgTimestamp(0), changes }
+    }
+
+    fn encode(encoder: &MongoEncoder, transactions: &[Transaction]) -> Result<EncodedBatch, EncodeError> {
+        let refs: Vec<ChangeRef<'_>> = transactions
+            .iter()
+            .flat_map(|transaction| transaction.changes.iter().map(move |change| ChangeRef { transaction, change }))
+            .collect();
+        encoder.encode(&refs)
+    }
+
+    fn version(lsn: u64, ordinal: u32) -> String {
+        Version { commit_lsn: Lsn(lsn), ordinal }.to_sortable_string()
+    }
+
+    fn guard(id: Bson, version: &str) -> Document {
+        doc! { "_id": id, "$or": [ { "_v": { "$lt": version } }, { "_v": { "$exists": false } } ] }
+    }
+
+    #[test]
+    fn an_insert_is_a_guarded_upsert_of_every_column() {
+        let table = stays(ReplicaIdentity::Default, &["id"]);
+        let encoder = MongoEncoder::new(&config(false, vec![]));
+        let batch = encode(
+            &encoder,
+            &[transaction(16, &table, vec![ChangeOp::Insert { new: row(["7", "Oslo", "3", "10.50"]) }])],
+        )
+        .unwrap();
+        assert_eq!(batch.rounds.len(), 1);
+        let write = &batch.rounds[0][0];
+        assert_eq!(write.namespace.to_string(), "app.stays");
+        let v = version(16, 0);
+        let price: Decimal128 = "10.50".parse().unwrap();
+        assert_eq!(
+            write.statement,
+            Statement::Update(doc! {
+                "q": guard(Bson::Int32(7), &v),
+                "u": { "$set": { "id": 7, "city": "Oslo", "host": 3, "price": price, "_v": &v } },
+                "upsert": true,
+            })
+        );
+    }
+
+    use bson::Decimal128;
+
+    #[test]
+    fn unchanged_toast_is_left_alone_and_key_changes_move_the_document() {
+        let table = stays(ReplicaIdentity::Default, &["id"]);
+        let encoder = MongoEncoder::new(&config(false, vec![]));
+        let mut new = row(["8", "NULL", "3", "1"]);
+        new[1] = ColumnValue::UnchangedToast;
+        let update = ChangeOp::Update { old: Some(row(["7", "NULL", "NULL", "NULL"])), new };
+        let batch = encode(&encoder, &[transaction(32, &table, vec![update])]).unwrap();
+        let v = version(32, 0);
+        assert_eq!(batch.rounds.len(), 1, "two documents, one round");
+        let statements: Vec<&Statement> = batch.rounds[0].iter().map(|w| &w.statement).collect();
+        assert_eq!(statements[0], &Statement::Delete(doc! { "q": guard(Bson::Int32(7), &v), "limit": 1 }));
+        let Statement::Update(upsert) = statements[1] else { panic!("not an upsert") };
+        let set = upsert.get_document("u").unwrap().get_document("$set").unwrap();
+        assert!(!set.contains_key("city"), "the unchanged TOAST column is not written: {set}");
+        assert_eq!(upsert.get_document("q").unwrap(), &guard(Bson::Int32(8), &v));
+    }
+
+    #[test]
+    fn repeated_keys_and_truncates_are_ordered_in_rounds() {
+        let table = stays(ReplicaIdentity::Default, &["id"]);
+        let encoder = MongoEncoder::new(&config(false, vec![]));
+        let ops = vec![
+            ChangeOp::Insert { new: row(["1", "a", "1", "1"]) },
+            ChangeOp::Insert { new: row(["2", "a", "1", "1"]) },
+            ChangeOp::Update { old: None, new: row(["1", "b", "1", "1"]) },
+            ChangeOp::Truncate,
+            ChangeOp::Insert { new: row(["2", "c", "1", "1"]) },
+        ];
+        let batch = encode(&encoder, &[transaction(48, &table, ops)]).unwrap();
+        let sizes: Vec<usize> = batch.rounds.iter().map(Vec::len).collect();
+        // Round 0: inserts of 1 and 2; round 1: update of 1; round 2: truncate; round 3: insert of 2.
+        assert_eq!(sizes, [2, 1, 1, 1]);
+        assert_eq!(
+            batch.rounds[2][0].statement,
+            Statement::Delete(doc! { "q": { "_v": { "$lt": version(48, 3) } }, "limit": 0 })
+        );
+    }
+
+    #[test]
+    fn tombstones_keep_the_version_and_drop_the_columns() {
+        let table = stays(ReplicaIdentity::Default, &["id", "city"]);
+        let encoder = MongoEncoder::new(&config(true, vec![]));
+        let delete = ChangeOp::Delete { old: row(["5", "Rome", "NULL", "NULL"]) };
+        let batch = encode(&encoder, &[transaction(64, &table, vec![delete])]).unwrap();
+        let v = version(64, 0);
+        let id = Bson::Document(doc! { "id": 5, "city": "Rome" });
+        assert_eq!(
+            batch.rounds[0][0].statement,
+            Statement::Update(doc! {
+                "q": guard(id, &v),
+                "u": { "$set": { "_v": &v, "_deleted": true }, "$unset": { "id": "", "city": "", "host": "", "price": "" } },
+                "upsert": true,
+            })
+        );
+    }
+
+    #[test]
+    fn full_identity_tables_need_id_columns_and_bad_values_are_refused() {
+        let table = stays(ReplicaIdentity::Full, &[]);
+        let encoder = MongoEncoder::new(&config(false, vec![]));
+        let insert = ChangeOp::Insert { new: row(["1", "a", "1", "1"]) };
+        let err = encode(&encoder, &[transaction(80, &table, vec![insert])]).unwrap_err();
+        assert!(err.reason.contains("set id_columns"), "{err}");
+        let table = stays(ReplicaIdentity::Default, &["id"]);
+        let too_long = format!("{}.1", "9".repeat(40));
+        let insert = ChangeOp::Insert { new: row(["1", "a", "1", &too_long]) };
+        let err = encode(&encoder, &[transaction(80, &table, vec![insert])]).unwrap_err();
+        assert!(err.reason.contains("column price") && err.reason.contains("Decimal128"), "{err}");
+    }
+
+    fn statistics() -> Vec<AggregateConfig> {
+        vec![AggregateConfig {
+            collection: "host_stats".into(),
+            group_by: "host".into(),
+            count_field: "count".into(),
+            sum: vec!["price".into()],
+        }]
+    }
+
+    fn increments(batch: &EncodedBatch, stored: &[(i32, Option<&str>)]) -> Vec<Document> {
+        let namespace = Arc::new(Namespace { database: "app".into(), collection: "host_stats".into() });
+        let versions = stored
+            .iter()
+            .map(|(group, version)| (canonical(&Bson::Int32(*group)), version.map(str::to_owned)))
+            .collect();
+        let stored = HashMap::from([(namespace, versions)]);
+        let mut writes: Vec<Document> = batch
+            .aggregates
+            .increments(&stored, "_v")
+            .unwrap()
+            .into_iter()
+            .map(|w| match w.statement {
+                Statement::Update(statement) => statement,
+                Statement::Delete(_) => panic!("aggregates never delete"),
+            })
+            .collect();
+        writes.sort_by_key(|w| canonical(w.get_document("q").unwrap().get("_id").unwrap()));
+        writes
+    }
+
+    #[test]
+    fn aggregates_count_old_out_new_in_and_skip_what_is_stored() {
+        let table = stays(ReplicaIdentity::Full, &[]);
+        let mut config = config(false, statistics());
+        config.tables[0].id_columns = Some(vec!["id".into()]);
+        let encoder = MongoEncoder::new(&config);
+        let batch = encode(
+            &encoder,
+            &[
+                transaction(100, &table, vec![ChangeOp::Insert { new: row(["1", "a", "3", "10.25"]) }]),
+                transaction(
+                    200,
+                    &table,
+                    vec![
+                        // Same group: only the price difference counts.
+                        ChangeOp::Update { old: Some(row(["1", "a", "3", "10.25"])), new: row(["1", "a", "3", "11"]) },
+                        // Moves to group 4.
+                        ChangeOp::Update { old: Some(row(["1", "a", "3", "11"])), new: row(["1", "a", "4", "NULL"]) },
+                    ],
+                ),
+            ],
+        )
+        .unwrap();
+        // Nothing stored yet: everything counts, upserting both groups.
+        let all = increments(&batch, &[]);
+        let dec = |text: &str| Bson::Decimal128(text.parse().unwrap());
+        assert_eq!(
+            all[0],
+            doc! {
+                "q": { "_id": 3, "_v": { "$exists": false } },
+                "u": { "$inc": { "count": 0i64, "price": dec("0E-2") }, "$set": { "_v": version(200, 1) } },
+                "upsert": true,
+            }
+        );
+        assert_eq!(all[1].get_document("u").unwrap().get_document("$inc").unwrap(), &doc! { "count": 1i64 });
+        // Group 3 already holds the insert (a replay from LSN 100): only the later deltas count.
+        let replay = increments(&batch, &[(3, Some(&version(100, 0)))]);
+        assert_eq!(
+            replay[0].get_document("u").unwrap().get_document("$inc").unwrap(),
+            &doc! { "count": -1i64, "price": dec("-10.25") },
+        );
+        assert_eq!(replay[0].get_document("q").unwrap(), &doc! { "_id": 3, "_v": version(100, 0) });
+        assert_eq!(replay[0].get_bool("upsert"), Ok(false));
+        // Everything stored: nothing to write.
+        let done = increments(&batch, &[(3, Some(&version(200, 1))), (4, Some(&version(200, 1)))]);
+        assert!(done.is_empty(), "{done:?}");
+    }
+
+    #[test]
+    fn aggregates_need_the_old_row_and_reset_on_truncate() {
+        let table = stays(ReplicaIdentity::Default, &["id"]);
+        let encoder = MongoEncoder::new(&config(false, statistics()));
+        let delete = ChangeOp::Delete { old: row(["1", "NULL", "NULL", "NULL"]) };
+        let err = encode(&encoder, &[transaction(300, &table, vec![delete])]).unwrap_err();
+        assert!(err.reason.contains("ALTER TABLE public.stays REPLICA IDENTITY FULL"), "{err}");
+        let ops = vec![
+            ChangeOp::Insert { new: row(["1", "a", "3", "1"]) },
+            ChangeOp::Truncate,
+            ChangeOp::Insert { new: row(["2", "a", "5", "2"]) },
+        ];
+        let batch = encode(&encoder, &[transaction(400, &table, ops)]).unwrap();
+        let resets = batch.aggregates.resets("_v");
+        assert_eq!(resets.len(), 1);
+        assert_eq!(
+            resets[0].statement,
+            Statement::Update(doc! {
+                "q": { "_v": { "$lt": version(400, 1) } },
+                "u": { "$set": { "_v": version(400, 1), "count": 0i64 }, "$unset": { "price": "" } },
+                "multi": true,
+            })
+        );
+        let after = increments(&batch, &[]);
+        assert_eq!(after.len(), 1, "the insert before the truncate is dropped: {after:?}");
+        assert_eq!(after[0].get_document("q").unwrap().get_i32("_id"), Ok(5));
+    }
 }

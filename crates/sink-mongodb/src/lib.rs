@@ -8,7 +8,7 @@
 //!
 //! Each row is a document in the table's collection; `_id` is the primary key's value (one
 //! key column), a sub-document `{column: value, …}` in key order (several), or the value of
-//! `id_column`. Updates `$set` the replicated columns and `$unset` nothing else, so fields
+//! `id_columns`. Updates `$set` the replicated columns and `$unset` nothing else, so fields
 //! written by other applications survive; unchanged TOAST values are not written. A key
 //! change removes the old document and upserts the new one.
 //!

@@ -338,8 +338,9 @@ mod tests {
         );
         let empty = Value::Array(Array::new(pgoutput::Oid(23), vec![], vec![]).unwrap());
         assert_eq!(encoder().to_bson(&empty).unwrap(), Bson::Array(vec![]));
-        let one_dim =
-            Value::Array(Array::new(pgoutput::Oid(25), vec![ArrayDim { lower_bound: 1, len: 1 }], vec![Value::Null]).unwrap());
+        let one_dim = Value::Array(
+            Array::new(pgoutput::Oid(25), vec![ArrayDim { lower_bound: 1, len: 1 }], vec![Value::Null]).unwrap(),
+        );
         assert_eq!(encoder().to_bson(&one_dim).unwrap(), Bson::Array(vec![Bson::Null]));
     }
 
