@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use pgfanout_core::{DeliveryConfig, SpillSettings, WorkerSettings};
 use pgfanout_sink_graph::GraphSinkConfig;
+use pgfanout_sink_mongodb::MongoSinkConfig;
 use pgfanout_sink_redis::RedisSinkConfig;
 use pgfanout_sink_scylla::ScyllaSinkConfig;
 
@@ -131,6 +132,8 @@ pub enum SinkConfig {
     Redis(RedisSinkConfig),
     /// `kind = "graph"`: FalkorDB over RESP or Neo4j over Bolt.
     Graph(GraphSinkConfig),
+    /// `kind = "mongodb"`.
+    Mongodb(MongoSinkConfig),
     /// `kind = "discard"`: accepts and drops everything (measurements, dry runs).
     Discard(DiscardSinkConfig),
     /// `kind = "scylla"`: Cassandra or ScyllaDB query tables.
@@ -143,6 +146,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Redis(redis) => &redis.name,
             SinkConfig::Graph(graph) => &graph.name,
+            SinkConfig::Mongodb(mongodb) => &mongodb.name,
             SinkConfig::Discard(discard) => &discard.name,
             SinkConfig::Scylla(scylla) => &scylla.name,
         }
@@ -153,8 +157,23 @@ impl SinkConfig {
         match self {
             SinkConfig::Redis(redis) => redis.tables.iter().map(|t| t.source.as_str()).collect(),
             SinkConfig::Graph(graph) => graph.tables.iter().map(|t| t.source.as_str()).collect(),
+            SinkConfig::Mongodb(mongodb) => mongodb.tables.iter().map(|t| t.source.as_str()).collect(),
             SinkConfig::Discard(discard) => discard.tables.iter().map(|t| t.source.as_str()).collect(),
             SinkConfig::Scylla(scylla) => scylla.tables.iter().map(|t| t.source.as_str()).collect(),
+        }
+    }
+
+    /// Source tables whose updates and deletes the sink needs with the whole old row
+    /// (`REPLICA IDENTITY FULL`): MongoDB tables with running aggregates.
+    pub fn tables_needing_full_identity(&self) -> Vec<pgfanout_core::TableName> {
+        match self {
+            SinkConfig::Mongodb(mongodb) => mongodb
+                .tables
+                .iter()
+                .filter(|t| !t.aggregates.is_empty())
+                .map(|t| pgfanout_core::TableName::parse(&t.source))
+                .collect(),
+            SinkConfig::Redis(_) | SinkConfig::Graph(_) | SinkConfig::Scylla(_) | SinkConfig::Discard(_) => Vec::new(),
         }
     }
 
@@ -163,6 +182,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Redis(redis) => &redis.delivery,
             SinkConfig::Graph(graph) => &graph.delivery,
+            SinkConfig::Mongodb(mongodb) => &mongodb.delivery,
             SinkConfig::Discard(discard) => &discard.delivery,
             SinkConfig::Scylla(scylla) => &scylla.delivery,
         }
@@ -270,6 +290,7 @@ impl Config {
             match sink {
                 SinkConfig::Redis(redis) => problems.extend(redis.validate().err().unwrap_or_default()),
                 SinkConfig::Graph(graph) => problems.extend(graph.validate().err().unwrap_or_default()),
+                SinkConfig::Mongodb(mongodb) => problems.extend(mongodb.validate().err().unwrap_or_default()),
                 SinkConfig::Discard(discard) => problems.extend(discard.validate()),
                 SinkConfig::Scylla(scylla) => problems.extend(scylla.validate().err().unwrap_or_default()),
             }

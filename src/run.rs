@@ -27,6 +27,7 @@ use pgfanout_core::{
     WorkerSettings,
 };
 use pgfanout_sink_graph::GraphSink;
+use pgfanout_sink_mongodb::MongoSink;
 use pgfanout_sink_redis::RedisSink;
 use pgfanout_sink_scylla::ScyllaSink;
 use pgoutput::PgOutputMessage;
@@ -312,6 +313,11 @@ pub fn build_sink(config: &SinkConfig) -> anyhow::Result<(Arc<dyn Sink>, RoutedT
             let mut graph = graph.clone();
             graph.resolve_password().map_err(anyhow::Error::msg)?;
             let sink = GraphSink::new(graph.clone()).with_context(|| format!("sink {}", graph.name))?;
+            let tables = sink.tables();
+            (Arc::new(sink), tables)
+        }
+        SinkConfig::Mongodb(mongodb) => {
+            let sink = MongoSink::new(mongodb.clone());
             let tables = sink.tables();
             (Arc::new(sink), tables)
         }

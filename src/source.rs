@@ -223,7 +223,7 @@ fn table_problem(table: &RoutedTable, config: &Config) -> Option<String> {
         ));
     };
     match relation.kind.as_str() {
-        "r" | "p" => identity_problem(name, relation),
+        "r" | "p" => identity_problem(name, relation).or_else(|| full_identity_problem(name, relation, config)),
         kind => Some(format!(
             "routed table {name} (sink {}) is a {}, and logical replication publishes tables only: route the \
              table it reads from instead",
@@ -268,6 +268,29 @@ fn identity_problem(name: &TableName, relation: &Relation) -> Option<String> {
         "table {name} {why}, so its updates and deletes cannot be replicated (PostgreSQL rejects them once the \
          table is published): run {}",
         fixes.join(" or ")
+    ))
+}
+
+/// A table some sink needs the whole old row of (running aggregates: old value out, new
+/// value in) without `REPLICA IDENTITY FULL`.
+fn full_identity_problem(name: &TableName, relation: &Relation, config: &Config) -> Option<String> {
+    if relation.replica_identity == "f" {
+        return None;
+    }
+    let sinks: Vec<&str> = config
+        .sinks
+        .iter()
+        .filter(|sink| sink.tables_needing_full_identity().contains(name))
+        .map(SinkConfig::name)
+        .collect();
+    if sinks.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "table {name} feeds running aggregates (sink {}), which need the old row of every update and delete: \
+         run ALTER TABLE {} REPLICA IDENTITY FULL",
+        sinks.join(", "),
+        qualified(name)
     ))
 }
 

@@ -1,0 +1,328 @@
+//! The MongoDB sink: connection, batch apply, checkpoint.
+//!
+//! One call writes, in this order:
+//!
+//! ```text
+//! rounds of row statements ──(each round: one unordered `update` and one `delete`
+//!        │                    command per collection, sent concurrently)
+//!        │  concurrently with
+//! aggregates: resets (after a truncate) → find the groups' versions → `$inc` commands
+//!        ▼
+//! checkpoint document {_id: sink name, lsn}   (only when both succeeded)
+//! ```
+//!
+//! so a batch without repeated keys and without aggregates costs two round trips, and the
+//! checkpoint never gets ahead of the data: after a crash the store holds at least
+//! everything up to its checkpoint, and the version guards make re-applying the rest
+//! harmless. Commands are serialized once, as raw BSON, and split below
+//! [`MAX_COMMAND_BYTES`] so no command reaches the server's 16 MiB limit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
+use futures_util::future::try_join_all;
+use futures_util::TryStreamExt;
+use mongodb::options::ClientOptions;
+use mongodb::Client;
+use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName};
+use tokio::sync::OnceCell;
+
+use crate::config::MongoSinkConfig;
+use crate::encode::{EncodedBatch, MongoEncoder, Namespace, Statement, Write};
+use crate::error::MongoSinkError;
+
+/// Largest command the sink sends, in bytes of statements (the server takes 16 MiB per
+/// document plus some headroom for the command itself; half keeps a margin).
+pub const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
+/// Most statements in one command (the server's `maxWriteBatchSize`).
+const MAX_COMMAND_STATEMENTS: usize = 100_000;
+/// Server error code of a duplicate key.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// How a command's write errors are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Row writes: a duplicate key on a guarded upsert means "already newer".
+    Rows,
+    /// Aggregate compare-and-set increments: every statement must match (or upsert).
+    Increments,
+    /// Aggregate resets: any match count is fine.
+    Resets,
+}
+
+/// Keeps MongoDB documents equal to PostgreSQL rows.
+pub struct MongoSink {
+    config: MongoSinkConfig,
+    client: OnceCell<Client>,
+    encoder: MongoEncoder,
+}
+
+impl MongoSink {
+    /// Builds the sink from validated config; does not connect yet.
+    pub fn new(config: MongoSinkConfig) -> Self {
+        let encoder = MongoEncoder::new(&config);
+        MongoSink { config, client: OnceCell::new(), encoder }
+    }
+
+    /// The source tables this sink receives, with their mapping.
+    pub fn tables(&self) -> Vec<(TableName, MappingConfig)> {
+        self.config.tables.iter().map(|t| (TableName::parse(&t.source), t.mapping())).collect()
+    }
+
+    /// Source tables with running aggregates: they need `REPLICA IDENTITY FULL`.
+    pub fn tables_needing_full_identity(&self) -> Vec<TableName> {
+        self.config.tables.iter().filter(|t| !t.aggregates.is_empty()).map(|t| TableName::parse(&t.source)).collect()
+    }
+
+    /// The client; the driver connects lazily and reconnects by itself, so it is built once.
+    async fn client(&self) -> Result<&Client, MongoSinkError> {
+        self.client
+            .get_or_try_init(|| async {
+                let what = "parsing the connection string".to_owned();
+                let mut options = ClientOptions::parse(&self.config.url)
+                    .await
+                    .map_err(|source| MongoSinkError::Driver { what, source })?;
+                options.app_name.get_or_insert_with(|| format!("pgfanout:{}", self.config.name));
+                // Fail a batch (and retry it) rather than wait 30 s for an absent server.
+                options.server_selection_timeout.get_or_insert(std::time::Duration::from_secs(5));
+                options.connect_timeout.get_or_insert(std::time::Duration::from_secs(5));
+                let what = "creating the client".to_owned();
+                Client::with_options(options).map_err(|source| MongoSinkError::Driver { what, source })
+            })
+            .await
+    }
+
+    async fn timed<T>(
+        &self,
+        what: impl Fn() -> String,
+        future: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T, MongoSinkError> {
+        let timeout = self.config.response_timeout();
+        match tokio::time::timeout(timeout, future.into_future()).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(source)) => Err(MongoSinkError::Driver { what: what(), source }),
+            Err(_) => Err(MongoSinkError::Timeout { what: what(), timeout }),
+        }
+    }
+
+    fn checkpoint_namespace(&self) -> String {
+        format!("{}.{}", self.config.database, self.config.checkpoint_collection)
+    }
+
+    async fn load(&self) -> Result<Option<Lsn>, MongoSinkError> {
+        let client = self.client().await?;
+        let collection =
+            client.database(&self.config.database).collection::<Document>(&self.config.checkpoint_collection);
+        let found = self
+            .timed(|| "reading the checkpoint".into(), collection.find_one(doc! { "_id": &self.config.name }))
+            .await?;
+        let Some(document) = found else { return Ok(None) };
+        let bad = |value: String| MongoSinkError::BadCheckpoint {
+            namespace: self.checkpoint_namespace(),
+            id: self.config.name.clone(),
+            value,
+        };
+        match document.get("lsn") {
+            Some(Bson::String(text)) => text.parse::<Lsn>().map(Some).map_err(|_| bad(text.clone())),
+            other => Err(bad(format!("{other:?}"))),
+        }
+    }
+
+    async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), MongoSinkError> {
+        let batch = self.encoder.encode(changes)?;
+        let client = self.client().await?;
+        let EncodedBatch { rounds, aggregates } = batch;
+        let round_count = rounds.len();
+        let rows = async {
+            let mut commands = 0;
+            for round in rounds {
+                commands += self.send(client, round, Purpose::Rows).await?;
+            }
+            Ok::<usize, MongoSinkError>(commands)
+        };
+        let aggregates = async {
+            if aggregates.is_empty() {
+                return Ok::<usize, MongoSinkError>(0);
+            }
+            let version_field = self.encoder.version_field();
+            let mut commands = self.send(client, aggregates.resets(version_field), Purpose::Resets).await?;
+            let reads = aggregates.groups().map(|(namespace, groups)| self.read_versions(client, namespace, groups));
+            commands += aggregates.groups().count();
+            let stored: HashMap<_, _> = try_join_all(reads).await?.into_iter().collect();
+            let increments = aggregates.increments(&stored, version_field).map_err(|reason| {
+                crate::encode::EncodeError { table: "(aggregate)".into(), version: String::new(), reason }
+            })?;
+            commands += self.send(client, increments, Purpose::Increments).await?;
+            Ok(commands)
+        };
+        let (row_commands, aggregate_commands) = tokio::try_join!(rows, aggregates)?;
+        if let Some(lsn) = checkpoint {
+            let statement = doc! {
+                "q": { "_id": &self.config.name },
+                "u": { "$set": { "lsn": lsn.to_string(), "updated_at": bson::DateTime::now() } },
+                "upsert": true,
+            };
+            let namespace = Arc::new(Namespace {
+                database: self.config.database.clone(),
+                collection: self.config.checkpoint_collection.clone(),
+            });
+            self.send(client, vec![Write { namespace, statement: Statement::Update(statement) }], Purpose::Resets)
+                .await?;
+        }
+        tracing::debug!(
+            sink = %self.config.name,
+            changes = changes.len(),
+            rounds = round_count,
+            row_commands,
+            aggregate_commands,
+            checkpoint = checkpoint.is_some(),
+            "batch written"
+        );
+        Ok(())
+    }
+
+    /// The version stored in each of `groups`' documents.
+    async fn read_versions(
+        &self,
+        client: &Client,
+        namespace: &Arc<Namespace>,
+        groups: Vec<Bson>,
+    ) -> Result<(Arc<Namespace>, HashMap<String, Option<String>>), MongoSinkError> {
+        let version_field = self.encoder.version_field();
+        let collection = client.database(&namespace.database).collection::<Document>(&namespace.collection);
+        let what = || format!("reading aggregate versions from {namespace}");
+        let cursor = self
+            .timed(what, collection.find(doc! { "_id": { "$in": groups } }).projection(doc! { version_field: 1 }))
+            .await?;
+        let documents: Vec<Document> = self.timed(what, cursor.try_collect()).await?;
+        let versions = documents
+            .into_iter()
+            .filter_map(|document| {
+                let id = document.get("_id")?.clone();
+                let version = document.get_str(version_field).ok().map(str::to_owned);
+                Some((id.into_canonical_extjson().to_string(), version))
+            })
+            .collect();
+        Ok((Arc::clone(namespace), versions))
+    }
+
+    /// Sends `writes` as one `update` and one `delete` command per collection (split by
+    /// size), all concurrently; returns how many commands were sent.
+    async fn send(&self, client: &Client, writes: Vec<Write>, purpose: Purpose) -> Result<usize, MongoSinkError> {
+        let mut grouped: HashMap<(Arc<Namespace>, bool), Vec<RawDocumentBuf>> = HashMap::new();
+        for write in writes {
+            let (is_update, statement) = match write.statement {
+                Statement::Update(statement) => (true, statement),
+                Statement::Delete(statement) => (false, statement),
+            };
+            let raw = RawDocumentBuf::from_document(&statement).map_err(|err| crate::encode::EncodeError {
+                table: write.namespace.to_string(),
+                version: String::new(),
+                reason: format!("statement does not serialize: {err}"),
+            })?;
+            grouped.entry((write.namespace, is_update)).or_default().push(raw);
+        }
+        let mut commands = Vec::new();
+        for ((namespace, is_update), statements) in grouped {
+            let mut chunk = RawArrayBuf::new();
+            let (mut bytes, mut count) = (0, 0);
+            for statement in statements {
+                if count > 0
+                    && (bytes + statement.as_bytes().len() > MAX_COMMAND_BYTES || count == MAX_COMMAND_STATEMENTS)
+                {
+                    commands.push((Arc::clone(&namespace), is_update, std::mem::take(&mut chunk), count));
+                    (bytes, count) = (0, 0);
+                }
+                bytes += statement.as_bytes().len();
+                count += 1;
+                chunk.push(statement);
+            }
+            commands.push((namespace, is_update, chunk, count));
+        }
+        let sent = commands.len();
+        try_join_all(commands.into_iter().map(|(namespace, is_update, statements, count)| {
+            self.command(client, namespace, is_update, statements, count, purpose)
+        }))
+        .await?;
+        Ok(sent)
+    }
+
+    async fn command(
+        &self,
+        client: &Client,
+        namespace: Arc<Namespace>,
+        is_update: bool,
+        statements: RawArrayBuf,
+        count: usize,
+        purpose: Purpose,
+    ) -> Result<(), MongoSinkError> {
+        let (verb, list) = if is_update { ("update", "updates") } else { ("delete", "deletes") };
+        let mut command = RawDocumentBuf::new();
+        command.append(verb, namespace.collection.as_str());
+        command.append(list, statements);
+        command.append("ordered", false);
+        let what = || format!("{verb} of {count} statements on {namespace}");
+        let reply = self.timed(what, client.database(&namespace.database).run_raw_command(command)).await?;
+        let rejected = |code, message: &str| MongoSinkError::Rejected {
+            namespace: namespace.to_string(),
+            code,
+            message: message.to_owned(),
+        };
+        if let Ok(concern) = reply.get_document("writeConcernError") {
+            // "Not yet durable as asked": reported as WriteConcernFailed (64), which retries.
+            return Err(rejected(64, concern.get_str("errmsg").unwrap_or("")));
+        }
+        let mut duplicates = 0;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            for error in errors.iter().filter_map(Bson::as_document) {
+                let code = error.get_i32("code").unwrap_or(0);
+                match (code, purpose) {
+                    // A guarded upsert of a document that is already newer.
+                    (DUPLICATE_KEY, Purpose::Rows) => duplicates += 1,
+                    (DUPLICATE_KEY, Purpose::Increments) => {
+                        return Err(MongoSinkError::AggregateConflict { namespace: namespace.to_string() })
+                    }
+                    _ => return Err(rejected(code, error.get_str("errmsg").unwrap_or(""))),
+                }
+            }
+        }
+        if purpose == Purpose::Increments {
+            let matched = reply.get_i32("n").map(i64::from).or_else(|_| reply.get_i64("n")).unwrap_or(0);
+            if usize::try_from(matched).unwrap_or(0) < count {
+                return Err(MongoSinkError::AggregateConflict { namespace: namespace.to_string() });
+            }
+        }
+        if duplicates > 0 {
+            tracing::trace!(sink = %self.config.name, namespace = %namespace, duplicates, "stale writes skipped");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for MongoSink {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
+        let name = &self.config.name;
+        self.load().await.map_err(|err| err.into_sink_error(name, "reading the checkpoint".into()))
+    }
+
+    async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        let context = match (changes.first(), changes.last()) {
+            (Some(first), Some(last)) => format!(
+                "applying {} changes, commit LSNs {} to {}",
+                changes.len(),
+                first.transaction.commit_lsn,
+                last.transaction.commit_lsn
+            ),
+            _ => format!("storing checkpoint {}", checkpoint.unwrap_or_default()),
+        };
+        self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(name, context))
+    }
+}
