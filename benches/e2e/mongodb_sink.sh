@@ -11,7 +11,8 @@
 # PGFANOUT_TEST_MONGODB_URL, ...) when set, else starts a throwaway one. `numeric` is
 # written as text: nx-27017 cannot store Decimal128. Prints:
 #   pgfanout: changes=N seconds=S changes_per_second=R peak_rss_kb=K round_trips_per_1000=T commands_per_1000=C
-#   ceiling:  documents=N seconds=S documents_per_second=R
+#   ceiling:  documents=N seconds=S documents_per_second=R      (insert_many)
+#   guarded:  documents=N seconds=S documents_per_second=R      (the sink's guarded upserts, bare)
 #   ratio=pgfanout/ceiling
 set -euo pipefail
 
@@ -129,6 +130,7 @@ kill -TERM "$PGFANOUT_PID" && wait "$PGFANOUT_PID" 2>/dev/null || true
 PGFANOUT_PID=""
 CEILING_LINE=$("$CEILING" "$PGFANOUT_TEST_MONGODB_URL" "$N" 1000)
 echo "ceiling:  $CEILING_LINE"
+echo "guarded:  $("$CEILING" "$PGFANOUT_TEST_MONGODB_URL" "$N" 1000 guarded)"
 CEILING_RATE=$(sed -n 's/.*documents_per_second=\([0-9]*\).*/\1/p' <<<"$CEILING_LINE")
 awk -v a="$RATE" -v b="$CEILING_RATE" 'BEGIN { printf "ratio=%.2f\n", a / b }'
 rm -rf "$WORK"

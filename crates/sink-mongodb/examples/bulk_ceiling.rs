@@ -5,8 +5,11 @@
 //! cargo run --release -p pgfanout-sink-mongodb --example bulk_ceiling -- mongodb://127.0.0.1:27017 200000 1000
 //! ```
 //!
-//! Arguments: URL, documents (default 200000), documents per `insert_many` (default 1000,
-//! the pipeline's batch size). Prints `documents=N seconds=S documents_per_second=R`.
+//! Arguments: URL, documents (default 200000), documents per command (default 1000, the
+//! pipeline's batch size), and the mode: `insert` (`insert_many`, default) or `guarded`
+//! (the sink's own statement: one unordered `update` command of version-guarded upserts,
+//! `{_id, $or: [{v: {$lt: V}}, {v: {$exists: false}}]}`), which shows what the server
+//! charges for the guard itself. Prints `documents=N seconds=S documents_per_second=R`.
 
 use std::time::Instant;
 
@@ -18,6 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = args.next().ok_or("usage: bulk_ceiling URL [DOCUMENTS] [BATCH]")?;
     let total: u64 = args.next().map(|n| n.parse()).transpose()?.unwrap_or(200_000);
     let batch: u64 = args.next().map(|n| n.parse()).transpose()?.unwrap_or(1000);
+    let guarded = args.next().as_deref() == Some("guarded");
     let client = mongodb::Client::with_uri_str(&url).await?;
     let collection = client.database("bench_ceiling").collection::<Document>("orders");
     collection.drop().await?;
@@ -39,7 +43,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             })
             .collect();
-        collection.insert_many(documents).ordered(false).await?;
+        if guarded {
+            let updates: Vec<Document> = documents
+                .into_iter()
+                .map(|mut document| {
+                    let id = document.remove("_id").unwrap_or_default();
+                    let version = document.get_str("_pgfanout_version").unwrap_or_default().to_owned();
+                    let guard = [
+                        doc! { "_pgfanout_version": { "$lt": &version } },
+                        doc! { "_pgfanout_version": { "$exists": false } },
+                    ];
+                    doc! { "q": { "_id": id, "$or": guard.to_vec() },
+                    "u": { "$set": document }, "upsert": true }
+                })
+                .collect();
+            let command = doc! { "update": "orders", "updates": updates, "ordered": false };
+            client.database("bench_ceiling").run_command(command).await?;
+        } else {
+            collection.insert_many(documents).ordered(false).await?;
+        }
         next = last + 1;
     }
     let seconds = start.elapsed().as_secs_f64();
