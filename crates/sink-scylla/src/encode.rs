@@ -85,6 +85,25 @@ pub struct TargetSchema {
     pub columns: Vec<(String, String)>,
 }
 
+impl TargetSchema {
+    /// The `ALTER TABLE … ADD` statements adding the columns `existing`
+    /// lacks (a Relation message announced new ones), with the column each
+    /// adds, in column order.
+    pub fn missing_columns(
+        &self,
+        keyspace: &str,
+        existing: &std::collections::HashSet<String>,
+    ) -> Vec<(String, String)> {
+        self.columns
+            .iter()
+            .filter(|(column, _)| !existing.contains(column))
+            .map(|(column, cql_type)| {
+                (column.clone(), format!("ALTER TABLE {keyspace}.{} ADD {column} {cql_type}", self.table))
+            })
+            .collect()
+    }
+}
+
 /// One query table as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetOptions {
@@ -683,6 +702,30 @@ mod tests {
 
     fn col(value: Value) -> Bound {
         Bound::Column(value)
+    }
+
+    #[test]
+    fn a_new_column_in_the_relation_becomes_alter_table_add() {
+        let before = shape(ReplicaIdentity::Full);
+        let mut after = (*before).clone();
+        after.columns.push(ColumnSchema { name: "paid_at".into(), type_oid: Oid(1184), is_key: false });
+        let after = Arc::new(after);
+        let mut encoder = CqlEncoder::new("ks", by_guest_and_default(None), true, true);
+        let existing: std::collections::HashSet<String> =
+            ["id", "guest_id", "status", "notes"].iter().map(|c| c.to_string()).collect();
+        let old_targets = encoder.schemas(&before).unwrap();
+        assert!(old_targets.iter().all(|t| t.missing_columns("ks", &existing).is_empty()), "{old_targets:?}");
+        let targets = encoder.schemas(&after).unwrap();
+        let main = targets.iter().find(|t| t.table == "reservations").unwrap();
+        assert_eq!(
+            main.missing_columns("ks", &existing),
+            [("paid_at".to_owned(), "ALTER TABLE ks.reservations ADD paid_at timestamp".to_owned())]
+        );
+        // The query table keyed by guest keeps its configured column subset.
+        let by_guest = targets.iter().find(|t| t.table == "by_guest").unwrap();
+        let by_guest_columns: std::collections::HashSet<String> =
+            ["guest_id", "id", "status"].iter().map(|c| c.to_string()).collect();
+        assert!(by_guest.missing_columns("ks", &by_guest_columns).is_empty());
     }
 
     #[test]

@@ -328,13 +328,9 @@ impl ScyllaSink {
                     schema.columns.insert(target.table.clone(), existing.unwrap_or_else(created));
                 }
                 let known = schema.columns.entry(target.table.clone()).or_default();
-                for (column, cql_type) in &target.columns {
-                    if !known.contains(column) {
-                        let cql =
-                            format!("ALTER TABLE {}.{} ADD {column} {cql_type}", self.config.keyspace, target.table);
-                        self.ddl(session, &cql).await?;
-                        known.insert(column.clone());
-                    }
+                for (column, cql) in target.missing_columns(&self.config.keyspace, known) {
+                    self.ddl(session, &cql).await?;
+                    known.insert(column);
                 }
             }
         }
