@@ -37,6 +37,6 @@ pub use metrics::Metrics;
 pub use model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
 pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
-pub use sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError, Version};
+pub use sink::{describe_apply, ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError, Version};
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
 pub use worker::{error_chain, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

@@ -89,6 +89,20 @@ impl ChangeRef<'_> {
     }
 }
 
+/// What a call of [`Sink::apply`] was doing, for error messages: the number
+/// of changes and their commit LSN range, or the checkpoint alone.
+pub fn describe_apply(changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> String {
+    match (changes.first(), changes.last()) {
+        (Some(first), Some(last)) => format!(
+            "applying {} changes, commit LSNs {} to {}",
+            changes.len(),
+            first.transaction.commit_lsn,
+            last.transaction.commit_lsn
+        ),
+        _ => format!("storing checkpoint {}", checkpoint.unwrap_or_default()),
+    }
+}
+
 /// A change's place in the stream: the commit LSN of its transaction, then
 /// its position in the transaction. Versions grow strictly along the stream
 /// (commits are sent in commit order, each at a higher LSN), so a store that

@@ -260,15 +260,7 @@ impl Sink for RedisSink {
 
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
         let name = &self.config.name;
-        let context = match (changes.first(), changes.last()) {
-            (Some(first), Some(last)) => format!(
-                "applying {} changes, commit LSNs {} to {}",
-                changes.len(),
-                first.transaction.commit_lsn,
-                last.transaction.commit_lsn
-            ),
-            _ => format!("storing checkpoint {}", checkpoint.unwrap_or_default()),
-        };
+        let context = pgfanout_core::describe_apply(changes, checkpoint);
         self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(name, context))
     }
 }
