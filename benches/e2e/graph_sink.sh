@@ -14,75 +14,35 @@
 # starts a throwaway one. Prints one line:
 #   changes=N seconds=S changes_per_second=R round_trips=T round_trips_per_1000=P
 set -euo pipefail
+# shellcheck source=benches/e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 N=${N:-100000}
 LANES=${LANES:-4}
 DERIVED=${DERIVED:-0}
-STACK_DIR=""
-cleanup() {
-    [[ -n ${PGFANOUT_PID:-} ]] && kill -TERM "$PGFANOUT_PID" 2>/dev/null && wait "$PGFANOUT_PID" 2>/dev/null || true
-    if [[ -n $STACK_DIR ]]; then
-        "$REPO_ROOT/deploy/local/stack.sh" stop "$STACK_DIR" >/dev/null 2>&1 || true
-        rm -rf "$STACK_DIR"
-    fi
-}
-trap cleanup EXIT
-
-if [[ -z ${PGFANOUT_TEST_PG_URL:-} ]]; then
-    STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pgfanout-bench.XXXXXX")
-    "$REPO_ROOT/deploy/local/stack.sh" start "$STACK_DIR" >&2
-    # shellcheck source=/dev/null
-    source "$STACK_DIR/env"
-fi
 (cd "$REPO_ROOT" && cargo build --release --quiet)
-BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgfanout"
-PSQL=("$PGFANOUT_TEST_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGFANOUT_TEST_PG_SOCKET_DIR" -p "$PGFANOUT_TEST_PG_PORT" -U postgres)
 FALKOR_PORT=${PGFANOUT_TEST_FALKORDB_URL##*:}
 FALKOR=(redis-cli -p "${FALKOR_PORT%%/*}")
 
-"${PSQL[@]}" -d postgres -c "SELECT pg_drop_replication_slot('bench_graph') FROM pg_replication_slots WHERE slot_name = 'bench_graph'" >/dev/null
-"${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS bench_graph WITH (FORCE)" -c "CREATE DATABASE bench_graph" >/dev/null
-"${PSQL[@]}" -d bench_graph >/dev/null <<'SQL'
+bench_database bench_graph <<'SQL'
 CREATE TABLE properties (id bigint PRIMARY KEY, city_id bigint NOT NULL, title text NOT NULL);
 CREATE TABLE reservations (
     id bigint PRIMARY KEY, property_id bigint NOT NULL, guest_id bigint NOT NULL,
     check_in date NOT NULL, total numeric(12,2) NOT NULL, status text NOT NULL, created_at timestamptz NOT NULL
 );
 CREATE PUBLICATION bench_graph FOR TABLE properties, reservations;
-SELECT pg_create_logical_replication_slot('bench_graph', 'pgoutput');
-INSERT INTO properties SELECT g, g % 20, 'property ' || g FROM generate_series(1, 500) g;
 SQL
-
+"${PSQL[@]}" -d bench_graph -c "INSERT INTO properties SELECT g, g % 20, 'property ' || g FROM generate_series(1, 500) g" >/dev/null
 # The backlog: N inserts in transactions of 1,000 rows, over 5,000 guests and 500 properties.
-"${PSQL[@]}" -d bench_graph >/dev/null <<SQL
-DO \$\$
-BEGIN
-  FOR chunk IN 0 .. ($N - 1) / 1000 LOOP
-    INSERT INTO reservations
+bench_backlog bench_graph "$N" "INSERT INTO reservations
     SELECT g, g % 500 + 1, g % 5000, date '2026-01-01' + g % 365, g % 1000 + 0.99, 'confirmed', now()
-    FROM generate_series(chunk * 1000 + 1, least((chunk + 1) * 1000, $N)) g;
-    COMMIT;
-  END LOOP;
-END
-\$\$;
-SQL
+    FROM generate_series({lo}, {hi}) g"
 
 "${FALKOR[@]}" GRAPH.DELETE bench_graph >/dev/null 2>&1 || true
 "${FALKOR[@]}" CONFIG RESETSTAT >/dev/null
 
-WORK=$(mktemp -d)
-HTTP_PORT=$((20000 + RANDOM % 10000))
-cat >"$WORK/pgfanout.toml" <<TOML
-[source]
-url = "host=$PGFANOUT_TEST_PG_SOCKET_DIR port=$PGFANOUT_TEST_PG_PORT user=postgres dbname=bench_graph"
-slot = "bench_graph"
-publication = "bench_graph"
-heartbeat_interval_secs = 0
-
-[http]
-listen = "127.0.0.1:$HTTP_PORT"
-
+bench_source bench_graph >"$WORK/pgfanout.toml"
+cat >>"$WORK/pgfanout.toml" <<TOML
 [[sink]]
 name = "bench_graph"
 kind = "graph"
@@ -114,18 +74,7 @@ TOML
 fi
 
 TOTAL=$((N + 500))
-START=$(date +%s.%N)
-"$BIN" --log-format json run --config "$WORK/pgfanout.toml" 2>"$WORK/pgfanout.log" &
-PGFANOUT_PID=$!
-# Done when the sink has applied every change.
-while :; do
-    APPLIED=$(curl -s "http://127.0.0.1:$HTTP_PORT/metrics" |
-        awk '/^pgfanout_sink_applied_total/ { sum += $2 } END { printf "%d", sum }')
-    ((APPLIED >= TOTAL)) && break
-    kill -0 "$PGFANOUT_PID" 2>/dev/null || { tail -20 "$WORK/pgfanout.log" >&2; exit 1; }
-    sleep 0.02
-done
-END=$(date +%s.%N)
+bench_run "$WORK/pgfanout.toml" "$TOTAL"
 # A call's MULTI/EXEC is one round trip; queries outside a transaction (index
 # creation, the checkpoint read) are one each.
 STATS=$("${FALKOR[@]}" INFO commandstats | tr -d '\r')
@@ -139,4 +88,3 @@ awk -v n="$TOTAL" -v start="$START" -v end="$END" -v execs="${EXECS:-0}" -v quer
     'BEGIN { s = end - start;
              printf "changes=%d seconds=%.2f changes_per_second=%.0f lanes=%d derived=%d graph_queries=%d transactions=%d round_trips_per_1000=%.1f\n",
                     n, s, n / s, lanes, derived, queries, multis, execs * 1000 / n }'
-rm -rf "$WORK"

@@ -14,10 +14,11 @@
 # Uses the local stack from the environment (PGFANOUT_TEST_PG_URL, ...) when
 # set, else starts a throwaway one. Prints:
 #   sink=S changes=N seconds=T changes_per_second=R peak_rss_kb=K
-#   (redis) yardstick=... requests_per_second=R ratio=...
+#   (redis) yardstick=... requests_per_second=R pgfanout_ratio=...
 set -euo pipefail
+# shellcheck source=benches/e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SINK=${1:-discard}
 N=${N:-1000000}
 LANES=${LANES:-4}
@@ -28,65 +29,15 @@ discard | redis) ;;
     exit 2
     ;;
 esac
-STACK_DIR=""
-cleanup() {
-    [[ -n ${PGFANOUT_PID:-} ]] && kill -TERM "$PGFANOUT_PID" 2>/dev/null && wait "$PGFANOUT_PID" 2>/dev/null || true
-    if [[ -n $STACK_DIR ]]; then
-        "$REPO_ROOT/deploy/local/stack.sh" stop "$STACK_DIR" >/dev/null 2>&1 || true
-        rm -rf "$STACK_DIR"
-    fi
-}
-trap cleanup EXIT
-
-if [[ -z ${PGFANOUT_TEST_PG_URL:-} ]]; then
-    STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pgfanout-bench.XXXXXX")
-    "$REPO_ROOT/deploy/local/stack.sh" start "$STACK_DIR" >&2
-    # shellcheck source=/dev/null
-    source "$STACK_DIR/env"
-fi
 (cd "$REPO_ROOT" && cargo build --release --quiet)
-BIN="$REPO_ROOT/target/release/pgfanout"
-PSQL=("$PGFANOUT_TEST_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGFANOUT_TEST_PG_SOCKET_DIR" -p "$PGFANOUT_TEST_PG_PORT" -U postgres)
 
-"${PSQL[@]}" -d postgres -c "SELECT pg_drop_replication_slot('bench_sink') FROM pg_replication_slots WHERE slot_name = 'bench_sink'" >/dev/null
-"${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS bench_sink WITH (FORCE)" -c "CREATE DATABASE bench_sink" >/dev/null
-"${PSQL[@]}" -d bench_sink >/dev/null <<'SQL'
-CREATE TABLE orders (
-    id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2) NOT NULL, quantity int NOT NULL,
-    paid boolean NOT NULL, placed_at timestamptz NOT NULL, reference uuid NOT NULL, attributes jsonb
-);
+bench_database bench_sink <<SQL
+$ORDERS_TABLE
 CREATE PUBLICATION bench_sink FOR TABLE orders;
-SELECT pg_create_logical_replication_slot('bench_sink', 'pgoutput');
 SQL
+bench_backlog bench_sink "$N" "$ORDERS_INSERT"
 
-# The backlog: N inserts in transactions of 1,000 rows.
-"${PSQL[@]}" -d bench_sink >/dev/null <<SQL
-DO \$\$
-BEGIN
-  FOR chunk IN 0 .. ($N - 1) / 1000 LOOP
-    INSERT INTO orders
-    SELECT g, 'customer ' || g, g % 1000 + 0.99, g % 7, g % 2 = 0, now(), md5(g::text)::uuid,
-           jsonb_build_object('channel', 'web', 'n', g)
-    FROM generate_series(chunk * 1000 + 1, least((chunk + 1) * 1000, $N)) g;
-    COMMIT;
-  END LOOP;
-END
-\$\$;
-SQL
-
-WORK=$(mktemp -d)
-HTTP_PORT=$((20000 + RANDOM % 10000))
-cat >"$WORK/pgfanout.toml" <<TOML
-[source]
-url = "host=$PGFANOUT_TEST_PG_SOCKET_DIR port=$PGFANOUT_TEST_PG_PORT user=postgres dbname=bench_sink"
-slot = "bench_sink"
-publication = "bench_sink"
-heartbeat_interval_secs = 0
-
-[http]
-listen = "127.0.0.1:$HTTP_PORT"
-
-TOML
+bench_source bench_sink >"$WORK/pgfanout.toml"
 case $SINK in
 discard)
     printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/pgfanout.toml"
@@ -102,26 +53,10 @@ esac
 printf '%b\n[[sink.table]]\nsource = "public.orders"\n%b\n[sink.delivery]\nlanes = %s\n' \
     "${SINK_OPTIONS:-}" "${TABLE_OPTIONS:-}" "$LANES" >>"$WORK/pgfanout.toml"
 
-START=$(date +%s.%N)
-"$BIN" --log-format json run --config "$WORK/pgfanout.toml" 2>"$WORK/pgfanout.log" &
-PGFANOUT_PID=$!
-PEAK=0
-# Done when the sink has acknowledged every change (its checkpoint covers them).
-while :; do
-    APPLIED=$(curl -s "http://127.0.0.1:$HTTP_PORT/metrics" |
-        awk '/^pgfanout_sink_applied_total/ { sum += $2 } END { printf "%d", sum }')
-    RSS=$(awk '/VmHWM/ {print $2}' "/proc/$PGFANOUT_PID/status" 2>/dev/null || echo 0)
-    ((RSS > PEAK)) && PEAK=$RSS
-    ((APPLIED >= N)) && break
-    kill -0 "$PGFANOUT_PID" 2>/dev/null || { tail -20 "$WORK/pgfanout.log" >&2; exit 1; }
-    sleep 0.02
-done
-END=$(date +%s.%N)
-RATE=$(awk -v n="$N" -v start="$START" -v end="$END" 'BEGIN { printf "%.0f", n / (end - start) }')
+bench_run "$WORK/pgfanout.toml" "$N"
 awk -v sink="$SINK" -v n="$N" -v start="$START" -v end="$END" -v rate="$RATE" -v peak="$PEAK" \
     'BEGIN { printf "sink=%s changes=%d seconds=%.2f changes_per_second=%d peak_rss_kb=%d\n", sink, n, end - start, rate, peak }'
-kill -TERM "$PGFANOUT_PID" && wait "$PGFANOUT_PID" || true
-PGFANOUT_PID=""
+bench_stop
 
 if [[ $SINK == redis ]]; then
     # The store's own pipelined ceiling, 64 commands in flight: the stock
@@ -143,4 +78,3 @@ if [[ $SINK == redis ]]; then
         reference 6512bd43-d9ca-a6e0-2c99-0b0a82652dca attributes '{"n": 12345, "channel": "web"}'
     redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
 fi
-rm -rf "$WORK"
