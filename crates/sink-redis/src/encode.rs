@@ -291,6 +291,8 @@ pub enum ScriptArg<'a> {
     Owned(String),
     /// An opcode or a fixed word.
     Static(&'static str),
+    /// A name shared by many records (the version field).
+    Shared(Arc<str>),
 }
 
 impl ScriptArg<'_> {
@@ -300,6 +302,7 @@ impl ScriptArg<'_> {
             ScriptArg::Borrowed(bytes) => bytes,
             ScriptArg::Owned(text) => text.as_bytes(),
             ScriptArg::Static(text) => text.as_bytes(),
+            ScriptArg::Shared(text) => text.as_bytes(),
         }
     }
 }
@@ -351,20 +354,21 @@ impl<'a> ScriptCall<'a> {
         self.args[1] = ScriptArg::Owned(checkpoint.to_string());
     }
 
-    /// Adds `key` to `KEYS` (once) and its index to the records.
-    fn key(&mut self, key: String) {
-        let index = match self.key_positions.get(&key) {
+    /// Adds `key` to `KEYS` (once: a key the call already names is not
+    /// copied again) and its index to the records.
+    fn key(&mut self, key: &str) {
+        let index = match self.key_positions.get(key) {
             Some(&index) => index,
             None => {
-                self.keys.push(key.clone());
-                self.key_positions.insert(key, self.keys.len());
+                self.keys.push(key.to_owned());
+                self.key_positions.insert(key.to_owned(), self.keys.len());
                 self.keys.len()
             }
         };
         self.number(index as u64);
     }
 
-    fn optional_key(&mut self, key: Option<String>) {
+    fn optional_key(&mut self, key: Option<&str>) {
         match key {
             Some(key) => self.key(key),
             None => self.number(0),
@@ -377,6 +381,10 @@ impl<'a> ScriptCall<'a> {
 
     fn text(&mut self, text: String) {
         self.args.push(ScriptArg::Owned(text));
+    }
+
+    fn shared(&mut self, text: &Arc<str>) {
+        self.args.push(ScriptArg::Shared(Arc::clone(text)));
     }
 
     fn bytes(&mut self, bytes: &'a [u8]) {
@@ -454,7 +462,7 @@ impl RedisEncoder {
     pub fn delete_if_older(&self, keys: Vec<String>, format: RowFormat, version: Version) -> ScriptCall<'static> {
         let mut call = ScriptCall::new(&self.settings);
         let version = version.to_sortable_string();
-        for key in keys {
+        for key in &keys {
             call.word("D");
             call.word(format.code());
             call.key(key);
@@ -494,10 +502,10 @@ impl RedisEncoder {
                     if old_key != new_key {
                         call.word("M");
                         call.word(format.code());
-                        call.key(old_key.clone());
-                        call.key(new_key.clone());
-                        call.optional_key(tombstone(&old_key));
-                        call.optional_key(resolved.index_set.clone());
+                        call.key(&old_key);
+                        call.key(&new_key);
+                        call.optional_key(tombstone(&old_key).as_deref());
+                        call.optional_key(resolved.index_set.as_deref());
                         call.text(version.to_sortable_string());
                         call.number(resolved.tombstone_secs.unwrap_or(0));
                     }
@@ -509,9 +517,9 @@ impl RedisEncoder {
                 let key = key.render(&table.table, old, None)?;
                 call.word("D");
                 call.word(format.code());
-                call.key(key.clone());
-                call.optional_key(tombstone(&key));
-                call.optional_key(resolved.index_set.clone());
+                call.key(&key);
+                call.optional_key(tombstone(&key).as_deref());
+                call.optional_key(resolved.index_set.as_deref());
                 call.text(version.to_sortable_string());
                 call.number(resolved.tombstone_secs.unwrap_or(0));
                 key
@@ -520,7 +528,7 @@ impl RedisEncoder {
                 TruncateBy::IndexSet(set) => {
                     call.word("T");
                     call.word(format.code());
-                    call.key(set.clone());
+                    call.key(set);
                     call.text(version.to_sortable_string());
                     String::new()
                 }
@@ -545,7 +553,7 @@ impl RedisEncoder {
                     keys.push(key);
                 }
             }
-            for key in keys {
+            for key in &keys {
                 call.word(opcode);
                 call.key(key);
             }
@@ -553,7 +561,7 @@ impl RedisEncoder {
         if let Some((stream, max_len)) = &resolved.stream {
             let fields = event_fields(change_ref, written_key);
             call.word("X");
-            call.key(stream.clone());
+            call.key(stream);
             call.number(*max_len);
             call.number(fields.len() as u64);
             for (field, value) in fields {
@@ -604,7 +612,7 @@ impl RedisEncoder {
                 truncate,
                 index_set,
                 stream: options.stream,
-                version_field: settings.version_field.clone(),
+                version_field: settings.version_field.as_deref().map(Arc::from),
             };
             resolved.insert(table.table.clone(), entry);
         }
@@ -634,44 +642,47 @@ fn write_row<'a>(
         RowImage::Patch(row) => (row, false),
     };
     let version = version.to_sortable_string();
+    let columns = || table.columns.iter().map(|column| column.name.as_str()).zip(row);
+    call.word(match resolved.format {
+        RowFormat::Hash => "H",
+        RowFormat::Json => "J",
+    });
+    call.key(key);
+    call.optional_key(tombstone.as_deref());
+    call.optional_key(resolved.index_set.as_deref());
     match resolved.format {
         RowFormat::Hash => {
-            call.word("H");
-            call.key(key.to_owned());
-            call.optional_key(tombstone);
-            call.optional_key(resolved.index_set.clone());
             call.text(version.clone());
             call.word(if replace { "r" } else { "p" });
             call.number(resolved.ttl_secs.unwrap_or(0));
-            let (set, unset) = split_fields(table, row);
-            let guard = resolved.version_field.as_deref();
-            call.number(set.len() as u64 + u64::from(guard.is_some()));
-            for (field, value) in set {
+            // Fields to write (present values), then, for an update, fields
+            // to remove (NULLs); unchanged TOAST columns are in neither.
+            let present = columns().filter(|(_, value)| value.as_bytes().is_some());
+            let guard = resolved.version_field.as_ref();
+            call.number(present.clone().count() as u64 + u64::from(guard.is_some()));
+            for (field, value) in present {
                 call.bytes(field.as_bytes());
-                call.bytes(value);
+                call.bytes(value.as_bytes().unwrap_or_default());
             }
             if let Some(field) = guard {
-                call.text(field.to_owned());
-                call.text(version.clone());
+                call.shared(field);
+                call.text(version);
             }
             // A replaced row has no stale fields to remove.
-            let unset = if replace { Vec::new() } else { unset };
-            call.number(unset.len() as u64);
-            for field in unset {
+            let nulls = columns().filter(|(_, value)| !replace && matches!(value, ColumnValue::Null));
+            call.number(nulls.clone().count() as u64);
+            for (field, _) in nulls {
                 call.bytes(field.as_bytes());
             }
         }
         RowFormat::Json => {
-            call.word("J");
-            call.key(key.to_owned());
-            call.optional_key(tombstone);
-            call.optional_key(resolved.index_set.clone());
-            let (json, kept) = row_document(table, row, resolved.version_field.as_deref().map(|f| (f, &version[..])));
+            let json = row_document(table, row, resolved.version_field.as_deref().map(|f| (f, &version[..])));
             call.text(version);
             call.number(resolved.ttl_secs.unwrap_or(0));
             call.text(json);
-            call.number(kept.len() as u64);
-            for column in kept {
+            let kept = columns().filter(|(_, value)| matches!(value, ColumnValue::UnchangedToast));
+            call.number(kept.clone().count() as u64);
+            for (column, _) in kept {
                 call.bytes(column.as_bytes());
             }
         }
@@ -692,7 +703,8 @@ struct ResolvedTable {
     /// The index set every write maintains (truncate by index set only).
     index_set: Option<String>,
     stream: Option<(String, u64)>,
-    version_field: Option<String>,
+    /// Shared by every record that names it.
+    version_field: Option<Arc<str>>,
 }
 
 /// The fields of a change's stream event.
@@ -716,66 +728,44 @@ fn event_fields(change: &ChangeRef<'_>, key: String) -> Vec<(&'static str, Strin
     fields
 }
 
-/// Fields to write and fields to remove; unchanged TOAST columns are in neither.
-fn split_fields<'a>(table: &'a TableSchema, row: &'a Row) -> (Vec<(&'a str, &'a [u8])>, Vec<&'a str>) {
-    let mut set = Vec::with_capacity(row.len());
-    let mut unset = Vec::new();
-    for (column, value) in table.columns.iter().zip(row) {
-        match value {
-            ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => set.push((column.name.as_str(), &bytes[..])),
-            ColumnValue::Null => unset.push(column.name.as_str()),
-            ColumnValue::UnchangedToast => {}
-        }
+/// The JSON text of a row: column name → text value, `null` for NULL, the
+/// version first when guarded; unchanged TOAST columns are left out (the
+/// script keeps what the store holds for them). Binary-format values are
+/// written as PostgreSQL's `\x` hex text. Values are escaped straight into
+/// the document, without a copy each.
+fn row_document(table: &TableSchema, row: &Row, version: Option<(&str, &str)>) -> String {
+    // Writing JSON into a Vec cannot fail.
+    fn push_string(out: &mut Vec<u8>, text: &str) {
+        let _ = serde_json::to_writer(&mut *out, text);
     }
-    (set, unset)
-}
-
-/// The JSON text of a row (column name → text value, `null` for NULL, the
-/// version first when guarded), and the unchanged TOAST columns it leaves
-/// out. Binary-format values are written as PostgreSQL's `\x` hex text.
-fn row_document<'a>(table: &'a TableSchema, row: &Row, version: Option<(&str, &str)>) -> (String, Vec<&'a str>) {
-    fn push_string(out: &mut String, text: &str) {
-        // Serialising a &str to JSON cannot fail.
-        out.push_str(&serde_json::to_string(text).unwrap_or_default());
-    }
-    let mut out =
-        String::with_capacity(16 + row.iter().map(|v| v.as_bytes().map_or(4, <[u8]>::len) + 16).sum::<usize>());
-    let mut kept = Vec::new();
-    out.push('{');
-    let mut first = true;
-    let mut separator = |out: &mut String| {
-        if !std::mem::take(&mut first) {
-            out.push(',');
-        }
-    };
+    let mut out = Vec::with_capacity(16 + row.iter().map(|v| v.as_bytes().map_or(4, <[u8]>::len) + 16).sum::<usize>());
+    out.push(b'{');
     if let Some((field, version)) = version {
-        separator(&mut out);
         push_string(&mut out, field);
-        out.push(':');
+        out.push(b':');
         push_string(&mut out, version);
     }
     for (column, value) in table.columns.iter().zip(row) {
-        let text = match value {
-            ColumnValue::UnchangedToast => {
-                kept.push(column.name.as_str());
-                continue;
-            }
-            ColumnValue::Null => None,
-            ColumnValue::Text(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
-            ColumnValue::Binary(bytes) => {
-                Some(format!("\\x{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
-            }
-        };
-        separator(&mut out);
+        if matches!(value, ColumnValue::UnchangedToast) {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
         push_string(&mut out, &column.name);
-        out.push(':');
-        match text {
-            Some(text) => push_string(&mut out, &text),
-            None => out.push_str("null"),
+        out.push(b':');
+        match value {
+            ColumnValue::Text(bytes) => push_string(&mut out, &String::from_utf8_lossy(bytes)),
+            ColumnValue::Binary(bytes) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                push_string(&mut out, &format!("\\x{hex}"));
+            }
+            ColumnValue::Null | ColumnValue::UnchangedToast => out.extend_from_slice(b"null"),
         }
     }
-    out.push('}');
-    (out, kept)
+    out.push(b'}');
+    // Only JSON text and UTF-8 strings were written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
