@@ -60,14 +60,6 @@ impl RedisSinkError {
         }
     }
 
-    /// The same error, saying which operation failed (a `Command` error only).
-    pub fn with_what(self, what: String) -> Self {
-        match self {
-            RedisSinkError::Command { source, .. } => RedisSinkError::Command { what, source },
-            other => other,
-        }
-    }
-
     /// Converts to the pipeline's classified error; `doing` says what the
     /// sink was doing (`"applying batch ending at 0/16B3748"`).
     pub fn into_sink_error(self, sink: &str, doing: String) -> SinkError {

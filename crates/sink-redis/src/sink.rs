@@ -185,34 +185,34 @@ impl RedisSink {
         let mut command = redis::cmd("EVALSHA");
         command.arg(self.script.get_hash()).arg(call.keys().len()).arg(call.keys()).arg(call.args());
         let what = || format!("a batch script call with {} arguments", call.args().len());
-        let (written, skipped): (u64, u64) = match self.query(&command, connection).await {
+        let (written, skipped): (u64, u64) = match self.query(&command, connection, what).await {
             Err(RedisSinkError::Command { source, .. }) if source.code() == Some("NOSCRIPT") => {
                 tracing::info!(sink = %self.config.name, "loading the batch script into redis");
                 self.script
                     .load_async(connection)
                     .await
                     .map_err(|source| RedisSinkError::Command { what: "SCRIPT LOAD".into(), source })?;
-                self.query(&command, connection).await
+                self.query(&command, connection, what).await?
             }
-            other => other,
-        }
-        .map_err(|err| err.with_what(what()))?;
+            other => other?,
+        };
         if skipped > 0 {
             tracing::debug!(sink = %self.config.name, written, skipped, "rows already held at a newer version were left alone");
         }
         Ok(())
     }
 
-    /// Runs `command` within the response timeout.
+    /// Runs `command` within the response timeout; `what` names it in errors.
     async fn query<T: redis::FromRedisValue>(
         &self,
         command: &redis::Cmd,
         connection: &mut MultiplexedConnection,
+        what: impl FnOnce() -> String,
     ) -> Result<T, RedisSinkError> {
         let timeout = self.config.response_timeout();
         match tokio::time::timeout(timeout, command.query_async(connection)).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(source)) => Err(RedisSinkError::Command { what: String::new(), source }),
+            Ok(Err(source)) => Err(RedisSinkError::Command { what: what(), source }),
             Err(_) => Err(RedisSinkError::Timeout(timeout)),
         }
     }
@@ -231,10 +231,8 @@ impl RedisSink {
         loop {
             let mut scan = redis::cmd("SCAN");
             scan.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_PAGE);
-            let (next, keys): (u64, Vec<String>) = self
-                .query(&scan, connection)
-                .await
-                .map_err(|err| err.with_what(format!("SCAN MATCH {pattern} truncating {table}")))?;
+            let (next, keys): (u64, Vec<String>) =
+                self.query(&scan, connection, || format!("SCAN MATCH {pattern} truncating {table}")).await?;
             if !keys.is_empty() {
                 let call = self.encoder().delete_if_older(keys, format, version);
                 self.call_script(&call, connection).await?;

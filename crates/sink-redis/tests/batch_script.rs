@@ -265,7 +265,9 @@ async fn a_rejected_change_stops_the_batch_before_its_checkpoint() {
         batch.changes.iter().map(|change| ChangeRef { transaction: &batch, change }).collect();
     let err = sink.apply(&refs, Some(batch.end_lsn)).await.unwrap_err();
     assert_eq!(err.kind, pgfanout_core::ErrorKind::Permanent, "{err:?}");
-    assert!(pgfanout_core::error_chain(&err).contains("WRONGTYPE"), "{}", pgfanout_core::error_chain(&err));
+    let chain = pgfanout_core::error_chain(&err);
+    assert!(chain.contains("WRONGTYPE"), "{chain}");
+    assert!(chain.contains("redis rejected a batch script call with"), "says which command failed: {chain}");
     assert!(!redis.exists::<_, bool>("pgfanout:checkpoint:rejected").await.unwrap());
     assert!(!redis.exists::<_, bool>("rejected:3").await.unwrap(), "nothing after the rejected change");
 }
