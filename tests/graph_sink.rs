@@ -82,18 +82,7 @@ on = { "public.reservations" = "r", "public.properties" = "p" }
 
 fn graph_config(db: &TestDatabase, slot: &str, http: &str, url: &str, graph: &str, tables: &str) -> String {
     format!(
-        r#"[source]
-url = "{db_url}"
-slot = "{slot}"
-publication = "{name}"
-status_interval_ms = 200
-
-[http]
-listen = "{http}"
-
-[pipeline]
-shutdown_timeout_secs = 10
-
+        r#"{source}
 [[sink]]
 name = "{graph}"
 kind = "graph"
@@ -101,8 +90,7 @@ transport = "falkordb"
 url = "{url}"
 graph = "{graph}"
 {tables}"#,
-        db_url = db.url,
-        name = db.name,
+        source = source_config(db, slot, http),
     )
 }
 

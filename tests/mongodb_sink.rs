@@ -34,25 +34,6 @@ async fn document(client: &mongodb::Client, database: &str, collection: &str, id
     client.database(database).collection::<Document>(collection).find_one(doc! { "_id": id }).await.unwrap()
 }
 
-fn header(db: &TestDatabase, http: &str) -> String {
-    format!(
-        r#"[source]
-url = "{url}"
-slot = "{name}"
-publication = "{name}"
-status_interval_ms = 200
-
-[http]
-listen = "{http}"
-
-[pipeline]
-shutdown_timeout_secs = 10
-"#,
-        url = db.url,
-        name = db.name,
-    )
-}
-
 /// Polls until `condition` holds on the documents of a collection.
 async fn wait_for_documents(
     client: &mongodb::Client,
@@ -147,7 +128,7 @@ id_columns = ["id"]
 exclude = ["notes"]
 rename = {{ price = "cost" }}
 "#,
-        header = header(&db, &http)
+        header = source_config(&db, &db.name, &http)
     );
     let pgfanout = Pgfanout::start("e2e_mongo_zoo", &config, &http);
     wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
@@ -319,7 +300,7 @@ collection = "host_statistics"
 group_by = "host_id"
 sum = ["rating"]
 "#,
-        header = header(db, http).replace(&format!("slot = \"{}\"", db.name), &format!("slot = \"{slot}\""))
+        header = source_config(db, slot, http)
     )
 }
 
@@ -523,7 +504,7 @@ response_timeout_ms = 2000
 [[sink.table]]
 source = "public.items"
 "#,
-        header = header(&db, &http),
+        header = source_config(&db, &db.name, &http),
         url = server.url
     );
     let mut pgfanout = Pgfanout::start("e2e_mongo_outage", &config, &http);

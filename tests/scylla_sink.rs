@@ -83,18 +83,7 @@ async fn cql_session(address: SocketAddr) -> Session {
 /// into the `[[sink]]` table, then `tables`.
 fn scylla_config(db: &TestDatabase, address: SocketAddr, http: &str, extra: &str, tables: &str) -> String {
     format!(
-        r#"[source]
-url = "{url}"
-slot = "{name}"
-publication = "{name}"
-status_interval_ms = 200
-
-[http]
-listen = "{http}"
-
-[pipeline]
-shutdown_timeout_secs = 10
-
+        r#"{source}
 [[sink]]
 name = "{name}"
 kind = "scylla"
@@ -109,7 +98,7 @@ await_schema_agreement = false
 fetch_schema_metadata = false
 {extra}
 {tables}"#,
-        url = db.url,
+        source = source_config(db, &db.name, http),
         name = db.name,
     )
 }

@@ -303,13 +303,14 @@ where
     }
 }
 
-/// A pgfanout config for one database, one Redis URL and the given tables
-/// (`(source, key template)`), with fast status updates for tests.
-pub fn redis_config(db: &TestDatabase, redis_url: &str, http: &str, tables: &[(&str, &str)]) -> String {
-    let mut config = format!(
+/// The `[source]`, `[http]` and `[pipeline]` sections of a test config:
+/// database `db`, replication slot `slot`, publication named like the
+/// database, fast status updates, a short shutdown.
+pub fn source_config(db: &TestDatabase, slot: &str, http: &str) -> String {
+    format!(
         r#"[source]
 url = "{url}"
-slot = "{name}"
+slot = "{slot}"
 publication = "{name}"
 status_interval_ms = 200
 
@@ -318,13 +319,18 @@ listen = "{http}"
 
 [pipeline]
 shutdown_timeout_secs = 10
-
-[[sink]]
-name = "{name}"
-kind = "redis"
-url = "{redis_url}"
 "#,
         url = db.url,
+        name = db.name,
+    )
+}
+
+/// A pgfanout config for one database, one Redis URL and the given tables
+/// (`(source, key template)`), with fast status updates for tests.
+pub fn redis_config(db: &TestDatabase, redis_url: &str, http: &str, tables: &[(&str, &str)]) -> String {
+    let mut config = format!(
+        "{}\n[[sink]]\nname = \"{name}\"\nkind = \"redis\"\nurl = \"{redis_url}\"\n",
+        source_config(db, &db.name, http),
         name = db.name,
     );
     for (source, key) in tables {
