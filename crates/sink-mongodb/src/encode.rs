@@ -167,7 +167,7 @@ impl Rounds {
 }
 
 /// A BSON value's canonical extended JSON, as a map key (BSON values are not `Hash`).
-fn canonical(value: &Bson) -> String {
+pub(crate) fn canonical(value: &Bson) -> String {
     value.clone().into_canonical_extjson().to_string()
 }
 
