@@ -14,6 +14,7 @@
 use std::time::Instant;
 
 use bson::{doc, spec::BinarySubtype, Binary, DateTime, Document};
+use pgfanout_core::{Lsn, Version};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,7 +40,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "quantity": (g % 7) as i32, "paid": g % 2 == 0, "placed_at": DateTime::now(),
                     "reference": Binary { subtype: BinarySubtype::Uuid, bytes: g.to_be_bytes().repeat(2) },
                     "attributes": { "channel": "web", "n": id },
-                    "_pgfanout_version": format!("{:016X}.{:08X}", g / 1000, g % 1000),
+                    "_pgfanout_version": Version { commit_lsn: Lsn(g / 1000), ordinal: (g % 1000) as u32 }
+                        .to_sortable_string(),
                 }
             })
             .collect();

@@ -391,13 +391,9 @@ fn bad_name(name: &str) -> Option<&'static str> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> MongoSinkConfig {
-        serde_json::from_value(serde_json::json!(toml_like(text))).unwrap()
-    }
-
     /// The tests write configs as JSON (the crate has no TOML parser); the binary's config
     /// tests cover TOML.
-    fn toml_like(text: &str) -> serde_json::Value {
+    fn parse(text: &str) -> MongoSinkConfig {
         serde_json::from_str(text).unwrap()
     }
 

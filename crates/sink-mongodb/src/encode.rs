@@ -167,7 +167,7 @@ impl Rounds {
 }
 
 /// A BSON value's canonical extended JSON, as a map key (BSON values are not `Hash`).
-fn canonical(value: &Bson) -> String {
+pub(crate) fn canonical(value: &Bson) -> String {
     value.clone().into_canonical_extjson().to_string()
 }
 
@@ -629,24 +629,18 @@ impl AggregatePlan {
             || format!("running aggregates need the old row: run ALTER TABLE {} REPLICA IDENTITY FULL", table.table);
         let mut contributions = Vec::new();
         match op {
-            ChangeOp::Insert { new } => contributions.push((contribution(target, table, new, values)?, 1)),
+            ChangeOp::Insert { new } => contributions.push((contribution(target, table, new, None, values)?, 1)),
             ChangeOp::Update { old, new } => {
                 let old =
                     old.as_ref().filter(|_| table.replica_identity == ReplicaIdentity::Full).ok_or_else(needs_full)?;
-                // Unchanged TOAST values of the new image are the old ones.
-                let new: Row = new
-                    .iter()
-                    .zip(old)
-                    .map(|(new, old)| if *new == ColumnValue::UnchangedToast { old.clone() } else { new.clone() })
-                    .collect();
-                contributions.push((contribution(target, table, old, values)?, -1));
-                contributions.push((contribution(target, table, &new, values)?, 1));
+                contributions.push((contribution(target, table, old, None, values)?, -1));
+                contributions.push((contribution(target, table, new, Some(old), values)?, 1));
             }
             ChangeOp::Delete { old } => {
                 if table.replica_identity != ReplicaIdentity::Full {
                     return Err(needs_full());
                 }
-                contributions.push((contribution(target, table, old, values)?, -1));
+                contributions.push((contribution(target, table, old, None, values)?, -1));
             }
             ChangeOp::Truncate => {
                 collection.groups.clear();
@@ -684,17 +678,23 @@ impl AggregatePlan {
     }
 }
 
-/// A row's group and the amounts it adds to the sums.
+/// A row's group and the amounts it adds to the sums; unchanged TOAST values of `row` are
+/// read from `old` (the old image of an update).
 fn contribution(
     target: &AggregateTarget,
     table: &TableSchema,
     row: &Row,
+    old: Option<&Row>,
     values: &ValueEncoder,
 ) -> Result<(Bson, Vec<(String, Amount)>), String> {
     let typed_at = |column: &str| -> Result<Value, String> {
         let position =
             table.position(column).ok_or_else(|| format!("aggregate column {column} is not in the table"))?;
-        let value = row.get(position).ok_or_else(|| format!("aggregate column {column} is missing from the row"))?;
+        let value = match row.get(position) {
+            Some(ColumnValue::UnchangedToast) => old.and_then(|old| old.get(position)),
+            value => value,
+        };
+        let value = value.ok_or_else(|| format!("aggregate column {column} is missing from the row"))?;
         table
             .typed_value(position, value)
             .map_err(|err| format!("column {column}: {err}"))?
@@ -966,6 +966,23 @@ mod tests {
         // Everything stored: nothing to write.
         let done = increments(&batch, &[(3, Some(&version(200, 1))), (4, Some(&version(200, 1)))]);
         assert!(done.is_empty(), "{done:?}");
+    }
+
+    #[test]
+    fn aggregate_updates_read_unchanged_toast_from_the_old_row() {
+        let table = stays(ReplicaIdentity::Full, &[]);
+        let mut config = config(false, statistics());
+        config.tables[0].id_columns = Some(vec!["id".into()]);
+        let encoder = MongoEncoder::new(&config);
+        let mut new = row(["1", "a", "4", "NULL"]);
+        new[3] = ColumnValue::UnchangedToast;
+        let update = ChangeOp::Update { old: Some(row(["1", "a", "3", "2.5"])), new };
+        let batch = encode(&encoder, &[transaction(500, &table, vec![update])]).unwrap();
+        let all = increments(&batch, &[(3, Some(&version(400, 0))), (4, Some(&version(400, 0)))]);
+        let inc = |i: usize| all[i].get_document("u").unwrap().get_document("$inc").unwrap().clone();
+        let dec = |text: &str| Bson::Decimal128(text.parse().unwrap());
+        assert_eq!(inc(0), doc! { "count": -1i64, "price": dec("-2.5") });
+        assert_eq!(inc(1), doc! { "count": 1i64, "price": dec("2.5") }, "the old price moves with the row");
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! `json`/`jsonb` text to nested BSON documents and arrays.
 //!
-//! A small parser of its own rather than `serde_json`: keys keep their order (a BSON
-//! document is ordered, `json` keeps the order it was written in) and each number keeps
-//! its value: integers become Int32/Int64, other numbers a double when the double is the
+//! A small parser of its own rather than `serde_json`, for the numbers: each keeps its
+//! value: integers become Int32/Int64, other numbers a double when the double is the
 //! number's shortest spelling (`0.1`, `2.5e-3`), else — big integers, long fractions —
-//! Decimal128 (or text) through the `numeric` options, never a rounded double. Nesting
-//! is limited to [`MAX_DEPTH`] so deep input cannot overflow the stack.
+//! Decimal128 (or text) through the `numeric` options, never a rounded double. serde_json
+//! hands a deserializer only the rounded `f64` unless its `arbitrary_precision` feature is
+//! on, and that feature, unified across the workspace, changes how every other crate's
+//! `serde_json::Value` numbers behave. (Key order alone would not need a parser: a BSON
+//! document is ordered, `json` keeps the order it was written in, and serde_json visits
+//! keys in order.) Nesting is limited to [`MAX_DEPTH`] so deep input cannot overflow the
+//! stack.
 
 use bson::{Bson, Document};
 

@@ -200,9 +200,8 @@ impl MongoSink {
         let versions = documents
             .into_iter()
             .filter_map(|document| {
-                let id = document.get("_id")?.clone();
                 let version = document.get_str(version_field).ok().map(str::to_owned);
-                Some((id.into_canonical_extjson().to_string(), version))
+                Some((crate::encode::canonical(document.get("_id")?), version))
             })
             .collect();
         Ok((Arc::clone(namespace), versions))
