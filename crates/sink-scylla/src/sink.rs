@@ -51,6 +51,8 @@ pub struct ScyllaSink {
     schema: tokio::sync::Mutex<SchemaState>,
     /// Checkpoint last stored (repeated with a new reservation).
     stored_checkpoint: Mutex<Option<Lsn>>,
+    /// `INSERT` of the checkpoint row, prepared like the data statements.
+    checkpoint_insert: Arc<str>,
 }
 
 struct EncodeState {
@@ -71,6 +73,11 @@ impl ScyllaSink {
         let tables =
             config.tables.iter().map(|t| (TableName::parse(&t.source), TableOptions::from_config(t))).collect();
         let encoder = CqlEncoder::new(&config.keyspace, tables, config.write_timestamps, config.truncate);
+        let checkpoint_insert = format!(
+            "INSERT INTO {}.{} (sink, lsn, reserved_timestamp) VALUES (?, ?, ?)",
+            config.keyspace, config.checkpoint_table
+        )
+        .into();
         ScyllaSink {
             config,
             session: tokio::sync::Mutex::new(None),
@@ -78,6 +85,7 @@ impl ScyllaSink {
             prepared: Mutex::new(HashMap::new()),
             schema: tokio::sync::Mutex::new(SchemaState::default()),
             stored_checkpoint: Mutex::new(None),
+            checkpoint_insert,
         }
     }
 
@@ -356,9 +364,11 @@ impl ScyllaSink {
         checkpoint: Option<Lsn>,
         reservation: i64,
     ) -> Result<(), ScyllaSinkError> {
-        let cql = format!("INSERT INTO {} (sink, lsn, reserved_timestamp) VALUES (?, ?, ?)", self.checkpoint_table());
+        // Prepared once: an unprepared statement with values costs the driver
+        // a prepare round trip on every call, i.e. every batch.
+        let prepared = self.prepare(session, &self.checkpoint_insert).await?;
         let values = (self.config.name.as_str(), checkpoint.map(|lsn| lsn.to_string()), reservation);
-        session.query_unpaged(cql.as_str(), values).await.map_err(|source| ScyllaSinkError::Execute {
+        session.execute_unpaged(&prepared, values).await.map_err(|source| ScyllaSinkError::Execute {
             what: format!("storing the checkpoint in {}", self.checkpoint_table()),
             source: Box::new(source),
         })?;
