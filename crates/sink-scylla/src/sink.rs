@@ -65,6 +65,9 @@ struct EncodeState {
 struct SchemaState {
     done: HashSet<String>,
     columns: HashMap<String, HashSet<String>>,
+    /// The last table shape whose target tables were made complete, per
+    /// source table: batches of an unchanged shape skip the checks.
+    ensured: HashMap<TableName, Arc<TableSchema>>,
 }
 
 impl ScyllaSink {
@@ -320,6 +323,9 @@ impl ScyllaSink {
         }
         let mut schema = self.schema.lock().await;
         for shape in shapes {
+            if schema.ensured.get(&shape.table).is_some_and(|ensured| Arc::ptr_eq(ensured, shape)) {
+                continue;
+            }
             let targets = self.lock_state().encoder.schemas(shape)?;
             for target in targets {
                 if !schema.done.contains(&target.create) {
@@ -341,6 +347,7 @@ impl ScyllaSink {
                     known.insert(column);
                 }
             }
+            schema.ensured.insert(shape.table.clone(), shape.clone());
         }
         Ok(())
     }
