@@ -143,13 +143,7 @@ impl TableOptions {
             })
             .collect::<Vec<_>>();
         let targets = if targets.is_empty() {
-            vec![TargetOptions {
-                table: None,
-                partition_key: vec![],
-                clustering_key: vec![],
-                columns: None,
-                ttl_secs: table.ttl_secs,
-            }]
+            vec![TargetOptions { ttl_secs: table.ttl_secs, ..default_target() }]
         } else {
             targets
         };
