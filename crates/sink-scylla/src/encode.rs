@@ -806,10 +806,11 @@ mod tests {
             listed[2],
             (
                 "INSERT INTO ks.by_guest (guest_id, id, status) VALUES (?, ?, ?) USING TIMESTAMP ?",
-                &[col(Value::Int4(4)), col(Value::Int8(7)), col(Value::Text("new".into())), stamp][..]
+                &[col(Value::Int4(4)), col(Value::Int8(7)), col(Value::Text("new".into())), stamp.clone()][..]
             )
         );
-        // Delete and write of one change share a timestamp; a later change gets a higher one.
+        // Every statement of one change, the move's delete included, shares its timestamp.
+        assert_eq!(listed[0].1.last(), Some(&stamp));
         assert_eq!(ops.len(), 3);
     }
 
