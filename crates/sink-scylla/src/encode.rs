@@ -143,13 +143,7 @@ impl TableOptions {
             })
             .collect::<Vec<_>>();
         let targets = if targets.is_empty() {
-            vec![TargetOptions {
-                table: None,
-                partition_key: vec![],
-                clustering_key: vec![],
-                columns: None,
-                ttl_secs: table.ttl_secs,
-            }]
+            vec![TargetOptions { ttl_secs: table.ttl_secs, ..default_target() }]
         } else {
             targets
         };
@@ -171,6 +165,8 @@ pub struct CqlEncoder {
 #[derive(Debug)]
 struct ResolvedTable {
     shape: Arc<TableSchema>,
+    /// `schema.table`, for error messages and logs.
+    source: String,
     targets: Vec<ResolvedTarget>,
 }
 
@@ -230,30 +226,31 @@ impl CqlEncoder {
     ) -> Result<(), ScyllaSinkError> {
         let shape = &change.change.table;
         let truncate = self.truncate;
-        let resolved = self.resolve(shape)?;
-        let source = shape.table.to_string();
+        let ResolvedTable { source, targets, .. } = self.resolve(shape)?;
+        let source = source.as_str();
         let typed = |row: &Row| -> Result<Vec<Option<Value>>, ScyllaSinkError> {
             shape
                 .typed_row(row)
-                .map_err(|err: ValueError| ScyllaSinkError::Value { table: source.clone(), source: err })
+                .map_err(|err: ValueError| ScyllaSinkError::Value { table: source.to_owned(), source: err })
         };
         match &change.change.op {
             ChangeOp::Insert { new } => {
                 let new = typed(new)?;
-                for target in &mut resolved.targets {
-                    ops.push(CqlOp::Write(target.upsert(&source, &new, timestamp)?));
+                for target in targets.iter_mut() {
+                    let key = target.key_values(source, &new, None)?;
+                    ops.push(CqlOp::Write(target.upsert(key, &new, timestamp)));
                 }
             }
             ChangeOp::Update { old, new } => {
                 let new = typed(new)?;
                 let old = old.as_ref().map(typed).transpose()?;
-                for target in &mut resolved.targets {
+                for target in targets.iter_mut() {
                     if let Some(column) = &target.key_outside_identity {
-                        return Err(identity_error(&source, &target.qualified, column));
+                        return Err(identity_error(source, &target.qualified, column));
                     }
+                    let new_key = target.key_values(source, &new, None)?;
                     if let Some(old) = &old {
-                        let old_key = target.key_values(&source, old, Some(&new))?;
-                        let new_key = target.key_values(&source, &new, None)?;
+                        let old_key = target.key_values(source, old, Some(&new))?;
                         if old_key != new_key {
                             // The row moves: nothing of it may stay under the old key.
                             if let Some(position) =
@@ -261,7 +258,7 @@ impl CqlEncoder {
                             {
                                 if old.get(*position).is_none_or(Option::is_none) {
                                     return Err(ScyllaSinkError::Mapping {
-                                        table: source,
+                                        table: source.to_owned(),
                                         reason: format!(
                                             "the key of a row changed while column {} was an unchanged TOAST value, \
                                              which the new row of {} would lose; set REPLICA IDENTITY FULL on the table",
@@ -271,31 +268,33 @@ impl CqlEncoder {
                                     });
                                 }
                             }
-                            ops.push(CqlOp::Write(target.delete(&source, old, Some(&new), timestamp)?));
+                            ops.push(CqlOp::Write(target.delete(old_key, timestamp)));
                             let moved: Vec<Option<Value>> = new
                                 .iter()
                                 .zip(old.iter())
                                 .map(|(new, old)| new.clone().or_else(|| old.clone()))
                                 .collect();
-                            ops.push(CqlOp::Write(target.upsert(&source, &moved, timestamp)?));
+                            // The key columns come from `new`: the key is `new_key`.
+                            ops.push(CqlOp::Write(target.upsert(new_key, &moved, timestamp)));
                             continue;
                         }
                     }
-                    ops.push(CqlOp::Write(target.upsert(&source, &new, timestamp)?));
+                    ops.push(CqlOp::Write(target.upsert(new_key, &new, timestamp)));
                 }
             }
             ChangeOp::Delete { old } => {
                 let old = typed(old)?;
-                for target in &resolved.targets {
+                for target in targets.iter() {
                     if let Some(column) = &target.key_outside_identity {
-                        return Err(identity_error(&source, &target.qualified, column));
+                        return Err(identity_error(source, &target.qualified, column));
                     }
-                    ops.push(CqlOp::Write(target.delete(&source, &old, None, timestamp)?));
+                    let key = target.key_values(source, &old, None)?;
+                    ops.push(CqlOp::Write(target.delete(key, timestamp)));
                 }
             }
             ChangeOp::Truncate => {
                 if truncate {
-                    ops.extend(resolved.targets.iter().map(|t| CqlOp::Truncate(format!("TRUNCATE {}", t.qualified))));
+                    ops.extend(targets.iter().map(|t| CqlOp::Truncate(format!("TRUNCATE {}", t.qualified))));
                 } else {
                     tracing::warn!(table = %source, "truncate not applied: the sink runs with truncate = false");
                 }
@@ -323,7 +322,8 @@ impl CqlEncoder {
                 .iter()
                 .map(|target| self.resolve_target(shape, target, &options.types))
                 .collect::<Result<Vec<_>, _>>()?;
-            self.resolved.insert(shape.table.clone(), ResolvedTable { shape: shape.clone(), targets });
+            let source = shape.table.to_string();
+            self.resolved.insert(shape.table.clone(), ResolvedTable { shape: shape.clone(), source, targets });
         }
         // Inserted just above when missing or stale.
         Ok(self.resolved.get_mut(&shape.table).expect("resolved table"))
@@ -470,43 +470,31 @@ impl ResolvedTarget {
 
     /// Partition and row identities for grouping.
     fn identities(&self, key: &[Value]) -> (String, String) {
+        // Values are written straight into the identity, without a string each.
         let mut partition = self.qualified.clone();
         for value in key.iter().take(self.partition.len()) {
-            partition.push('\u{1f}');
-            partition.push_str(&value.to_string());
+            let _ = write!(partition, "\u{1f}{value}");
         }
         let mut row = partition.clone();
         for value in key.iter().skip(self.partition.len()) {
-            row.push('\u{1f}');
-            row.push_str(&value.to_string());
+            let _ = write!(row, "\u{1f}{value}");
         }
         (partition, row)
     }
 
-    fn delete(
-        &self,
-        source: &str,
-        row: &[Option<Value>],
-        fallback: Option<&[Option<Value>]>,
-        timestamp: Option<i64>,
-    ) -> Result<Statement, ScyllaSinkError> {
-        let key = self.key_values(source, row, fallback)?;
+    /// `DELETE` of the row under `key` (from [`Self::key_values`]).
+    fn delete(&self, key: Vec<Value>, timestamp: Option<i64>) -> Statement {
         let (partition, row) = self.identities(&key);
         let mut values = Vec::with_capacity(key.len() + 1);
         values.extend(timestamp.map(Bound::Timestamp));
         values.extend(key.into_iter().map(Bound::Column));
-        Ok(Statement { cql: self.delete.clone(), values, partition, row })
+        Statement { cql: self.delete.clone(), values, partition, row }
     }
 
-    /// `INSERT` of the key and every value column present in `row`
-    /// (unchanged TOAST columns are absent and left out).
-    fn upsert(
-        &mut self,
-        source: &str,
-        row: &[Option<Value>],
-        timestamp: Option<i64>,
-    ) -> Result<Statement, ScyllaSinkError> {
-        let key = self.key_values(source, row, None)?;
+    /// `INSERT` under `key` (from [`Self::key_values`] of `row`) of the key
+    /// and every value column present in `row` (unchanged TOAST columns are
+    /// absent and left out).
+    fn upsert(&mut self, key: Vec<Value>, row: &[Option<Value>], timestamp: Option<i64>) -> Statement {
         let (partition, identity) = self.identities(&key);
         let present: Vec<usize> =
             self.values.iter().copied().filter(|&p| row.get(p).is_some_and(Option::is_some)).collect();
@@ -518,10 +506,11 @@ impl ResolvedTarget {
                 cql
             }
         };
-        let mut values: Vec<Bound> = key.into_iter().map(Bound::Column).collect();
+        let mut values = Vec::with_capacity(key.len() + present.len() + 1);
+        values.extend(key.into_iter().map(Bound::Column));
         values.extend(present.iter().filter_map(|&p| row.get(p).cloned().flatten()).map(Bound::Column));
         values.extend(timestamp.map(Bound::Timestamp));
-        Ok(Statement { cql, values, partition, row: identity })
+        Statement { cql, values, partition, row: identity }
     }
 
     fn insert_text(&self, present: &[usize]) -> String {
@@ -817,10 +806,11 @@ mod tests {
             listed[2],
             (
                 "INSERT INTO ks.by_guest (guest_id, id, status) VALUES (?, ?, ?) USING TIMESTAMP ?",
-                &[col(Value::Int4(4)), col(Value::Int8(7)), col(Value::Text("new".into())), stamp][..]
+                &[col(Value::Int4(4)), col(Value::Int8(7)), col(Value::Text("new".into())), stamp.clone()][..]
             )
         );
-        // Delete and write of one change share a timestamp; a later change gets a higher one.
+        // Every statement of one change, the move's delete included, shares its timestamp.
+        assert_eq!(listed[0].1.last(), Some(&stamp));
         assert_eq!(ops.len(), 3);
     }
 

@@ -51,6 +51,8 @@ pub struct ScyllaSink {
     schema: tokio::sync::Mutex<SchemaState>,
     /// Checkpoint last stored (repeated with a new reservation).
     stored_checkpoint: Mutex<Option<Lsn>>,
+    /// `INSERT` of the checkpoint row, prepared like the data statements.
+    checkpoint_insert: Arc<str>,
 }
 
 struct EncodeState {
@@ -63,6 +65,9 @@ struct EncodeState {
 struct SchemaState {
     done: HashSet<String>,
     columns: HashMap<String, HashSet<String>>,
+    /// The last table shape whose target tables were made complete, per
+    /// source table: batches of an unchanged shape skip the checks.
+    ensured: HashMap<TableName, Arc<TableSchema>>,
 }
 
 impl ScyllaSink {
@@ -71,6 +76,11 @@ impl ScyllaSink {
         let tables =
             config.tables.iter().map(|t| (TableName::parse(&t.source), TableOptions::from_config(t))).collect();
         let encoder = CqlEncoder::new(&config.keyspace, tables, config.write_timestamps, config.truncate);
+        let checkpoint_insert = format!(
+            "INSERT INTO {}.{} (sink, lsn, reserved_timestamp) VALUES (?, ?, ?)",
+            config.keyspace, config.checkpoint_table
+        )
+        .into();
         ScyllaSink {
             config,
             session: tokio::sync::Mutex::new(None),
@@ -78,6 +88,7 @@ impl ScyllaSink {
             prepared: Mutex::new(HashMap::new()),
             schema: tokio::sync::Mutex::new(SchemaState::default()),
             stored_checkpoint: Mutex::new(None),
+            checkpoint_insert,
         }
     }
 
@@ -312,6 +323,9 @@ impl ScyllaSink {
         }
         let mut schema = self.schema.lock().await;
         for shape in shapes {
+            if schema.ensured.get(&shape.table).is_some_and(|ensured| Arc::ptr_eq(ensured, shape)) {
+                continue;
+            }
             let targets = self.lock_state().encoder.schemas(shape)?;
             for target in targets {
                 if !schema.done.contains(&target.create) {
@@ -333,6 +347,7 @@ impl ScyllaSink {
                     known.insert(column);
                 }
             }
+            schema.ensured.insert(shape.table.clone(), shape.clone());
         }
         Ok(())
     }
@@ -356,9 +371,11 @@ impl ScyllaSink {
         checkpoint: Option<Lsn>,
         reservation: i64,
     ) -> Result<(), ScyllaSinkError> {
-        let cql = format!("INSERT INTO {} (sink, lsn, reserved_timestamp) VALUES (?, ?, ?)", self.checkpoint_table());
+        // Prepared once: an unprepared statement with values costs the driver
+        // a prepare round trip on every call, i.e. every batch.
+        let prepared = self.prepare(session, &self.checkpoint_insert).await?;
         let values = (self.config.name.as_str(), checkpoint.map(|lsn| lsn.to_string()), reservation);
-        session.query_unpaged(cql.as_str(), values).await.map_err(|source| ScyllaSinkError::Execute {
+        session.execute_unpaged(&prepared, values).await.map_err(|source| ScyllaSinkError::Execute {
             what: format!("storing the checkpoint in {}", self.checkpoint_table()),
             source: Box::new(source),
         })?;
