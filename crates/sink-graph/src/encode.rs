@@ -236,20 +236,21 @@ impl GraphEncoder {
             if ops.iter().any(|(identity, _)| round.seen.contains(&(table.clone(), identity.clone()))) {
                 self.flush(&mut round, &mut encoded.statements, &mut dirty);
             }
+            let affects = matches!(rule, TableRule::Node(node) if !node.affects.is_empty());
             for (identity, op) in ops {
                 round.seen.insert((table.clone(), identity));
-                let affects = matches!(rule, TableRule::Node(node) if !node.affects.is_empty());
                 match op {
                     RowOp::Upsert(row) => {
                         if affects {
-                            push_to(&mut round.mark_before, &group, row.clone());
-                            push_to(&mut round.mark_after, &group, row.clone());
+                            let key = key_fields(&row, group.key_names.len());
+                            push_to(&mut round.mark_before, &group, key.clone());
+                            push_to(&mut round.mark_after, &group, key);
                         }
                         push_to(&mut round.upserts, &group, row);
                     }
                     RowOp::Delete(row) => {
                         if affects {
-                            push_to(&mut round.mark_before, &group, row.clone());
+                            push_to(&mut round.mark_before, &group, key_fields(&row, group.key_names.len()));
                         }
                         push_to(&mut round.deletes, &group, row);
                     }
@@ -668,6 +669,15 @@ fn key_row(key: Vec<GraphValue>, version: &GraphValue) -> Vec<(String, GraphValu
     fields
 }
 
+/// The `k0…` fields of a row built on [`key_row`] (they come first): all a
+/// mark statement matches on, so its `$rows` do not carry the properties.
+fn key_fields(row: &GraphValue, key_count: usize) -> GraphValue {
+    match row {
+        GraphValue::Map(fields) => GraphValue::Map(fields[..key_count.min(fields.len())].to_vec()),
+        other => other.clone(),
+    }
+}
+
 /// The sink names of the key columns.
 fn key_names(schema: &TableSchema, positions: &[usize]) -> Vec<String> {
     // Positions come from `key_positions`, which checked them against the schema.
@@ -811,6 +821,11 @@ on = { "public.reservations" = "r" }
         assert_eq!(field(&rows[2], "s0"), &GraphValue::Bool(true));
         assert!(encoded.statements[0].cypher.contains("SET source:`PgfanoutDirty_BOOKED_IN`"));
         assert_eq!(encoded.statements[0].params, encoded.statements[2].params, "marks before and after the writes");
+        assert_eq!(
+            rows_of(&encoded.statements[0])[2],
+            GraphValue::Map(vec![("k0".into(), GraphValue::Int(2))]),
+            "marks carry the key only, not the row's properties"
+        );
         let recompute = &encoded.statements[3].cypher;
         assert!(recompute.contains("count(DISTINCT r) AS derived_count"), "{recompute}");
         assert!(recompute.contains("d.`count` = derived_count, d.`reservations` = derived_0"), "{recompute}");
