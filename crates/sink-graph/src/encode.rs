@@ -33,6 +33,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use pgfanout_core::{Change, ChangeOp, ChangeRef, ColumnValue, Row, TableName, TableSchema};
 
@@ -133,9 +134,19 @@ enum RowOp {
     Delete(GraphValue),
 }
 
-/// A change's row writes: the key property names, then each write with the
-/// identity of the row it touches.
-type RowOps = (Vec<String>, Vec<(String, RowOp)>);
+/// A change's row writes, each with the identity of the row it touches.
+type RowOps = Vec<(String, RowOp)>;
+
+/// What a batch resolves once per table shape (not per row): the key
+/// columns, the statement group, and the columns relationships read.
+struct Shape {
+    key_positions: Vec<usize>,
+    group: Group,
+    /// A node table's foreign key columns, or a join table's `from` and `to`
+    /// columns, in config order; `None` where the table does not publish
+    /// one (an error only for the rows that need it).
+    link_positions: Vec<Option<usize>>,
+}
 
 /// Rows of one table with the same key property names (one statement).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -147,7 +158,7 @@ struct Group {
 /// Rows of one round, grouped by table and kind in first-seen order.
 #[derive(Default)]
 struct Round {
-    seen: HashSet<(TableName, String)>,
+    seen: HashMap<TableName, HashSet<String>>,
     upserts: Vec<(Group, Vec<GraphValue>)>,
     deletes: Vec<(Group, Vec<GraphValue>)>,
     /// Rows whose derived marks are due before / after the writes.
@@ -213,6 +224,7 @@ impl GraphEncoder {
         let mut indexes = BTreeSet::new();
         let mut round = Round::default();
         let mut dirty = vec![false; self.derived.len()];
+        let mut shapes: Vec<(&Arc<TableSchema>, Shape)> = Vec::new();
         for change_ref in changes {
             let change = change_ref.change;
             let table = &change.table.table;
@@ -228,31 +240,48 @@ impl GraphEncoder {
                 self.truncate(rule, &mut encoded.statements, &mut dirty);
                 continue;
             }
-            let (key_names, ops) = match rule {
-                TableRule::Node(node) => self.node_ops(node, change, version, &mut indexes)?,
-                TableRule::Join(join) => self.join_ops(join, change, version, &mut indexes)?,
+            let shape = match shapes.iter().position(|(known, _)| Arc::ptr_eq(known, &change.table)) {
+                Some(index) => &shapes[index].1,
+                None => {
+                    let shape = self.shape(rule, &change.table, &mut indexes)?;
+                    shapes.push((&change.table, shape));
+                    &shapes[shapes.len() - 1].1
+                }
             };
-            let group = Group { table: table.clone(), key_names };
-            if ops.iter().any(|(identity, _)| round.seen.contains(&(table.clone(), identity.clone()))) {
+            let ops = match rule {
+                TableRule::Node(node) => self.node_ops(node, shape, change, version)?,
+                TableRule::Join(join) => self.join_ops(join, shape, change, version)?,
+            };
+            let group = &shape.group;
+            let seen_before =
+                round.seen.get(table).is_some_and(|seen| ops.iter().any(|(identity, _)| seen.contains(identity)));
+            if seen_before {
                 self.flush(&mut round, &mut encoded.statements, &mut dirty);
             }
             let affects = matches!(rule, TableRule::Node(node) if !node.affects.is_empty());
             for (identity, op) in ops {
-                round.seen.insert((table.clone(), identity));
+                match round.seen.get_mut(table) {
+                    Some(seen) => {
+                        seen.insert(identity);
+                    }
+                    None => {
+                        round.seen.insert(table.clone(), HashSet::from([identity]));
+                    }
+                }
                 match op {
                     RowOp::Upsert(row) => {
                         if affects {
                             let key = key_fields(&row, group.key_names.len());
-                            push_to(&mut round.mark_before, &group, key.clone());
-                            push_to(&mut round.mark_after, &group, key);
+                            push_to(&mut round.mark_before, group, key.clone());
+                            push_to(&mut round.mark_after, group, key);
                         }
-                        push_to(&mut round.upserts, &group, row);
+                        push_to(&mut round.upserts, group, row);
                     }
                     RowOp::Delete(row) => {
                         if affects {
-                            push_to(&mut round.mark_before, &group, key_fields(&row, group.key_names.len()));
+                            push_to(&mut round.mark_before, group, key_fields(&row, group.key_names.len()));
                         }
-                        push_to(&mut round.deletes, &group, row);
+                        push_to(&mut round.deletes, group, row);
                     }
                 }
             }
@@ -457,64 +486,51 @@ impl GraphEncoder {
     fn node_ops(
         &self,
         node: &NodeRule,
+        shape: &Shape,
         change: &Change,
         version: GraphValue,
-        indexes: &mut BTreeSet<IndexSpec>,
     ) -> Result<RowOps, GraphSinkError> {
         let schema = &change.table;
-        let key_positions = self.key_positions(schema, node.key.as_deref())?;
-        for &position in &key_positions {
-            indexes
-                .insert(IndexSpec::Node { label: node.label.clone(), property: schema.columns[position].name.clone() });
-        }
-        for fk in &node.foreign_keys {
-            indexes.insert(IndexSpec::Node { label: fk.to.clone(), property: fk.to_key.clone() });
-        }
+        let key_positions = &shape.key_positions[..];
         let mut ops = Vec::new();
         match &change.op {
             ChangeOp::Insert { new } | ChangeOp::Update { old: None, new } => {
-                ops.push(self.node_upsert_row(node, schema, &key_positions, new, None, version)?);
+                ops.push(self.node_upsert_row(node, shape, schema, new, None, version)?);
             }
             ChangeOp::Update { old: Some(old), new } => {
-                let old_key = self.key_values(schema, &key_positions, old, Some(new))?;
-                let new_key = self.key_values(schema, &key_positions, new, Some(old))?;
+                let old_key = self.key_values(schema, key_positions, old, Some(new))?;
+                let new_key = self.key_values(schema, key_positions, new, Some(old))?;
                 if old_key != new_key {
                     // The row moved to another key: the old node goes (with
                     // its relationships), the new one is written whole.
                     ops.push((identity(&old_key), RowOp::Delete(GraphValue::Map(key_row(old_key, &version)))));
                 }
-                ops.push(self.node_upsert_row(node, schema, &key_positions, new, Some(old), version)?);
+                ops.push(self.node_upsert_row(node, shape, schema, new, Some(old), version)?);
             }
             ChangeOp::Delete { old } => {
-                let key = self.key_values(schema, &key_positions, old, None)?;
+                let key = self.key_values(schema, key_positions, old, None)?;
                 ops.push((identity(&key), RowOp::Delete(GraphValue::Map(key_row(key, &version)))));
             }
             ChangeOp::Truncate => {}
         }
-        Ok((key_names(schema, &key_positions), ops))
+        Ok(ops)
     }
 
     fn node_upsert_row(
         &self,
         node: &NodeRule,
+        shape: &Shape,
         schema: &TableSchema,
-        key_positions: &[usize],
         new: &Row,
         old: Option<&Row>,
         version: GraphValue,
     ) -> Result<(String, RowOp), GraphSinkError> {
-        let key = self.key_values(schema, key_positions, new, old)?;
+        let key = self.key_values(schema, &shape.key_positions, new, old)?;
         let id = identity(&key);
         let mut fields = key_row(key, &version);
         fields.push(("p".into(), self.properties(schema, new)?));
-        for (position, fk) in node.foreign_keys.iter().enumerate() {
-            let column = schema.position(&fk.column).ok_or_else(|| GraphSinkError::Mapping {
-                table: schema.table.to_string(),
-                reason: format!(
-                    "relationship {} uses column {}, which the table does not publish",
-                    fk.rel_type, fk.column
-                ),
-            })?;
+        for (position, (fk, column)) in node.foreign_keys.iter().zip(&shape.link_positions).enumerate() {
+            let column = link_column(schema, &fk.rel_type, &fk.column, *column)?;
             let value = self.typed(schema, column, new)?;
             fields.push((format!("s{position}"), GraphValue::Bool(value.is_some())));
             fields.push((format!("f{position}"), value.unwrap_or(GraphValue::Null)));
@@ -525,43 +541,30 @@ impl GraphEncoder {
     fn join_ops(
         &self,
         join: &JoinConfig,
+        shape: &Shape,
         change: &Change,
         version: GraphValue,
-        indexes: &mut BTreeSet<IndexSpec>,
     ) -> Result<RowOps, GraphSinkError> {
         let schema = &change.table;
-        let key_positions = self.key_positions(schema, None)?;
-        for &position in &key_positions {
-            indexes.insert(IndexSpec::Relationship {
-                rel_type: join.rel_type.clone(),
-                property: schema.columns[position].name.clone(),
-            });
-        }
-        indexes.insert(IndexSpec::Node { label: join.from.label.clone(), property: join.from.key.clone() });
-        indexes.insert(IndexSpec::Node { label: join.to.label.clone(), property: join.to.key.clone() });
+        let key_positions = &shape.key_positions[..];
         let mut ops = Vec::new();
         let (old, new) = change.op.images();
         if let (Some(old), Some(new)) = (old, new) {
-            let old_key = self.key_values(schema, &key_positions, old, Some(new))?;
-            if old_key != self.key_values(schema, &key_positions, new, Some(old))? {
+            let old_key = self.key_values(schema, key_positions, old, Some(new))?;
+            if old_key != self.key_values(schema, key_positions, new, Some(old))? {
                 ops.push((identity(&old_key), RowOp::Delete(GraphValue::Map(key_row(old_key, &version)))));
             }
         }
         match (old, new) {
             (_, Some(new)) => {
-                let key = self.key_values(schema, &key_positions, new, old)?;
+                let key = self.key_values(schema, key_positions, new, old)?;
                 let id = identity(&key);
-                let endpoint = |column: &str| -> Result<Option<GraphValue>, GraphSinkError> {
-                    let position = schema.position(column).ok_or_else(|| GraphSinkError::Mapping {
-                        table: schema.table.to_string(),
-                        reason: format!(
-                            "relationship {} uses column {column}, which the table does not publish",
-                            join.rel_type
-                        ),
-                    })?;
+                let endpoint = |column: &str, position: Option<usize>| -> Result<Option<GraphValue>, GraphSinkError> {
+                    let position = link_column(schema, &join.rel_type, column, position)?;
                     Ok(self.typed(schema, position, new)?.filter(|value| *value != GraphValue::Null))
                 };
-                match (endpoint(&join.from.column)?, endpoint(&join.to.column)?) {
+                let (from, to) = (shape.link_positions[0], shape.link_positions[1]);
+                match (endpoint(&join.from.column, from)?, endpoint(&join.to.column, to)?) {
                     (Some(from), Some(to)) => {
                         let mut fields = key_row(key, &version);
                         fields.push(("p".into(), self.properties(schema, new)?));
@@ -574,12 +577,51 @@ impl GraphEncoder {
                 }
             }
             (Some(old), None) => {
-                let key = self.key_values(schema, &key_positions, old, None)?;
+                let key = self.key_values(schema, key_positions, old, None)?;
                 ops.push((identity(&key), RowOp::Delete(GraphValue::Map(key_row(key, &version)))));
             }
             (None, None) => {}
         }
-        Ok((key_names(schema, &key_positions), ops))
+        Ok(ops)
+    }
+
+    /// Resolves `schema` under `rule` (once per shape in a batch) and adds
+    /// the indexes its statements rely on.
+    fn shape(
+        &self,
+        rule: &TableRule,
+        schema: &TableSchema,
+        indexes: &mut BTreeSet<IndexSpec>,
+    ) -> Result<Shape, GraphSinkError> {
+        let (key_positions, link_positions) = match rule {
+            TableRule::Node(node) => {
+                let key_positions = self.key_positions(schema, node.key.as_deref())?;
+                for &position in &key_positions {
+                    indexes.insert(IndexSpec::Node {
+                        label: node.label.clone(),
+                        property: schema.columns[position].name.clone(),
+                    });
+                }
+                for fk in &node.foreign_keys {
+                    indexes.insert(IndexSpec::Node { label: fk.to.clone(), property: fk.to_key.clone() });
+                }
+                (key_positions, node.foreign_keys.iter().map(|fk| schema.position(&fk.column)).collect())
+            }
+            TableRule::Join(join) => {
+                let key_positions = self.key_positions(schema, None)?;
+                for &position in &key_positions {
+                    indexes.insert(IndexSpec::Relationship {
+                        rel_type: join.rel_type.clone(),
+                        property: schema.columns[position].name.clone(),
+                    });
+                }
+                indexes.insert(IndexSpec::Node { label: join.from.label.clone(), property: join.from.key.clone() });
+                indexes.insert(IndexSpec::Node { label: join.to.label.clone(), property: join.to.key.clone() });
+                (key_positions, vec![schema.position(&join.from.column), schema.position(&join.to.column)])
+            }
+        };
+        let group = Group { table: schema.table.clone(), key_names: key_names(schema, &key_positions) };
+        Ok(Shape { key_positions, group, link_positions })
     }
 
     fn key_positions(&self, schema: &TableSchema, configured: Option<&[String]>) -> Result<Vec<usize>, GraphSinkError> {
@@ -656,6 +698,20 @@ impl GraphEncoder {
         }
         Ok(GraphValue::Map(properties))
     }
+}
+
+/// The position of a relationship's column, resolved in [`Shape`]; an error
+/// naming the column when the table does not publish it.
+fn link_column(
+    schema: &TableSchema,
+    rel_type: &str,
+    column: &str,
+    position: Option<usize>,
+) -> Result<usize, GraphSinkError> {
+    position.ok_or_else(|| GraphSinkError::Mapping {
+        table: schema.table.to_string(),
+        reason: format!("relationship {rel_type} uses column {column}, which the table does not publish"),
+    })
 }
 
 /// `{k0: …, k1: …, v: version}`: the key values (their property names are
