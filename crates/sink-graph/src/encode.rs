@@ -102,6 +102,7 @@ pub struct GraphEncoder {
     derived: Vec<DerivedRule>,
     values: ValueOptions,
     version: String,
+    /// The label as configured (unquoted: it also names an index).
     checkpoint_label: String,
     sink: String,
 }
@@ -213,7 +214,7 @@ impl GraphEncoder {
             derived,
             values: ValueOptions { numeric: config.numeric, timestamps: config.timestamps },
             version: ident(&config.version_property),
-            checkpoint_label: ident(&config.checkpoint_label),
+            checkpoint_label: config.checkpoint_label.clone(),
             sink: config.name.clone(),
         }
     }
@@ -298,20 +299,20 @@ impl GraphEncoder {
 
     /// The statement storing the checkpoint.
     pub fn store_checkpoint(&self, lsn: pgfanout_core::Lsn) -> Statement {
-        Statement::new(format!("MERGE (c:{} {{sink: $sink}}) SET c.lsn = $lsn", self.checkpoint_label))
+        Statement::new(format!("MERGE (c:{} {{sink: $sink}}) SET c.lsn = $lsn", ident(&self.checkpoint_label)))
             .with("sink", GraphValue::String(self.sink.clone()))
             .with("lsn", GraphValue::String(lsn.to_string()))
     }
 
     /// The statement reading the checkpoint: one row, one string column, or no row.
     pub fn load_checkpoint(&self) -> Statement {
-        Statement::new(format!("MATCH (c:{} {{sink: $sink}}) RETURN c.lsn", self.checkpoint_label))
+        Statement::new(format!("MATCH (c:{} {{sink: $sink}}) RETURN c.lsn", ident(&self.checkpoint_label)))
             .with("sink", GraphValue::String(self.sink.clone()))
     }
 
     /// The index on the checkpoint node's `sink` property.
     pub fn checkpoint_index(&self) -> IndexSpec {
-        IndexSpec::Node { label: self.checkpoint_label.trim_matches('`').replace("``", "`"), property: "sink".into() }
+        IndexSpec::Node { label: self.checkpoint_label.clone(), property: "sink".into() }
     }
 
     /// The statements for the rows gathered in `round`, which is emptied.
@@ -984,6 +985,19 @@ on = { "public.reservations" = "r" }
         let upsert = encoded.statements.iter().find(|s| s.cypher.contains("MERGE (n:")).unwrap();
         assert_eq!(field(&rows_of(delete)[0], "k0"), &GraphValue::Int(1));
         assert_eq!(field(&rows_of(upsert)[0], "k0"), &GraphValue::Int(5));
+    }
+
+    #[test]
+    fn the_checkpoint_label_is_quoted_in_statements_and_kept_as_is_for_its_index() {
+        let mut config: GraphSinkConfig = toml::from_str(CONFIG).unwrap();
+        config.checkpoint_label = "Check`point`".into();
+        let encoder = GraphEncoder::new(&config);
+        assert_eq!(encoder.load_checkpoint().cypher, "MATCH (c:`Check``point``` {sink: $sink}) RETURN c.lsn");
+        assert!(encoder.store_checkpoint(Lsn(1)).cypher.starts_with("MERGE (c:`Check``point``` {sink: $sink})"));
+        assert_eq!(
+            encoder.checkpoint_index(),
+            IndexSpec::Node { label: "Check`point`".into(), property: "sink".into() }
+        );
     }
 
     #[test]
