@@ -632,7 +632,10 @@ impl GraphEncoder {
                 .map(|name| {
                     schema.position(name).ok_or_else(|| GraphSinkError::Mapping {
                         table: schema.table.to_string(),
-                        reason: format!("key column {name} is not published by the table"),
+                        reason: format!(
+                            "key column {name} is not published by the table; publish it (and keep it out of \
+                             `exclude`) or fix `key` in the sink config"
+                        ),
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -711,7 +714,10 @@ fn link_column(
 ) -> Result<usize, GraphSinkError> {
     position.ok_or_else(|| GraphSinkError::Mapping {
         table: schema.table.to_string(),
-        reason: format!("relationship {rel_type} uses column {column}, which the table does not publish"),
+        reason: format!(
+            "relationship {rel_type} uses column {column}, which the table does not publish; publish it (and keep \
+             it out of `columns`/`exclude`) or fix the column in the sink config"
+        ),
     })
 }
 
