@@ -33,6 +33,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use pgfanout_core::{Change, ChangeOp, ChangeRef, ColumnValue, Row, TableName, TableSchema};
 
@@ -101,6 +102,7 @@ pub struct GraphEncoder {
     derived: Vec<DerivedRule>,
     values: ValueOptions,
     version: String,
+    /// The label as configured (unquoted: it also names an index).
     checkpoint_label: String,
     sink: String,
 }
@@ -133,9 +135,19 @@ enum RowOp {
     Delete(GraphValue),
 }
 
-/// A change's row writes: the key property names, then each write with the
-/// identity of the row it touches.
-type RowOps = (Vec<String>, Vec<(String, RowOp)>);
+/// A change's row writes, each with the identity of the row it touches.
+type RowOps = Vec<(String, RowOp)>;
+
+/// What a batch resolves once per table shape (not per row): the key
+/// columns, the statement group, and the columns relationships read.
+struct Shape {
+    key_positions: Vec<usize>,
+    group: Group,
+    /// A node table's foreign key columns, or a join table's `from` and `to`
+    /// columns, in config order; `None` where the table does not publish
+    /// one (an error only for the rows that need it).
+    link_positions: Vec<Option<usize>>,
+}
 
 /// Rows of one table with the same key property names (one statement).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -147,7 +159,7 @@ struct Group {
 /// Rows of one round, grouped by table and kind in first-seen order.
 #[derive(Default)]
 struct Round {
-    seen: HashSet<(TableName, String)>,
+    seen: HashMap<TableName, HashSet<String>>,
     upserts: Vec<(Group, Vec<GraphValue>)>,
     deletes: Vec<(Group, Vec<GraphValue>)>,
     /// Rows whose derived marks are due before / after the writes.
@@ -202,7 +214,7 @@ impl GraphEncoder {
             derived,
             values: ValueOptions { numeric: config.numeric, timestamps: config.timestamps },
             version: ident(&config.version_property),
-            checkpoint_label: ident(&config.checkpoint_label),
+            checkpoint_label: config.checkpoint_label.clone(),
             sink: config.name.clone(),
         }
     }
@@ -213,6 +225,7 @@ impl GraphEncoder {
         let mut indexes = BTreeSet::new();
         let mut round = Round::default();
         let mut dirty = vec![false; self.derived.len()];
+        let mut shapes: Vec<(&Arc<TableSchema>, Shape)> = Vec::new();
         for change_ref in changes {
             let change = change_ref.change;
             let table = &change.table.table;
@@ -228,30 +241,48 @@ impl GraphEncoder {
                 self.truncate(rule, &mut encoded.statements, &mut dirty);
                 continue;
             }
-            let (key_names, ops) = match rule {
-                TableRule::Node(node) => self.node_ops(node, change, version, &mut indexes)?,
-                TableRule::Join(join) => self.join_ops(join, change, version, &mut indexes)?,
+            let shape = match shapes.iter().position(|(known, _)| Arc::ptr_eq(known, &change.table)) {
+                Some(index) => &shapes[index].1,
+                None => {
+                    let shape = self.shape(rule, &change.table, &mut indexes)?;
+                    shapes.push((&change.table, shape));
+                    &shapes[shapes.len() - 1].1
+                }
             };
-            let group = Group { table: table.clone(), key_names };
-            if ops.iter().any(|(identity, _)| round.seen.contains(&(table.clone(), identity.clone()))) {
+            let ops = match rule {
+                TableRule::Node(node) => self.node_ops(node, shape, change, version)?,
+                TableRule::Join(join) => self.join_ops(join, shape, change, version)?,
+            };
+            let group = &shape.group;
+            let seen_before =
+                round.seen.get(table).is_some_and(|seen| ops.iter().any(|(identity, _)| seen.contains(identity)));
+            if seen_before {
                 self.flush(&mut round, &mut encoded.statements, &mut dirty);
             }
+            let affects = matches!(rule, TableRule::Node(node) if !node.affects.is_empty());
             for (identity, op) in ops {
-                round.seen.insert((table.clone(), identity));
-                let affects = matches!(rule, TableRule::Node(node) if !node.affects.is_empty());
+                match round.seen.get_mut(table) {
+                    Some(seen) => {
+                        seen.insert(identity);
+                    }
+                    None => {
+                        round.seen.insert(table.clone(), HashSet::from([identity]));
+                    }
+                }
                 match op {
                     RowOp::Upsert(row) => {
                         if affects {
-                            push_to(&mut round.mark_before, &group, row.clone());
-                            push_to(&mut round.mark_after, &group, row.clone());
+                            let key = key_fields(&row, group.key_names.len());
+                            push_to(&mut round.mark_before, group, key.clone());
+                            push_to(&mut round.mark_after, group, key);
                         }
-                        push_to(&mut round.upserts, &group, row);
+                        push_to(&mut round.upserts, group, row);
                     }
                     RowOp::Delete(row) => {
                         if affects {
-                            push_to(&mut round.mark_before, &group, row.clone());
+                            push_to(&mut round.mark_before, group, key_fields(&row, group.key_names.len()));
                         }
-                        push_to(&mut round.deletes, &group, row);
+                        push_to(&mut round.deletes, group, row);
                     }
                 }
             }
@@ -268,20 +299,20 @@ impl GraphEncoder {
 
     /// The statement storing the checkpoint.
     pub fn store_checkpoint(&self, lsn: pgfanout_core::Lsn) -> Statement {
-        Statement::new(format!("MERGE (c:{} {{sink: $sink}}) SET c.lsn = $lsn", self.checkpoint_label))
+        Statement::new(format!("MERGE (c:{} {{sink: $sink}}) SET c.lsn = $lsn", ident(&self.checkpoint_label)))
             .with("sink", GraphValue::String(self.sink.clone()))
             .with("lsn", GraphValue::String(lsn.to_string()))
     }
 
     /// The statement reading the checkpoint: one row, one string column, or no row.
     pub fn load_checkpoint(&self) -> Statement {
-        Statement::new(format!("MATCH (c:{} {{sink: $sink}}) RETURN c.lsn", self.checkpoint_label))
+        Statement::new(format!("MATCH (c:{} {{sink: $sink}}) RETURN c.lsn", ident(&self.checkpoint_label)))
             .with("sink", GraphValue::String(self.sink.clone()))
     }
 
     /// The index on the checkpoint node's `sink` property.
     pub fn checkpoint_index(&self) -> IndexSpec {
-        IndexSpec::Node { label: self.checkpoint_label.trim_matches('`').replace("``", "`"), property: "sink".into() }
+        IndexSpec::Node { label: self.checkpoint_label.clone(), property: "sink".into() }
     }
 
     /// The statements for the rows gathered in `round`, which is emptied.
@@ -456,64 +487,51 @@ impl GraphEncoder {
     fn node_ops(
         &self,
         node: &NodeRule,
+        shape: &Shape,
         change: &Change,
         version: GraphValue,
-        indexes: &mut BTreeSet<IndexSpec>,
     ) -> Result<RowOps, GraphSinkError> {
         let schema = &change.table;
-        let key_positions = self.key_positions(schema, node.key.as_deref())?;
-        for &position in &key_positions {
-            indexes
-                .insert(IndexSpec::Node { label: node.label.clone(), property: schema.columns[position].name.clone() });
-        }
-        for fk in &node.foreign_keys {
-            indexes.insert(IndexSpec::Node { label: fk.to.clone(), property: fk.to_key.clone() });
-        }
+        let key_positions = &shape.key_positions[..];
         let mut ops = Vec::new();
         match &change.op {
             ChangeOp::Insert { new } | ChangeOp::Update { old: None, new } => {
-                ops.push(self.node_upsert_row(node, schema, &key_positions, new, None, version)?);
+                ops.push(self.node_upsert_row(node, shape, schema, new, None, version)?);
             }
             ChangeOp::Update { old: Some(old), new } => {
-                let old_key = self.key_values(schema, &key_positions, old, Some(new))?;
-                let new_key = self.key_values(schema, &key_positions, new, Some(old))?;
+                let old_key = self.key_values(schema, key_positions, old, Some(new))?;
+                let new_key = self.key_values(schema, key_positions, new, Some(old))?;
                 if old_key != new_key {
                     // The row moved to another key: the old node goes (with
                     // its relationships), the new one is written whole.
                     ops.push((identity(&old_key), RowOp::Delete(GraphValue::Map(key_row(old_key, &version)))));
                 }
-                ops.push(self.node_upsert_row(node, schema, &key_positions, new, Some(old), version)?);
+                ops.push(self.node_upsert_row(node, shape, schema, new, Some(old), version)?);
             }
             ChangeOp::Delete { old } => {
-                let key = self.key_values(schema, &key_positions, old, None)?;
+                let key = self.key_values(schema, key_positions, old, None)?;
                 ops.push((identity(&key), RowOp::Delete(GraphValue::Map(key_row(key, &version)))));
             }
             ChangeOp::Truncate => {}
         }
-        Ok((key_names(schema, &key_positions), ops))
+        Ok(ops)
     }
 
     fn node_upsert_row(
         &self,
         node: &NodeRule,
+        shape: &Shape,
         schema: &TableSchema,
-        key_positions: &[usize],
         new: &Row,
         old: Option<&Row>,
         version: GraphValue,
     ) -> Result<(String, RowOp), GraphSinkError> {
-        let key = self.key_values(schema, key_positions, new, old)?;
+        let key = self.key_values(schema, &shape.key_positions, new, old)?;
         let id = identity(&key);
         let mut fields = key_row(key, &version);
         fields.push(("p".into(), self.properties(schema, new)?));
-        for (position, fk) in node.foreign_keys.iter().enumerate() {
-            let column = schema.position(&fk.column).ok_or_else(|| GraphSinkError::Mapping {
-                table: schema.table.to_string(),
-                reason: format!(
-                    "relationship {} uses column {}, which the table does not publish",
-                    fk.rel_type, fk.column
-                ),
-            })?;
+        for (position, (fk, column)) in node.foreign_keys.iter().zip(&shape.link_positions).enumerate() {
+            let column = link_column(schema, &fk.rel_type, &fk.column, *column)?;
             let value = self.typed(schema, column, new)?;
             fields.push((format!("s{position}"), GraphValue::Bool(value.is_some())));
             fields.push((format!("f{position}"), value.unwrap_or(GraphValue::Null)));
@@ -524,43 +542,30 @@ impl GraphEncoder {
     fn join_ops(
         &self,
         join: &JoinConfig,
+        shape: &Shape,
         change: &Change,
         version: GraphValue,
-        indexes: &mut BTreeSet<IndexSpec>,
     ) -> Result<RowOps, GraphSinkError> {
         let schema = &change.table;
-        let key_positions = self.key_positions(schema, None)?;
-        for &position in &key_positions {
-            indexes.insert(IndexSpec::Relationship {
-                rel_type: join.rel_type.clone(),
-                property: schema.columns[position].name.clone(),
-            });
-        }
-        indexes.insert(IndexSpec::Node { label: join.from.label.clone(), property: join.from.key.clone() });
-        indexes.insert(IndexSpec::Node { label: join.to.label.clone(), property: join.to.key.clone() });
+        let key_positions = &shape.key_positions[..];
         let mut ops = Vec::new();
         let (old, new) = change.op.images();
         if let (Some(old), Some(new)) = (old, new) {
-            let old_key = self.key_values(schema, &key_positions, old, Some(new))?;
-            if old_key != self.key_values(schema, &key_positions, new, Some(old))? {
+            let old_key = self.key_values(schema, key_positions, old, Some(new))?;
+            if old_key != self.key_values(schema, key_positions, new, Some(old))? {
                 ops.push((identity(&old_key), RowOp::Delete(GraphValue::Map(key_row(old_key, &version)))));
             }
         }
         match (old, new) {
             (_, Some(new)) => {
-                let key = self.key_values(schema, &key_positions, new, old)?;
+                let key = self.key_values(schema, key_positions, new, old)?;
                 let id = identity(&key);
-                let endpoint = |column: &str| -> Result<Option<GraphValue>, GraphSinkError> {
-                    let position = schema.position(column).ok_or_else(|| GraphSinkError::Mapping {
-                        table: schema.table.to_string(),
-                        reason: format!(
-                            "relationship {} uses column {column}, which the table does not publish",
-                            join.rel_type
-                        ),
-                    })?;
+                let endpoint = |column: &str, position: Option<usize>| -> Result<Option<GraphValue>, GraphSinkError> {
+                    let position = link_column(schema, &join.rel_type, column, position)?;
                     Ok(self.typed(schema, position, new)?.filter(|value| *value != GraphValue::Null))
                 };
-                match (endpoint(&join.from.column)?, endpoint(&join.to.column)?) {
+                let (from, to) = (shape.link_positions[0], shape.link_positions[1]);
+                match (endpoint(&join.from.column, from)?, endpoint(&join.to.column, to)?) {
                     (Some(from), Some(to)) => {
                         let mut fields = key_row(key, &version);
                         fields.push(("p".into(), self.properties(schema, new)?));
@@ -573,12 +578,51 @@ impl GraphEncoder {
                 }
             }
             (Some(old), None) => {
-                let key = self.key_values(schema, &key_positions, old, None)?;
+                let key = self.key_values(schema, key_positions, old, None)?;
                 ops.push((identity(&key), RowOp::Delete(GraphValue::Map(key_row(key, &version)))));
             }
             (None, None) => {}
         }
-        Ok((key_names(schema, &key_positions), ops))
+        Ok(ops)
+    }
+
+    /// Resolves `schema` under `rule` (once per shape in a batch) and adds
+    /// the indexes its statements rely on.
+    fn shape(
+        &self,
+        rule: &TableRule,
+        schema: &TableSchema,
+        indexes: &mut BTreeSet<IndexSpec>,
+    ) -> Result<Shape, GraphSinkError> {
+        let (key_positions, link_positions) = match rule {
+            TableRule::Node(node) => {
+                let key_positions = self.key_positions(schema, node.key.as_deref())?;
+                for &position in &key_positions {
+                    indexes.insert(IndexSpec::Node {
+                        label: node.label.clone(),
+                        property: schema.columns[position].name.clone(),
+                    });
+                }
+                for fk in &node.foreign_keys {
+                    indexes.insert(IndexSpec::Node { label: fk.to.clone(), property: fk.to_key.clone() });
+                }
+                (key_positions, node.foreign_keys.iter().map(|fk| schema.position(&fk.column)).collect())
+            }
+            TableRule::Join(join) => {
+                let key_positions = self.key_positions(schema, None)?;
+                for &position in &key_positions {
+                    indexes.insert(IndexSpec::Relationship {
+                        rel_type: join.rel_type.clone(),
+                        property: schema.columns[position].name.clone(),
+                    });
+                }
+                indexes.insert(IndexSpec::Node { label: join.from.label.clone(), property: join.from.key.clone() });
+                indexes.insert(IndexSpec::Node { label: join.to.label.clone(), property: join.to.key.clone() });
+                (key_positions, vec![schema.position(&join.from.column), schema.position(&join.to.column)])
+            }
+        };
+        let group = Group { table: schema.table.clone(), key_names: key_names(schema, &key_positions) };
+        Ok(Shape { key_positions, group, link_positions })
     }
 
     fn key_positions(&self, schema: &TableSchema, configured: Option<&[String]>) -> Result<Vec<usize>, GraphSinkError> {
@@ -588,7 +632,10 @@ impl GraphEncoder {
                 .map(|name| {
                     schema.position(name).ok_or_else(|| GraphSinkError::Mapping {
                         table: schema.table.to_string(),
-                        reason: format!("key column {name} is not published by the table"),
+                        reason: format!(
+                            "key column {name} is not published by the table; publish it (and keep it out of \
+                             `exclude`) or fix `key` in the sink config"
+                        ),
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -657,6 +704,23 @@ impl GraphEncoder {
     }
 }
 
+/// The position of a relationship's column, resolved in [`Shape`]; an error
+/// naming the column when the table does not publish it.
+fn link_column(
+    schema: &TableSchema,
+    rel_type: &str,
+    column: &str,
+    position: Option<usize>,
+) -> Result<usize, GraphSinkError> {
+    position.ok_or_else(|| GraphSinkError::Mapping {
+        table: schema.table.to_string(),
+        reason: format!(
+            "relationship {rel_type} uses column {column}, which the table does not publish; publish it (and keep \
+             it out of `columns`/`exclude`) or fix the column in the sink config"
+        ),
+    })
+}
+
 /// `{k0: …, k1: …, v: version}`: the key values (their property names are
 /// in the statement's text) and the change's version.
 fn key_row(key: Vec<GraphValue>, version: &GraphValue) -> Vec<(String, GraphValue)> {
@@ -666,6 +730,15 @@ fn key_row(key: Vec<GraphValue>, version: &GraphValue) -> Vec<(String, GraphValu
     }
     fields.push(("v".into(), version.clone()));
     fields
+}
+
+/// The `k0…` fields of a row built on [`key_row`] (they come first): all a
+/// mark statement matches on, so its `$rows` do not carry the properties.
+fn key_fields(row: &GraphValue, key_count: usize) -> GraphValue {
+    match row {
+        GraphValue::Map(fields) => GraphValue::Map(fields[..key_count.min(fields.len())].to_vec()),
+        other => other.clone(),
+    }
 }
 
 /// The sink names of the key columns.
@@ -811,6 +884,11 @@ on = { "public.reservations" = "r" }
         assert_eq!(field(&rows[2], "s0"), &GraphValue::Bool(true));
         assert!(encoded.statements[0].cypher.contains("SET source:`PgfanoutDirty_BOOKED_IN`"));
         assert_eq!(encoded.statements[0].params, encoded.statements[2].params, "marks before and after the writes");
+        assert_eq!(
+            rows_of(&encoded.statements[0])[2],
+            GraphValue::Map(vec![("k0".into(), GraphValue::Int(2))]),
+            "marks carry the key only, not the row's properties"
+        );
         let recompute = &encoded.statements[3].cypher;
         assert!(recompute.contains("count(DISTINCT r) AS derived_count"), "{recompute}");
         assert!(recompute.contains("d.`count` = derived_count, d.`reservations` = derived_0"), "{recompute}");
@@ -913,6 +991,19 @@ on = { "public.reservations" = "r" }
         let upsert = encoded.statements.iter().find(|s| s.cypher.contains("MERGE (n:")).unwrap();
         assert_eq!(field(&rows_of(delete)[0], "k0"), &GraphValue::Int(1));
         assert_eq!(field(&rows_of(upsert)[0], "k0"), &GraphValue::Int(5));
+    }
+
+    #[test]
+    fn the_checkpoint_label_is_quoted_in_statements_and_kept_as_is_for_its_index() {
+        let mut config: GraphSinkConfig = toml::from_str(CONFIG).unwrap();
+        config.checkpoint_label = "Check`point`".into();
+        let encoder = GraphEncoder::new(&config);
+        assert_eq!(encoder.load_checkpoint().cypher, "MATCH (c:`Check``point``` {sink: $sink}) RETURN c.lsn");
+        assert!(encoder.store_checkpoint(Lsn(1)).cypher.starts_with("MERGE (c:`Check``point``` {sink: $sink})"));
+        assert_eq!(
+            encoder.checkpoint_index(),
+            IndexSpec::Node { label: "Check`point`".into(), property: "sink".into() }
+        );
     }
 
     #[test]

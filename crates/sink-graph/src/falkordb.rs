@@ -166,6 +166,23 @@ impl FalkorTransport {
         }
     }
 
+    /// Awaits a driver call within the response timeout; a timeout drops the
+    /// shared connection as a connection-level error does.
+    async fn within_timeout<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, GraphSinkError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(self.classify(what(), err).await),
+            Err(_) => {
+                *self.connection.lock().await = None;
+                Err(GraphSinkError::Timeout(self.timeout))
+            }
+        }
+    }
+
     /// Runs `statements` in order in one `MULTI … EXEC` round trip.
     pub async fn run_all(&self, statements: &[Statement]) -> Result<(), GraphSinkError> {
         if statements.is_empty() {
@@ -177,18 +194,12 @@ impl FalkorTransport {
             pipeline.cmd("GRAPH.QUERY").arg(&self.graph).arg(render(statement)).arg("--compact");
         }
         let mut connection = self.connection().await?;
-        let outcome =
-            tokio::time::timeout(self.timeout, pipeline.query_async::<Vec<redis::Value>>(&mut connection)).await;
-        let replies = match outcome {
-            Ok(Ok(replies)) => replies,
-            Ok(Err(err)) => {
-                return Err(self.classify(format!("a batch of {} statements", statements.len()), err).await);
-            }
-            Err(_) => {
-                *self.connection.lock().await = None;
-                return Err(GraphSinkError::Timeout(self.timeout));
-            }
-        };
+        let replies = self
+            .within_timeout(
+                || format!("a batch of {} statements", statements.len()),
+                pipeline.query_async::<Vec<redis::Value>>(&mut connection),
+            )
+            .await?;
         // A query that fails inside EXEC comes back as an error reply in its place.
         for (statement, reply) in statements.iter().zip(&replies) {
             if let redis::Value::ServerError(err) = reply {
@@ -206,14 +217,9 @@ impl FalkorTransport {
     pub async fn query_strings(&self, statement: &Statement) -> Result<Vec<Vec<Option<String>>>, GraphSinkError> {
         let mut connection = self.connection().await?;
         let query = redis::cmd("GRAPH.QUERY").arg(&self.graph).arg(render(statement)).to_owned();
-        let reply = match tokio::time::timeout(self.timeout, query.query_async::<redis::Value>(&mut connection)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(err)) => return Err(self.classify(statement_head(&statement.cypher), err).await),
-            Err(_) => {
-                *self.connection.lock().await = None;
-                return Err(GraphSinkError::Timeout(self.timeout));
-            }
-        };
+        let reply = self
+            .within_timeout(|| statement_head(&statement.cypher), query.query_async::<redis::Value>(&mut connection))
+            .await?;
         // Reply: [header, rows, statistics] (no header/rows for a write-only query).
         let redis::Value::Array(parts) = reply else {
             return Err(GraphSinkError::Rejected {
@@ -239,13 +245,13 @@ impl FalkorTransport {
         let mut connection = self.connection().await?;
         let text = index_statement(index);
         let command = redis::cmd("GRAPH.QUERY").arg(&self.graph).arg(&text).to_owned();
-        let result = command.query_async::<redis::Value>(&mut connection);
-        match tokio::time::timeout(self.timeout, result).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) if is_already_indexed(&err) => Ok(()),
-            Ok(Err(err)) => Err(self.classify(text, err).await),
-            Err(_) => Err(GraphSinkError::Timeout(self.timeout)),
-        }
+        let created = async {
+            match command.query_async::<redis::Value>(&mut connection).await {
+                Err(err) if is_already_indexed(&err) => Ok(()),
+                other => other.map(|_| ()),
+            }
+        };
+        self.within_timeout(|| text.clone(), created).await
     }
 }
 
