@@ -182,7 +182,12 @@ async fn sigterm_drains_and_confirms_exactly_what_was_applied() {
             writer.execute("INSERT INTO orders VALUES ($1, 'w', 1)", &[&id]).await.unwrap();
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stop mid-workload, once Redis holds a first checkpoint (a fixed pause
+    // raced the start-up on a loaded machine and sometimes stopped first).
+    wait_until("Redis holds a first checkpoint", Duration::from_secs(30), || async {
+        redis_checkpoint(&mut redis_connection(&redis_url).await, "e2e_sigterm").await > 0
+    })
+    .await;
     pgfanout.signal("TERM");
     assert_eq!(pgfanout.wait_exit(Duration::from_secs(20)).await, Some(0), "SIGTERM exits cleanly");
     workload.await.unwrap();

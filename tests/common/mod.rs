@@ -130,9 +130,17 @@ pub async fn table_as_text(
 }
 
 /// A Redis connection to one logical database, emptied first.
+///
+/// Replies may take seconds on a loaded two-core machine (a graph query while
+/// the stack's JVMs compile), so the test connection waits far longer than
+/// the driver's default response timeout before calling it a failure.
 pub async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(url).unwrap();
-    client.get_multiplexed_async_connection().await.unwrap_or_else(|err| panic!("cannot reach redis at {url}: {err}"))
+    let settings = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+    client
+        .get_multiplexed_async_connection_with_config(&settings)
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach redis at {url}: {err}"))
 }
 
 /// The test Redis server's URL for logical database `db`, emptied.
