@@ -252,6 +252,15 @@ impl Config {
         if !path.exists() {
             bail!("config file {} does not exist; pass --config with the path of a TOML file", path.display());
         }
+        // A password in the file ends up in backups, diffs and ConfigMaps:
+        // only the environment or a secret file may give it.
+        if Figment::from(Toml::file_exact(path)).find_value("source.password").is_ok() {
+            return Err(invalid_config(
+                path,
+                "source.password: do not write the password in the config file; \
+                 set PGFANOUT_SOURCE__PASSWORD or source.password_file instead",
+            ));
+        }
         let environment = Env::prefixed("PGFANOUT_")
             .filter(|key| ENV_SECTIONS.iter().any(|section| key.as_str().to_ascii_lowercase().starts_with(section)))
             .split("__");
