@@ -10,6 +10,7 @@ mod discard;
 mod http;
 mod inspect;
 mod monitor;
+mod privileges;
 mod progress;
 mod run;
 mod source;

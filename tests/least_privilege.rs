@@ -51,6 +51,20 @@ fn as_user(url: &str, user: &str) -> String {
     format!("{scheme}://{user}@{host}")
 }
 
+/// `pgfanout check` on `config`: whether it passed, and what it printed.
+fn run_check(config: &str) -> (bool, String) {
+    let config_path = std::env::temp_dir().join(format!("pgfanout-least-privilege-{}.toml", std::process::id()));
+    std::fs::write(&config_path, config).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+        .args(["--log-format", "json", "check", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&config_path).unwrap();
+    let output = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    (check.status.success(), output)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn least_privilege_role_streams_into_redis() {
     let db = create_database("e2e_least_privilege").await;
@@ -69,6 +83,41 @@ async fn least_privilege_role_streams_into_redis() {
         ))
         .await
         .unwrap();
+    run_sql_script(
+        &db,
+        "postgres",
+        "pgfanout_role.sql",
+        &[("role", ROLE), ("password", PASSWORD), ("tables", "public.items")],
+    );
+    let role_db = TestDatabase { name: db.name.clone(), url: as_user(&db.url, ROLE), client: connect(&db.url).await };
+    let http = format!("127.0.0.1:{}", free_port());
+    // The password from a file (a mounted secret), never from the config.
+    let password_file = std::env::temp_dir().join(format!("pgfanout-least-privilege-{}.password", std::process::id()));
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    // A Redis server of its own: no logical database shared with other tests.
+    let redis_server = OwnRedisServer::start().await;
+    let config = |create_publication: bool| {
+        redis_config(&role_db, &redis_server.url, &http, &[("public.items", "item:{id}")]).replace(
+            "status_interval_ms = 200",
+            &format!(
+                "status_interval_ms = 200\ncreate_publication = {create_publication}\nheartbeat_interval_secs = 1\n\
+                 password_file = \"{}\"",
+                password_file.display()
+            ),
+        )
+    };
+
+    // Asked to make the publication itself, the role cannot: check says who
+    // must do it, with which script.
+    let (ok, output) = run_check(&config(true));
+    assert!(!ok, "check passed although the role cannot publish public.items:\n{output}");
+    assert!(
+        output.lines().any(|line| line.starts_with("problem: ")
+            && line.contains("may not add public.items to publication")
+            && line.contains("sql/pgfanout_publication.sql")),
+        "no problem line naming the missing ownership and the script:\n{output}"
+    );
+
     for _ in 0..2 {
         run_sql_script(
             &db,
@@ -113,38 +162,12 @@ async fn least_privilege_role_streams_into_redis() {
     assert_eq!(published, ["public.items"]);
 
     db.client.batch_execute("INSERT INTO items VALUES (1, 'before start', 1.50)").await.unwrap();
-    // A Redis server of its own: no logical database shared with other tests.
-    let redis_server = OwnRedisServer::start().await;
-    let redis_url = redis_server.url.clone();
-    let mut redis = redis_connection(&redis_url).await;
-    let role_db = TestDatabase { name: db.name.clone(), url: as_user(&db.url, ROLE), client: connect(&db.url).await };
-    let http = format!("127.0.0.1:{}", free_port());
-    // The password from a file (a mounted secret), never from the config.
-    let password_file = std::env::temp_dir().join(format!("pgfanout-least-privilege-{}.password", std::process::id()));
-    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let config = redis_config(&role_db, &redis_url, &http, &[("public.items", "item:{id}")]).replace(
-        "status_interval_ms = 200",
-        &format!(
-            "status_interval_ms = 200\ncreate_publication = false\nheartbeat_interval_secs = 1\npassword_file = \"{}\"",
-            password_file.display()
-        ),
-    );
+    let mut redis = redis_connection(&redis_server.url).await;
+    let config = config(false);
 
     // `check` as the role finds nothing missing (it only reads).
-    let config_path = std::env::temp_dir().join(format!("pgfanout-least-privilege-{}.toml", std::process::id()));
-    std::fs::write(&config_path, &config).unwrap();
-    let check = Command::new(env!("CARGO_BIN_EXE_pgfanout"))
-        .args(["--log-format", "json", "check", "--config"])
-        .arg(&config_path)
-        .output()
-        .unwrap();
-    let check_output = String::from_utf8_lossy(&check.stdout);
-    assert!(
-        check.status.success(),
-        "check as {ROLE} failed:\n{check_output}{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    std::fs::remove_file(&config_path).unwrap();
+    let (ok, output) = run_check(&config);
+    assert!(ok, "check as {ROLE} failed:\n{output}");
 
     let pgfanout = Pgfanout::start("e2e_least_privilege", &config, &http);
     wait_until("pgfanout streams as the least-privilege role", Duration::from_secs(30), || async {
