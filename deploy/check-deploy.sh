@@ -29,22 +29,29 @@ die() {
     exit 1
 }
 
+as_root() {
+    if [[ $EUID -eq 0 ]]; then "$@"; else sudo "$@"; fi
+}
+
 install_tools() {
-    if ! command -v promtool >/dev/null; then
-        log "apt: installing prometheus (promtool)"
-        # policy-rc.d: the package must not start a Prometheus server.
+    local missing=()
+    command -v promtool >/dev/null || missing+=(prometheus)
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    command -v setpriv >/dev/null || missing+=(util-linux)
+    if ((${#missing[@]})); then
+        log "apt: installing ${missing[*]}"
+        # policy-rc.d: the packages must not start a Prometheus server.
         local made_policy=0
         if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-            printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+            printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null &&
+                as_root chmod 755 /usr/sbin/policy-rc.d && made_policy=1
         fi
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-        if [[ $made_policy == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
-    fi
-    if ! command -v systemd-analyze >/dev/null; then
-        log "apt: installing systemd (systemd-analyze)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null ||
-            log "systemd-analyze cannot be installed here: the unit gets the static checks only"
+        local rc=0
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+            rc=$?
+        if [[ $made_policy == 1 ]]; then as_root rm -f /usr/sbin/policy-rc.d; fi
+        ((rc == 0)) || die "apt-get install ${missing[*]} failed (exit $rc)"
     fi
     if [[ ! -x $VENV/bin/python ]]; then
         python3 -m venv "$VENV"
@@ -52,13 +59,14 @@ install_tools() {
     "$VENV/bin/python" -m pip install --quiet -r deploy/requirements-check.txt
 }
 
-# The Dockerfile's runtime ENV, ENTRYPOINT and CMD, as shell words.
-dockerfile_json() { grep -E "^$1 " Dockerfile | tail -n1 | sed "s/^$1 //"; }
-
 container_run() {
     local root bin cfg args status
     [[ -n ${PGFANOUT_TEST_PG_SOCKET_DIR:-} && -n ${PGFANOUT_BIN:-} ]] || {
         log "no local stack or PGFANOUT_BIN: skipping the least-privilege and container run"
+        return 0
+    }
+    [[ $EUID -eq 0 ]] || {
+        log "not root (cannot switch to nobody): skipping the least-privilege and container run"
         return 0
     }
     local psql=("$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGFANOUT_TEST_PG_SOCKET_DIR" -p "$PGFANOUT_TEST_PG_PORT" -U postgres)
