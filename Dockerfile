@@ -12,7 +12,9 @@
 # State (spill files, file dead letters) goes to the /var/lib/pgfanout volume.
 
 # ---- build -----------------------------------------------------------------
-FROM rust:1.85-slim-bookworm AS build
+# The toolchain CI tests with (some dependencies need more than the
+# workspace's rust-version).
+FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin pgfanout \
