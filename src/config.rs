@@ -264,11 +264,15 @@ impl Config {
         let environment = Env::prefixed("PGFANOUT_")
             .filter(|key| ENV_SECTIONS.iter().any(|section| key.as_str().to_ascii_lowercase().starts_with(section)))
             .split("__");
-        let config: Config = Figment::new()
+        let mut config: Config = Figment::new()
             .merge(Toml::file_exact(path))
             .merge(environment)
             .extract()
             .map_err(|err| invalid_config(path, &describe_figment_error(err)))?;
+        let secret_problems = crate::secrets::apply_sink_passwords(&mut config);
+        if !secret_problems.is_empty() {
+            return Err(invalid_config(path, &secret_problems.join("\n")));
+        }
         config.validate().map_err(|err| invalid_config(path, &format!("{err:#}")))?;
         Ok(config)
     }

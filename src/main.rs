@@ -13,6 +13,7 @@ mod monitor;
 mod privileges;
 mod progress;
 mod run;
+mod secrets;
 mod source;
 
 use std::io::IsTerminal;

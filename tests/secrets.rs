@@ -1,13 +1,15 @@
 //! The source password never sits in the config file and never shows in
 //! what pgfanout prints: a `password` in the TOML is refused with the way to
 //! give it instead, and a password given through the environment or
-//! `password_file` does not appear in `check`'s output or logs.
+//! `password_file` does not appear in `check`'s output or logs. The same for
+//! a Redis sink's password, which comes from `PGFANOUT_SINK_<NAME>__PASSWORD`.
 
 mod common;
 
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use common::{create_database, free_port, fresh_redis_db, redis_config};
+use common::{create_database, free_port, fresh_redis_db, redis_config, wait_until};
 
 const SECRET: &str = "s3cr3t-never-printed";
 
@@ -66,4 +68,68 @@ async fn password_from_environment_or_file_is_never_printed() {
     std::fs::remove_file(&secret_file).unwrap();
     assert_eq!(code, Some(0), "check with password_file:\n{output}");
     assert!(!output.contains(SECRET), "the password was printed:\n{output}");
+}
+
+/// A `redis-server` that demands a password, stopped on drop.
+struct PasswordRedis {
+    child: Child,
+    port: u16,
+}
+
+impl PasswordRedis {
+    async fn start(password: &str) -> PasswordRedis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--requirepass", password])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("cannot start redis-server");
+        wait_until("the password-protected redis answers", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        PasswordRedis { child, port }
+    }
+}
+
+impl Drop for PasswordRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_password_comes_from_the_environment_only() {
+    let db = create_database("e2e_secrets_redis").await;
+    db.client.batch_execute("CREATE TABLE items (id int PRIMARY KEY, name text)").await.unwrap();
+    let redis = PasswordRedis::start(SECRET).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let url = format!("redis://127.0.0.1:{}/0", redis.port);
+    let config = redis_config(&db, &url, &http, &[("public.items", "item:{id}")]);
+    let variable = "PGFANOUT_SINK_E2E_SECRETS_REDIS__PASSWORD";
+
+    // From the environment: the sink authenticates, nothing prints it.
+    let (code, output) = check("redis_env", &config, &[(variable, SECRET)]);
+    assert_eq!(code, Some(0), "check with the Redis password from {variable}:\n{output}");
+    assert!(!output.contains(SECRET), "the Redis password was printed:\n{output}");
+
+    // Without it the store refuses, and says so.
+    let (code, output) = check("redis_none", &config, &[]);
+    assert_eq!(code, Some(1), "check passed without the Redis password:\n{output}");
+    assert!(output.contains("problem: sink e2e_secrets_redis"), "{output}");
+
+    // A wrong one is not printed either.
+    let wrong = "wrong-password-never-printed";
+    let (code, output) = check("redis_wrong", &config, &[(variable, wrong)]);
+    assert_eq!(code, Some(1), "check passed with a wrong Redis password:\n{output}");
+    assert!(!output.contains(wrong), "the wrong Redis password was printed:\n{output}");
+
+    // Written in the file's URL: refused, naming the variable to use.
+    let in_file = config.replace(&url, &format!("redis://:{SECRET}@127.0.0.1:{}/0", redis.port));
+    let (code, output) = check("redis_in_file", &in_file, &[]);
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("the url carries a password") && output.contains(variable), "{output}");
+    assert!(!output.contains(SECRET), "the refused password was printed:\n{output}");
 }
