@@ -252,14 +252,27 @@ impl Config {
         if !path.exists() {
             bail!("config file {} does not exist; pass --config with the path of a TOML file", path.display());
         }
+        // A password in the file ends up in backups, diffs and ConfigMaps:
+        // only the environment or a secret file may give it.
+        if Figment::from(Toml::file_exact(path)).find_value("source.password").is_ok() {
+            return Err(invalid_config(
+                path,
+                "source.password: do not write the password in the config file; \
+                 set PGFANOUT_SOURCE__PASSWORD or source.password_file instead",
+            ));
+        }
         let environment = Env::prefixed("PGFANOUT_")
             .filter(|key| ENV_SECTIONS.iter().any(|section| key.as_str().to_ascii_lowercase().starts_with(section)))
             .split("__");
-        let config: Config = Figment::new()
+        let mut config: Config = Figment::new()
             .merge(Toml::file_exact(path))
             .merge(environment)
             .extract()
             .map_err(|err| invalid_config(path, &describe_figment_error(err)))?;
+        let secret_problems = crate::secrets::apply_sink_passwords(&mut config);
+        if !secret_problems.is_empty() {
+            return Err(invalid_config(path, &secret_problems.join("\n")));
+        }
         config.validate().map_err(|err| invalid_config(path, &format!("{err:#}")))?;
         Ok(config)
     }

@@ -10,8 +10,10 @@ mod discard;
 mod http;
 mod inspect;
 mod monitor;
+mod privileges;
 mod progress;
 mod run;
+mod secrets;
 mod source;
 
 use std::io::IsTerminal;

@@ -51,6 +51,7 @@ EOF
 
 main() {
     "$STACK" install
+    "$REPO_ROOT/deploy/check-deploy.sh" install
     STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pgfanout-stack.XXXXXX")
     "$STACK" start "$STACK_DIR"
     # shellcheck source=/dev/null
@@ -69,7 +70,9 @@ main() {
     if [[ $status == 124 || $status == 137 ]]; then
         echo "[test] cargo test did not finish within ${limit}s (PGFANOUT_TEST_TIMEOUT); stopped it" >&2
     fi
-    return "$status"
+    ((status == 0)) || return "$status"
+    # Deployment files, SQL scripts and docs, with the binary cargo just built.
+    PGFANOUT_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/debug/pgfanout" "$REPO_ROOT/deploy/check-deploy.sh"
 }
 
 main "$@"

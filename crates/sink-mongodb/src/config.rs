@@ -26,7 +26,8 @@ use serde::Deserialize;
 pub struct MongoSinkConfig {
     /// Sink name, unique in the config; letters, digits, `_` and `-`. Example: `"documents"`.
     pub name: String,
-    /// Connection string, `mongodb://[user:password@]host:port[/?options]` or `mongodb+srv://…`.
+    /// Connection string, `mongodb://[user@]host:port[/?options]` or `mongodb+srv://…`;
+    /// the password comes from `PGFANOUT_SINK_<NAME>__PASSWORD`, never from the file.
     /// Example: `"mongodb://127.0.0.1:27017/?appName=pgfanout"`.
     pub url: String,
     /// Database of the collections (and of the checkpoint collection) unless a table names

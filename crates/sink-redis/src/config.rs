@@ -26,7 +26,8 @@ pub struct RedisSinkConfig {
     /// Sink name, unique in the config; letters, digits, `_` and `-`.
     /// Example: `"cache"`.
     pub name: String,
-    /// Server URL, `redis://[user:password@]host:port/db` (or `rediss://`).
+    /// Server URL, `redis://[user@]host:port/db` (or `rediss://`); the password
+    /// comes from `PGFANOUT_SINK_<NAME>__PASSWORD`, never from the file.
     /// Example: `"redis://127.0.0.1:6379/0"`.
     pub url: String,
     /// Tables this sink receives and how each maps to keys. At least one.
