@@ -1,5 +1,6 @@
 //! Pure mapping from a batch of changes to Cypher statements with
-//! parameters; no I/O. Both transports run exactly these statements.
+//! parameters; no I/O. Both transports run these statements; on FalkorDB
+//! keys are matched through lookup properties (see [`lookup_value`]).
 //!
 //! Statement shapes (`$rows` is a list of maps, one per row; identifiers are
 //! backtick-quoted; `v` is the change's [`Version`](pgfanout_core::Version) as a sortable string):
@@ -7,8 +8,12 @@
 //!   WITH n, row WHERE n.version IS NULL OR n.version < row.v SET n += row.p,
 //!   n.version = row.v`, then per foreign key: the old relationship is
 //!   deleted when the key changed or became NULL, and the target node is
-//!   `MERGE`d by key and linked (so the target may arrive later);
+//!   `MERGE`d by key and linked (so the target may arrive later: until its
+//!   row does, it is a *stub*, marked with [`STUB_PROPERTY`]);
 //! - node delete: `DETACH DELETE` of the node, unless it holds a newer version;
+//! - stubs: a statement that removes a relationship first labels its stub
+//!   endpoints with [`STUB_CHECK_LABEL`]; the batch ends by deleting the
+//!   labelled stubs left without relationships;
 //! - join-table upsert: the relationship with the row's key is created
 //!   between the two endpoint nodes (merged by key) or, when an endpoint
 //!   changed, re-created between the new ones with its properties carried
@@ -23,8 +28,11 @@
 //!
 //! A batch becomes *rounds*: a round holds at most one change per row, so
 //! its statements can group rows by table; a row seen again starts the next
-//! round, and a truncate is a round of its own. One statement per (round,
-//! table, kind), so 1,000 inserts into one table are one statement.
+//! round, and a truncate is a round of its own. As a round runs its deletes
+//! before its upserts, a delete of a node that an earlier upsert of the
+//! round wrote or merged (as a relationship's target) also starts the next
+//! round: changes touching one node keep the stream's order. One statement
+//! per (round, table, kind), so 1,000 inserts into one table are one statement.
 //!
 //! Invariants: unchanged TOAST values are never written (they are left out
 //! of `row.p`, and a foreign key whose column is unchanged keeps its
