@@ -166,8 +166,19 @@ fn describe_difference(expected: &[String], actual: &[String]) -> String {
     format!("graph differs from SQL: missing {missing:#?}\nextra {extra:#?}")
 }
 
+/// A connection to FalkorDB that waits up to 10 s for a reply (the
+/// driver's default of 0.5 s fails reads on a loaded machine while a batch runs).
+async fn falkor_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    let settings = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&settings)
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach FalkorDB at {url}: {err}"))
+}
+
 async fn fresh_graph(url: &str, graph: &str) -> redis::aio::MultiplexedConnection {
-    let mut connection = redis_connection(url).await;
+    let mut connection = falkor_connection(url).await;
     let _ = redis::cmd("GRAPH.DELETE").arg(graph).query_async::<redis::Value>(&mut connection).await;
     connection
 }
@@ -232,20 +243,20 @@ async fn keys_with_whitespace_and_quotes_round_trip_and_delete_exactly() {
 
 #[tokio::test]
 async fn deleted_accounts_never_come_back_as_stub_nodes() {
-    let (db, mut falkor, pgfanout, _) = start("e2e_graph_stubs", 1).await;
+    let (db, mut falkor, pgfanout, url) = start("e2e_graph_stubs", 1).await;
     let graph = "e2e_graph_stubs";
+    let mut reader = falkor_connection(&url).await;
     // (a) Three auto-committed statements per account; the account's insert
     // is in the graph before the other two, which then tend to share a batch.
     for account in 0..20i64 {
         let key = format!("a{account}");
         db.client.execute("INSERT INTO accounts VALUES ($1, 'x')", &[&key]).await.unwrap();
-        wait_until("the account reaches the graph", Duration::from_secs(20), || async {
-            let query = format!("MATCH (n:Account {{id: 'a{account}'}}) RETURN n.name");
-            !graph_rows(&mut redis_connection(&required_env("PGFANOUT_TEST_FALKORDB_URL")).await, graph, &query)
-                .await
-                .is_empty()
-        })
-        .await;
+        let query = format!("MATCH (n:Account {{id: 'a{account}'}}) RETURN n.name");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while graph_rows(&mut reader, graph, &query).await.is_empty() {
+            assert!(Instant::now() < deadline, "account a{account} never reached the graph");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         db.client.execute("INSERT INTO items VALUES ($1, $2, 't', 'i')", &[&account, &key]).await.unwrap();
         db.client.execute("DELETE FROM accounts WHERE id = $1", &[&key]).await.unwrap();
     }
