@@ -12,6 +12,12 @@
 //!   with each update: its changes all go to one lane, chosen by table;
 //! - a truncate, which must come after every earlier change to its table and
 //!   before every later one, whatever their keys.
+//!
+//! A sink may name further objects a change writes besides its own row
+//! ([`crate::Sink::related_lane_keys`]: a graph node that a foreign key
+//! merges). Changes that share a row or any such object form one group, kept
+//! in one lane in stream order, so a delete of a node never races a write
+//! that merges it.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -24,19 +30,58 @@ use crate::sink::ChangeRef;
 /// order. Returns a single lane when `lanes <= 1` or the batch cannot be
 /// split (see the module docs).
 pub fn split_into_lanes<'a>(changes: Vec<ChangeRef<'a>>, lanes: usize) -> Vec<Vec<ChangeRef<'a>>> {
+    split_into_lanes_with(changes, lanes, |_, _| {})
+}
+
+/// [`split_into_lanes`], where `related(change, keys)` pushes the hashes of
+/// further objects `change` writes: changes sharing a row or one of those
+/// keys stay in one lane, in original order.
+pub fn split_into_lanes_with<'a>(
+    changes: Vec<ChangeRef<'a>>,
+    lanes: usize,
+    related: impl Fn(&ChangeRef<'_>, &mut Vec<u64>),
+) -> Vec<Vec<ChangeRef<'a>>> {
     if lanes <= 1 || changes.len() <= 1 || changes.iter().any(|change| changes_key(change) || is_truncate(change)) {
         return vec![changes];
     }
     // Fixed seeds: the same key maps to the same lane in every batch.
     let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    // Union-find over changes: each is joined to the first change that
+    // shares one of its keys; a group goes where its first change's row hashes.
+    let mut parent: Vec<usize> = (0..changes.len()).collect();
+    let mut row_hashes = Vec::with_capacity(changes.len());
+    let mut first_with: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    let mut keys = Vec::new();
+    for (index, change) in changes.iter().enumerate() {
+        let row = hasher.hash_one(LaneKey(change));
+        row_hashes.push(row);
+        keys.clear();
+        keys.push(row);
+        related(change, &mut keys);
+        for key in &keys {
+            let first = *first_with.entry(*key).or_insert(index);
+            let (a, b) = (root(&mut parent, first), root(&mut parent, index));
+            // The smaller index is the root: a group's root is its first change.
+            parent[a.max(b)] = a.min(b);
+        }
+    }
     let mut split: Vec<Vec<ChangeRef<'a>>> = (0..lanes).map(|_| Vec::new()).collect();
-    for change in changes {
+    for (index, change) in changes.into_iter().enumerate() {
         // Lane count fits in u64; the remainder is below `lanes`.
-        let lane = (hasher.hash_one(LaneKey(&change)) % lanes as u64) as usize;
+        let lane = (row_hashes[root(&mut parent, index)] % lanes as u64) as usize;
         split[lane].push(change);
     }
     split.retain(|lane| !lane.is_empty());
     split
+}
+
+/// The first change of `index`'s group (path halving keeps lookups short).
+fn root(parent: &mut [usize], mut index: usize) -> usize {
+    while parent[index] != index {
+        parent[index] = parent[parent[index]];
+        index = parent[index];
+    }
+    index
 }
 
 /// What identifies the row a change touches, hashed without allocating:
@@ -182,6 +227,24 @@ mod tests {
         let transactions = transactions(&table, &ops);
         let refs: Vec<_> = transactions.iter().map(|t| ChangeRef { transaction: t, change: &t.changes[0] }).collect();
         assert!(split_into_lanes(refs, 4).len() > 1);
+    }
+
+    #[test]
+    fn changes_sharing_a_related_key_share_a_lane_in_order() {
+        let table = table(ReplicaIdentity::Default);
+        let ops: Vec<_> = (0..60).map(|i| (i as u8, None)).collect();
+        let transactions = transactions(&table, &ops);
+        let refs: Vec<_> = transactions.iter().map(|t| ChangeRef { transaction: t, change: &t.changes[0] }).collect();
+        // Keys 0..60 in three chains: every change relates to key % 3, as
+        // rows pointing at one of three shared nodes.
+        let split = split_into_lanes_with(refs, 8, |change, keys| keys.push(1_000 + sequence_of(change) % 3));
+        assert!(split.len() <= 3, "at most one lane per shared node: {}", split.len());
+        for lane in &split {
+            let group = sequence_of(&lane[0]) % 3;
+            assert!(lane.iter().all(|c| sequence_of(c) % 3 == group), "one group per lane");
+            assert!(lane.windows(2).all(|w| sequence_of(&w[0]) < sequence_of(&w[1])), "in order");
+        }
+        assert_eq!(split.iter().map(Vec::len).sum::<usize>(), 60);
     }
 
     #[test]

@@ -163,6 +163,14 @@ pub trait Sink: Send + Sync {
     /// with the changes one at a time, to find one the store rejects), so a
     /// partial apply must be safe to repeat.
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError>;
+
+    /// Pushes onto `keys` a hash for each store object `change` writes
+    /// besides its own row (a graph node a foreign key merges), so that the
+    /// worker keeps every change touching one object in one lane, in order
+    /// (see [`crate::lanes`]). Default: none, the row alone.
+    fn related_lane_keys(&self, change: &ChangeRef<'_>, keys: &mut Vec<u64>) {
+        let _ = (change, keys);
+    }
 }
 
 /// Where changes a store rejects go when a sink runs with

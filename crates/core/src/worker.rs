@@ -31,7 +31,7 @@ use pgoutput::Lsn;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backoff::Backoff;
-use crate::lanes::split_into_lanes;
+use crate::lanes::split_into_lanes_with;
 use crate::metrics::Metrics;
 use crate::model::count_by_table_and_op;
 use crate::model::Transaction;
@@ -231,7 +231,9 @@ impl SinkWorker {
             .collect();
         self.metrics.sink_batch_size.with_label_values(&[&self.name]).observe(changes.len() as f64);
         let started = Instant::now();
-        let lanes = split_into_lanes(changes, self.settings.lanes);
+        let lanes = split_into_lanes_with(changes, self.settings.lanes, |change, keys| {
+            self.sink.related_lane_keys(change, keys)
+        });
         if let [only] = lanes.as_slice() {
             // One lane: the checkpoint travels with the data, in one call.
             self.apply_lane(only, Some(checkpoint)).await;

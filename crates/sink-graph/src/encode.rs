@@ -1,5 +1,6 @@
 //! Pure mapping from a batch of changes to Cypher statements with
-//! parameters; no I/O. Both transports run exactly these statements.
+//! parameters; no I/O. Both transports run these statements; on FalkorDB
+//! keys are matched through lookup properties (see [`lookup_value`]).
 //!
 //! Statement shapes (`$rows` is a list of maps, one per row; identifiers are
 //! backtick-quoted; `v` is the change's [`Version`](pgfanout_core::Version) as a sortable string):
@@ -7,8 +8,12 @@
 //!   WITH n, row WHERE n.version IS NULL OR n.version < row.v SET n += row.p,
 //!   n.version = row.v`, then per foreign key: the old relationship is
 //!   deleted when the key changed or became NULL, and the target node is
-//!   `MERGE`d by key and linked (so the target may arrive later);
+//!   `MERGE`d by key and linked (so the target may arrive later: until its
+//!   row does, it is a *stub*, marked with [`STUB_PROPERTY`]);
 //! - node delete: `DETACH DELETE` of the node, unless it holds a newer version;
+//! - stubs: a statement that removes a relationship first labels its stub
+//!   endpoints with [`STUB_CHECK_LABEL`]; the batch ends by deleting the
+//!   labelled stubs left without relationships;
 //! - join-table upsert: the relationship with the row's key is created
 //!   between the two endpoint nodes (merged by key) or, when an endpoint
 //!   changed, re-created between the new ones with its properties carried
@@ -23,8 +28,11 @@
 //!
 //! A batch becomes *rounds*: a round holds at most one change per row, so
 //! its statements can group rows by table; a row seen again starts the next
-//! round, and a truncate is a round of its own. One statement per (round,
-//! table, kind), so 1,000 inserts into one table are one statement.
+//! round, and a truncate is a round of its own. As a round runs its deletes
+//! before its upserts, a delete of a node that an earlier upsert of the
+//! round wrote or merged (as a relationship's target) also starts the next
+//! round: changes touching one node keep the stream's order. One statement
+//! per (round, table, kind), so 1,000 inserts into one table are one statement.
 //!
 //! Invariants: unchanged TOAST values are never written (they are left out
 //! of `row.p`, and a foreign key whose column is unchanged keeps its
@@ -40,6 +48,23 @@ use pgfanout_core::{Change, ChangeOp, ChangeRef, ColumnValue, Row, TableName, Ta
 use crate::config::{Direction, ForeignKeyConfig, GraphSinkConfig, JoinConfig};
 use crate::error::GraphSinkError;
 use crate::value::{GraphValue, ValueOptions};
+
+/// Property marking a node that exists only because a relationship needs
+/// it: `MERGE`d by key as a foreign key's target or a join row's endpoint,
+/// with no row of its own (yet). The row's upsert removes the mark.
+pub const STUB_PROPERTY: &str = "pgfanout_stub";
+
+/// Label put, within one batch, on stub nodes that lost a relationship; the
+/// batch ends by deleting those that no relationship needs any more.
+pub const STUB_CHECK_LABEL: &str = "PgfanoutStubCheck";
+
+/// Prefix of the property that FalkorDB finds a node or relationship by
+/// (`pgfanout_key_id` for key `id`): see [`lookup_value`].
+pub const LOOKUP_PREFIX: &str = "pgfanout_key_";
+
+/// Wraps string keys in FalkorDB's lookup property (a private-use code
+/// point, so no key text of PostgreSQL's starts or ends the same way by chance).
+const LOOKUP_WRAP: char = '\u{E000}';
 
 /// One Cypher statement and its parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,6 +130,10 @@ pub struct GraphEncoder {
     /// The label as configured (unquoted: it also names an index).
     checkpoint_label: String,
     sink: String,
+    /// FalkorDB: keys are found through [`LOOKUP_PREFIX`] properties.
+    lookup_keys: bool,
+    /// Whether any table makes relationships (and so stub nodes).
+    links: bool,
 }
 
 #[derive(Debug)]
@@ -135,8 +164,18 @@ enum RowOp {
     Delete(GraphValue),
 }
 
-/// A change's row writes, each with the identity of the row it touches.
-type RowOps = Vec<(String, RowOp)>;
+/// One write of a change: the identity of the row it touches, the write,
+/// and the nodes it touches (see [`node_id`]): an upsert its own node and
+/// every node it `MERGE`s, a node delete its node, a join delete none.
+#[derive(Debug)]
+struct RowWrite {
+    identity: String,
+    op: RowOp,
+    nodes: Vec<String>,
+}
+
+/// A change's row writes.
+type RowOps = Vec<RowWrite>;
 
 /// What a batch resolves once per table shape (not per row): the key
 /// columns, the statement group, and the columns relationships read.
@@ -160,6 +199,9 @@ struct Group {
 #[derive(Default)]
 struct Round {
     seen: HashMap<TableName, HashSet<String>>,
+    /// Nodes the round's upserts write or `MERGE`: a delete of one of them
+    /// must wait for the next round, as deletes run before upserts.
+    merged: HashSet<String>,
     upserts: Vec<(Group, Vec<GraphValue>)>,
     deletes: Vec<(Group, Vec<GraphValue>)>,
     /// Rows whose derived marks are due before / after the writes.
@@ -216,6 +258,8 @@ impl GraphEncoder {
             version: ident(&config.version_property),
             checkpoint_label: config.checkpoint_label.clone(),
             sink: config.name.clone(),
+            lookup_keys: config.transport == crate::config::Transport::Falkordb,
+            links: config.tables.iter().any(|table| table.relationship.is_some() || !table.relationships.is_empty()),
         }
     }
 
@@ -255,12 +299,20 @@ impl GraphEncoder {
             };
             let group = &shape.group;
             let seen_before =
-                round.seen.get(table).is_some_and(|seen| ops.iter().any(|(identity, _)| seen.contains(identity)));
-            if seen_before {
+                round.seen.get(table).is_some_and(|seen| ops.iter().any(|write| seen.contains(&write.identity)));
+            // Deletes run before upserts within a round: a delete of a node an
+            // earlier upsert of the round wrote or merged waits for the next.
+            let deletes_merged = ops.iter().any(|write| {
+                matches!(write.op, RowOp::Delete(_)) && write.nodes.iter().any(|node| round.merged.contains(node))
+            });
+            if seen_before || deletes_merged {
                 self.flush(&mut round, &mut encoded.statements, &mut dirty);
             }
             let affects = matches!(rule, TableRule::Node(node) if !node.affects.is_empty());
-            for (identity, op) in ops {
+            for RowWrite { identity, op, nodes } in ops {
+                if matches!(op, RowOp::Upsert(_)) {
+                    round.merged.extend(nodes);
+                }
                 match round.seen.get_mut(table) {
                     Some(seen) => {
                         seen.insert(identity);
@@ -272,7 +324,7 @@ impl GraphEncoder {
                 match op {
                     RowOp::Upsert(row) => {
                         if affects {
-                            let key = key_fields(&row, group.key_names.len());
+                            let key = self.key_fields(&row, group.key_names.len());
                             push_to(&mut round.mark_before, group, key.clone());
                             push_to(&mut round.mark_after, group, key);
                         }
@@ -280,7 +332,7 @@ impl GraphEncoder {
                     }
                     RowOp::Delete(row) => {
                         if affects {
-                            push_to(&mut round.mark_before, group, key_fields(&row, group.key_names.len()));
+                            push_to(&mut round.mark_before, group, self.key_fields(&row, group.key_names.len()));
                         }
                         push_to(&mut round.deletes, group, row);
                     }
@@ -293,8 +345,34 @@ impl GraphEncoder {
                 encoded.statements.push(self.recompute(rule));
             }
         }
+        if self.links && !encoded.statements.is_empty() {
+            // Last, once every relationship of the batch is in place (derived
+            // ones included): stubs that lost a relationship and need none.
+            encoded.statements.push(Statement::new(format!(
+                "MATCH (n:{check}) WHERE n.{stub} = true AND NOT (n)--() DELETE n",
+                check = ident(STUB_CHECK_LABEL),
+                stub = ident(STUB_PROPERTY),
+            )));
+            encoded.statements.push(Statement::new(format!("MATCH (n:{0}) REMOVE n:{0}", ident(STUB_CHECK_LABEL))));
+        }
         encoded.indexes = indexes.into_iter().collect();
         Ok(encoded)
+    }
+
+    /// The nodes `change` touches (its own, old and new, and those its
+    /// relationships `MERGE`), as identities that are equal exactly when
+    /// the nodes are: changes sharing one must be applied in stream order.
+    /// Empty for a change the batch would refuse anyway.
+    pub fn touched_nodes(&self, change: &Change) -> Vec<String> {
+        let Some(rule) = self.tables.get(&change.table.table) else { return Vec::new() };
+        let Ok(shape) = self.shape(rule, &change.table, &mut BTreeSet::new()) else { return Vec::new() };
+        // The version does not matter here.
+        let version = GraphValue::Null;
+        let writes = match rule {
+            TableRule::Node(node) => self.node_ops(node, &shape, change, version),
+            TableRule::Join(join) => self.join_ops(join, &shape, change, version),
+        };
+        writes.map(|writes| writes.into_iter().flat_map(|write| write.nodes).collect()).unwrap_or_default()
     }
 
     /// The statement storing the checkpoint.
@@ -324,14 +402,26 @@ impl GraphEncoder {
         // `encode` put only tables it has rules for into the round.
         for (group, rows) in round.deletes {
             match &self.tables[&group.table] {
-                TableRule::Node(node) => out.push(self.node_delete(node, &group.key_names, rows)),
-                TableRule::Join(join) => out.push(self.join_delete(join, &group.key_names, rows)),
+                TableRule::Node(node) => {
+                    if self.links {
+                        out.push(self.node_delete_marks(node, &group.key_names, rows.clone()));
+                    }
+                    out.push(self.node_delete(node, &group.key_names, rows));
+                }
+                TableRule::Join(join) => {
+                    out.push(self.join_marks(join, &group.key_names, rows.clone()));
+                    out.push(self.join_delete(join, &group.key_names, rows));
+                }
             }
         }
         for (group, rows) in round.upserts {
             match &self.tables[&group.table] {
                 TableRule::Node(node) => out.push(self.node_upsert(node, &group.key_names, rows)),
-                TableRule::Join(join) => out.push(self.join_upsert(join, &group.key_names, rows)),
+                TableRule::Join(join) => {
+                    // A join row moved to other endpoints leaves the old ones.
+                    out.push(self.join_marks(join, &group.key_names, rows.clone()));
+                    out.push(self.join_upsert(join, &group.key_names, rows));
+                }
             }
         }
         for (group, rows) in &round.mark_after {
@@ -348,7 +438,7 @@ impl GraphEncoder {
                 Statement::new(format!(
                     "UNWIND $rows AS row MATCH ({variable}:{label} {{{keys}}}) MATCH {pattern} SET source:{dirty}",
                     label = ident(&node.label),
-                    keys = key_match(&group.key_names),
+                    keys = self.key_match(&group.key_names),
                     pattern = rule.config.pattern,
                     dirty = ident(&rule.dirty_label),
                 ))
@@ -370,9 +460,23 @@ impl GraphEncoder {
                         dirty = ident(&rule.dirty_label),
                     )));
                 }
+                if self.links {
+                    out.push(Statement::new(format!(
+                        "MATCH (n:{})--(t) WHERE t.{} = true SET t:{}",
+                        ident(&node.label),
+                        ident(STUB_PROPERTY),
+                        ident(STUB_CHECK_LABEL)
+                    )));
+                }
                 out.push(Statement::new(format!("MATCH (n:{}) DETACH DELETE n", ident(&node.label))));
             }
             TableRule::Join(join) => {
+                out.push(Statement::new(format!(
+                    "MATCH (a)-[r:{}]->(b) UNWIND [a, b] AS t WITH t WHERE t.{} = true SET t:{}",
+                    ident(&join.rel_type),
+                    ident(STUB_PROPERTY),
+                    ident(STUB_CHECK_LABEL)
+                )));
                 out.push(Statement::new(format!("MATCH ()-[r:{}]->() DELETE r", ident(&join.rel_type))));
             }
         }
@@ -406,12 +510,16 @@ impl GraphEncoder {
 
     fn node_upsert(&self, node: &NodeRule, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
         let version = &self.version;
+        let stub = ident(STUB_PROPERTY);
+        let check = ident(STUB_CHECK_LABEL);
+        // The row's own upsert makes a stub a real node.
         let mut cypher = format!(
             "UNWIND $rows AS row MERGE (n:{label} {{{keys}}}) \
              WITH n, row WHERE n.{version} IS NULL OR n.{version} < row.v \
-             SET n += row.p, n.{version} = row.v",
+             SET n += row.p, n.{version} = row.v, n.{stub} = null{raw}",
             label = ident(&node.label),
-            keys = key_match(key_names),
+            keys = self.key_match(key_names),
+            raw = self.raw_keys("n", key_names),
         );
         for (position, fk) in node.foreign_keys.iter().enumerate() {
             let (arrow_left, arrow_right) = match fk.direction {
@@ -421,19 +529,44 @@ impl GraphEncoder {
             let rel = ident(&fk.rel_type);
             let target = ident(&fk.to);
             let target_key = ident(&fk.to_key);
+            let (target_match, target_raw) = if self.lookup_keys {
+                (
+                    format!("{}: x.g{position}", ident(&lookup_name(&fk.to_key))),
+                    format!(", t.{target_key} = x.f{position}"),
+                )
+            } else {
+                (format!("{target_key}: x.f{position}"), String::new())
+            };
             // Only when the column was sent (`s`): the old relationship goes
-            // when the key changed or became NULL, the new one is merged.
+            // when the key changed or became NULL (a stub it leaves is
+            // checked at the end of the batch), the new target is merged
+            // (a stub until its own row arrives) and linked.
             let _ = write!(
                 cypher,
                 " WITH n, row OPTIONAL MATCH (n){arrow_left}[old{position}:{rel}]{arrow_right}(t{position}:{target}) \
                  WHERE row.s{position} AND (row.f{position} IS NULL OR t{position}.{target_key} <> row.f{position}) \
-                 WITH n, row, collect(old{position}) AS gone{position} \
+                 WITH n, row, collect(old{position}) AS gone{position}, collect(t{position}) AS left{position} \
                  FOREACH (o IN gone{position} | DELETE o) \
-                 FOREACH (x IN CASE WHEN row.s{position} AND row.f{position} IS NOT NULL THEN [row.f{position}] ELSE [] END | \
-                 MERGE (t:{target} {{{target_key}: x}}) MERGE (n){arrow_left}[:{rel}]{arrow_right}(t))"
+                 FOREACH (t IN [x IN left{position} WHERE x.{stub} = true] | SET t:{check}) \
+                 FOREACH (x IN CASE WHEN row.s{position} AND row.f{position} IS NOT NULL THEN [row] ELSE [] END | \
+                 MERGE (t:{target} {{{target_match}}}) ON CREATE SET t.{stub} = true{target_raw} \
+                 MERGE (n){arrow_left}[:{rel}]{arrow_right}(t))"
             );
         }
         Statement::new(cypher).with("rows", GraphValue::List(rows))
+    }
+
+    /// Marks the stub nodes linked to the nodes about to be deleted, for the
+    /// check at the end of the batch.
+    fn node_delete_marks(&self, node: &NodeRule, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
+        Statement::new(format!(
+            "UNWIND $rows AS row MATCH (n:{label} {{{keys}}})--(t) WHERE t.{stub} = true SET t:{check}",
+            label = ident(&node.label),
+            keys = self.key_match(key_names),
+            stub = ident(STUB_PROPERTY),
+            check = ident(STUB_CHECK_LABEL),
+        ))
+        .with("rows", GraphValue::List(rows))
     }
 
     fn node_delete(&self, node: &NodeRule, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
@@ -442,31 +575,58 @@ impl GraphEncoder {
             "UNWIND $rows AS row MATCH (n:{label} {{{keys}}}) \
              WHERE n.{version} IS NULL OR n.{version} < row.v DETACH DELETE n",
             label = ident(&node.label),
-            keys = key_match(key_names),
+            keys = self.key_match(key_names),
+        ))
+        .with("rows", GraphValue::List(rows))
+    }
+
+    /// Marks the stub endpoints of the relationships with the rows' keys
+    /// (about to be deleted or moved), for the check at the end of the batch.
+    fn join_marks(&self, join: &JoinConfig, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
+        Statement::new(format!(
+            "UNWIND $rows AS row MATCH (a)-[:{rel} {{{keys}}}]->(b) UNWIND [a, b] AS t \
+             WITH t WHERE t.{stub} = true SET t:{check}",
+            rel = ident(&join.rel_type),
+            keys = self.key_match(key_names),
+            stub = ident(STUB_PROPERTY),
+            check = ident(STUB_CHECK_LABEL),
         ))
         .with("rows", GraphValue::List(rows))
     }
 
     fn join_upsert(&self, join: &JoinConfig, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
         let version = &self.version;
-        let keys = key_match(key_names);
+        let keys = self.key_match(key_names);
         let rel = ident(&join.rel_type);
+        let stub = ident(STUB_PROPERTY);
+        let (from_key, to_key) = (ident(&join.from.key), ident(&join.to.key));
+        let (from_match, to_match, from_raw, to_raw) = if self.lookup_keys {
+            (
+                format!("{}: row.ga", ident(&lookup_name(&join.from.key))),
+                format!("{}: row.gb", ident(&lookup_name(&join.to.key))),
+                format!(", a.{from_key} = row.a"),
+                format!(", b.{to_key} = row.b"),
+            )
+        } else {
+            (format!("{from_key}: row.a"), format!("{to_key}: row.b"), String::new(), String::new())
+        };
         // An existing relationship with the row's key that is not newer is
         // replaced: kept when its endpoints are the row's, else re-created
         // between the new endpoints with its properties carried over (an
         // unchanged TOAST value is not in `row.p` and must survive).
+        // Endpoints without a row of their own are stubs.
         Statement::new(format!(
             "UNWIND $rows AS row OPTIONAL MATCH ()-[old:{rel} {{{keys}}}]->() \
              WITH row, old WHERE old IS NULL OR old.{version} IS NULL OR old.{version} < row.v \
-             MERGE (a:{from_label} {{{from_key}: row.a}}) MERGE (b:{to_label} {{{to_key}: row.b}}) \
+             MERGE (a:{from_label} {{{from_match}}}) ON CREATE SET a.{stub} = true{from_raw} \
+             MERGE (b:{to_label} {{{to_match}}}) ON CREATE SET b.{stub} = true{to_raw} \
              MERGE (a)-[rel:{rel} {{{keys}}}]->(b) \
              SET rel += CASE WHEN old IS NULL OR id(old) = id(rel) THEN {{}} ELSE properties(old) END \
-             SET rel += row.p, rel.{version} = row.v \
+             SET rel += row.p, rel.{version} = row.v{raw} \
              WITH rel, old WHERE old IS NOT NULL AND id(old) <> id(rel) DELETE old",
             from_label = ident(&join.from.label),
-            from_key = ident(&join.from.key),
             to_label = ident(&join.to.label),
-            to_key = ident(&join.to.key),
+            raw = self.raw_keys("rel", key_names),
         ))
         .with("rows", GraphValue::List(rows))
     }
@@ -477,13 +637,64 @@ impl GraphEncoder {
             "UNWIND $rows AS row MATCH ()-[rel:{rel} {{{keys}}}]->() \
              WHERE rel.{version} IS NULL OR rel.{version} < row.v DELETE rel",
             rel = ident(&join.rel_type),
-            keys = key_match(key_names),
+            keys = self.key_match(key_names),
         ))
         .with("rows", GraphValue::List(rows))
     }
 
+    /// `` `id`: row.k0, `other`: row.k1 `` (Neo4j), or the same through the
+    /// lookup properties (FalkorDB: `` `pgfanout_key_id`: row.q0 ``).
+    fn key_match(&self, names: &[String]) -> String {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| match self.lookup_keys {
+                true => format!("{}: row.q{i}", ident(&lookup_name(name))),
+                false => format!("{}: row.k{i}", ident(name)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// FalkorDB: `, n.`id` = row.k0…`, the key properties as they are (a
+    /// node merged through its lookup properties gets them here).
+    fn raw_keys(&self, variable: &str, names: &[String]) -> String {
+        if !self.lookup_keys {
+            return String::new();
+        }
+        names.iter().enumerate().map(|(i, name)| format!(", {variable}.{} = row.k{i}", ident(name))).collect()
+    }
+
+    /// `{k0: …, k1: …, [q0: …, q1: …,] v: version}`: the key values (their
+    /// property names are in the statement's text), their lookup values on
+    /// FalkorDB, and the change's version.
+    fn key_row(&self, key: Vec<GraphValue>, version: &GraphValue) -> Vec<(String, GraphValue)> {
+        let mut fields: Vec<(String, GraphValue)> = Vec::with_capacity(2 * key.len() + 1);
+        if self.lookup_keys {
+            for (position, value) in key.iter().enumerate() {
+                fields.push((format!("q{position}"), lookup_value(value)));
+            }
+        }
+        for (position, value) in key.into_iter().enumerate() {
+            fields.push((format!("k{position}"), value));
+        }
+        fields.push(("v".into(), version.clone()));
+        fields
+    }
+
+    /// The fields of a row built on [`Self::key_row`] that its key match
+    /// reads (they come first): all a mark statement needs, so its `$rows`
+    /// do not carry the properties.
+    fn key_fields(&self, row: &GraphValue, key_count: usize) -> GraphValue {
+        let count = if self.lookup_keys { 2 * key_count } else { key_count };
+        match row {
+            GraphValue::Map(fields) => GraphValue::Map(fields[..count.min(fields.len())].to_vec()),
+            other => other.clone(),
+        }
+    }
+
     /// The upsert/delete rows of one change to a node table, each with the
-    /// identity that keeps one row per round.
+    /// identity that keeps one row per round and the nodes it touches.
     fn node_ops(
         &self,
         node: &NodeRule,
@@ -504,17 +715,25 @@ impl GraphEncoder {
                 if old_key != new_key {
                     // The row moved to another key: the old node goes (with
                     // its relationships), the new one is written whole.
-                    ops.push((identity(&old_key), RowOp::Delete(GraphValue::Map(key_row(old_key, &version)))));
+                    ops.push(self.node_delete_row(node, shape, old_key, &version));
                 }
                 ops.push(self.node_upsert_row(node, shape, schema, new, Some(old), version)?);
             }
             ChangeOp::Delete { old } => {
                 let key = self.key_values(schema, key_positions, old, None)?;
-                ops.push((identity(&key), RowOp::Delete(GraphValue::Map(key_row(key, &version)))));
+                ops.push(self.node_delete_row(node, shape, key, &version));
             }
             ChangeOp::Truncate => {}
         }
         Ok(ops)
+    }
+
+    fn node_delete_row(&self, node: &NodeRule, shape: &Shape, key: Vec<GraphValue>, version: &GraphValue) -> RowWrite {
+        RowWrite {
+            identity: identity(&key),
+            nodes: vec![node_id(&node.label, &shape.group.key_names, &key)],
+            op: RowOp::Delete(GraphValue::Map(self.key_row(key, version))),
+        }
     }
 
     fn node_upsert_row(
@@ -525,18 +744,25 @@ impl GraphEncoder {
         new: &Row,
         old: Option<&Row>,
         version: GraphValue,
-    ) -> Result<(String, RowOp), GraphSinkError> {
+    ) -> Result<RowWrite, GraphSinkError> {
         let key = self.key_values(schema, &shape.key_positions, new, old)?;
         let id = identity(&key);
-        let mut fields = key_row(key, &version);
+        let mut nodes = vec![node_id(&node.label, &shape.group.key_names, &key)];
+        let mut fields = self.key_row(key, &version);
         fields.push(("p".into(), self.properties(schema, new)?));
         for (position, (fk, column)) in node.foreign_keys.iter().zip(&shape.link_positions).enumerate() {
             let column = link_column(schema, &fk.rel_type, &fk.column, *column)?;
             let value = self.typed(schema, column, new)?;
             fields.push((format!("s{position}"), GraphValue::Bool(value.is_some())));
+            if let Some(target) = value.as_ref().filter(|value| **value != GraphValue::Null) {
+                nodes.push(node_id(&fk.to, std::slice::from_ref(&fk.to_key), std::slice::from_ref(target)));
+                if self.lookup_keys {
+                    fields.push((format!("g{position}"), lookup_value(target)));
+                }
+            }
             fields.push((format!("f{position}"), value.unwrap_or(GraphValue::Null)));
         }
-        Ok((id, RowOp::Upsert(GraphValue::Map(fields))))
+        Ok(RowWrite { identity: id, op: RowOp::Upsert(GraphValue::Map(fields)), nodes })
     }
 
     fn join_ops(
@@ -549,17 +775,21 @@ impl GraphEncoder {
         let schema = &change.table;
         let key_positions = &shape.key_positions[..];
         let mut ops = Vec::new();
+        let delete = |key: Vec<GraphValue>| RowWrite {
+            identity: identity(&key),
+            op: RowOp::Delete(GraphValue::Map(self.key_row(key, &version))),
+            nodes: Vec::new(),
+        };
         let (old, new) = change.op.images();
         if let (Some(old), Some(new)) = (old, new) {
             let old_key = self.key_values(schema, key_positions, old, Some(new))?;
             if old_key != self.key_values(schema, key_positions, new, Some(old))? {
-                ops.push((identity(&old_key), RowOp::Delete(GraphValue::Map(key_row(old_key, &version)))));
+                ops.push(delete(old_key));
             }
         }
         match (old, new) {
             (_, Some(new)) => {
                 let key = self.key_values(schema, key_positions, new, old)?;
-                let id = identity(&key);
                 let endpoint = |column: &str, position: Option<usize>| -> Result<Option<GraphValue>, GraphSinkError> {
                     let position = link_column(schema, &join.rel_type, column, position)?;
                     Ok(self.typed(schema, position, new)?.filter(|value| *value != GraphValue::Null))
@@ -567,25 +797,37 @@ impl GraphEncoder {
                 let (from, to) = (shape.link_positions[0], shape.link_positions[1]);
                 match (endpoint(&join.from.column, from)?, endpoint(&join.to.column, to)?) {
                     (Some(from), Some(to)) => {
-                        let mut fields = key_row(key, &version);
+                        let id = identity(&key);
+                        let nodes = vec![
+                            node_id(
+                                &join.from.label,
+                                std::slice::from_ref(&join.from.key),
+                                std::slice::from_ref(&from),
+                            ),
+                            node_id(&join.to.label, std::slice::from_ref(&join.to.key), std::slice::from_ref(&to)),
+                        ];
+                        let mut fields = self.key_row(key, &version);
                         fields.push(("p".into(), self.properties(schema, new)?));
+                        if self.lookup_keys {
+                            fields.push(("ga".into(), lookup_value(&from)));
+                            fields.push(("gb".into(), lookup_value(&to)));
+                        }
                         fields.push(("a".into(), from));
                         fields.push(("b".into(), to));
-                        ops.push((id, RowOp::Upsert(GraphValue::Map(fields))));
+                        ops.push(RowWrite { identity: id, op: RowOp::Upsert(GraphValue::Map(fields)), nodes });
                     }
                     // An endpoint is NULL (or unchanged and unknown): no relationship.
-                    _ => ops.push((id, RowOp::Delete(GraphValue::Map(key_row(key, &version))))),
+                    _ => ops.push(delete(key)),
                 }
             }
             (Some(old), None) => {
                 let key = self.key_values(schema, key_positions, old, None)?;
-                ops.push((identity(&key), RowOp::Delete(GraphValue::Map(key_row(key, &version)))));
+                ops.push(delete(key));
             }
             (None, None) => {}
         }
         Ok(ops)
     }
-
     /// Resolves `schema` under `rule` (once per shape in a batch) and adds
     /// the indexes its statements rely on.
     fn shape(
@@ -600,11 +842,11 @@ impl GraphEncoder {
                 for &position in &key_positions {
                     indexes.insert(IndexSpec::Node {
                         label: node.label.clone(),
-                        property: schema.columns[position].name.clone(),
+                        property: self.index_property(&schema.columns[position].name),
                     });
                 }
                 for fk in &node.foreign_keys {
-                    indexes.insert(IndexSpec::Node { label: fk.to.clone(), property: fk.to_key.clone() });
+                    indexes.insert(IndexSpec::Node { label: fk.to.clone(), property: self.index_property(&fk.to_key) });
                 }
                 (key_positions, node.foreign_keys.iter().map(|fk| schema.position(&fk.column)).collect())
             }
@@ -613,16 +855,31 @@ impl GraphEncoder {
                 for &position in &key_positions {
                     indexes.insert(IndexSpec::Relationship {
                         rel_type: join.rel_type.clone(),
-                        property: schema.columns[position].name.clone(),
+                        property: self.index_property(&schema.columns[position].name),
                     });
                 }
-                indexes.insert(IndexSpec::Node { label: join.from.label.clone(), property: join.from.key.clone() });
-                indexes.insert(IndexSpec::Node { label: join.to.label.clone(), property: join.to.key.clone() });
+                indexes.insert(IndexSpec::Node {
+                    label: join.from.label.clone(),
+                    property: self.index_property(&join.from.key),
+                });
+                indexes.insert(IndexSpec::Node {
+                    label: join.to.label.clone(),
+                    property: self.index_property(&join.to.key),
+                });
                 (key_positions, vec![schema.position(&join.from.column), schema.position(&join.to.column)])
             }
         };
         let group = Group { table: schema.table.clone(), key_names: key_names(schema, &key_positions) };
         Ok(Shape { key_positions, group, link_positions })
+    }
+
+    /// The property an index on key property `name` is made on.
+    fn index_property(&self, name: &str) -> String {
+        if self.lookup_keys {
+            lookup_name(name)
+        } else {
+            name.to_owned()
+        }
     }
 
     fn key_positions(&self, schema: &TableSchema, configured: Option<&[String]>) -> Result<Vec<usize>, GraphSinkError> {
@@ -721,40 +978,47 @@ fn link_column(
     })
 }
 
-/// `{k0: …, k1: …, v: version}`: the key values (their property names are
-/// in the statement's text) and the change's version.
-fn key_row(key: Vec<GraphValue>, version: &GraphValue) -> Vec<(String, GraphValue)> {
-    let mut fields: Vec<(String, GraphValue)> = Vec::with_capacity(key.len() + 1);
-    for (position, value) in key.into_iter().enumerate() {
-        fields.push((format!("k{position}"), value));
-    }
-    fields.push(("v".into(), version.clone()));
-    fields
-}
-
-/// The `k0…` fields of a row built on [`key_row`] (they come first): all a
-/// mark statement matches on, so its `$rows` do not carry the properties.
-fn key_fields(row: &GraphValue, key_count: usize) -> GraphValue {
-    match row {
-        GraphValue::Map(fields) => GraphValue::Map(fields[..key_count.min(fields.len())].to_vec()),
-        other => other.clone(),
-    }
-}
-
 /// The sink names of the key columns.
 fn key_names(schema: &TableSchema, positions: &[usize]) -> Vec<String> {
     // Positions come from `key_positions`, which checked them against the schema.
     positions.iter().map(|&position| schema.columns[position].name.clone()).collect()
 }
 
-/// `` `id`: row.k0, `other`: row.k1 ``
-fn key_match(names: &[String]) -> String {
-    names.iter().enumerate().map(|(i, name)| format!("{}: row.k{i}", ident(name))).collect::<Vec<_>>().join(", ")
-}
-
 /// A row's identity within a batch, for splitting rounds.
 fn identity(key: &[GraphValue]) -> String {
     format!("{key:?}")
+}
+
+/// A node's identity: its label, key property names and key values.
+fn node_id(label: &str, key_names: &[String], key: &[GraphValue]) -> String {
+    format!("{label:?} {key_names:?} {key:?}")
+}
+
+/// The name of the property FalkorDB finds nodes by for key property `name`.
+pub fn lookup_name(name: &str) -> String {
+    format!("{LOOKUP_PREFIX}{name}")
+}
+
+/// The value FalkorDB finds a node by for key value `value`: strings
+/// wrapped in a private-use code point, everything else as it is.
+///
+/// Why: FalkorDB's exact-match index trims leading and trailing whitespace
+/// from the strings it holds and cannot hold the empty string, so a node
+/// whose key is `' tzä'` was found by `'tzä'` and never by `' tzä'` (its
+/// delete did nothing, its next upsert made a second node). A wrapped key
+/// neither starts nor ends with whitespace and is never empty; the key
+/// property itself keeps the value byte for byte.
+pub fn lookup_value(value: &GraphValue) -> GraphValue {
+    match value {
+        GraphValue::String(text) => {
+            let mut wrapped = String::with_capacity(text.len() + 2 * LOOKUP_WRAP.len_utf8());
+            wrapped.push(LOOKUP_WRAP);
+            wrapped.push_str(text);
+            wrapped.push(LOOKUP_WRAP);
+            GraphValue::String(wrapped)
+        }
+        other => other.clone(),
+    }
 }
 
 #[cfg(test)]
@@ -769,8 +1033,8 @@ mod tests {
 
     const CONFIG: &str = r#"
 name = "graph"
-transport = "falkordb"
-url = "redis://127.0.0.1:6379"
+transport = "bolt"
+url = "bolt://127.0.0.1:7687"
 [[table]]
 source = "public.reservations"
 label = "Reservation"
@@ -867,8 +1131,8 @@ on = { "public.reservations" = "r" }
             .collect();
         let encoded = encode(&[transaction(0x100, inserts)]);
         let kinds: Vec<&str> = encoded.statements.iter().map(|s| s.cypher.split(' ').nth(4).unwrap_or("")).collect();
-        // mark before, upsert, mark after, recompute.
-        assert_eq!(encoded.statements.len(), 4, "{kinds:?}");
+        // mark before, upsert, mark after, recompute, stub check (two).
+        assert_eq!(encoded.statements.len(), 6, "{kinds:?}");
         let upsert = &encoded.statements[1];
         assert!(
             upsert.cypher.starts_with("UNWIND $rows AS row MERGE (n:`Reservation` {`id`: row.k0})"),
@@ -952,11 +1216,12 @@ on = { "public.reservations" = "r" }
                 (favorites, ChangeOp::Insert { new: row(&[Some("2"), Some("7"), None]) }),
             ],
         )]);
-        assert_eq!(encoded.statements.len(), 2);
-        let delete = &encoded.statements[0];
+        // Per kind, stub marks then the writes; the stub check ends the batch.
+        assert_eq!(encoded.statements.len(), 6);
+        let delete = &encoded.statements[1];
         assert!(delete.cypher.starts_with("UNWIND $rows AS row MATCH ()-[rel:`FAVORITE` {`id`: row.k0}]->()"));
         assert_eq!(field(&rows_of(delete)[0], "k0"), &GraphValue::Int(2));
-        let upsert = &encoded.statements[1];
+        let upsert = &encoded.statements[3];
         assert!(upsert.cypher.contains("MERGE (a)-[rel:`FAVORITE` {`id`: row.k0}]->(b)"), "{}", upsert.cypher);
         assert!(upsert.cypher.contains("properties(old)"), "a moved relationship keeps its properties");
         assert_eq!(field(&rows_of(upsert)[0], "a"), &GraphValue::Int(7));
@@ -971,10 +1236,12 @@ on = { "public.reservations" = "r" }
         let reservations = table("reservations", &["id", "guest_id", "note"]);
         let encoded = encode(&[transaction(0x500, vec![(reservations, ChangeOp::Truncate)])]);
         let texts: Vec<&str> = encoded.statements.iter().map(|s| s.cypher.as_str()).collect();
-        assert_eq!(texts.len(), 3, "{texts:?}");
+        assert_eq!(texts.len(), 6, "{texts:?}");
         assert!(texts[0].starts_with("MATCH (r:`Reservation`) MATCH (source:User)"), "{}", texts[0]);
-        assert_eq!(texts[1], "MATCH (n:`Reservation`) DETACH DELETE n");
-        assert!(texts[2].starts_with("MATCH (source:`PgfanoutDirty_BOOKED_IN`)"));
+        assert!(texts[1].ends_with("SET t:`PgfanoutStubCheck`"), "stubs it leaves are checked: {}", texts[1]);
+        assert_eq!(texts[2], "MATCH (n:`Reservation`) DETACH DELETE n");
+        assert!(texts[3].starts_with("MATCH (source:`PgfanoutDirty_BOOKED_IN`)"));
+        assert!(texts[4].ends_with("AND NOT (n)--() DELETE n"), "{}", texts[4]);
     }
 
     #[test]
@@ -1004,6 +1271,65 @@ on = { "public.reservations" = "r" }
             encoder.checkpoint_index(),
             IndexSpec::Node { label: "Check`point`".into(), property: "sink".into() }
         );
+    }
+
+    #[test]
+    fn a_delete_after_an_upsert_that_merges_its_node_waits_for_the_next_round() {
+        let users =
+            Arc::new(TableSchema { table: TableName::new("public", "users"), ..(*table("u", &["id"])).clone() });
+        let mut config: GraphSinkConfig = toml::from_str(CONFIG).unwrap();
+        config.tables.push(toml::from_str("source = \"public.users\"\nlabel = \"User\"").unwrap());
+        let encoder = GraphEncoder::new(&config);
+        let reservations = table("reservations", &["id", "guest_id", "note"]);
+        let transactions = [transaction(
+            0x800,
+            vec![
+                (reservations, ChangeOp::Insert { new: row(&[Some("1"), Some("7"), None]) }),
+                (users, ChangeOp::Delete { old: row(&[Some("7")]) }),
+            ],
+        )];
+        let refs: Vec<ChangeRef<'_>> =
+            transactions[0].changes.iter().map(|change| ChangeRef { transaction: &transactions[0], change }).collect();
+        let texts: Vec<String> = encoder.encode(&refs).unwrap().statements.into_iter().map(|s| s.cypher).collect();
+        let upsert = texts.iter().position(|text| text.contains("MERGE (n:`Reservation`")).unwrap();
+        let delete = texts.iter().position(|text| text.contains("MATCH (n:`User`") && text.contains("DELETE")).unwrap();
+        assert!(upsert < delete, "the stream's order: {texts:#?}");
+        assert_eq!(
+            encoder.touched_nodes(refs[0].change)[1],
+            encoder.touched_nodes(refs[1].change)[0],
+            "the reservation and the user share the user's node (and so a lane)"
+        );
+    }
+
+    #[test]
+    fn falkordb_finds_keys_through_wrapped_lookup_properties() {
+        let mut config: GraphSinkConfig = toml::from_str(CONFIG).unwrap();
+        config.transport = crate::config::Transport::Falkordb;
+        let encoder = GraphEncoder::new(&config);
+        let mut schema = (*table("reservations", &["id", "guest_id", "note"])).clone();
+        schema.columns[0].type_oid = Oid(25);
+        let transactions = [transaction(
+            0x900,
+            vec![(Arc::new(schema), ChangeOp::Insert { new: row(&[Some(" tzä"), Some("7"), None]) })],
+        )];
+        let refs: Vec<ChangeRef<'_>> =
+            transactions[0].changes.iter().map(|change| ChangeRef { transaction: &transactions[0], change }).collect();
+        let encoded = encoder.encode(&refs).unwrap();
+        let upsert = encoded.statements.iter().find(|s| s.cypher.contains("MERGE (n:")).unwrap();
+        assert!(upsert.cypher.contains("MERGE (n:`Reservation` {`pgfanout_key_id`: row.q0})"), "{}", upsert.cypher);
+        assert!(upsert.cypher.contains("n.`id` = row.k0"), "the key property itself is written as it is");
+        assert!(
+            upsert.cypher.contains("MERGE (t:`User` {`pgfanout_key_id`: x.g0}) ON CREATE SET"),
+            "{}",
+            upsert.cypher
+        );
+        let row = &rows_of(upsert)[0];
+        assert_eq!(field(row, "k0"), &GraphValue::String(" tzä".into()));
+        assert_eq!(field(row, "q0"), &GraphValue::String("\u{E000} tzä\u{E000}".into()));
+        assert_eq!(field(row, "g0"), &GraphValue::Int(7), "only strings are wrapped");
+        assert!(encoded
+            .indexes
+            .contains(&IndexSpec::Node { label: "Reservation".into(), property: "pgfanout_key_id".into() }));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
-use crate::encode::{ident, IndexSpec, Statement};
+use crate::encode::{ident, lookup_value, IndexSpec, Statement, LOOKUP_PREFIX};
 use crate::error::{endpoint_of, statement_head, GraphSinkError};
 use crate::value::GraphValue;
 
@@ -100,6 +100,29 @@ fn index_statement(index: &IndexSpec) -> String {
             format!("CREATE INDEX FOR ()-[r:{}]-() ON (r.{})", ident(rel_type), ident(property))
         }
     }
+}
+
+/// For a new index on a lookup property: the statement that fills it in on
+/// the nodes or relationships written before lookup properties existed
+/// (their key property holds the value), so they are found, not duplicated.
+fn backfill_statement(index: &IndexSpec) -> Option<Statement> {
+    let (pattern, variable, property) = match index {
+        IndexSpec::Node { label, property } => (format!("(e:{})", ident(label)), "e", property),
+        IndexSpec::Relationship { rel_type, property } => (format!("()-[e:{}]->()", ident(rel_type)), "e", property),
+    };
+    let key = property.strip_prefix(LOOKUP_PREFIX)?;
+    let (lookup, key) = (ident(property), ident(key));
+    // Strings are wrapped as `lookup_value` does; `$wrap` is its wrapping of ''.
+    let GraphValue::String(wrap) = lookup_value(&GraphValue::String(String::new())) else { return None };
+    let half = wrap[..wrap.len() / 2].to_owned();
+    Some(Statement {
+        cypher: format!(
+            "MATCH {pattern} WHERE {variable}.{lookup} IS NULL AND {variable}.{key} IS NOT NULL \
+             SET {variable}.{lookup} = CASE WHEN toString({variable}.{key}) = {variable}.{key} \
+             THEN $wrap + {variable}.{key} + $wrap ELSE {variable}.{key} END"
+        ),
+        params: vec![("wrap".into(), GraphValue::String(half))],
+    })
 }
 
 fn is_already_indexed(err: &redis::RedisError) -> bool {
@@ -247,11 +270,15 @@ impl FalkorTransport {
         let command = redis::cmd("GRAPH.QUERY").arg(&self.graph).arg(&text).to_owned();
         let created = async {
             match command.query_async::<redis::Value>(&mut connection).await {
-                Err(err) if is_already_indexed(&err) => Ok(()),
-                other => other.map(|_| ()),
+                Err(err) if is_already_indexed(&err) => Ok(false),
+                other => other.map(|_| true),
             }
         };
-        self.within_timeout(|| text.clone(), created).await
+        let created = self.within_timeout(|| text.clone(), created).await?;
+        match backfill_statement(index) {
+            Some(backfill) if created => self.run_all(std::slice::from_ref(&backfill)).await,
+            _ => Ok(()),
+        }
     }
 }
 
@@ -294,6 +321,18 @@ mod tests {
     fn statements_without_parameters_have_no_prefix() {
         let statement = Statement { cypher: "MATCH (n) RETURN n".into(), params: Vec::new() };
         assert_eq!(render(&statement), "MATCH (n) RETURN n");
+    }
+
+    #[test]
+    fn lookup_indexes_are_backfilled_from_the_key_property() {
+        let index = IndexSpec::Node { label: "User".into(), property: "pgfanout_key_id".into() };
+        let backfill = backfill_statement(&index).unwrap();
+        assert!(backfill
+            .cypher
+            .starts_with("MATCH (e:`User`) WHERE e.`pgfanout_key_id` IS NULL AND e.`id` IS NOT NULL"));
+        assert_eq!(backfill.params, vec![("wrap".into(), GraphValue::String("\u{E000}".into()))]);
+        let checkpoint = IndexSpec::Node { label: "PgfanoutCheckpoint".into(), property: "sink".into() };
+        assert!(backfill_statement(&checkpoint).is_none());
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! holding [`pgfanout_core::Version::to_sortable_string`]), so re-delivered
 //! changes never move a node or relationship backwards; unchanged TOAST
 //! values are never written; derived counts are recomputed from the rows
-//! they count, never incremented; a batch is one transaction of the store.
+//! they count, never incremented; a batch is one transaction of the store;
+//! changes touching one node are applied in stream order (one lane, and
+//! within a batch no delete runs ahead of an earlier `MERGE` of its node);
+//! a node that only relationships made (a stub) goes with the last of them.
 
 #![warn(missing_docs)]
 

@@ -12,9 +12,13 @@
 //!
 //! Lanes: FalkorDB runs write queries one at a time, so `lanes = 1` is the
 //! faster setting there (benches/README.md); with Neo4j, lanes commit side
-//! by side.
+//! by side. Every change that touches a node — its own row's, or one its
+//! relationships `MERGE` — shares a lane with every other change touching
+//! it ([`Sink::related_lane_keys`]), so a delete never races a `MERGE` of
+//! the same node and two lanes never create one node twice.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher as _;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -159,5 +163,10 @@ impl Sink for GraphSink {
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
         let context = pgfanout_core::describe_apply(changes, checkpoint);
         self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(&self.config.name, context))
+    }
+
+    fn related_lane_keys(&self, change: &ChangeRef<'_>, keys: &mut Vec<u64>) {
+        let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        keys.extend(self.encoder.touched_nodes(change.change).iter().map(|node| hasher.hash_one(node)));
     }
 }
