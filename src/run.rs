@@ -352,7 +352,12 @@ async fn worker_settings(config: &Config, sink: &SinkConfig) -> anyhow::Result<W
         // `validate` refuses dead_letter without a destination.
         _ => OnError::Block,
     };
-    Ok(WorkerSettings { lanes: delivery.lanes, on_error, ..config.worker_settings() })
+    Ok(WorkerSettings {
+        lanes: delivery.lanes,
+        on_error,
+        max_consecutive_dead_letters: delivery.max_consecutive_dead_letters,
+        ..config.worker_settings()
+    })
 }
 
 async fn load_checkpoint_with_retry(sink: &dyn Sink, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Option<Lsn>> {
