@@ -13,6 +13,7 @@ mod monitor;
 mod progress;
 mod run;
 mod source;
+mod table_check;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -16,7 +16,7 @@
 use async_trait::async_trait;
 use pgoutput::Lsn;
 
-use crate::model::{Change, Transaction};
+use crate::model::{Change, TableSchema, Transaction};
 
 /// Whether retrying can help, and whether the error is about one change or
 /// about the store.
@@ -194,6 +194,17 @@ pub trait Sink: Send + Sync {
     /// with the changes one at a time, to find one the store rejects), so a
     /// partial apply must be safe to repeat.
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError>;
+
+    /// Problems that would make [`Sink::apply`] refuse changes of a table of
+    /// this shape (as the sink receives it, after mapping), one line each
+    /// with its fix: a key it cannot build (no primary key and no key
+    /// columns in the config), key columns an update or delete does not
+    /// carry, columns the table does not publish. `check` reports them and
+    /// `run` refuses to start on them. The default finds none.
+    fn table_problems(&self, table: &TableSchema) -> Vec<String> {
+        let _ = table;
+        Vec::new()
+    }
 }
 
 /// Where changes a store rejects go when a sink runs with

@@ -160,4 +160,8 @@ impl Sink for GraphSink {
         let context = pgfanout_core::describe_apply(changes, checkpoint);
         self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(&self.config.name, context))
     }
+
+    fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
+        self.encoder.table_problems(table)
+    }
 }
