@@ -65,3 +65,26 @@ async fn a_filter_on_a_large_text_column_keeps_rows_whose_other_columns_change()
     let actual = redis_hashes(&mut redis, "document:").await;
     assert_eq!(actual, expected, "log:\n{}", pgfanout.log_text());
 }
+
+#[tokio::test]
+async fn run_refuses_to_start_on_a_filter_naming_an_unknown_column() {
+    let db = create_database("e2e_filter_typo").await;
+    db.client.batch_execute("CREATE TABLE documents (id bigint PRIMARY KEY, views int NOT NULL);").await.unwrap();
+    let server = OwnRedisServer::start().await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config =
+        redis_config(&db, &server.url, &http, &[("public.documents", "document:{id}")]) + "filter = 'veiws > 10'\n";
+    let mut pgfanout = Pgfanout::start("e2e_filter_typo", &config, &http);
+    // Before, every row failed the filter silently: nothing reached Redis.
+    let code = pgfanout.wait_exit(Duration::from_secs(30)).await;
+    assert_ne!(code, Some(0), "log:\n{}", pgfanout.log_text());
+    let log = pgfanout.log_text();
+    assert!(log.contains("reads column veiws, which table public.documents does not publish"), "{log}");
+    let slots: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'e2e_filter_typo'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "refused before creating anything on the primary");
+}
