@@ -41,6 +41,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
             Ok(mut connection) => {
                 findings.problems.extend(source_problems(&mut connection, config, options.database()).await);
                 findings.problems.extend(crate::privileges::privilege_problems(&mut connection, config).await);
+                findings.problems.extend(crate::table_check::problems(&mut connection, config).await);
                 let health = slot_health(&mut connection, config).await;
                 findings.problems.extend(health.problems);
                 findings.warnings.extend(health.warnings);

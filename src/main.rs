@@ -15,6 +15,7 @@ mod progress;
 mod run;
 mod secrets;
 mod source;
+mod table_check;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

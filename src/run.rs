@@ -62,17 +62,25 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 
     let options = connect_options(config)?;
     let mut first_connection = connect_with_retry(&options, &shutdown).await?;
+    let table_problems = crate::table_check::problems(&mut first_connection, config).await;
+    if !table_problems.is_empty() {
+        bail!("the sinks cannot replicate these tables as configured:\n{}", table_problems.join("\n"));
+    }
     prepare_source(&mut first_connection, config, options.database()).await?;
     let start_options = start_options(config, first_connection.server_version());
     // Where the server is now: the backlog to catch up on, for the progress bar.
     let server_position = first_connection.identify_system().await.context("IDENTIFY_SYSTEM")?.xlog_position;
     let user_types =
         crate::catalog::user_types(&mut first_connection).await.context("reading user types from pg_type")?;
+    let primary_keys = crate::catalog::primary_keys(&mut first_connection, &crate::source::routed_tables(config))
+        .await
+        .context("reading the routed tables' primary keys from pg_index")?;
     let mut connection = Some(first_connection);
 
     let on_ack = Arc::new(Notify::new());
     let mut pipeline = Pipeline::new(metrics.clone()).with_spill(config.spill_settings());
     pipeline.register_types(user_types);
+    pipeline.register_primary_keys(primary_keys);
     let mut workers = Vec::new();
     let mut checkpoints = Vec::new();
     for sink_config in &config.sinks {
@@ -352,7 +360,12 @@ async fn worker_settings(config: &Config, sink: &SinkConfig) -> anyhow::Result<W
         // `validate` refuses dead_letter without a destination.
         _ => OnError::Block,
     };
-    Ok(WorkerSettings { lanes: delivery.lanes, on_error, ..config.worker_settings() })
+    Ok(WorkerSettings {
+        lanes: delivery.lanes,
+        on_error,
+        max_consecutive_dead_letters: delivery.max_consecutive_dead_letters,
+        ..config.worker_settings()
+    })
 }
 
 async fn load_checkpoint_with_retry(sink: &dyn Sink, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Option<Lsn>> {

@@ -191,7 +191,11 @@ async fn a_dropped_identity_index_gets_another_unique_index_as_fix() {
         .batch_execute(r#"ALTER TABLE "public"."orders" REPLICA IDENTITY USING INDEX "orders_code""#)
         .await
         .unwrap();
-    run_check("check_identity_index", &config).assert_ok();
+    // A delete now carries only code: a key built from id could not be found.
+    let run = run_check("check_identity_index", &config);
+    let problem = run.problem_about("key template column id");
+    assert!(problem.contains("replica identity index"), "{problem}");
+    run_check("check_identity_index", &config.replace("order:{id}", "order:{code}")).assert_ok();
 }
 
 #[tokio::test]
@@ -380,4 +384,93 @@ async fn a_config_error_is_one_line_naming_the_file_and_key() {
     let path = config_path("check_config_error");
     assert!(problems[0].contains(&format!("invalid config {}: ", path.display())), "{}", run.report());
     assert!(problems[0].contains("key source.slto: unknown field"), "{}", run.report());
+}
+
+/// A Redis sink routing each `(table, extra lines)` of `db`, the lines
+/// added to its `[[sink.table]]` (no key template unless they give one).
+fn redis_tables_config(db: &TestDatabase, tables: &[(&str, &str)]) -> String {
+    let mut config = format!(
+        "[source]\nurl = \"{}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[sink]]\nname = \"{name}\"\nkind = \"redis\"\nurl = \"{}\"\n",
+        db.url,
+        redis_url(),
+        name = db.name
+    );
+    for (table, lines) in tables {
+        config.push_str(&format!("\n[[sink.table]]\nsource = \"{table}\"\n{lines}\n"));
+    }
+    config
+}
+
+#[tokio::test]
+async fn filters_on_unknown_or_toastable_columns_and_tables_without_a_key_are_problems() {
+    let db = create_database("check_tables").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, status text, amount int NOT NULL);
+             CREATE TABLE notes (id bigint PRIMARY KEY, body text);
+             CREATE TABLE events (id bigint NOT NULL, kind text);
+             ALTER TABLE events REPLICA IDENTITY FULL;",
+        )
+        .await
+        .unwrap();
+    let config = |orders_filter: &str, events_key: &str| {
+        redis_tables_config(
+            &db,
+            &[
+                ("public.orders", &format!("key = \"order:{{id}}\"\nfilter = '{orders_filter}'")),
+                ("public.notes", "filter = 'body != \"\"'"),
+                ("public.events", events_key),
+            ],
+        )
+    };
+
+    let run = run_check("check_tables", &config("stauts != \"x\" && amount > 1", ""));
+    run.assert_failed();
+    let unknown = run.problem_about("stauts");
+    assert!(unknown.contains("reads column stauts, which table public.orders does not publish"), "{unknown}");
+    assert!(unknown.contains("columns: id, status, amount"), "{unknown}");
+    let toast = run.problem_about("reads column body");
+    assert!(toast.contains("ALTER TABLE public.notes REPLICA IDENTITY FULL"), "{toast}");
+    assert!(toast.contains("take body out of the filter"), "{toast}");
+    let keyless = run.problem_about("table public.events");
+    assert!(keyless.contains("has no primary key") && keyless.contains("set `key`"), "{keyless}");
+    assert_eq!(run.problems().len(), 3, "{}", run.report());
+
+    // Each fixed as its line says: a known column, FULL, key columns named.
+    db.client.batch_execute("ALTER TABLE notes REPLICA IDENTITY FULL").await.unwrap();
+    run_check("check_tables", &config("amount > 1", "key = \"event:{id}:{kind}\"")).assert_ok();
+}
+
+#[tokio::test]
+async fn a_table_under_full_identity_needs_no_id_columns_when_it_has_a_primary_key() {
+    let db = create_database("check_mongo_full").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer text);
+             ALTER TABLE orders REPLICA IDENTITY FULL;
+             CREATE TABLE events (id bigint NOT NULL, kind text);
+             ALTER TABLE events REPLICA IDENTITY FULL;",
+        )
+        .await
+        .unwrap();
+    let config = |events_lines: &str| {
+        format!(
+            "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[sink]]\nname = \"docs\"\nkind = \"mongodb\"\nurl = \"{mongo}\"\ndatabase = \"{name}\"\n\n\
+             [[sink.table]]\nsource = \"public.orders\"\n\n[[sink.table]]\nsource = \"public.events\"\n{events_lines}\n",
+            url = db.url,
+            name = db.name,
+            mongo = required_env("PGFANOUT_TEST_MONGODB_URL"),
+        )
+    };
+    // Before, `check` passed this and `run` stalled on the first change of
+    // either table: "under REPLICA IDENTITY FULL every column counts as key".
+    let run = run_check("check_mongo_full", &config(""));
+    run.assert_failed();
+    let problem = run.problem_about("public.events");
+    assert!(problem.starts_with("sink docs: table public.events: the table has no primary key"), "{problem}");
+    assert!(problem.contains("id_columns"), "{problem}");
+    assert_eq!(run.problems().len(), 1, "orders is keyed by its primary key: {}", run.report());
+    run_check("check_mongo_full", &config("id_columns = [\"id\", \"kind\"]")).assert_ok();
 }

@@ -24,6 +24,8 @@ CREATE TABLE reservations (
     id bigint PRIMARY KEY, property_id bigint NOT NULL REFERENCES properties,
     guest_id bigint NOT NULL REFERENCES users DEFERRABLE INITIALLY DEFERRED, total numeric(12, 2), status text NOT NULL DEFAULT 'pending'
 );
+-- The filter reads status: never TOASTed, so every update carries it.
+ALTER TABLE reservations ALTER COLUMN status SET STORAGE PLAIN;
 CREATE TABLE favorites (
     id bigint PRIMARY KEY, user_id bigint REFERENCES users, property_id bigint REFERENCES properties, note text
 );
@@ -390,6 +392,8 @@ CREATE TABLE samples (
     b bool, t text, d date, ts timestamp, tstz timestamptz, u uuid, j jsonb, ints int4[], texts text[],
     matrix int4[], by bytea, nothing text
 );
+-- The nodes are keyed by code, not the primary key: a delete must carry it.
+ALTER TABLE samples REPLICA IDENTITY FULL;
 INSERT INTO samples VALUES (1, 'a', -32768, 9223372036854775807, 1.5, -0.125, 12345678901234567890.125,
     true, E'it''s \\ "quoted"\nline two ✓', '2026-12-01', '2026-12-01 10:30:00.5', '2026-12-01 10:30:00.5+02',
     'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"b": [1, 2], "a": null}', '{1,2,3}', '{x,"y z"}',

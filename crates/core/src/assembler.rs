@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pgoutput::value::TypeKind;
-use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, TupleColumn, TupleData, TypeRegistry, Xid};
+use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, ReplicaIdentity, TupleColumn, TupleData, TypeRegistry, Xid};
 
 use crate::model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
 use crate::streamed::{SpillError, SpillSettings, StreamedTransactions};
@@ -89,6 +89,9 @@ pub struct TransactionAssembler {
     streamed: StreamedTransactions,
     /// Relation shapes announced inside stream blocks, per streamed transaction.
     stream_relations: HashMap<Xid, HashMap<Oid, Arc<TableSchema>>>,
+    /// Primary key columns per table, from the catalog: the key of tables
+    /// whose replica identity does not name it (FULL, NOTHING).
+    primary_keys: HashMap<TableName, Vec<String>>,
 }
 
 impl TransactionAssembler {
@@ -128,6 +131,14 @@ impl TransactionAssembler {
             // Built-in OIDs are refused by the registry and need no registration.
             let _ = types.register(oid, kind);
         }
+    }
+
+    /// Registers each table's primary key columns (read from `pg_index`).
+    /// Under REPLICA IDENTITY FULL or NOTHING they, not pgoutput's flags,
+    /// mark the key columns of the shapes announced from now on (see
+    /// [`ColumnSchema::is_key`]); a table not registered has no key there.
+    pub fn register_primary_keys(&mut self, keys: impl IntoIterator<Item = (TableName, Vec<String>)>) {
+        self.primary_keys.extend(keys);
     }
 
     /// Whether the registry converts values of `oid` (built in or registered).
@@ -193,14 +204,28 @@ impl TransactionAssembler {
                 Ok(Assembled::Pending)
             }
             PgOutputMessage::Relation(relation) => {
+                let table = TableName::new(relation.namespace, relation.name);
+                // pgoutput's flags are the replica identity: the primary key
+                // under DEFAULT, the index under USING INDEX, but every column
+                // under FULL and none under NOTHING; there the catalog's
+                // primary key is the key.
+                let primary_key = match relation.replica_identity {
+                    ReplicaIdentity::Full | ReplicaIdentity::Nothing => {
+                        Some(self.primary_keys.get(&table).map(Vec::as_slice).unwrap_or_default())
+                    }
+                    _ => None,
+                };
                 let schema = Arc::new(TableSchema {
                     oid: relation.oid,
-                    table: TableName::new(relation.namespace, relation.name),
+                    table,
                     replica_identity: relation.replica_identity,
                     columns: relation
                         .columns
                         .into_iter()
-                        .map(|c| ColumnSchema { name: c.name, type_oid: c.type_oid, is_key: c.is_key })
+                        .map(|c| {
+                            let is_key = primary_key.map_or(c.is_key, |key| key.contains(&c.name));
+                            ColumnSchema { name: c.name, type_oid: c.type_oid, is_key }
+                        })
                         .collect(),
                     types: Arc::clone(&self.types),
                 });
@@ -414,6 +439,30 @@ mod tests {
                 new: vec![ColumnValue::Text(Bytes::from_static(b"1")), ColumnValue::UnchangedToast]
             }
         );
+    }
+
+    #[test]
+    fn under_full_identity_the_key_is_the_primary_key_not_every_column() {
+        let full = |identity| {
+            let mut shape = relation(1, &[("id", true), ("status", true), ("notes", true)]);
+            if let PgOutputMessage::Relation(r) = &mut shape {
+                r.replica_identity = identity;
+            }
+            shape
+        };
+        let keys = |assembler: &TransactionAssembler| -> Vec<String> {
+            let table = assembler.relation(Oid(1)).unwrap();
+            table.key_positions().map(|p| table.columns[p].name.clone()).collect()
+        };
+        let mut assembler = TransactionAssembler::new();
+        assembler.push(full(ReplicaIdentity::Full)).unwrap();
+        assert!(keys(&assembler).is_empty(), "no primary key known: no key column, not every column");
+        assembler.register_primary_keys([(TableName::new("public", "t"), vec!["id".to_owned()])]);
+        assembler.push(full(ReplicaIdentity::Full)).unwrap();
+        assert_eq!(keys(&assembler), ["id"]);
+        // DEFAULT and USING INDEX: pgoutput's flags are the key.
+        assembler.push(relation(1, &[("id", false), ("status", true), ("notes", false)])).unwrap();
+        assert_eq!(keys(&assembler), ["status"]);
     }
 
     #[test]

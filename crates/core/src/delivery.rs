@@ -4,6 +4,7 @@
 //! [sink.delivery]
 //! lanes = 4                      # batches split by key, applied concurrently
 //! on_error = "dead_letter"       # or "block" (default)
+//! max_consecutive_dead_letters = 10
 //! [sink.delivery.dead_letter]
 //! kind = "file"                  # or "redis" / "postgres"
 //! path = "/var/lib/pgfanout/cache.dead-letters.jsonl"
@@ -29,16 +30,35 @@ pub struct DeliveryConfig {
     /// Where rejected changes go; required with `on_error = "dead_letter"`.
     #[serde(default)]
     pub dead_letter: Option<DeadLetterConfig>,
+    /// Circuit breaker of `on_error = "dead_letter"`: once this many changes
+    /// in a row went to the dead-letter destination (none applied between
+    /// them), the next rejected change is not dead-lettered: the sink blocks
+    /// on it, retrying, until the store accepts a change. A run of rejections
+    /// that long is more likely a store that fails for every change than that
+    /// many bad rows. Default: 10.
+    #[serde(default = "default_max_consecutive_dead_letters")]
+    pub max_consecutive_dead_letters: u64,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
-        DeliveryConfig { lanes: default_lanes(), on_error: OnErrorPolicy::Block, dead_letter: None }
+        DeliveryConfig {
+            lanes: default_lanes(),
+            on_error: OnErrorPolicy::Block,
+            dead_letter: None,
+            max_consecutive_dead_letters: default_max_consecutive_dead_letters(),
+        }
     }
 }
 
 fn default_lanes() -> usize {
     4
+}
+
+/// Small on purpose: tripping costs a blocked sink (nothing lost, an
+/// operator looks), not tripping costs a stream of dead letters.
+fn default_max_consecutive_dead_letters() -> u64 {
+    10
 }
 
 /// `on_error` values.
@@ -101,6 +121,12 @@ impl DeliveryConfig {
             problems.push(format!(
                 "sink {sink}: delivery.on_error = \"dead_letter\" needs a [sink.delivery.dead_letter] destination \
                  (kind = \"file\", \"redis\" or \"postgres\")"
+            ));
+        }
+        if self.max_consecutive_dead_letters == 0 {
+            problems.push(format!(
+                "sink {sink}: delivery.max_consecutive_dead_letters must be at least 1 (a sink that may dead-letter \
+                 nothing should use on_error = \"block\")"
             ));
         }
         problems

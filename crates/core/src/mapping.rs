@@ -15,6 +15,17 @@
 //!   longer matches becomes a delete of the old key, one whose new row
 //!   matches stays an update (it may bring the row into the sink).
 //!
+//! Filters are exact or refused:
+//! - a filter naming a column the table does not publish is a config error
+//!   ([`TableMapping::check`], run by `check` and at the start of `run`);
+//! - a column the filter reads may hold an unchanged TOAST value in an
+//!   update (the server does not send it). Under REPLICA IDENTITY FULL the
+//!   old row has it and the filter reads it there; otherwise the config is
+//!   refused unless the column can never be TOASTed, and should one arrive
+//!   anyway, [`TableMapping::apply`] fails rather than guess;
+//! - an expression that fails to evaluate is an error, not "no match"; only
+//!   a comparison with SQL NULL does not match (as in SQL's `WHERE`).
+//!
 //! Values in filters: integer types compare as integers, `float4/8` and
 //! `numeric` as 64-bit floats (fine for thresholds, not for exact decimal
 //! equality), `bool` as booleans, everything else as text; SQL NULL is
@@ -31,6 +42,7 @@ use pgoutput::Oid;
 use serde::Deserialize;
 
 use crate::model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableSchema};
+use pgoutput::ReplicaIdentity;
 
 /// Mapping settings of one `[[sink.table]]`, as written in the config.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -70,6 +82,59 @@ pub enum MappingError {
     /// Two columns would have the same name in the sink.
     #[error("two columns would be named {0:?} in the sink; fix rename")]
     DuplicateName(String),
+    /// The filter names a column the table does not publish.
+    #[error(
+        "filter {filter:?} reads column {column}, which table {table} does not publish: fix the name (columns: {known})"
+    )]
+    UnknownFilterColumn {
+        /// The expression.
+        filter: String,
+        /// The table.
+        table: String,
+        /// The unknown name.
+        column: String,
+        /// The columns the table publishes.
+        known: String,
+    },
+    /// The filter reads a column whose value an update may leave out.
+    #[error(
+        "filter {filter:?} reads column {column} of table {table}, whose value an update that does not change it \
+         leaves out (TOAST) unless the table has REPLICA IDENTITY FULL, so the filter could not decide: run \
+         ALTER TABLE {table} REPLICA IDENTITY FULL, or take {column} out of the filter, or, if its values are \
+         short, ALTER TABLE {table} ALTER COLUMN {column} SET STORAGE PLAIN"
+    )]
+    ToastedFilterColumn {
+        /// The expression.
+        filter: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The filter met an unchanged TOAST value it cannot read.
+    #[error(
+        "filter {filter:?} needs column {column} of table {table}, which this update left out (unchanged TOAST) \
+         and the table has no REPLICA IDENTITY FULL to read it from the old row: run ALTER TABLE {table} REPLICA \
+         IDENTITY FULL, or take {column} out of the filter"
+    )]
+    UnchangedToast {
+        /// The expression.
+        filter: String,
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The filter failed on a row's values (a type mismatch).
+    #[error("filter {filter:?} cannot be evaluated on a row of table {table}: {reason}; fix the filter")]
+    Evaluation {
+        /// The expression.
+        filter: String,
+        /// The table.
+        table: String,
+        /// The evaluator's message (names no value).
+        reason: String,
+    },
 }
 
 /// A change as a sink receives it after mapping.
@@ -130,8 +195,46 @@ impl TableMapping {
         self.config == MappingConfig::default()
     }
 
-    /// The change as the sink must see it.
-    pub fn apply(&self, change: &Change) -> Mapped {
+    /// Config problems of this mapping against a shape of its table (as
+    /// the stream announces it): a filter reading a column the table does
+    /// not publish, or one whose value an update may leave out
+    /// (`toastable`: the columns that can hold out-of-line TOAST values)
+    /// on a table without REPLICA IDENTITY FULL.
+    pub fn check(&self, table: &TableSchema, toastable: &[String]) -> Vec<MappingError> {
+        let (Some(filter), Some(text)) = (&self.filter, &self.config.filter) else { return Vec::new() };
+        let mut problems = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for column in filter.iter_read_variable_identifiers() {
+            if seen.contains(&column) {
+                continue;
+            }
+            seen.push(column);
+            if table.position(column).is_none() {
+                problems.push(MappingError::UnknownFilterColumn {
+                    filter: text.clone(),
+                    table: table.table.to_string(),
+                    column: column.to_owned(),
+                    known: table.columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+                });
+            } else if table.replica_identity != ReplicaIdentity::Full && toastable.iter().any(|t| t == column) {
+                problems.push(MappingError::ToastedFilterColumn {
+                    filter: text.clone(),
+                    table: table.table.to_string(),
+                    column: column.to_owned(),
+                });
+            }
+        }
+        problems
+    }
+
+    /// The shape the sink sees for `source` (columns kept and renamed).
+    pub fn mapped_shape(&self, source: &Arc<TableSchema>) -> Arc<TableSchema> {
+        self.shape(source).0
+    }
+
+    /// The change as the sink must see it; an error when the filter cannot
+    /// decide (see the module docs).
+    pub fn apply(&self, change: &Change) -> Result<Mapped, MappingError> {
         // Decide on borrowed rows; copy values once, into the mapped shape.
         let decided = match (&self.filter, &change.op) {
             (_, ChangeOp::Delete { old }) => Decided::Delete(old),
@@ -140,13 +243,13 @@ impl TableMapping {
             (None, ChangeOp::Insert { new }) => Decided::Insert(new),
             (None, ChangeOp::Update { old, new }) => Decided::Update(old.as_ref(), new),
             (Some(filter), ChangeOp::Insert { new }) => {
-                if !self.matches(filter, &change.table, new) {
-                    return Mapped::Filtered;
+                if !self.matches(filter, &change.table, new, None)? {
+                    return Ok(Mapped::Filtered);
                 }
                 Decided::Insert(new)
             }
             (Some(filter), ChangeOp::Update { old, new }) => {
-                if self.matches(filter, &change.table, new) {
+                if self.matches(filter, &change.table, new, old.as_ref())? {
                     Decided::Update(old.as_ref(), new)
                 } else {
                     // Out of the filter now: remove it (by its old key if it moved).
@@ -164,21 +267,59 @@ impl TableMapping {
             Decided::Delete(old) => ChangeOp::Delete { old: pick(old) },
             Decided::Truncate => ChangeOp::Truncate,
         };
-        Mapped::Change(Change { table, op, ordinal: change.ordinal })
+        Ok(Mapped::Change(Change { table, op, ordinal: change.ordinal }))
     }
 
-    fn matches(&self, filter: &Node<DefaultNumericTypes>, table: &TableSchema, row: &Row) -> bool {
+    /// Whether `row` is in the filter; an unchanged TOAST value is read from
+    /// `old` (an update's old row, whole under REPLICA IDENTITY FULL).
+    fn matches(
+        &self,
+        filter: &Node<DefaultNumericTypes>,
+        table: &TableSchema,
+        row: &Row,
+        old: Option<&Row>,
+    ) -> Result<bool, MappingError> {
+        let text = || self.config.filter.clone().unwrap_or_default();
         let mut context = HashMapContext::<DefaultNumericTypes>::new();
+        let mut read_null = false;
         for identifier in filter.iter_read_variable_identifiers() {
-            let value = table
-                .position(identifier)
-                .and_then(|i| Some(filter_value(row.get(i)?, table.columns.get(i)?)))
-                .unwrap_or(Value::Empty);
+            let position = table.position(identifier);
+            let value = match position.and_then(|i| row.get(i)) {
+                Some(ColumnValue::UnchangedToast) => {
+                    let stored = old
+                        .filter(|_| table.replica_identity == ReplicaIdentity::Full)
+                        .and_then(|old| old.get(position?))
+                        .filter(|value| !matches!(value, ColumnValue::UnchangedToast));
+                    stored.ok_or_else(|| MappingError::UnchangedToast {
+                        filter: text(),
+                        table: table.table.to_string(),
+                        column: identifier.to_owned(),
+                    })?
+                }
+                Some(value) => value,
+                // `check` refuses such filters before streaming; a column
+                // dropped since is as good as NULL.
+                None => &ColumnValue::Null,
+            };
+            let value = match position.and_then(|i| table.columns.get(i)) {
+                Some(column) => filter_value(value, column),
+                None => Value::Empty,
+            };
+            read_null |= matches!(value, Value::Empty);
             // Identifiers are plain names; setting a variable cannot fail for them.
             let _ = context.set_value(identifier.to_owned(), value);
         }
-        // An expression that fails on these values (a type mismatch) does not match.
-        filter.eval_boolean_with_context(&context).unwrap_or(false)
+        match filter.eval_boolean_with_context(&context) {
+            Ok(matched) => Ok(matched),
+            // A comparison with NULL is unknown, which a WHERE clause treats as false.
+            Err(_) if read_null => Ok(false),
+            Err(err) => Err(MappingError::Evaluation {
+                filter: text(),
+                table: table.table.to_string(),
+                // The variant's name only: the message quotes row values.
+                reason: format!("{err:?}").split(['(', '{', ' ']).next().unwrap_or_default().to_owned(),
+            }),
+        }
     }
 
     /// The mapped shape of `source` and the source positions it keeps.
@@ -296,7 +437,7 @@ mod tests {
         });
         let source = table();
         let insert = |new: Row| Change { table: Arc::clone(&source), op: ChangeOp::Insert { new }, ordinal: 3 };
-        let Mapped::Change(mapped) = mapping.apply(&insert(row("1", "new", "5.00"))) else {
+        let Mapped::Change(mapped) = mapping.apply(&insert(row("1", "new", "5.00"))).unwrap() else {
             panic!("no filter: passes")
         };
         let names: Vec<&str> = mapped.table.columns.iter().map(|c| c.name.as_str()).collect();
@@ -304,14 +445,17 @@ mod tests {
         assert_eq!(mapped.op, ChangeOp::Insert { new: vec![text("1"), text("new"), text("5.00")] });
         assert_eq!(mapped.ordinal, 3);
         // The mapped shape is computed once per source shape and shared.
-        let Mapped::Change(again) = mapping.apply(&insert(row("2", "x", "1"))) else { panic!("no filter: passes") };
+        let Mapped::Change(again) = mapping.apply(&insert(row("2", "x", "1"))).unwrap() else {
+            panic!("no filter: passes")
+        };
         assert!(Arc::ptr_eq(&again.table, &mapped.table), "one mapped shape per source shape");
     }
 
     #[test]
     fn only_listed_columns_pass() {
         let mapping = mapping(MappingConfig { columns: Some(vec!["amount".into()]), ..MappingConfig::default() });
-        let Mapped::Change(mapped) = mapping.apply(&change(ChangeOp::Delete { old: row("9", "a", "1") })) else {
+        let Mapped::Change(mapped) = mapping.apply(&change(ChangeOp::Delete { old: row("9", "a", "1") })).unwrap()
+        else {
             panic!()
         };
         assert_eq!(mapped.op, ChangeOp::Delete { old: vec![text("9"), text("1")] });
@@ -323,26 +467,75 @@ mod tests {
             filter: Some(r#"status != "cancelled" && amount >= 100"#.into()),
             ..MappingConfig::default()
         });
-        assert_eq!(mapping.apply(&change(ChangeOp::Insert { new: row("1", "new", "99.99") })), Mapped::Filtered);
+        assert_eq!(
+            mapping.apply(&change(ChangeOp::Insert { new: row("1", "new", "99.99") })).unwrap(),
+            Mapped::Filtered
+        );
         assert!(matches!(
-            mapping.apply(&change(ChangeOp::Insert { new: row("1", "new", "100.00") })),
+            mapping.apply(&change(ChangeOp::Insert { new: row("1", "new", "100.00") })).unwrap(),
             Mapped::Change(Change { op: ChangeOp::Insert { .. }, .. })
         ));
         let leaving = change(ChangeOp::Update { old: None, new: row("1", "cancelled", "150") });
-        let Mapped::Change(mapped) = mapping.apply(&leaving) else { panic!() };
+        let Mapped::Change(mapped) = mapping.apply(&leaving).unwrap() else { panic!() };
         assert_eq!(mapped.op, ChangeOp::Delete { old: row("1", "cancelled", "150") });
         let staying = change(ChangeOp::Update { old: None, new: row("1", "paid", "150") });
-        assert!(matches!(mapping.apply(&staying), Mapped::Change(Change { op: ChangeOp::Update { .. }, .. })));
+        assert!(matches!(mapping.apply(&staying).unwrap(), Mapped::Change(Change { op: ChangeOp::Update { .. }, .. })));
         let delete =
             change(ChangeOp::Delete { old: vec![text("1"), ColumnValue::Null, ColumnValue::Null, ColumnValue::Null] });
-        assert!(matches!(mapping.apply(&delete), Mapped::Change(Change { op: ChangeOp::Delete { .. }, .. })));
+        assert!(matches!(mapping.apply(&delete).unwrap(), Mapped::Change(Change { op: ChangeOp::Delete { .. }, .. })));
     }
 
     #[test]
     fn null_values_never_match_a_comparison() {
         let mapping = mapping(MappingConfig { filter: Some("amount > 1".into()), ..MappingConfig::default() });
         let new = vec![text("1"), text("x"), ColumnValue::Null, ColumnValue::Null];
-        assert_eq!(mapping.apply(&change(ChangeOp::Insert { new })), Mapped::Filtered);
+        assert_eq!(mapping.apply(&change(ChangeOp::Insert { new })).unwrap(), Mapped::Filtered);
+    }
+
+    fn full(table: Arc<TableSchema>) -> Arc<TableSchema> {
+        Arc::new(TableSchema { replica_identity: ReplicaIdentity::Full, ..(*table).clone() })
+    }
+
+    #[test]
+    fn filters_on_unknown_or_toastable_columns_are_config_errors() {
+        let mapping = mapping(MappingConfig {
+            filter: Some(r#"stauts != "cancelled" && amount >= 100 && secret == "x""#.into()),
+            ..MappingConfig::default()
+        });
+        let toastable = ["secret".to_owned(), "status".to_owned()];
+        let problems: Vec<String> = mapping.check(&table(), &toastable).iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("reads column stauts, which table public.reservations does not publish"));
+        assert!(problems[1].contains("reads column secret") && problems[1].contains("REPLICA IDENTITY FULL"));
+        // Under FULL the old row has every value: only the unknown name remains.
+        assert_eq!(mapping.check(&full(table()), &toastable).len(), 1);
+    }
+
+    #[test]
+    fn an_unchanged_toast_value_is_read_from_the_old_row_under_full_identity() {
+        let mapping =
+            mapping(MappingConfig { filter: Some(r#"secret == "s3cr3t""#.into()), ..MappingConfig::default() });
+        let new = vec![text("1"), text("paid"), text("1"), ColumnValue::UnchangedToast];
+        let update = Change {
+            table: full(table()),
+            op: ChangeOp::Update { old: Some(row("1", "new", "1")), new: new.clone() },
+            ordinal: 0,
+        };
+        assert!(
+            matches!(mapping.apply(&update).unwrap(), Mapped::Change(Change { op: ChangeOp::Update { .. }, .. })),
+            "the row stays: its unchanged value matches"
+        );
+        // Without FULL there is no old value to read: an error, never a delete.
+        let update = change(ChangeOp::Update { old: None, new });
+        assert!(matches!(mapping.apply(&update), Err(MappingError::UnchangedToast { .. })));
+    }
+
+    #[test]
+    fn an_expression_that_fails_is_an_error_without_the_values() {
+        let mapping = mapping(MappingConfig { filter: Some("status > 3".into()), ..MappingConfig::default() });
+        let err = mapping.apply(&change(ChangeOp::Insert { new: row("1", "s3cr3t-status", "1") })).unwrap_err();
+        assert!(matches!(err, MappingError::Evaluation { .. }), "{err}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
 
     #[test]

@@ -44,7 +44,15 @@ pub struct ColumnSchema {
     pub name: String,
     /// Type OID.
     pub type_oid: Oid,
-    /// Whether the column is part of the replica identity key.
+    /// Whether the column is part of the row's key, the one sinks key rows
+    /// by by default: the table's primary key. Under REPLICA IDENTITY DEFAULT
+    /// that is what pgoutput flags; under USING INDEX it is the index's
+    /// columns (the only ones an old key carries); under FULL (pgoutput flags
+    /// every column) and NOTHING (none) the primary key from the catalog
+    /// (see [`crate::TransactionAssembler::register_primary_keys`]), so that
+    /// switching a table to FULL does not re-key any sink. A table without a
+    /// primary key then has no key column, and a sink needs its key columns
+    /// named in its config.
     pub is_key: bool,
 }
 

@@ -23,7 +23,7 @@ use pgoutput::{Lsn, Oid, PgOutputMessage};
 
 use crate::assembler::{AssembleError, Assembled, TransactionAssembler};
 use crate::checkpoint::{CheckpointCoordinator, SinkSlot};
-use crate::mapping::{Mapped, TableMapping};
+use crate::mapping::{Mapped, MappingError, TableMapping};
 use crate::metrics::Metrics;
 use crate::model::{count_by_table_and_op, Change, TableName, Transaction};
 use crate::streamed::SpillSettings;
@@ -35,6 +35,19 @@ pub enum PipelineError {
     /// The message stream broke the protocol's order.
     #[error("cannot assemble transactions")]
     Assemble(#[from] AssembleError),
+    /// A sink's filter cannot decide on a change.
+    #[error("sink {sink}: change {ordinal} of the transaction committed at {commit_lsn}")]
+    Filter {
+        /// The sink.
+        sink: String,
+        /// Commit LSN of the transaction.
+        commit_lsn: Lsn,
+        /// Position of the change in it.
+        ordinal: u32,
+        /// What the filter could not do.
+        #[source]
+        source: crate::mapping::MappingError,
+    },
     /// A sink worker is gone.
     #[error("sink {sink} stopped while the pipeline was running")]
     SinkStopped {
@@ -82,6 +95,11 @@ impl Pipeline {
     /// Registers user types (see [`TransactionAssembler::register_types`]).
     pub fn register_types(&mut self, kinds: impl IntoIterator<Item = (Oid, TypeKind)>) {
         self.assembler.register_types(kinds);
+    }
+
+    /// Registers primary keys (see [`TransactionAssembler::register_primary_keys`]).
+    pub fn register_primary_keys(&mut self, keys: impl IntoIterator<Item = (TableName, Vec<String>)>) {
+        self.assembler.register_primary_keys(keys);
     }
 
     /// Whether values of type `oid` convert to typed values (built in or registered).
@@ -156,7 +174,13 @@ impl Pipeline {
         let end_lsn = transaction.end_lsn;
         let transaction = Arc::new(transaction);
         for route in &self.routes {
-            let Some(routed) = route_for(&transaction, &route.tables) else { continue };
+            let routed = route_for(&transaction, &route.tables).map_err(|(ordinal, source)| PipelineError::Filter {
+                sink: route.sink.clone(),
+                commit_lsn: transaction.commit_lsn,
+                ordinal,
+                source,
+            })?;
+            let Some(routed) = routed else { continue };
             route
                 .queue
                 .send(routed)
@@ -171,11 +195,12 @@ impl Pipeline {
 
 /// The part of `transaction` a sink routing `tables` receives, mapped: the
 /// whole transaction shared when every change is routed unmapped, a mapped
-/// or filtered copy otherwise, nothing when no change is left.
+/// or filtered copy otherwise, nothing when no change is left; the ordinal
+/// of the change a filter could not decide on, and why, on error.
 fn route_for(
     transaction: &Arc<Transaction>,
     tables: &HashMap<TableName, Arc<TableMapping>>,
-) -> Option<Arc<Transaction>> {
+) -> Result<Option<Arc<Transaction>>, (u32, MappingError)> {
     let mut all_as_is = true;
     let mut any = false;
     for change in &transaction.changes {
@@ -188,20 +213,20 @@ fn route_for(
         }
     }
     if !any {
-        return None;
+        return Ok(None);
     }
     if all_as_is {
-        return Some(transaction.clone());
+        return Ok(Some(transaction.clone()));
     }
-    let changes: Vec<Change> = transaction
-        .changes
-        .iter()
-        .filter_map(|change| match tables.get(&change.table.table)?.apply(change) {
-            Mapped::Change(mapped) => Some(mapped),
-            Mapped::Filtered => None,
-        })
-        .collect();
-    (!changes.is_empty()).then(|| Arc::new(Transaction { changes, ..Transaction::clone_header(transaction) }))
+    let mut changes: Vec<Change> = Vec::new();
+    for change in &transaction.changes {
+        let Some(mapping) = tables.get(&change.table.table) else { continue };
+        match mapping.apply(change).map_err(|err| (change.ordinal, err))? {
+            Mapped::Change(mapped) => changes.push(mapped),
+            Mapped::Filtered => {}
+        }
+    }
+    Ok((!changes.is_empty()).then(|| Arc::new(Transaction { changes, ..Transaction::clone_header(transaction) })))
 }
 
 impl Transaction {

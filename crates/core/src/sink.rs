@@ -16,25 +16,42 @@
 use async_trait::async_trait;
 use pgoutput::Lsn;
 
-use crate::model::{Change, Transaction};
+use crate::model::{Change, TableSchema, Transaction};
 
-/// Whether retrying can help.
+/// Whether retrying can help, and whether the error is about one change or
+/// about the store.
+///
+/// Only [`ErrorKind::Permanent`] is about one change, and only it may send a
+/// change to the dead-letter destination. The other two say nothing about
+/// the change: the worker retries them whatever `on_error` says, so a store
+/// that is full, read-only or unauthorised never turns the stream into dead
+/// letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// The store is unreachable, busy or timed out: retry the same batch.
     Transient,
-    /// The store rejects the data itself: retrying alone will not help.
+    /// The store as a whole cannot take writes until an operator acts: out of
+    /// memory, read-only replica, misconfigured persistence, no permission,
+    /// failed authentication, a missing table or keyspace, a full disk.
+    /// Retried (the worker blocks), never dead-lettered.
+    StoreFailing,
+    /// The store rejects this change itself (a value it cannot hold, a
+    /// document too large): retrying alone will not help.
     Permanent,
 }
 
 impl ErrorKind {
-    /// `transient` or `permanent`, for metric labels.
+    /// `transient`, `store` or `permanent`, for metric labels.
     pub fn label(self) -> &'static str {
         match self {
             ErrorKind::Transient => "transient",
+            ErrorKind::StoreFailing => "store",
             ErrorKind::Permanent => "permanent",
         }
     }
+
+    /// Every kind, for metric series that exist from the start.
+    pub const ALL: [ErrorKind; 3] = [ErrorKind::Transient, ErrorKind::StoreFailing, ErrorKind::Permanent];
 }
 
 /// A failure reported by a sink, classified for the retry policy.
@@ -62,6 +79,20 @@ impl SinkError {
         SinkError {
             sink: sink.to_owned(),
             kind: ErrorKind::Transient,
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A store-wide failure with its cause (see [`ErrorKind::StoreFailing`]).
+    pub fn store_failing(
+        sink: &str,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        SinkError {
+            sink: sink.to_owned(),
+            kind: ErrorKind::StoreFailing,
             message: message.into(),
             source: Some(source.into()),
         }
@@ -170,6 +201,17 @@ pub trait Sink: Send + Sync {
     /// (see [`crate::lanes`]). Default: none, the row alone.
     fn related_lane_keys(&self, change: &ChangeRef<'_>, keys: &mut Vec<u64>) {
         let _ = (change, keys);
+    }
+
+    /// Problems that would make [`Sink::apply`] refuse changes of a table of
+    /// this shape (as the sink receives it, after mapping), one line each
+    /// with its fix: a key it cannot build (no primary key and no key
+    /// columns in the config), key columns an update or delete does not
+    /// carry, columns the table does not publish. `check` reports them and
+    /// `run` refuses to start on them. The default finds none.
+    fn table_problems(&self, table: &TableSchema) -> Vec<String> {
+        let _ = table;
+        Vec::new()
     }
 }
 

@@ -15,14 +15,23 @@
 //! The worker acknowledges a transaction only after every change of the
 //! batch holding it is durable in the store (or, with
 //! [`OnError::DeadLetter`], durable in the dead-letter destination) and the
-//! checkpoint is stored. Transient errors are retried with exponential
-//! backoff and jitter up to [`WorkerSettings::retry_max`], forever: nothing
-//! is dropped, the flush LSN waits. A permanent error is retried the same way
-//! under [`OnError::Block`]; under [`OnError::DeadLetter`] the lane is
-//! applied again one change at a time, and each change the store still
-//! rejects goes to the dead-letter destination, counted in
-//! `pgfanout_dead_letter_total`.
+//! checkpoint is stored. Transient errors and store-wide failures
+//! ([`ErrorKind::StoreFailing`]: full, read-only, unauthorised, missing
+//! table) are retried with exponential backoff and jitter up to
+//! [`WorkerSettings::retry_max`], forever, whatever the policy: nothing is
+//! dropped, the flush LSN waits. A permanent error (the store rejects one
+//! change) is retried the same way under [`OnError::Block`]; under
+//! [`OnError::DeadLetter`] the lane is applied again one change at a time,
+//! and each change the store still rejects goes to the dead-letter
+//! destination, counted in `pgfanout_dead_letter_total`.
+//!
+//! Circuit breaker: after [`WorkerSettings::max_consecutive_dead_letters`]
+//! dead letters in a row (no change applied between them), the next
+//! rejected change blocks the sink instead, retried until the store accepts
+//! it: so many rejections in a row are more likely a store failing for
+//! every change, misclassified, than that many bad rows.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +88,8 @@ pub struct WorkerSettings {
     pub retry_max: Duration,
     /// Policy for changes the store rejects.
     pub on_error: OnError,
+    /// Dead letters in a row after which the sink blocks instead (see the module docs).
+    pub max_consecutive_dead_letters: u64,
 }
 
 impl Default for WorkerSettings {
@@ -92,6 +103,7 @@ impl Default for WorkerSettings {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             on_error: OnError::Block,
+            max_consecutive_dead_letters: 10,
         }
     }
 }
@@ -138,6 +150,8 @@ pub struct SinkWorker {
     on_ack: Arc<Notify>,
     checkpoint: Lsn,
     metrics: Metrics,
+    /// Changes dead-lettered since the last change the store accepted.
+    consecutive_dead_letters: AtomicU64,
 }
 
 impl SinkWorker {
@@ -158,7 +172,17 @@ impl SinkWorker {
         let (acked, acked_receiver) = watch::channel(Lsn::ZERO);
         let name = sink.name().to_owned();
         let depth = metrics.sink_queue_depth.with_label_values(&[&name]);
-        let worker = SinkWorker { sink, name, settings, queue, acked, on_ack, checkpoint, metrics };
+        let worker = SinkWorker {
+            sink,
+            name,
+            settings,
+            queue,
+            acked,
+            on_ack,
+            checkpoint,
+            metrics,
+            consecutive_dead_letters: AtomicU64::new(0),
+        };
         (worker, WorkerQueue { sender, bytes, capacity_permits, depth }, acked_receiver)
     }
 
@@ -168,7 +192,7 @@ impl SinkWorker {
         // The sink's checkpoint was read before the worker started: the store is reachable.
         self.metrics.sink_up.with_label_values(&[&self.name]).set(1);
         // Series exist from the start (at 0), so dashboards and alerts see them.
-        for kind in [ErrorKind::Transient, ErrorKind::Permanent] {
+        for kind in ErrorKind::ALL {
             self.metrics.sink_errors_total.with_label_values(&[&self.name, kind.label()]);
         }
         self.metrics.sink_retries_total.with_label_values(&[&self.name]);
@@ -290,7 +314,7 @@ impl SinkWorker {
                         self.count_applied(single);
                         break;
                     }
-                    Err(err) if err.kind == ErrorKind::Permanent => {
+                    Err(err) if err.kind == ErrorKind::Permanent && self.reserve_dead_letter(&err) => {
                         self.dead_letter(*change, &err, queue).await;
                         break;
                     }
@@ -334,7 +358,34 @@ impl SinkWorker {
         }
     }
 
+    /// Counts `rejection` as one more dead letter in a row, unless the
+    /// circuit breaker holds (enough of them already): then `false`, and the
+    /// sink blocks on it instead. Check and count are one atomic step, so
+    /// concurrent lanes cannot pass the limit together.
+    fn reserve_dead_letter(&self, rejection: &SinkError) -> bool {
+        let limit = self.settings.max_consecutive_dead_letters;
+        let reserved = self
+            .consecutive_dead_letters
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| (count < limit).then_some(count + 1))
+            .is_ok();
+        if !reserved {
+            tracing::error!(
+                sink = %self.name,
+                max_consecutive_dead_letters = limit,
+                error = %error_chain(rejection),
+                "the store rejected {limit} changes in a row, which looks like a store failing for every change \
+                 rather than bad rows: the sink blocks on this change, retrying, and dead-letters nothing more until \
+                 the store accepts a change; fix the store (or the data), or raise \
+                 delivery.max_consecutive_dead_letters"
+            );
+        }
+        reserved
+    }
+
     fn count_applied(&self, changes: &[ChangeRef<'_>]) {
+        if !changes.is_empty() {
+            self.consecutive_dead_letters.store(0, Ordering::Release);
+        }
         self.metrics.sink_up.with_label_values(&[&self.name]).set(1);
         for ((table, op), count) in count_by_table_and_op(changes.iter().map(|c| c.change)) {
             self.metrics.sink_applied_total.with_label_values(&[&self.name, &table.to_string(), op]).inc_by(count);
@@ -342,7 +393,7 @@ impl SinkWorker {
     }
 
     fn note_failure(&self, err: &SinkError, changes: &[ChangeRef<'_>], retry: &Backoff) {
-        if err.kind == ErrorKind::Transient {
+        if err.kind != ErrorKind::Permanent {
             self.metrics.sink_up.with_label_values(&[&self.name]).set(0);
         }
         self.metrics.sink_errors_total.with_label_values(&[&self.name, err.kind.label()]).inc();
@@ -386,13 +437,15 @@ mod tests {
     use pgoutput::{Oid, PgTimestamp, ReplicaIdentity, Xid};
     use std::sync::Mutex;
 
-    /// Records what it applied; fails the first `failures_left` calls and
-    /// always rejects the change whose id is `poison`.
+    /// Records what it applied; fails the first `failures_left` calls, then
+    /// the next `store_failures_left` as a failing store would, and always
+    /// rejects the changes whose id starts with `poison`.
     #[derive(Default)]
     struct RecordingSink {
         applied: Mutex<Vec<String>>,
         checkpoints: Mutex<Vec<Lsn>>,
         failures_left: Mutex<usize>,
+        store_failures_left: Mutex<usize>,
         poison: Option<&'static str>,
     }
 
@@ -417,7 +470,14 @@ mod tests {
                     return Err(SinkError::transient("recording", "unreachable", std::io::Error::other("down")));
                 }
             }
-            if changes.iter().any(|c| Some(id_of(c).as_str()) == self.poison) {
+            {
+                let mut failures = self.store_failures_left.lock().unwrap();
+                if *failures > 0 {
+                    *failures -= 1;
+                    return Err(SinkError::store_failing("recording", "out of memory", std::io::Error::other("OOM")));
+                }
+            }
+            if changes.iter().any(|c| self.poison.is_some_and(|poison| id_of(c).starts_with(poison))) {
                 return Err(SinkError::permanent("recording", "value rejected"));
             }
             self.applied.lock().unwrap().extend(changes.iter().map(id_of));
@@ -530,6 +590,45 @@ mod tests {
         assert_eq!(letters[0]["table"], "public.t");
         assert!(letters[0]["error"].as_str().unwrap().contains("value rejected"));
         assert_eq!(acked, Lsn(20));
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_is_retried_and_never_dead_lettered() {
+        let sink = Arc::new(RecordingSink { store_failures_left: Mutex::new(5), ..RecordingSink::default() });
+        let dead_letters = Arc::new(MemoryDeadLetters::default());
+        let settings = WorkerSettings { on_error: OnError::DeadLetter(dead_letters.clone()), ..fast_settings() };
+        let acked = run_worker(sink.clone(), None, settings, vec![transaction(10, &["a", "b"])]).await;
+        assert!(dead_letters.0.lock().unwrap().is_empty(), "a store-wide failure is not about the change");
+        assert_eq!(*sink.applied.lock().unwrap(), ["a", "b"], "applied once the store recovered");
+        assert_eq!(acked, Lsn(10));
+    }
+
+    #[tokio::test]
+    async fn too_many_dead_letters_in_a_row_block_the_sink() {
+        let sink = Arc::new(RecordingSink { poison: Some("bad"), ..RecordingSink::default() });
+        let dead_letters = Arc::new(MemoryDeadLetters::default());
+        let settings = WorkerSettings {
+            on_error: OnError::DeadLetter(dead_letters.clone()),
+            max_consecutive_dead_letters: 3,
+            ..fast_settings()
+        };
+        let (worker, queue, acked) =
+            SinkWorker::new(sink.clone(), None, settings, Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        // Two rejected, one applied (the count starts over), then five rejected in a row.
+        queue.send(transaction(10, &["bad1", "bad2", "ok1"])).await.unwrap();
+        queue.send(transaction(20, &["bad3", "bad4", "bad5", "bad6", "bad7"])).await.unwrap();
+        let letters = || dead_letters.0.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while letters() < 5 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(letters(), 5, "bad1, bad2, then bad3..bad5 until the breaker opens");
+        assert!(*acked.borrow() < Lsn(20), "the transaction holding the sixth rejection in a row is not acknowledged");
+        assert_eq!(*sink.applied.lock().unwrap(), ["ok1"]);
+        task.abort();
+        let _ = task.await;
+        assert_eq!(letters(), 5, "bad6 blocked the sink: never dead-lettered");
     }
 
     #[tokio::test]

@@ -828,6 +828,36 @@ impl GraphEncoder {
         }
         Ok(ops)
     }
+
+    /// What would make [`encode`](Self::encode) refuse every change (or every
+    /// delete) of a table of this shape, one line each: a node key it cannot
+    /// build, key or relationship columns the table does not publish, key
+    /// columns a delete does not carry.
+    pub fn table_problems(&self, schema: &TableSchema) -> Vec<String> {
+        let Some(rule) = self.tables.get(&schema.table) else { return Vec::new() };
+        let shape = match self.shape(rule, schema, &mut BTreeSet::new()) {
+            Ok(shape) => shape,
+            Err(GraphSinkError::Mapping { reason, .. }) => return vec![reason],
+            Err(other) => return vec![other.to_string()],
+        };
+        if schema.replica_identity == pgoutput::ReplicaIdentity::Full {
+            return Vec::new();
+        }
+        shape
+            .key_positions
+            .iter()
+            .filter(|&&position| !schema.columns[position].is_key)
+            .map(|&position| {
+                format!(
+                    "key column {} is not part of the table's key (its primary key, or its replica identity index), so a delete (whose old row carries only the \
+                     key) has no value for it: key the nodes by primary key columns, or run ALTER TABLE {} \
+                     REPLICA IDENTITY FULL",
+                    schema.columns[position].name, schema.table
+                )
+            })
+            .collect()
+    }
+
     /// Resolves `schema` under `rule` (once per shape in a batch) and adds
     /// the indexes its statements rely on.
     fn shape(

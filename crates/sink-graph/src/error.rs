@@ -59,16 +59,57 @@ pub enum GraphSinkError {
 impl GraphSinkError {
     /// Whether retrying the same batch later can succeed.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, GraphSinkError::Unreachable { .. } | GraphSinkError::Timeout(_))
+        self.kind() == ErrorKind::Transient
+    }
+
+    /// The error's class for the retry and dead-letter policy: a store that
+    /// cannot be reached is transient; one that refuses every write (out of
+    /// memory, read-only, no permission, failed authentication, a missing
+    /// database) is failing as a whole; only a statement refused for its
+    /// values, and a row that cannot be mapped, are about the change.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GraphSinkError::Unreachable { .. } | GraphSinkError::Timeout(_) => ErrorKind::Transient,
+            GraphSinkError::Rejected { what, message } => {
+                let text = format!("{what}: {message}");
+                if STORE_FAILURES.iter().any(|marker| text.contains(marker)) {
+                    ErrorKind::StoreFailing
+                } else {
+                    ErrorKind::Permanent
+                }
+            }
+            GraphSinkError::Mapping { .. } | GraphSinkError::Value { .. } => ErrorKind::Permanent,
+            GraphSinkError::BadCheckpoint { .. } => ErrorKind::StoreFailing,
+        }
     }
 
     /// Converts to the pipeline's classified error; `doing` says what the
     /// sink was doing (`"applying 12 changes, commit LSNs …"`).
     pub fn into_sink_error(self, sink: &str, doing: String) -> SinkError {
-        let kind = if self.is_retriable() { ErrorKind::Transient } else { ErrorKind::Permanent };
-        SinkError { sink: sink.to_owned(), kind, message: doing, source: Some(Box::new(self)) }
+        SinkError { sink: sink.to_owned(), kind: self.kind(), message: doing, source: Some(Box::new(self)) }
     }
 }
+
+/// Markers of a refusal that is about the store, not the statement's values:
+/// Neo4j's security, database and read-only errors (their codes lead the
+/// message), FalkorDB's (Redis') error codes for a full, read-only,
+/// misconfigured or unauthorised server, and bad connection settings.
+const STORE_FAILURES: [&str; 14] = [
+    "Neo.ClientError.Security.",
+    "Neo.DatabaseError.",
+    "Neo.ClientError.Database.",
+    "Neo.ClientError.General.ForbiddenOnReadOnlyDatabase",
+    "Neo.ClientError.General.ForbiddenReadOnlyDatabase",
+    "OOM ",
+    "READONLY ",
+    "MISCONF ",
+    "NOPERM ",
+    "NOAUTH ",
+    "WRONGPASS ",
+    "authentication",
+    "the bolt settings",
+    "Authentication",
+];
 
 /// `host:port/…` from a URL, without credentials, for messages.
 pub fn endpoint_of(url: &str) -> String {
@@ -102,5 +143,23 @@ mod tests {
         assert_eq!(timeout.into_sink_error("g", "x".into()).kind, ErrorKind::Transient);
         let rejected = GraphSinkError::Rejected { what: "MERGE".into(), message: "Type mismatch".into() };
         assert_eq!(rejected.into_sink_error("g", "x".into()).kind, ErrorKind::Permanent);
+    }
+
+    #[test]
+    fn a_store_refusing_every_write_is_never_about_the_change() {
+        let rejected = |message: &str| GraphSinkError::Rejected { what: "UNWIND".into(), message: message.into() };
+        for message in [
+            "Neo.ClientError.Security.Forbidden: Write operations are not allowed",
+            "Neo.ClientError.Security.Unauthorized: The client is unauthorized",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "READONLY You can't write against a read only replica.",
+            "NOPERM User reader has no permissions to run the 'GRAPH.QUERY' command",
+        ] {
+            assert_eq!(rejected(message).kind(), ErrorKind::StoreFailing, "{message}");
+        }
+        assert_eq!(
+            rejected("Neo.ClientError.Schema.ConstraintValidationFailed: already exists").kind(),
+            ErrorKind::Permanent
+        );
     }
 }

@@ -169,4 +169,8 @@ impl Sink for GraphSink {
         let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
         keys.extend(self.encoder.touched_nodes(change.change).iter().map(|node| hasher.hash_one(node)));
     }
+
+    fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
+        self.encoder.table_problems(table)
+    }
 }

@@ -204,6 +204,54 @@ impl MongoEncoder {
         }
     }
 
+    /// What would make [`encode`](Self::encode) refuse every change of a table of this
+    /// shape, one line each: no `_id` (no primary key and no `id_columns`), id columns the
+    /// table does not publish or a delete does not carry, columns that cannot be field
+    /// names, aggregate columns the table does not publish.
+    pub fn table_problems(&self, table: &TableSchema) -> Vec<String> {
+        let Some(target) = self.tables.get(&table.table) else { return Vec::new() };
+        let mut problems = Vec::new();
+        match &target.id_columns {
+            Some(columns) => {
+                for column in columns {
+                    match table.position(column) {
+                        None => problems.push(format!("id column {column} is not published by the table")),
+                        Some(position)
+                            if table.replica_identity != ReplicaIdentity::Full && !table.columns[position].is_key =>
+                        {
+                            problems.push(format!(
+                                "id column {column} is not part of the table's key (its primary key, or its replica identity index), so a delete (whose old row \
+                                 carries only the key) has no value for it: use primary key columns as id_columns, \
+                                 or run ALTER TABLE {} REPLICA IDENTITY FULL",
+                                table.table
+                            ))
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            None if table.key_positions().next().is_none() => problems.push(
+                "the table has no primary key: give it one, or name the columns that identify a row in \
+                 id_columns (without either, rows with equal values would share one document)"
+                    .into(),
+            ),
+            None => {}
+        }
+        for column in &table.columns {
+            if let Err(reason) = self.check_field(&column.name) {
+                problems.push(reason);
+            }
+        }
+        for aggregate in &target.aggregates {
+            for column in std::iter::once(&aggregate.group_by).chain(&aggregate.sums) {
+                if table.position(column).is_none() {
+                    problems.push(format!("aggregate column {column} is not published by the table"));
+                }
+            }
+        }
+        problems
+    }
+
     /// The version field's name.
     pub fn version_field(&self) -> &str {
         &self.version_field
@@ -291,13 +339,12 @@ impl MongoEncoder {
                 .iter()
                 .map(|column| table.position(column).ok_or_else(|| format!("id column {column} is not in the table")))
                 .collect::<Result<_, _>>()?,
-            None if table.replica_identity == ReplicaIdentity::Full => {
-                return Err("under REPLICA IDENTITY FULL every column counts as key: set id_columns".into())
-            }
             None => table.key_positions().collect(),
         };
         match positions.as_slice() {
-            [] => Err("the table has no key columns: give it a primary key or set id_columns".into()),
+            [] => Err("the table has no primary key: give it one, or name the columns that identify a row in \
+                 id_columns (without either, rows with equal values would share one document)"
+                .into()),
             [only] => value_at(*only),
             several => {
                 let mut id = Document::new();
@@ -749,7 +796,8 @@ mod tests {
         let column = |name: &str, oid: u32| ColumnSchema {
             name: name.into(),
             type_oid: Oid(oid),
-            is_key: keys.contains(&name) || identity == ReplicaIdentity::Full,
+            // As the pipeline announces it: the primary key, whatever the identity.
+            is_key: keys.contains(&name),
         };
         Arc::new(TableSchema {
             types: Default::default(),
@@ -877,12 +925,18 @@ mod tests {
     }
 
     #[test]
-    fn full_identity_tables_need_id_columns_and_bad_values_are_refused() {
+    fn tables_without_primary_key_need_id_columns_and_bad_values_are_refused() {
         let table = stays(ReplicaIdentity::Full, &[]);
         let encoder = MongoEncoder::new(&config(false, vec![]));
         let insert = ChangeOp::Insert { new: row(["1", "a", "1", "1"]) };
         let err = encode(&encoder, &[transaction(80, &table, vec![insert])]).unwrap_err();
-        assert!(err.reason.contains("set id_columns"), "{err}");
+        assert!(err.reason.contains("no primary key") && err.reason.contains("id_columns"), "{err}");
+        // Under FULL with a primary key, documents are keyed by it: no id_columns needed.
+        let keyed = stays(ReplicaIdentity::Full, &["id"]);
+        let insert = ChangeOp::Insert { new: row(["1", "a", "1", "1"]) };
+        let batch = encode(&encoder, &[transaction(80, &keyed, vec![insert])]).unwrap();
+        let Statement::Update(update) = &batch.rounds[0][0].statement else { panic!("an upsert") };
+        assert_eq!(update.get_document("q").unwrap().get_i32("_id").unwrap(), 1, "keyed by id alone: {update}");
         let table = stays(ReplicaIdentity::Default, &["id"]);
         let too_long = format!("{}.1", "9".repeat(40));
         let insert = ChangeOp::Insert { new: row(["1", "a", "1", &too_long]) };

@@ -62,34 +62,64 @@ pub enum MongoSinkError {
     },
 }
 
+/// Server error codes about one document, not the server: a bad value
+/// (2 BadValue, 52/55 invalid field names and references), a document too
+/// large (10334 BSONObjectTooLarge, 17419, 17280 KeyTooLong), a document the
+/// collection's validator refuses (121), a duplicate key on another unique
+/// index (11000). The only codes a change may be dead-lettered for.
+const CHANGE_CODES: [i32; 8] = [2, 52, 55, 121, 10334, 11000, 17280, 17419];
+
 impl MongoSinkError {
-    /// Whether retrying the same batch later can succeed.
+    /// Whether retrying the same batch later can succeed without anyone acting.
     pub fn is_retriable(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+    }
+
+    /// The error's class for the retry and dead-letter policy: only a
+    /// document the server or the mapping rejects is about the change;
+    /// permissions (13 Unauthorized), authentication (18), a primary that is
+    /// not writable for good, a full disk and any code not known to be about
+    /// one document are about the server, and block whatever `on_error` says.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            MongoSinkError::Driver { source, .. } => !is_data_error(source),
-            MongoSinkError::Timeout { .. } | MongoSinkError::AggregateConflict { .. } => true,
-            MongoSinkError::Rejected { code, .. } => TRANSIENT_CODES.contains(code),
-            MongoSinkError::Encode(_) | MongoSinkError::BadCheckpoint { .. } => false,
+            MongoSinkError::Driver { source, .. } => driver_kind(source),
+            MongoSinkError::Timeout { .. } | MongoSinkError::AggregateConflict { .. } => ErrorKind::Transient,
+            MongoSinkError::Rejected { code, .. } => code_kind(*code),
+            MongoSinkError::Encode(_) => ErrorKind::Permanent,
+            MongoSinkError::BadCheckpoint { .. } => ErrorKind::StoreFailing,
         }
     }
 
     /// Converts to the pipeline's classified error; `doing` says what the sink was doing.
     pub fn into_sink_error(self, sink: &str, doing: String) -> SinkError {
-        let kind = if self.is_retriable() { ErrorKind::Transient } else { ErrorKind::Permanent };
-        SinkError { sink: sink.to_owned(), kind, message: doing, source: Some(Box::new(self)) }
+        SinkError { sink: sink.to_owned(), kind: self.kind(), message: doing, source: Some(Box::new(self)) }
     }
 }
 
-/// Whether the driver refused the data itself (a document it cannot serialize, or one the
-/// server rejects as a whole command for its content), as opposed to a connection, server
-/// selection or server state problem.
-fn is_data_error(error: &mongodb::error::Error) -> bool {
+/// The class of a server error code.
+fn code_kind(code: i32) -> ErrorKind {
+    if TRANSIENT_CODES.contains(&code) {
+        ErrorKind::Transient
+    } else if CHANGE_CODES.contains(&code) {
+        ErrorKind::Permanent
+    } else {
+        ErrorKind::StoreFailing
+    }
+}
+
+/// The class of a driver error: a document the driver cannot serialize or
+/// the server refuses for its content is about the change; an
+/// authentication failure or a refused command is about the server; a
+/// connection, server selection or pool problem is transient.
+fn driver_kind(error: &mongodb::error::Error) -> ErrorKind {
     use mongodb::error::ErrorKind as Kind;
     match error.kind.as_ref() {
-        Kind::BsonSerialization(_) | Kind::InvalidArgument { .. } => true,
-        // BSONObjectTooLarge, and documents the server cannot store.
-        Kind::Command(command) => matches!(command.code, 10334 | 17419 | 2 | 52 | 55),
-        _ => false,
+        Kind::BsonSerialization(_) | Kind::InvalidArgument { .. } => ErrorKind::Permanent,
+        Kind::Authentication { .. } => ErrorKind::StoreFailing,
+        Kind::Command(command) => code_kind(command.code),
+        Kind::Write(mongodb::error::WriteFailure::WriteError(write)) => code_kind(write.code),
+        Kind::Write(mongodb::error::WriteFailure::WriteConcernError(concern)) => code_kind(concern.code),
+        _ => ErrorKind::Transient,
     }
 }
 
@@ -105,5 +135,17 @@ mod tests {
         assert!(!rejected(2).is_retriable(), "bad value");
         assert!(!rejected(11000).is_retriable(), "a duplicate key that is not a stale upsert");
         assert!(MongoSinkError::AggregateConflict { namespace: "app.s".into() }.is_retriable());
+    }
+
+    #[test]
+    fn permissions_and_authentication_block_and_are_never_about_the_change() {
+        let rejected = |code| MongoSinkError::Rejected { namespace: "app.t".into(), code, message: String::new() };
+        for (code, what) in
+            [(13, "Unauthorized"), (18, "AuthenticationFailed"), (26, "NamespaceNotFound"), (14031, "OutOfDiskSpace")]
+        {
+            assert_eq!(rejected(code).kind(), ErrorKind::StoreFailing, "{what}");
+        }
+        assert_eq!(rejected(10334).kind(), ErrorKind::Permanent, "a document too large is about the change");
+        assert_eq!(rejected(10107).kind(), ErrorKind::Transient, "not primary: an election is under way");
     }
 }

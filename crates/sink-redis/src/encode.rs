@@ -203,7 +203,9 @@ impl KeyTemplate {
         if parts.len() == 1 {
             return Err(RedisSinkError::Mapping {
                 table: table.table.to_string(),
-                reason: "the table has no primary key or replica identity columns; add a primary key or set `key` for it in the sink config".into(),
+                reason: "the table has no primary key; add one, or set `key` for it in the sink config to the \
+                         columns that identify a row (without either, rows with equal values would share one key)"
+                    .into(),
             });
         }
         Ok(KeyTemplate { parts })
@@ -455,6 +457,49 @@ impl RedisEncoder {
             steps.push(BatchStep::Script(call));
         }
         Ok(steps)
+    }
+
+    /// What would make [`encode`](Self::encode) refuse every change of a
+    /// table of this shape, one line each: a key it cannot build, template
+    /// columns the table does not publish, key columns a delete does not
+    /// carry (outside the primary key, without REPLICA IDENTITY FULL).
+    pub fn table_problems(&self, table: &TableSchema) -> Vec<String> {
+        let reason = |err: RedisSinkError| match err {
+            RedisSinkError::Mapping { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        let options = self.tables.get(&table.table).cloned().unwrap_or_default();
+        let template = match options.key {
+            Some(template) => template,
+            None => match KeyTemplate::default_for(table) {
+                Ok(template) => template,
+                Err(err) => return vec![reason(err)],
+            },
+        };
+        let mut problems = Vec::new();
+        match ResolvedKey::resolve(&template, table) {
+            Ok(key) => {
+                for part in &key.parts {
+                    let ResolvedPart::Column { position, name } = part else { continue };
+                    let in_old_key = table.columns.get(*position).is_some_and(|column| column.is_key);
+                    if table.replica_identity != pgoutput::ReplicaIdentity::Full && !in_old_key {
+                        problems.push(format!(
+                            "key template column {name} is not part of the table's key (its primary key, or its replica identity index), so a delete (whose old row \
+                             carries only the key) has no value for it: build the key from primary key columns, or \
+                             run ALTER TABLE {} REPLICA IDENTITY FULL",
+                            table.table
+                        ));
+                    }
+                }
+            }
+            Err(err) => problems.push(reason(err)),
+        }
+        for template in options.invalidate.iter().chain(&options.invalidate_sets) {
+            if let Err(err) = ResolvedKey::resolve(template, table) {
+                problems.push(reason(err));
+            }
+        }
+        problems
     }
 
     /// A call deleting each of `keys` unless it holds a row at `version` or

@@ -261,6 +261,10 @@ impl Sink for RedisSink {
         let context = pgfanout_core::describe_apply(changes, checkpoint);
         self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(name, context))
     }
+
+    fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
+        self.encoder().table_problems(table)
+    }
 }
 
 /// `host:port/db` from a Redis URL, without credentials, for messages.

@@ -303,6 +303,30 @@ impl CqlEncoder {
         Ok(())
     }
 
+    /// What would make [`encode`](Self::encode) refuse every change (or every delete) of a
+    /// table of this shape, one line each: a target it cannot key (no primary key and no
+    /// `partition_key`), key columns the table does not publish or a delete does not carry.
+    pub fn table_problems(&self, shape: &TableSchema) -> Vec<String> {
+        let options = self.tables.get(&shape.table).cloned().unwrap_or_default();
+        let targets = if options.targets.is_empty() { vec![default_target()] } else { options.targets.clone() };
+        let reason = |err: ScyllaSinkError| match err {
+            ScyllaSinkError::Mapping { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        let mut problems = Vec::new();
+        for target in &targets {
+            match self.resolve_target(shape, target, &options.types) {
+                Ok(resolved) => {
+                    if let Some(column) = &resolved.key_outside_identity {
+                        problems.push(reason(identity_error(&shape.table.to_string(), &resolved.qualified, column)));
+                    }
+                }
+                Err(err) => problems.push(reason(err)),
+            }
+        }
+        problems
+    }
+
     /// The table's targets resolved against this shape, re-resolved only when
     /// a Relation message changed the shape.
     fn resolve(&mut self, shape: &Arc<TableSchema>) -> Result<&mut ResolvedTable, ScyllaSinkError> {
@@ -350,7 +374,10 @@ impl CqlEncoder {
         };
         if partition_names.is_empty() {
             return Err(mapping_error(
-                "the table has no primary key or replica identity; configure a target with a partition_key".into(),
+                "the table has no primary key; give it one, or configure a [[sink.table.target]] with the \
+                 partition_key (and clustering_key) columns that identify a row (without either, rows with equal \
+                 values would share one CQL row)"
+                    .into(),
             ));
         }
         let locate = |name: &String| {

@@ -90,26 +90,40 @@ pub enum ScyllaSinkError {
 }
 
 impl ScyllaSinkError {
-    /// Whether retrying the same batch later can succeed.
+    /// Whether retrying the same batch later can succeed without anyone acting.
     pub fn is_retriable(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+    }
+
+    /// The error's class for the retry and dead-letter policy: a value that
+    /// does not fit is about the change; a missing keyspace or table, missing
+    /// permissions, authentication and statements the cluster refuses to
+    /// prepare are about the cluster, and block whatever `on_error` says.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ScyllaSinkError::Connect { .. } => true,
-            ScyllaSinkError::Prepare { source, .. } => prepare_is_transient(source),
-            ScyllaSinkError::Execute { source, .. } => execution_is_transient(source),
-            ScyllaSinkError::Conversion { .. }
-            | ScyllaSinkError::Value { .. }
-            | ScyllaSinkError::Mapping { .. }
-            | ScyllaSinkError::BadCheckpoint { .. }
+            ScyllaSinkError::Connect { .. } => ErrorKind::Transient,
+            ScyllaSinkError::Prepare { source, .. } => {
+                if prepare_is_transient(source) {
+                    ErrorKind::Transient
+                } else {
+                    // Preparing involves no row: whatever fails is the cluster's.
+                    ErrorKind::StoreFailing
+                }
+            }
+            ScyllaSinkError::Execute { source, .. } => execution_kind(source),
+            ScyllaSinkError::Conversion { .. } | ScyllaSinkError::Value { .. } | ScyllaSinkError::Mapping { .. } => {
+                ErrorKind::Permanent
+            }
+            ScyllaSinkError::BadCheckpoint { .. }
             | ScyllaSinkError::CheckpointRow(_)
-            | ScyllaSinkError::PasswordFile { .. } => false,
+            | ScyllaSinkError::PasswordFile { .. } => ErrorKind::StoreFailing,
         }
     }
 
     /// Converts to the pipeline's classified error; `doing` says what the
     /// sink was doing.
     pub fn into_sink_error(self, sink: &str, doing: String) -> SinkError {
-        let kind = if self.is_retriable() { ErrorKind::Transient } else { ErrorKind::Permanent };
-        SinkError { sink: sink.to_owned(), kind, message: doing, source: Some(Box::new(self)) }
+        SinkError { sink: sink.to_owned(), kind: self.kind(), message: doing, source: Some(Box::new(self)) }
     }
 
     /// Whether the cluster said the statement is invalid (e.g. a missing table).
@@ -145,6 +159,50 @@ fn execution_is_transient(error: &ExecutionError) -> bool {
         // No node, a broken pool, a timeout, schema agreement, metadata:
         // the cluster is unreachable or busy.
         _ => true,
+    }
+}
+
+fn execution_kind(error: &ExecutionError) -> ErrorKind {
+    let attempt = match error {
+        ExecutionError::LastAttemptError(attempt) => attempt,
+        // Values that do not serialize or make too long a key: this change's.
+        ExecutionError::BadQuery(
+            scylla::errors::BadQuery::SerializationError(_) | scylla::errors::BadQuery::ValuesTooLongForKey(..),
+        ) => return ErrorKind::Permanent,
+        other if execution_is_transient(other) => return ErrorKind::Transient,
+        _ => return ErrorKind::StoreFailing,
+    };
+    match attempt {
+        RequestAttemptError::DbError(db, message) => db_error_kind(db, message),
+        RequestAttemptError::SerializationError(_) | RequestAttemptError::CqlRequestSerialization(_) => {
+            ErrorKind::Permanent
+        }
+        _ => ErrorKind::Transient,
+    }
+}
+
+/// The class of an error the cluster answered with. `Invalid` is both "this
+/// value is invalid" and "no such table or keyspace": the message tells
+/// them apart.
+fn db_error_kind(error: &DbError, message: &str) -> ErrorKind {
+    if db_error_is_transient(error) {
+        return ErrorKind::Transient;
+    }
+    match error {
+        DbError::Invalid => {
+            let lower = message.to_ascii_lowercase();
+            let missing =
+                ["unconfigured table", "does not exist", "keyspace", "undefined column", "unknown identifier"];
+            if missing.iter().any(|needle| lower.contains(needle)) {
+                ErrorKind::StoreFailing
+            } else {
+                ErrorKind::Permanent
+            }
+        }
+        DbError::FunctionFailure { .. } => ErrorKind::Permanent,
+        // Unauthorized, AuthenticationError, ConfigError, ServerError,
+        // ProtocolError, SyntaxError (of the sink's own statement), …
+        _ => ErrorKind::StoreFailing,
     }
 }
 
@@ -197,5 +255,24 @@ mod tests {
         };
         assert!(timeout.is_retriable());
         assert!(!ScyllaSinkError::Mapping { table: "t".into(), reason: "r".into() }.is_retriable());
+    }
+
+    #[test]
+    fn missing_tables_and_permissions_block_and_bad_values_are_about_the_change() {
+        let attempt = |db: DbError, message: &str| ScyllaSinkError::Execute {
+            what: "a batch".into(),
+            source: Box::new(ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, message.into()))),
+        };
+        assert_eq!(attempt(DbError::Unauthorized, "no MODIFY permission").kind(), ErrorKind::StoreFailing);
+        assert_eq!(attempt(DbError::AuthenticationError, "bad credentials").kind(), ErrorKind::StoreFailing);
+        assert_eq!(attempt(DbError::Invalid, "unconfigured table reservations").kind(), ErrorKind::StoreFailing);
+        assert_eq!(attempt(DbError::Invalid, "Keyspace rentals does not exist").kind(), ErrorKind::StoreFailing);
+        assert_eq!(
+            attempt(DbError::Invalid, "Key length of 70000 is longer than maximum").kind(),
+            ErrorKind::Permanent
+        );
+        assert_eq!(attempt(DbError::Overloaded, "").kind(), ErrorKind::Transient);
+        let value = ScyllaSinkError::Mapping { table: "t".into(), reason: "r".into() };
+        assert_eq!(value.kind(), ErrorKind::Permanent);
     }
 }

@@ -416,4 +416,8 @@ impl Sink for ScyllaSink {
         let context = pgfanout_core::describe_apply(changes, checkpoint);
         self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(name, context))
     }
+
+    fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
+        self.lock_state().encoder.table_problems(table)
+    }
 }
