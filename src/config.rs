@@ -115,8 +115,10 @@ pub struct PipelineConfig {
     /// Seconds to drain in-flight batches on shutdown before giving up. Default: 30.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
-    /// Megabytes of streamed, not yet committed changes held in memory before
-    /// the largest transaction is written to a temporary file. Default: 64.
+    /// Megabytes of changes of transactions not yet complete (streamed ones,
+    /// and ordinary ones past 1,000 changes or 4 MB) held in memory before the
+    /// largest is written to a temporary file; such a transaction is read
+    /// back and applied in pieces. Default: 64.
     #[serde(default = "default_spill_memory_mb")]
     pub spill_memory_mb: usize,
     /// Folder for those temporary files. Default: the system's temp folder.

@@ -112,7 +112,10 @@ async fn restarts_mid_stream_lose_and_duplicate_nothing() {
     let redis_url = fresh_redis_db(2).await;
     let mut redis = redis_connection(&redis_url).await;
     let http = format!("127.0.0.1:{}", free_port());
-    let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "reservation:{id}")]);
+    // Every change also appends an event: effects are counted, not only the
+    // final state compared.
+    let config = redis_config(&db, &redis_url, &http, &[("public.reservations", "reservation:{id}")])
+        + "stream = \"events:reservations\"\nstream_max_len = 100000\n[sink.delivery]\nlanes = 1\n";
     let mut pgfanout = Pgfanout::start("e2e_restart", &config, &http);
     wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
         .await;
@@ -151,6 +154,25 @@ async fn restarts_mid_stream_lose_and_duplicate_nothing() {
     workload.await.unwrap();
     wait_for_match(&db, &mut redis, &pgfanout).await;
     assert_redis_matches(&db, &mut redis).await;
+    // 600 statements, each changing one row: exactly 600 events, once each,
+    // in commit order, though pgfanout was killed mid-stream.
+    let end = db.current_wal_lsn().await;
+    wait_until("the slot confirms everything", Duration::from_secs(20), || async {
+        db.confirmed_flush_lsn("e2e_restart").await >= end
+    })
+    .await;
+    let events: Vec<(String, std::collections::HashMap<String, String>)> =
+        redis::cmd("XRANGE").arg("events:reservations").arg("-").arg("+").query_async(&mut redis).await.unwrap();
+    let versions: Vec<(u64, u32)> = events
+        .iter()
+        .map(|(_, fields)| {
+            (fields["commit_lsn"].parse::<pgoutput::Lsn>().unwrap().0, fields["ordinal"].parse::<u32>().unwrap())
+        })
+        .collect();
+    let distinct: std::collections::HashSet<&(u64, u32)> = versions.iter().collect();
+    assert_eq!(distinct.len(), versions.len(), "an event was added twice");
+    assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "events in commit order");
+    assert_eq!(events.len(), 600, "one event per change made in PostgreSQL\n{}", pgfanout.log_text());
 }
 
 #[tokio::test]

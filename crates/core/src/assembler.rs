@@ -6,10 +6,17 @@
 //! Start … Stream Stop blocks while they are still running, interleaved with
 //! others, and end with Stream Commit or Stream Abort; their changes wait in
 //! [`StreamedTransactions`] (which spills to disk past a memory bound).
+//! An ordinary transaction that grows past one piece
+//! ([`PIECE_MAX_CHANGES`], [`PIECE_MAX_BYTES`]) moves there too, so a
+//! transaction of any size, streamed or not (`streaming = false`, protocol
+//! 1), costs at most the spill memory bound. A transaction larger than one
+//! piece is handed on as [`Assembled::CommittedInPieces`], to be read back
+//! and applied a piece at a time.
 //!
 //! Invariants:
 //! - a transaction is emitted only at its Commit or Stream Commit, with its
-//!   changes in order and without those of aborted subtransactions;
+//!   changes in order and without those of aborted subtransactions (whole,
+//!   or in pieces whose ordinals continue from one to the next);
 //! - a Relation message replaces the cached shape of its table at once, so a
 //!   new column is picked up without restart. Inside a stream block it only
 //!   applies to that streamed transaction until it commits (then it becomes
@@ -23,7 +30,15 @@ use pgoutput::value::TypeKind;
 use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, ReplicaIdentity, TupleColumn, TupleData, TypeRegistry, Xid};
 
 use crate::model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
-use crate::streamed::{SpillError, SpillSettings, StreamedTransactions};
+use crate::streamed::{CommittedChanges, SpillError, SpillSettings, StreamedTransactions};
+
+/// Most changes a transaction handed on whole may hold; a larger one is
+/// handed on in pieces of at most this many changes.
+pub const PIECE_MAX_CHANGES: usize = 1000;
+
+/// Most bytes (approximate, see [`Change::approximate_size`]) of changes a
+/// transaction handed on whole may hold, and a piece of a larger one.
+pub const PIECE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// Errors in the order or content of the message stream.
 #[derive(Debug, thiserror::Error)]
@@ -67,12 +82,16 @@ pub enum AssembleError {
 }
 
 /// What the assembler produced from one message.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Assembled {
     /// Nothing to hand on yet.
     Pending,
-    /// A transaction committed.
+    /// A transaction committed, with all its changes.
     Committed(Transaction),
+    /// A transaction larger than one piece committed: its identity (with no
+    /// changes) and its changes, to be read a piece at a time with
+    /// `next_piece(PIECE_MAX_CHANGES, PIECE_MAX_BYTES)`.
+    CommittedInPieces(Transaction, CommittedChanges),
 }
 
 /// Relation cache plus the transactions being assembled.
@@ -84,6 +103,11 @@ pub struct TransactionAssembler {
     /// Shared with the table shapes announced since its last change.
     types: Arc<TypeRegistry>,
     open: Option<Transaction>,
+    /// Bytes of the open transaction's changes while they are in `open`.
+    open_bytes: usize,
+    /// Whether the open transaction outgrew one piece: its changes are then
+    /// in `streamed`, under its xid, not in `open`.
+    open_held: bool,
     /// Top-level xid of the stream block being received.
     stream_block: Option<Xid>,
     streamed: StreamedTransactions,
@@ -165,6 +189,8 @@ impl TransactionAssembler {
     /// was lost; the server sends them again from their start).
     pub fn discard_open(&mut self) {
         self.open = None;
+        self.open_bytes = 0;
+        self.open_held = false;
         self.stream_block = None;
         self.streamed.clear();
         self.stream_relations.clear();
@@ -189,6 +215,8 @@ impl TransactionAssembler {
                     commit_time: begin.commit_time,
                     changes: Vec::new(),
                 });
+                self.open_bytes = 0;
+                self.open_held = false;
                 Ok(Assembled::Pending)
             }
             PgOutputMessage::Commit(commit) => {
@@ -197,6 +225,10 @@ impl TransactionAssembler {
                 transaction.commit_lsn = commit.commit_lsn;
                 transaction.end_lsn = commit.end_lsn;
                 transaction.commit_time = commit.commit_time;
+                if std::mem::take(&mut self.open_held) {
+                    let changes = self.streamed.commit(transaction.xid)?;
+                    return Ok(Assembled::CommittedInPieces(transaction, changes));
+                }
                 Ok(Assembled::Committed(transaction))
             }
             PgOutputMessage::Type(announced) => {
@@ -277,13 +309,18 @@ impl TransactionAssembler {
                 if let Some(shapes) = self.stream_relations.remove(&commit.xid) {
                     self.relations.extend(shapes);
                 }
-                Ok(Assembled::Committed(Transaction {
+                let mut transaction = Transaction {
                     xid: commit.xid,
                     commit_lsn: commit.commit_lsn,
                     end_lsn: commit.end_lsn,
                     commit_time: commit.commit_time,
-                    changes,
-                }))
+                    changes: Vec::new(),
+                };
+                if !changes.fits(PIECE_MAX_CHANGES, PIECE_MAX_BYTES) {
+                    return Ok(Assembled::CommittedInPieces(transaction, changes));
+                }
+                transaction.changes = changes.into_vec()?;
+                Ok(Assembled::Committed(transaction))
             }
             PgOutputMessage::StreamAbort(abort) => {
                 self.streamed.abort(abort.xid, abort.subxid);
@@ -324,8 +361,22 @@ impl TransactionAssembler {
             return Ok(Assembled::Pending);
         }
         let open = self.open.as_mut().ok_or(AssembleError::OutsideTransaction { message })?;
-        let ordinal = open.changes.len() as u32;
-        open.changes.push(Change { table, op, ordinal });
+        if self.open_held {
+            self.streamed.add(open.xid, open.xid, Change { table, op, ordinal: 0 })?;
+            return Ok(Assembled::Pending);
+        }
+        let change = Change { table, op, ordinal: open.changes.len() as u32 };
+        self.open_bytes += change.approximate_size();
+        open.changes.push(change);
+        if open.changes.len() > PIECE_MAX_CHANGES || self.open_bytes > PIECE_MAX_BYTES {
+            // Too large to hand on whole: held (and spilled past the memory
+            // bound) like a streamed transaction, then read back in pieces.
+            for change in std::mem::take(&mut open.changes) {
+                self.streamed.add(open.xid, open.xid, change)?;
+            }
+            self.open_bytes = 0;
+            self.open_held = true;
+        }
         Ok(Assembled::Pending)
     }
 }
@@ -399,6 +450,41 @@ mod tests {
             end_lsn: Lsn(120),
             commit_time: PgTimestamp(2),
         })
+    }
+
+    #[test]
+    fn a_large_ordinary_transaction_is_spilled_and_handed_on_in_pieces() {
+        let mut assembler =
+            TransactionAssembler::with_spill(SpillSettings { memory_limit: 64 * 1024, directory: None });
+        assembler.push(relation(1, &[("id", true), ("v", false)])).unwrap();
+        assembler.push(begin()).unwrap();
+        let count = PIECE_MAX_CHANGES * 5 / 2;
+        for id in 0..count {
+            let id = TupleColumn::Text(Bytes::from(id.to_string()));
+            let insert = Insert { xid: None, relation: Oid(1), new_tuple: TupleData { columns: vec![id, text("a")] } };
+            assert!(matches!(assembler.push(PgOutputMessage::Insert(insert)).unwrap(), Assembled::Pending));
+            assert!(assembler.streamed_in_memory_bytes() <= 64 * 1024, "bounded while it arrives");
+        }
+        assert!(assembler.streamed_spilled_bytes_total() > 0, "an ordinary transaction spills too");
+        let Assembled::CommittedInPieces(header, mut changes) = assembler.push(commit()).unwrap() else {
+            panic!("a transaction of {count} changes comes in pieces")
+        };
+        assert!(assembler.is_idle());
+        assert_eq!((header.commit_lsn, header.end_lsn, header.changes.len()), (Lsn(100), Lsn(120), 0));
+        let mut ids = Vec::new();
+        loop {
+            let piece = changes.next_piece(PIECE_MAX_CHANGES, PIECE_MAX_BYTES).unwrap();
+            if piece.is_empty() {
+                break;
+            }
+            assert!(piece.len() <= PIECE_MAX_CHANGES);
+            for change in piece {
+                assert_eq!(change.ordinal as usize, ids.len());
+                let ChangeOp::Insert { new } = &change.op else { panic!("inserts only") };
+                ids.push(std::str::from_utf8(new[0].as_bytes().unwrap()).unwrap().parse::<usize>().unwrap());
+            }
+        }
+        assert_eq!(ids, (0..count).collect::<Vec<_>>());
     }
 
     #[test]

@@ -14,6 +14,15 @@
 //! at least one of its tables (waiting when a queue is full, which is how
 //! backpressure reaches the stream) and tells the coordinator; the caller
 //! confirms [`Pipeline::flush_lsn`] to the server after each call.
+//!
+//! A transaction larger than one piece (see [`crate::assembler`]) is read
+//! back and dispatched a piece at a time, each piece waiting for room in the
+//! queues, so its size never shows in memory. Every sink that received a
+//! piece then gets the transaction's end as an empty last piece: only that
+//! one lets its worker store the checkpoint and acknowledge, so the flush LSN
+//! passes the transaction only once all of it is applied. A crash in between
+//! re-delivers the whole transaction; the sinks' version guards (commit LSN
+//! and ordinal) make the pieces already applied harmless.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,12 +30,12 @@ use std::sync::Arc;
 use pgoutput::value::TypeKind;
 use pgoutput::{Lsn, Oid, PgOutputMessage};
 
-use crate::assembler::{AssembleError, Assembled, TransactionAssembler};
+use crate::assembler::{AssembleError, Assembled, TransactionAssembler, PIECE_MAX_BYTES, PIECE_MAX_CHANGES};
 use crate::checkpoint::{CheckpointCoordinator, SinkSlot};
 use crate::mapping::{Mapped, MappingError, TableMapping};
 use crate::metrics::Metrics;
 use crate::model::{count_by_table_and_op, Change, TableName, Transaction};
-use crate::streamed::SpillSettings;
+use crate::streamed::{CommittedChanges, SpillSettings};
 use crate::worker::{WorkerQueue, WorkerStopped};
 
 /// Errors that stop the pipeline.
@@ -132,8 +141,10 @@ impl Pipeline {
                 self.metrics.streamed_spilled_bytes_total.inc_by(spilled - reported);
             }
         }
-        if let Assembled::Committed(transaction) = assembled {
-            self.dispatch(transaction).await?;
+        match assembled {
+            Assembled::Pending => {}
+            Assembled::Committed(transaction) => self.dispatch(transaction).await?,
+            Assembled::CommittedInPieces(header, changes) => self.dispatch_in_pieces(header, changes).await?,
         }
         Ok(())
     }
@@ -168,19 +179,11 @@ impl Pipeline {
 
     async fn dispatch(&mut self, transaction: Transaction) -> Result<(), PipelineError> {
         self.metrics.transactions_total.inc();
-        for ((table, op), count) in count_by_table_and_op(transaction.changes.iter()) {
-            self.metrics.events_total.with_label_values(&[&table.to_string(), op]).inc_by(count);
-        }
+        self.count_events(&transaction);
         let end_lsn = transaction.end_lsn;
         let transaction = Arc::new(transaction);
         for route in &self.routes {
-            let routed = route_for(&transaction, &route.tables).map_err(|(ordinal, source)| PipelineError::Filter {
-                sink: route.sink.clone(),
-                commit_lsn: transaction.commit_lsn,
-                ordinal,
-                source,
-            })?;
-            let Some(routed) = routed else { continue };
+            let Some(routed) = route_for(&transaction, route)? else { continue };
             route
                 .queue
                 .send(routed)
@@ -191,13 +194,72 @@ impl Pipeline {
         self.coordinator.transaction_received(end_lsn);
         Ok(())
     }
+
+    /// Dispatches a large transaction piece by piece, read back as it goes,
+    /// then its end (an empty last piece) to every sink that got a piece.
+    async fn dispatch_in_pieces(
+        &mut self,
+        header: Transaction,
+        mut changes: CommittedChanges,
+    ) -> Result<(), PipelineError> {
+        self.metrics.transactions_total.inc();
+        let end_lsn = header.end_lsn;
+        let mut received_piece = vec![false; self.routes.len()];
+        loop {
+            let piece = changes.next_piece(PIECE_MAX_CHANGES, PIECE_MAX_BYTES).map_err(AssembleError::from)?;
+            if piece.is_empty() {
+                break;
+            }
+            let piece = Transaction { changes: piece, ..header.clone_header() };
+            self.count_events(&piece);
+            let piece = Arc::new(piece);
+            for (route, received) in self.routes.iter().zip(&mut received_piece) {
+                let Some(routed) = route_for(&piece, route)? else { continue };
+                route
+                    .queue
+                    .send_piece(routed)
+                    .await
+                    .map_err(|source| PipelineError::SinkStopped { sink: route.sink.clone(), source })?;
+                if !*received {
+                    *received = true;
+                    self.coordinator.dispatched(route.slot, end_lsn);
+                }
+            }
+        }
+        let end = Arc::new(header);
+        for (route, _) in self.routes.iter().zip(received_piece).filter(|(_, received)| *received) {
+            route
+                .queue
+                .send(end.clone())
+                .await
+                .map_err(|source| PipelineError::SinkStopped { sink: route.sink.clone(), source })?;
+        }
+        self.coordinator.transaction_received(end_lsn);
+        Ok(())
+    }
+
+    fn count_events(&self, transaction: &Transaction) {
+        for ((table, op), count) in count_by_table_and_op(transaction.changes.iter()) {
+            self.metrics.events_total.with_label_values(&[&table.to_string(), op]).inc_by(count);
+        }
+    }
 }
 
-/// The part of `transaction` a sink routing `tables` receives, mapped: the
+/// The part of `transaction` the sink of `route` receives, mapped: the
 /// whole transaction shared when every change is routed unmapped, a mapped
 /// or filtered copy otherwise, nothing when no change is left; the ordinal
 /// of the change a filter could not decide on, and why, on error.
-fn route_for(
+fn route_for(transaction: &Arc<Transaction>, route: &Route) -> Result<Option<Arc<Transaction>>, PipelineError> {
+    map_for(transaction, &route.tables).map_err(|(ordinal, source)| PipelineError::Filter {
+        sink: route.sink.clone(),
+        commit_lsn: transaction.commit_lsn,
+        ordinal,
+        source,
+    })
+}
+
+/// [`route_for`]'s mapping, with the failing change's ordinal on error.
+fn map_for(
     transaction: &Arc<Transaction>,
     tables: &HashMap<TableName, Arc<TableMapping>>,
 ) -> Result<Option<Arc<Transaction>>, (u32, MappingError)> {

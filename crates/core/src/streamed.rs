@@ -10,12 +10,16 @@
 //! the subtransaction that made them. Memory is bounded: when the changes held
 //! in memory, over all transactions, pass [`SpillSettings::memory_limit`], the
 //! largest transaction's changes move to an anonymous temporary file (deleted
-//! by the OS when closed, even after a crash). At Stream Commit the file is
-//! read back in order, followed by what is still in memory, and changes of
-//! aborted subtransactions are left out.
+//! by the OS when closed, even after a crash). At Stream Commit the changes
+//! come back as [`CommittedChanges`], read piece by piece: first the file,
+//! a bounded piece at a time (never the whole file at once), then what is
+//! still in memory; changes of aborted subtransactions are left out. The
+//! assembler holds an ordinary (non-streamed) transaction that grows large
+//! here too, so every transaction is bounded the same way.
 //!
 //! Invariant: the changes of a committed transaction come out exactly in the
-//! order they were added, minus those of aborted subtransactions.
+//! order they were added, minus those of aborted subtransactions, numbered
+//! from 0 across pieces.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -130,35 +134,127 @@ impl HeldTransaction {
         Ok(())
     }
 
-    /// Every surviving change in order, numbered from 0.
-    fn into_changes(self) -> std::io::Result<Vec<Change>> {
-        let mut changes = Vec::with_capacity(self.spilled_changes + self.in_memory.len());
-        let aborted = &self.aborted_subtransactions;
-        if let Some(writer) = self.spill {
-            let mut file = writer.into_inner().map_err(|err| err.into_error())?;
-            file.seek(SeekFrom::Start(0))?;
-            let mut reader = BufReader::with_capacity(1 << 20, file);
-            let mut record = Vec::new();
-            for _ in 0..self.spilled_changes {
-                let mut length = [0u8; 4];
-                reader.read_exact(&mut length)?;
-                record.resize(u32::from_le_bytes(length) as usize, 0);
-                reader.read_exact(&mut record)?;
-                let spilled: SpilledChange = postcard::from_bytes(&record).map_err(std::io::Error::other)?;
-                if aborted.contains(&Xid(spilled.subtransaction)) {
-                    continue;
-                }
-                let table = self.spilled_schemas.get(spilled.schema as usize).cloned().ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "spill record names an unknown schema")
-                })?;
-                changes.push(Change { table, op: spilled.op, ordinal: 0 });
+    /// Ends the transaction: its surviving changes, to be read in pieces.
+    fn into_committed(self, xid: Xid) -> std::io::Result<CommittedChanges> {
+        let spill = match self.spill {
+            Some(writer) => {
+                let mut file = writer.into_inner().map_err(|err| err.into_error())?;
+                file.seek(SeekFrom::Start(0))?;
+                Some(SpillReader {
+                    reader: BufReader::with_capacity(READ_BUFFER_BYTES, file),
+                    remaining: self.spilled_changes,
+                    schemas: self.spilled_schemas,
+                    record: Vec::new(),
+                })
             }
+            None => None,
+        };
+        Ok(CommittedChanges {
+            xid,
+            spill,
+            in_memory_bytes: self.in_memory_bytes,
+            in_memory: self.in_memory.into_iter(),
+            aborted: self.aborted_subtransactions,
+            next_ordinal: 0,
+        })
+    }
+}
+
+/// Bytes of the buffer a spill file is read back through.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// The unread rest of a spill file.
+#[derive(Debug)]
+struct SpillReader {
+    reader: BufReader<File>,
+    /// Records not read yet.
+    remaining: usize,
+    schemas: Vec<Arc<TableSchema>>,
+    /// Buffer of the record being decoded, reused.
+    record: Vec<u8>,
+}
+
+impl SpillReader {
+    /// The next record, or `None` once every record was read.
+    fn next_record(&mut self) -> std::io::Result<Option<(Xid, Change)>> {
+        if self.remaining == 0 {
+            return Ok(None);
         }
-        changes.extend(self.in_memory.into_iter().filter(|(sub, _)| !aborted.contains(sub)).map(|(_, change)| change));
-        for (ordinal, change) in changes.iter_mut().enumerate() {
-            change.ordinal = ordinal as u32;
+        let mut length = [0u8; 4];
+        self.reader.read_exact(&mut length)?;
+        self.record.resize(u32::from_le_bytes(length) as usize, 0);
+        self.reader.read_exact(&mut self.record)?;
+        self.remaining -= 1;
+        let spilled: SpilledChange = postcard::from_bytes(&self.record).map_err(std::io::Error::other)?;
+        let table = self.schemas.get(spilled.schema as usize).cloned().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "spill record names an unknown schema")
+        })?;
+        Ok(Some((Xid(spilled.subtransaction), Change { table, op: spilled.op, ordinal: 0 })))
+    }
+}
+
+/// A committed transaction's surviving changes, handed out in order, piece
+/// by piece: first what was spilled, read back from the file a piece at a
+/// time (never whole), then what stayed in memory. Ordinals run from 0
+/// across pieces, counting only surviving changes.
+#[derive(Debug)]
+pub struct CommittedChanges {
+    xid: Xid,
+    spill: Option<SpillReader>,
+    in_memory: std::vec::IntoIter<(Xid, Change)>,
+    in_memory_bytes: usize,
+    aborted: HashSet<Xid>,
+    next_ordinal: u32,
+}
+
+impl CommittedChanges {
+    /// Whether every change is in memory and they fit in one piece of at
+    /// most `max_changes` changes and `max_bytes` bytes.
+    pub fn fits(&self, max_changes: usize, max_bytes: usize) -> bool {
+        self.spill.is_none() && self.in_memory.len() <= max_changes && self.in_memory_bytes <= max_bytes
+    }
+
+    /// The next changes in order: at most `max_changes`, and no more than
+    /// `max_bytes` (approximate) unless a single change is larger. Empty
+    /// once every change was handed out.
+    pub fn next_piece(&mut self, max_changes: usize, max_bytes: usize) -> Result<Vec<Change>, SpillError> {
+        let xid = self.xid;
+        let mut piece = Vec::new();
+        let mut bytes = 0;
+        while piece.len() < max_changes.max(1) && bytes < max_bytes {
+            let next = match &mut self.spill {
+                Some(spill) => match spill.next_record() {
+                    Ok(Some(record)) => Some(record),
+                    Ok(None) => {
+                        self.spill = None;
+                        continue;
+                    }
+                    Err(source) => return Err(SpillError { xid, action: "read back", source }),
+                },
+                None => self.in_memory.next(),
+            };
+            let Some((subtransaction, mut change)) = next else { break };
+            if self.aborted.contains(&subtransaction) {
+                continue;
+            }
+            change.ordinal = self.next_ordinal;
+            self.next_ordinal += 1;
+            bytes += change.approximate_size();
+            piece.push(change);
         }
-        Ok(changes)
+        Ok(piece)
+    }
+
+    /// Every remaining change in one vector (for transactions that [`fit`](Self::fits)).
+    pub fn into_vec(mut self) -> Result<Vec<Change>, SpillError> {
+        let mut changes = Vec::with_capacity(self.in_memory.len());
+        loop {
+            let piece = self.next_piece(usize::MAX, usize::MAX)?;
+            if piece.is_empty() {
+                return Ok(changes);
+            }
+            changes.extend(piece);
+        }
     }
 }
 
@@ -235,12 +331,19 @@ impl StreamedTransactions {
         }
     }
 
-    /// Ends a committed transaction: its surviving changes in order
-    /// (empty if nothing of it was published or all of it was aborted).
-    pub fn commit(&mut self, xid: Xid) -> Result<Vec<Change>, SpillError> {
-        let Some(held) = self.held.remove(&xid) else { return Ok(Vec::new()) };
+    /// Ends a committed transaction: its surviving changes in order, to be
+    /// read in pieces (none if nothing of it was published or all of it was
+    /// aborted). Whatever of it is still in memory stays there, no longer
+    /// counted here, until the pieces are read.
+    pub fn commit(&mut self, xid: Xid) -> Result<CommittedChanges, SpillError> {
+        let held = self.held.remove(&xid).unwrap_or_else(HeldTransaction::new);
         self.in_memory_bytes -= held.in_memory_bytes;
-        held.into_changes().map_err(|source| SpillError { xid, action: "read back", source })
+        held.into_committed(xid).map_err(|source| SpillError { xid, action: "read back", source })
+    }
+
+    /// Whether transaction `xid` holds changes (in memory or spilled).
+    pub fn holds(&self, xid: Xid) -> bool {
+        self.held.contains_key(&xid)
     }
 
     /// Forgets every open transaction (the connection was lost; the server
@@ -298,13 +401,50 @@ mod tests {
             assert!(held.in_memory_bytes() <= 1000);
         }
         assert!(held.spilled_bytes_total() > 0, "the limit forced spilling");
-        let changes = held.commit(top).unwrap();
+        let changes = held.commit(top).unwrap().into_vec().unwrap();
         assert_eq!(ids(&changes), (0..500).collect::<Vec<_>>());
         assert!(changes.iter().enumerate().all(|(i, c)| c.ordinal as usize == i));
         assert!(changes.iter().all(|c| Arc::ptr_eq(&c.table, &table)), "spilled changes keep their shared shape");
-        assert_eq!(ids(&held.commit(other).unwrap()), (10_000..10_500).collect::<Vec<_>>());
+        assert_eq!(ids(&held.commit(other).unwrap().into_vec().unwrap()), (10_000..10_500).collect::<Vec<_>>());
         assert!(held.is_empty());
         assert_eq!(held.in_memory_bytes(), 0);
+    }
+
+    #[test]
+    fn a_spilled_transaction_is_read_back_in_bounded_pieces() {
+        let table = schema();
+        let mut held = StreamedTransactions::new(SpillSettings { memory_limit: 5_000, directory: None });
+        let (top, savepoint) = (Xid(10), Xid(11));
+        for id in 0..2_000 {
+            let sub = if (500..600).contains(&id) { savepoint } else { top };
+            held.add(top, sub, insert(&table, id)).unwrap();
+        }
+        held.abort(top, savepoint);
+        let mut committed = held.commit(top).unwrap();
+        assert!(!committed.fits(usize::MAX, usize::MAX), "most of it is on disk");
+        let spilled = committed.spill.as_ref().unwrap().remaining;
+        assert!(spilled > 1_900, "spilled {spilled}");
+
+        let first = committed.next_piece(300, usize::MAX).unwrap();
+        assert_eq!(first.len(), 300);
+        // Only the piece was decoded from the file, not the rest of it.
+        assert_eq!(committed.spill.as_ref().unwrap().remaining, spilled - 300);
+
+        let mut pieces = vec![first];
+        loop {
+            // A byte bound of about two changes: pieces of two changes.
+            let piece = committed.next_piece(300, 2 * insert(&table, 0).approximate_size()).unwrap();
+            if piece.is_empty() {
+                break;
+            }
+            assert!(piece.len() <= 2);
+            pieces.push(piece);
+        }
+        let changes: Vec<Change> = pieces.into_iter().flatten().collect();
+        let expected: Vec<usize> = (0..500).chain(600..2_000).collect();
+        assert_eq!(ids(&changes), expected, "in order, without the aborted savepoint");
+        assert!(changes.iter().enumerate().all(|(i, c)| c.ordinal as usize == i), "ordinals run across pieces");
+        assert!(committed.next_piece(300, usize::MAX).unwrap().is_empty(), "stays exhausted");
     }
 
     #[test]
@@ -318,7 +458,7 @@ mod tests {
         }
         held.abort(top, savepoint);
         let expected: Vec<usize> = (0..20).chain(40..60).collect();
-        assert_eq!(ids(&held.commit(top).unwrap()), expected);
+        assert_eq!(ids(&held.commit(top).unwrap().into_vec().unwrap()), expected);
     }
 
     #[test]
@@ -331,7 +471,7 @@ mod tests {
         held.abort(Xid(5), Xid(5));
         assert!(held.is_empty());
         assert_eq!(held.in_memory_bytes(), 0);
-        assert!(held.commit(Xid(5)).unwrap().is_empty());
+        assert!(held.commit(Xid(5)).unwrap().into_vec().unwrap().is_empty());
     }
 
     #[test]

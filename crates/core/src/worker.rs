@@ -30,6 +30,10 @@
 //! rejected change blocks the sink instead, retried until the store accepts
 //! it: so many rejections in a row are more likely a store failing for
 //! every change, misclassified, than that many bad rows.
+//!
+//! A transaction too large for one piece arrives as pieces
+//! ([`WorkerQueue::send_piece`]) and then its end; only the end moves the
+//! checkpoint and the acknowledgement.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -111,9 +115,15 @@ impl Default for WorkerSettings {
 /// Granularity of the byte bound: permits of the queue's semaphore.
 const PERMIT_BYTES: usize = 1024;
 
-/// A queued transaction and the share of the byte bound it holds until it
-/// has been applied.
-type Queued = (Arc<Transaction>, OwnedSemaphorePermit);
+/// A queued transaction (or piece of one) and the share of the byte bound
+/// it holds until it has been applied.
+struct Queued {
+    transaction: Arc<Transaction>,
+    /// False for a piece of a transaction that more pieces follow: applying
+    /// it must not move the checkpoint or the acknowledgement to its end.
+    completes: bool,
+    _permit: OwnedSemaphorePermit,
+}
 
 /// The sending side of a worker's queue, held by the dispatcher.
 pub struct WorkerQueue {
@@ -127,9 +137,21 @@ impl WorkerQueue {
     /// Queues a transaction, waiting while the queue is full, by count or by
     /// bytes (backpressure). Fails only if the worker has stopped.
     pub async fn send(&self, transaction: Arc<Transaction>) -> Result<(), WorkerStopped> {
+        self.enqueue(transaction, true).await
+    }
+
+    /// Queues a piece of a transaction that more pieces follow: applied like
+    /// a transaction, but the checkpoint and the acknowledgement move to the
+    /// transaction's end only with its last piece, sent with
+    /// [`WorkerQueue::send`].
+    pub async fn send_piece(&self, piece: Arc<Transaction>) -> Result<(), WorkerStopped> {
+        self.enqueue(piece, false).await
+    }
+
+    async fn enqueue(&self, transaction: Arc<Transaction>, completes: bool) -> Result<(), WorkerStopped> {
         let wanted = (transaction.approximate_size() / PERMIT_BYTES).clamp(1, self.capacity_permits as usize) as u32;
-        let permit = self.bytes.clone().acquire_many_owned(wanted).await.map_err(|_| WorkerStopped)?;
-        self.sender.send((transaction, permit)).await.map_err(|_| WorkerStopped)?;
+        let _permit = self.bytes.clone().acquire_many_owned(wanted).await.map_err(|_| WorkerStopped)?;
+        self.sender.send(Queued { transaction, completes, _permit }).await.map_err(|_| WorkerStopped)?;
         self.depth.inc();
         Ok(())
     }
@@ -201,14 +223,19 @@ impl SinkWorker {
         while let Some(queued) = self.next_batch().await {
             self.metrics.sink_queue_depth.with_label_values(&[&self.name]).sub(queued.len() as i64);
             // The permits stay held (memory stays counted) until the batch is applied.
-            let (batch, _permits): (Vec<_>, Vec<_>) = queued.into_iter().unzip();
-            let last = batch.last().map(|t| t.end_lsn).unwrap_or_default();
-            let pending: Vec<_> = batch.into_iter().filter(|t| t.end_lsn > self.checkpoint).collect();
+            let pending: Vec<_> =
+                queued.iter().map(|q| q.transaction.clone()).filter(|t| t.end_lsn > self.checkpoint).collect();
+            // Only a transaction's last piece moves the checkpoint and the
+            // acknowledgement to its end.
+            let last = queued.iter().filter(|q| q.completes).map(|q| q.transaction.end_lsn).next_back();
             if !pending.is_empty() {
                 self.apply_batch(&pending, last).await;
-                self.checkpoint = last.max(self.checkpoint);
-                self.metrics.checkpoint_lsn.with_label_values(&[&self.name]).set(self.checkpoint.0 as i64);
+                if let Some(last) = last {
+                    self.checkpoint = last.max(self.checkpoint);
+                    self.metrics.checkpoint_lsn.with_label_values(&[&self.name]).set(self.checkpoint.0 as i64);
+                }
             }
+            let Some(last) = last else { continue };
             // Skipped transactions (already in the store) are acknowledged too.
             // `send_if_modified` keeps the acknowledgement monotonic without
             // holding a read guard across the write (which would deadlock).
@@ -226,7 +253,7 @@ impl SinkWorker {
 
     async fn next_batch(&mut self) -> Option<Vec<Queued>> {
         let first = self.queue.recv().await?;
-        let mut changes = first.0.changes.len();
+        let mut changes = first.transaction.changes.len();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.settings.max_batch_delay;
         while changes < self.settings.max_batch_changes {
@@ -240,15 +267,15 @@ impl SinkWorker {
                     }
                 }
             };
-            changes += next.0.changes.len();
+            changes += next.transaction.changes.len();
             batch.push(next);
         }
         Some(batch)
     }
 
-    /// Applies every change of `batch` and stores `checkpoint`; returns only
-    /// once both are durable.
-    async fn apply_batch(&self, batch: &[Arc<Transaction>], checkpoint: Lsn) {
+    /// Applies every change of `batch` and stores `checkpoint` (if any);
+    /// returns only once both are durable.
+    async fn apply_batch(&self, batch: &[Arc<Transaction>], checkpoint: Option<Lsn>) {
         let changes: Vec<ChangeRef<'_>> = batch
             .iter()
             .flat_map(|transaction| transaction.changes.iter().map(move |change| ChangeRef { transaction, change }))
@@ -260,10 +287,12 @@ impl SinkWorker {
         });
         if let [only] = lanes.as_slice() {
             // One lane: the checkpoint travels with the data, in one call.
-            self.apply_lane(only, Some(checkpoint)).await;
+            self.apply_lane(only, checkpoint).await;
         } else {
             join_all(lanes.iter().map(|lane| self.apply_lane(lane, None))).await;
-            self.apply_lane(&[], Some(checkpoint)).await;
+            if checkpoint.is_some() {
+                self.apply_lane(&[], checkpoint).await;
+            }
         }
         self.metrics.sink_apply_seconds.with_label_values(&[&self.name]).observe(started.elapsed().as_secs_f64());
         let now = unix_micros_now();
@@ -573,6 +602,40 @@ mod tests {
         assert_eq!(applied, ids);
         assert_eq!(*sink.checkpoints.lock().unwrap(), [Lsn(100)], "one checkpoint, after every lane");
         assert_eq!(acked, Lsn(100));
+    }
+
+    #[tokio::test]
+    async fn pieces_of_a_transaction_store_the_checkpoint_only_with_the_last_one() {
+        let sink = Arc::new(RecordingSink::default());
+        // One piece per batch, so a piece could not hide behind the last one.
+        let settings = WorkerSettings { max_batch_changes: 1, ..fast_settings() };
+        let (worker, queue, acked) =
+            SinkWorker::new(sink.clone(), None, settings, Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        queue.send(transaction(10, &["before"])).await.unwrap();
+        queue.send_piece(transaction(20, &["a", "b"])).await.unwrap();
+        queue.send_piece(transaction(20, &["c"])).await.unwrap();
+        let end = Arc::new(Transaction { changes: Vec::new(), ..(*transaction(20, &[])).clone() });
+        queue.send(end).await.unwrap();
+        drop(queue);
+        task.await.unwrap();
+        assert_eq!(*sink.applied.lock().unwrap(), ["before", "a", "b", "c"]);
+        assert_eq!(*sink.checkpoints.lock().unwrap(), [Lsn(10), Lsn(20)], "no checkpoint inside the transaction");
+        assert_eq!(*acked.borrow(), Lsn(20));
+    }
+
+    #[tokio::test]
+    async fn pieces_of_a_transaction_the_store_holds_are_skipped() {
+        let sink = Arc::new(RecordingSink::default());
+        let (worker, queue, acked) =
+            SinkWorker::new(sink.clone(), Some(Lsn(20)), fast_settings(), Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        queue.send_piece(transaction(20, &["a"])).await.unwrap();
+        queue.send(Arc::new(Transaction { changes: Vec::new(), ..(*transaction(20, &[])).clone() })).await.unwrap();
+        drop(queue);
+        task.await.unwrap();
+        assert!(sink.applied.lock().unwrap().is_empty());
+        assert_eq!(*acked.borrow(), Lsn(20));
     }
 
     #[tokio::test]

@@ -131,10 +131,10 @@ pub struct RedisTableConfig {
     /// as the write): fields `op`, `table`, `key`, `commit_lsn`, `ordinal`,
     /// `commit_time_unix_micros`, `new` and `old` (JSON rows in the same
     /// format as dead letters: unchanged TOAST values are marked, not
-    /// omitted). At-least-once:
-    /// deduplicate by (`commit_lsn`, `ordinal`). Events of one key are in
-    /// commit order; across keys only with `[sink.delivery] lanes = 1`.
-    /// Example: `"events:reservations"`.
+    /// omitted). Each change once, in commit order: the entry id is
+    /// `<commit_lsn as a number>-<ordinal>`, and a re-delivered change (after
+    /// a crash) finds its id taken and adds nothing. Needs
+    /// `[sink.delivery] lanes = 1`. Example: `"events:reservations"`.
     #[serde(default)]
     pub stream: Option<String>,
     /// Keys deleted on any change to the table, rendered from the old and
@@ -271,6 +271,13 @@ impl RedisSinkConfig {
             }
             if table.stream.as_deref().is_some_and(str::is_empty) {
                 problems.push(format!("sink {}: table {}: stream must be a key name", self.name, table.source));
+            }
+            if table.stream.is_some() && self.delivery.lanes > 1 {
+                problems.push(format!(
+                    "sink {}: table {}: an event stream needs [sink.delivery] lanes = 1 (not {}): entry ids are \
+                     the changes' versions, which Redis accepts only in order",
+                    self.name, table.source, self.delivery.lanes
+                ));
             }
         }
         problems.extend(self.delivery.validate(&self.name));

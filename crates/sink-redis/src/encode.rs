@@ -1,8 +1,12 @@
 //! Pure mapping from transactions to Redis operations; no I/O.
 //!
-//! A batch becomes one call of a server-side script (`lua/apply_batch.lua`,
+//! A batch becomes a call of a server-side script (`lua/apply_batch.lua`,
 //! sent with `EVALSHA`): a flat list of records the script applies in order,
-//! then the checkpoint. Each row is one key, holding a hash (default) whose
+//! then the checkpoint. A call holds at most [`MAX_CALL_CHANGES`] changes and
+//! about [`MAX_CALL_BYTES`] of arguments, far below Redis's limits on a
+//! request (`proto-max-bulk-len` 512 MB, `client-query-buffer-limit` 1 GB) and
+//! short enough not to block the server for long; a larger batch becomes
+//! several calls in order, the checkpoint in the last. Each row is one key, holding a hash (default) whose
 //! fields are the row's non-NULL columns, or a JSON object of column name to
 //! text value (`null` for NULL):
 //! - insert: the key is replaced by the new row;
@@ -26,10 +30,14 @@
 //! and the new row are deleted (`invalidate`), or every member of a tracked
 //! set and the set itself (`invalidate_sets`); an `EXPIRE` after each write
 //! (`ttl_secs`); and an event appended to a stream (`XADD <stream> MAXLEN ~
-//! N * …`) in the same call, carrying op, table, key, commit LSN and
-//! ordinal, commit time and the new/old rows as JSON. Invalidations and
-//! events are not guarded: they are at-least-once, and a consumer
-//! deduplicates events by (`commit_lsn`, `ordinal`).
+//! N <commit_lsn>-<ordinal> …`) in the same call, carrying op, table, key,
+//! commit LSN and ordinal, commit time and the new/old rows as JSON. The
+//! entry id is the change's version (commit LSN as a number, then the
+//! ordinal), so an event delivered again finds its id taken or passed and
+//! the script adds nothing: each change is in the stream once. That needs
+//! events to arrive in version order, hence one lane for a sink with a
+//! stream (checked by the config). Invalidations are not guarded (deleting
+//! a key twice is harmless).
 //!
 //! The same batch encoded twice gives the same records, and applying them
 //! twice gives the same rows: that is what makes re-delivery harmless.
@@ -318,6 +326,13 @@ impl redis::ToRedisArgs for ScriptArg<'_> {
     }
 }
 
+/// Most changes one script call applies.
+pub const MAX_CALL_CHANGES: usize = 2000;
+
+/// Bytes of keys and arguments after which a script call takes no more
+/// changes (a single change larger than this still gets a call of its own).
+pub const MAX_CALL_BYTES: usize = 8 * 1024 * 1024;
+
 /// One call of the batch script: the keys it touches (each once; the
 /// checkpoint key first) and its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,15 +340,21 @@ pub struct ScriptCall<'a> {
     keys: Vec<String>,
     key_positions: HashMap<String, usize>,
     args: Vec<ScriptArg<'a>>,
+    /// Bytes of `keys` and `args`, to bound the request's size.
+    bytes: usize,
+    /// Changes encoded into the call.
+    changes: usize,
 }
 
 impl<'a> ScriptCall<'a> {
     fn new(settings: &EncoderSettings) -> Self {
         let version_field = settings.version_field.clone().unwrap_or_default();
         ScriptCall {
+            bytes: settings.checkpoint_key.len() + version_field.len(),
             keys: vec![settings.checkpoint_key.clone()],
             key_positions: HashMap::from([(settings.checkpoint_key.clone(), 1)]),
             args: vec![ScriptArg::Owned(version_field), ScriptArg::Static("")],
+            changes: 0,
         }
     }
 
@@ -345,6 +366,21 @@ impl<'a> ScriptCall<'a> {
     /// `ARGV` of the call.
     pub fn args(&self) -> &[ScriptArg<'a>] {
         &self.args
+    }
+
+    /// Bytes of the call's keys and arguments (without protocol framing).
+    pub fn size_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the call is full: the next change goes into a new one.
+    fn is_full(&self) -> bool {
+        self.changes >= MAX_CALL_CHANGES || self.bytes >= MAX_CALL_BYTES
+    }
+
+    fn push_arg(&mut self, arg: ScriptArg<'a>) {
+        self.bytes += arg.as_bytes().len();
+        self.args.push(arg);
     }
 
     /// Whether the call has neither records nor a checkpoint.
@@ -362,6 +398,7 @@ impl<'a> ScriptCall<'a> {
         let index = match self.key_positions.get(key) {
             Some(&index) => index,
             None => {
+                self.bytes += key.len();
                 self.keys.push(key.to_owned());
                 self.key_positions.insert(key.to_owned(), self.keys.len());
                 self.keys.len()
@@ -378,23 +415,23 @@ impl<'a> ScriptCall<'a> {
     }
 
     fn word(&mut self, word: &'static str) {
-        self.args.push(ScriptArg::Static(word));
+        self.push_arg(ScriptArg::Static(word));
     }
 
     fn text(&mut self, text: String) {
-        self.args.push(ScriptArg::Owned(text));
+        self.push_arg(ScriptArg::Owned(text));
     }
 
     fn shared(&mut self, text: &Arc<str>) {
-        self.args.push(ScriptArg::Shared(Arc::clone(text)));
+        self.push_arg(ScriptArg::Shared(Arc::clone(text)));
     }
 
     fn bytes(&mut self, bytes: &'a [u8]) {
-        self.args.push(ScriptArg::Borrowed(bytes));
+        self.push_arg(ScriptArg::Borrowed(bytes));
     }
 
     fn number(&mut self, number: u64) {
-        self.args.push(ScriptArg::Owned(number.to_string()));
+        self.push_arg(ScriptArg::Owned(number.to_string()));
     }
 }
 
@@ -434,7 +471,8 @@ impl RedisEncoder {
 
     /// The steps applying `changes` in order, the last one storing
     /// `checkpoint` when given. Usually a single script call; a truncate by
-    /// scan splits the batch around it.
+    /// scan splits the batch around it, and a batch larger than one call
+    /// ([`MAX_CALL_CHANGES`], [`MAX_CALL_BYTES`]) takes several.
     pub fn encode<'a>(
         &mut self,
         changes: &[ChangeRef<'a>],
@@ -443,6 +481,10 @@ impl RedisEncoder {
         let mut steps = Vec::new();
         let mut call = ScriptCall::new(&self.settings);
         for change in changes {
+            if call.is_full() {
+                steps.push(BatchStep::Script(std::mem::replace(&mut call, ScriptCall::new(&self.settings))));
+            }
+            call.changes += 1;
             if let Some(scan) = self.encode_change(change, &mut call)? {
                 if !call.is_empty() {
                     steps.push(BatchStep::Script(std::mem::replace(&mut call, ScriptCall::new(&self.settings))));
@@ -608,6 +650,7 @@ impl RedisEncoder {
             call.word("X");
             call.key(stream);
             call.number(*max_len);
+            call.text(format!("{}-{}", version.commit_lsn.0, version.ordinal));
             call.number(fields.len() as u64);
             for (field, value) in fields {
                 call.word(field);
@@ -921,6 +964,52 @@ mod tests {
     }
 
     #[test]
+    fn a_large_batch_becomes_calls_bounded_by_changes_and_bytes_with_the_checkpoint_last() {
+        // Many small rows: bounded by the change count.
+        let ids: Vec<String> = (0..MAX_CALL_CHANGES * 2 + 10).map(|i| i.to_string()).collect();
+        let ops: Vec<ChangeOp> = ids
+            .iter()
+            .map(|id| ChangeOp::Insert {
+                new: vec![ColumnValue::Text(id.clone().into()), text("s"), ColumnValue::Null],
+            })
+            .collect();
+        let batch = [transaction(0x900, ops)];
+        let steps = encoder(None).encode(&refs(&batch), Some(Lsn(0x900))).unwrap();
+        assert_eq!(steps.len(), 3);
+        let calls: Vec<&ScriptCall<'_>> =
+            steps.iter().map(|step| if let BatchStep::Script(call) = step { call } else { panic!() }).collect();
+        let records = |call: &ScriptCall<'_>| texts(call).iter().filter(|arg| *arg == "H").count();
+        assert_eq!(
+            calls.iter().map(|call| records(call)).collect::<Vec<_>>(),
+            [MAX_CALL_CHANGES, MAX_CALL_CHANGES, 10]
+        );
+        let checkpoints: Vec<String> = calls.iter().map(|call| texts(call)[1].clone()).collect();
+        assert_eq!(checkpoints, ["", "", &Lsn(0x900).to_string()], "the checkpoint only in the last call");
+
+        // Few large rows: bounded by bytes.
+        let big = "x".repeat(1024 * 1024);
+        let ops: Vec<ChangeOp> = (0..20)
+            .map(|i| ChangeOp::Insert {
+                new: vec![
+                    ColumnValue::Text(i.to_string().into()),
+                    ColumnValue::Text(big.clone().into()),
+                    ColumnValue::Null,
+                ],
+            })
+            .collect();
+        let batch = [transaction(0xa00, ops)];
+        let steps = encoder(None).encode(&refs(&batch), None).unwrap();
+        assert!(steps.len() >= 3, "20 MB of rows take several calls");
+        for step in &steps {
+            let BatchStep::Script(call) = step else { panic!("script calls only") };
+            assert!(call.size_bytes() < MAX_CALL_BYTES + 2 * 1024 * 1024, "{} bytes", call.size_bytes());
+            let on_the_wire: usize = call.args().iter().map(|arg| arg.as_bytes().len()).sum::<usize>()
+                + call.keys().iter().map(String::len).sum::<usize>();
+            assert_eq!(call.size_bytes(), on_the_wire, "the size counts every argument and key");
+        }
+    }
+
+    #[test]
     fn a_key_change_moves_the_row_before_patching_it() {
         let batch = [transaction(
             0x200,
@@ -1071,11 +1160,14 @@ mod tests {
         let events: Vec<usize> = args.iter().enumerate().filter(|(_, a)| *a == "X").map(|(i, _)| i).collect();
         assert_eq!(events.len(), 2, "one event per change: {args:?}");
         let field = |event: usize, name: &str| {
-            let count: usize = args[event + 3].parse().unwrap();
-            let pairs = &args[event + 4..event + 4 + 2 * count];
+            let count: usize = args[event + 4].parse().unwrap();
+            let pairs = &args[event + 5..event + 5 + 2 * count];
             pairs.chunks(2).find(|pair| pair[0] == name).map(|pair| pair[1].clone())
         };
         assert_eq!(args[events[0] + 1..events[0] + 3], ["4", "1000"]);
+        // Entry ids are the versions: commit LSN as a number, then the ordinal.
+        assert_eq!(args[events[0] + 3], format!("{}-0", 0x200 - 8));
+        assert_eq!(args[events[1] + 3], format!("{}-1", 0x200 - 8));
         assert_eq!(field(events[0], "op").as_deref(), Some("insert"));
         assert_eq!(field(events[0], "key").as_deref(), Some("r:7"));
         assert_eq!(field(events[0], "table").as_deref(), Some("public.reservations"));

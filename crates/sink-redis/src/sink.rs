@@ -1,8 +1,9 @@
 //! The Redis sink: connection, batch apply, checkpoint.
 //!
-//! One call is one round trip: `EVALSHA` of the batch script with every row
-//! record and, when the worker hands it over, the checkpoint, which the
-//! script stores last. No other client runs between its commands, and a
+//! One call is one round trip: `EVALSHA` of the batch script with the row
+//! records and, when the worker hands it over, the checkpoint, which the
+//! script stores last (a batch larger than one call's bound takes several
+//! calls in order, the checkpoint in the last). No other client runs between its commands, and a
 //! script stopped by an error (a value the store rejects) never reaches the
 //! checkpoint, so with a single lane the stored checkpoint never runs ahead
 //! of the data; what a stopped script did write is applied again, guarded by

@@ -20,7 +20,9 @@
 --       truncate: every row tracked in the index set
 --   I key          delete a dependent key (cache invalidation)
 --   S set          delete the members of a set, then the set
---   X stream maxlen nfields (field value)*
+--   X stream maxlen id nfields (field value)*
+--       event; id is the change's version (<commit lsn>-<ordinal>): an id
+--       the stream already passed is a re-delivery and adds nothing
 -- Returns {written, skipped}: skipped counts row writes refused because the
 -- store already held the row at the same or a newer version (a replay).
 
@@ -157,10 +159,13 @@ while p <= last do
     end
     redis.call('DEL', set)
   elseif op == 'X' then
-    local stream, max_len = key_at(p + 1), ARGV[p + 2]
-    local fields_from = p + 4
-    p = fields_from + tonumber(ARGV[p + 3]) * 2
-    redis.call('XADD', stream, 'MAXLEN', '~', max_len, '*', unpack(ARGV, fields_from, p - 1))
+    local stream, max_len, id = key_at(p + 1), ARGV[p + 2], ARGV[p + 3]
+    local fields_from = p + 5
+    p = fields_from + tonumber(ARGV[p + 4]) * 2
+    local added = redis.pcall('XADD', stream, 'MAXLEN', '~', max_len, id, unpack(ARGV, fields_from, p - 1))
+    if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller', 1, true) then
+      return redis.error_reply(added.err)
+    end
   else
     return redis.error_reply('pgfanout batch script: unknown record ' .. tostring(op) .. ' at argument ' .. p)
   end
