@@ -63,6 +63,16 @@ pub struct SourceConfig {
     /// Create the slot when missing. Default: true.
     #[serde(default = "default_true")]
     pub create_slot: bool,
+    /// Create the slot even though sinks hold checkpoints (they then miss the
+    /// changes made while there was no slot: rebuild them). Default `false`:
+    /// a missing slot stops pgfanout. Set it for one start, then remove it.
+    #[serde(default)]
+    pub recreate_slot: bool,
+    /// Create the slot as a failover slot (PostgreSQL 17+), which standbys
+    /// with `sync_replication_slots = on` keep, so pgfanout can resume after
+    /// a promotion. Default `false`.
+    #[serde(default)]
+    pub failover: bool,
     /// Create the publication (for the routed tables) when missing, and add
     /// routed tables it lacks. False: report what to run instead. Default: true.
     #[serde(default = "default_true")]

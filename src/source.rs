@@ -21,6 +21,7 @@ use anyhow::{bail, Context};
 use pg_replication::{ConnectOptions, QueryResult, ReplicationConnection, ReplicationError};
 use pgfanout_core::{error_chain, metrics, TableName};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
+use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{expose, Config, SinkConfig};
@@ -616,8 +617,9 @@ fn flag(result: &QueryResult, row: usize, column: &str) -> bool {
     result.get(row, column) == Some("t")
 }
 
-/// Creates the publication and the slot when missing (publication first: a
-/// slot only decodes publications that existed when its WAL was written).
+/// Creates the publication when missing. It comes before the slot, which
+/// `run` creates after checking the sinks' checkpoints: a slot only decodes
+/// publications that existed when its WAL was written.
 pub async fn prepare_source(
     connection: &mut ReplicationConnection,
     config: &Config,
@@ -650,11 +652,8 @@ pub async fn prepare_source(
             }
         }
     }
-    let slot = &config.source.slot;
-    if connection.slot_state(slot).await?.is_none() {
-        let created = connection.create_slot(slot).await.with_context(|| format!("cannot create slot {slot}"))?;
-        tracing::info!(%slot, consistent_point = %created.consistent_point, "created replication slot");
-    }
+    // The slot is created by `run` once the sinks' checkpoints allow it
+    // (crate::identity).
     Ok(())
 }
 
@@ -684,6 +683,13 @@ pub fn connect_options(config: &Config) -> anyhow::Result<ConnectOptions> {
     Ok(options)
 }
 
+/// SQLSTATE 57P03: the server is starting up, shutting down or in recovery.
+const CANNOT_CONNECT_NOW: &str = "57P03";
+/// SQLSTATE 57P01: the server is shutting down (fast or smart shutdown).
+const ADMIN_SHUTDOWN: &str = "57P01";
+/// The retry interval while the server says it is starting or stopping.
+const SERVER_STARTING_RETRY: Duration = Duration::from_millis(250);
+
 /// Connects, retrying transient failures with backoff until shutdown.
 pub async fn connect_with_retry(
     options: &ConnectOptions,
@@ -695,7 +701,19 @@ pub async fn connect_with_retry(
             Ok(connection) => return Ok(connection),
             Err(err) if err.is_transient() => {
                 tracing::warn!(endpoint = %options.endpoint(), error = %error_chain(&err), "cannot connect to PostgreSQL; retrying");
-                if !backoff.wait_unless(shutdown).await {
+                // The server is up and says it is starting or stopping: it
+                // is worth asking again soon, not after a grown backoff.
+                let stay_short = matches!(err.sqlstate(), Some(CANNOT_CONNECT_NOW | ADMIN_SHUTDOWN));
+                let waited = if stay_short {
+                    let mut shutdown = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(SERVER_STARTING_RETRY) => true,
+                        _ = shutdown.wait_for(|stop| *stop) => false,
+                    }
+                } else {
+                    backoff.wait_unless(shutdown).await
+                };
+                if !waited {
                     bail!("stopped while connecting to PostgreSQL");
                 }
             }

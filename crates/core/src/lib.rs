@@ -29,7 +29,7 @@ pub mod worker;
 
 pub use assembler::{AssembleError, Assembled, TransactionAssembler};
 pub use backoff::Backoff;
-pub use checkpoint::CheckpointCoordinator;
+pub use checkpoint::{CheckpointCoordinator, SourceRecord, SourceRecordError};
 pub use dead_letter::{dead_letter_record, row_json};
 pub use delivery::{DeadLetterConfig, DeliveryConfig, OnErrorPolicy};
 pub use mapping::{MappingConfig, MappingError, TableMapping};

@@ -407,6 +407,12 @@ mod tests {
         async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
             Ok(None)
         }
+        async fn load_source(&self) -> Result<Option<String>, SinkError> {
+            Ok(None)
+        }
+        async fn store_source(&self, _record: &str) -> Result<(), SinkError> {
+            Ok(())
+        }
         async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
             {
                 let mut failures = self.failures_left.lock().unwrap();
