@@ -146,9 +146,14 @@ async fn an_advanced_slot_another_cluster_or_a_timeline_switch_is_refused() {
     assert_eq!(pgfanout.wait_exit(Duration::from_secs(20)).await, Some(0));
 
     // Advanced behind pgfanout's back: the change in between is lost to the sink.
-    db.client.batch_execute("INSERT INTO orders VALUES (3, 'skipped')").await.unwrap();
+    // (Flushed at commit: the slot cannot be advanced past unflushed WAL,
+    // and the test server runs with synchronous_commit = off.)
     db.client
-        .execute("SELECT pg_replication_slot_advance('e2e_slot_identity', pg_current_wal_lsn())", &[])
+        .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; INSERT INTO orders VALUES (3, 'skipped'); COMMIT")
+        .await
+        .unwrap();
+    db.client
+        .execute("SELECT pg_replication_slot_advance('e2e_slot_identity', pg_current_wal_insert_lsn())", &[])
         .await
         .unwrap();
     expect_refusal("e2e_slot_identity", &config, &http, "advanced (pg_replication_slot_advance)").await;
