@@ -54,10 +54,14 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
     // own: publishing a table that lacks a replica identity would make
     // PostgreSQL refuse the application's UPDATEs and DELETEs on it, and a
     // missing table or a view would make the statement fail.
+    let mut partitioned = Vec::new();
     let publishable: Vec<TableName> = match read_routed_tables(connection, &routed).await {
         Ok(tables) => {
             let mut publishable = Vec::new();
             for table in tables {
+                if table.relation.as_ref().is_some_and(|relation| relation.kind == "p") {
+                    partitioned.push(table.name.clone());
+                }
                 match table_problem(&table, config) {
                     Some(problem) => problems.push(problem),
                     None => publishable.push(table.name),
@@ -87,6 +91,7 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
                 ));
             }
             problems.extend(state.publish_problem(publication));
+            problems.extend(state.partition_root_problem(publication, &partitioned));
         }
         Err(err) => problems.push(format!("cannot read publication {publication}: {}", error_chain(&err))),
     }
@@ -326,6 +331,9 @@ struct PublicationState {
     publishes_update: bool,
     publishes_delete: bool,
     publishes_truncate: bool,
+    /// `publish_via_partition_root`: changes to a partition arrive under
+    /// the partitioned table's name.
+    via_root: bool,
     tables: Vec<TableName>,
 }
 
@@ -333,6 +341,20 @@ impl PublicationState {
     /// The `tables` the publication does not publish.
     fn lacking(&self, tables: &[TableName]) -> Vec<TableName> {
         tables.iter().filter(|table| !self.tables.contains(table)).cloned().collect()
+    }
+
+    /// Routed partitioned tables while the publication sends their changes
+    /// under each partition's own name, which no sink routes.
+    fn partition_root_problem(&self, publication: &str, partitioned: &[TableName]) -> Option<String> {
+        if self.via_root || partitioned.is_empty() {
+            return None;
+        }
+        let tables = partitioned.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        Some(format!(
+            "publication {publication} sends the changes of partitioned table(s) {tables} under each partition's \
+             own name, which no sink routes: run ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+            escape_identifier(publication)
+        ))
     }
 
     /// The operations pgfanout needs that the publication leaves out.
@@ -362,7 +384,8 @@ async fn read_publication(
     let name = escape_literal(publication);
     let options = connection
         .simple_query(&format!(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_catalog.pg_publication WHERE pubname = {name}"
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot FROM pg_catalog.pg_publication \
+             WHERE pubname = {name}"
         ))
         .await?;
     if options.rows.is_empty() {
@@ -378,6 +401,7 @@ async fn read_publication(
         publishes_update: flag(&options, 0, "pubupdate"),
         publishes_delete: flag(&options, 0, "pubdelete"),
         publishes_truncate: flag(&options, 0, "pubtruncate"),
+        via_root: flag(&options, 0, "pubviaroot"),
         tables: (0..published.rows.len())
             .map(|row| {
                 TableName::new(
@@ -390,9 +414,11 @@ async fn read_publication(
 }
 
 /// The statement `run` creates the publication with (and `check` offers).
+/// Changes to a partition are published under the partitioned table's
+/// name, the one the config routes (PostgreSQL 13+).
 fn create_publication_sql(publication: &str, tables: &[TableName]) -> String {
     format!(
-        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = '{}')",
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = '{}', publish_via_partition_root = true)",
         escape_identifier(publication),
         table_list(tables),
         PUBLISHED_OPERATIONS.join(", ")
@@ -792,6 +818,7 @@ mod tests {
             publishes_update: false,
             publishes_delete: false,
             publishes_truncate: true,
+            via_root: true,
             tables: Vec::new(),
         };
         let problem = state.publish_problem("Feed").unwrap();

@@ -247,7 +247,7 @@ async fn a_missing_publication_with_create_publication_off_gets_the_create_state
     let run = run_check("check_no_publication", &config);
     run.assert_failed();
     let problem = run.problem_about("publication check_no_publication");
-    let create = r#"CREATE PUBLICATION "check_no_publication" FOR TABLE "public"."orders" WITH (publish = 'insert, update, delete, truncate')"#;
+    let create = r#"CREATE PUBLICATION "check_no_publication" FOR TABLE "public"."orders" WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)"#;
     assert!(problem.ends_with(&format!("run {create}")), "{problem}");
 
     db.client.batch_execute(create).await.unwrap();
