@@ -23,7 +23,6 @@ async fn a_partitioned_table_arrives_under_its_root_name_across_a_restart() {
     let db = create_database("e2e_partitions").await;
     db.client.batch_execute(SCHEMA).await.unwrap();
     let redis_url = fresh_redis_db(7).await;
-    let mut redis = redis_connection(&redis_url).await;
     let http = format!("127.0.0.1:{}", free_port());
     let config = redis_config(&db, &redis_url, &http, &[("public.events", "event:{id}:{region}")]);
     let mut pgfanout = Pgfanout::start("e2e_partitions", &config, &http);
@@ -74,7 +73,6 @@ async fn a_partitioned_table_arrives_under_its_root_name_across_a_restart() {
     })
     .await;
     assert!(!pgfanout.log_text().contains("added routed tables"), "{}", pgfanout.log_text());
-    drop(redis);
 }
 
 #[tokio::test]
