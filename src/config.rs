@@ -102,6 +102,11 @@ pub struct HttpConfig {
     /// Address serving `/metrics`, `/healthz` and `/readyz`. Default: `127.0.0.1:9187`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// `/healthz` fails once a sink with work pending has made no progress
+    /// for this long (seconds): the pipeline is wedged, a restart may help.
+    /// Default: 300.
+    #[serde(default = "default_wedged_after_secs")]
+    pub wedged_after_secs: u64,
 }
 
 /// `[pipeline]`.
@@ -201,7 +206,7 @@ impl SinkConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig { listen: default_listen(), wedged_after_secs: default_wedged_after_secs() }
     }
 }
 
@@ -236,6 +241,9 @@ fn default_spill_memory_mb() -> usize {
 }
 fn default_status_interval_ms() -> u64 {
     10_000
+}
+fn default_wedged_after_secs() -> u64 {
+    300
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9187))

@@ -47,12 +47,15 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let streaming = Arc::new(AtomicBool::new(false));
+    let statuses = Arc::new(std::sync::RwLock::new(Vec::new()));
     http::serve(
         config.http.listen,
         HttpState {
             metrics: metrics.clone(),
             streaming: streaming.clone(),
             sinks: Arc::new(config.sinks.iter().map(|sink| sink.name().to_owned()).collect()),
+            statuses: statuses.clone(),
+            wedged_after: Duration::from_secs(config.http.wedged_after_secs),
         },
     )
     .await?;
@@ -99,6 +102,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         );
         let name = sink.name().to_owned();
         let (worker, queue, acked) = SinkWorker::new(sink, checkpoint, settings, metrics.clone(), on_ack.clone());
+        statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push((name.clone(), worker.status()));
         pipeline.add_sink(name, tables, queue, acked);
         workers.push(tokio::spawn(worker.run()));
     }

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod sink;
+pub mod status;
 pub mod streamed;
 pub mod worker;
 
@@ -38,5 +39,6 @@ pub use model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, Tab
 pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
 pub use sink::{describe_apply, ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError, Version};
+pub use status::SinkStatus;
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
 pub use worker::{error_chain, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

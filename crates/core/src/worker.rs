@@ -36,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::model::count_by_table_and_op;
 use crate::model::Transaction;
 use crate::sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError};
+use crate::status::SinkStatus;
 
 /// What a sink's worker does with a change the store rejects permanently.
 #[derive(Clone, Default)]
@@ -138,6 +139,7 @@ pub struct SinkWorker {
     on_ack: Arc<Notify>,
     checkpoint: Lsn,
     metrics: Metrics,
+    status: SinkStatus,
 }
 
 impl SinkWorker {
@@ -158,8 +160,14 @@ impl SinkWorker {
         let (acked, acked_receiver) = watch::channel(Lsn::ZERO);
         let name = sink.name().to_owned();
         let depth = metrics.sink_queue_depth.with_label_values(&[&name]);
-        let worker = SinkWorker { sink, name, settings, queue, acked, on_ack, checkpoint, metrics };
+        let status = SinkStatus::default();
+        let worker = SinkWorker { sink, name, settings, queue, acked, on_ack, checkpoint, metrics, status };
         (worker, WorkerQueue { sender, bytes, capacity_permits, depth }, acked_receiver)
+    }
+
+    /// A handle on what the worker is doing, for health checks.
+    pub fn status(&self) -> SinkStatus {
+        self.status.clone()
     }
 
     /// Runs until the queue is closed and drained.
@@ -333,6 +341,7 @@ impl SinkWorker {
     }
 
     fn count_applied(&self, changes: &[ChangeRef<'_>]) {
+        self.status.progressed();
         self.metrics.sink_up.with_label_values(&[&self.name]).set(1);
         for ((table, op), count) in count_by_table_and_op(changes.iter().map(|c| c.change)) {
             self.metrics.sink_applied_total.with_label_values(&[&self.name, &table.to_string(), op]).inc_by(count);
@@ -340,6 +349,7 @@ impl SinkWorker {
     }
 
     fn note_failure(&self, err: &SinkError, changes: &[ChangeRef<'_>], retry: &Backoff) {
+        self.status.blocked(error_chain(err));
         if err.kind == ErrorKind::Transient {
             self.metrics.sink_up.with_label_values(&[&self.name]).set(0);
         }
