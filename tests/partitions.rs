@@ -1,6 +1,7 @@
 //! End to end: a routed partitioned table replicates under its own name (the
 //! publication publishes via the partition root), across a restart; an
-//! existing publication that does not is refused with the fix.
+//! existing publication that does not is refused with the fix. Changes of
+//! a published table that no sink routes are logged once and counted.
 
 mod common;
 
@@ -98,4 +99,32 @@ async fn a_publication_sending_partitions_under_their_own_names_is_refused_with_
         .unwrap()
         .get(0);
     assert_eq!(slots, 0, "nothing created");
+}
+
+#[tokio::test]
+async fn changes_of_a_published_table_no_sink_routes_are_logged_once_and_counted() {
+    let db = create_database("e2e_unrouted").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY); CREATE TABLE audit (id bigint PRIMARY KEY); \
+             CREATE PUBLICATION e2e_unrouted FOR TABLE orders, audit \
+             WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)",
+        )
+        .await
+        .unwrap();
+    let redis_url = fresh_redis_db(5).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.orders", "order:{id}")]);
+    let pgfanout = Pgfanout::start("e2e_unrouted", &config, &http);
+    wait_for_readiness(&http).await;
+    db.client
+        .batch_execute("INSERT INTO audit VALUES (1); INSERT INTO orders VALUES (1); INSERT INTO audit VALUES (2)")
+        .await
+        .unwrap();
+    wait_until("the unrouted changes are counted", Duration::from_secs(20), || async {
+        pgfanout.metric(r#"pgfanout_unrouted_changes_total{table="public.audit"}"#).await == Some(2.0)
+    })
+    .await;
+    let warnings = pgfanout.log_text().matches("a table no sink routes").count();
+    assert_eq!(warnings, 1, "logged once per table:\n{}", pgfanout.log_text());
 }

@@ -60,6 +60,8 @@ pub struct Pipeline {
     routes: Vec<Route>,
     coordinator: CheckpointCoordinator,
     metrics: Metrics,
+    /// Published tables no sink routes, each logged once.
+    unrouted_seen: std::collections::HashSet<TableName>,
 }
 
 impl Pipeline {
@@ -70,6 +72,7 @@ impl Pipeline {
             routes: Vec::new(),
             coordinator: CheckpointCoordinator::new(),
             metrics,
+            unrouted_seen: std::collections::HashSet::new(),
         }
     }
 
@@ -152,6 +155,13 @@ impl Pipeline {
         self.metrics.transactions_total.inc();
         for ((table, op), count) in count_by_table_and_op(transaction.changes.iter()) {
             self.metrics.events_total.with_label_values(&[&table.to_string(), op]).inc_by(count);
+            // Not an error (a publication may serve others too), but never silent.
+            if !self.routes.iter().any(|route| route.tables.contains_key(table)) {
+                self.metrics.unrouted_changes_total.with_label_values(&[&table.to_string()]).inc_by(count);
+                if self.unrouted_seen.insert(table.clone()) {
+                    tracing::warn!(%table, "the publication sends changes of a table no sink routes; they are skipped");
+                }
+            }
         }
         let end_lsn = transaction.end_lsn;
         let transaction = Arc::new(transaction);
