@@ -37,6 +37,9 @@ const RETAINED_WAL_WARNING_BYTES: u64 = 1 << 30;
 /// rebuild, so the warning comes while there is still room.
 const KEEP_SIZE_WARNING_PERCENT: u64 = 80;
 
+/// First server version with failover slots.
+const FAILOVER_SLOTS_SINCE: u32 = 170_000;
+
 /// The `publish` option pgfanout needs: the sinks apply inserts, updates,
 /// deletes and truncates.
 const PUBLISHED_OPERATIONS: [&str; 4] = ["insert", "update", "delete", "truncate"];
@@ -97,6 +100,13 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
     }
 
     let slot = &config.source.slot;
+    if config.source.failover && connection.server_version() < FAILOVER_SLOTS_SINCE {
+        problems.push(format!(
+            "source.failover = true needs PostgreSQL 17 or later (failover slots); this server is version {}: \
+             set source.failover = false",
+            connection.server_version()
+        ));
+    }
     match connection.slot_state(slot).await {
         Ok(Some(state)) if state.slot_type != "logical" => problems.push(format!(
             "slot {slot} is a {} slot, not a logical one: configure another source.slot",
@@ -512,6 +522,21 @@ pub async fn slot_health(connection: &mut ReplicationConnection, config: &Config
              '50GB' (well below the WAL disk's free space) and SELECT pg_reload_conf() (past that size the slot \
              is invalidated and the sinks need a rebuild, but the primary stays up)"
         ));
+    }
+    if config.source.failover && connection.server_version() >= FAILOVER_SLOTS_SINCE {
+        match connection.simple_query("SHOW synchronized_standby_slots").await {
+            Ok(result) if result.get(0, "synchronized_standby_slots").unwrap_or_default().is_empty() => {
+                health.warnings.push(format!(
+                    "slot {slot} is a failover slot, but synchronized_standby_slots is empty: pgfanout may receive \
+                     changes a standby has not yet received, and after a failover to that standby the slot would \
+                     be behind what the sinks hold; on the primary run ALTER SYSTEM SET \
+                     synchronized_standby_slots = '<the standby's physical slot>' and SELECT pg_reload_conf(), \
+                     and set sync_replication_slots = on and hot_standby_feedback = on on the standby"
+                ));
+            }
+            Ok(_) => {}
+            Err(err) => health.problems.push(format!("cannot read synchronized_standby_slots: {}", error_chain(&err))),
+        }
     }
     match read_slot_use(connection, slot).await {
         Ok(Some(slot_use)) => {

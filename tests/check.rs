@@ -381,3 +381,15 @@ async fn a_config_error_is_one_line_naming_the_file_and_key() {
     assert!(problems[0].contains(&format!("invalid config {}: ", path.display())), "{}", run.report());
     assert!(problems[0].contains("key source.slto: unknown field"), "{}", run.report());
 }
+
+#[tokio::test]
+async fn a_failover_slot_on_a_server_before_17_is_one_problem_with_the_fix() {
+    let db = create_database("check_failover").await;
+    db.client.batch_execute(ORDERS).await.unwrap();
+    let config = with_source_setting(&config_for(&db, &[]), "failover = true");
+    let run = run_check("check_failover", &config);
+    run.assert_failed();
+    let problem = run.problem_about("source.failover");
+    assert!(problem.contains("needs PostgreSQL 17 or later"), "{problem}");
+    assert!(problem.ends_with("set source.failover = false"), "{problem}");
+}
