@@ -63,6 +63,16 @@ pub struct SourceConfig {
     /// Create the slot when missing. Default: true.
     #[serde(default = "default_true")]
     pub create_slot: bool,
+    /// Create the slot even though sinks hold checkpoints (they then miss the
+    /// changes made while there was no slot: rebuild them). Default `false`:
+    /// a missing slot stops pgfanout. Set it for one start, then remove it.
+    #[serde(default)]
+    pub recreate_slot: bool,
+    /// Create the slot as a failover slot (PostgreSQL 17+), which standbys
+    /// with `sync_replication_slots = on` keep, so pgfanout can resume after
+    /// a promotion. Default `false`.
+    #[serde(default)]
+    pub failover: bool,
     /// Create the publication (for the routed tables) when missing, and add
     /// routed tables it lacks. False: report what to run instead. Default: true.
     #[serde(default = "default_true")]
@@ -92,6 +102,11 @@ pub struct HttpConfig {
     /// Address serving `/metrics`, `/healthz` and `/readyz`. Default: `127.0.0.1:9187`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// `/healthz` fails once a sink with work pending has made no progress
+    /// for this long (seconds): the pipeline is wedged, a restart may help.
+    /// Default: 300.
+    #[serde(default = "default_wedged_after_secs")]
+    pub wedged_after_secs: u64,
 }
 
 /// `[pipeline]`.
@@ -193,7 +208,7 @@ impl SinkConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: default_listen() }
+        HttpConfig { listen: default_listen(), wedged_after_secs: default_wedged_after_secs() }
     }
 }
 
@@ -228,6 +243,9 @@ fn default_spill_memory_mb() -> usize {
 }
 fn default_status_interval_ms() -> u64 {
     10_000
+}
+fn default_wedged_after_secs() -> u64 {
+    300
 }
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9187))

@@ -73,12 +73,13 @@ impl DiscardSinkConfig {
 pub struct DiscardSink {
     name: String,
     checkpoint: AtomicU64,
+    source: std::sync::Mutex<Option<String>>,
 }
 
 impl DiscardSink {
     /// A sink named `name`.
     pub fn new(name: &str) -> Self {
-        DiscardSink { name: name.to_owned(), checkpoint: AtomicU64::new(0) }
+        DiscardSink { name: name.to_owned(), checkpoint: AtomicU64::new(0), source: std::sync::Mutex::new(None) }
     }
 }
 
@@ -91,6 +92,15 @@ impl Sink for DiscardSink {
     async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
         let checkpoint = self.checkpoint.load(Ordering::Acquire);
         Ok((checkpoint > 0).then_some(Lsn(checkpoint)))
+    }
+
+    async fn load_source(&self) -> Result<Option<String>, SinkError> {
+        Ok(self.source.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
+    }
+
+    async fn store_source(&self, record: &str) -> Result<(), SinkError> {
+        *self.source.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(record.to_owned());
+        Ok(())
     }
 
     async fn apply(&self, _changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {

@@ -1,6 +1,8 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process
-//! is alive) and `/readyz` (streaming from PostgreSQL). Health answers are
-//! JSON with a reason when not OK.
+//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (alive and
+//! not wedged: no sink has had work pending without progress for longer
+//! than `http.wedged_after_secs`) and `/readyz` (streaming from PostgreSQL,
+//! every sink reachable and none blocked on an error). Health answers are
+//! JSON with a reason, naming the sink and its error, when not OK.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use pgfanout_core::Metrics;
+use pgfanout_core::{Metrics, SinkStatus};
 
 /// State the endpoint reports on.
 #[derive(Clone)]
@@ -22,6 +24,10 @@ pub struct HttpState {
     pub streaming: Arc<AtomicBool>,
     /// Names of the configured sinks.
     pub sinks: Arc<Vec<String>>,
+    /// Each started sink worker's state, by sink name; filled once the workers start.
+    pub statuses: Arc<std::sync::RwLock<Vec<(String, SinkStatus)>>>,
+    /// `http.wedged_after_secs`.
+    pub wedged_after: std::time::Duration,
 }
 
 /// Binds `listen` and serves until the process ends.
@@ -32,7 +38,7 @@ pub async fn serve(listen: SocketAddr, state: HttpState) -> anyhow::Result<tokio
     tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
     let router = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { json(StatusCode::OK, serde_json::json!({ "status": "ok" })) }))
+        .route("/healthz", get(healthy))
         .route("/readyz", get(ready))
         .with_state(state);
     Ok(tokio::spawn(async move {
@@ -62,6 +68,11 @@ async fn ready(axum::extract::State(state): axum::extract::State<HttpState>) -> 
     if !down.is_empty() {
         reasons.push(format!("sink(s) not connected: {}", down.join(", ")));
     }
+    for (sink, status) in state.statuses.read().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
+        if let Some(error) = status.blocked_on() {
+            reasons.push(format!("sink {sink} is blocked: {error}"));
+        }
+    }
     if reasons.is_empty() {
         json(StatusCode::OK, serde_json::json!({ "status": "ready" }))
     } else {
@@ -69,6 +80,33 @@ async fn ready(axum::extract::State(state): axum::extract::State<HttpState>) -> 
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({ "status": "not ready", "reason": reasons.join("; ") }),
         )
+    }
+}
+
+/// Healthy = not wedged: every sink with changes queued made progress
+/// within `wedged_after`.
+async fn healthy(axum::extract::State(state): axum::extract::State<HttpState>) -> impl IntoResponse {
+    let mut reasons = Vec::new();
+    for (sink, status) in state.statuses.read().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
+        let pending =
+            state.metrics.sink_queue_depth.get_metric_with_label_values(&[sink]).map_or(0, |depth| depth.get());
+        let stalled = status.since_progress();
+        // A batch being retried has left the queue: a blocked sink has work pending too.
+        let blocked_on = status.blocked_on();
+        if (pending > 0 || blocked_on.is_some()) && stalled > state.wedged_after {
+            reasons.push(format!(
+                "sink {sink} is wedged: no progress for {}s with work pending ({pending} transaction(s) queued; \
+                 http.wedged_after_secs = {}){}",
+                stalled.as_secs(),
+                state.wedged_after.as_secs(),
+                blocked_on.map(|error| format!("; last error: {error}")).unwrap_or_default()
+            ));
+        }
+    }
+    if reasons.is_empty() {
+        json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
+    } else {
+        json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({ "status": "wedged", "reason": reasons.join("; ") }))
     }
 }
 

@@ -8,6 +8,7 @@ mod config;
 mod dead_letter;
 mod discard;
 mod http;
+mod identity;
 mod inspect;
 mod monitor;
 mod privileges;

@@ -21,6 +21,7 @@ use anyhow::{bail, Context};
 use pg_replication::{ConnectOptions, QueryResult, ReplicationConnection, ReplicationError};
 use pgfanout_core::{error_chain, metrics, TableName};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
+use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::{expose, Config, SinkConfig};
@@ -35,6 +36,9 @@ const RETAINED_WAL_WARNING_BYTES: u64 = 1 << 30;
 /// beyond the limit PostgreSQL invalidates the slot and the sinks need a
 /// rebuild, so the warning comes while there is still room.
 const KEEP_SIZE_WARNING_PERCENT: u64 = 80;
+
+/// First server version with failover slots.
+const FAILOVER_SLOTS_SINCE: u32 = 170_000;
 
 /// The `publish` option pgfanout needs: the sinks apply inserts, updates,
 /// deletes and truncates.
@@ -53,10 +57,14 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
     // own: publishing a table that lacks a replica identity would make
     // PostgreSQL refuse the application's UPDATEs and DELETEs on it, and a
     // missing table or a view would make the statement fail.
+    let mut partitioned = Vec::new();
     let publishable: Vec<TableName> = match read_routed_tables(connection, &routed).await {
         Ok(tables) => {
             let mut publishable = Vec::new();
             for table in tables {
+                if table.relation.as_ref().is_some_and(|relation| relation.kind == "p") {
+                    partitioned.push(table.name.clone());
+                }
                 match table_problem(&table, config) {
                     Some(problem) => problems.push(problem),
                     None => publishable.push(table.name),
@@ -86,11 +94,19 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
                 ));
             }
             problems.extend(state.publish_problem(publication));
+            problems.extend(state.partition_root_problem(publication, &partitioned));
         }
         Err(err) => problems.push(format!("cannot read publication {publication}: {}", error_chain(&err))),
     }
 
     let slot = &config.source.slot;
+    if config.source.failover && connection.server_version() < FAILOVER_SLOTS_SINCE {
+        problems.push(format!(
+            "source.failover = true needs PostgreSQL 17 or later (failover slots); this server is version {}: \
+             set source.failover = false",
+            connection.server_version()
+        ));
+    }
     match connection.slot_state(slot).await {
         Ok(Some(state)) if state.slot_type != "logical" => problems.push(format!(
             "slot {slot} is a {} slot, not a logical one: configure another source.slot",
@@ -325,6 +341,9 @@ struct PublicationState {
     publishes_update: bool,
     publishes_delete: bool,
     publishes_truncate: bool,
+    /// `publish_via_partition_root`: changes to a partition arrive under
+    /// the partitioned table's name.
+    via_root: bool,
     tables: Vec<TableName>,
 }
 
@@ -332,6 +351,20 @@ impl PublicationState {
     /// The `tables` the publication does not publish.
     fn lacking(&self, tables: &[TableName]) -> Vec<TableName> {
         tables.iter().filter(|table| !self.tables.contains(table)).cloned().collect()
+    }
+
+    /// Routed partitioned tables while the publication sends their changes
+    /// under each partition's own name, which no sink routes.
+    fn partition_root_problem(&self, publication: &str, partitioned: &[TableName]) -> Option<String> {
+        if self.via_root || partitioned.is_empty() {
+            return None;
+        }
+        let tables = partitioned.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        Some(format!(
+            "publication {publication} sends the changes of partitioned table(s) {tables} under each partition's \
+             own name, which no sink routes: run ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+            escape_identifier(publication)
+        ))
     }
 
     /// The operations pgfanout needs that the publication leaves out.
@@ -361,7 +394,8 @@ async fn read_publication(
     let name = escape_literal(publication);
     let options = connection
         .simple_query(&format!(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_catalog.pg_publication WHERE pubname = {name}"
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot FROM pg_catalog.pg_publication \
+             WHERE pubname = {name}"
         ))
         .await?;
     if options.rows.is_empty() {
@@ -377,6 +411,7 @@ async fn read_publication(
         publishes_update: flag(&options, 0, "pubupdate"),
         publishes_delete: flag(&options, 0, "pubdelete"),
         publishes_truncate: flag(&options, 0, "pubtruncate"),
+        via_root: flag(&options, 0, "pubviaroot"),
         tables: (0..published.rows.len())
             .map(|row| {
                 TableName::new(
@@ -389,9 +424,11 @@ async fn read_publication(
 }
 
 /// The statement `run` creates the publication with (and `check` offers).
+/// Changes to a partition are published under the partitioned table's
+/// name, the one the config routes (PostgreSQL 13+).
 fn create_publication_sql(publication: &str, tables: &[TableName]) -> String {
     format!(
-        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = '{}')",
+        "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = '{}', publish_via_partition_root = true)",
         escape_identifier(publication),
         table_list(tables),
         PUBLISHED_OPERATIONS.join(", ")
@@ -485,6 +522,21 @@ pub async fn slot_health(connection: &mut ReplicationConnection, config: &Config
              '50GB' (well below the WAL disk's free space) and SELECT pg_reload_conf() (past that size the slot \
              is invalidated and the sinks need a rebuild, but the primary stays up)"
         ));
+    }
+    if config.source.failover && connection.server_version() >= FAILOVER_SLOTS_SINCE {
+        match connection.simple_query("SHOW synchronized_standby_slots").await {
+            Ok(result) if result.get(0, "synchronized_standby_slots").unwrap_or_default().is_empty() => {
+                health.warnings.push(format!(
+                    "slot {slot} is a failover slot, but synchronized_standby_slots is empty: pgfanout may receive \
+                     changes a standby has not yet received, and after a failover to that standby the slot would \
+                     be behind what the sinks hold; on the primary run ALTER SYSTEM SET \
+                     synchronized_standby_slots = '<the standby's physical slot>' and SELECT pg_reload_conf(), \
+                     and set sync_replication_slots = on and hot_standby_feedback = on on the standby"
+                ));
+            }
+            Ok(_) => {}
+            Err(err) => health.problems.push(format!("cannot read synchronized_standby_slots: {}", error_chain(&err))),
+        }
     }
     match read_slot_use(connection, slot).await {
         Ok(Some(slot_use)) => {
@@ -616,8 +668,9 @@ fn flag(result: &QueryResult, row: usize, column: &str) -> bool {
     result.get(row, column) == Some("t")
 }
 
-/// Creates the publication and the slot when missing (publication first: a
-/// slot only decodes publications that existed when its WAL was written).
+/// Creates the publication when missing. It comes before the slot, which
+/// `run` creates after checking the sinks' checkpoints: a slot only decodes
+/// publications that existed when its WAL was written.
 pub async fn prepare_source(
     connection: &mut ReplicationConnection,
     config: &Config,
@@ -650,11 +703,8 @@ pub async fn prepare_source(
             }
         }
     }
-    let slot = &config.source.slot;
-    if connection.slot_state(slot).await?.is_none() {
-        let created = connection.create_slot(slot).await.with_context(|| format!("cannot create slot {slot}"))?;
-        tracing::info!(%slot, consistent_point = %created.consistent_point, "created replication slot");
-    }
+    // The slot is created by `run` once the sinks' checkpoints allow it
+    // (crate::identity).
     Ok(())
 }
 
@@ -684,6 +734,13 @@ pub fn connect_options(config: &Config) -> anyhow::Result<ConnectOptions> {
     Ok(options)
 }
 
+/// SQLSTATE 57P03: the server is starting up, shutting down or in recovery.
+const CANNOT_CONNECT_NOW: &str = "57P03";
+/// SQLSTATE 57P01: the server is shutting down (fast or smart shutdown).
+const ADMIN_SHUTDOWN: &str = "57P01";
+/// The retry interval while the server says it is starting or stopping.
+const SERVER_STARTING_RETRY: Duration = Duration::from_millis(250);
+
 /// Connects, retrying transient failures with backoff until shutdown.
 pub async fn connect_with_retry(
     options: &ConnectOptions,
@@ -695,7 +752,19 @@ pub async fn connect_with_retry(
             Ok(connection) => return Ok(connection),
             Err(err) if err.is_transient() => {
                 tracing::warn!(endpoint = %options.endpoint(), error = %error_chain(&err), "cannot connect to PostgreSQL; retrying");
-                if !backoff.wait_unless(shutdown).await {
+                // The server is up and says it is starting or stopping: it
+                // is worth asking again soon, not after a grown backoff.
+                let stay_short = matches!(err.sqlstate(), Some(CANNOT_CONNECT_NOW | ADMIN_SHUTDOWN));
+                let waited = if stay_short {
+                    let mut shutdown = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(SERVER_STARTING_RETRY) => true,
+                        _ = shutdown.wait_for(|stop| *stop) => false,
+                    }
+                } else {
+                    backoff.wait_unless(shutdown).await
+                };
+                if !waited {
                     bail!("stopped while connecting to PostgreSQL");
                 }
             }
@@ -774,6 +843,7 @@ mod tests {
             publishes_update: false,
             publishes_delete: false,
             publishes_truncate: true,
+            via_root: true,
             tables: Vec::new(),
         };
         let problem = state.publish_problem("Feed").unwrap();

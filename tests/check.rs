@@ -251,7 +251,7 @@ async fn a_missing_publication_with_create_publication_off_gets_the_create_state
     let run = run_check("check_no_publication", &config);
     run.assert_failed();
     let problem = run.problem_about("publication check_no_publication");
-    let create = r#"CREATE PUBLICATION "check_no_publication" FOR TABLE "public"."orders" WITH (publish = 'insert, update, delete, truncate')"#;
+    let create = r#"CREATE PUBLICATION "check_no_publication" FOR TABLE "public"."orders" WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true)"#;
     assert!(problem.ends_with(&format!("run {create}")), "{problem}");
 
     db.client.batch_execute(create).await.unwrap();
@@ -473,4 +473,16 @@ async fn a_table_under_full_identity_needs_no_id_columns_when_it_has_a_primary_k
     assert!(problem.contains("id_columns"), "{problem}");
     assert_eq!(run.problems().len(), 1, "orders is keyed by its primary key: {}", run.report());
     run_check("check_mongo_full", &config("id_columns = [\"id\", \"kind\"]")).assert_ok();
+}
+
+#[tokio::test]
+async fn a_failover_slot_on_a_server_before_17_is_one_problem_with_the_fix() {
+    let db = create_database("check_failover").await;
+    db.client.batch_execute(ORDERS).await.unwrap();
+    let config = with_source_setting(&config_for(&db, &[]), "failover = true");
+    let run = run_check("check_failover", &config);
+    run.assert_failed();
+    let problem = run.problem_about("source.failover");
+    assert!(problem.contains("needs PostgreSQL 17 or later"), "{problem}");
+    assert!(problem.ends_with("set source.failover = false"), "{problem}");
 }

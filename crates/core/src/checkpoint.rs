@@ -9,6 +9,12 @@
 //!
 //! Only acknowledgements move the LSN; the coordinator never confirms a
 //! transaction that some sink it was sent to has not acknowledged.
+//!
+//! Each sink also keeps a [`SourceRecord`] beside its checkpoint: which
+//! server, database and slot instance the checkpoint belongs to, and how far
+//! pgfanout may have confirmed the slot. With it, a restart can tell a slot
+//! that pgfanout advanced (nothing lost) from one that was re-created or
+//! moved by someone else (changes lost to the sinks).
 
 use pgoutput::Lsn;
 use tokio::sync::watch;
@@ -92,9 +98,116 @@ impl CheckpointCoordinator {
     }
 }
 
+/// The source a sink's checkpoint belongs to, stored beside it.
+///
+/// A slot instance is identified by its name plus the consistent point
+/// `CREATE_REPLICATION_SLOT` returned when pgfanout created it
+/// (`slot_created_at`; `None` for a slot pgfanout adopted). PostgreSQL does
+/// not show a slot's creation point, so a slot re-created behind pgfanout's
+/// back is caught by the position check instead: pgfanout records
+/// `confirmable` in every sink *before* it confirms that position to the
+/// slot, so the slot's `confirmed_flush_lsn` can never be legitimately ahead
+/// of `max(checkpoint, confirmable)`; if it is, something else moved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// `IDENTIFY_SYSTEM`'s system identifier: which cluster.
+    pub system_id: String,
+    /// `IDENTIFY_SYSTEM`'s timeline: changes after a promotion.
+    pub timeline: u32,
+    /// The database the slot decodes.
+    pub database: String,
+    /// The slot's name.
+    pub slot: String,
+    /// Consistent point of the slot when pgfanout created it.
+    pub slot_created_at: Option<Lsn>,
+    /// The highest position pgfanout may confirm to this slot instance.
+    pub confirmable: Lsn,
+}
+
+/// The stored form's version, bumped on incompatible changes.
+const SOURCE_RECORD_VERSION: u32 = 1;
+
+/// The stored (JSON) form of [`SourceRecord`]: LSNs as text, as PostgreSQL writes them.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredSourceRecord {
+    version: u32,
+    system_id: String,
+    timeline: u32,
+    database: String,
+    slot: String,
+    slot_created_at: Option<String>,
+    confirmable: String,
+}
+
+/// A stored source record that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("stored source record {text:?} is unreadable: {reason}")]
+pub struct SourceRecordError {
+    /// What was stored.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl SourceRecord {
+    /// The text a sink stores.
+    pub fn to_stored(&self) -> String {
+        let stored = StoredSourceRecord {
+            version: SOURCE_RECORD_VERSION,
+            system_id: self.system_id.clone(),
+            timeline: self.timeline,
+            database: self.database.clone(),
+            slot: self.slot.clone(),
+            slot_created_at: self.slot_created_at.map(|lsn| lsn.to_string()),
+            confirmable: self.confirmable.to_string(),
+        };
+        serde_json::to_string(&stored).unwrap_or_default()
+    }
+
+    /// Reads [`to_stored`](Self::to_stored)'s output back.
+    pub fn from_stored(text: &str) -> Result<SourceRecord, SourceRecordError> {
+        let error = |reason: String| SourceRecordError { text: text.to_owned(), reason };
+        let stored: StoredSourceRecord = serde_json::from_str(text).map_err(|err| error(err.to_string()))?;
+        if stored.version != SOURCE_RECORD_VERSION {
+            return Err(error(format!(
+                "version {} (this pgfanout reads version {SOURCE_RECORD_VERSION})",
+                stored.version
+            )));
+        }
+        let lsn = |text: &str| text.parse::<Lsn>().map_err(|_| error(format!("{text:?} is not an LSN")));
+        Ok(SourceRecord {
+            system_id: stored.system_id,
+            timeline: stored.timeline,
+            database: stored.database,
+            slot: stored.slot,
+            slot_created_at: stored.slot_created_at.as_deref().map(lsn).transpose()?,
+            confirmable: lsn(&stored.confirmable)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_records_read_back_what_was_stored() {
+        let record = SourceRecord {
+            system_id: "7412345678901234567".into(),
+            timeline: 2,
+            database: "app".into(),
+            slot: "feed".into(),
+            slot_created_at: Some(Lsn(0x016B_3748)),
+            confirmable: Lsn(0xCAE_1018),
+        };
+        assert_eq!(SourceRecord::from_stored(&record.to_stored()).unwrap(), record);
+        let adopted = SourceRecord { slot_created_at: None, ..record };
+        assert_eq!(SourceRecord::from_stored(&adopted.to_stored()).unwrap(), adopted);
+        let err = SourceRecord::from_stored("0/16B3748").unwrap_err();
+        assert!(err.to_string().contains("unreadable"), "{err}");
+        let future = adopted.to_stored().replace("\"version\":1", "\"version\":9");
+        assert!(SourceRecord::from_stored(&future).unwrap_err().reason.contains("version 9"));
+    }
 
     #[test]
     fn flush_is_the_minimum_of_sinks_with_work_in_flight() {

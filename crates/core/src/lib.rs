@@ -24,12 +24,13 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod sink;
+pub mod status;
 pub mod streamed;
 pub mod worker;
 
 pub use assembler::{AssembleError, Assembled, TransactionAssembler};
 pub use backoff::Backoff;
-pub use checkpoint::CheckpointCoordinator;
+pub use checkpoint::{CheckpointCoordinator, SourceRecord, SourceRecordError};
 pub use dead_letter::{dead_letter_record, row_json};
 pub use delivery::{DeadLetterConfig, DeliveryConfig, OnErrorPolicy};
 pub use mapping::{MappingConfig, MappingError, TableMapping};
@@ -38,5 +39,6 @@ pub use model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, Tab
 pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
 pub use sink::{describe_apply, ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError, Version};
+pub use status::SinkStatus;
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
 pub use worker::{error_chain, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

@@ -5,6 +5,9 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+/// Row changes of a published table that no sink routes, by table: the
+/// publication holds a table the config does not (changes dropped on purpose?).
+pub const UNROUTED_CHANGES_TOTAL: &str = "pgfanout_unrouted_changes_total";
 /// Row changes received from PostgreSQL, by table and op.
 pub const EVENTS_TOTAL: &str = "pgfanout_events_total";
 /// Committed transactions received.
@@ -67,6 +70,8 @@ pub struct Metrics {
     pub streamed_spilled_bytes_total: IntCounter,
     /// See [`SINK_APPLIED_TOTAL`].
     pub sink_applied_total: IntCounterVec,
+    /// See [`UNROUTED_CHANGES_TOTAL`].
+    pub unrouted_changes_total: IntCounterVec,
     /// See [`SINK_BATCH_SIZE`].
     pub sink_batch_size: HistogramVec,
     /// See [`SINK_APPLY_SECONDS`].
@@ -149,6 +154,11 @@ impl Metrics {
             )?,
             streamed_memory_bytes,
             streamed_spilled_bytes_total,
+            unrouted_changes_total: counter_vec(
+                UNROUTED_CHANGES_TOTAL,
+                "Row changes of published tables that no sink routes",
+                &["table"],
+            )?,
             sink_applied_total: counter_vec(
                 SINK_APPLIED_TOTAL,
                 "Row changes applied by a sink",

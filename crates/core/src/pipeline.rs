@@ -82,6 +82,8 @@ pub struct Pipeline {
     routes: Vec<Route>,
     coordinator: CheckpointCoordinator,
     metrics: Metrics,
+    /// Published tables no sink routes, each logged once.
+    unrouted_seen: std::collections::HashSet<TableName>,
 }
 
 impl Pipeline {
@@ -92,6 +94,7 @@ impl Pipeline {
             routes: Vec::new(),
             coordinator: CheckpointCoordinator::new(),
             metrics,
+            unrouted_seen: std::collections::HashSet::new(),
         }
     }
 
@@ -238,9 +241,18 @@ impl Pipeline {
         Ok(())
     }
 
-    fn count_events(&self, transaction: &Transaction) {
+    /// Counts the transaction's changes per table and operation, and those
+    /// of tables no sink routes (logged once per table).
+    fn count_events(&mut self, transaction: &Transaction) {
         for ((table, op), count) in count_by_table_and_op(transaction.changes.iter()) {
             self.metrics.events_total.with_label_values(&[&table.to_string(), op]).inc_by(count);
+            // Not an error (a publication may serve others too), but never silent.
+            if !self.routes.iter().any(|route| route.tables.contains_key(table)) {
+                self.metrics.unrouted_changes_total.with_label_values(&[&table.to_string()]).inc_by(count);
+                if self.unrouted_seen.insert(table.clone()) {
+                    tracing::warn!(%table, "the publication sends changes of a table no sink routes; they are skipped");
+                }
+            }
         }
     }
 }

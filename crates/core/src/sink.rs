@@ -187,6 +187,15 @@ pub trait Sink: Send + Sync {
     /// transaction the store durably holds, if any.
     async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError>;
 
+    /// Reads the [`SourceRecord`](crate::SourceRecord) text stored beside
+    /// the checkpoint (see [`Sink::store_source`]), `None` if there is none.
+    async fn load_source(&self) -> Result<Option<String>, SinkError>;
+
+    /// Durably stores `record` (a [`SourceRecord`](crate::SourceRecord)'s
+    /// text) beside the checkpoint, replacing the previous one. It may be
+    /// called while [`Sink::apply`] runs; it must not touch the checkpoint.
+    async fn store_source(&self, record: &str) -> Result<(), SinkError>;
+
     /// Applies `changes` in order (per key) and, when `checkpoint` is given,
     /// stores it too, atomically with the changes where the store allows.
     /// `changes` may be empty (checkpoint only). On `Ok` everything passed is

@@ -49,6 +49,7 @@ use crate::metrics::Metrics;
 use crate::model::count_by_table_and_op;
 use crate::model::Transaction;
 use crate::sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError};
+use crate::status::SinkStatus;
 
 /// What a sink's worker does with a change the store rejects permanently.
 #[derive(Clone, Default)]
@@ -174,6 +175,7 @@ pub struct SinkWorker {
     metrics: Metrics,
     /// Changes dead-lettered since the last change the store accepted.
     consecutive_dead_letters: AtomicU64,
+    status: SinkStatus,
 }
 
 impl SinkWorker {
@@ -194,6 +196,7 @@ impl SinkWorker {
         let (acked, acked_receiver) = watch::channel(Lsn::ZERO);
         let name = sink.name().to_owned();
         let depth = metrics.sink_queue_depth.with_label_values(&[&name]);
+        let status = SinkStatus::default();
         let worker = SinkWorker {
             sink,
             name,
@@ -204,8 +207,14 @@ impl SinkWorker {
             checkpoint,
             metrics,
             consecutive_dead_letters: AtomicU64::new(0),
+            status,
         };
         (worker, WorkerQueue { sender, bytes, capacity_permits, depth }, acked_receiver)
+    }
+
+    /// A handle on what the worker is doing, for health checks.
+    pub fn status(&self) -> SinkStatus {
+        self.status.clone()
     }
 
     /// Runs until the queue is closed and drained.
@@ -412,6 +421,7 @@ impl SinkWorker {
     }
 
     fn count_applied(&self, changes: &[ChangeRef<'_>]) {
+        self.status.progressed();
         if !changes.is_empty() {
             self.consecutive_dead_letters.store(0, Ordering::Release);
         }
@@ -422,6 +432,7 @@ impl SinkWorker {
     }
 
     fn note_failure(&self, err: &SinkError, changes: &[ChangeRef<'_>], retry: &Backoff) {
+        self.status.blocked(error_chain(err));
         if err.kind != ErrorKind::Permanent {
             self.metrics.sink_up.with_label_values(&[&self.name]).set(0);
         }
@@ -490,6 +501,12 @@ mod tests {
         }
         async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
             Ok(None)
+        }
+        async fn load_source(&self) -> Result<Option<String>, SinkError> {
+            Ok(None)
+        }
+        async fn store_source(&self, _record: &str) -> Result<(), SinkError> {
+            Ok(())
         }
         async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
             {

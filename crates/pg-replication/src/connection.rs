@@ -240,6 +240,8 @@ pub struct SlotState {
     pub temporary: bool,
     /// Whether prepared transactions are decoded at `PREPARE` time (always false before PostgreSQL 14).
     pub two_phase: bool,
+    /// Whether standbys synchronize the slot (always false before PostgreSQL 17).
+    pub failover: bool,
     /// Position the slot resumes from.
     pub confirmed_flush_lsn: Option<Lsn>,
     /// Oldest WAL the slot keeps.
@@ -559,6 +561,7 @@ impl ReplicationConnection {
             active: result.get(0, "active") == Some("true"),
             temporary: result.get(0, "temporary") == Some("true"),
             two_phase: result.get(0, "two_phase") == Some("true"),
+            failover: result.get(0, "failover") == Some("true"),
             confirmed_flush_lsn: lsn("confirmed_flush_lsn"),
             restart_lsn: lsn("restart_lsn"),
             wal_status: result.get(0, "wal_status").map(str::to_owned),

@@ -14,6 +14,8 @@ use crate::error::{ReplicationError, Result};
 const PARENTHESIZED_OPTIONS_SINCE: u32 = 150_000;
 /// First server version with two-phase decoding in logical slots.
 const TWO_PHASE_SINCE: u32 = 140_000;
+/// First server version with failover slots (synchronized to standbys).
+const FAILOVER_SINCE: u32 = 170_000;
 
 /// What `CREATE_REPLICATION_SLOT` does with the snapshot taken at the slot's
 /// consistent point: the database state just before the first change the
@@ -44,6 +46,7 @@ pub struct SlotOptions {
     temporary: bool,
     snapshot: SnapshotAction,
     two_phase: bool,
+    failover: bool,
 }
 
 impl SlotOptions {
@@ -72,12 +75,25 @@ impl SlotOptions {
         self
     }
 
+    /// Whether the slot is a failover slot: PostgreSQL 17+ synchronizes it to
+    /// standbys that set `sync_replication_slots`, so it survives a promotion.
+    pub fn failover(mut self, failover: bool) -> Self {
+        self.failover = failover;
+        self
+    }
+
     /// The `CREATE_REPLICATION_SLOT` command for `slot` (already validated) on a
     /// server of version `server_version` (`server_version_num` style).
     pub(crate) fn create_command(&self, slot: &str, server_version: u32) -> Result<String> {
         if self.two_phase && server_version < TWO_PHASE_SINCE {
             return Err(ReplicationError::Config(format!(
                 "two-phase slots need PostgreSQL 14 or later; this server is version {server_version}"
+            )));
+        }
+        if self.failover && server_version < FAILOVER_SINCE {
+            return Err(ReplicationError::Config(format!(
+                "failover slots need PostgreSQL 17 or later; this server is version {server_version}: \
+                 set source.failover = false"
             )));
         }
         let temporary = if self.temporary { " TEMPORARY" } else { "" };
@@ -88,7 +104,8 @@ impl SlotOptions {
                 SnapshotAction::Use => "use",
             };
             let two_phase = if self.two_phase { ", TWO_PHASE true" } else { "" };
-            format!(" (SNAPSHOT '{snapshot}'{two_phase})")
+            let failover = if self.failover { ", FAILOVER true" } else { "" };
+            format!(" (SNAPSHOT '{snapshot}'{two_phase}{failover})")
         } else {
             let snapshot = match self.snapshot {
                 SnapshotAction::Export => "EXPORT_SNAPSHOT",
@@ -106,8 +123,10 @@ impl SlotOptions {
 /// columns a server version lacks are selected as NULL.
 pub(crate) fn slot_state_query(slot: &str, server_version: u32) -> String {
     let two_phase = if server_version >= TWO_PHASE_SINCE { "two_phase::text" } else { "NULL::text" };
+    let failover = if server_version >= FAILOVER_SINCE { "failover::text" } else { "NULL::text" };
     format!(
         "SELECT slot_type, plugin, database, active::text, temporary::text, {two_phase} AS two_phase, \
+         {failover} AS failover, \
          confirmed_flush_lsn::text, restart_lsn::text, wal_status, safe_wal_size::text \
          FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
         escape_literal(slot)
@@ -128,6 +147,16 @@ mod tests {
             SlotOptions::new().create_command("s", 140010).unwrap(),
             "CREATE_REPLICATION_SLOT s LOGICAL pgoutput NOEXPORT_SNAPSHOT"
         );
+    }
+
+    #[test]
+    fn failover_slots_need_postgresql_17() {
+        assert_eq!(
+            SlotOptions::new().failover(true).create_command("s", 170002).unwrap(),
+            "CREATE_REPLICATION_SLOT s LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER true)"
+        );
+        let err = SlotOptions::new().failover(true).create_command("s", 160004).unwrap_err();
+        assert!(err.to_string().contains("source.failover = false"), "{err}");
     }
 
     #[test]

@@ -27,9 +27,10 @@ use secrecy::ExposeSecret;
 
 use crate::bolt::BoltTransport;
 use crate::config::{GraphSinkConfig, Transport};
-use crate::encode::{GraphEncoder, IndexSpec, Statement};
+use crate::encode::{ident, GraphEncoder, IndexSpec, Statement};
 use crate::error::GraphSinkError;
 use crate::falkordb::FalkorTransport;
+use crate::value::GraphValue;
 
 enum Backend {
     Falkor(Box<FalkorTransport>),
@@ -129,6 +130,27 @@ impl GraphSink {
         }
     }
 
+    /// The source record is the `source` property of the checkpoint node
+    /// (the checkpoint itself is its `lsn`).
+    fn source_statement(&self, cypher: &str, mut params: Vec<(String, GraphValue)>) -> Statement {
+        params.push(("sink".into(), GraphValue::String(self.config.name.clone())));
+        Statement { cypher: cypher.replace("{label}", &ident(&self.config.checkpoint_label)), params }
+    }
+
+    async fn load_source_record(&self) -> Result<Option<String>, GraphSinkError> {
+        self.ensure_indexes(&[self.encoder.checkpoint_index()]).await?;
+        let statement = self.source_statement("MATCH (c:{label} {sink: $sink}) RETURN c.source", Vec::new());
+        Ok(self.backend.first_column(&statement).await?.into_iter().next().flatten())
+    }
+
+    async fn store_source_record(&self, record: &str) -> Result<(), GraphSinkError> {
+        let statement = self.source_statement(
+            "MERGE (c:{label} {sink: $sink}) SET c.source = $record",
+            vec![("record".into(), GraphValue::String(record.to_owned()))],
+        );
+        self.backend.run_all(std::slice::from_ref(&statement)).await
+    }
+
     async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), GraphSinkError> {
         let encoded = self.encoder.encode(changes)?;
         self.ensure_indexes(&encoded.indexes).await?;
@@ -158,6 +180,18 @@ impl Sink for GraphSink {
 
     async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
         self.load().await.map_err(|err| err.into_sink_error(&self.config.name, "reading the checkpoint".into()))
+    }
+
+    async fn load_source(&self) -> Result<Option<String>, SinkError> {
+        let name = &self.config.name;
+        self.load_source_record().await.map_err(|err| err.into_sink_error(name, "reading the source record".into()))
+    }
+
+    async fn store_source(&self, record: &str) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        self.store_source_record(record)
+            .await
+            .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
     }
 
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {

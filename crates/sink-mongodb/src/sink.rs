@@ -126,8 +126,42 @@ impl MongoSink {
         };
         match document.get("lsn") {
             Some(Bson::String(text)) => text.parse::<Lsn>().map(Some).map_err(|_| bad(text.clone())),
+            // Only the source record, stored at start: nothing applied yet.
+            None => Ok(None),
             other => Err(bad(format!("{other:?}"))),
         }
+    }
+
+    async fn load_source_record(&self) -> Result<Option<String>, MongoSinkError> {
+        let client = self.client().await?;
+        let collection =
+            client.database(&self.config.database).collection::<Document>(&self.config.checkpoint_collection);
+        let found = self
+            .timed(|| "reading the source record".into(), collection.find_one(doc! { "_id": &self.config.name }))
+            .await?;
+        // The record is the `source` field of the checkpoint document.
+        match found.as_ref().and_then(|document| document.get("source")) {
+            None => Ok(None),
+            Some(Bson::String(record)) => Ok(Some(record.clone())),
+            Some(other) => Err(MongoSinkError::BadCheckpoint {
+                namespace: self.checkpoint_namespace(),
+                id: self.config.name.clone(),
+                value: format!("{other:?}"),
+            }),
+        }
+    }
+
+    async fn store_source_record(&self, record: &str) -> Result<(), MongoSinkError> {
+        let client = self.client().await?;
+        let collection =
+            client.database(&self.config.database).collection::<Document>(&self.config.checkpoint_collection);
+        let update = doc! { "$set": { "source": record } };
+        self.timed(
+            || "storing the source record".into(),
+            collection.update_one(doc! { "_id": &self.config.name }, update).upsert(true),
+        )
+        .await
+        .map(drop)
     }
 
     async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), MongoSinkError> {
@@ -309,6 +343,18 @@ impl Sink for MongoSink {
     async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
         let name = &self.config.name;
         self.load().await.map_err(|err| err.into_sink_error(name, "reading the checkpoint".into()))
+    }
+
+    async fn load_source(&self) -> Result<Option<String>, SinkError> {
+        let name = &self.config.name;
+        self.load_source_record().await.map_err(|err| err.into_sink_error(name, "reading the source record".into()))
+    }
+
+    async fn store_source(&self, record: &str) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        self.store_source_record(record)
+            .await
+            .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
     }
 
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {

@@ -150,6 +150,32 @@ impl RedisSink {
             .transpose()
     }
 
+    /// The key of the source record: beside the checkpoint's.
+    fn source_key(&self) -> String {
+        format!("{}:source", self.config.checkpoint_key())
+    }
+
+    async fn load_source_record(&self) -> Result<Option<String>, RedisSinkError> {
+        let key = self.source_key();
+        let mut connection = self.connection().await?;
+        redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(|source| RedisSinkError::Command { what: format!("GET {key}"), source })
+    }
+
+    async fn store_source_record(&self, record: &str) -> Result<(), RedisSinkError> {
+        let key = self.source_key();
+        let mut connection = self.connection().await?;
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(record)
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(|source| RedisSinkError::Command { what: format!("SET {key}"), source })
+    }
+
     async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), RedisSinkError> {
         let steps = self.encoder().encode(changes, checkpoint)?;
         let mut connection = self.connection().await?;
@@ -255,6 +281,18 @@ impl Sink for RedisSink {
     async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
         let name = self.config.name.clone();
         self.load().await.map_err(|err| err.into_sink_error(&name, "reading the checkpoint".into()))
+    }
+
+    async fn load_source(&self) -> Result<Option<String>, SinkError> {
+        let name = &self.config.name;
+        self.load_source_record().await.map_err(|err| err.into_sink_error(name, "reading the source record".into()))
+    }
+
+    async fn store_source(&self, record: &str) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        self.store_source_record(record)
+            .await
+            .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
     }
 
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {

@@ -365,6 +365,49 @@ impl ScyllaSink {
         Some(table.columns.keys().cloned().collect())
     }
 
+    /// The source record is a row of the checkpoint table too: key
+    /// `<sink>.source`, the record's text in `lsn`, so the table keeps its
+    /// schema.
+    fn source_row(&self) -> String {
+        format!("{}.source", self.config.name)
+    }
+
+    async fn load_source_record(&self) -> Result<Option<String>, ScyllaSinkError> {
+        let session = self.session().await?;
+        let cql = format!("SELECT lsn FROM {} WHERE sink = ?", self.checkpoint_table());
+        match session.query_unpaged(cql.as_str(), (self.source_row(),)).await {
+            Ok(result) => {
+                let rows = result.into_rows_result().map_err(|err| ScyllaSinkError::CheckpointRow(err.to_string()))?;
+                Ok(rows
+                    .maybe_first_row::<(Option<String>,)>()
+                    .map_err(|err| ScyllaSinkError::CheckpointRow(err.to_string()))?
+                    .and_then(|(record,)| record))
+            }
+            Err(source) => {
+                let err = ScyllaSinkError::Execute { what: cql, source: Box::new(source) };
+                // No checkpoint table yet: nothing recorded so far.
+                if err.is_invalid_request() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn store_source_record(&self, record: &str) -> Result<(), ScyllaSinkError> {
+        let session = self.session().await?;
+        self.ensure_checkpoint_table(&session).await?;
+        let cql = format!("INSERT INTO {} (sink, lsn) VALUES (?, ?)", self.checkpoint_table());
+        session.query_unpaged(cql.as_str(), (self.source_row(), record)).await.map_err(|source| {
+            ScyllaSinkError::Execute {
+                what: format!("storing the source record in {}", self.checkpoint_table()),
+                source: Box::new(source),
+            }
+        })?;
+        Ok(())
+    }
+
     async fn store_checkpoint_row(
         &self,
         session: &Session,
@@ -409,6 +452,18 @@ impl Sink for ScyllaSink {
     async fn load_checkpoint(&self) -> Result<Option<Lsn>, SinkError> {
         let name = self.config.name.clone();
         self.load().await.map_err(|err| err.into_sink_error(&name, "reading the checkpoint".into()))
+    }
+
+    async fn load_source(&self) -> Result<Option<String>, SinkError> {
+        let name = &self.config.name;
+        self.load_source_record().await.map_err(|err| err.into_sink_error(name, "reading the source record".into()))
+    }
+
+    async fn store_source(&self, record: &str) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        self.store_source_record(record)
+            .await
+            .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
     }
 
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
