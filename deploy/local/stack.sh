@@ -519,52 +519,9 @@ cassandra_launch() {
         -cp "$DIR/cassandra/conf:$classpath" "$CASSANDRA_MAIN"
 }
 
-# cql_query PORT CQL: run one query over the CQL native protocol (v4) and
-# print the first column of each row as text. No driver is needed for that.
-cql_query() {
-    python3 - "$@" <<'EOF'
-import socket, struct, sys
-port, query = int(sys.argv[1]), sys.argv[2].encode()
-s = socket.create_connection(("127.0.0.1", port), timeout=5)
-def call(opcode, body):
-    s.sendall(struct.pack(">BBhBi", 4, 0, 0, opcode, len(body)) + body)
-    head = b""
-    while len(head) < 9:
-        chunk = s.recv(9 - len(head)); head += chunk
-        if not chunk: sys.exit("connection closed")
-    _, _, _, op, length = struct.unpack(">BBhBi", head)
-    data = b""
-    while len(data) < length:
-        chunk = s.recv(length - len(data)); data += chunk
-        if not chunk: sys.exit("connection closed")
-    if op == 0:
-        code, n = struct.unpack(">iH", data[:6]); sys.exit(f"error {code:#x}: {data[6:6+n].decode()}")
-    return op, data
-def string(text): return struct.pack(">H", len(text)) + text
-call(1, struct.pack(">H", 1) + string(b"CQL_VERSION") + string(b"3.0.0"))
-op, data = call(7, struct.pack(">i", len(query)) + query + struct.pack(">HB", 1, 0))
-kind, = struct.unpack(">i", data[:4])
-if kind != 2: sys.exit(0)
-flags, columns = struct.unpack(">ii", data[4:12]); at = 12
-def skip_string(at): return at + 2 + struct.unpack(">H", data[at:at+2])[0]
-if flags & 2: at += 4 + struct.unpack(">i", data[at:at+4])[0]
-if flags & 1: at = skip_string(skip_string(at))
-def skip_option(at):
-    kind, = struct.unpack(">H", data[at:at+2]); at += 2
-    if kind in (0x20, 0x22): at = skip_option(at)
-    if kind == 0x21: at = skip_option(skip_option(at))
-    return at
-for _ in range(columns):
-    if not flags & 1: at = skip_string(skip_string(at))
-    at = skip_option(skip_string(at))
-rows, = struct.unpack(">i", data[at:at+4]); at += 4
-for _ in range(rows):
-    for c in range(columns):
-        n, = struct.unpack(">i", data[at:at+4]); at += 4
-        if c == 0: print(data[at:at+n].decode(errors="replace") if n >= 0 else "")
-        at += max(n, 0)
-EOF
-}
+# cql_query PORT CQL: one query over the CQL native protocol, rows printed
+# tab-separated (deploy/local/cql.py: no driver or cqlsh needed).
+cql_query() { python3 "$REPO_ROOT/deploy/local/cql.py" "$@"; }
 
 cassandra_ready() {
     tcp_open "$CASSANDRA_PORT" &&
