@@ -88,6 +88,9 @@ start_stack() {
 load_schema() {
     "$PG_BIN/createdb" -h "$PGFANOUT_TEST_PG_SOCKET_DIR" -p "$PG_PORT" -U postgres app
     psql_app -d app -f sql/demo_schema.sql
+    # Cassandra's reservations_by_guest is keyed by guest_id: an update or
+    # delete must carry the old guest, so the old row carries every column.
+    psql_app -d app -c 'ALTER TABLE reservations REPLICA IDENTITY FULL'
     say "database 'app' loaded from sql/demo_schema.sql"
 }
 
@@ -139,7 +142,12 @@ print(pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=2000).app.reserv
         "$PGFANOUT_TEST_MONGODB_URL" 2>/dev/null || echo "?"
 }
 cassandra_count() {
-    "$REPO_ROOT/deploy/local/cql.py" "$CQL_PORT" "SELECT count(*) FROM rentals.reservations" 2>/dev/null || echo "?"
+    local ids
+    ids=$("$REPO_ROOT/deploy/local/cql.py" "$CQL_PORT" "SELECT id FROM rentals.reservations" 2>/dev/null) || {
+        echo "?"
+        return
+    }
+    grep -c . <<<"$ids" || true
 }
 neo4j_count() {
     "$REPO_ROOT/.venv/bin/python" "$REPO_ROOT/deploy/local/cypher.py" "$PGFANOUT_TEST_NEO4J_URL" \
