@@ -1,7 +1,7 @@
 # pgfanout developer entry points. `make test` is THE test command: it installs
-# what is missing (apt packages, .venv), starts a throwaway local stack
-# (PostgreSQL 15, Redis, nx-27017, FalkorDB), runs the workspace's tests and
-# fuzzes the decoder for FUZZ_SECONDS.
+# what is missing (apt packages, .venv, Maven jars), starts a throwaway local
+# stack (PostgreSQL 15, Redis, nx-27017, FalkorDB, Cassandra, Neo4j), runs the
+# workspace's tests and fuzzes the decoder for FUZZ_SECONDS.
 
 SHELL := /bin/bash
 CARGO ?= cargo

@@ -1,6 +1,12 @@
-//! End to end: PostgreSQL → pgfanout → FalkorDB (Cypher over RESP), against
-//! the real servers of the local stack. The graph is compared with what
-//! PostgreSQL holds, relationship by relationship, derived counts included.
+//! End to end: PostgreSQL → pgfanout → a graph store, against the real
+//! servers of the local stack: FalkorDB (Cypher over RESP) and Neo4j (Bolt,
+//! `PGFANOUT_TEST_NEO4J_URL`). Each scenario runs on both stores; the graph
+//! is compared with what PostgreSQL holds, relationship by relationship,
+//! derived counts included.
+//!
+//! Neo4j Community has one database, so the Neo4j runs of this file take
+//! turns (a lock) and each starts from an empty database; FalkorDB gives
+//! every test a graph of its own.
 
 mod common;
 
@@ -82,18 +88,103 @@ collect = { reservations = "r.id", properties = "p.id" }
 on = { "public.reservations" = "r", "public.properties" = "p" }
 "#;
 
-fn graph_config(db: &TestDatabase, slot: &str, http: &str, url: &str, graph: &str, tables: &str) -> String {
+fn graph_config(db: &TestDatabase, slot: &str, http: &str, store: &str, name: &str, tables: &str) -> String {
     format!(
         r#"{source}
 [[sink]]
-name = "{graph}"
+name = "{name}"
 kind = "graph"
-transport = "falkordb"
-url = "{url}"
-graph = "{graph}"
+{store}
 {tables}"#,
         source = source_config(db, slot, http),
     )
+}
+
+/// Which graph store a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    FalkorDb,
+    Neo4j,
+}
+
+/// Serialises the Neo4j runs: they share the server's only database.
+static NEO4J_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A test's graph on one backend, empty at the start, and a way to read it.
+struct GraphStore {
+    /// FalkorDB: a connection and the graph's key.
+    falkor: Option<(redis::aio::MultiplexedConnection, String)>,
+    neo4j: Option<neo4rs::Graph>,
+    url: String,
+    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
+}
+
+impl GraphStore {
+    /// The graph `graph` on `backend`, emptied.
+    async fn open(backend: Backend, graph: &str) -> GraphStore {
+        match backend {
+            Backend::FalkorDb => {
+                let url = required_env("PGFANOUT_TEST_FALKORDB_URL");
+                let connection = falkordb(&url, graph).await;
+                GraphStore { falkor: Some((connection, graph.to_owned())), neo4j: None, url, _turn: None }
+            }
+            Backend::Neo4j => {
+                let turn = NEO4J_TURN.lock().await;
+                let url = required_env("PGFANOUT_TEST_NEO4J_URL");
+                let config = neo4rs::ConfigBuilder::default().uri(&url).user("neo4j").password("").build().unwrap();
+                let neo4j = neo4rs::Graph::connect(config).unwrap();
+                neo4j.run(neo4rs::query("MATCH (n) DETACH DELETE n")).await.unwrap();
+                GraphStore { falkor: None, neo4j: Some(neo4j), url, _turn: Some(turn) }
+            }
+        }
+    }
+
+    /// The `[[sink]]` lines naming this store (a FalkorDB graph, or Neo4j's
+    /// default database).
+    fn sink_lines(&self) -> String {
+        match &self.falkor {
+            Some((_, graph)) => format!("transport = \"falkordb\"\nurl = \"{}\"\ngraph = \"{graph}\"", self.url),
+            None => format!("transport = \"bolt\"\nurl = \"{}\"", self.url),
+        }
+    }
+
+    /// The rows of a read query, typed.
+    async fn rows(&mut self, query: &str) -> Vec<Vec<Cell>> {
+        if let Some((connection, graph)) = &mut self.falkor {
+            return graph_rows(connection, graph, query).await;
+        }
+        let neo4j = self.neo4j.as_ref().unwrap();
+        // neo4rs hands a row over as a map: one list column keeps the order.
+        let query = match query.rsplit_once(" RETURN ") {
+            Some((head, tail)) => {
+                let (columns, order) = tail.split_once(" ORDER BY ").map_or((tail, None), |(c, o)| (c, Some(o)));
+                let order = order.map(|o| format!(" ORDER BY {o}")).unwrap_or_default();
+                format!("{head} RETURN [{columns}] AS row{order}")
+            }
+            None => query.to_owned(),
+        };
+        let mut result = neo4j.execute(neo4rs::query(&query)).await.unwrap_or_else(|err| panic!("{query}: {err}"));
+        let mut rows = Vec::new();
+        while let Some(row) = result.next().await.unwrap() {
+            if let Ok(neo4rs::BoltType::List(cells)) = row.get::<neo4rs::BoltType>("row") {
+                rows.push(cells.value.iter().map(bolt_cell).collect());
+            }
+        }
+        rows
+    }
+}
+
+fn bolt_cell(value: &neo4rs::BoltType) -> Cell {
+    use neo4rs::BoltType as B;
+    match value {
+        B::Null(_) => Cell::Null,
+        B::String(s) => Cell::Str(s.value.clone()),
+        B::Integer(i) => Cell::Int(i.value),
+        B::Boolean(b) => Cell::Bool(b.value),
+        B::Float(f) => Cell::Float(f.value),
+        B::List(items) => Cell::List(items.value.iter().map(bolt_cell).collect()),
+        other => panic!("unexpected Bolt value {other:?}"),
+    }
 }
 
 /// One value of a FalkorDB result in compact form, typed.
@@ -216,10 +307,10 @@ const PG_STATE: [(&str, &str); 11] = [
     ),
 ];
 
-async fn graph_state(connection: &mut redis::aio::MultiplexedConnection, graph: &str) -> Vec<String> {
+async fn graph_state(store: &mut GraphStore) -> Vec<String> {
     let mut lines = Vec::new();
     for (what, query) in GRAPH_STATE.iter().chain(&[("derived", COMMUNITIES)]) {
-        for row in graph_rows(connection, graph, query).await {
+        for row in store.rows(query).await {
             lines.push(format!("{what} {}", row.iter().map(Cell::text).collect::<Vec<_>>().join(" ")));
         }
     }
@@ -240,16 +331,11 @@ async fn pg_state(db: &TestDatabase) -> Vec<String> {
 }
 
 /// Waits (up to 60 s) until the graph describes what PostgreSQL holds.
-async fn wait_for_graph_match(
-    db: &TestDatabase,
-    connection: &mut redis::aio::MultiplexedConnection,
-    graph: &str,
-    pgfanout: &Pgfanout,
-) {
+async fn wait_for_graph_match(db: &TestDatabase, store: &mut GraphStore, pgfanout: &Pgfanout) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let expected = pg_state(db).await;
-        let actual = graph_state(connection, graph).await;
+        let actual = graph_state(store).await;
         if expected == actual {
             return;
         }
@@ -275,21 +361,42 @@ INSERT INTO properties VALUES (10, 1, 1, 'Loft', 120.50, 'n'), (11, 2, 2, 'Casa'
 ";
 
 #[tokio::test]
-async fn graph_follows_rows_relationships_moves_deletes_and_derived_counts_through_a_replay() {
-    let db = create_database("e2e_graph").await;
+async fn falkordb_follows_rows_relationships_moves_deletes_and_derived_counts_through_a_replay() {
+    rows_relationships_moves_deletes_and_derived_counts_through_a_replay(Backend::FalkorDb, "e2e_graph").await;
+}
+
+#[tokio::test]
+async fn neo4j_follows_rows_relationships_moves_deletes_and_derived_counts_through_a_replay() {
+    rows_relationships_moves_deletes_and_derived_counts_through_a_replay(Backend::Neo4j, "e2e_graph_neo4j").await;
+}
+
+async fn rows_relationships_moves_deletes_and_derived_counts_through_a_replay(backend: Backend, name: &str) {
+    let db = create_database(name).await;
     db.client.batch_execute(SCHEMA).await.unwrap();
     // A second slot, made before any change, replays the whole history later.
     db.client
-        .batch_execute("CREATE PUBLICATION e2e_graph FOR TABLE cities, users, properties, reservations, favorites")
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {name} FOR TABLE cities, users, properties, reservations, favorites"
+        ))
         .await
         .unwrap();
-    db.client.batch_execute("SELECT pg_create_logical_replication_slot('e2e_graph_replay', 'pgoutput')").await.unwrap();
-    let url = required_env("PGFANOUT_TEST_FALKORDB_URL");
-    let graph = "e2e_graph";
-    let mut falkor = falkordb(&url, graph).await;
+    let replay_slot = format!("{name}_replay");
+    db.client
+        .batch_execute(&format!("SELECT pg_create_logical_replication_slot('{replay_slot}', 'pgoutput')"))
+        .await
+        .unwrap();
+    let mut store = GraphStore::open(backend, name).await;
     let http = format!("127.0.0.1:{}", free_port());
-    let config = graph_config(&db, "e2e_graph", &http, &url, graph, TABLES);
-    let mut pgfanout = Pgfanout::start("e2e_graph", &config, &http);
+    // Neo4j runs one lane for now: without a uniqueness constraint on node
+    // keys, MERGEs of one key from two lanes each create the node (seen
+    // here: duplicated Property and cities nodes). The sink's uniqueness
+    // constraints remove that; then this goes.
+    let tables = match backend {
+        Backend::FalkorDb => TABLES.to_owned(),
+        Backend::Neo4j => format!("[sink.delivery]\nlanes = 1\n{TABLES}"),
+    };
+    let config = graph_config(&db, name, &http, &store.sink_lines(), name, &tables);
+    let mut pgfanout = Pgfanout::start(name, &config, &http);
     wait_ready(&http).await;
 
     db.client.batch_execute(SEED).await.unwrap();
@@ -323,35 +430,30 @@ async fn graph_follows_rows_relationships_moves_deletes_and_derived_counts_throu
     for step in steps {
         db.client.batch_execute(step).await.unwrap();
     }
-    wait_for_graph_match(&db, &mut falkor, graph, &pgfanout).await;
+    wait_for_graph_match(&db, &mut store, &pgfanout).await;
 
     // Spot checks of what the comparison's text cannot show.
-    let booked_in = graph_rows(
-        &mut falkor,
-        graph,
-        "MATCH (:User {id: 3})-[r:BOOKED_IN]->(c:cities) RETURN c.id, r.count, r.reservations ORDER BY c.id",
-    )
-    .await;
+    let booked_in = store
+        .rows("MATCH (:User {id: 3})-[r:BOOKED_IN]->(c:cities) RETURN c.id, r.count, r.reservations ORDER BY c.id")
+        .await;
     assert_eq!(
         booked_in,
         vec![vec![Cell::Int(2), Cell::Int(1), Cell::List(vec![Cell::Int(101)])]],
         "guest 3 kept reservation 101 (moved to Cusco) only"
     );
-    let secrets = graph_rows(&mut falkor, graph, "MATCH (n:User) WHERE exists(n.secret) RETURN count(n)").await;
+    let secrets = store.rows("MATCH (n:User) WHERE n.secret IS NOT NULL RETURN count(n)").await;
     assert_eq!(secrets, vec![vec![Cell::Int(0)]], "excluded columns never reach the graph");
-    let versions =
-        graph_rows(&mut falkor, graph, "MATCH (n:Reservation) RETURN min(n.pgfanout_version), count(n)").await;
+    let versions = store.rows("MATCH (n:Reservation) RETURN min(n.pgfanout_version), count(n)").await;
     assert!(matches!(&versions[0][0], Cell::Str(v) if v.len() == 25), "versions are stored: {versions:?}");
-    let checkpoint =
-        graph_rows(&mut falkor, graph, "MATCH (c:PgfanoutCheckpoint {sink: 'e2e_graph'}) RETURN c.lsn").await;
+    let checkpoint = store.rows(&format!("MATCH (c:PgfanoutCheckpoint {{sink: '{name}'}}) RETURN c.lsn")).await;
     let Cell::Str(checkpoint) = &checkpoint[0][0] else { panic!("checkpoint node: {checkpoint:?}") };
     let checkpoint: pgoutput::Lsn = checkpoint.parse().unwrap();
     wait_until("confirmed_flush_lsn reaches the graph checkpoint", Duration::from_secs(10), || async {
-        db.confirmed_flush_lsn("e2e_graph").await >= checkpoint.0
+        db.confirmed_flush_lsn(name).await >= checkpoint.0
     })
     .await;
     let applied = pgfanout
-        .metric(r#"pgfanout_sink_applied_total{op="insert",sink="e2e_graph",table="public.reservations"}"#)
+        .metric(&format!(r#"pgfanout_sink_applied_total{{op="insert",sink="{name}",table="public.reservations"}}"#))
         .await;
     assert!(applied.is_some_and(|count| count >= 5.0), "metrics: {:?}", pgfanout.metrics().await);
 
@@ -359,28 +461,28 @@ async fn graph_follows_rows_relationships_moves_deletes_and_derived_counts_throu
     // checkpoint node goes, the second slot sends the whole history again.
     pgfanout.signal("TERM");
     assert_eq!(pgfanout.wait_exit(Duration::from_secs(15)).await, Some(0));
-    graph_rows(&mut falkor, graph, "MATCH (c:PgfanoutCheckpoint) DELETE c").await;
-    let replay_config = graph_config(&db, "e2e_graph_replay", &http, &url, graph, TABLES);
-    let pgfanout = Pgfanout::start("e2e_graph_replay", &replay_config, &http);
+    store.rows("MATCH (c:PgfanoutCheckpoint) DELETE c").await;
+    let replay_config = graph_config(&db, &replay_slot, &http, &store.sink_lines(), name, &tables);
+    let pgfanout = Pgfanout::start(&replay_slot, &replay_config, &http);
     wait_ready(&http).await;
     let end = db.current_wal_lsn().await;
     wait_until("the replay slot catches up", Duration::from_secs(30), || async {
-        db.confirmed_flush_lsn("e2e_graph_replay").await >= end
+        db.confirmed_flush_lsn(&replay_slot).await >= end
     })
     .await;
     let replayed = pgfanout
-        .metric(r#"pgfanout_sink_applied_total{op="insert",sink="e2e_graph",table="public.reservations"}"#)
+        .metric(&format!(r#"pgfanout_sink_applied_total{{op="insert",sink="{name}",table="public.reservations"}}"#))
         .await;
     assert!(replayed.is_some_and(|count| count >= 5.0), "the history was applied again: {replayed:?}");
-    assert_eq!(graph_state(&mut falkor, graph).await, pg_state(&db).await, "a replay changes nothing");
+    assert_eq!(graph_state(&mut store).await, pg_state(&db).await, "a replay changes nothing");
 
     // TRUNCATE removes the tables' nodes and relationships; counts drop to none.
     db.client.batch_execute("TRUNCATE favorites, reservations").await.unwrap();
-    wait_for_graph_match(&db, &mut falkor, graph, &pgfanout).await;
-    let derived = graph_rows(&mut falkor, graph, "MATCH ()-[r:BOOKED_IN|INTERACTED_WITH]->() RETURN count(r)").await;
+    wait_for_graph_match(&db, &mut store, &pgfanout).await;
+    let derived = store.rows("MATCH ()-[r:BOOKED_IN|INTERACTED_WITH]->() RETURN count(r)").await;
     assert_eq!(derived, vec![vec![Cell::Int(0)]]);
     assert_eq!(
-        graph_rows(&mut falkor, graph, "MATCH (n:Property) RETURN count(n)").await,
+        store.rows("MATCH (n:Property) RETURN count(n)").await,
         vec![vec![Cell::Int(3)]],
         "other tables' nodes stay"
     );
@@ -401,31 +503,52 @@ INSERT INTO samples VALUES (1, 'a', -32768, 9223372036854775807, 1.5, -0.125, 12
 "#;
 
 #[tokio::test]
-async fn typed_values_round_trip_under_both_value_settings() {
-    let db = create_database("e2e_graph_types").await;
+async fn falkordb_keeps_typed_values_under_both_value_settings() {
+    typed_values_round_trip_under_both_value_settings(Backend::FalkorDb, "e2e_graph_types").await;
+}
+
+#[tokio::test]
+async fn neo4j_keeps_typed_values_under_both_value_settings() {
+    typed_values_round_trip_under_both_value_settings(Backend::Neo4j, "e2e_graph_types_neo4j").await;
+}
+
+/// Two sinks of one table, with the default value settings (label
+/// `Sample`) and with floats and epoch milliseconds (`SampleEpoch`); on
+/// FalkorDB each in a graph of its own, on Neo4j both in its one database.
+async fn typed_values_round_trip_under_both_value_settings(backend: Backend, name: &str) {
+    let db = create_database(name).await;
     db.client.batch_execute("CREATE TABLE samples (id int4 PRIMARY KEY)").await.unwrap();
-    let url = required_env("PGFANOUT_TEST_FALKORDB_URL");
-    let mut falkor = falkordb(&url, "e2e_graph_types").await;
-    let _ = falkordb(&url, "e2e_graph_types_epoch").await;
+    let mut store = GraphStore::open(backend, name).await;
+    let mut epoch_store = match backend {
+        Backend::FalkorDb => Some(GraphStore::open(backend, &format!("{name}_epoch")).await),
+        Backend::Neo4j => None,
+    };
+    let epoch_lines = epoch_store.as_ref().unwrap_or(&store).sink_lines();
     let http = format!("127.0.0.1:{}", free_port());
-    let table = "\n[[sink.table]]\nsource = \"public.samples\"\nlabel = \"Sample\"\nkey = [\"code\"]\n";
-    let mut config = graph_config(&db, &db.name, &http, &url, "e2e_graph_types", table);
+    let table =
+        |label: &str| format!("\n[[sink.table]]\nsource = \"public.samples\"\nlabel = \"{label}\"\nkey = [\"code\"]\n");
+    let mut config = graph_config(&db, &db.name, &http, &store.sink_lines(), name, &table("Sample"));
     config.push_str(&format!(
-        "\n[[sink]]\nname = \"e2e_graph_types_epoch\"\nkind = \"graph\"\ntransport = \"falkordb\"\nurl = \"{url}\"\n\
-         graph = \"e2e_graph_types_epoch\"\nnumeric = \"float\"\ntimestamps = \"epoch_millis\"\n{table}"
+        "\n[[sink]]\nname = \"{name}_epoch\"\nkind = \"graph\"\n{epoch_lines}\nnumeric = \"float\"\n\
+         timestamps = \"epoch_millis\"\n{}",
+        table("SampleEpoch")
     ));
     db.client.batch_execute("DROP TABLE samples").await.unwrap();
     db.client.batch_execute(SAMPLES.split("INSERT").next().unwrap()).await.unwrap();
-    let pgfanout = Pgfanout::start("e2e_graph_types", &config, &http);
+    let pgfanout = Pgfanout::start(name, &config, &http);
     wait_ready(&http).await;
     db.client.batch_execute(&format!("INSERT{}", SAMPLES.split("INSERT").nth(1).unwrap())).await.unwrap();
 
-    let query = "MATCH (s:Sample {code: 'a'}) RETURN s.id, s.i2, s.i8, s.f4, s.f8, s.n, s.b, s.t, s.d, s.ts, s.tstz, \
-                 s.u, s.j, s.ints, s.texts, s.matrix, s.by, s.nothing";
+    let query = |label: &str| {
+        format!(
+            "MATCH (s:{label} {{code: 'a'}}) RETURN s.id, s.i2, s.i8, s.f4, s.f8, s.n, s.b, s.t, s.d, s.ts, s.tstz, \
+             s.u, s.j, s.ints, s.texts, s.matrix, s.by, s.nothing"
+        )
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let rows = loop {
-        let mut rows = graph_rows(&mut falkor, "e2e_graph_types", query).await;
-        rows.extend(graph_rows(&mut falkor, "e2e_graph_types_epoch", query).await);
+        let mut rows = store.rows(&query("Sample")).await;
+        rows.extend(epoch_store.as_mut().unwrap_or(&mut store).rows(&query("SampleEpoch")).await);
         if rows.len() == 2 {
             break rows;
         }
@@ -535,7 +658,8 @@ async fn a_store_stopped_and_restarted_loses_nothing() {
     let mut server = OwnFalkorServer::start().await;
     let graph = "outage";
     let http = format!("127.0.0.1:{}", free_port());
-    let config = graph_config(&db, &db.name, &http, &server.url, graph, TABLES);
+    let store = format!("transport = \"falkordb\"\nurl = \"{}\"\ngraph = \"{graph}\"", server.url);
+    let config = graph_config(&db, &db.name, &http, &store, graph, TABLES);
     let pgfanout = Pgfanout::start("e2e_graph_outage", &config, &http);
     wait_ready(&http).await;
     db.client.batch_execute(SEED).await.unwrap();
@@ -567,9 +691,11 @@ async fn a_store_stopped_and_restarted_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.restart().await;
     workload.await.unwrap();
-    let mut falkor = redis_connection(&server.url).await;
-    wait_for_graph_match(&db, &mut falkor, graph, &pgfanout).await;
-    let counts = graph_rows(&mut falkor, graph, "MATCH (:User)-[r:BOOKED_IN]->() RETURN sum(r.count)").await;
+    let connection = redis_connection(&server.url).await;
+    let mut store =
+        GraphStore { falkor: Some((connection, graph.to_owned())), neo4j: None, url: server.url.clone(), _turn: None };
+    wait_for_graph_match(&db, &mut store, &pgfanout).await;
+    let counts = store.rows("MATCH (:User)-[r:BOOKED_IN]->() RETURN sum(r.count)").await;
     let expected: i64 = db.client.query_one("SELECT count(*) FROM reservations", &[]).await.unwrap().get::<_, i64>(0);
     // (FalkorDB's sum() is a float.)
     assert_eq!(counts, vec![vec![Cell::Float(expected as f64)]], "every reservation counted once");

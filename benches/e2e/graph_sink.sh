@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# End-to-end throughput of the graph sink into FalkorDB (Cypher over RESP):
-# a backlog of N reservation inserts (each a node with two foreign-key
-# relationships, whose targets are merged by key), applied with batching on,
-# and the round trips it took, counted by FalkorDB itself (INFO
-# commandstats: one MULTI/EXEC per sink call, plus the odd lone query).
+# End-to-end throughput of the graph sink: a backlog of N reservation
+# inserts (each a node with two foreign-key relationships, whose targets are
+# merged by key), applied with batching on, into FalkorDB (Cypher over RESP;
+# round trips counted by FalkorDB itself, INFO commandstats: one MULTI/EXEC
+# per sink call, plus the odd lone query) or Neo4j (Bolt; a sink call is one
+# transaction, BEGIN + one RUN per statement shape + COMMIT, counted from
+# pgfanout's batch metric; and the store's own ceiling in the same run:
+# UNWIND batches of 1,000 MERGEs of the same shape, by the `store_ceiling`
+# example).
 #
-#   benches/e2e/graph_sink.sh                  # N = 100,000 changes, 4 lanes
-#   N=20000 LANES=1 DERIVED=1 benches/e2e/graph_sink.sh
+#   benches/e2e/graph_sink.sh                  # N = 100,000 changes, 4 lanes, FalkorDB
+#   STORE=neo4j N=20000 LANES=1 DERIVED=1 benches/e2e/graph_sink.sh
 #
 # DERIVED=1 adds the (User)-[:BOOKED_IN {count}]->(City) rule, recomputed per
 # touched guest. Uses the local stack from the environment
 # (PGFANOUT_TEST_PG_URL, PGFANOUT_TEST_FALKORDB_URL, ...) when set, else
 # starts a throwaway one. Prints one line:
-#   changes=N seconds=S changes_per_second=R round_trips=T round_trips_per_1000=P
+#   changes=N seconds=S changes_per_second=R ... round_trips_per_1000=P   (FalkorDB)
+#   changes=N seconds=S changes_per_second=R ... transactions_per_1000=P ceiling_rows_per_second=C   (Neo4j)
 set -euo pipefail
 # shellcheck source=benches/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,9 +25,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 N=${N:-100000}
 LANES=${LANES:-4}
 DERIVED=${DERIVED:-0}
-(cd "$REPO_ROOT" && cargo build --release --quiet)
+STORE=${STORE:-falkordb}
+(cd "$REPO_ROOT" && cargo build --release --quiet -p pgfanout --example store_ceiling)
 FALKOR_PORT=${PGFANOUT_TEST_FALKORDB_URL##*:}
 FALKOR=(redis-cli -p "${FALKOR_PORT%%/*}")
+CYPHER=("$REPO_ROOT/.venv/bin/python" "$REPO_ROOT/deploy/local/cypher.py" "$PGFANOUT_TEST_NEO4J_URL")
 
 bench_database bench_graph <<'SQL'
 CREATE TABLE properties (id bigint PRIMARY KEY, city_id bigint NOT NULL, title text NOT NULL);
@@ -38,17 +45,24 @@ bench_backlog bench_graph "$N" "INSERT INTO reservations
     SELECT g, g % 500 + 1, g % 5000, date '2026-01-01' + g % 365, g % 1000 + 0.99, 'confirmed', now()
     FROM generate_series({lo}, {hi}) g"
 
-"${FALKOR[@]}" GRAPH.DELETE bench_graph >/dev/null 2>&1 || true
-"${FALKOR[@]}" CONFIG RESETSTAT >/dev/null
+if [[ $STORE == neo4j ]]; then
+    "${CYPHER[@]}" "MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS" >/dev/null
+    STORE_LINES="transport = \"bolt\"
+url = \"$PGFANOUT_TEST_NEO4J_URL\""
+else
+    "${FALKOR[@]}" GRAPH.DELETE bench_graph >/dev/null 2>&1 || true
+    "${FALKOR[@]}" CONFIG RESETSTAT >/dev/null
+    STORE_LINES="transport = \"falkordb\"
+url = \"$PGFANOUT_TEST_FALKORDB_URL\"
+graph = \"bench_graph\""
+fi
 
 bench_source bench_graph >"$WORK/pgfanout.toml"
 cat >>"$WORK/pgfanout.toml" <<TOML
 [[sink]]
 name = "bench_graph"
 kind = "graph"
-transport = "falkordb"
-url = "$PGFANOUT_TEST_FALKORDB_URL"
-graph = "bench_graph"
+$STORE_LINES
 [[sink.table]]
 source = "public.properties"
 label = "Property"
@@ -75,6 +89,20 @@ fi
 
 TOTAL=$((N + 500))
 bench_run "$WORK/pgfanout.toml" "$TOTAL"
+if [[ $STORE == neo4j ]]; then
+    BATCHES=$(curl -s "http://127.0.0.1:$HTTP_PORT/metrics" |
+        awk '/^pgfanout_sink_batch_size_count/ { s += $2 } END { print s + 0 }')
+    bench_stop
+    NODES=$("${CYPHER[@]}" "MATCH (r:Reservation) RETURN count(r)")
+    [[ $NODES == "$N" ]] || { echo "expected $N reservation nodes, found $NODES" >&2; exit 1; }
+    CEILING=$("$TARGET/release/examples/store_ceiling" neo4j "$PGFANOUT_TEST_NEO4J_URL" "$N" 1000)
+    awk -v n="$TOTAL" -v start="$START" -v end="$END" -v batches="$BATCHES" -v lanes="$LANES" -v derived="$DERIVED" \
+        -v ceiling="$CEILING" \
+        'BEGIN { s = end - start;
+                 printf "store=neo4j changes=%d seconds=%.2f changes_per_second=%.0f lanes=%d derived=%d transactions=%d transactions_per_1000=%.1f ceiling_rows_per_second=%s\n",
+                        n, s, n / s, lanes, derived, batches, batches * 1000 / n, ceiling }'
+    exit 0
+fi
 # A call's MULTI/EXEC is one round trip; queries outside a transaction (index
 # creation, the checkpoint read) are one each.
 STATS=$("${FALKOR[@]}" INFO commandstats | tr -d '\r')

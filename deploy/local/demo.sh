@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Live demo: a rental app's PostgreSQL database (sql/demo_schema.sql) under a
-# steady write workload (sql/demo_workload.sql), replicated by pgfanout into
-# Redis. Prints what lands in Redis every few seconds; Ctrl-C stops everything.
+# steady write workload (sql/demo_workload.sql), fanned out by pgfanout to
+# Redis, MongoDB (nx-27017), Cassandra and Neo4j. Prints a line per store
+# every few seconds; Ctrl-C stops everything.
 #
 #   deploy/local/demo.sh
 #
@@ -65,7 +66,7 @@ build() {
     else
         say "building pgfanout (cargo build --release)"
         cargo build --release
-        BIN="$REPO_ROOT/target/release/pgfanout"
+        BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgfanout"
     fi
     [[ -x $BIN ]] || {
         say "no pgfanout binary at $BIN"
@@ -81,17 +82,24 @@ start_stack() {
     source "$STACK_DIR/env"
     PG_PORT=$PGFANOUT_TEST_PG_PORT
     REDIS_PORT=${PGFANOUT_TEST_REDIS_URL##*:}
+    CQL_PORT=${PGFANOUT_TEST_CASSANDRA_NODES##*:}
 }
 
 load_schema() {
     "$PG_BIN/createdb" -h "$PGFANOUT_TEST_PG_SOCKET_DIR" -p "$PG_PORT" -U postgres app
     psql_app -d app -f sql/demo_schema.sql
+    # Cassandra's reservations_by_guest is keyed by guest_id: an update or
+    # delete must carry the old guest, so the old row carries every column.
+    psql_app -d app -c 'ALTER TABLE reservations REPLICA IDENTITY FULL'
     say "database 'app' loaded from sql/demo_schema.sql"
 }
 
 render_config() {
     CONFIG="$STACK_DIR/pgfanout.toml"
     sed -e "s/\${PG_PORT}/$PG_PORT/g" -e "s/\${REDIS_PORT}/$REDIS_PORT/g" \
+        -e "s/\${MONGO_PORT}/${PGFANOUT_TEST_MONGODB_URL##*:}/g" \
+        -e "s/\${CASSANDRA_NODES}/$PGFANOUT_TEST_CASSANDRA_NODES/g" \
+        -e "s|\${NEO4J_URL}|$PGFANOUT_TEST_NEO4J_URL|g" \
         deploy/local/pgfanout.toml.in >"$CONFIG"
 }
 
@@ -126,13 +134,38 @@ show_key() {
 
 count_keys() { redis-cli -p "$REDIS_PORT" --scan --pattern "$1" | wc -l; }
 
+# Documents in MongoDB's app.reservations; Cassandra rows of
+# rentals.reservations; Neo4j's Reservation nodes and their relationships.
+mongo_count() {
+    "$REPO_ROOT/.venv/bin/python" -c 'import sys, pymongo
+print(pymongo.MongoClient(sys.argv[1], serverSelectionTimeoutMS=2000).app.reservations.count_documents({}))' \
+        "$PGFANOUT_TEST_MONGODB_URL" 2>/dev/null || echo "?"
+}
+cassandra_count() {
+    local ids
+    ids=$("$REPO_ROOT/deploy/local/cql.py" "$CQL_PORT" "SELECT id FROM rentals.reservations" 2>/dev/null) || {
+        echo "?"
+        return
+    }
+    grep -c . <<<"$ids" || true
+}
+neo4j_count() {
+    "$REPO_ROOT/.venv/bin/python" "$REPO_ROOT/deploy/local/cypher.py" "$PGFANOUT_TEST_NEO4J_URL" \
+        "MATCH (r:Reservation) OPTIONAL MATCH (r)-[e]->() RETURN count(DISTINCT r) + ' Reservation nodes, ' + count(e) + ' relationships'" \
+        2>/dev/null || echo "?"
+}
+
 status() {
     local pg_rows newest
     pg_rows=$(psql_app -d app -Atc 'SELECT count(*) FROM reservations')
     newest=$(psql_app -d app -Atc 'SELECT max(id) FROM reservations')
     echo "---- $(date +%T)  workload: $(tail -n1 "$STACK_DIR/workload.log" 2>/dev/null | cut -c11-)"
-    echo "  reservations: $pg_rows in PostgreSQL, $(count_keys 'reservation:*') reservation:* keys in Redis" \
-        "| property:* keys: $(count_keys 'property:*') | all keys: $(redis-cli -p "$REDIS_PORT" DBSIZE)"
+    echo "  postgres   reservations: $pg_rows rows"
+    echo "  redis      $(count_keys 'reservation:*') reservation:* keys | property:* keys: $(count_keys 'property:*')" \
+        "| all keys: $(redis-cli -p "$REDIS_PORT" DBSIZE)"
+    echo "  mongodb    app.reservations: $(mongo_count) documents"
+    echo "  cassandra  rentals.reservations: $(cassandra_count) rows"
+    echo "  neo4j      $(neo4j_count)"
     echo "  newest: HGETALL reservation:$newest"
     show_key "reservation:$newest"
     echo "  metrics: curl $METRICS_URL"
@@ -145,7 +178,9 @@ main() {
     render_config
     start_pgfanout
     start_workload
-    say "redis-cli -p $REDIS_PORT   |   psql -h $PGFANOUT_TEST_PG_SOCKET_DIR -p $PG_PORT -U postgres app"
+    say "psql -h $PGFANOUT_TEST_PG_SOCKET_DIR -p $PG_PORT -U postgres app   |   redis-cli -p $REDIS_PORT"
+    say "deploy/local/cql.py $CQL_PORT 'SELECT * FROM rentals.reservations_by_guest LIMIT 5'"
+    say ".venv/bin/python deploy/local/cypher.py $PGFANOUT_TEST_NEO4J_URL 'MATCH (u:User)<-[:BOOKED_BY]-(r)-[:FOR]->(p) RETURN u.full_name, p.title LIMIT 5'"
     say "Ctrl-C to stop"
     while true; do
         if ! kill -0 "$PGFANOUT_PID" 2>/dev/null; then

@@ -2,9 +2,11 @@
 # The local stack: real servers for pgfanout's end-to-end tests and demo, on one
 # machine, without containers (see DESIGN.md, "Local stack").
 #
-#   stack.sh install      install what is missing (apt packages, .venv); idempotent
-#   stack.sh start DIR    start PostgreSQL 15, Redis, nx-27017 (MongoDB wire) and
-#                         FalkorDB (RESP + Bolt) on free ports; write DIR/env
+#   stack.sh install      install what is missing (apt packages, .venv, the
+#                         Cassandra and Neo4j jars through Maven); idempotent
+#   stack.sh start DIR    start PostgreSQL 15, Redis, nx-27017 (MongoDB wire),
+#                         FalkorDB (RESP + Bolt), Apache Cassandra and Neo4j
+#                         on free loopback ports; write DIR/env
 #   stack.sh stop DIR     stop whatever `start DIR` started; never fails
 #
 # Everything a stack owns (data, sockets, logs, pid files) lives in DIR, so
@@ -16,8 +18,25 @@ VENV="$REPO_ROOT/.venv"
 REQUIREMENTS="$REPO_ROOT/deploy/local/requirements.txt"
 PG_BIN=/usr/lib/postgresql/15/bin
 PG_USER=postgres
-# Seconds each service gets to answer before `start` gives up.
+# Seconds each service gets to answer before `start` gives up; the JVM
+# servers (Cassandra, Neo4j) take 20-40 s on two busy cores, so they get more.
 READY_TIMEOUT=${STACK_READY_TIMEOUT:-30}
+JVM_READY_TIMEOUT=${STACK_JVM_READY_TIMEOUT:-240}
+# Pinned versions of the servers fetched through Maven: Cassandra 5.0 runs on
+# Java 17 (not 24+: it installs a security manager), Neo4j 5.26 is the LTS
+# that still runs on Java 17 and speaks Bolt 4.4 (what neo4rs offers).
+CASSANDRA_VERSION=5.0.8
+NEO4J_VERSION=5.26.28
+MAVEN_DEPENDENCY_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+JAVA_HOME_17=${STACK_JAVA_HOME:-/usr/lib/jvm/java-17-openjdk-amd64}
+# Where the Maven classpaths and the compiled Neo4j launcher are kept (the
+# jars themselves stay in Maven's own cache, ~/.m2).
+CACHE_DIR=${PGFANOUT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pgfanout}
+CASSANDRA_HOME="$CACHE_DIR/cassandra-$CASSANDRA_VERSION"
+NEO4J_HOME="$CACHE_DIR/neo4j-$NEO4J_VERSION"
+# Heaps: enough for the tests' data, small enough for several stacks side by side.
+CASSANDRA_HEAP=${STACK_CASSANDRA_HEAP:-512m}
+NEO4J_HEAP=${STACK_NEO4J_HEAP:-512m}
 # How often a service is re-launched on a fresh port when its port was taken
 # between picking it and binding it.
 PORT_ATTEMPTS=3
@@ -29,7 +48,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -91,9 +110,66 @@ install_apt_packages() {
         ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
         missing+=(python3-venv)
     fi
+    # Java 17 (a JDK: the Neo4j launcher is compiled at install time) and Maven.
+    [[ -x $JAVA_HOME_17/bin/javac ]] || missing+=(openjdk-17-jdk-headless)
+    command -v mvn >/dev/null || missing+=(maven)
     if ((${#missing[@]})); then
         apt_install "${missing[@]}"
     fi
+}
+
+# maven_classpath DIR GROUP:ARTIFACT:VERSION...: resolve the artifacts and
+# their runtime dependencies through Maven (jars cached in ~/.m2) and write
+# their classpath to DIR/classpath.txt. Skipped when DIR already has the
+# classpath for exactly these artifacts and every jar on it still exists.
+maven_classpath() {
+    local dir=$1
+    shift
+    local want="$*" stamp="$dir/classpath.for" deps="" artifact group name version
+    if [[ -f $stamp && $(<"$stamp") == "$want" && -s $dir/classpath.txt ]] &&
+        tr ':' '\n' <"$dir/classpath.txt" | while read -r jar; do [[ -f $jar ]] || exit 1; done; then
+        return 0
+    fi
+    for artifact in "$@"; do
+        IFS=: read -r group name version <<<"$artifact"
+        deps+="<dependency><groupId>$group</groupId><artifactId>$name</artifactId><version>$version</version></dependency>"
+    done
+    mkdir -p "$dir"
+    cat >"$dir/pom.xml" <<EOF
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.pgfanout.stack</groupId><artifactId>$(basename "$dir")</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>$deps</dependencies>
+</project>
+EOF
+    log "maven: resolving $want (first time: a few minutes)"
+    if ! (cd "$dir" && JAVA_HOME=$JAVA_HOME_17 mvn -B -q "$MAVEN_DEPENDENCY_PLUGIN:build-classpath" \
+        -DincludeScope=runtime -Dmdep.outputFile=classpath.txt >"$dir/mvn.log" 2>&1); then
+        tail -n 20 "$dir/mvn.log" >&2
+        die "maven could not resolve $want (log: $dir/mvn.log)"
+    fi
+    echo "$want" >"$stamp"
+}
+
+install_cassandra() {
+    maven_classpath "$CASSANDRA_HOME" "org.apache.cassandra:cassandra-all:$CASSANDRA_VERSION"
+}
+
+# Neo4j's jars, and our launcher (deploy/local/neo4j/StackNeo4j.java)
+# compiled against them; recompiled when the source changes.
+install_neo4j() {
+    maven_classpath "$NEO4J_HOME" "org.neo4j:neo4j:$NEO4J_VERSION" "org.neo4j:neo4j-bolt:$NEO4J_VERSION"
+    local source="$REPO_ROOT/deploy/local/neo4j/StackNeo4j.java" want
+    want=$(cat "$source" "$NEO4J_HOME/classpath.txt" | sha256sum | cut -d' ' -f1)
+    if [[ -f $NEO4J_HOME/classes/StackNeo4j.class && $(cat "$NEO4J_HOME/classes.sha256" 2>/dev/null) == "$want" ]]; then
+        return 0
+    fi
+    log "javac: compiling the Neo4j launcher"
+    rm -rf "$NEO4J_HOME/classes"
+    "$JAVA_HOME_17/bin/javac" -nowarn -cp "$(<"$NEO4J_HOME/classpath.txt")" -d "$NEO4J_HOME/classes" "$source" ||
+        die "javac failed on $source"
+    echo "$want" >"$NEO4J_HOME/classes.sha256"
 }
 
 # The venv is (re)built only when requirements.txt changed since the last
@@ -118,6 +194,8 @@ install_venv() {
 cmd_install() {
     install_apt_packages
     install_venv
+    install_cassandra
+    install_neo4j
 }
 
 # ---------------------------------------------------------------------------
@@ -406,11 +484,79 @@ falkor_probe() {
         return 1
     fi
     timeout 10 redis-cli -p "$FALKOR_PORT" GRAPH.DELETE __stack_probe >/dev/null
-    python3 - "$BOLT_PORT" <<'EOF'
+    bolt_handshake "$BOLT_PORT" any
+}
+
+# ---------------------------------------------------------------------------
+# Apache Cassandra (cassandra-all from Maven, one node)
+# ---------------------------------------------------------------------------
+
+CASSANDRA_MAIN=org.apache.cassandra.service.CassandraDaemon
+
+# The node's config, made from deploy/local/cassandra/ for the current ports.
+cassandra_configure() {
+    local conf="$DIR/cassandra/conf"
+    mkdir -p "$conf"
+    sed -e "s/@STORAGE_PORT@/$CASSANDRA_STORAGE_PORT/g" -e "s/@CQL_PORT@/$CASSANDRA_PORT/g" \
+        "$REPO_ROOT/deploy/local/cassandra/cassandra.yaml.in" >"$conf/cassandra.yaml"
+    cp "$REPO_ROOT/deploy/local/cassandra/logback.xml" "$conf/logback.xml"
+}
+
+cassandra_launch() {
+    cassandra_configure
+    local classpath jamm
+    classpath=$(<"$CASSANDRA_HOME/classpath.txt")
+    # jamm measures object sizes exactly as an agent (Cassandra falls back
+    # to estimates without it).
+    jamm=$(tr ':' '\n' <<<"$classpath" | grep -m1 '/jamm-[^/]*\.jar$' || true)
+    # java runs directly (no bin/cassandra script): its flags are ours, in
+    # deploy/local/cassandra/jvm.options.
+    launch cassandra "$JAVA_HOME_17/bin/java" "@$REPO_ROOT/deploy/local/cassandra/jvm.options" \
+        "-Xms$CASSANDRA_HEAP" "-Xmx$CASSANDRA_HEAP" ${jamm:+"-javaagent:$jamm"} \
+        "-Dcassandra.config=file://$DIR/cassandra/conf/cassandra.yaml" \
+        "-Dcassandra.storagedir=$DIR/cassandra/data" "-Dcassandra.logdir=$DIR/cassandra/logs" \
+        "-Dlogback.configurationFile=$DIR/cassandra/conf/logback.xml" \
+        -cp "$DIR/cassandra/conf:$classpath" "$CASSANDRA_MAIN"
+}
+
+# cql_query PORT CQL: one query over the CQL native protocol, rows printed
+# tab-separated (deploy/local/cql.py: no driver or cqlsh needed).
+cql_query() { python3 "$REPO_ROOT/deploy/local/cql.py" "$@"; }
+
+cassandra_ready() {
+    tcp_open "$CASSANDRA_PORT" &&
+        [[ $(cql_query "$CASSANDRA_PORT" "SELECT release_version FROM system.local") == "$CASSANDRA_VERSION" ]]
+}
+
+# ---------------------------------------------------------------------------
+# Neo4j (org.neo4j:neo4j + neo4j-bolt from Maven, our StackNeo4j launcher)
+# ---------------------------------------------------------------------------
+
+neo4j_launch() {
+    mkdir -p "$DIR/neo4j"
+    # The add-opens are those of Neo4j's own neo4j.conf for Java 17.
+    launch neo4j "$JAVA_HOME_17/bin/java" "-Xms$NEO4J_HEAP" "-Xmx$NEO4J_HEAP" -XX:+UseG1GC \
+        --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED \
+        --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --enable-native-access=ALL-UNNAMED \
+        -Dio.netty.tryReflectionSetAccessible=true -Djdk.nio.maxCachedBufferSize=1024 \
+        -cp "$NEO4J_HOME/classes:$(<"$NEO4J_HOME/classpath.txt")" StackNeo4j "$DIR/neo4j" "$NEO4J_PORT"
+}
+
+# The launcher prints READY once the default database has run a query;
+# then a Bolt 4.4 handshake must be accepted (what neo4rs asks for).
+neo4j_ready() {
+    grep -qs "^READY $NEO4J_PORT\$" "$DIR/neo4j.out" && bolt_handshake "$NEO4J_PORT" 4
+}
+
+# bolt_handshake PORT MAJOR: the server picks a version we offer (MAJOR.x).
+bolt_handshake() {
+    python3 - "$@" <<'EOF'
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
-s.sendall(b"\x60\x60\xb0\x17" + bytes([0, 7, 7, 5]) + bytes([0, 0, 4, 4])
-          + bytes([0, 0, 0, 4]) + bytes([0, 0, 0, 0]))
+offer = [bytes([0, 7, 7, 5]), bytes([0, 0, 4, 4]), bytes([0, 0, 0, 4]), bytes(4)]
+if sys.argv[2] == "4":
+    offer = [bytes([0, 4, 4, 4]), bytes(4), bytes(4), bytes(4)]
+s.sendall(b"\x60\x60\xb0\x17" + b"".join(offer))
 v = s.recv(4)
 if len(v) != 4 or v == b"\0\0\0\0":
     sys.exit(f"Bolt handshake refused: {v!r}")
@@ -431,6 +577,8 @@ bring_up() {
         redis) logs="$DIR/redis.log $DIR/redis.out" check=redis_ready ;;
         mongo) logs="$DIR/mongo.out $DIR/mongo.log" check=mongo_ready ;;
         falkordb) logs="$DIR/falkordb.log $DIR/falkordb.out" check=falkor_ready ;;
+        cassandra) logs="$DIR/cassandra.out" check=cassandra_ready ;;
+        neo4j) logs="$DIR/neo4j.out $DIR/neo4j/logs/debug.log" check=neo4j_ready ;;
         esac
         [[ $name == postgres ]] || pid=$(pid_from "$DIR/$name.pid")
         rc=0
@@ -446,6 +594,8 @@ bring_up() {
             redis) read -r REDIS_PORT < <(free_ports 1) && redis_launch ;;
             mongo) read -r MONGO_PORT < <(free_ports 1) && mongo_launch ;;
             falkordb) read -r FALKOR_PORT BOLT_PORT < <(free_ports 2) && falkor_launch ;;
+            cassandra) read -r CASSANDRA_PORT CASSANDRA_STORAGE_PORT < <(free_ports 2) && cassandra_launch ;;
+            neo4j) read -r NEO4J_PORT < <(free_ports 1) && neo4j_launch ;;
             esac
             continue
         fi
@@ -461,6 +611,8 @@ stop_one() {
     redis) kill_pid "$(pid_from "$DIR/redis.pid")" redis-server ;;
     mongo) kill_pid "$(pid_from "$DIR/mongo.pid")" nx_27017 ;;
     falkordb) kill_pid "$(pid_from "$DIR/falkordb.pid")" redis-server ;;
+    cassandra) kill_pid "$(pid_from "$DIR/cassandra.pid")" "$CASSANDRA_MAIN" ;;
+    neo4j) kill_pid "$(pid_from "$DIR/neo4j.pid")" StackNeo4j ;;
     esac
 }
 
@@ -482,6 +634,8 @@ PGFANOUT_TEST_MONGODB_URL mongodb://127.0.0.1:$MONGO_PORT
 PGFANOUT_TEST_FALKORDB_URL redis://127.0.0.1:$FALKOR_PORT
 PGFANOUT_TEST_BOLT_URL bolt://127.0.0.1:$BOLT_PORT
 PGFANOUT_TEST_FALKORDB_BIN $FALKOR_BIN
+PGFANOUT_TEST_CASSANDRA_NODES 127.0.0.1:$CASSANDRA_PORT
+PGFANOUT_TEST_NEO4J_URL bolt://127.0.0.1:$NEO4J_PORT
 PGFANOUT_TEST_STACK_DIR $DIR
 EOF
     } >"$DIR/env.tmp"
@@ -504,10 +658,17 @@ cmd_start() {
     # running behind.
     trap 'on_start_exit $?' EXIT
 
+    [[ -s $CASSANDRA_HOME/classpath.txt && -f $NEO4J_HOME/classes/StackNeo4j.class ]] ||
+        die "Cassandra or Neo4j is not installed: run '$0 install' first"
     FALKOR_BIN=$(falkor_bin_dir)
-    read -r PG_PORT REDIS_PORT MONGO_PORT FALKOR_PORT BOLT_PORT < <(free_ports 5)
+    read -r PG_PORT REDIS_PORT MONGO_PORT FALKOR_PORT BOLT_PORT CASSANDRA_PORT CASSANDRA_STORAGE_PORT \
+        NEO4J_PORT < <(free_ports 8)
 
-    # Launch the quick ones first, then do initdb while they boot.
+    # The JVM servers first (they take longest), then the quick ones; initdb
+    # runs while they all boot.
+    local started=$SECONDS
+    cassandra_launch
+    neo4j_launch
     redis_launch
     falkor_launch
     mongo_launch
@@ -515,7 +676,8 @@ cmd_start() {
     pg_launch
 
     local svc failed=()
-    for svc in redis falkordb mongo postgres; do
+    for svc in redis falkordb mongo postgres cassandra neo4j; do
+        if [[ $svc == cassandra ]]; then READY_TIMEOUT=$JVM_READY_TIMEOUT; fi
         bring_up "$svc" || failed+=("$svc")
     done
     if ((${#failed[@]} == 0)); then
@@ -527,7 +689,8 @@ cmd_start() {
     fi
     write_env
     trap - EXIT
-    log "up in $DIR: postgres :$PG_PORT, redis :$REDIS_PORT, mongo :$MONGO_PORT, falkordb :$FALKOR_PORT (bolt :$BOLT_PORT)"
+    log "up in $DIR after $((SECONDS - started)) s: postgres :$PG_PORT, redis :$REDIS_PORT, mongo :$MONGO_PORT," \
+        "falkordb :$FALKOR_PORT (bolt :$BOLT_PORT), cassandra :$CASSANDRA_PORT, neo4j bolt :$NEO4J_PORT"
 }
 
 on_start_exit() {
@@ -541,7 +704,7 @@ cmd_stop() {
     [[ -d $DIR ]] || return 0
     # Stopped side by side: each may take a moment to shut down.
     local svc
-    for svc in postgres redis mongo falkordb; do
+    for svc in postgres redis mongo falkordb cassandra neo4j; do
         stop_one "$svc" &
     done
     wait || true

@@ -65,6 +65,16 @@ fn index_statement(index: &IndexSpec) -> String {
     }
 }
 
+/// Whether a Neo4j error code says the schema rule being created exists.
+fn index_exists(code: &str) -> bool {
+    matches!(
+        code,
+        "Neo.ClientError.Schema.EquivalentSchemaRuleAlreadyExists"
+            | "Neo.ClientError.Schema.IndexAlreadyExists"
+            | "Neo.ClientError.Schema.ConstraintAlreadyExists"
+    )
+}
+
 /// A Neo4j database reached over Bolt.
 pub struct BoltTransport {
     graph: neo4rs::Graph,
@@ -200,7 +210,14 @@ impl BoltTransport {
                 Some(database) => self.graph.run_on(database.as_str(), query).await,
                 None => self.graph.run(query).await,
             };
-            result.map(|_| ()).map_err(|err| self.classify(text.clone(), err))
+            match result {
+                Ok(_) => Ok(()),
+                // Lanes create the same index side by side, and Neo4j's
+                // IF NOT EXISTS does not cover a concurrent creation: the
+                // loser is told the index exists, which is what it wanted.
+                Err(neo4rs::Error::Neo4j(server)) if index_exists(server.code()) => Ok(()),
+                Err(err) => Err(self.classify(text.clone(), err)),
+            }
         })
         .await
     }
@@ -221,6 +238,12 @@ mod tests {
         assert_eq!(map.get::<i64>("id").unwrap(), 7);
         assert_eq!(map.get::<Vec<String>>("tags").unwrap(), vec!["a".to_owned()]);
         assert!(matches!(map.value.get(&BoltString::new("gone")), Some(BoltType::Null(_))));
+    }
+
+    #[test]
+    fn an_index_created_by_another_lane_counts_as_created() {
+        assert!(index_exists("Neo.ClientError.Schema.EquivalentSchemaRuleAlreadyExists"));
+        assert!(!index_exists("Neo.ClientError.Statement.SyntaxError"));
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! batch the same timestamp, so two statements on one row never share a
 //! batch or a wave; with them, everything goes in one wave.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -98,7 +99,7 @@ impl TargetSchema {
             .iter()
             .filter(|(column, _)| !existing.contains(column))
             .map(|(column, cql_type)| {
-                (column.clone(), format!("ALTER TABLE {keyspace}.{} ADD {column} {cql_type}", self.table))
+                (column.clone(), format!("ALTER TABLE {keyspace}.{} ADD {} {cql_type}", self.table, cql_name(column)))
             })
             .collect()
     }
@@ -415,7 +416,7 @@ impl CqlEncoder {
         let timestamp = if self.write_timestamps { " USING TIMESTAMP ?" } else { "" };
         let mut delete = format!("DELETE FROM {qualified}{timestamp} WHERE ");
         for (i, (_, name)) in partition.iter().chain(&clustering).enumerate() {
-            let _ = write!(delete, "{}{name} = ?", if i == 0 { "" } else { " AND " });
+            let _ = write!(delete, "{}{} = ?", if i == 0 { "" } else { " AND " }, cql_name(name));
         }
         let write_using = match (self.write_timestamps, target.ttl_secs) {
             (true, Some(ttl)) => format!(" USING TIMESTAMP ? AND TTL {ttl}"),
@@ -429,9 +430,9 @@ impl CqlEncoder {
         };
         let mut create = format!("CREATE TABLE IF NOT EXISTS {qualified} (");
         for &position in partition.iter().chain(&clustering).map(|(p, _)| p).chain(&values) {
-            let _ = write!(create, "{} {}, ", shape.columns[position].name, cql_type(position));
+            let _ = write!(create, "{} {}, ", cql_name(&shape.columns[position].name), cql_type(position));
         }
-        let names = |keys: &[(usize, String)]| keys.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
+        let names = |keys: &[(usize, String)]| keys.iter().map(|(_, n)| cql_name(n)).collect::<Vec<_>>().join(", ");
         let _ = write!(create, "PRIMARY KEY (({})", names(&partition));
         if !clustering.is_empty() {
             let _ = write!(create, ", {}", names(&clustering));
@@ -458,6 +459,84 @@ impl CqlEncoder {
 
 fn default_target() -> TargetOptions {
     TargetOptions { table: None, partition_key: vec![], clustering_key: vec![], columns: None, ttl_secs: None }
+}
+
+/// CQL's reserved words (Cassandra 5.0 and ScyllaDB): a column may be
+/// named like one only when quoted.
+const RESERVED_WORDS: &[&str] = &[
+    "add",
+    "allow",
+    "alter",
+    "and",
+    "apply",
+    "asc",
+    "authorize",
+    "batch",
+    "begin",
+    "by",
+    "columnfamily",
+    "create",
+    "default",
+    "delete",
+    "desc",
+    "describe",
+    "drop",
+    "entries",
+    "execute",
+    "from",
+    "full",
+    "grant",
+    "if",
+    "in",
+    "index",
+    "infinity",
+    "insert",
+    "into",
+    "is",
+    "keyspace",
+    "limit",
+    "materialized",
+    "mbean",
+    "mbeans",
+    "modify",
+    "nan",
+    "norecursive",
+    "not",
+    "null",
+    "of",
+    "on",
+    "or",
+    "order",
+    "primary",
+    "rename",
+    "replace",
+    "revoke",
+    "schema",
+    "select",
+    "set",
+    "table",
+    "to",
+    "token",
+    "truncate",
+    "unlogged",
+    "unset",
+    "update",
+    "use",
+    "using",
+    "view",
+    "where",
+    "with",
+];
+
+/// A plain (lower-case) name as it goes into CQL text: quoted when it is a
+/// reserved word (`"token"`; quoting a lower-case name keeps it the same
+/// name), as it is otherwise.
+pub fn cql_name(name: &str) -> Cow<'_, str> {
+    if RESERVED_WORDS.contains(&name) {
+        Cow::Owned(format!("\"{name}\""))
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 fn identity_error(source: &str, target: &str, column: &str) -> ScyllaSinkError {
@@ -541,12 +620,12 @@ impl ResolvedTarget {
     }
 
     fn insert_text(&self, present: &[usize]) -> String {
-        let names: Vec<&str> = self
+        let names: Vec<Cow<'_, str>> = self
             .partition
             .iter()
             .chain(&self.clustering)
-            .map(|(_, name)| name.as_str())
-            .chain(present.iter().map(|&p| self.schema_column_name(p)))
+            .map(|(_, name)| cql_name(name))
+            .chain(present.iter().map(|&p| cql_name(self.schema_column_name(p))))
             .collect();
         let markers = vec!["?"; names.len()].join(", ");
         format!("INSERT INTO {} ({}) VALUES ({markers}){}", self.qualified, names.join(", "), self.write_using)
@@ -718,6 +797,12 @@ mod tests {
 
     fn col(value: Value) -> Bound {
         Bound::Column(value)
+    }
+
+    #[test]
+    fn reserved_words_are_quoted_as_column_names() {
+        assert_eq!(cql_name("token"), "\"token\"");
+        assert_eq!(cql_name("guest_id"), "guest_id");
     }
 
     #[test]
