@@ -186,7 +186,11 @@ impl Pipeline {
         let end_lsn = transaction.end_lsn;
         let transaction = Arc::new(transaction);
         for route in &self.routes {
-            let Some(routed) = route_for(&transaction, route)? else { continue };
+            let Some(routed) =
+                route_for(&transaction, &route.tables).map_err(filter_error(route, transaction.commit_lsn))?
+            else {
+                continue;
+            };
             route
                 .queue
                 .send(routed)
@@ -217,7 +221,10 @@ impl Pipeline {
             self.count_events(&piece);
             let piece = Arc::new(piece);
             for (route, received) in self.routes.iter().zip(&mut received_piece) {
-                let Some(routed) = route_for(&piece, route)? else { continue };
+                let Some(routed) = route_for(&piece, &route.tables).map_err(filter_error(route, piece.commit_lsn))?
+                else {
+                    continue;
+                };
                 route
                     .queue
                     .send_piece(routed)
@@ -257,21 +264,17 @@ impl Pipeline {
     }
 }
 
-/// The part of `transaction` the sink of `route` receives, mapped: the
+/// The error for a change of the transaction at `commit_lsn` that the
+/// filter of `route`'s sink could not decide on.
+fn filter_error(route: &Route, commit_lsn: Lsn) -> impl FnOnce((u32, MappingError)) -> PipelineError + '_ {
+    move |(ordinal, source)| PipelineError::Filter { sink: route.sink.clone(), commit_lsn, ordinal, source }
+}
+
+/// The part of `transaction` a sink routing `tables` receives, mapped: the
 /// whole transaction shared when every change is routed unmapped, a mapped
 /// or filtered copy otherwise, nothing when no change is left; the ordinal
 /// of the change a filter could not decide on, and why, on error.
-fn route_for(transaction: &Arc<Transaction>, route: &Route) -> Result<Option<Arc<Transaction>>, PipelineError> {
-    map_for(transaction, &route.tables).map_err(|(ordinal, source)| PipelineError::Filter {
-        sink: route.sink.clone(),
-        commit_lsn: transaction.commit_lsn,
-        ordinal,
-        source,
-    })
-}
-
-/// [`route_for`]'s mapping, with the failing change's ordinal on error.
-fn map_for(
+fn route_for(
     transaction: &Arc<Transaction>,
     tables: &HashMap<TableName, Arc<TableMapping>>,
 ) -> Result<Option<Arc<Transaction>>, (u32, MappingError)> {
