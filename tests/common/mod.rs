@@ -207,6 +207,11 @@ pub struct Pgfanout {
 impl Pgfanout {
     /// Writes `config` to a file and starts `pgfanout run` with it.
     pub fn start(name: &str, config: &str, http: &str) -> Pgfanout {
+        Pgfanout::start_with_env(name, config, http, &[])
+    }
+
+    /// [`Pgfanout::start`] with extra environment variables (secrets).
+    pub fn start_with_env(name: &str, config: &str, http: &str, env: &[(&str, &str)]) -> Pgfanout {
         // One folder per test process: logs of earlier runs do not mix in.
         let dir = std::env::temp_dir().join(format!("pgfanout-tests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -219,6 +224,7 @@ impl Pgfanout {
             .arg(&config_path)
             // PGFANOUT_TEST_LOG overrides the filter, e.g. "trace" to see every message.
             .env("PGFANOUT_LOG", std::env::var("PGFANOUT_TEST_LOG").unwrap_or_else(|_| "info,pgfanout=debug".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
