@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The local stack: real servers for pgfanout's end-to-end tests and demo, on one
-# machine, without containers (see DESIGN.md, "Local stack").
+# machine, without containers (README.md, "The local stack").
 #
 #   stack.sh install      install what is missing (apt packages, .venv, the
 #                         Cassandra and Neo4j jars through Maven); idempotent
