@@ -6,7 +6,7 @@
 //! stream will announce (the published columns, their types, the key columns
 //! by the same rule as the pipeline: the primary key, or the replica
 //! identity index). Then, per sink routing the table, the mapping checks its
-//! filter against that shape ([`TableMapping::check`]) and the sink checks
+//! filter against that shape ([`pgfanout_core::TableMapping::check`]) and the sink checks
 //! the shape it will receive ([`pgfanout_core::Sink::table_problems`]): a key it cannot
 //! build (a table without a primary key and no key columns named in the
 //! config), key columns outside what an update or delete carries, columns
