@@ -15,12 +15,6 @@ async fn wait_for_readiness(http: &str) {
         .await;
 }
 
-async fn redis_checkpoint(redis: &mut redis::aio::MultiplexedConnection, sink: &str) -> u64 {
-    let stored: Option<String> =
-        redis::cmd("GET").arg(format!("pgfanout:checkpoint:{sink}")).query_async(redis).await.unwrap();
-    stored.map(|text| text.parse::<pgoutput::Lsn>().unwrap().0).unwrap_or(0)
-}
-
 #[tokio::test]
 async fn the_checkpoint_waits_for_the_slowest_of_two_sinks() {
     let db = create_database("e2e_two_sinks").await;

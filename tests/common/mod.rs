@@ -131,6 +131,13 @@ pub async fn table_as_text(
     rows
 }
 
+/// The checkpoint a Redis sink named `sink` stores (its default key), or 0.
+pub async fn redis_checkpoint(redis: &mut redis::aio::MultiplexedConnection, sink: &str) -> u64 {
+    let stored: Option<String> =
+        redis::cmd("GET").arg(format!("pgfanout:checkpoint:{sink}")).query_async(redis).await.unwrap();
+    stored.map(|text| text.parse::<pgoutput::Lsn>().unwrap().0).unwrap_or(0)
+}
+
 /// A Redis connection to one logical database, emptied first.
 ///
 /// Replies may take seconds on a loaded two-core machine (a graph query while
