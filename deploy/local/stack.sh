@@ -37,6 +37,9 @@ NEO4J_HOME="$CACHE_DIR/neo4j-$NEO4J_VERSION"
 # Heaps: enough for the tests' data, small enough for several stacks side by side.
 CASSANDRA_HEAP=${STACK_CASSANDRA_HEAP:-512m}
 NEO4J_HEAP=${STACK_NEO4J_HEAP:-512m}
+# STACK_JVM=0 leaves Cassandra and Neo4j out (saves ~2 GB of memory when the
+# tests at hand do not need them); their PGFANOUT_TEST_* variables are then unset.
+WITH_JVM=${STACK_JVM:-1}
 # How often a service is re-launched on a fresh port when its port was taken
 # between picking it and binding it.
 PORT_ATTEMPTS=3
@@ -634,10 +637,12 @@ PGFANOUT_TEST_MONGODB_URL mongodb://127.0.0.1:$MONGO_PORT
 PGFANOUT_TEST_FALKORDB_URL redis://127.0.0.1:$FALKOR_PORT
 PGFANOUT_TEST_BOLT_URL bolt://127.0.0.1:$BOLT_PORT
 PGFANOUT_TEST_FALKORDB_BIN $FALKOR_BIN
-PGFANOUT_TEST_CASSANDRA_NODES 127.0.0.1:$CASSANDRA_PORT
-PGFANOUT_TEST_NEO4J_URL bolt://127.0.0.1:$NEO4J_PORT
 PGFANOUT_TEST_STACK_DIR $DIR
 EOF
+        if [[ $WITH_JVM == 1 ]]; then
+            printf 'export %s=%q\n' PGFANOUT_TEST_CASSANDRA_NODES "127.0.0.1:$CASSANDRA_PORT" \
+                PGFANOUT_TEST_NEO4J_URL "bolt://127.0.0.1:$NEO4J_PORT"
+        fi
     } >"$DIR/env.tmp"
     mv "$DIR/env.tmp" "$DIR/env"
 }
@@ -667,8 +672,12 @@ cmd_start() {
     # The JVM servers first (they take longest), then the quick ones; initdb
     # runs while they all boot.
     local started=$SECONDS
-    cassandra_launch
-    neo4j_launch
+    local services=(redis falkordb mongo postgres)
+    if [[ $WITH_JVM == 1 ]]; then
+        cassandra_launch
+        neo4j_launch
+        services+=(cassandra neo4j)
+    fi
     redis_launch
     falkor_launch
     mongo_launch
@@ -676,7 +685,7 @@ cmd_start() {
     pg_launch
 
     local svc failed=()
-    for svc in redis falkordb mongo postgres cassandra neo4j; do
+    for svc in "${services[@]}"; do
         if [[ $svc == cassandra ]]; then READY_TIMEOUT=$JVM_READY_TIMEOUT; fi
         bring_up "$svc" || failed+=("$svc")
     done
