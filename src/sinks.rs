@@ -1,6 +1,6 @@
 //! The sink registry: every sink kind is declared here, once.
 //!
-//! A kind is one line of [`sink_kinds!`] (its `kind = "…"` value, its
+//! A kind is one line of the `sink_kinds!` invocation below (its `kind = "…"` value, its
 //! config type) and one [`SinkKind`] implementation on that config type:
 //! how to name, validate and build the sink, which tables it routes, which
 //! of them need `REPLICA IDENTITY FULL`, and whether its URL takes a password
