@@ -62,7 +62,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping};
+use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping, TlsConfig};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -132,6 +132,12 @@ pub struct GraphSinkConfig {
     /// batch is retried on a new connection. Default: 30000.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// Certificate files for TLS, `[sink.tls]` (`ca_file`, `cert_file`,
+    /// `key_file`), with a `rediss://` (FalkorDB) or `bolt+s://`/`neo4j+s://`
+    /// (Bolt) url. The server's certificate is verified against `ca_file`,
+    /// else the system's roots, and must name the URL's host. Default: none.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Lanes and error policy, `[sink.delivery]`.
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -375,6 +381,19 @@ impl GraphSinkConfig {
         };
         if !schemes.iter().any(|scheme| self.url.starts_with(scheme)) {
             problems.push(format!("sink {name}: url must start with one of {} for this transport", schemes.join(", ")));
+        }
+        if let Some(tls) = &self.tls {
+            let tls_schemes: &[&str] = match self.transport {
+                Transport::Falkordb => &["rediss://"],
+                Transport::Bolt => &["bolt+s://", "neo4j+s://"],
+            };
+            if !tls_schemes.iter().any(|scheme| self.url.starts_with(scheme)) {
+                problems.push(format!(
+                    "sink {name}: [sink.tls] is set but the url does not start with {}; use it to connect with TLS",
+                    tls_schemes.join(" or ")
+                ));
+            }
+            problems.extend(tls.problems(name));
         }
         if self.graph.as_deref().is_some_and(str::is_empty) {
             problems.push(format!("sink {name}: graph must not be empty"));
