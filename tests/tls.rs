@@ -129,6 +129,15 @@ async fn redis_mongodb_and_falkordb_over_tls() {
     let falkor = TlsTerminator::start(&pki, stack_address("PGFANOUT_TEST_FALKORDB_URL")).await;
     let http = format!("127.0.0.1:{}", free_port());
     let name = &db.name;
+    // What an earlier run left in the shared stores (checkpoints included).
+    let mongo_plain = mongodb::Client::with_uri_str(required_env("PGFANOUT_TEST_MONGODB_URL")).await.unwrap();
+    mongo_plain.database(name).drop().await.unwrap();
+    let mut falkor_plain = redis::Client::open(required_env("PGFANOUT_TEST_FALKORDB_URL"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: Result<(), _> = redis::cmd("GRAPH.DELETE").arg(name).query_async(&mut falkor_plain).await;
     let mongo_client_file = pki.client_cert_and_key();
     let config = format!(
         "{source}
@@ -181,16 +190,10 @@ label = \"TlsItem\"
     let name_of_2: Option<String> = redis::cmd("HGET").arg("item:2").arg("name").query_async(&mut plain).await.unwrap();
     assert_eq!(name_of_2.as_deref(), Some("two"));
 
-    let mongo_plain = mongodb::Client::with_uri_str(required_env("PGFANOUT_TEST_MONGODB_URL")).await.unwrap();
     let documents =
         mongo_plain.database(name).collection::<bson::Document>("items").count_documents(bson::doc! {}).await.unwrap();
     assert_eq!(documents, 3);
 
-    let mut falkor_plain = redis::Client::open(required_env("PGFANOUT_TEST_FALKORDB_URL"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let reply: redis::Value = redis::cmd("GRAPH.QUERY")
         .arg(name)
         .arg("MATCH (n:TlsItem) RETURN count(n)")
@@ -221,6 +224,20 @@ async fn cassandra_and_neo4j_over_tls() {
     let http = format!("127.0.0.1:{}", free_port());
     let name = &db.name;
     let ca = stack_ca();
+    // What an earlier run left in the shared stores (checkpoints included).
+    let session = scylla::client::session_builder::SessionBuilder::new().known_node(&cassandra).build().await.unwrap();
+    session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ()).await.unwrap();
+    let plain = format!("bolt://{neo4j}");
+    let graph = neo4rs::Graph::connect(
+        neo4rs::ConfigBuilder::default().uri(&plain).user("neo4j").password("").build().unwrap(),
+    )
+    .unwrap();
+    graph
+        .run(neo4rs::query(
+            "MATCH (n) WHERE n:TlsItem OR (n:PgfanoutCheckpoint AND n.sink = 'tls_neo4j') DETACH DELETE n",
+        ))
+        .await
+        .unwrap();
     let config = format!(
         "{source}
 [[sink]]
@@ -236,7 +253,7 @@ replication = \"{{'class': 'SimpleStrategy', 'replication_factor': 1}}\"
 source = \"public.items\"
 
 [[sink]]
-name = \"neo4j\"
+name = \"tls_neo4j\"
 kind = \"graph\"
 transport = \"bolt\"
 url = \"bolt+s://{neo4j}\"
@@ -253,17 +270,11 @@ label = \"TlsItem\"
     let mut pgfanout = Pgfanout::start_with_env("tls_jvm", &config, &http, &role.env());
     replicate_three_rows(&db, &mut pgfanout).await;
 
-    let session = scylla::client::session_builder::SessionBuilder::new().known_node(&cassandra).build().await.unwrap();
     let rows = session.query_unpaged(format!("SELECT count(*) FROM {name}.items"), ()).await.unwrap();
     let (count,): (i64,) = rows.into_rows_result().unwrap().single_row().unwrap();
     assert_eq!(count, 3);
     session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ()).await.unwrap();
 
-    let plain = format!("bolt://{neo4j}");
-    let graph = neo4rs::Graph::connect(
-        neo4rs::ConfigBuilder::default().uri(&plain).user("neo4j").password("").build().unwrap(),
-    )
-    .unwrap();
     let mut result = graph.execute(neo4rs::query("MATCH (n:TlsItem) RETURN count(n) AS c")).await.unwrap();
     let row = result.next().await.unwrap().expect("one row");
     assert_eq!(row.get::<i64>("c").unwrap(), 3);

@@ -102,6 +102,18 @@ impl TlsConfig {
     }
 }
 
+/// What to check when a connection error says the server's certificate
+/// was refused (`None` for any other error). The drivers' own words
+/// ("invalid peer certificate: UnknownIssuer", "certificate verify failed")
+/// say what failed, not what to do.
+pub fn certificate_hint(error: &str) -> Option<&'static str> {
+    let lower = error.to_ascii_lowercase();
+    (lower.contains("certificate") && !lower.contains("tls.")).then_some(
+        "the store's TLS certificate was not accepted: it must be signed by a CA in [sink.tls] ca_file \
+         (the system's roots when unset) and name the host or IP address the sink connects to",
+    )
+}
+
 /// The file's bytes, when it holds at least one PEM block whose label ends
 /// with `kind` (`PRIVATE KEY` matches PKCS#8, PKCS#1 `RSA` and SEC1 `EC` keys).
 fn read_pem(path: &Path, kind: &str) -> Result<Vec<u8>, String> {
@@ -129,6 +141,15 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn certificate_errors_get_a_hint_and_others_none() {
+        assert!(certificate_hint("cannot reach redis at h:6380: invalid peer certificate: UnknownIssuer").is_some());
+        assert!(certificate_hint("ssl routines: certificate verify failed").is_some());
+        assert!(certificate_hint("cannot reach redis at h:6379: Connection refused").is_none());
+        // A file problem already says what to do.
+        assert!(certificate_hint("sink tls settings: tls.ca_file: /x holds no PEM CERTIFICATE block").is_none());
     }
 
     #[test]
