@@ -61,21 +61,7 @@ pub fn world_readable_files(config_path: &Path, config: &Config) -> Vec<(PathBuf
         files.push((file.clone(), "source.password_file"));
     }
     for sink in &config.sinks {
-        let tls = match sink {
-            SinkConfig::Redis(redis) => redis.tls.as_ref(),
-            SinkConfig::Graph(graph) => graph.tls.as_ref(),
-            SinkConfig::Mongodb(mongodb) => mongodb.tls.as_ref(),
-            SinkConfig::Scylla(scylla) => {
-                if let Some(file) = &scylla.password_file {
-                    files.push((file.clone(), "a sink's password_file"));
-                }
-                scylla.tls.as_ref()
-            }
-            SinkConfig::Discard(_) => None,
-        };
-        if let Some(key) = tls.and_then(|tls| tls.key_file.as_ref()) {
-            files.push((key.clone(), "a sink's tls.key_file"));
-        }
+        files.extend(sink.kind().secret_files());
     }
     files.retain(|(path, _)| std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o004 != 0));
     files.dedup_by(|a, b| a.0 == b.0);
