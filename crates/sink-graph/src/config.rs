@@ -527,6 +527,20 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_need_a_tls_url() {
+        let mut config = example();
+        config.tls = Some(TlsConfig::default());
+        let problems = config.validate().unwrap_err();
+        assert!(problems.iter().any(|problem| problem.contains("does not start with rediss://")), "{problems:?}");
+        config.url = "rediss://127.0.0.1:6380".into();
+        assert_eq!(config.validate(), Ok(()));
+        config.transport = Transport::Bolt;
+        config.url = "bolt://127.0.0.1:7687".into();
+        let problems = config.validate().unwrap_err();
+        assert!(problems.iter().any(|problem| problem.contains("bolt+s:// or neo4j+s://")), "{problems:?}");
+    }
+
+    #[test]
     fn the_documented_example_is_valid() {
         let config = example();
         assert_eq!(config.transport, Transport::Falkordb);
