@@ -15,6 +15,10 @@
 # The toolchain CI tests with (some dependencies need more than the
 # workspace's rust-version).
 FROM rust:1.95-slim-bookworm AS build
+# The Cassandra/ScyllaDB driver's TLS builds against the system's OpenSSL.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends pkg-config=1.8.* libssl-dev=3.0.* \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin pgfanout \
@@ -22,9 +26,10 @@ RUN cargo build --release --locked --bin pgfanout \
 
 # ---- runtime ---------------------------------------------------------------
 FROM debian:bookworm-slim
-# ca-certificates: TLS to PostgreSQL and the stores verifies against the system roots.
+# ca-certificates: TLS to PostgreSQL and the stores verifies against the system roots;
+# libssl3: the Cassandra/ScyllaDB driver's TLS.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates=20230311* \
+    && apt-get install -y --no-install-recommends ca-certificates=20230311* libssl3=3.0.* \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 pgfanout \
     && useradd --system --uid 10001 --gid pgfanout --home-dir /var/lib/pgfanout \

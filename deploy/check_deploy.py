@@ -56,6 +56,7 @@ CONFIG_SOURCES = [
     "crates/core/src/delivery.rs",
     "crates/core/src/mapping.rs",
     "crates/core/src/streamed.rs",
+    "crates/core/src/tls.rs",
     "crates/sink-redis/src/config.rs",
     "crates/sink-mongodb/src/config.rs",
     "crates/sink-scylla/src/config.rs",
@@ -134,6 +135,7 @@ SECTIONS = {
     "DerivedConfig": "`[[sink.derived]]` of a graph sink",
     "DiscardSinkConfig": '`[[sink]]` with `kind = "discard"`',
     "DiscardTableConfig": "`[[sink.table]]` of a discard sink",
+    "TlsConfig": "`[sink.tls]` (Redis, MongoDB, Scylla and graph sinks)",
 }
 GENERATED_MARK = "<!-- Generated from the config structs by `python deploy/check_deploy.py --write-config-docs`; CI fails when it is out of date. -->"
 

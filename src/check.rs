@@ -67,7 +67,9 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
             // Reading the checkpoint reaches the store without writing to it.
             Ok((sink, _)) => {
                 if let Err(err) = sink.load_checkpoint().await {
-                    findings.problems.push(describe(&err));
+                    let text = describe(&err);
+                    let hint = pgfanout_core::tls::certificate_hint(&text).map(|hint| format!(" ({hint})"));
+                    findings.problems.push(text + &hint.unwrap_or_default());
                 }
             }
             Err(err) => findings.problems.push(format!("{err:#}")),

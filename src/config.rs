@@ -157,6 +157,7 @@ impl Config {
             return Err(invalid_config(path, &secret_problems.join("\n")));
         }
         config.validate().map_err(|err| invalid_config(path, &format!("{err:#}")))?;
+        crate::secrets::warn_world_readable(path, &config);
         Ok(config)
     }
 

@@ -1,8 +1,10 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (alive and
 //! not wedged: no sink has had work pending without progress for longer
 //! than `http.wedged_after_secs`) and `/readyz` (streaming from PostgreSQL,
-//! every sink reachable and none blocked on an error). Health answers are
-//! JSON with a reason, naming the sink and its error, when not OK.
+//! every sink reachable and none blocked on an error; `"standby"`, also
+//! 200, while another pgfanout streams from the slot and this one waits to
+//! take over). Health answers are JSON with a reason, naming the sink and
+//! its error, when not OK.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use pgfanout_core::{Metrics, SinkStatus};
+use pgfanout_source::StandbyState;
 
 /// State the endpoint reports on.
 #[derive(Clone)]
@@ -28,6 +31,8 @@ pub struct HttpState {
     pub statuses: Arc<std::sync::RwLock<Vec<(String, SinkStatus)>>>,
     /// `http.wedged_after_secs`.
     pub wedged_after: std::time::Duration,
+    /// Set while standing by for the slot.
+    pub standby: StandbyState,
 }
 
 /// Binds `listen` and serves until the process ends.
@@ -53,8 +58,13 @@ async fn metrics(axum::extract::State(state): axum::extract::State<HttpState>) -
 }
 
 /// Ready = streaming from PostgreSQL and every sink's store reachable
-/// (`pgfanout_sink_up` is 1; a sink not yet started counts as down).
+/// (`pgfanout_sink_up` is 1; a sink not yet started counts as down), or
+/// standing by: a standby is ready to take over, which is its job (and lets
+/// a rolling update proceed).
 async fn ready(axum::extract::State(state): axum::extract::State<HttpState>) -> impl IntoResponse {
+    if let Some(reason) = state.standby.reason() {
+        return json(StatusCode::OK, serde_json::json!({ "status": "standby", "reason": reason }));
+    }
     let mut reasons = Vec::new();
     if !state.streaming.load(Ordering::Acquire) {
         reasons.push("not streaming from PostgreSQL".to_owned());

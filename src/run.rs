@@ -6,7 +6,9 @@
 //!        └──── FeedbackHandle::confirm ◄── flush_lsn (after acknowledgements)
 //! ```
 //!
-//! `run` loads each sink's checkpoint, prepares the source (publication,
+//! `run` first stands by while another process streams from the slot (a
+//! second pgfanout on the same slot: [`pgfanout_source::standby`]). Then it
+//! loads each sink's checkpoint, prepares the source (publication,
 //! then slot), starts one worker per sink, then reads the stream on the
 //! current task ([`pgfanout_source::stream_until_shutdown`], which
 //! reconnects after transient failures) until SIGINT or SIGTERM. Shutdown drains in-flight batches, confirms what they applied
@@ -23,7 +25,7 @@ use pg_replication::{ReplicationStream, StreamSettings};
 use pgfanout_core::{error_chain, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, WorkerSettings};
 use pgfanout_source::{
     connect_with_retry, load_holding_with_retry, prepare_source, settle_slot, start_options, store_record_with_retry,
-    stream_until_shutdown, Marker, StreamContext,
+    stream_until_shutdown, wait_for_slot, Marker, SourceError, StandbyState, StreamContext,
 };
 use tokio::sync::{watch, Notify};
 
@@ -31,11 +33,14 @@ use crate::config::{Config, SinkConfig};
 use crate::http::{self, HttpState};
 use crate::sinks::build_sink;
 
-/// `pgfanout run`.
+/// `pgfanout run`: stands by while another process streams from the slot
+/// ([`pgfanout_source::standby`]), then streams until shutdown; back to
+/// standing by when another instance takes the slot meanwhile.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let streaming = Arc::new(AtomicBool::new(false));
     let statuses = Arc::new(std::sync::RwLock::new(Vec::new()));
+    let standby = StandbyState::default();
     http::serve(
         config.http.listen,
         HttpState {
@@ -44,11 +49,37 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             sinks: Arc::new(config.sinks.iter().map(|sink| sink.name().to_owned()).collect()),
             statuses: statuses.clone(),
             wedged_after: Duration::from_secs(config.http.wedged_after_secs),
+            standby: standby.clone(),
         },
     )
     .await?;
     let shutdown = shutdown_signal();
+    let options = config.source.connect_options()?;
+    let poll = Duration::from_secs(config.source.standby_poll_secs.max(1));
+    loop {
+        if !wait_for_slot(&options, &config.source.slot, poll, &standby, &shutdown).await? {
+            tracing::info!("stopped while standing by");
+            return Ok(());
+        }
+        statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
+        match stream(config, &metrics, &streaming, &statuses, &shutdown).await {
+            Err(err) if matches!(err.downcast_ref(), Some(SourceError::SlotTaken { .. })) => {
+                tracing::warn!(error = %format!("{err:#}"), "another process took the slot: standing by");
+            }
+            outcome => return outcome,
+        }
+    }
+}
 
+/// Loads the sinks' holdings, prepares the source and streams until
+/// shutdown; `Err(SourceError::SlotTaken)` when another process has the slot.
+async fn stream(
+    config: &Config,
+    metrics: &Metrics,
+    streaming: &Arc<AtomicBool>,
+    statuses: &Arc<std::sync::RwLock<Vec<(String, pgfanout_core::SinkStatus)>>>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     // Every sink first: nothing is created on the primary (publication,
     // slot) before every store answers, so an unreachable store does not
     // leave behind a slot that holds WAL.
@@ -56,14 +87,14 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let mut holdings = Vec::new();
     for sink_config in &config.sinks {
         let (sink, tables) = build_sink(sink_config)?;
-        let holding = load_holding_with_retry(sink.as_ref(), &shutdown).await?;
+        let holding = load_holding_with_retry(sink.as_ref(), shutdown).await?;
         holdings.push(holding);
         sinks.push((sink_config, sink, tables));
     }
 
     let options = config.source.connect_options()?;
     let routing = crate::sinks::routing(config);
-    let mut first_connection = connect_with_retry(&options, &shutdown).await?;
+    let mut first_connection = connect_with_retry(&options, shutdown).await?;
     let table_problems = crate::table_check::problems(&mut first_connection, config).await;
     if !table_problems.is_empty() {
         bail!("the sinks cannot replicate these tables as configured:\n{}", table_problems.join("\n"));
@@ -71,7 +102,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     prepare_source(&mut first_connection, &config.source, &routing, options.database()).await?;
     let (record, confirmed_at_start) = settle_slot(&mut first_connection, &config.source, &options, &holdings).await?;
     let all_sinks: Vec<Arc<dyn Sink>> = sinks.iter().map(|(_, sink, _)| sink.clone()).collect();
-    store_record_with_retry(&all_sinks, &record, &shutdown).await?;
+    store_record_with_retry(&all_sinks, &record, shutdown).await?;
     let start_options = start_options(&config.source, first_connection.server_version());
     // Where the server is now: the backlog to catch up on, for the progress bar.
     let server_position = first_connection.identify_system().await.context("IDENTIFY_SYSTEM")?.xlog_position;
@@ -131,13 +162,23 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         options: &options,
         start_options: &start_options,
         settings,
-        metrics: &metrics,
+        metrics,
         on_ack: &on_ack,
-        shutdown: &shutdown,
-        streaming: &streaming,
+        shutdown,
+        streaming,
     };
-    let stopped = stream_until_shutdown(&cx, connection, start, confirmed_at_start, &mut pipeline, &mut marker).await?;
-    finish(pipeline, workers, stopped.stream, &mut marker, stopped.confirmed, config).await
+    match stream_until_shutdown(&cx, connection, start, confirmed_at_start, &mut pipeline, &mut marker).await {
+        Ok(stopped) => finish(pipeline, workers, stopped.stream, &mut marker, stopped.confirmed, config).await,
+        Err(err) => {
+            // Nothing more is confirmed by this instance: in-flight batches
+            // end here (their writes are idempotent; whoever streams next
+            // re-sends what the slot did not confirm).
+            for worker in &workers {
+                worker.abort();
+            }
+            Err(err.into())
+        }
+    }
 }
 
 /// Drains the workers, confirms what they applied, and ends the stream.

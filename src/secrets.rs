@@ -6,6 +6,13 @@
 //! up in backups, diffs and ConfigMaps): such a file is refused. The password
 //! from the environment is put into the URL in memory only, after loading;
 //! the sinks print their store's address without the user part.
+//!
+//! Files that hold secrets (password files, TLS keys), and the config file
+//! itself, should be readable by pgfanout's user alone: one that every user
+//! of the machine may read gets a warning at load ([`world_readable_files`]).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 
@@ -42,6 +49,34 @@ pub fn apply_sink_passwords(config: &mut Config) -> Vec<String> {
         *url = format!("{prefix}{}:{}@{rest}", user.unwrap_or_default(), percent_encode(&password));
     }
     problems
+}
+
+/// The config file and the secret files it names (source and sink password
+/// files, TLS private keys) that other users of the machine may read (mode
+/// `o+r`), each with what it holds. Files that cannot be read are left to
+/// whoever opens them, which says so.
+pub fn world_readable_files(config_path: &Path, config: &Config) -> Vec<(PathBuf, &'static str)> {
+    let mut files: Vec<(PathBuf, &'static str)> = vec![(config_path.to_path_buf(), "the config file")];
+    if let Some(file) = &config.source.password_file {
+        files.push((file.clone(), "source.password_file"));
+    }
+    for sink in &config.sinks {
+        files.extend(sink.kind().secret_files());
+    }
+    files.retain(|(path, _)| std::fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o004 != 0));
+    files.dedup_by(|a, b| a.0 == b.0);
+    files
+}
+
+/// Logs one warning per file of [`world_readable_files`], with the fix.
+pub fn warn_world_readable(config_path: &Path, config: &Config) {
+    for (path, holds) in world_readable_files(config_path, config) {
+        tracing::warn!(
+            file = %path.display(),
+            holds,
+            "file is readable by every user of this machine; restrict it to pgfanout's user (chmod o-rwx, or 0600)"
+        );
+    }
 }
 
 /// `scheme://[user@]rest` as (`scheme://`, user, rest); `None` without `://`.
@@ -85,6 +120,51 @@ mod tests {
         assert_eq!(split_user("mongodb://app@h/db?x=a@b"), Some(("mongodb://", Some("app"), "h/db?x=a@b")));
         assert_eq!(split_user("redis://:pw@h"), Some(("redis://", Some(":pw"), "h")));
         assert_eq!(split_user("no-scheme"), None);
+    }
+
+    #[test]
+    fn world_readable_config_and_secret_files_are_listed() {
+        let dir = std::env::temp_dir().join(format!("pgfanout-secrets-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("pg-password");
+        let key = dir.join("client.key");
+        std::fs::write(&password, "secret\n").unwrap();
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n").unwrap();
+        let config_path = dir.join("pgfanout.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "[source]\nurl = \"postgres://u@h/db\"\npassword_file = {password:?}\n\
+                 [[sink]]\nname = \"cache\"\nkind = \"redis\"\nurl = \"rediss://h:6380\"\n\
+                 [sink.tls]\nkey_file = {key:?}\ncert_file = {key:?}\n[[sink.table]]\nsource = \"t\"\n"
+            ),
+        )
+        .unwrap();
+        let set_mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let config: Config = toml_config(&config_path);
+
+        for path in [&config_path, &password, &key] {
+            set_mode(path, 0o644);
+        }
+        let listed: Vec<_> = world_readable_files(&config_path, &config).into_iter().map(|(path, _)| path).collect();
+        assert_eq!(listed, [config_path.clone(), password.clone(), key.clone()]);
+
+        for path in [&config_path, &password, &key] {
+            set_mode(path, 0o640);
+        }
+        assert!(world_readable_files(&config_path, &config).is_empty());
+        set_mode(&key, 0o604);
+        let listed = world_readable_files(&config_path, &config);
+        assert_eq!(listed, [(key.clone(), "a sink's tls.key_file")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The file parsed without `Config::load`'s checks (the key file is no real key).
+    fn toml_config(path: &Path) -> Config {
+        use figment::providers::{Format, Toml};
+        figment::Figment::from(Toml::file_exact(path)).extract().unwrap()
     }
 
     #[test]

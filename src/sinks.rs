@@ -8,10 +8,11 @@
 //! `run`, `check`, the table checks, secrets) goes through [`SinkConfig`]'s
 //! methods, so adding a kind touches this file and nothing else in `src/`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use pgfanout_core::{DeliveryConfig, MappingConfig, Sink, TableMapping, TableName};
+use pgfanout_core::{DeliveryConfig, MappingConfig, Sink, TableMapping, TableName, TlsConfig};
 use pgfanout_sink_graph::{GraphSink, GraphSinkConfig};
 use pgfanout_sink_mongodb::{MongoSink, MongoSinkConfig};
 use pgfanout_sink_redis::{RedisSink, RedisSinkConfig};
@@ -48,6 +49,17 @@ pub trait SinkKind {
     fn password_url(&mut self) -> Option<(&mut String, bool)> {
         None
     }
+    /// Files the config names that hold secrets (password files, TLS
+    /// private keys), each with the key naming it, for the
+    /// world-readable warning of [`crate::secrets`].
+    fn secret_files(&self) -> Vec<(PathBuf, &'static str)> {
+        Vec::new()
+    }
+}
+
+/// `[sink.tls] key_file`, when set.
+fn tls_key_file(tls: Option<&TlsConfig>) -> Vec<(PathBuf, &'static str)> {
+    tls.and_then(|tls| tls.key_file.clone()).map(|key| (key, "a sink's tls.key_file")).into_iter().collect()
 }
 
 /// Declares the `[[sink]]` enum and its dispatch from one list of kinds.
@@ -112,6 +124,9 @@ impl SinkKind for RedisSinkConfig {
     fn password_url(&mut self) -> Option<(&mut String, bool)> {
         Some((&mut self.url, false))
     }
+    fn secret_files(&self) -> Vec<(PathBuf, &'static str)> {
+        tls_key_file(self.tls.as_ref())
+    }
 }
 
 impl SinkKind for GraphSinkConfig {
@@ -133,6 +148,9 @@ impl SinkKind for GraphSinkConfig {
         let sink = GraphSink::new(graph.clone()).with_context(|| format!("sink {}", graph.name))?;
         let tables = sink.tables();
         Ok((Arc::new(sink), tables))
+    }
+    fn secret_files(&self) -> Vec<(PathBuf, &'static str)> {
+        tls_key_file(self.tls.as_ref())
     }
 }
 
@@ -161,6 +179,9 @@ impl SinkKind for MongoSinkConfig {
     /// MongoDB authenticates a user: a password alone means nothing to it.
     fn password_url(&mut self) -> Option<(&mut String, bool)> {
         Some((&mut self.url, true))
+    }
+    fn secret_files(&self) -> Vec<(PathBuf, &'static str)> {
+        tls_key_file(self.tls.as_ref())
     }
 }
 
@@ -199,6 +220,10 @@ impl SinkKind for ScyllaSinkConfig {
         let sink = ScyllaSink::new(self.clone());
         let tables = sink.tables();
         Ok((Arc::new(sink), tables))
+    }
+    fn secret_files(&self) -> Vec<(PathBuf, &'static str)> {
+        let password = self.password_file.clone().map(|file| (file, "a sink's password_file"));
+        password.into_iter().chain(tls_key_file(self.tls.as_ref())).collect()
     }
 }
 

@@ -195,6 +195,22 @@ async fn least_privilege_role_streams_into_redis() {
     let log = pgfanout.log_text();
     assert!(!log.contains("cannot watch the source"), "the role lacks a privilege:\n{log}");
     assert!(!log.contains("permission denied"), "the role lacks a privilege:\n{log}");
+
+    // A restart resumes as the role too: the slot and source checks on an
+    // existing slot, and what was written while it was down.
+    let mut pgfanout = pgfanout;
+    pgfanout.signal("TERM");
+    assert_eq!(pgfanout.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", pgfanout.log_text());
+    db.client
+        .batch_execute(
+            "INSERT INTO items VALUES (4, 'while stopped', 4.00); UPDATE items SET name = 'TWO' WHERE id = 2",
+        )
+        .await
+        .unwrap();
+    let pgfanout = Pgfanout::start("e2e_least_privilege_again", &config, &http);
+    wait_for_redis_match(&db, "items", "id", &mut redis, "item:", &pgfanout).await;
+    let log = pgfanout.log_text();
+    assert!(!log.contains("permission denied"), "the role lacks a privilege after a restart:\n{log}");
     drop(pgfanout);
     std::fs::remove_file(&password_file).unwrap();
 }

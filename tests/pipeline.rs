@@ -53,7 +53,10 @@ key = "order:{{id}}"
         url = db.url,
         slow_url = slow_server.url,
     );
-    let pgfanout = Pgfanout::start("e2e_two_sinks", &config, &http);
+    // As an operator would run it: the least-privilege role, not a superuser.
+    let role = least_privilege_role(&db, "public.orders");
+    let config = config.replacen(&db.url, &role.url, 1);
+    let pgfanout = Pgfanout::start_with_env("e2e_two_sinks", &config, &http, &role.env());
     wait_for_readiness(&http).await;
     db.client.batch_execute("INSERT INTO orders VALUES (1, 'a', 1)").await.unwrap();
     wait_for_redis_match(&db, "orders", "id", &mut fast, "order:", &pgfanout).await;

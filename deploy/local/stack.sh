@@ -109,6 +109,11 @@ install_apt_packages() {
     # falkordb.so links against these; they are usually present already.
     has_lib libgomp.so.1 || missing+=(libgomp1)
     has_lib libssl.so.3 || missing+=(libssl3)
+    # The stack's certificates (openssl), and the scylla driver's TLS, which
+    # builds against the system's OpenSSL (libssl-dev, found by pkg-config).
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    [[ -f /usr/include/openssl/ssl.h ]] || missing+=(libssl-dev)
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null &&
         ! /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
         missing+=(python3-venv)
@@ -160,19 +165,25 @@ install_cassandra() {
 }
 
 # Neo4j's jars, and our launcher (deploy/local/neo4j/StackNeo4j.java)
-# compiled against them; recompiled when the source changes.
+# compiled against them, into a folder named after the source's and the
+# classpath's hash: checkouts with different launchers share the cache
+# without recompiling each other's.
+neo4j_classes() {
+    local hash
+    hash=$(cat "$REPO_ROOT/deploy/local/neo4j/StackNeo4j.java" "$NEO4J_HOME/classpath.txt" | sha256sum | cut -c1-16)
+    echo "$NEO4J_HOME/classes-$hash"
+}
+
 install_neo4j() {
     maven_classpath "$NEO4J_HOME" "org.neo4j:neo4j:$NEO4J_VERSION" "org.neo4j:neo4j-bolt:$NEO4J_VERSION"
-    local source="$REPO_ROOT/deploy/local/neo4j/StackNeo4j.java" want
-    want=$(cat "$source" "$NEO4J_HOME/classpath.txt" | sha256sum | cut -d' ' -f1)
-    if [[ -f $NEO4J_HOME/classes/StackNeo4j.class && $(cat "$NEO4J_HOME/classes.sha256" 2>/dev/null) == "$want" ]]; then
-        return 0
-    fi
+    local source="$REPO_ROOT/deploy/local/neo4j/StackNeo4j.java" classes
+    classes=$(neo4j_classes)
+    [[ -f $classes/StackNeo4j.class ]] && return 0
     log "javac: compiling the Neo4j launcher"
-    rm -rf "$NEO4J_HOME/classes"
-    "$JAVA_HOME_17/bin/javac" -nowarn -cp "$(<"$NEO4J_HOME/classpath.txt")" -d "$NEO4J_HOME/classes" "$source" ||
+    rm -rf "$classes.tmp"
+    "$JAVA_HOME_17/bin/javac" -nowarn -cp "$(<"$NEO4J_HOME/classpath.txt")" -d "$classes.tmp" "$source" ||
         die "javac failed on $source"
-    echo "$want" >"$NEO4J_HOME/classes.sha256"
+    mv "$classes.tmp" "$classes"
 }
 
 # The venv is (re)built only when requirements.txt changed since the last
@@ -406,6 +417,36 @@ pg_stop() {
 }
 
 # ---------------------------------------------------------------------------
+# TLS: a throwaway CA and a server certificate for 127.0.0.1/localhost
+# ---------------------------------------------------------------------------
+
+# DIR/tls: ca.crt (what clients trust), server.{key,crt} (PEM, for Neo4j and
+# the TLS tests' own servers), server.p12 (Cassandra's keystore, password
+# "stack-tls"), trusted/ and revoked/ (Neo4j's SSL policy folders).
+tls_make() {
+    local tls="$DIR/tls"
+    mkdir -p "$tls/trusted" "$tls/revoked"
+    (
+        cd "$tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+            -subj "/CN=pgfanout local stack CA" -keyout ca.key -out ca.crt \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+            -keyout server.key -out server.csr
+        printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "extendedKeyUsage=serverAuth" \
+            "basicConstraints=critical,CA:FALSE" >server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 7 \
+            -extfile server.ext -out server.crt
+        openssl pkcs12 -export -in server.crt -inkey server.key -name server \
+            -passout pass:stack-tls -out server.p12
+        cp ca.crt trusted/
+    ) >"$DIR/tls.log" 2>&1 || {
+        cat "$DIR/tls.log" >&2
+        die "openssl could not make the stack's certificates"
+    }
+}
+
+# ---------------------------------------------------------------------------
 # Redis (Debian's redis-server)
 # ---------------------------------------------------------------------------
 
@@ -500,7 +541,7 @@ CASSANDRA_MAIN=org.apache.cassandra.service.CassandraDaemon
 cassandra_configure() {
     local conf="$DIR/cassandra/conf"
     mkdir -p "$conf"
-    sed -e "s/@STORAGE_PORT@/$CASSANDRA_STORAGE_PORT/g" -e "s/@CQL_PORT@/$CASSANDRA_PORT/g" \
+    sed -e "s/@STORAGE_PORT@/$CASSANDRA_STORAGE_PORT/g" -e "s/@CQL_PORT@/$CASSANDRA_PORT/g" -e "s|@TLS_DIR@|$DIR/tls|g" \
         "$REPO_ROOT/deploy/local/cassandra/cassandra.yaml.in" >"$conf/cassandra.yaml"
     cp "$REPO_ROOT/deploy/local/cassandra/logback.xml" "$conf/logback.xml"
 }
@@ -542,7 +583,8 @@ neo4j_launch() {
         --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED \
         --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --enable-native-access=ALL-UNNAMED \
         -Dio.netty.tryReflectionSetAccessible=true -Djdk.nio.maxCachedBufferSize=1024 \
-        -cp "$NEO4J_HOME/classes:$(<"$NEO4J_HOME/classpath.txt")" StackNeo4j "$DIR/neo4j" "$NEO4J_PORT"
+        "-Dstack.bolt.tls.dir=$DIR/tls" \
+        -cp "$(neo4j_classes):$(<"$NEO4J_HOME/classpath.txt")" StackNeo4j "$DIR/neo4j" "$NEO4J_PORT"
 }
 
 # The launcher prints READY once the default database has run a query;
@@ -638,6 +680,7 @@ PGFANOUT_TEST_FALKORDB_URL redis://127.0.0.1:$FALKOR_PORT
 PGFANOUT_TEST_BOLT_URL bolt://127.0.0.1:$BOLT_PORT
 PGFANOUT_TEST_FALKORDB_BIN $FALKOR_BIN
 PGFANOUT_TEST_STACK_DIR $DIR
+PGFANOUT_TEST_TLS_DIR $DIR/tls
 EOF
         if [[ $WITH_JVM == 1 ]]; then
             printf 'export %s=%q\n' PGFANOUT_TEST_CASSANDRA_NODES "127.0.0.1:$CASSANDRA_PORT" \
@@ -663,7 +706,7 @@ cmd_start() {
     # running behind.
     trap 'on_start_exit $?' EXIT
 
-    [[ -s $CASSANDRA_HOME/classpath.txt && -f $NEO4J_HOME/classes/StackNeo4j.class ]] ||
+    [[ -s $CASSANDRA_HOME/classpath.txt && -f $(neo4j_classes)/StackNeo4j.class ]] ||
         die "Cassandra or Neo4j is not installed: run '$0 install' first"
     FALKOR_BIN=$(falkor_bin_dir)
     read -r PG_PORT REDIS_PORT MONGO_PORT FALKOR_PORT BOLT_PORT CASSANDRA_PORT CASSANDRA_STORAGE_PORT \
@@ -673,6 +716,7 @@ cmd_start() {
     # runs while they all boot.
     local started=$SECONDS
     local services=(redis falkordb mongo postgres)
+    tls_make
     if [[ $WITH_JVM == 1 ]]; then
         cassandra_launch
         neo4j_launch

@@ -458,3 +458,65 @@ pub async fn wait_for_redis_match(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The least-privilege role of `sql/pgfanout_role.sql` for `db`: what a
+/// pgfanout config's `[source]` uses in place of the superuser.
+pub struct RoleLogin {
+    /// `db`'s URL with the role as its user (no password in it).
+    pub url: String,
+    /// The role's password, for `PGFANOUT_SOURCE__PASSWORD`.
+    pub password: String,
+}
+
+impl RoleLogin {
+    /// The environment giving pgfanout the role's password.
+    pub fn env(&self) -> [(&str, &str); 1] {
+        [("PGFANOUT_SOURCE__PASSWORD", self.password.as_str())]
+    }
+}
+
+/// Runs the repository's role and publication scripts for `db` and `tables`
+/// (`schema.table,…`), as an operator would: the role (named after the
+/// database) gets LOGIN, REPLICATION and SELECT on those tables only; the
+/// tables' owner (the test's superuser here) makes the publication, named
+/// like the database.
+pub fn least_privilege_role(db: &TestDatabase, tables: &str) -> RoleLogin {
+    let role = format!("{}_role", db.name);
+    let password = format!("{}-password", db.name);
+    run_sql_script(
+        db,
+        "postgres",
+        "pgfanout_role.sql",
+        &[("role", &role), ("password", &password), ("tables", tables)],
+    );
+    run_sql_script(db, "postgres", "pgfanout_publication.sql", &[("publication", &db.name), ("tables", tables)]);
+    let (scheme, rest) = db.url.split_once("://").expect("a URL");
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    RoleLogin { url: format!("{scheme}://{role}@{host}"), password }
+}
+
+/// Runs one of the repository's `sql/` scripts with psql as `user` on `db`,
+/// with `-v name=value` variables; panics with psql's output when it fails.
+pub fn run_sql_script(db: &TestDatabase, user: &str, script: &str, variables: &[(&str, &str)]) {
+    let psql = PathBuf::from(required_env("PGFANOUT_TEST_PG_BIN")).join("psql");
+    let mut command = Command::new(psql);
+    command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"]).arg(required_env("PGFANOUT_TEST_PG_SOCKET_DIR")).args([
+        "-p",
+        &required_env("PGFANOUT_TEST_PG_PORT"),
+        "-U",
+        user,
+        "-d",
+        &db.name,
+    ]);
+    for (name, value) in variables {
+        command.args(["-v", &format!("{name}={value}")]);
+    }
+    let script_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").join(script);
+    let output = command.arg("-f").arg(&script_path).output().expect("cannot run psql");
+    assert!(
+        output.status.success(),
+        "sql/{script} as {user} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use neo4rs::{BoltBoolean, BoltFloat, BoltInteger, BoltList, BoltMap, BoltNull, BoltString, BoltType, Query};
 
+use pgfanout_core::TlsConfig;
+
 use crate::encode::{ident, IndexSpec, Statement};
 use crate::error::{endpoint_of, statement_head, GraphSinkError};
 use crate::value::GraphValue;
@@ -85,12 +87,15 @@ pub struct BoltTransport {
 
 impl BoltTransport {
     /// A transport for `url`; connections are opened (and pooled) on use.
+    /// With `bolt+s://`/`neo4j+s://`, `tls` names the CA that verifies the
+    /// server (else the system's roots) and the client certificate, if any.
     pub fn new(
         url: &str,
         user: Option<&str>,
         password: Option<&str>,
         database: Option<String>,
         timeout: Duration,
+        tls: Option<&TlsConfig>,
     ) -> Result<Self, GraphSinkError> {
         let endpoint = endpoint_of(url);
         let mut builder = neo4rs::ConfigBuilder::default()
@@ -103,6 +108,16 @@ impl BoltTransport {
             .max_connections(8);
         if let Some(database) = &database {
             builder = builder.db(database.as_str());
+        }
+        if let Some(tls) = tls {
+            // Read here only to refuse unusable files with a clear error;
+            // neo4rs reads them again by path.
+            tls.read().map_err(GraphSinkError::Tls)?;
+            builder = match (&tls.ca_file, &tls.cert_file, &tls.key_file) {
+                (ca, Some(cert), Some(key)) => builder.with_mutual_tls_validation(ca.as_ref(), cert, key),
+                (Some(ca), _, _) => builder.with_client_certificate(ca),
+                (None, _, _) => builder,
+            };
         }
         let config = builder
             .build()

@@ -62,7 +62,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping};
+use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping, TlsConfig};
 use secrecy::SecretString;
 use serde::Deserialize;
 
@@ -132,6 +132,12 @@ pub struct GraphSinkConfig {
     /// batch is retried on a new connection. Default: 30000.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// Certificate files for TLS, `[sink.tls]` (`ca_file`, `cert_file`,
+    /// `key_file`), with a `rediss://` (FalkorDB) or `bolt+s://`/`neo4j+s://`
+    /// (Bolt) url. The server's certificate is verified against `ca_file`,
+    /// else the system's roots, and must name the URL's host. Default: none.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Lanes and error policy, `[sink.delivery]`.
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -376,6 +382,19 @@ impl GraphSinkConfig {
         if !schemes.iter().any(|scheme| self.url.starts_with(scheme)) {
             problems.push(format!("sink {name}: url must start with one of {} for this transport", schemes.join(", ")));
         }
+        if let Some(tls) = &self.tls {
+            let tls_schemes: &[&str] = match self.transport {
+                Transport::Falkordb => &["rediss://"],
+                Transport::Bolt => &["bolt+s://", "neo4j+s://"],
+            };
+            if !tls_schemes.iter().any(|scheme| self.url.starts_with(scheme)) {
+                problems.push(format!(
+                    "sink {name}: [sink.tls] is set but the url does not start with {}; use it to connect with TLS",
+                    tls_schemes.join(" or ")
+                ));
+            }
+            problems.extend(tls.problems(name));
+        }
         if self.graph.as_deref().is_some_and(str::is_empty) {
             problems.push(format!("sink {name}: graph must not be empty"));
         }
@@ -505,6 +524,20 @@ mod tests {
         }
         let file: File = toml::from_str(&toml).unwrap_or_else(|err| panic!("{err}\n{toml}"));
         file.sink.into_iter().next().expect("one sink")
+    }
+
+    #[test]
+    fn tls_settings_need_a_tls_url() {
+        let mut config = example();
+        config.tls = Some(TlsConfig::default());
+        let problems = config.validate().unwrap_err();
+        assert!(problems.iter().any(|problem| problem.contains("does not start with rediss://")), "{problems:?}");
+        config.url = "rediss://127.0.0.1:6380".into();
+        assert_eq!(config.validate(), Ok(()));
+        config.transport = Transport::Bolt;
+        config.url = "bolt://127.0.0.1:7687".into();
+        let problems = config.validate().unwrap_err();
+        assert!(problems.iter().any(|problem| problem.contains("bolt+s:// or neo4j+s://")), "{problems:?}");
     }
 
     #[test]

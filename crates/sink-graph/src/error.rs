@@ -46,6 +46,9 @@ pub enum GraphSinkError {
         #[source]
         source: pgoutput::ValueError,
     },
+    /// The `[sink.tls]` files cannot be used.
+    #[error("sink tls settings: {0}")]
+    Tls(String),
     /// The stored checkpoint is not an LSN.
     #[error("checkpoint node of sink {sink} holds {value:?}, not an LSN; delete the node to replay from the slot's position")]
     BadCheckpoint {
@@ -79,7 +82,7 @@ impl GraphSinkError {
                 }
             }
             GraphSinkError::Mapping { .. } | GraphSinkError::Value { .. } => ErrorKind::Permanent,
-            GraphSinkError::BadCheckpoint { .. } => ErrorKind::StoreFailing,
+            GraphSinkError::BadCheckpoint { .. } | GraphSinkError::Tls(_) => ErrorKind::StoreFailing,
         }
     }
 

@@ -15,6 +15,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use pgfanout_core::TlsConfig;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 
@@ -140,11 +141,30 @@ pub struct FalkorTransport {
 }
 
 impl FalkorTransport {
-    /// A transport for `graph` at `url`; connects on first use.
-    pub fn new(url: &str, graph: String, client_name: String, timeout: Duration) -> Result<Self, GraphSinkError> {
+    /// A transport for `graph` at `url` (`rediss://` with `tls`'s files);
+    /// connects on first use.
+    pub fn new(
+        url: &str,
+        graph: String,
+        client_name: String,
+        timeout: Duration,
+        tls: Option<&TlsConfig>,
+    ) -> Result<Self, GraphSinkError> {
         let endpoint = endpoint_of(url);
-        let client = redis::Client::open(url)
-            .map_err(|source| GraphSinkError::Unreachable { endpoint: endpoint.clone(), source: Box::new(source) })?;
+        let unreachable = |source| GraphSinkError::Unreachable { endpoint: endpoint.clone(), source: Box::new(source) };
+        let client = match tls {
+            None => redis::Client::open(url).map_err(unreachable)?,
+            Some(tls) => {
+                let files = tls.read().map_err(GraphSinkError::Tls)?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: files
+                        .client
+                        .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+                    root_cert: files.ca_pem,
+                };
+                redis::Client::build_with_tls(url, certificates).map_err(unreachable)?
+            }
+        };
         Ok(FalkorTransport { client, graph, endpoint, client_name, timeout, connection: tokio::sync::Mutex::new(None) })
     }
 

@@ -84,6 +84,7 @@ impl GraphSink {
                 config.graph_key(),
                 format!("pgfanout:{}", config.name),
                 config.response_timeout(),
+                config.tls.as_ref(),
             )?)),
             Transport::Bolt => Backend::Bolt(BoltTransport::new(
                 &config.url,
@@ -91,6 +92,7 @@ impl GraphSink {
                 config.password.as_ref().map(|secret| secret.expose_secret()),
                 config.graph.clone(),
                 config.response_timeout(),
+                config.tls.as_ref(),
             )?),
         };
         let encoder = GraphEncoder::new(&config);

@@ -20,7 +20,7 @@ use pgfanout_sink_graph::{GraphSink, GraphSinkConfig};
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn transport(server: &FakeBolt) -> BoltTransport {
-    BoltTransport::new(&server.url, Some("neo4j"), Some("secret"), None, TIMEOUT)
+    BoltTransport::new(&server.url, Some("neo4j"), Some("secret"), None, TIMEOUT, None)
         .expect("a transport for the fake server")
 }
 

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping};
+use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping, TlsConfig};
 use serde::Deserialize;
 
 /// One MongoDB sink.
@@ -61,6 +61,13 @@ pub struct MongoSinkConfig {
     /// Default: 30000.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// TLS, `[sink.tls]`: its presence turns TLS on (as `tls=true` in the
+    /// url does); `ca_file` verifies the server (else the system's roots).
+    /// MongoDB's driver reads a client certificate and its key from one
+    /// file: put both in one PEM file and name it as `cert_file` and
+    /// `key_file`. Default: none.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Lanes and error policy, `[sink.delivery]`.
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -294,6 +301,15 @@ impl MongoSinkConfig {
         }
         if self.tables.is_empty() {
             problems.push(format!("sink {name}: add at least one [[sink.table]] with a source"));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.cert_file.is_some() && tls.cert_file != tls.key_file {
+                problems.push(format!(
+                    "sink {name}: tls.cert_file and tls.key_file must name the same file: MongoDB's driver reads \
+                     the client certificate and its key from one PEM file holding both"
+                ));
+            }
+            problems.extend(tls.problems(name));
         }
         let mut check_name = |what: &str, value: &str| {
             if let Some(reason) = bad_name(value) {

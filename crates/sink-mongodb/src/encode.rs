@@ -788,6 +788,7 @@ mod tests {
             deleted_field: "_deleted".into(),
             types: TypeOptions::default(),
             response_timeout_ms: 1000,
+            tls: None,
             delivery: Default::default(),
         }
     }

@@ -23,6 +23,9 @@ pub enum MongoSinkError {
         #[source]
         source: mongodb::error::Error,
     },
+    /// The `[sink.tls]` files cannot be used.
+    #[error("sink tls settings: {0}")]
+    Tls(String),
     /// No answer within the response timeout.
     #[error("mongodb did not answer {what} within {timeout:?}")]
     Timeout {
@@ -86,7 +89,7 @@ impl MongoSinkError {
             MongoSinkError::Timeout { .. } | MongoSinkError::AggregateConflict { .. } => ErrorKind::Transient,
             MongoSinkError::Rejected { code, .. } => code_kind(*code),
             MongoSinkError::Encode(_) => ErrorKind::Permanent,
-            MongoSinkError::BadCheckpoint { .. } => ErrorKind::StoreFailing,
+            MongoSinkError::BadCheckpoint { .. } | MongoSinkError::Tls(_) => ErrorKind::StoreFailing,
         }
     }
 

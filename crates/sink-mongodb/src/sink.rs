@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bson::{doc, Bson, Document, RawArrayBuf, RawDocumentBuf};
 use futures_util::future::try_join_all;
 use futures_util::TryStreamExt;
-use mongodb::options::ClientOptions;
+use mongodb::options::{ClientOptions, Tls, TlsOptions};
 use mongodb::Client;
 use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName};
 use tokio::sync::OnceCell;
@@ -88,6 +88,15 @@ impl MongoSink {
                 // Fail a batch (and retry it) rather than wait 30 s for an absent server.
                 options.server_selection_timeout.get_or_insert(std::time::Duration::from_secs(5));
                 options.connect_timeout.get_or_insert(std::time::Duration::from_secs(5));
+                if let Some(tls) = &self.config.tls {
+                    // Read first so that an unusable file is named, not a handshake failure.
+                    tls.read().map_err(MongoSinkError::Tls)?;
+                    let tls_options = TlsOptions::builder()
+                        .ca_file_path(tls.ca_file.clone())
+                        .cert_key_file_path(tls.cert_file.clone())
+                        .build();
+                    options.tls = Some(Tls::Enabled(tls_options));
+                }
                 let what = "creating the client".to_owned();
                 Client::with_options(options).map_err(|source| MongoSinkError::Driver { what, source })
             })

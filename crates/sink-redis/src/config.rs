@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping};
+use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping, TlsConfig};
 use serde::Deserialize;
 
 use crate::encode::RowFormat;
@@ -61,6 +61,12 @@ pub struct RedisSinkConfig {
     /// retried on a new connection. Default: 30000.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
+    /// Certificate files for `rediss://`, `[sink.tls]` (`ca_file`,
+    /// `cert_file`, `key_file`). The server's certificate is verified against
+    /// `ca_file`, else the system's roots, and must name the URL's host.
+    /// Default: none.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Lanes and error policy, `[sink.delivery]`.
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -219,6 +225,15 @@ impl RedisSinkConfig {
         }
         if !(self.url.starts_with("redis://") || self.url.starts_with("rediss://") || self.url.starts_with("unix://")) {
             problems.push(format!("sink {}: url must start with redis://, rediss:// or unix://", self.name));
+        }
+        if let Some(tls) = &self.tls {
+            if !self.url.starts_with("rediss://") {
+                problems.push(format!(
+                    "sink {}: [sink.tls] is set but the url does not start with rediss://; use rediss:// to connect with TLS",
+                    self.name
+                ));
+            }
+            problems.extend(tls.problems(&self.name));
         }
         if self.version_guard && self.version_field.is_empty() {
             problems.push(format!("sink {}: version_field must be a field name", self.name));

@@ -23,6 +23,9 @@ pub enum RedisSinkError {
         #[source]
         source: redis::RedisError,
     },
+    /// The `[sink.tls]` files cannot be used.
+    #[error("sink tls settings: {0}")]
+    Tls(String),
     /// No answer within the response timeout.
     #[error("redis did not answer within {0:?}")]
     Timeout(std::time::Duration),
@@ -81,7 +84,7 @@ impl RedisSinkError {
             }
             // A key column without a value: about this row alone.
             RedisSinkError::Mapping { .. } => ErrorKind::Permanent,
-            RedisSinkError::BadCheckpoint { .. } => ErrorKind::StoreFailing,
+            RedisSinkError::BadCheckpoint { .. } | RedisSinkError::Tls(_) => ErrorKind::StoreFailing,
         }
     }
 

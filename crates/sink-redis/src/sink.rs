@@ -45,8 +45,7 @@ pub struct RedisSink {
 impl RedisSink {
     /// Builds the sink from validated config; does not connect yet.
     pub fn new(config: RedisSinkConfig) -> Result<Self, RedisSinkError> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|source| RedisSinkError::Connect { endpoint: endpoint_of(&config.url), source })?;
+        let client = client_for(&config)?;
         let mut tables = HashMap::new();
         for table in &config.tables {
             let key = table
@@ -307,6 +306,21 @@ impl Sink for RedisSink {
 }
 
 /// `host:port/db` from a Redis URL, without credentials, for messages.
+/// The client for the sink's URL; `rediss://` with the `[sink.tls]` files
+/// (without them, the system's roots verify the server).
+fn client_for(config: &RedisSinkConfig) -> Result<redis::Client, RedisSinkError> {
+    let connect_error = |source| RedisSinkError::Connect { endpoint: endpoint_of(&config.url), source };
+    let Some(tls) = &config.tls else {
+        return redis::Client::open(config.url.as_str()).map_err(connect_error);
+    };
+    let files = tls.read().map_err(RedisSinkError::Tls)?;
+    let certificates = redis::TlsCertificates {
+        client_tls: files.client.map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+        root_cert: files.ca_pem,
+    };
+    redis::Client::build_with_tls(config.url.as_str(), certificates).map_err(connect_error)
+}
+
 fn endpoint_of(url: &str) -> String {
     let rest = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
     rest.rsplit_once('@').map(|(_, host)| host).unwrap_or(rest).to_owned()

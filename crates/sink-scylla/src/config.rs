@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping};
+use pgfanout_core::{DeliveryConfig, MappingConfig, TableMapping, TlsConfig};
 use scylla::statement::Consistency;
 use serde::Deserialize;
 
@@ -100,6 +100,14 @@ pub struct ScyllaSinkConfig {
     /// mounted secret. Example: `"/run/secrets/scylla-password"`.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS to every node, `[sink.tls]`: its presence turns TLS on (the
+    /// nodes' `client_encryption_options`); `ca_file` verifies the nodes
+    /// (else the system's roots), `cert_file`/`key_file` are presented when
+    /// the nodes require client certificates. The driver connects to the
+    /// nodes' addresses, so each node's certificate must name its IP address
+    /// (a subjectAltName of type IP). Default: none (plain CQL).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Lanes and error policy, `[sink.delivery]`.
     #[serde(default)]
     pub delivery: DeliveryConfig,
@@ -243,6 +251,9 @@ impl ScyllaSinkConfig {
         }
         if self.nodes.is_empty() {
             problems.push(format!("sink {name}: nodes must list at least one host:port"));
+        }
+        if let Some(tls) = &self.tls {
+            problems.extend(tls.problems(name));
         }
         for (what, identifier) in [("keyspace", &self.keyspace), ("checkpoint_table", &self.checkpoint_table)] {
             if !is_plain_identifier(identifier) {

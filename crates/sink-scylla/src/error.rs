@@ -78,6 +78,9 @@ pub enum ScyllaSinkError {
     /// The checkpoint row could not be read.
     #[error("cannot read the checkpoint row: {0}")]
     CheckpointRow(String),
+    /// The `[sink.tls]` files cannot be used.
+    #[error("sink tls settings: {0}")]
+    Tls(String),
     /// The password file could not be read.
     #[error("cannot read password_file {path}")]
     PasswordFile {
@@ -116,7 +119,8 @@ impl ScyllaSinkError {
             }
             ScyllaSinkError::BadCheckpoint { .. }
             | ScyllaSinkError::CheckpointRow(_)
-            | ScyllaSinkError::PasswordFile { .. } => ErrorKind::StoreFailing,
+            | ScyllaSinkError::PasswordFile { .. }
+            | ScyllaSinkError::Tls(_) => ErrorKind::StoreFailing,
         }
     }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use pgfanout_core::TlsConfig;
 use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName, TableSchema};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -127,6 +128,9 @@ impl ScyllaSink {
                 None => String::new(),
             };
             builder = builder.user(user, password);
+        }
+        if let Some(tls) = &self.config.tls {
+            builder = builder.tls_context(Some(tls_context(tls)?));
         }
         let session = builder.build().await.map_err(|source| ScyllaSinkError::Connect {
             nodes: self.config.nodes.join(", "),
@@ -475,4 +479,30 @@ impl Sink for ScyllaSink {
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
         self.lock_state().encoder.table_problems(table)
     }
+}
+
+/// An OpenSSL context for `[sink.tls]`: peer verification on, against
+/// `ca_file` alone when it is set (else the system's roots), with the client
+/// certificate when one is configured.
+fn tls_context(tls: &TlsConfig) -> Result<scylla::client::session::TlsContext, ScyllaSinkError> {
+    use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
+    use openssl::x509::store::X509StoreBuilder;
+    use openssl::x509::X509;
+
+    let files = tls.read().map_err(ScyllaSinkError::Tls)?;
+    let failed = |what: &str, err: openssl::error::ErrorStack| ScyllaSinkError::Tls(format!("{what}: {err}"));
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(|e| failed("openssl", e))?;
+    if let Some(ca_pem) = &files.ca_pem {
+        let mut store = X509StoreBuilder::new().map_err(|e| failed("openssl", e))?;
+        for certificate in X509::stack_from_pem(ca_pem).map_err(|e| failed("tls.ca_file", e))? {
+            store.add_cert(certificate).map_err(|e| failed("tls.ca_file", e))?;
+        }
+        builder.set_cert_store(store.build());
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        builder.set_certificate_chain_file(cert).map_err(|e| failed("tls.cert_file", e))?;
+        builder.set_private_key_file(key, SslFiletype::PEM).map_err(|e| failed("tls.key_file", e))?;
+        builder.check_private_key().map_err(|e| failed("tls.key_file does not match tls.cert_file", e))?;
+    }
+    Ok(scylla::client::session::TlsContext::from(builder))
 }

@@ -64,6 +64,12 @@ pub struct SourceConfig {
     /// Default: 30.
     #[serde(default = "default_heartbeat_interval_secs")]
     pub heartbeat_interval_secs: u64,
+    /// Seconds between a standby's checks whether the slot is free. A
+    /// second pgfanout on the same slot waits (`/readyz` says `"standby"`)
+    /// while another streams from it, and takes over within this long once
+    /// PostgreSQL frees the slot. Default: 5.
+    #[serde(default = "default_standby_poll_secs")]
+    pub standby_poll_secs: u64,
 }
 
 impl SourceConfig {
@@ -103,6 +109,9 @@ fn default_true() -> bool {
 }
 fn default_heartbeat_interval_secs() -> u64 {
     30
+}
+fn default_standby_poll_secs() -> u64 {
+    5
 }
 fn default_status_interval_ms() -> u64 {
     10_000

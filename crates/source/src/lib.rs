@@ -6,7 +6,8 @@
 //! checkpoints belong to ([`identity`]), catalog reads ([`catalog`]), the
 //! heartbeat and retained-WAL monitor ([`monitor`]) and the replication loop
 //! that connects, reconnects and pumps decoded messages into a
-//! [`pgfanout_core::Pipeline`] ([`stream`]).
+//! [`pgfanout_core::Pipeline`] ([`stream`]), and the wait of a standby
+//! instance for the slot ([`standby`]).
 //!
 //! It is not the sinks: it knows them only through
 //! [`pgfanout_core::Sink`] (to load and store the source record) and through
@@ -27,6 +28,7 @@ pub mod config;
 pub mod identity;
 pub mod monitor;
 pub mod setup;
+pub mod standby;
 pub mod stream;
 
 use std::path::PathBuf;
@@ -36,6 +38,7 @@ use pgfanout_core::{PipelineError, SinkError, SourceRecordError, TableName};
 
 pub use config::SourceConfig;
 pub use setup::{prepare_source, qualified, slot_health, source_problems, SlotHealth};
+pub use standby::{wait_for_slot, StandbyState};
 pub use stream::{
     connect_with_retry, load_holding_with_retry, reconnect_backoff, settle_slot, start_options,
     store_record_with_retry, stream_until_shutdown, Marker, Stopped, StreamContext,
@@ -71,6 +74,13 @@ pub enum SourceError {
     /// Prerequisites are missing, one line each with its fix.
     #[error("PostgreSQL is not ready for replication:\n{}", .0.join("\n"))]
     NotReady(Vec<String>),
+    /// Another process streams from the slot (another pgfanout took over, or
+    /// PostgreSQL still holds this one's lost connection): stand by.
+    #[error("slot {slot} is active for another process; standing by until it is free")]
+    SlotTaken {
+        /// The slot.
+        slot: String,
+    },
     /// The slot or server is not the one the sinks' checkpoints belong to.
     #[error("refusing to resume replication: {0}")]
     Refused(String),

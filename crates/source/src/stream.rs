@@ -136,9 +136,11 @@ pub async fn settle_slot(
 enum VerifyError {
     Replication(ReplicationError),
     Refused(String),
+    SlotTaken,
 }
 
-/// The reconnect check: same server, timeline and slot instance.
+/// The reconnect check: same server, timeline and slot instance, and the
+/// slot not taken by another process meanwhile.
 async fn verify_source(
     connection: &mut ReplicationConnection,
     source: &SourceConfig,
@@ -147,6 +149,11 @@ async fn verify_source(
 ) -> Result<(), VerifyError> {
     let server = server_identity(connection, source, options).await.map_err(VerifyError::Replication)?;
     let state = connection.slot_state(&source.slot).await.map_err(VerifyError::Replication)?;
+    // Checked first: a slot another pgfanout streams from has moved past
+    // this one's record, which the identity check would call a gap.
+    if state.as_ref().is_some_and(|state| state.active) {
+        return Err(VerifyError::SlotTaken);
+    }
     identity::verify_reconnect(&server, state.as_ref(), record).map_err(VerifyError::Refused)
 }
 
@@ -481,11 +488,15 @@ pub async fn stream_until_shutdown(
                     Ok(()) => connection.start_replication(&source.slot, start, start_options, settings).await,
                     Err(VerifyError::Replication(err)) => Err(err),
                     Err(VerifyError::Refused(refusal)) => return Err(SourceError::Refused(refusal)),
+                    Err(VerifyError::SlotTaken) => return Err(SourceError::SlotTaken { slot: source.slot.clone() }),
                 }
             }
         };
         let mut stream = match stream {
             Ok(stream) => stream,
+            Err(err) if crate::standby::is_slot_in_use(&err) => {
+                return Err(SourceError::SlotTaken { slot: source.slot.clone() })
+            }
             Err(err) if err.is_transient() => {
                 tracing::warn!(error = %error_chain(&err), "cannot start replication; retrying");
                 if !backoff.wait_unless(shutdown).await {
