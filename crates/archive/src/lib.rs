@@ -4,8 +4,8 @@
 //! PostgreSQL never sends a slot what lies before its confirmed flush LSN.
 //!
 //! What it owns: the byte layout ([`format`]), segment files and their LSN
-//! indexes ([`segment`]), the single writer ([`Archive`]) and readers
-//! ([`ArchiveReader`]). What it is not: it decides nothing about which
+//! indexes ([`segment`]), the single writer ([`Archive`]), readers
+//! ([`ArchiveReader`]) and the archive as an acknowledging sink ([`ArchiveSink`]). What it is not: it decides nothing about which
 //! transactions to keep (the pipeline routes it every table some sink routes)
 //! and applies nothing to stores.
 //!
@@ -45,9 +45,11 @@ pub mod error;
 pub mod format;
 pub mod reader;
 pub mod segment;
+pub mod sink;
 pub mod writer;
 
 pub use error::ArchiveError;
 pub use format::PieceHeader;
 pub use reader::{ArchiveReader, ArchivedPiece};
+pub use sink::{ArchiveSink, ARCHIVE_SINK_NAME};
 pub use writer::{Archive, ArchiveOptions, FsyncPolicy, OpenReport, Retention};

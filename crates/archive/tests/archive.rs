@@ -355,3 +355,42 @@ proptest! {
         prop_assert_eq!(&read_all(dir.path(), Lsn::ZERO).unwrap(), &all);
     }
 }
+
+/// The sink as the worker drives it: whole transactions with their
+/// checkpoint, a large one in pieces whose end comes as a checkpoint alone,
+/// and a retried call; the archive holds each change once and its
+/// checkpoint is the last whole transaction's end.
+#[tokio::test]
+async fn the_sink_archives_pieces_and_ends_by_checkpoint() {
+    use pgfanout_archive::ArchiveSink;
+    use pgfanout_core::{ChangeRef, Metrics, Sink};
+
+    let dir = tempfile::tempdir().unwrap();
+    let tables = [table("a", 1)];
+    let metrics = Metrics::new().unwrap();
+    let sink = ArchiveSink::open(dir.path(), options(), metrics.clone()).unwrap();
+    assert_eq!(sink.load_checkpoint().await.unwrap(), None);
+    let (first, large, last) = (transaction(1, &tables), transaction(2, &tables), transaction(3, &tables));
+    fn refs(t: &Transaction) -> Vec<ChangeRef<'_>> {
+        t.changes.iter().map(|change| ChangeRef { transaction: t, change }).collect()
+    }
+    let mut batch = refs(&first);
+    batch.extend(refs(&large)[..1].iter().copied());
+    sink.apply(&batch, Some(first.end_lsn)).await.unwrap();
+    sink.apply(&batch, Some(first.end_lsn)).await.unwrap();
+    assert_eq!(sink.load_checkpoint().await.unwrap(), Some(first.end_lsn));
+    sink.apply(&refs(&large)[1..], None).await.unwrap();
+    sink.apply(&[], Some(large.end_lsn)).await.unwrap();
+    sink.apply(&refs(&last), Some(last.end_lsn)).await.unwrap();
+    assert_eq!(sink.load_checkpoint().await.unwrap(), Some(last.end_lsn));
+    assert_eq!(read_all(dir.path(), Lsn::ZERO).unwrap(), vec![first.clone(), large, last]);
+    assert_eq!(metrics.archive_oldest_lsn.get() as u64, first.commit_lsn.0);
+    assert!(metrics.archive_bytes.get() > 0);
+    assert_eq!(metrics.archive_append_seconds.get_sample_count(), 5);
+
+    sink.store_source("system 1 slot s").await.unwrap();
+    drop(sink);
+    let reopened = ArchiveSink::open(dir.path(), options(), Metrics::new().unwrap()).unwrap();
+    assert_eq!(reopened.load_source().await.unwrap().as_deref(), Some("system 1 slot s"));
+    assert_eq!(reopened.load_checkpoint().await.unwrap(), Some(Lsn(3008)));
+}
