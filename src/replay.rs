@@ -30,6 +30,8 @@ use crate::sinks::build_sink;
 
 /// Changes per `Sink::apply` call.
 const BATCH_CHANGES: usize = 2000;
+/// How long the replay waits for the archive to reach the live checkpoint.
+const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Arguments of `pgfanout replay`.
 #[derive(Debug, clap::Args)]
@@ -116,42 +118,12 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         targets.push(Target { sink, tables, pending: Vec::new(), pending_changes: 0, applied: 0 });
     }
     let started = Instant::now();
-    let mut transactions = 0u64;
-    let mut last = None;
-    while let Some(piece) = reader.next_piece()? {
-        let transaction = piece.transaction;
-        if transaction.commit_lsn > to {
-            break;
-        }
-        transactions += u64::from(piece.ends_transaction);
-        last = Some(transaction.commit_lsn);
-        for target in &mut targets {
-            let mut changes = Vec::new();
-            for change in transaction.changes.iter().filter(|change| wanted(&change.table.table)) {
-                let Some((_, mapping)) = target.tables.iter().find(|(table, _)| *table == change.table.table) else {
-                    continue;
-                };
-                match mapping.apply(change).with_context(|| {
-                    format!(
-                        "sink {}: change {} of the transaction at {}",
-                        target.sink.name(),
-                        change.ordinal,
-                        transaction.commit_lsn
-                    )
-                })? {
-                    Mapped::Change(mapped) => changes.push(mapped),
-                    Mapped::Filtered => {}
-                }
-            }
-            if !changes.is_empty() {
-                target.pending_changes += changes.len();
-                target.pending.push(Transaction { changes, ..transaction.clone() });
-            }
-            if target.pending_changes >= BATCH_CHANGES {
-                flush(target).await?;
-            }
-        }
+    let mut progress = Progress { resume_from: args.from, ..Progress::default() };
+    apply_pieces(&mut reader, &mut targets, to, &wanted, &mut progress).await?;
+    if args.to.is_none() {
+        catch_up(&archive.path, &mut targets, &wanted, &mut progress).await?;
     }
+    let (transactions, last) = (progress.transactions, progress.last_commit);
     for target in &mut targets {
         flush(target).await?;
     }
@@ -169,6 +141,107 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How far a replay got.
+#[derive(Debug, Default)]
+struct Progress {
+    transactions: u64,
+    last_commit: Option<Lsn>,
+    /// End LSN of the last whole transaction read.
+    last_end: Option<Lsn>,
+    /// Where to read on from: after the last whole transaction read (a
+    /// piece read of a transaction not yet ended is read again, harmlessly).
+    resume_from: Lsn,
+}
+
+/// Reads pieces up to commit LSN `to` and applies each to the targets routing its tables.
+async fn apply_pieces(
+    reader: &mut ArchiveReader,
+    targets: &mut [Target],
+    to: Lsn,
+    wanted: &impl Fn(&TableName) -> bool,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    while let Some(piece) = reader.next_piece()? {
+        let transaction = piece.transaction;
+        if transaction.commit_lsn > to {
+            break;
+        }
+        if piece.ends_transaction {
+            progress.transactions += 1;
+            progress.last_end = Some(transaction.end_lsn);
+            progress.resume_from = Lsn(transaction.commit_lsn.0 + 1);
+        }
+        progress.last_commit = Some(transaction.commit_lsn);
+        for target in targets.iter_mut() {
+            let mut changes = Vec::new();
+            for change in transaction.changes.iter().filter(|change| wanted(&change.table.table)) {
+                let Some((_, mapping)) = target.tables.iter().find(|(table, _)| *table == change.table.table) else {
+                    continue;
+                };
+                let mapped = mapping.apply(change).with_context(|| {
+                    format!(
+                        "sink {}: change {} of the transaction at {}",
+                        target.sink.name(),
+                        change.ordinal,
+                        transaction.commit_lsn
+                    )
+                })?;
+                if let Mapped::Change(mapped) = mapped {
+                    changes.push(mapped);
+                }
+            }
+            if !changes.is_empty() {
+                target.pending_changes += changes.len();
+                target.pending.push(Transaction { changes, ..transaction.clone() });
+            }
+            if target.pending_changes >= BATCH_CHANGES {
+                flush(target).await?;
+            }
+        }
+    }
+    for target in targets.iter_mut() {
+        flush(target).await?;
+    }
+    Ok(())
+}
+
+/// Rejoins the live stream: keeps reading what the archive gained until it
+/// reaches every target's live checkpoint. Every change the live stream
+/// applied while the replay wrote older ones is then applied again after
+/// them, so a key the stream deleted or moved during the replay (where the
+/// replay wrote an older version afterwards) ends as the stream left it.
+async fn catch_up(
+    dir: &std::path::Path,
+    targets: &mut [Target],
+    wanted: &impl Fn(&TableName) -> bool,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
+    loop {
+        let mut live = Lsn::ZERO;
+        for target in targets.iter() {
+            let checkpoint =
+                target.sink.load_checkpoint().await.with_context(|| format!("sink {}", target.sink.name()))?;
+            live = live.max(checkpoint.unwrap_or_default());
+        }
+        if progress.last_end.is_some_and(|end| end >= live) {
+            tracing::info!(archive_end = %progress.last_end.unwrap_or_default(), live_checkpoint = %live, "replay caught up with the live stream");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the archive did not reach the sinks' live checkpoint {live} within {CATCH_UP_TIMEOUT:?} \
+                 (it holds up to {}); is `pgfanout run` with this [archive] running?",
+                progress.last_end.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut reader = ArchiveReader::open(dir, Arc::default())?;
+        reader.seek(progress.resume_from)?;
+        apply_pieces(&mut reader, targets, Lsn(u64::MAX), wanted, progress).await?;
+    }
 }
 
 /// Applies what `target` holds, retrying transient failures a few times.
