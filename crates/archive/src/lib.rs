@@ -31,8 +31,10 @@
 //! uses, and deletion by prefix that frees space only after compaction.
 //! A segmented log writes each byte once, deletes a prefix with `unlink`,
 //! is readable with a 60-line decoder (`format`), and costs little code:
-//! the measured append cost (criterion bench `append` in this crate; see
-//! `benches/archive.md` for figures) is far below what a sink write costs.
+//! the measured append cost (criterion bench `append` in this crate, figures
+//! in `benches/archive.md`: 0.28 µs per change, 3.6 M changes/s without
+//! fsync, 306 k changes/s with one fsync per 1,000-change batch) is far below
+//! what a sink write costs.
 //!
 //! Format choice: hand-written, length-prefixed and versioned
 //! ([`format::FORMAT_VERSION`] in every segment header) rather than a serde
