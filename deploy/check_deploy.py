@@ -113,6 +113,7 @@ SECTIONS = {
     "SourceConfig": "`[source]`",
     "HttpConfig": "`[http]`",
     "PipelineConfig": "`[pipeline]`",
+    "ArchiveConfig": "`[archive]` (the change archive; off when absent)",
     "DeliveryConfig": "`[sink.delivery]` (every sink kind)",
     "DeadLetterConfig::File": '`[sink.delivery.dead_letter]` with `kind = "file"`',
     "DeadLetterConfig::Redis": '`[sink.delivery.dead_letter]` with `kind = "redis"`',

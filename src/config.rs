@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Sections that environment variables may override.
-const ENV_SECTIONS: [&str; 3] = ["source__", "http__", "pipeline__"];
+const ENV_SECTIONS: [&str; 4] = ["source__", "http__", "pipeline__", "archive__"];
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -36,6 +36,70 @@ pub struct Config {
     /// The stores to keep in sync; at least one.
     #[serde(rename = "sink", default)]
     pub sinks: Vec<SinkConfig>,
+    /// The change archive `replay` reads; off unless the section is present.
+    #[serde(default)]
+    pub archive: Option<ArchiveConfig>,
+}
+
+/// `[archive]`: a local log of every routed transaction, so that `replay
+/// --from <LSN>` can apply past changes again. It acknowledges like a sink:
+/// the slot is confirmed past a transaction only once it is durable here.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Folder of the archive's segment files, on a disk that outlives the
+    /// process (a persistent volume). Required. Example: `/var/lib/pgfanout/archive`.
+    pub path: PathBuf,
+    /// Megabytes per segment file; retention removes whole segments. Default: 64.
+    #[serde(default = "default_archive_segment_mb")]
+    pub segment_mb: u64,
+    /// `batch`: one fsync per applied batch, before it is acknowledged
+    /// (survives power loss); `os`: leave write-back to the OS (survives a
+    /// crash of pgfanout, not of the machine). Default: `batch`.
+    #[serde(default)]
+    pub fsync: ArchiveFsync,
+    /// Keep at most this many megabytes, removing the oldest segments first.
+    /// Default: no size limit.
+    pub retention_mb: Option<u64>,
+    /// Remove segments last written more than this many hours ago; 0 keeps
+    /// them forever. Default: 168 (7 days).
+    #[serde(default = "default_archive_retention_hours")]
+    pub retention_hours: u64,
+}
+
+/// `[archive] fsync` values.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveFsync {
+    /// One fsync per applied batch.
+    #[default]
+    Batch,
+    /// No fsync; the OS writes back.
+    Os,
+}
+
+impl ArchiveConfig {
+    /// The archive writer's options.
+    pub fn options(&self) -> pgfanout_archive::ArchiveOptions {
+        pgfanout_archive::ArchiveOptions {
+            segment_bytes: self.segment_mb.max(1).saturating_mul(1024 * 1024),
+            fsync: match self.fsync {
+                ArchiveFsync::Batch => pgfanout_archive::FsyncPolicy::Batch,
+                ArchiveFsync::Os => pgfanout_archive::FsyncPolicy::Os,
+            },
+            retention: pgfanout_archive::Retention {
+                max_bytes: self.retention_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+                max_age: (self.retention_hours > 0).then(|| Duration::from_secs(self.retention_hours * 3600)),
+            },
+        }
+    }
+}
+
+fn default_archive_segment_mb() -> u64 {
+    64
+}
+fn default_archive_retention_hours() -> u64 {
+    168
 }
 
 /// `[http]`.

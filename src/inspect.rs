@@ -12,6 +12,7 @@
 //! consumer would: each transaction's end LSN once its last message is printed, and the
 //! keepalive position between transactions.
 
+mod archive;
 pub mod render;
 
 use std::collections::HashSet;
@@ -33,24 +34,28 @@ const OUTPUT_BUFFER: usize = 256 * 1024;
 
 /// Arguments of `pgfanout inspect`.
 #[derive(Debug, clap::Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["capture", "url"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["capture", "url", "archive"])))]
 pub struct InspectArgs {
     /// Read a file written by `pg_recvlogical --file` (each message followed by a newline).
     #[arg(long, value_name = "FILE")]
     capture: Option<PathBuf>,
+    /// Read pgfanout's change archive in this folder (`[archive] path`), as protocol version 1
+    /// messages; `--from` starts at the first transaction committed at or after that LSN.
+    #[arg(long, value_name = "PATH")]
+    archive: Option<PathBuf>,
     /// Stream live from this PostgreSQL server (libpq URL or key=value string).
     #[arg(long, value_name = "URL")]
     url: Option<String>,
     /// Slot to stream from (live only).
-    #[arg(long, conflicts_with = "capture", required_unless_present = "capture")]
+    #[arg(long, conflicts_with_all = ["capture", "archive"], required_unless_present_any = ["capture", "archive"])]
     slot: Option<String>,
     /// Publication(s) to stream, comma-separated (live only).
-    #[arg(long, conflicts_with = "capture", required_unless_present = "capture", value_delimiter = ',')]
+    #[arg(long, conflicts_with_all = ["capture", "archive"], required_unless_present_any = ["capture", "archive"], value_delimiter = ',')]
     publication: Vec<String>,
     /// pgoutput protocol version, 1–4: the one the capture was recorded with (required for a
     /// capture), or the one to request (live, default 1).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4),
-          required_unless_present = "url")]
+          required_unless_present_any = ["url", "archive"], conflicts_with = "archive")]
     proto_version: Option<u32>,
     /// Streaming of large in-progress transactions the capture was recorded with (`on` when
     /// given without a value). Only `parallel` changes decoding (the longer v4 Stream Abort).
@@ -61,29 +66,29 @@ pub struct InspectArgs {
     #[arg(long)]
     binary: bool,
     /// Request `pg_logical_emit_message` output (live only).
-    #[arg(long, conflicts_with = "capture")]
+    #[arg(long, conflicts_with_all = ["capture", "archive"])]
     messages: bool,
     /// Create the slot first; fails if it exists (live only).
-    #[arg(long, conflicts_with = "capture")]
+    #[arg(long, conflicts_with_all = ["capture", "archive"])]
     create_slot: bool,
     /// Start position; the server starts at the slot's confirmed_flush_lsn if that is later
-    /// (live only, default 0/0).
+    /// (live, default 0/0). With `--archive`: the first commit LSN to print (default: the oldest).
     #[arg(long, value_name = "LSN", conflicts_with = "capture")]
     from: Option<Lsn>,
     /// Stop once the stream reaches this LSN, like `pg_recvlogical -E`: a message starting
     /// after it is not printed, one starting at it is, and a keepalive at or past it ends the
     /// stream (live only).
-    #[arg(long, value_name = "LSN", conflicts_with = "capture")]
+    #[arg(long, value_name = "LSN", conflicts_with_all = ["capture", "archive"])]
     until_lsn: Option<Lsn>,
     /// Stop after this many seconds without a message (live only).
-    #[arg(long, value_name = "SECS", conflicts_with = "capture", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", conflicts_with_all = ["capture", "archive"], value_parser = parse_seconds)]
     until_idle: Option<Duration>,
     /// Stop after this many messages.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Confirm transactions to the server as they are printed, which moves the slot (live
     /// only). Without it nothing is ever confirmed.
-    #[arg(long, conflicts_with = "capture")]
+    #[arg(long, conflicts_with_all = ["capture", "archive"])]
     confirm: bool,
     /// What to print per message.
     #[arg(long, value_enum, default_value_t = Format::Json)]
@@ -121,9 +126,10 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     let stdout = std::io::stdout().lock();
     let mut output = Output::new(std::io::BufWriter::with_capacity(OUTPUT_BUFFER, stdout), args.format);
-    let result = match &args.capture {
-        Some(path) => inspect_capture(path, &args, &mut output),
-        None => inspect_live(&args, &mut output).await,
+    let result = match (&args.capture, &args.archive) {
+        (Some(path), _) => inspect_capture(path, &args, &mut output),
+        (None, Some(dir)) => archive::inspect_archive(dir, args.from, args.count, &mut output),
+        (None, None) => inspect_live(&args, &mut output).await,
     };
     let result = result.and_then(|()| output.finish().context("cannot write to stdout"));
     match result {

@@ -11,6 +11,7 @@ mod http;
 mod inspect;
 mod privileges;
 mod progress;
+mod replay;
 mod run;
 mod secrets;
 mod sinks;
@@ -50,18 +51,9 @@ enum Command {
     /// Print decoded pgoutput messages as JSON lines, from a `pg_recvlogical` capture or live
     /// from a slot (which is never advanced unless --confirm is given).
     Inspect(inspect::InspectArgs),
-    /// Re-apply the changes from an LSN to some sinks (not yet implemented).
-    Replay {
-        /// Path of the TOML config.
-        #[arg(long, short, env = "PGFANOUT_CONFIG")]
-        config: PathBuf,
-        /// First LSN to re-apply, e.g. `0/16B3748`.
-        #[arg(long)]
-        from: String,
-        /// Sinks to replay into; all when omitted.
-        #[arg(long)]
-        sink: Vec<String>,
-    },
+    /// Re-apply archived changes from an LSN to some sinks while the running instance keeps
+    /// streaming into every sink (needs `[archive]`).
+    Replay(replay::ReplayArgs),
     /// Rebuild a sink from a consistent snapshot of PostgreSQL (not yet implemented).
     Rebuild {
         /// Path of the TOML config.
@@ -142,8 +134,9 @@ fn main() -> std::process::ExitCode {
                     Err(err)
                 }
             },
-            Command::Replay { .. } | Command::Rebuild { .. } | Command::Verify { .. } => {
-                anyhow::bail!("not yet implemented: replay, rebuild and verify arrive with the change archive")
+            Command::Replay(args) => replay::replay(args).await,
+            Command::Rebuild { .. } | Command::Verify { .. } => {
+                anyhow::bail!("not yet implemented: rebuild and verify")
             }
             Command::Inspect(args) => inspect::run(args).await,
             Command::Version => {

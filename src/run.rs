@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use pg_replication::{ReplicationStream, StreamSettings};
-use pgfanout_core::{error_chain, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, WorkerSettings};
+use pgfanout_core::{
+    error_chain, Lsn, Metrics, OnError, OnErrorPolicy, Pipeline, Sink, SinkWorker, TableMapping, WorkerSettings,
+};
 use pgfanout_source::{
     connect_with_retry, load_holding_with_retry, prepare_source, settle_slot, start_options, store_record_with_retry,
     stream_until_shutdown, wait_for_slot, Marker, SourceError, StandbyState, StreamContext,
@@ -46,7 +48,14 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         HttpState {
             metrics: metrics.clone(),
             streaming: streaming.clone(),
-            sinks: Arc::new(config.sinks.iter().map(|sink| sink.name().to_owned()).collect()),
+            sinks: Arc::new(
+                config
+                    .sinks
+                    .iter()
+                    .map(|sink| sink.name().to_owned())
+                    .chain(config.archive.as_ref().map(|_| pgfanout_archive::ARCHIVE_SINK_NAME.to_owned()))
+                    .collect(),
+            ),
             statuses: statuses.clone(),
             wedged_after: Duration::from_secs(config.http.wedged_after_secs),
             standby: standby.clone(),
@@ -92,6 +101,18 @@ async fn stream(
         sinks.push((sink_config, sink, tables));
     }
 
+    // The change archive acknowledges like one more sink (last in `holdings`).
+    let archive = match &config.archive {
+        Some(archive) => {
+            let sink = pgfanout_archive::ArchiveSink::open(&archive.path, archive.options(), metrics.clone())
+                .with_context(|| format!("cannot open the change archive {}", archive.path.display()))?;
+            let sink: Arc<dyn Sink> = Arc::new(sink);
+            holdings.push(load_holding_with_retry(sink.as_ref(), shutdown).await?);
+            Some(sink)
+        }
+        None => None,
+    };
+
     let options = config.source.connect_options()?;
     let routing = crate::sinks::routing(config);
     let mut first_connection = connect_with_retry(&options, shutdown).await?;
@@ -101,7 +122,7 @@ async fn stream(
     }
     prepare_source(&mut first_connection, &config.source, &routing, options.database()).await?;
     let (record, confirmed_at_start) = settle_slot(&mut first_connection, &config.source, &options, &holdings).await?;
-    let all_sinks: Vec<Arc<dyn Sink>> = sinks.iter().map(|(_, sink, _)| sink.clone()).collect();
+    let all_sinks: Vec<Arc<dyn Sink>> = sinks.iter().map(|(_, sink, _)| sink.clone()).chain(archive.clone()).collect();
     store_record_with_retry(&all_sinks, &record, shutdown).await?;
     let start_options = start_options(&config.source, first_connection.server_version());
     // Where the server is now: the backlog to catch up on, for the progress bar.
@@ -130,6 +151,17 @@ async fn stream(
         );
         let name = sink.name().to_owned();
         let (worker, queue, acked) = SinkWorker::new(sink, checkpoint, settings, metrics.clone(), on_ack.clone());
+        statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push((name.clone(), worker.status()));
+        pipeline.add_sink(name, tables, queue, acked);
+        workers.push(tokio::spawn(worker.run()));
+    }
+    if let (Some(sink), Some(holding)) = (archive, holdings.last()) {
+        // One lane: the archive writes changes in stream order (see pgfanout_archive::sink).
+        let settings = WorkerSettings { lanes: 1, ..config.worker_settings() };
+        let name = sink.name().to_owned();
+        let tables = routing.tables().into_iter().map(|table| (table, TableMapping::identity()));
+        let (worker, queue, acked) =
+            SinkWorker::new(sink, holding.checkpoint, settings, metrics.clone(), on_ack.clone());
         statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push((name.clone(), worker.status()));
         pipeline.add_sink(name, tables, queue, acked);
         workers.push(tokio::spawn(worker.run()));

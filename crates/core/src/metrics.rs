@@ -3,7 +3,9 @@
 //! Names follow `pgfanout_<noun>_<unit>[_total]`; labels are of low
 //! cardinality (sink, table, op, kind) and never carry row values or keys.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Row changes of a published table that no sink routes, by table: the
 /// publication holds a table the config does not (changes dropped on purpose?).
@@ -42,6 +44,12 @@ pub const SINK_UP: &str = "pgfanout_sink_up";
 pub const STREAMED_MEMORY_BYTES: &str = "pgfanout_streamed_memory_bytes";
 /// Bytes of streamed changes written to spill files.
 pub const STREAMED_SPILLED_BYTES_TOTAL: &str = "pgfanout_streamed_spilled_bytes_total";
+/// Bytes of the change archive's segments on disk.
+pub const ARCHIVE_BYTES: &str = "pgfanout_archive_bytes";
+/// Commit LSN of the oldest transaction the change archive holds (0 when empty).
+pub const ARCHIVE_OLDEST_LSN: &str = "pgfanout_archive_oldest_lsn";
+/// Time to append one batch to the change archive and sync it.
+pub const ARCHIVE_APPEND_SECONDS: &str = "pgfanout_archive_append_seconds";
 /// Build information as labels, value 1.
 pub const BUILD_INFO: &str = "pgfanout_build_info";
 
@@ -86,6 +94,12 @@ pub struct Metrics {
     pub confirmed_flush_lsn: IntGauge,
     /// See [`SOURCE_LAG_BYTES`].
     pub source_lag_bytes: IntGauge,
+    /// See [`ARCHIVE_BYTES`].
+    pub archive_bytes: IntGauge,
+    /// See [`ARCHIVE_OLDEST_LSN`].
+    pub archive_oldest_lsn: IntGauge,
+    /// See [`ARCHIVE_APPEND_SECONDS`].
+    pub archive_append_seconds: Histogram,
 }
 
 impl Metrics {
@@ -135,6 +149,16 @@ impl Metrics {
         let build_info = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information"), &["version"])?;
         registry.register(Box::new(build_info.clone()))?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let archive_bytes = IntGauge::new(ARCHIVE_BYTES, "Bytes of the change archive's segments on disk")?;
+        registry.register(Box::new(archive_bytes.clone()))?;
+        let archive_oldest_lsn =
+            IntGauge::new(ARCHIVE_OLDEST_LSN, "Commit LSN of the oldest transaction in the change archive")?;
+        registry.register(Box::new(archive_oldest_lsn.clone()))?;
+        let archive_append_seconds = Histogram::with_opts(
+            HistogramOpts::new(ARCHIVE_APPEND_SECONDS, "Time to append one batch to the change archive and sync it")
+                .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16)?),
+        )?;
+        registry.register(Box::new(archive_append_seconds.clone()))?;
 
         Ok(Metrics {
             events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
@@ -179,6 +203,9 @@ impl Metrics {
             checkpoint_lsn,
             confirmed_flush_lsn,
             source_lag_bytes,
+            archive_bytes,
+            archive_oldest_lsn,
+            archive_append_seconds,
             registry,
         })
     }
