@@ -17,6 +17,7 @@ mod run;
 mod secrets;
 mod source;
 mod table_check;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -76,7 +77,8 @@ enum Command {
         #[arg(long)]
         table: Vec<String>,
     },
-    /// Compare PostgreSQL with the sinks and print differences (not yet implemented).
+    /// Compare PostgreSQL with the sinks and print each differing key: exit 0 when equal, 1 when
+    /// rows differ (with --repair: still differ after repair), 2 on an error.
     Verify {
         /// Path of the TOML config.
         #[arg(long, short, env = "PGFANOUT_CONFIG")]
@@ -84,9 +86,15 @@ enum Command {
         /// Sinks to verify; all when omitted.
         #[arg(long)]
         sink: Vec<String>,
-        /// Re-apply the rows that differ.
+        /// Tables to verify (`schema.table`); all routed ones when omitted.
+        #[arg(long)]
+        table: Vec<String>,
+        /// Re-write the rows that differ from PostgreSQL (and delete extra ones) through the sink.
         #[arg(long)]
         repair: bool,
+        /// Seconds to wait for a sink to catch up before re-checking a differing row.
+        #[arg(long, default_value_t = 60)]
+        catch_up_timeout_secs: u64,
     },
     /// Print the version.
     Version,
@@ -131,6 +139,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // `verify` exits 1 for differences, 2 for an error.
+    let is_verify = matches!(cli.command, Command::Verify { .. });
+    let mut differences_found = false;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run::run(&config::Config::load(&config)?).await,
@@ -144,8 +155,18 @@ fn main() -> std::process::ExitCode {
                     Err(err)
                 }
             },
-            Command::Replay { .. } | Command::Rebuild { .. } | Command::Verify { .. } => {
-                anyhow::bail!("not yet implemented: replay, rebuild and verify arrive with the change archive")
+            Command::Replay { .. } | Command::Rebuild { .. } => {
+                anyhow::bail!("not yet implemented: replay and rebuild arrive with the change archive and the snapshot")
+            }
+            Command::Verify { config, sink, table, repair, catch_up_timeout_secs } => {
+                let options = verify::VerifyOptions {
+                    sinks: sink,
+                    tables: table,
+                    repair,
+                    catch_up_timeout: std::time::Duration::from_secs(catch_up_timeout_secs),
+                };
+                differences_found = !verify::verify(&config::Config::load(&config)?, &options).await?;
+                Ok(())
             }
             Command::Inspect(args) => inspect::run(args).await,
             Command::Version => {
@@ -155,11 +176,16 @@ fn main() -> std::process::ExitCode {
         }
     });
     match result {
+        Ok(()) if differences_found => std::process::ExitCode::from(1),
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "pgfanout stopped");
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            if is_verify {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -23,6 +23,14 @@ pub enum MongoSinkError {
         #[source]
         source: mongodb::error::Error,
     },
+    /// A row `verify` cannot locate (no `_id` can be built from it).
+    #[error("table {table}: {reason}")]
+    Verify {
+        /// Source table.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// No answer within the response timeout.
     #[error("mongodb did not answer {what} within {timeout:?}")]
     Timeout {
@@ -85,7 +93,7 @@ impl MongoSinkError {
             MongoSinkError::Driver { source, .. } => driver_kind(source),
             MongoSinkError::Timeout { .. } | MongoSinkError::AggregateConflict { .. } => ErrorKind::Transient,
             MongoSinkError::Rejected { code, .. } => code_kind(*code),
-            MongoSinkError::Encode(_) => ErrorKind::Permanent,
+            MongoSinkError::Encode(_) | MongoSinkError::Verify { .. } => ErrorKind::Permanent,
             MongoSinkError::BadCheckpoint { .. } => ErrorKind::StoreFailing,
         }
     }
