@@ -43,8 +43,6 @@ use pgfanout_core::{Change, ChangeOp, ChangeRef, Lsn, Row, Sink, TableMapping, T
 use crate::config::Config;
 use reader::{Key, SourceReader};
 
-/// Rows read from PostgreSQL (and fetched from the store) at a time.
-const CHUNK_ROWS: usize = 2000;
 /// Rounds of re-checking before a key that keeps changing is given up on.
 const SETTLE_ROUNDS: usize = 5;
 /// Rounds of repair before a key that keeps differing is given up on.
@@ -104,11 +102,12 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> anyhow::Result<
         }
     }
     let wanted_tables: Vec<TableName> = options.tables.iter().map(|table| TableName::parse(table)).collect();
-    let connect = crate::source::connect_options(config)?;
+    let connect = config.source.connect_options()?;
     let mut connection = pg_replication::ReplicationConnection::connect(&connect)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", connect.endpoint()))?;
-    let user_types = crate::catalog::user_types(&mut connection).await.context("reading user types from pg_type")?;
+    let user_types =
+        pgfanout_source::catalog::user_types(&mut connection).await.context("reading user types from pg_type")?;
     let mut reader = SourceReader::new(connection, user_types);
     if reader.confirmed_flush(&config.source.slot).await?.is_none() {
         tracing::warn!(slot = %config.source.slot, "the slot does not exist; differences cannot wait for in-flight changes");
@@ -121,7 +120,7 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> anyhow::Result<
     for sink_config in
         config.sinks.iter().filter(|sink| options.sinks.is_empty() || options.sinks.iter().any(|n| n == sink.name()))
     {
-        let (sink, tables) = crate::run::build_sink(sink_config)?;
+        let (sink, tables) = crate::sinks::build_sink(sink_config)?;
         let Some(read_back) = sink.read_back() else {
             println!("sink {}: this sink kind cannot be read back (yet); not verified", sink.name());
             unverified_sinks += 1;
@@ -132,8 +131,10 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> anyhow::Result<
                 continue;
             }
             matched_any_table = true;
-            let source = Arc::new(reader.table_schema(table, &config.source.publication).await?);
+            let table_reader = reader.table(table, &config.source.publication).await?;
+            let source = Arc::clone(&table_reader.table().schema);
             let check = TableCheck {
+                table_reader,
                 sink: sink.as_ref(),
                 read_back,
                 mapping,
@@ -170,6 +171,8 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> anyhow::Result<
 
 /// One table of one sink.
 struct TableCheck<'a> {
+    /// Chunked reads of the source table (its resume keys in key-index order).
+    table_reader: pgfanout_snapshot::TableReader,
     sink: &'a dyn Sink,
     read_back: &'a dyn ReadBack,
     mapping: &'a TableMapping,
@@ -252,14 +255,14 @@ impl TableCheck<'_> {
     async fn first_pass(&self, reader: &mut SourceReader) -> anyhow::Result<(BTreeMap<Key, Difference>, (u64, u64))> {
         let mut candidates = BTreeMap::new();
         let mut in_postgres: HashSet<Key> = HashSet::new();
-        let mut after: Option<Key> = None;
+        let mut after: Option<Vec<String>> = None;
         loop {
-            let rows = reader.read_chunk(&self.source, after.as_ref(), CHUNK_ROWS).await?;
-            let Some(last) = rows.last() else { break };
-            after = key_texts(&self.source, last);
-            let mut mapped_rows = Vec::with_capacity(rows.len());
-            let mut expected = Vec::with_capacity(rows.len());
-            for row in rows {
+            let chunk = reader.read_chunk(&self.table_reader, after.as_deref()).await?;
+            let more = chunk.more;
+            after = chunk.last_key;
+            let mut mapped_rows = Vec::with_capacity(chunk.rows.len());
+            let mut expected = Vec::with_capacity(chunk.rows.len());
+            for row in chunk.rows {
                 if let Some((mapped, stored)) = self.expect(row)? {
                     mapped_rows.push(mapped);
                     expected.push(stored);
@@ -272,6 +275,9 @@ impl TableCheck<'_> {
                     candidates.insert(key.clone(), difference);
                 }
                 in_postgres.insert(key);
+            }
+            if !more || after.is_none() {
+                break;
             }
         }
         let mut in_store: HashSet<Key> = HashSet::new();

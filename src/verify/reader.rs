@@ -1,21 +1,27 @@
-//! PostgreSQL's side of `verify`: table shapes from the catalog and rows in
-//! primary-key order, read over a connection with the replication stream's
-//! session settings, so every value's text is the text the stream carries.
+//! PostgreSQL's side of `verify`: table shapes and chunked, key-ordered
+//! reads (the snapshot crate's [`TableReader`]), rows by key, WAL
+//! positions; over a replication-mode connection with the stream's session
+//! settings, so every value's text is the text the stream carries.
 //!
-//! Each read is one statement (its own snapshot), never a long transaction.
-//! Keys travel as PostgreSQL's text of each key column and are compared by
-//! the server as literals of the column's type.
+//! Each read is one short statement or transaction, never a long one.
+//! Keys travel as PostgreSQL's text of each key column (in tuple order
+//! here; the [`TableReader`]'s resume keys are in key-index order) and are
+//! compared by the server as literals of the column's type.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use pg_replication::{QueryResult, ReplicationConnection};
-use pgfanout_core::{ColumnSchema, ColumnValue, Lsn, Row, TableName, TableSchema};
+use pgfanout_core::{ColumnValue, Lsn, Row, TableName, TableSchema};
+use pgfanout_snapshot::{Chunk, ChunkLimits, SnapshotTable, TableReader};
 use pgoutput::value::TypeKind;
-use pgoutput::{Oid, ReplicaIdentity, TypeRegistry};
+use pgoutput::{Oid, TypeRegistry};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
+
+/// Rows read from PostgreSQL (and fetched from the store) at a time.
+const CHUNK_ROWS: usize = 2000;
 
 /// A table's key: the key columns' text, in tuple order.
 pub type Key = Vec<String>;
@@ -41,90 +47,18 @@ impl SourceReader {
         self.connection.simple_query(sql).await.with_context(|| what.to_owned())
     }
 
-    /// The shape the stream gives `table` under `publication`: its published
-    /// columns (no generated ones, the publication's column list if any), in
-    /// tuple order, the primary key's columns as key.
-    pub async fn table_schema(&mut self, table: &TableName, publication: &str) -> anyhow::Result<TableSchema> {
-        let qualified = format!("{}.{}", escape_identifier(&table.schema), escape_identifier(&table.name));
-        let published = self
-            .query(
-                &format!(
-                    "SELECT attnames FROM pg_catalog.pg_publication_tables WHERE pubname = {} AND schemaname = {} \
-                     AND tablename = {}",
-                    escape_literal(publication),
-                    escape_literal(&table.schema),
-                    escape_literal(&table.name)
-                ),
-                &format!("reading publication {publication}"),
-            )
-            .await?;
-        let Some(row) = published.rows.first() else {
-            bail!("table {table} is not in publication {publication}: add it (ALTER PUBLICATION {publication} ADD TABLE {table}) or take it out of the sink's config");
-        };
-        let column_list: Option<Vec<String>> = row.first().cloned().flatten().map(|names| {
-            names.trim_matches(|c| c == '{' || c == '}').split(',').map(|n| n.trim_matches('"').to_owned()).collect()
-        });
-        let columns = self
-            .query(
-                &format!(
-                    "SELECT a.attname, a.atttypid, COALESCE(a.attnum = ANY (i.indkey), false) AS is_key, \
-                     c.oid AS relid, c.relreplident FROM pg_catalog.pg_attribute a \
-                     JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-                     LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
-                     WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND NOT a.attisdropped \
-                     AND a.attgenerated = '' ORDER BY a.attnum",
-                    escape_literal(&qualified)
-                ),
-                &format!("reading the columns of {table}"),
-            )
-            .await?;
-        let mut schema_columns = Vec::new();
-        for row in 0..columns.rows.len() {
-            let name = columns.get(row, "attname").unwrap_or_default().to_owned();
-            if column_list.as_ref().is_some_and(|list| !list.contains(&name)) {
-                continue;
-            }
-            schema_columns.push(ColumnSchema {
-                type_oid: Oid(columns.get(row, "atttypid").and_then(|oid| oid.parse().ok()).unwrap_or(25)),
-                is_key: columns.get(row, "is_key") == Some("t"),
-                name,
-            });
-        }
-        if !schema_columns.iter().any(|column| column.is_key) {
-            bail!("table {table} has no primary key: verify compares rows by primary key; add one (ALTER TABLE {table} ADD PRIMARY KEY (…))");
-        }
-        let replica_identity = match columns.get(0, "relreplident") {
-            Some("f") => ReplicaIdentity::Full,
-            Some("n") => ReplicaIdentity::Nothing,
-            Some("i") => ReplicaIdentity::Index,
-            _ => ReplicaIdentity::Default,
-        };
-        Ok(TableSchema {
-            oid: Oid(columns.get(0, "relid").and_then(|oid| oid.parse().ok()).unwrap_or(0)),
-            table: table.clone(),
-            replica_identity,
-            columns: schema_columns,
-            types: Arc::clone(&self.types),
-        })
+    /// The table's shape as the stream gives it under `publication`, and
+    /// a chunked, key-ordered reader of it (the snapshot's).
+    pub async fn table(&mut self, table: &TableName, publication: &str) -> anyhow::Result<TableReader> {
+        let described =
+            SnapshotTable::describe(&mut self.connection, table, Some(publication), Arc::clone(&self.types)).await?;
+        Ok(TableReader::new(described, ChunkLimits { rows: CHUNK_ROWS, ..ChunkLimits::default() }))
     }
 
-    /// Up to `limit` rows with a key above `after` (from the first when
-    /// `None`), in key order.
-    pub async fn read_chunk(
-        &mut self,
-        table: &TableSchema,
-        after: Option<&Key>,
-        limit: usize,
-    ) -> anyhow::Result<Vec<Row>> {
-        let keys = key_list(table);
-        let filter = match after {
-            Some(key) => format!(" WHERE ({keys}) > ({})", literals(key)),
-            None => String::new(),
-        };
-        let sql =
-            format!("SELECT {} FROM {}{filter} ORDER BY {keys} LIMIT {limit}", column_list(table), qualified(table));
-        let result = self.query(&sql, &format!("reading rows of {}", table.table)).await?;
-        Ok(result.rows.into_iter().map(into_row).collect())
+    /// The chunk of `reader`'s table after `after` (a key in the reader's
+    /// key order; from the start for `None`).
+    pub async fn read_chunk(&mut self, reader: &TableReader, after: Option<&[String]>) -> anyhow::Result<Chunk> {
+        Ok(reader.read_chunk(&mut self.connection, after).await?)
     }
 
     /// The rows of `keys` that exist, by key.
