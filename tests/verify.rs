@@ -246,3 +246,22 @@ exclude = ["seen"]
     assert_eq!(repaired.get_str("name").unwrap(), "item 3");
     assert!(repaired.contains_key("foreign"), "another application's field survives a repair");
 }
+
+#[tokio::test]
+async fn a_sink_kind_without_read_back_is_named_not_faked() {
+    let db = create_database("verify_discard").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute("CREATE PUBLICATION verify_discard FOR TABLE items").await.unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "{}\n[[sink]]\nname = \"null\"\nkind = \"discard\"\n[[sink.table]]\nsource = \"public.items\"\n",
+        source_config(&db, "verify_discard", &http)
+    );
+    let config_path = write_config("verify_discard", &config);
+    let (code, output) = run_verify(&config_path, &["--sink", "null"]).await;
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains("sink null: verify cannot read this sink kind back yet"), "{output}");
+    let (code, output) = run_verify(&config_path, &[]).await;
+    assert_eq!(code, 2, "nothing verified is not success:\n{output}");
+    assert!(output.contains("nothing was verified"), "{output}");
+}
