@@ -289,6 +289,7 @@ impl TableCheck<'_> {
                 break;
             }
         }
+        tracing::debug!(sink = self.sink.name(), table = %self.source.table, rows = in_postgres.len(), candidates = candidates.len(), "PostgreSQL's rows compared");
         let mut in_store: HashSet<Key> = HashSet::new();
         let mut cursor = None;
         loop {

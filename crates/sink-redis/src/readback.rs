@@ -93,12 +93,11 @@ impl RedisSink {
             .query_async(&mut connection)
             .await
             .map_err(|source| RedisSinkError::Command { what: format!("SCAN MATCH {pattern}"), source })?;
-        let rows = self.read_rows(&keys, format).await?;
+        let key_names: Vec<&str> =
+            table.key_positions().map(|position| table.columns[position].name.as_str()).collect();
+        let key_values = self.read_key_columns(&keys, format, &key_names).await?;
         let mut page = KeyPage { keys: Vec::new(), next: (next != 0).then(|| next.to_string()) };
-        for (key, stored) in keys.iter().zip(rows) {
-            let Some(stored) = stored else { continue };
-            let texts: Option<Vec<String>> =
-                table.key_positions().map(|position| stored.get(&table.columns[position].name).cloned()).collect();
+        for (key, texts) in keys.iter().zip(key_values) {
             let Some(texts) = texts else { continue };
             // Only a key the row itself renders is a row of this table.
             let row = key_row(table, &texts);
@@ -107,6 +106,35 @@ impl RedisSink {
             }
         }
         Ok(page)
+    }
+
+    /// The key columns' values stored under each of `keys` (only those
+    /// fields of a hash: listing keys reads little); `None` where one is missing.
+    async fn read_key_columns(
+        &self,
+        keys: &[String],
+        format: RowFormat,
+        names: &[&str],
+    ) -> Result<Vec<Option<Vec<String>>>, RedisSinkError> {
+        if format == RowFormat::Json {
+            let rows = self.read_rows(keys, format).await?;
+            return Ok(rows
+                .into_iter()
+                .map(|row| row.and_then(|row| names.iter().map(|name| row.get(*name).cloned()).collect()))
+                .collect());
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection().await?;
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.cmd("HMGET").arg(key).arg(names);
+        }
+        let values: Vec<Vec<Option<String>>> = pipeline.query_async(&mut connection).await.map_err(|source| {
+            RedisSinkError::Command { what: format!("reading the keys of {} rows", keys.len()), source }
+        })?;
+        Ok(values.into_iter().map(|fields| fields.into_iter().collect()).collect())
     }
 
     fn table_format(&self, table: &Arc<TableSchema>) -> Result<RowFormat, RedisSinkError> {
