@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use pgfanout_core::mapping::Mapped;
 use pgfanout_core::readback::{key_row, key_texts, ReadBack, StoredColumns};
-use pgfanout_core::{Change, ChangeOp, ChangeRef, Lsn, Row, Sink, TableMapping, TableName, TableSchema, Transaction};
+use pgfanout_core::{
+    Change, ChangeOp, ChangeRef, Lsn, Row, Sink, TableMapping, TableName, TableSchema, Transaction, Version,
+};
 
 use crate::config::Config;
 use reader::{Key, SourceReader};
@@ -412,13 +414,13 @@ impl TableCheck<'_> {
                 Some(new) => ChangeOp::Insert { new },
                 None => ChangeOp::Delete { old: key_row(&self.mapped, key) },
             };
-            changes.push(Change { table: Arc::clone(&self.mapped), op, ordinal: u32::MAX });
+            changes.push(Change { table: Arc::clone(&self.mapped), op, ordinal: repair_version(position).ordinal });
         }
-        let version_lsn = Lsn(position.0.saturating_sub(1));
+        let version = repair_version(position);
         let transaction = Transaction {
             xid: pgoutput::Xid(0),
-            commit_lsn: version_lsn,
-            end_lsn: version_lsn,
+            commit_lsn: version.commit_lsn,
+            end_lsn: version.commit_lsn,
             commit_time: now(),
             changes,
         };
@@ -437,6 +439,13 @@ impl TableCheck<'_> {
         );
         Ok(())
     }
+}
+
+/// The version a repair writes rows read after `position` (the WAL insert
+/// position taken before the read) with: below every change committed at
+/// or after `position`, above every change committed before `position - 1`.
+fn repair_version(position: Lsn) -> Version {
+    Version { commit_lsn: Lsn(position.0.saturating_sub(1)), ordinal: u32::MAX }
 }
 
 /// How `stored` differs from `expected` (`None`: not at all).
@@ -467,6 +476,17 @@ mod tests {
 
     fn columns(pairs: &[(&str, &str)]) -> StoredColumns {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn a_repair_loses_to_changes_committed_from_its_read_on() {
+        let position = Lsn(0x1000);
+        let repair = repair_version(position);
+        for later in [Version { commit_lsn: position, ordinal: 0 }, Version { commit_lsn: Lsn(0x1001), ordinal: 0 }] {
+            assert!(later > repair, "{later} must beat the repair {repair}");
+        }
+        let earlier = Version { commit_lsn: Lsn(0x0ffe), ordinal: u32::MAX };
+        assert!(earlier < repair, "{earlier} must lose to the repair {repair}");
     }
 
     #[test]
