@@ -16,6 +16,7 @@ mod run;
 mod secrets;
 mod sinks;
 mod table_check;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -66,7 +67,8 @@ enum Command {
         #[arg(long)]
         table: Vec<String>,
     },
-    /// Compare PostgreSQL with the sinks and print differences (not yet implemented).
+    /// Compare PostgreSQL with the sinks and print each differing key: exit 0 when equal, 1 when
+    /// rows differ (with --repair: still differ after repair), 2 on an error.
     Verify {
         /// Path of the TOML config.
         #[arg(long, short, env = "PGFANOUT_CONFIG")]
@@ -74,9 +76,15 @@ enum Command {
         /// Sinks to verify; all when omitted.
         #[arg(long)]
         sink: Vec<String>,
-        /// Re-apply the rows that differ.
+        /// Tables to verify (`schema.table`); all routed ones when omitted.
+        #[arg(long)]
+        table: Vec<String>,
+        /// Re-write the rows that differ from PostgreSQL (and delete extra ones) through the sink.
         #[arg(long)]
         repair: bool,
+        /// Seconds to wait for a sink to catch up before re-checking a differing row.
+        #[arg(long, default_value_t = 60)]
+        catch_up_timeout_secs: u64,
     },
     /// Print the version.
     Version,
@@ -121,6 +129,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // `verify` exits 1 for differences, 2 for an error.
+    let is_verify = matches!(cli.command, Command::Verify { .. });
+    let mut differences_found = false;
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { config } => run::run(&config::Config::load(&config)?).await,
@@ -135,8 +146,16 @@ fn main() -> std::process::ExitCode {
                 }
             },
             Command::Replay(args) => replay::replay(args).await,
-            Command::Rebuild { .. } | Command::Verify { .. } => {
-                anyhow::bail!("not yet implemented: rebuild and verify")
+            Command::Rebuild { .. } => anyhow::bail!("not yet implemented: rebuild arrives with the snapshot"),
+            Command::Verify { config, sink, table, repair, catch_up_timeout_secs } => {
+                let options = verify::VerifyOptions {
+                    sinks: sink,
+                    tables: table,
+                    repair,
+                    catch_up_timeout: std::time::Duration::from_secs(catch_up_timeout_secs),
+                };
+                differences_found = !verify::verify(&config::Config::load(&config)?, &options).await?;
+                Ok(())
             }
             Command::Inspect(args) => inspect::run(args).await,
             Command::Version => {
@@ -146,11 +165,16 @@ fn main() -> std::process::ExitCode {
         }
     });
     match result {
+        Ok(()) if differences_found => std::process::ExitCode::from(1),
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "pgfanout stopped");
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            if is_verify {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

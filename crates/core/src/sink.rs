@@ -222,6 +222,12 @@ pub trait Sink: Send + Sync {
         let _ = table;
         Vec::new()
     }
+
+    /// Read access to what the sink stored, for `verify`; `None` (the
+    /// default) when the sink stores nothing it can read back.
+    fn read_back(&self) -> Option<&dyn crate::readback::ReadBack> {
+        None
+    }
 }
 
 /// Where changes a store rejects go when a sink runs with

@@ -252,6 +252,36 @@ impl MongoEncoder {
         problems
     }
 
+    /// Where the document of `row` (a row of shape `table`, or its key) lives and its
+    /// `_id`; for reading rows back (`verify`).
+    pub fn locate(&self, table: &TableSchema, row: &Row) -> Result<(Arc<Namespace>, Bson), String> {
+        let target = self.tables.get(&table.table).ok_or("not configured for this sink")?;
+        Ok((Arc::clone(&target.namespace), self.document_id(target, table, row)?))
+    }
+
+    /// The replicated fields a whole row's document holds (what its upsert sets, without
+    /// the version field), NULLs left out; for reading rows back (`verify`).
+    pub fn row_fields(&self, table: &TableSchema, row: &Row) -> Result<Document, String> {
+        let (_, id) = self.locate(table, row)?;
+        let any_version = Version { commit_lsn: pgfanout_core::Lsn(0), ordinal: 0 };
+        let Statement::Update(statement) = self.upsert(&id, table, row, None, any_version)? else {
+            return Err("an upsert is an update".into());
+        };
+        let mut set = statement.get_document("u").and_then(|u| u.get_document("$set")).cloned().unwrap_or_default();
+        set.remove(&self.version_field);
+        Ok(set.into_iter().filter(|(_, value)| !matches!(value, Bson::Null)).collect())
+    }
+
+    /// The field marking a tombstone, when deletes leave tombstones.
+    pub fn tombstone_field(&self) -> Option<&str> {
+        self.tombstones.then_some(self.deleted_field.as_str())
+    }
+
+    /// Whether the table feeds running aggregates (which `verify` cannot compare yet).
+    pub fn has_aggregates(&self, table: &TableSchema) -> bool {
+        self.tables.get(&table.table).is_some_and(|target| !target.aggregates.is_empty())
+    }
+
     /// The version field's name.
     pub fn version_field(&self) -> &str {
         &self.version_field

@@ -26,6 +26,14 @@ pub enum MongoSinkError {
     /// The `[sink.tls]` files cannot be used.
     #[error("sink tls settings: {0}")]
     Tls(String),
+    /// A row `verify` cannot locate (no `_id` can be built from it).
+    #[error("table {table}: {reason}")]
+    Verify {
+        /// Source table.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// No answer within the response timeout.
     #[error("mongodb did not answer {what} within {timeout:?}")]
     Timeout {
@@ -88,7 +96,7 @@ impl MongoSinkError {
             MongoSinkError::Driver { source, .. } => driver_kind(source),
             MongoSinkError::Timeout { .. } | MongoSinkError::AggregateConflict { .. } => ErrorKind::Transient,
             MongoSinkError::Rejected { code, .. } => code_kind(*code),
-            MongoSinkError::Encode(_) => ErrorKind::Permanent,
+            MongoSinkError::Encode(_) | MongoSinkError::Verify { .. } => ErrorKind::Permanent,
             MongoSinkError::BadCheckpoint { .. } | MongoSinkError::Tls(_) => ErrorKind::StoreFailing,
         }
     }

@@ -61,6 +61,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod json;
+pub mod readback;
 pub mod sink;
 pub mod value;
 

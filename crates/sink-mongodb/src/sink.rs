@@ -76,8 +76,18 @@ impl MongoSink {
         self.config.tables.iter().filter(|t| !t.aggregates.is_empty()).map(|t| TableName::parse(&t.source)).collect()
     }
 
+    /// The sink's name, for errors.
+    pub(crate) fn name_for_errors(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The encoder (pure mapping of rows to documents).
+    pub(crate) fn encoder(&self) -> &MongoEncoder {
+        &self.encoder
+    }
+
     /// The client; the driver connects lazily and reconnects by itself, so it is built once.
-    async fn client(&self) -> Result<&Client, MongoSinkError> {
+    pub(crate) async fn client(&self) -> Result<&Client, MongoSinkError> {
         self.client
             .get_or_try_init(|| async {
                 let what = "parsing the connection string".to_owned();
@@ -103,7 +113,7 @@ impl MongoSink {
             .await
     }
 
-    async fn timed<T>(
+    pub(crate) async fn timed<T>(
         &self,
         what: impl Fn() -> String,
         future: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
@@ -374,5 +384,9 @@ impl Sink for MongoSink {
 
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
         self.encoder.table_problems(table)
+    }
+
+    fn read_back(&self) -> Option<&dyn pgfanout_core::ReadBack> {
+        Some(self)
     }
 }

@@ -544,6 +544,26 @@ impl RedisEncoder {
         problems
     }
 
+    /// Where a row of shape `table` is stored: its key (rendered from `row`)
+    /// and the table's row format; for reading rows back (`verify`).
+    pub fn locate(&mut self, table: &Arc<TableSchema>, row: &Row) -> Result<(String, RowFormat), RedisSinkError> {
+        let resolved = Self::resolve(&mut self.resolved, &self.tables, &self.settings, table)?;
+        Ok((resolved.key.render(&table.table, row, None)?, resolved.format))
+    }
+
+    /// The `SCAN` pattern every row key of the table matches.
+    pub fn key_pattern(&self, table: &TableSchema) -> Result<String, RedisSinkError> {
+        match self.tables.get(&table.table).and_then(|options| options.key.as_ref()) {
+            Some(template) => Ok(template.scan_pattern()),
+            None => Ok(KeyTemplate::default_for(table)?.scan_pattern()),
+        }
+    }
+
+    /// The field holding each row's version, when the guard is on.
+    pub fn version_field(&self) -> Option<&str> {
+        self.settings.version_field.as_deref()
+    }
+
     /// A call deleting each of `keys` unless it holds a row at `version` or
     /// newer: one page of a truncate by scan.
     pub fn delete_if_older(&self, keys: Vec<String>, format: RowFormat, version: Version) -> ScriptCall<'static> {

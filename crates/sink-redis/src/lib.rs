@@ -21,6 +21,7 @@
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod readback;
 pub mod sink;
 
 pub use config::{RedisSinkConfig, RedisTableConfig, TruncateMode};

@@ -110,7 +110,7 @@ impl RedisSink {
     }
 
     /// A handle on the shared connection, connecting first if needed.
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisSinkError> {
+    pub(crate) async fn connection(&self) -> Result<MultiplexedConnection, RedisSinkError> {
         let mut shared = self.connection.lock().await;
         if shared.is_none() {
             let settings = AsyncConnectionConfig::new()
@@ -197,7 +197,12 @@ impl RedisSink {
         outcome
     }
 
-    fn encoder(&self) -> std::sync::MutexGuard<'_, RedisEncoder> {
+    /// The sink's name, for errors.
+    pub(crate) fn name_for_errors(&self) -> &str {
+        &self.config.name
+    }
+
+    pub(crate) fn encoder(&self) -> std::sync::MutexGuard<'_, RedisEncoder> {
         self.encoder.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
@@ -302,6 +307,10 @@ impl Sink for RedisSink {
 
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
         self.encoder().table_problems(table)
+    }
+
+    fn read_back(&self) -> Option<&dyn pgfanout_core::ReadBack> {
+        Some(self)
     }
 }
 
