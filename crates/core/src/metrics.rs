@@ -150,7 +150,12 @@ impl Metrics {
             source_lag_seconds: histogram_vec(
                 SOURCE_LAG_SECONDS,
                 "Seconds from commit on the source to apply in the sink",
-                vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0],
+                // Millisecond steps at the low end: a healthy pipeline lags a few
+                // milliseconds, and 1 ms must read differently from 5 ms.
+                vec![
+                    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                ],
             )?,
             streamed_memory_bytes,
             streamed_spilled_bytes_total,

@@ -4,7 +4,7 @@
 //! ```text
 //!  dispatcher ──(bounded mpsc, backpressure)──► SinkWorker::run
 //!                                                │ skip transactions at or below the stored checkpoint
-//!                                                │ batch by change count and by time
+//!                                                │ batch what queued up while busy (by change count)
 //!                                                │ split into lanes by key (crate::lanes)
 //!                                                │ Sink::apply per lane, concurrently, each retried
 //!                                                │ Sink::apply(checkpoint) once every lane succeeded
@@ -81,9 +81,12 @@ pub struct WorkerSettings {
     /// the memory a stalled sink can make pgfanout use. A transaction larger
     /// than the whole bound is let through alone.
     pub queue_bytes: usize,
-    /// A batch is applied once it holds this many changes…
+    /// Most changes of one batch: what queued up while the previous batch
+    /// was applied is applied together, up to this many.
     pub max_batch_changes: usize,
-    /// …or once its first transaction has waited this long.
+    /// How long a batch waits for more transactions after its first one;
+    /// zero (the default) waits for none, so that latency stays low and
+    /// batches grow only while the sink is busy.
     pub max_batch_delay: Duration,
     /// Lanes a batch is split into by key, applied concurrently.
     pub lanes: usize,
@@ -103,7 +106,7 @@ impl Default for WorkerSettings {
             queue_capacity: 1024,
             queue_bytes: 64 * 1024 * 1024,
             max_batch_changes: 1000,
-            max_batch_delay: Duration::from_millis(20),
+            max_batch_delay: Duration::ZERO,
             lanes: 1,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
@@ -260,6 +263,12 @@ impl SinkWorker {
         tracing::debug!(sink = %self.name, "sink worker drained and stopped");
     }
 
+    /// The next batch: the first transaction to arrive, then whatever queued
+    /// up behind it (while the previous batch was being applied), up to
+    /// [`WorkerSettings::max_batch_changes`]. An idle worker applies a lone
+    /// transaction at once; a busy one batches because it is busy. Only with
+    /// a [`WorkerSettings::max_batch_delay`] above zero does a batch also
+    /// wait for more, up to that long after its first transaction.
     async fn next_batch(&mut self) -> Option<Vec<Queued>> {
         let first = self.queue.recv().await?;
         let mut changes = first.transaction.changes.len();
@@ -269,6 +278,7 @@ impl SinkWorker {
             let next = match self.queue.try_recv() {
                 Ok(next) => next,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if self.settings.max_batch_delay.is_zero() => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, self.queue.recv()).await {
                         Ok(Some(next)) => next,
@@ -709,6 +719,43 @@ mod tests {
         task.abort();
         let _ = task.await;
         assert_eq!(letters(), 5, "bad6 blocked the sink: never dead-lettered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_worker_applies_a_lone_transaction_without_waiting() {
+        let sink = Arc::new(RecordingSink::default());
+        let (worker, queue, mut acked) =
+            SinkWorker::new(sink.clone(), None, fast_settings(), Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        let started = tokio::time::Instant::now();
+        queue.send(transaction(10, &["a"])).await.unwrap();
+        acked.wait_for(|acked| *acked == Lsn(10)).await.unwrap();
+        // The clock is paused: any timer the worker waited on would show here.
+        assert_eq!(started.elapsed(), Duration::ZERO, "applied at once, not after a batch delay");
+        drop(queue);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_worker_batches_what_queued_up_meanwhile() {
+        // The first apply fails, so the worker is busy (waiting to retry) while three more arrive.
+        let sink = Arc::new(RecordingSink { failures_left: Mutex::new(1), ..RecordingSink::default() });
+        let settings = WorkerSettings { retry_initial: Duration::from_millis(100), ..fast_settings() };
+        let (worker, queue, mut acked) =
+            SinkWorker::new(sink.clone(), None, settings, Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        queue.send(transaction(10, &["a"])).await.unwrap();
+        while *sink.failures_left.lock().unwrap() > 0 {
+            tokio::task::yield_now().await;
+        }
+        for (end, id) in [(20, "b"), (30, "c"), (40, "d")] {
+            queue.send(transaction(end, &[id])).await.unwrap();
+        }
+        acked.wait_for(|acked| *acked == Lsn(40)).await.unwrap();
+        assert_eq!(*sink.applied.lock().unwrap(), ["a", "b", "c", "d"]);
+        assert_eq!(*sink.checkpoints.lock().unwrap(), [Lsn(10), Lsn(40)], "b, c and d applied as one batch");
+        drop(queue);
+        task.await.unwrap();
     }
 
     #[tokio::test]
