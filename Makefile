@@ -10,7 +10,7 @@ ARGS ?=
 # How long `make fuzz` runs the decoder fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: setup test demo lint build fuzz bench
+.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency
 
 setup:
 	deploy/local/stack.sh install
@@ -28,6 +28,16 @@ demo:
 # Parameters via the environment, e.g. make bench N=200000 REPEAT=5.
 bench:
 	N=$(or $(N),1000000) REPEAT=$(or $(REPEAT),3) benches/e2e/decode_vs_recvlogical.sh
+
+# The whole pipeline (discarding sink) against pg_recvlogical on copies of one slot
+# (benches/README.md). E.g. make bench-pipeline N=200000 REPEAT=5, or CALLGRIND=1 N=100000
+# for instructions per change.
+bench-pipeline:
+	N=$(or $(N),1000000) REPEAT=$(or $(REPEAT),3) benches/e2e/pipeline_vs_recvlogical.sh
+
+# Commit-to-applied latency into Redis at a steady rate (benches/README.md).
+bench-latency:
+	benches/e2e/latency.sh
 
 lint:
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets -- -D warnings

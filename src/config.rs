@@ -128,10 +128,13 @@ pub struct PipelineConfig {
     /// `spill_memory_mb`, this bounds the memory a slow sink can cost. Default: 64.
     #[serde(default = "default_queue_mb")]
     pub queue_mb: usize,
-    /// Changes per sink batch. Default: 1000.
+    /// Most changes per sink batch: what queued up while the sink was busy
+    /// is applied together, up to this many. Default: 1000.
     #[serde(default = "default_max_batch_changes")]
     pub max_batch_changes: usize,
-    /// Milliseconds a batch waits to fill up. Default: 20.
+    /// Milliseconds a batch waits for more transactions after its first
+    /// one. 0 waits for none: an idle sink applies a lone transaction at
+    /// once, a busy one batches what queued up meanwhile. Default: 0.
     #[serde(default = "default_max_batch_delay_ms")]
     pub max_batch_delay_ms: u64,
     /// Seconds to drain in-flight batches on shutdown before giving up. Default: 30.
@@ -187,7 +190,7 @@ fn default_max_batch_changes() -> usize {
     1000
 }
 fn default_max_batch_delay_ms() -> u64 {
-    20
+    0
 }
 fn default_shutdown_timeout_secs() -> u64 {
     30

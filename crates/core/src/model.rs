@@ -261,7 +261,11 @@ pub fn count_by_table_and_op<'a>(
     let mut counts: Vec<((&TableName, &'static str), u64)> = Vec::new();
     for change in changes {
         let key = (&change.table.table, change.op.label());
-        match counts.iter_mut().find(|(known, _)| *known == key) {
+        // The same shape is the same table: comparing addresses spares
+        // comparing names for nearly every change.
+        let same =
+            |known: &(&TableName, &'static str)| known.1 == key.1 && (std::ptr::eq(known.0, key.0) || known.0 == key.0);
+        match counts.iter_mut().find(|(known, _)| same(known)) {
             Some((_, count)) => *count += 1,
             None => counts.push((key, 1)),
         }

@@ -33,8 +33,8 @@ use pgoutput::{Lsn, Oid, PgOutputMessage};
 use crate::assembler::{AssembleError, Assembled, TransactionAssembler, PIECE_MAX_BYTES, PIECE_MAX_CHANGES};
 use crate::checkpoint::{CheckpointCoordinator, SinkSlot};
 use crate::mapping::{Mapped, MappingError, TableMapping};
-use crate::metrics::Metrics;
-use crate::model::{count_by_table_and_op, Change, TableName, Transaction};
+use crate::metrics::{Metrics, TableOpCounters};
+use crate::model::{count_by_table_and_op, Change, TableName, TableSchema, Transaction};
 use crate::streamed::{CommittedChanges, SpillSettings};
 use crate::worker::{WorkerQueue, WorkerStopped};
 
@@ -82,8 +82,11 @@ pub struct Pipeline {
     routes: Vec<Route>,
     coordinator: CheckpointCoordinator,
     metrics: Metrics,
-    /// Published tables no sink routes, each logged once.
-    unrouted_seen: std::collections::HashSet<TableName>,
+    /// Changes received, per table and operation.
+    events: TableOpCounters,
+    /// Every table seen so far: `None` if a sink routes it, else the
+    /// counter of its skipped changes (the table was logged once).
+    unrouted: HashMap<TableName, Option<prometheus::IntCounter>>,
 }
 
 impl Pipeline {
@@ -93,8 +96,9 @@ impl Pipeline {
             assembler: TransactionAssembler::new(),
             routes: Vec::new(),
             coordinator: CheckpointCoordinator::new(),
+            events: TableOpCounters::new(metrics.events_total.clone(), &[]),
             metrics,
-            unrouted_seen: std::collections::HashSet::new(),
+            unrouted: HashMap::new(),
         }
     }
 
@@ -130,6 +134,8 @@ impl Pipeline {
         let slot = self.coordinator.add_sink(acked);
         let tables = tables.into_iter().map(|(table, mapping)| (table, Arc::new(mapping))).collect();
         self.routes.push(Route { sink: sink.into(), tables, queue, slot });
+        // Which tables are routed may have changed.
+        self.unrouted.clear();
     }
 
     /// Feeds one decoded message; a commit dispatches its transaction.
@@ -252,13 +258,18 @@ impl Pipeline {
     /// of tables no sink routes (logged once per table).
     fn count_events(&mut self, transaction: &Transaction) {
         for ((table, op), count) in count_by_table_and_op(transaction.changes.iter()) {
-            self.metrics.events_total.with_label_values(&[&table.to_string(), op]).inc_by(count);
-            // Not an error (a publication may serve others too), but never silent.
-            if !self.routes.iter().any(|route| route.tables.contains_key(table)) {
-                self.metrics.unrouted_changes_total.with_label_values(&[&table.to_string()]).inc_by(count);
-                if self.unrouted_seen.insert(table.clone()) {
+            self.events.add(table, op, count);
+            if !self.unrouted.contains_key(table) {
+                // Not an error (a publication may serve others too), but never silent.
+                let routed = self.routes.iter().any(|route| route.tables.contains_key(table));
+                let unrouted = (!routed).then(|| {
                     tracing::warn!(%table, "the publication sends changes of a table no sink routes; they are skipped");
-                }
+                    self.metrics.unrouted_changes_total.with_label_values(&[&table.to_string()])
+                });
+                self.unrouted.insert(table.clone(), unrouted);
+            }
+            if let Some(Some(unrouted)) = self.unrouted.get(table) {
+                unrouted.inc_by(count);
             }
         }
     }
@@ -278,10 +289,16 @@ fn route_for(
     transaction: &Arc<Transaction>,
     tables: &HashMap<TableName, Arc<TableMapping>>,
 ) -> Result<Option<Arc<Transaction>>, (u32, MappingError)> {
+    let mut mapping_of = MappingLookup::new(tables);
     let mut all_as_is = true;
     let mut any = false;
+    let mut last_shape: Option<&TableSchema> = None;
     for change in &transaction.changes {
-        match tables.get(&change.table.table) {
+        if last_shape.is_some_and(|shape| std::ptr::eq(shape, &*change.table)) {
+            continue;
+        }
+        last_shape = Some(&change.table);
+        match mapping_of.get(&change.table) {
             Some(mapping) => {
                 any = true;
                 all_as_is &= mapping.is_identity();
@@ -297,13 +314,38 @@ fn route_for(
     }
     let mut changes: Vec<Change> = Vec::new();
     for change in &transaction.changes {
-        let Some(mapping) = tables.get(&change.table.table) else { continue };
+        let Some(mapping) = mapping_of.get(&change.table) else { continue };
         match mapping.apply(change).map_err(|err| (change.ordinal, err))? {
             Mapped::Change(mapped) => changes.push(mapped),
             Mapped::Filtered => {}
         }
     }
     Ok((!changes.is_empty()).then(|| Arc::new(Transaction { changes, ..Transaction::clone_header(transaction) })))
+}
+
+/// A sink's mapping per table, remembering the last table looked up: the
+/// changes of a transaction mostly come in runs of one table, and comparing
+/// the shape's pointer costs less than hashing its name for every change.
+struct MappingLookup<'a> {
+    tables: &'a HashMap<TableName, Arc<TableMapping>>,
+    last: Option<(&'a TableSchema, Option<&'a Arc<TableMapping>>)>,
+}
+
+impl<'a> MappingLookup<'a> {
+    fn new(tables: &'a HashMap<TableName, Arc<TableMapping>>) -> Self {
+        MappingLookup { tables, last: None }
+    }
+
+    fn get(&mut self, table: &'a TableSchema) -> Option<&'a Arc<TableMapping>> {
+        match self.last {
+            Some((last, mapping)) if std::ptr::eq(last, table) => mapping,
+            _ => {
+                let mapping = self.tables.get(&table.table);
+                self.last = Some((table, mapping));
+                mapping
+            }
+        }
+    }
 }
 
 impl Transaction {

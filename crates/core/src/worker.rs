@@ -4,7 +4,7 @@
 //! ```text
 //!  dispatcher ──(bounded mpsc, backpressure)──► SinkWorker::run
 //!                                                │ skip transactions at or below the stored checkpoint
-//!                                                │ batch by change count and by time
+//!                                                │ batch what queued up while busy (by change count)
 //!                                                │ split into lanes by key (crate::lanes)
 //!                                                │ Sink::apply per lane, concurrently, each retried
 //!                                                │ Sink::apply(checkpoint) once every lane succeeded
@@ -45,7 +45,7 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backoff::Backoff;
 use crate::lanes::split_into_lanes_with;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TableOpCounters};
 use crate::model::count_by_table_and_op;
 use crate::model::Transaction;
 use crate::sink::{ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError};
@@ -81,9 +81,12 @@ pub struct WorkerSettings {
     /// the memory a stalled sink can make pgfanout use. A transaction larger
     /// than the whole bound is let through alone.
     pub queue_bytes: usize,
-    /// A batch is applied once it holds this many changes…
+    /// Most changes of one batch: what queued up while the previous batch
+    /// was applied is applied together, up to this many.
     pub max_batch_changes: usize,
-    /// …or once its first transaction has waited this long.
+    /// How long a batch waits for more transactions after its first one;
+    /// zero (the default) waits for none, so that latency stays low and
+    /// batches grow only while the sink is busy.
     pub max_batch_delay: Duration,
     /// Lanes a batch is split into by key, applied concurrently.
     pub lanes: usize,
@@ -103,7 +106,7 @@ impl Default for WorkerSettings {
             queue_capacity: 1024,
             queue_bytes: 64 * 1024 * 1024,
             max_batch_changes: 1000,
-            max_batch_delay: Duration::from_millis(20),
+            max_batch_delay: Duration::ZERO,
             lanes: 1,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
@@ -173,6 +176,8 @@ pub struct SinkWorker {
     on_ack: Arc<Notify>,
     checkpoint: Lsn,
     metrics: Metrics,
+    /// The sink's series, resolved once.
+    series: SinkSeries,
     /// Changes dead-lettered since the last change the store accepted.
     consecutive_dead_letters: AtomicU64,
     status: SinkStatus,
@@ -195,7 +200,8 @@ impl SinkWorker {
         let checkpoint = checkpoint.unwrap_or(Lsn::ZERO);
         let (acked, acked_receiver) = watch::channel(Lsn::ZERO);
         let name = sink.name().to_owned();
-        let depth = metrics.sink_queue_depth.with_label_values(&[&name]);
+        let series = SinkSeries::new(&metrics, &name);
+        let depth = series.queue_depth.clone();
         let status = SinkStatus::default();
         let worker = SinkWorker {
             sink,
@@ -206,6 +212,7 @@ impl SinkWorker {
             on_ack,
             checkpoint,
             metrics,
+            series,
             consecutive_dead_letters: AtomicU64::new(0),
             status,
         };
@@ -219,18 +226,15 @@ impl SinkWorker {
 
     /// Runs until the queue is closed and drained.
     pub async fn run(mut self) {
-        self.metrics.checkpoint_lsn.with_label_values(&[&self.name]).set(self.checkpoint.0 as i64);
+        self.series.checkpoint.set(self.checkpoint.0 as i64);
         // The sink's checkpoint was read before the worker started: the store is reachable.
-        self.metrics.sink_up.with_label_values(&[&self.name]).set(1);
+        self.series.up.set(1);
         // Series exist from the start (at 0), so dashboards and alerts see them.
         for kind in ErrorKind::ALL {
             self.metrics.sink_errors_total.with_label_values(&[&self.name, kind.label()]);
         }
-        self.metrics.sink_retries_total.with_label_values(&[&self.name]);
-        self.metrics.dead_letter_total.with_label_values(&[&self.name]);
-        self.metrics.sink_queue_depth.with_label_values(&[&self.name]);
         while let Some(queued) = self.next_batch().await {
-            self.metrics.sink_queue_depth.with_label_values(&[&self.name]).sub(queued.len() as i64);
+            self.series.queue_depth.sub(queued.len() as i64);
             // The permits stay held (memory stays counted) until the batch is applied.
             let pending: Vec<_> =
                 queued.iter().map(|q| q.transaction.clone()).filter(|t| t.end_lsn > self.checkpoint).collect();
@@ -241,7 +245,7 @@ impl SinkWorker {
                 self.apply_batch(&pending, last).await;
                 if let Some(last) = last {
                     self.checkpoint = last.max(self.checkpoint);
-                    self.metrics.checkpoint_lsn.with_label_values(&[&self.name]).set(self.checkpoint.0 as i64);
+                    self.series.checkpoint.set(self.checkpoint.0 as i64);
                 }
             }
             let Some(last) = last else { continue };
@@ -260,6 +264,12 @@ impl SinkWorker {
         tracing::debug!(sink = %self.name, "sink worker drained and stopped");
     }
 
+    /// The next batch: the first transaction to arrive, then whatever queued
+    /// up behind it (while the previous batch was being applied), up to
+    /// [`WorkerSettings::max_batch_changes`]. An idle worker applies a lone
+    /// transaction at once; a busy one batches because it is busy. Only with
+    /// a [`WorkerSettings::max_batch_delay`] above zero does a batch also
+    /// wait for more, up to that long after its first transaction.
     async fn next_batch(&mut self) -> Option<Vec<Queued>> {
         let first = self.queue.recv().await?;
         let mut changes = first.transaction.changes.len();
@@ -269,6 +279,7 @@ impl SinkWorker {
             let next = match self.queue.try_recv() {
                 Ok(next) => next,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) if self.settings.max_batch_delay.is_zero() => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
                     match tokio::time::timeout_at(deadline, self.queue.recv()).await {
                         Ok(Some(next)) => next,
@@ -289,7 +300,7 @@ impl SinkWorker {
             .iter()
             .flat_map(|transaction| transaction.changes.iter().map(move |change| ChangeRef { transaction, change }))
             .collect();
-        self.metrics.sink_batch_size.with_label_values(&[&self.name]).observe(changes.len() as f64);
+        self.series.batch_size.observe(changes.len() as f64);
         let started = Instant::now();
         let lanes = split_into_lanes_with(changes, self.settings.lanes, |change, keys| {
             self.sink.related_lane_keys(change, keys)
@@ -303,11 +314,10 @@ impl SinkWorker {
                 self.apply_lane(&[], checkpoint).await;
             }
         }
-        self.metrics.sink_apply_seconds.with_label_values(&[&self.name]).observe(started.elapsed().as_secs_f64());
+        self.series.apply_seconds.observe(started.elapsed().as_secs_f64());
         let now = unix_micros_now();
-        let lag = self.metrics.source_lag_seconds.with_label_values(&[&self.name]);
         for transaction in batch {
-            lag.observe(now.saturating_sub(transaction.commit_time.to_unix_micros()).max(0) as f64 / 1e6);
+            self.series.lag.observe(now.saturating_sub(transaction.commit_time.to_unix_micros()).max(0) as f64 / 1e6);
         }
     }
 
@@ -376,7 +386,7 @@ impl SinkWorker {
         loop {
             match queue.record(&self.name, change, &reason).await {
                 Ok(()) => {
-                    self.metrics.dead_letter_total.with_label_values(&[&self.name]).inc();
+                    self.series.dead_letters.inc();
                     tracing::warn!(
                         sink = %self.name,
                         table = %change.change.table.table,
@@ -425,19 +435,20 @@ impl SinkWorker {
         if !changes.is_empty() {
             self.consecutive_dead_letters.store(0, Ordering::Release);
         }
-        self.metrics.sink_up.with_label_values(&[&self.name]).set(1);
+        self.series.up.set(1);
+        let mut applied = self.series.applied.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for ((table, op), count) in count_by_table_and_op(changes.iter().map(|c| c.change)) {
-            self.metrics.sink_applied_total.with_label_values(&[&self.name, &table.to_string(), op]).inc_by(count);
+            applied.add(table, op, count);
         }
     }
 
     fn note_failure(&self, err: &SinkError, changes: &[ChangeRef<'_>], retry: &Backoff) {
         self.status.blocked(error_chain(err));
         if err.kind != ErrorKind::Permanent {
-            self.metrics.sink_up.with_label_values(&[&self.name]).set(0);
+            self.series.up.set(0);
         }
         self.metrics.sink_errors_total.with_label_values(&[&self.name, err.kind.label()]).inc();
-        self.metrics.sink_retries_total.with_label_values(&[&self.name]).inc();
+        self.series.retries.inc();
         let first_lsn = changes.first().map(|c| c.transaction.commit_lsn).unwrap_or_default();
         tracing::warn!(
             sink = %self.name,
@@ -449,6 +460,38 @@ impl SinkWorker {
             error = %error_chain(err),
             "sink apply failed; retrying"
         );
+    }
+}
+
+/// A worker's metric series, resolved once rather than looked up by label
+/// for every batch.
+struct SinkSeries {
+    queue_depth: prometheus::IntGauge,
+    checkpoint: prometheus::IntGauge,
+    up: prometheus::IntGauge,
+    batch_size: prometheus::Histogram,
+    apply_seconds: prometheus::Histogram,
+    lag: prometheus::Histogram,
+    retries: prometheus::IntCounter,
+    dead_letters: prometheus::IntCounter,
+    /// Lanes of one batch count concurrently (from one task: never contended).
+    applied: std::sync::Mutex<TableOpCounters>,
+}
+
+impl SinkSeries {
+    fn new(metrics: &Metrics, sink: &str) -> Self {
+        let labels = &[sink];
+        SinkSeries {
+            queue_depth: metrics.sink_queue_depth.with_label_values(labels),
+            checkpoint: metrics.checkpoint_lsn.with_label_values(labels),
+            up: metrics.sink_up.with_label_values(labels),
+            batch_size: metrics.sink_batch_size.with_label_values(labels),
+            apply_seconds: metrics.sink_apply_seconds.with_label_values(labels),
+            lag: metrics.source_lag_seconds.with_label_values(labels),
+            retries: metrics.sink_retries_total.with_label_values(labels),
+            dead_letters: metrics.dead_letter_total.with_label_values(labels),
+            applied: std::sync::Mutex::new(TableOpCounters::new(metrics.sink_applied_total.clone(), labels)),
+        }
     }
 }
 
@@ -709,6 +752,43 @@ mod tests {
         task.abort();
         let _ = task.await;
         assert_eq!(letters(), 5, "bad6 blocked the sink: never dead-lettered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_worker_applies_a_lone_transaction_without_waiting() {
+        let sink = Arc::new(RecordingSink::default());
+        let (worker, queue, mut acked) =
+            SinkWorker::new(sink.clone(), None, fast_settings(), Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        let started = tokio::time::Instant::now();
+        queue.send(transaction(10, &["a"])).await.unwrap();
+        acked.wait_for(|acked| *acked == Lsn(10)).await.unwrap();
+        // The clock is paused: any timer the worker waited on would show here.
+        assert_eq!(started.elapsed(), Duration::ZERO, "applied at once, not after a batch delay");
+        drop(queue);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_worker_batches_what_queued_up_meanwhile() {
+        // The first apply fails, so the worker is busy (waiting to retry) while three more arrive.
+        let sink = Arc::new(RecordingSink { failures_left: Mutex::new(1), ..RecordingSink::default() });
+        let settings = WorkerSettings { retry_initial: Duration::from_millis(100), ..fast_settings() };
+        let (worker, queue, mut acked) =
+            SinkWorker::new(sink.clone(), None, settings, Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        queue.send(transaction(10, &["a"])).await.unwrap();
+        while *sink.failures_left.lock().unwrap() > 0 {
+            tokio::task::yield_now().await;
+        }
+        for (end, id) in [(20, "b"), (30, "c"), (40, "d")] {
+            queue.send(transaction(end, &[id])).await.unwrap();
+        }
+        acked.wait_for(|acked| *acked == Lsn(40)).await.unwrap();
+        assert_eq!(*sink.applied.lock().unwrap(), ["a", "b", "c", "d"]);
+        assert_eq!(*sink.checkpoints.lock().unwrap(), [Lsn(10), Lsn(40)], "b, c and d applied as one batch");
+        drop(queue);
+        task.await.unwrap();
     }
 
     #[tokio::test]

@@ -141,39 +141,62 @@ impl ReplicationStream {
             return Ok(None);
         }
         loop {
-            let message = match self.reader.next().await? {
-                Incoming::Message(message) => message,
-                Incoming::CopyBothResponse => {
-                    return Err(ReplicationError::Protocol("second CopyBothResponse on one stream".into()))
-                }
-            };
-            match message {
-                backend::Message::CopyData(body) => {
-                    let event = parse_copy_payload(body.into_bytes())?;
-                    let (wal_end, reply) = match &event {
-                        ReplicationEvent::XLogData { wal_end, .. } => (*wal_end, false),
-                        ReplicationEvent::Keepalive { wal_end, reply_requested } => (*wal_end, *reply_requested),
-                    };
-                    self.feedback.positions.received.fetch_max(wal_end.0, Ordering::AcqRel);
-                    if reply {
-                        // A full channel means a reply is already queued.
-                        let _ = self.commands.try_send(StatusCommand::ReplyNow);
-                    }
-                    return Ok(Some(event));
-                }
-                backend::Message::ErrorResponse(body) => return Err(ReplicationError::Server(server_error(&body))),
-                backend::Message::NoticeResponse(body) => {
-                    let notice = server_notice(&body);
-                    tracing::info!(code = %notice.code, message = %notice.message, "server notice");
-                }
-                backend::Message::CopyDone
-                | backend::Message::CommandComplete(_)
-                | backend::Message::ReadyForQuery(_) => {
-                    self.finished = true;
-                    return Ok(None);
-                }
-                _ => {}
+            let incoming = self.reader.next().await?;
+            if let Some(event) = self.handle(incoming)? {
+                return Ok(event);
             }
+        }
+    }
+
+    /// The next event if the bytes already received hold one, without
+    /// waiting for the socket: a reader that drains these before it waits
+    /// again spends its wake-ups on batches of messages, not on each one.
+    /// `Ok(None)` when nothing complete is buffered (or the stream ended;
+    /// [`ReplicationStream::next_event`] then says so).
+    pub fn next_buffered_event(&mut self) -> Result<Option<ReplicationEvent>> {
+        while !self.finished {
+            let Some(incoming) = self.reader.next_buffered()? else { return Ok(None) };
+            if let Some(Some(event)) = self.handle(incoming)? {
+                return Ok(Some(event));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Acts on one backend message: `Some(event)` for an event (`Some(None)`
+    /// when the stream ended), `None` for a message that is not one.
+    fn handle(&mut self, incoming: Incoming) -> Result<Option<Option<ReplicationEvent>>> {
+        let message = match incoming {
+            Incoming::Message(message) => message,
+            Incoming::CopyBothResponse => {
+                return Err(ReplicationError::Protocol("second CopyBothResponse on one stream".into()))
+            }
+        };
+        match message {
+            backend::Message::CopyData(body) => {
+                let event = parse_copy_payload(body.into_bytes())?;
+                let (wal_end, reply) = match &event {
+                    ReplicationEvent::XLogData { wal_end, .. } => (*wal_end, false),
+                    ReplicationEvent::Keepalive { wal_end, reply_requested } => (*wal_end, *reply_requested),
+                };
+                self.feedback.positions.received.fetch_max(wal_end.0, Ordering::AcqRel);
+                if reply {
+                    // A full channel means a reply is already queued.
+                    let _ = self.commands.try_send(StatusCommand::ReplyNow);
+                }
+                Ok(Some(Some(event)))
+            }
+            backend::Message::ErrorResponse(body) => Err(ReplicationError::Server(server_error(&body))),
+            backend::Message::NoticeResponse(body) => {
+                let notice = server_notice(&body);
+                tracing::info!(code = %notice.code, message = %notice.message, "server notice");
+                Ok(None)
+            }
+            backend::Message::CopyDone | backend::Message::CommandComplete(_) | backend::Message::ReadyForQuery(_) => {
+                self.finished = true;
+                Ok(Some(None))
+            }
+            _ => Ok(None),
         }
     }
 

@@ -106,6 +106,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The next complete message if the buffer already holds one; never reads.
+    pub(crate) fn next_buffered(&mut self) -> Result<Option<Incoming>> {
+        self.try_parse()
+    }
+
     /// Makes sure a read has room, without growing shared memory: frames
     /// handed out are zero-copy slices of the buffer, so while any is alive
     /// its allocation cannot be reused. Rather than let `BytesMut::reserve`

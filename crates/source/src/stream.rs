@@ -354,34 +354,29 @@ async fn pump(
                 }
                 false
             }
-            event = stream.next_event() => match event.map_err(PumpError::Replication)? {
-                Some(ReplicationEvent::XLogData { payload, wal_end, .. }) => {
-                    server_position = server_position.max(wal_end);
-                    let message = decoder
-                        .decode(payload)
-                        .map_err(|err| PumpError::Fatal(SourceError::Decode(Box::new(err))))?;
-                    tracing::trace!(tag = %char::from(message.tag()), "pgoutput message");
-                    if let PgOutputMessage::Type(announced) = &message {
-                        if !pipeline.converts(announced.oid) {
-                            // A type created since start: learn it before the
-                            // Relation message that uses it. On failure the
-                            // stream restarts and the server sends it again.
-                            let types = crate::catalog::load_user_types(options).await.map_err(PumpError::Replication)?;
-                            tracing::info!(type_oid = %announced.oid, name = %announced.name, "read new user types from pg_type");
-                            pipeline.register_types(types);
-                        }
+            event = stream.next_event() => {
+                let mut event = event.map_err(PumpError::Replication)?;
+                let mut position_may_move = false;
+                let mut handled = 0;
+                // What the last read brought is handled here, without going
+                // back through the select for each message: one wake-up and
+                // one round of the other branches per read, not per message.
+                // Bounded, so acknowledgements and shutdown are seen often.
+                loop {
+                    let Some(current) = event else { return Ok(StreamEnd::ServerClosed) };
+                    position_may_move |=
+                        handle_event(current, &mut decoder, pipeline, options, &mut server_position).await?;
+                    handled += 1;
+                    if handled == MAX_EVENTS_PER_WAKE_UP {
+                        break;
                     }
-                    let received = pipeline.received_lsn();
-                    pipeline.push(message).await.map_err(|err| PumpError::Fatal(err.into()))?;
-                    pipeline.received_lsn() != received
+                    event = stream.next_buffered_event().map_err(PumpError::Replication)?;
+                    if event.is_none() {
+                        break;
+                    }
                 }
-                Some(ReplicationEvent::Keepalive { wal_end, .. }) => {
-                    server_position = server_position.max(wal_end);
-                    pipeline.keepalive(wal_end);
-                    true
-                }
-                None => return Ok(StreamEnd::ServerClosed),
-            },
+                position_may_move
+            }
         };
         if position_may_move {
             // Only as far as every sink recorded (see crate::identity).
@@ -390,6 +385,48 @@ async fn pump(
             feedback.confirm(flush.min(marker.marked()));
             metrics.confirmed_flush_lsn.set(feedback.confirmed().0 as i64);
             metrics.source_lag_bytes.set(server_position.0.saturating_sub(feedback.confirmed().0) as i64);
+        }
+    }
+}
+
+/// Most events handled in one go from what the socket delivered, before the
+/// pump looks at acknowledgements, the marker and shutdown again.
+const MAX_EVENTS_PER_WAKE_UP: usize = 1024;
+
+/// Decodes and feeds one event to the pipeline; whether the confirmable
+/// position may have moved (a keepalive, or a message that completed a
+/// transaction — not every row message).
+async fn handle_event(
+    event: ReplicationEvent,
+    decoder: &mut pgoutput::Decoder,
+    pipeline: &mut Pipeline,
+    options: &ConnectOptions,
+    server_position: &mut Lsn,
+) -> Result<bool, PumpError> {
+    match event {
+        ReplicationEvent::XLogData { payload, wal_end, .. } => {
+            *server_position = (*server_position).max(wal_end);
+            let message =
+                decoder.decode(payload).map_err(|err| PumpError::Fatal(SourceError::Decode(Box::new(err))))?;
+            tracing::trace!(tag = %char::from(message.tag()), "pgoutput message");
+            if let PgOutputMessage::Type(announced) = &message {
+                if !pipeline.converts(announced.oid) {
+                    // A type created since start: learn it before the
+                    // Relation message that uses it. On failure the
+                    // stream restarts and the server sends it again.
+                    let types = crate::catalog::load_user_types(options).await.map_err(PumpError::Replication)?;
+                    tracing::info!(type_oid = %announced.oid, name = %announced.name, "read new user types from pg_type");
+                    pipeline.register_types(types);
+                }
+            }
+            let received = pipeline.received_lsn();
+            pipeline.push(message).await.map_err(|err| PumpError::Fatal(err.into()))?;
+            Ok(pipeline.received_lsn() != received)
+        }
+        ReplicationEvent::Keepalive { wal_end, .. } => {
+            *server_position = (*server_position).max(wal_end);
+            pipeline.keepalive(wal_end);
+            Ok(true)
         }
     }
 }

@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# The whole pipeline against `pg_recvlogical`: copies of one logical slot (same
+# WAL, same changes) drained by pg_recvlogical and by `pgfanout run` with the
+# discarding sink, over the unix socket and over TCP.
+#
+#   benches/e2e/pipeline_vs_recvlogical.sh          (or: make bench-pipeline)
+#
+# What it does:
+#   1. uses the stack named by the PGFANOUT_TEST_PG_* variables, or starts a throwaway one;
+#   2. creates database pgfanout_pipeline with an 8-column `orders` table, publication
+#      `pipeline` and a pgoutput slot `pipe_origin`;
+#   3. runs N row changes in transactions of 100: 60 inserts, 30 updates (of rows the
+#      transaction inserted) and 10 deletes (of rows the one before inserted), and notes
+#      the WAL insert position after them as the end LSN;
+#   4. for every run copies `pipe_origin` (pg_copy_logical_replication_slot) and drains the
+#      copy with
+#        pg_recvlogical --start -o proto_version=1 -o publication_names=pipeline -E END -f /dev/null
+#        pgfanout run   (one sink, kind = "discard", routing public.orders)
+#      pg_recvlogical stops by itself at END; pgfanout runs until its sink has applied all N
+#      changes (pgfanout_sink_applied_total, polled every 10 ms over /metrics), then gets
+#      SIGTERM. Both under /usr/bin/time: wall seconds (for pgfanout: start to the last change
+#      applied), client CPU user and system seconds, peak RSS;
+#   5. prints every run and, per variant and transport, the medians and the ratio of
+#      pgfanout's wall time and CPU time to pg_recvlogical's.
+#
+# Environment (defaults in brackets):
+#   N [1000000]              row changes (a multiple of 100)
+#   REPEAT [3]               runs per variant and transport (taking turns)
+#   TRANSPORTS ["unix tcp"]  unix-domain socket and/or loopback TCP (same sslmode for both tools)
+#   SSLMODE [prefer]         sslmode in both tools' connection strings
+#   LANES [1]                delivery.lanes of the discarding sink
+#   CALLGRIND=1              instead of timing: one run of pgfanout per transport under
+#                            valgrind --tool=callgrind, printing instructions per change (stable
+#                            on a loaded machine; use N=100000, it runs ~50x slower); the profiles
+#                            are kept in CALLGRIND_OUT [a temporary folder] for callgrind_annotate
+#   PGFANOUT_BIN             pgfanout binary [release build of this checkout, built if needed]
+#   KEEP_DB=1 / REUSE=1      keep the workload / reuse the one a KEEP_DB=1 run left (same N)
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+N=${N:-1000000}
+REPEAT=${REPEAT:-3}
+TRANSPORTS=${TRANSPORTS:-unix tcp}
+SSLMODE=${SSLMODE:-prefer}
+LANES=${LANES:-1}
+# One database and origin slot per N, so that workloads of several sizes can be kept.
+SUFFIX=$([[ $N == 1000000 ]] || echo "_$N")
+DB=pgfanout_pipeline$SUFFIX
+PUBLICATION=pipeline
+ORIGIN_SLOT=pipe_origin$SUFFIX
+# Output settings pgfanout pins on its replication connections (crates/pg-replication),
+# given to pg_recvlogical too so that the walsender does the same work for both.
+PINNED_OPTIONS="-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC -c bytea_output=hex"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+    log "ERROR: $*"
+    exit 1
+}
+((N % 100 == 0)) || die "N must be a multiple of 100 (transactions of 100 changes), not $N"
+
+STACK_DIR=""
+WORK=$(mktemp -d)
+PGFANOUT_PID=""
+cleanup() {
+    local status=$?
+    [[ -n $PGFANOUT_PID ]] && kill -TERM "$PGFANOUT_PID" 2>/dev/null && wait "$PGFANOUT_PID" 2>/dev/null
+    if [[ -n ${PGFANOUT_TEST_PG_BIN:-} && ${KEEP_DB:-0} != 1 && ${REUSE:-0} != 1 ]]; then
+        sql postgres "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$DB'" \
+            >/dev/null 2>&1 || true
+        sql postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+    fi
+    if [[ -n $STACK_DIR ]]; then
+        "$REPO_ROOT/deploy/local/stack.sh" stop "$STACK_DIR" || true
+        rm -rf "$STACK_DIR"
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+
+if [[ -z ${PGFANOUT_TEST_PG_BIN:-} ]]; then
+    STACK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pgfanout-bench.XXXXXX")
+    log "no stack in the environment: starting one in $STACK_DIR"
+    "$REPO_ROOT/deploy/local/stack.sh" install
+    STACK_JVM=0 "$REPO_ROOT/deploy/local/stack.sh" start "$STACK_DIR"
+    # shellcheck source=/dev/null
+    source "$STACK_DIR/env"
+fi
+PG_BIN=$PGFANOUT_TEST_PG_BIN
+SOCKET_DIR=$PGFANOUT_TEST_PG_SOCKET_DIR
+PORT=$PGFANOUT_TEST_PG_PORT
+
+sql() {
+    local db=$1
+    shift
+    "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$PORT" -U postgres -d "$db" -c "$@"
+}
+
+conninfo() {
+    case $1 in
+    unix) echo "host=$SOCKET_DIR port=$PORT user=postgres dbname=$DB" ;;
+    tcp) echo "host=127.0.0.1 port=$PORT user=postgres dbname=$DB sslmode=$SSLMODE" ;;
+    *) die "unknown transport $1 (use unix or tcp)" ;;
+    esac
+}
+
+if [[ -z ${PGFANOUT_BIN:-} ]]; then
+    log "building pgfanout (release)"
+    cargo build --quiet --release --manifest-path "$REPO_ROOT/Cargo.toml" --bin pgfanout
+    PGFANOUT_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgfanout"
+fi
+
+prepare() {
+    log "database $DB: orders table, publication, slot"
+    sql postgres "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$DB'" \
+        >/dev/null
+    sql postgres "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+    sql postgres "CREATE DATABASE $DB"
+    sql "$DB" "
+        CREATE TABLE orders (
+            id bigint PRIMARY KEY,
+            customer_id integer NOT NULL,
+            status text NOT NULL,
+            amount numeric(12, 2) NOT NULL,
+            currency char(3) NOT NULL,
+            created_at timestamptz NOT NULL,
+            shipped boolean NOT NULL,
+            note text
+        );
+        CREATE PUBLICATION $PUBLICATION FOR TABLE orders;
+        -- Transactions of 100 changes: 60 inserts, 30 updates, 10 deletes.
+        CREATE PROCEDURE pipeline_workload(transactions bigint) LANGUAGE plpgsql AS \$\$
+        DECLARE
+            first bigint;
+        BEGIN
+            FOR t IN 0 .. transactions - 1 LOOP
+                first := t * 60 + 1;
+                INSERT INTO orders
+                SELECT g, (g * 31) % 10000, 'new', (g % 100000) / 100.0, 'EUR',
+                       '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 second', false,
+                       CASE WHEN g % 5 = 0 THEN NULL ELSE 'order note ' || g END
+                FROM generate_series(first, first + 59) g;
+                UPDATE orders SET status = 'shipped', shipped = true, amount = amount + 1
+                WHERE id BETWEEN first + 30 AND first + 59;
+                -- The first transaction deletes 10 of its own rows, every later one 10
+                -- that the one before inserted and left alone.
+                DELETE FROM orders
+                WHERE id BETWEEN CASE WHEN t = 0 THEN 1 ELSE first - 50 END AND CASE WHEN t = 0 THEN 10 ELSE first - 41 END;
+                COMMIT;
+            END LOOP;
+        END \$\$;"
+    sql "$DB" "SELECT pg_create_logical_replication_slot('$ORIGIN_SLOT', 'pgoutput')" >/dev/null
+}
+
+run_workload() {
+    log "workload: $N row changes in transactions of 100"
+    local started=$SECONDS
+    sql "$DB" "CALL pipeline_workload($N / 100)"
+    END_LSN=$(sql "$DB" "SELECT pg_current_wal_insert_lsn()")
+    sql "$DB" "CREATE TABLE pipeline_run AS SELECT $N AS changes, '$END_LSN'::pg_lsn AS end_lsn"
+    log "workload done in $((SECONDS - started)) s; end LSN $END_LSN; $(wal_to_decode) of WAL to decode"
+}
+
+wal_to_decode() {
+    sql "$DB" "SELECT pg_size_pretty('$END_LSN'::pg_lsn - restart_lsn) FROM pg_replication_slots WHERE slot_name = '$ORIGIN_SLOT'"
+}
+
+reuse_workload() {
+    [[ ${REUSE:-0} == 1 ]] || return 1
+    local row
+    row=$(sql "$DB" "SELECT changes || ' ' || end_lsn FROM pipeline_run" 2>/dev/null) || return 1
+    [[ ${row%% *} == "$N" ]] || return 1
+    END_LSN=${row#* }
+    log "reusing $DB: $N row changes up to $END_LSN, $(wal_to_decode) of WAL to decode"
+}
+
+# applied_changes PORT: pgfanout_sink_applied_total summed over its series, read from
+# /metrics with bash's /dev/tcp (no process started per poll: the poller stays cheap).
+applied_changes() {
+    local line sum=0
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || {
+        echo 0
+        return
+    }
+    printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+    while IFS= read -r line <&3; do
+        if [[ $line == pgfanout_sink_applied_total* ]]; then
+            line=${line##* }
+            sum=$((sum + ${line%%.*}))
+        fi
+    done
+    exec 3<&-
+    echo "$sum"
+}
+
+# pgfanout_config SLOT TRANSPORT HTTP_PORT: a config draining SLOT into the discarding sink.
+pgfanout_config() {
+    cat <<TOML
+[source]
+url = "$(conninfo "$2")"
+slot = "$1"
+publication = "$PUBLICATION"
+create_slot = false
+heartbeat_interval_secs = 0
+
+[http]
+listen = "127.0.0.1:$3"
+
+[[sink]]
+name = "discard"
+kind = "discard"
+
+[[sink.table]]
+source = "public.orders"
+
+[sink.delivery]
+lanes = $LANES
+TOML
+}
+
+# timed VARIANT TRANSPORT RUN: drains a fresh copy of the slot; prints
+# "wall_seconds user_seconds system_seconds max_rss_kb".
+timed() {
+    local variant=$1 transport=$2 run=$3 slot="pipe_${1}_${2}_$3$SUFFIX" info timing
+    sql "$DB" "SELECT pg_copy_logical_replication_slot('$ORIGIN_SLOT', '$slot')" >/dev/null
+    info=$(conninfo "$transport")
+    timing=$WORK/timing
+    case $variant in
+    pg_recvlogical)
+        PGOPTIONS=$PINNED_OPTIONS /usr/bin/time -o "$timing" -f '%e %U %S %M' \
+            "$PG_BIN/pg_recvlogical" -d "$info" --slot "$slot" --start -o proto_version=1 \
+            -o publication_names=$PUBLICATION -E "$END_LSN" -f /dev/null --no-loop
+        cat "$timing"
+        ;;
+    pgfanout)
+        local http_port=$((20000 + RANDOM % 20000)) started finished applied=0
+        pgfanout_config "$slot" "$transport" "$http_port" >"$WORK/pgfanout.toml"
+        started=$EPOCHREALTIME
+        PGFANOUT_LOG=warn /usr/bin/time -o "$timing" -f '%e %U %S %M' \
+            "$PGFANOUT_BIN" --log-format text run --config "$WORK/pgfanout.toml" 2>"$WORK/pgfanout.log" &
+        PGFANOUT_PID=$!
+        while ((applied < N)); do
+            kill -0 "$PGFANOUT_PID" 2>/dev/null || {
+                tail -20 "$WORK/pgfanout.log" >&2
+                die "pgfanout stopped before applying $N changes"
+            }
+            sleep 0.01
+            applied=$(applied_changes "$http_port" 2>/dev/null || echo 0)
+        done
+        finished=$EPOCHREALTIME
+        kill -TERM "$PGFANOUT_PID"
+        # Every change was applied already; how it stopped does not change the figures.
+        wait "$PGFANOUT_PID" || log "pgfanout exited with status $? after SIGTERM: $(tail -3 "$WORK/pgfanout.log")"
+        PGFANOUT_PID=""
+        read -r _ user system rss <"$timing"
+        echo "$(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.3f", b - a }') $user $system $rss"
+        ;;
+    esac
+    sql "$DB" "SELECT pg_drop_replication_slot('$slot')" >/dev/null
+}
+
+# instructions TRANSPORT: drains a fresh copy of the slot with pgfanout under callgrind;
+# prints the instructions it executed and their number per change.
+instructions() {
+    local transport=$1 slot="pipe_callgrind_$1$SUFFIX" http_port=$((20000 + RANDOM % 20000)) applied=0 out total
+    out=${CALLGRIND_OUT:-$WORK}/callgrind.$transport.out
+    sql "$DB" "SELECT pg_copy_logical_replication_slot('$ORIGIN_SLOT', '$slot')" >/dev/null
+    pgfanout_config "$slot" "$transport" "$http_port" >"$WORK/pgfanout.toml"
+    PGFANOUT_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
+        "$PGFANOUT_BIN" --log-format text run --config "$WORK/pgfanout.toml" 2>"$WORK/pgfanout.log" &
+    PGFANOUT_PID=$!
+    while ((applied < N)); do
+        kill -0 "$PGFANOUT_PID" 2>/dev/null || {
+            tail -20 "$WORK/pgfanout.log" >&2
+            die "pgfanout stopped before applying $N changes"
+        }
+        sleep 0.5
+        applied=$(applied_changes "$http_port" 2>/dev/null || echo 0)
+    done
+    kill -TERM "$PGFANOUT_PID"
+    wait "$PGFANOUT_PID" || die "pgfanout did not stop cleanly: $(tail -5 "$WORK/pgfanout.log")"
+    PGFANOUT_PID=""
+    sql "$DB" "SELECT pg_drop_replication_slot('$slot')" >/dev/null
+    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$out")
+    printf '%-5s instructions=%d per_change=%.0f profile=%s\n' "$transport" "$total" \
+        "$(awk -v t="$total" -v n="$N" 'BEGIN { print t / n }')" "$out"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+main() {
+    command -v /usr/bin/time >/dev/null || die "/usr/bin/time is missing (apt-get install time)"
+    if ! reuse_workload; then
+        prepare
+        run_workload
+    fi
+    if [[ ${CALLGRIND:-0} == 1 ]]; then
+        for transport in $TRANSPORTS; do instructions "$transport"; done
+        return
+    fi
+    log "load before the runs: $(uptime)"
+    local variants=(pg_recvlogical pgfanout) transport run variant
+    printf '%-15s %-5s %4s %8s %7s %7s %7s %10s\n' variant via run wall_s user_s sys_s cpu_s max_rss_kb
+    for transport in $TRANSPORTS; do
+        for ((run = 1; run <= REPEAT; run++)); do
+            for variant in "${variants[@]}"; do
+                read -r seconds user system rss < <(timed "$variant" "$transport" "$run")
+                local cpu
+                cpu=$(awk -v u="$user" -v s="$system" 'BEGIN { print u + s }')
+                printf '%-15s %-5s %4d %8.2f %7.2f %7.2f %7.2f %10d\n' \
+                    "$variant" "$transport" "$run" "$seconds" "$user" "$system" "$cpu" "$rss"
+                echo "$seconds" >>"$WORK/$variant.$transport.wall"
+                echo "$user" >>"$WORK/$variant.$transport.user"
+                echo "$system" >>"$WORK/$variant.$transport.sys"
+                echo "$cpu" >>"$WORK/$variant.$transport.cpu"
+                echo "$rss" >>"$WORK/$variant.$transport.rss"
+            done
+        done
+    done
+    log "load after the runs: $(uptime)"
+    echo
+    printf 'N=%s row changes (60 %% inserts, 30 %% updates, 10 %% deletes, 100 per transaction), %s runs each, medians;\n' \
+        "$N" "$REPEAT"
+    printf 'ratio = pgfanout / pg_recvlogical on the same transport\n'
+    printf '%-15s %-5s %8s %7s %7s %7s %9s %10s\n' variant via wall_s ratio user_s sys_s cpu_s cpu_ratio
+    for transport in $TRANSPORTS; do
+        local base_wall base_cpu
+        base_wall=$(median <"$WORK/pg_recvlogical.$transport.wall")
+        base_cpu=$(median <"$WORK/pg_recvlogical.$transport.cpu")
+        for variant in "${variants[@]}"; do
+            local wall cpu
+            wall=$(median <"$WORK/$variant.$transport.wall")
+            cpu=$(median <"$WORK/$variant.$transport.cpu")
+            printf '%-15s %-5s %8.2f %7.2f %7.2f %7.2f %7.2f %9.2f  peak RSS %s kB\n' "$variant" "$transport" "$wall" \
+                "$(awk -v a="$wall" -v b="$base_wall" 'BEGIN { print a / b }')" \
+                "$(median <"$WORK/$variant.$transport.user")" "$(median <"$WORK/$variant.$transport.sys")" "$cpu" \
+                "$(awk -v a="$cpu" -v b="$base_cpu" 'BEGIN { print a / b }')" \
+                "$(sort -n "$WORK/$variant.$transport.rss" | tail -1)"
+        done
+    done
+}
+
+main
