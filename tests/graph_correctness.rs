@@ -1,6 +1,6 @@
 //! End to end: the graph sink stays exactly equal to PostgreSQL where the
 //! order of changes across tables matters — PostgreSQL → pgfanout → FalkorDB
-//! on the local stack.
+//! and Neo4j on the local stack (each scenario on both; tests/common/graph.rs).
 //!
 //! The model: `accounts` (text keys, whitespace and quotes included) and
 //! `items` that point at an account (a real foreign key, cascading) and at a
@@ -13,6 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::graph::{Backend, GraphStore};
 use common::*;
 
 const SCHEMA: &str = "
@@ -56,61 +57,36 @@ const SQL_STATE: [(&str, &str); 5] = [
     ("tagged", "SELECT to_jsonb(id)::text, to_jsonb(tag)::text FROM items WHERE tag IS NOT NULL"),
 ];
 
-fn config(db: &TestDatabase, slot: &str, http: &str, url: &str, graph: &str, lanes: usize) -> String {
+fn config(db: &TestDatabase, slot: &str, http: &str, store: &GraphStore, name: &str, lanes: usize) -> String {
     format!(
         r#"{source}
 [[sink]]
-name = "{graph}"
+name = "{name}"
 kind = "graph"
-transport = "falkordb"
-url = "{url}"
-graph = "{graph}"
+{store}
 [sink.delivery]
 lanes = {lanes}
 {TABLES}"#,
         source = source_config(db, slot, http),
+        store = store.sink_lines(),
     )
 }
 
-/// A value of a compact FalkorDB reply, as JSON (what `to_jsonb` prints).
-fn cell_json(value: &redis::Value) -> serde_json::Value {
-    use redis::Value as V;
-    let V::Array(pair) = value else { panic!("compact cell expected, got {value:?}") };
-    match (&pair[0], &pair[1]) {
-        (V::Int(1), _) => serde_json::Value::Null,
-        (V::Int(2), V::BulkString(bytes)) => {
-            serde_json::Value::String(String::from_utf8(bytes.clone()).expect("FalkorDB returned invalid UTF-8"))
-        }
-        (V::Int(3), V::Int(i)) => serde_json::Value::from(*i),
-        other => panic!("unexpected compact cell {other:?}"),
-    }
-}
-
-async fn graph_rows(falkor: &mut redis::aio::MultiplexedConnection, graph: &str, query: &str) -> Vec<Vec<String>> {
-    let reply: redis::Value =
-        redis::cmd("GRAPH.QUERY").arg(graph).arg(query).arg("--compact").query_async(falkor).await.unwrap();
-    let redis::Value::Array(parts) = reply else { panic!("unexpected reply {reply:?}") };
-    if parts.len() < 3 {
-        return Vec::new();
-    }
-    let redis::Value::Array(rows) = &parts[1] else { panic!("rows expected") };
-    rows.iter()
-        .map(|row| match row {
-            redis::Value::Array(cells) => cells.iter().map(|cell| cell_json(cell).to_string()).collect(),
-            other => panic!("row expected, got {other:?}"),
-        })
-        .collect()
-}
-
-async fn graph_state(falkor: &mut redis::aio::MultiplexedConnection, graph: &str) -> Vec<String> {
+async fn graph_state(store: &mut GraphStore) -> Vec<String> {
     let mut lines = Vec::new();
     for (what, query) in GRAPH_STATE {
-        for row in graph_rows(falkor, graph, query).await {
-            lines.push(format!("{what} {}", row.join(" ")));
+        for row in store.rows(query).await {
+            let cells: Vec<String> = row.iter().map(|cell| cell.json().to_string()).collect();
+            lines.push(format!("{what} {}", cells.join(" ")));
         }
     }
     lines.sort();
     lines
+}
+
+/// The first cells of a query's rows as JSON text (strings quoted).
+async fn json_rows(store: &mut GraphStore, query: &str) -> Vec<Vec<String>> {
+    store.rows(query).await.iter().map(|row| row.iter().map(|cell| cell.json().to_string()).collect()).collect()
 }
 
 async fn sql_state(db: &TestDatabase) -> Vec<String> {
@@ -130,17 +106,11 @@ async fn sql_state(db: &TestDatabase) -> Vec<String> {
 
 /// Waits until the graph describes what PostgreSQL holds; on timeout fails
 /// with the lines that differ.
-async fn wait_for_match(
-    db: &TestDatabase,
-    falkor: &mut redis::aio::MultiplexedConnection,
-    graph: &str,
-    pgfanout: &Pgfanout,
-    timeout: Duration,
-) {
+async fn wait_for_match(db: &TestDatabase, store: &mut GraphStore, pgfanout: &Pgfanout, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     loop {
         let expected = sql_state(db).await;
-        let actual = graph_state(falkor, graph).await;
+        let actual = graph_state(store).await;
         if expected == actual {
             return;
         }
@@ -166,35 +136,17 @@ fn describe_difference(expected: &[String], actual: &[String]) -> String {
     format!("graph differs from SQL: missing {missing:#?}\nextra {extra:#?}")
 }
 
-/// A connection to FalkorDB that waits up to 10 s for a reply (the
-/// driver's default of 0.5 s fails reads on a loaded machine while a batch runs).
-async fn falkor_connection(url: &str) -> redis::aio::MultiplexedConnection {
-    let settings = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection_with_config(&settings)
-        .await
-        .unwrap_or_else(|err| panic!("cannot reach FalkorDB at {url}: {err}"))
-}
-
-async fn fresh_graph(url: &str, graph: &str) -> redis::aio::MultiplexedConnection {
-    let mut connection = falkor_connection(url).await;
-    let _ = redis::cmd("GRAPH.DELETE").arg(graph).query_async::<redis::Value>(&mut connection).await;
-    connection
-}
-
 /// A database with the schema and its publication, and a running pgfanout
-/// on slot `name` writing graph `name` with `lanes` lanes.
-async fn start(name: &str, lanes: usize) -> (TestDatabase, redis::aio::MultiplexedConnection, Pgfanout, String) {
+/// on slot `name` writing graph `name` on `backend` with `lanes` lanes.
+async fn start(backend: Backend, name: &str, lanes: usize) -> (TestDatabase, GraphStore, Pgfanout) {
     let db = create_database(name).await;
     db.client.batch_execute(SCHEMA).await.unwrap();
     db.client.batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE accounts, items")).await.unwrap();
-    let url = required_env("PGFANOUT_TEST_FALKORDB_URL");
-    let falkor = fresh_graph(&url, name).await;
+    let store = GraphStore::open(backend, name).await;
     let http = format!("127.0.0.1:{}", free_port());
-    let pgfanout = Pgfanout::start(name, &config(&db, name, &http, &url, name, lanes), &http);
+    let pgfanout = Pgfanout::start(name, &config(&db, name, &http, &store, name, lanes), &http);
     wait_ready(&http).await;
-    (db, falkor, pgfanout, url)
+    (db, store, pgfanout)
 }
 
 async fn wait_ready(http: &str) {
@@ -221,14 +173,23 @@ const UNUSUAL_KEYS: [&str; 14] = [
 ];
 
 #[tokio::test]
-async fn keys_with_whitespace_and_quotes_round_trip_and_delete_exactly() {
-    let (db, mut falkor, pgfanout, _) = start("e2e_graph_keys", 1).await;
+async fn falkordb_keys_with_whitespace_and_quotes_round_trip_and_delete_exactly() {
+    keys_with_whitespace_and_quotes_round_trip_and_delete_exactly(Backend::FalkorDb, "e2e_graph_keys").await;
+}
+
+#[tokio::test]
+async fn neo4j_keys_with_whitespace_and_quotes_round_trip_and_delete_exactly() {
+    keys_with_whitespace_and_quotes_round_trip_and_delete_exactly(Backend::Neo4j, "e2e_graph_keys_neo4j").await;
+}
+
+async fn keys_with_whitespace_and_quotes_round_trip_and_delete_exactly(backend: Backend, name: &str) {
+    let (db, mut store, pgfanout) = start(backend, name, 1).await;
     for (i, key) in UNUSUAL_KEYS.iter().enumerate() {
         let name = format!("{key}/name");
         db.client.execute("INSERT INTO accounts VALUES ($1, $2)", &[key, &name]).await.unwrap();
         db.client.execute("INSERT INTO items VALUES ($1, $2, $3, $4)", &[&(i as i64), key, key, &name]).await.unwrap();
     }
-    wait_for_match(&db, &mut falkor, "e2e_graph_keys", &pgfanout, Duration::from_secs(30)).await;
+    wait_for_match(&db, &mut store, &pgfanout, Duration::from_secs(30)).await;
     // Updates and deletes find each node by its exact key.
     db.client.batch_execute("UPDATE accounts SET name = 'renamed'; UPDATE items SET name = 'renamed'").await.unwrap();
     for (i, key) in UNUSUAL_KEYS.iter().enumerate().filter(|(i, _)| i % 3 != 2) {
@@ -238,14 +199,21 @@ async fn keys_with_whitespace_and_quotes_round_trip_and_delete_exactly() {
             db.client.execute("DELETE FROM items WHERE id = $1", &[&(i as i64)]).await.unwrap();
         }
     }
-    wait_for_match(&db, &mut falkor, "e2e_graph_keys", &pgfanout, Duration::from_secs(30)).await;
+    wait_for_match(&db, &mut store, &pgfanout, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]
-async fn deleted_accounts_never_come_back_as_stub_nodes() {
-    let (db, mut falkor, pgfanout, url) = start("e2e_graph_stubs", 1).await;
-    let graph = "e2e_graph_stubs";
-    let mut reader = falkor_connection(&url).await;
+async fn falkordb_deleted_accounts_never_come_back_as_stub_nodes() {
+    deleted_accounts_never_come_back_as_stub_nodes(Backend::FalkorDb, "e2e_graph_stubs").await;
+}
+
+#[tokio::test]
+async fn neo4j_deleted_accounts_never_come_back_as_stub_nodes() {
+    deleted_accounts_never_come_back_as_stub_nodes(Backend::Neo4j, "e2e_graph_stubs_neo4j").await;
+}
+
+async fn deleted_accounts_never_come_back_as_stub_nodes(backend: Backend, name: &str) {
+    let (db, mut store, pgfanout) = start(backend, name, 1).await;
     // (a) Three auto-committed statements per account; the account's insert
     // is in the graph before the other two, which then tend to share a batch.
     for account in 0..20i64 {
@@ -253,14 +221,14 @@ async fn deleted_accounts_never_come_back_as_stub_nodes() {
         db.client.execute("INSERT INTO accounts VALUES ($1, 'x')", &[&key]).await.unwrap();
         let query = format!("MATCH (n:Account {{id: 'a{account}'}}) RETURN n.name");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while graph_rows(&mut reader, graph, &query).await.is_empty() {
+        while store.rows(&query).await.is_empty() {
             assert!(Instant::now() < deadline, "account a{account} never reached the graph");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         db.client.execute("INSERT INTO items VALUES ($1, $2, 't', 'i')", &[&account, &key]).await.unwrap();
         db.client.execute("DELETE FROM accounts WHERE id = $1", &[&key]).await.unwrap();
     }
-    wait_for_match(&db, &mut falkor, graph, &pgfanout, Duration::from_secs(30)).await;
+    wait_for_match(&db, &mut store, &pgfanout, Duration::from_secs(30)).await;
     // (b) An item upsert and the delete of its account in one transaction.
     db.client
         .batch_execute(
@@ -272,7 +240,7 @@ async fn deleted_accounts_never_come_back_as_stub_nodes() {
         )
         .await
         .unwrap();
-    wait_for_match(&db, &mut falkor, graph, &pgfanout, Duration::from_secs(30)).await;
+    wait_for_match(&db, &mut store, &pgfanout, Duration::from_secs(30)).await;
     // A node that only relationships make (no table defines Tag) goes with
     // the last relationship that needs it, moved away or deleted.
     db.client
@@ -284,15 +252,67 @@ async fn deleted_accounts_never_come_back_as_stub_nodes() {
         )
         .await
         .unwrap();
-    wait_for_match(&db, &mut falkor, graph, &pgfanout, Duration::from_secs(30)).await;
-    let tags = graph_rows(&mut falkor, graph, "MATCH (t:Tag) RETURN t.name ORDER BY t.name").await;
+    wait_for_match(&db, &mut store, &pgfanout, Duration::from_secs(30)).await;
+    let tags = json_rows(&mut store, "MATCH (t:Tag) RETURN t.name ORDER BY t.name").await;
     assert_eq!(tags, vec![vec!["\"kept\"".to_owned()]], "only the tag a relationship needs is left");
 }
 
 #[tokio::test]
-async fn four_lanes_merging_few_targets_make_one_node_per_key() {
-    let (db, mut falkor, pgfanout, _) = start("e2e_graph_lanes", 4).await;
-    let graph = "e2e_graph_lanes";
+async fn falkordb_four_lanes_merging_few_targets_make_one_node_per_key() {
+    four_lanes_merging_few_targets_make_one_node_per_key(Backend::FalkorDb, "e2e_graph_lanes").await;
+}
+
+/// On Neo4j, lanes commit side by side. The lanes keep changes touching one
+/// node together; the sink's uniqueness constraints on node keys are what
+/// make two writers merging one key at once (a second instance, a key the
+/// lane keys missed) find one node: the second `MERGE` waits for the first
+/// transaction's commit instead of creating its own node.
+#[tokio::test]
+async fn neo4j_four_lanes_merging_few_targets_make_one_node_per_key() {
+    four_lanes_merging_few_targets_make_one_node_per_key(Backend::Neo4j, "e2e_graph_lanes_neo4j").await;
+    let store = GraphStore::open(Backend::Neo4j, "e2e_graph_lanes_neo4j").await;
+    let neo4j = store.neo4j.as_ref().unwrap();
+    let mut constraints = Vec::new();
+    let mut rows = neo4j
+        .execute(neo4rs::query(
+            "SHOW CONSTRAINTS YIELD type, labelsOrTypes, properties \
+             WHERE type = 'UNIQUENESS' RETURN labelsOrTypes[0] + ' ' + properties[0] AS key",
+        ))
+        .await
+        .unwrap();
+    while let Some(row) = rows.next().await.unwrap() {
+        constraints.push(row.get::<String>("key").unwrap());
+    }
+    for key in ["Account id", "Item id", "Tag name", "PgfanoutCheckpoint sink"] {
+        assert!(constraints.iter().any(|known| known == key), "no uniqueness constraint on {key}: {constraints:?}");
+    }
+    // Two transactions merge one new Account key: the second is still
+    // waiting while the first is open, and finds the first's node.
+    let merge = "MERGE (n:Account {id: 'raced'})";
+    let mut first = neo4j.start_txn().await.unwrap();
+    first.run(neo4rs::query(merge)).await.unwrap();
+    let second = {
+        let neo4j = neo4j.clone();
+        tokio::spawn(async move {
+            let mut second = neo4j.start_txn().await.unwrap();
+            second.run(neo4rs::query(merge)).await.unwrap();
+            second.commit().await.unwrap();
+        })
+    };
+    let waited = Instant::now();
+    while !second.is_finished() && waited.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!second.is_finished(), "the second MERGE did not wait for the first transaction");
+    first.commit().await.unwrap();
+    second.await.unwrap();
+    let mut store = store;
+    let nodes = store.rows("MATCH (n:Account {id: 'raced'}) RETURN count(n)").await;
+    assert_eq!(nodes[0][0].json(), serde_json::json!(1), "one node for the raced key");
+}
+
+async fn four_lanes_merging_few_targets_make_one_node_per_key(backend: Backend, name: &str) {
+    let (db, mut store, pgfanout) = start(backend, name, 4).await;
     db.client.batch_execute("INSERT INTO accounts SELECT 'acc' || i, 'x' FROM generate_series(0, 2) i").await.unwrap();
     // Many small transactions in flight at once, most pointing at three
     // accounts and four tags, with the accounts deleted and re-created in
@@ -314,11 +334,10 @@ async fn four_lanes_merging_few_targets_make_one_node_per_key() {
         ));
     }
     db.client.batch_execute(&sql).await.unwrap();
-    wait_for_match(&db, &mut falkor, graph, &pgfanout, Duration::from_secs(60)).await;
+    wait_for_match(&db, &mut store, &pgfanout, Duration::from_secs(60)).await;
     for (label, key) in [("Account", "id"), ("Tag", "name"), ("Item", "id")] {
-        let counts = graph_rows(
-            &mut falkor,
-            graph,
+        let counts = json_rows(
+            &mut store,
             &format!("MATCH (n:{label}) WITH n.{key} AS key, count(n) AS nodes WHERE nodes > 1 RETURN key, nodes"),
         )
         .await;
@@ -386,22 +405,30 @@ fn random_statement(random: &mut Random) -> (String, Vec<String>) {
 }
 
 #[tokio::test]
-async fn a_random_workload_matches_sql_and_a_full_replay_changes_nothing() {
+async fn falkordb_a_random_workload_matches_sql_and_a_full_replay_changes_nothing() {
+    a_random_workload_matches_sql_and_a_full_replay_changes_nothing(Backend::FalkorDb, "e2e_graph_random").await;
+}
+
+#[tokio::test]
+async fn neo4j_a_random_workload_matches_sql_and_a_full_replay_changes_nothing() {
+    a_random_workload_matches_sql_and_a_full_replay_changes_nothing(Backend::Neo4j, "e2e_graph_random_neo4j").await;
+}
+
+async fn a_random_workload_matches_sql_and_a_full_replay_changes_nothing(backend: Backend, name: &str) {
     const SEED: u64 = 0x5EED_0011;
     const OPERATIONS: usize = 3000;
-    let db = create_database("e2e_graph_random").await;
+    let db = create_database(name).await;
     db.client.batch_execute(SCHEMA).await.unwrap();
-    db.client.batch_execute("CREATE PUBLICATION e2e_graph_random FOR TABLE accounts, items").await.unwrap();
+    db.client.batch_execute(&format!("CREATE PUBLICATION {name} FOR TABLE accounts, items")).await.unwrap();
     // A second slot made before any change replays the whole history later.
+    let replay_slot = format!("{name}_replay");
     db.client
-        .batch_execute("SELECT pg_create_logical_replication_slot('e2e_graph_random_replay', 'pgoutput')")
+        .batch_execute(&format!("SELECT pg_create_logical_replication_slot('{replay_slot}', 'pgoutput')"))
         .await
         .unwrap();
-    let url = required_env("PGFANOUT_TEST_FALKORDB_URL");
-    let graph = "e2e_graph_random";
-    let mut falkor = fresh_graph(&url, graph).await;
+    let mut store = GraphStore::open(backend, name).await;
     let http = format!("127.0.0.1:{}", free_port());
-    let mut pgfanout = Pgfanout::start(graph, &config(&db, graph, &http, &url, graph, 4), &http);
+    let mut pgfanout = Pgfanout::start(name, &config(&db, name, &http, &store, name, 4), &http);
     wait_ready(&http).await;
 
     let mut writer = connect(&db.url).await;
@@ -421,7 +448,7 @@ async fn a_random_workload_matches_sql_and_a_full_replay_changes_nothing() {
         transaction.commit().await.unwrap();
         done += size;
     }
-    wait_for_match(&db, &mut falkor, graph, &pgfanout, Duration::from_secs(120)).await;
+    wait_for_match(&db, &mut store, &pgfanout, Duration::from_secs(120)).await;
     let state = sql_state(&db).await;
     eprintln!(
         "random workload (seed {SEED:#x}): {OPERATIONS} statements, {} graph lines, matched after {:?}",
@@ -433,19 +460,15 @@ async fn a_random_workload_matches_sql_and_a_full_replay_changes_nothing() {
     // Replay the whole history on the finished graph from the second slot.
     pgfanout.signal("TERM");
     assert_eq!(pgfanout.wait_exit(Duration::from_secs(15)).await, Some(0));
-    graph_rows(&mut falkor, graph, "MATCH (c:PgfanoutCheckpoint) DELETE c").await;
-    let replay = Pgfanout::start(
-        "e2e_graph_random_replay",
-        &config(&db, "e2e_graph_random_replay", &http, &url, graph, 4),
-        &http,
-    );
+    store.rows("MATCH (c:PgfanoutCheckpoint) DELETE c").await;
+    let replay = Pgfanout::start(&replay_slot, &config(&db, &replay_slot, &http, &store, name, 4), &http);
     wait_ready(&http).await;
     let end = db.current_wal_lsn().await;
     wait_until("the replay slot catches up", Duration::from_secs(120), || async {
-        db.confirmed_flush_lsn("e2e_graph_random_replay").await >= end
+        db.confirmed_flush_lsn(&replay_slot).await >= end
     })
     .await;
-    let replayed = graph_state(&mut falkor, graph).await;
+    let replayed = graph_state(&mut store).await;
     assert!(
         replayed == state,
         "after the replay: {}\nlog:\n{}",

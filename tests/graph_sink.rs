@@ -4,9 +4,7 @@
 //! is compared with what PostgreSQL holds, relationship by relationship,
 //! derived counts included.
 //!
-//! Neo4j Community has one database, so the Neo4j runs of this file take
-//! turns (a lock) and each starts from an empty database; FalkorDB gives
-//! every test a graph of its own.
+//! The stores and how they are read: tests/common/graph.rs.
 
 mod common;
 
@@ -14,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::graph::{Backend, Cell, GraphStore};
 use common::*;
 
 const SCHEMA: &str = r#"
@@ -98,164 +97,6 @@ kind = "graph"
 {tables}"#,
         source = source_config(db, slot, http),
     )
-}
-
-/// Which graph store a scenario runs against.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Backend {
-    FalkorDb,
-    Neo4j,
-}
-
-/// Serialises the Neo4j runs: they share the server's only database.
-static NEO4J_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A test's graph on one backend, empty at the start, and a way to read it.
-struct GraphStore {
-    /// FalkorDB: a connection and the graph's key.
-    falkor: Option<(redis::aio::MultiplexedConnection, String)>,
-    neo4j: Option<neo4rs::Graph>,
-    url: String,
-    _turn: Option<tokio::sync::MutexGuard<'static, ()>>,
-}
-
-impl GraphStore {
-    /// The graph `graph` on `backend`, emptied.
-    async fn open(backend: Backend, graph: &str) -> GraphStore {
-        match backend {
-            Backend::FalkorDb => {
-                let url = required_env("PGFANOUT_TEST_FALKORDB_URL");
-                let connection = falkordb(&url, graph).await;
-                GraphStore { falkor: Some((connection, graph.to_owned())), neo4j: None, url, _turn: None }
-            }
-            Backend::Neo4j => {
-                let turn = NEO4J_TURN.lock().await;
-                let url = required_env("PGFANOUT_TEST_NEO4J_URL");
-                let config = neo4rs::ConfigBuilder::default().uri(&url).user("neo4j").password("").build().unwrap();
-                let neo4j = neo4rs::Graph::connect(config).unwrap();
-                neo4j.run(neo4rs::query("MATCH (n) DETACH DELETE n")).await.unwrap();
-                GraphStore { falkor: None, neo4j: Some(neo4j), url, _turn: Some(turn) }
-            }
-        }
-    }
-
-    /// The `[[sink]]` lines naming this store (a FalkorDB graph, or Neo4j's
-    /// default database).
-    fn sink_lines(&self) -> String {
-        match &self.falkor {
-            Some((_, graph)) => format!("transport = \"falkordb\"\nurl = \"{}\"\ngraph = \"{graph}\"", self.url),
-            None => format!("transport = \"bolt\"\nurl = \"{}\"", self.url),
-        }
-    }
-
-    /// The rows of a read query, typed.
-    async fn rows(&mut self, query: &str) -> Vec<Vec<Cell>> {
-        if let Some((connection, graph)) = &mut self.falkor {
-            return graph_rows(connection, graph, query).await;
-        }
-        let neo4j = self.neo4j.as_ref().unwrap();
-        // neo4rs hands a row over as a map: one list column keeps the order.
-        let query = match query.rsplit_once(" RETURN ") {
-            Some((head, tail)) => {
-                let (columns, order) = tail.split_once(" ORDER BY ").map_or((tail, None), |(c, o)| (c, Some(o)));
-                let order = order.map(|o| format!(" ORDER BY {o}")).unwrap_or_default();
-                format!("{head} RETURN [{columns}] AS row{order}")
-            }
-            None => query.to_owned(),
-        };
-        let mut result = neo4j.execute(neo4rs::query(&query)).await.unwrap_or_else(|err| panic!("{query}: {err}"));
-        let mut rows = Vec::new();
-        while let Some(row) = result.next().await.unwrap() {
-            if let Ok(neo4rs::BoltType::List(cells)) = row.get::<neo4rs::BoltType>("row") {
-                rows.push(cells.value.iter().map(bolt_cell).collect());
-            }
-        }
-        rows
-    }
-}
-
-fn bolt_cell(value: &neo4rs::BoltType) -> Cell {
-    use neo4rs::BoltType as B;
-    match value {
-        B::Null(_) => Cell::Null,
-        B::String(s) => Cell::Str(s.value.clone()),
-        B::Integer(i) => Cell::Int(i.value),
-        B::Boolean(b) => Cell::Bool(b.value),
-        B::Float(f) => Cell::Float(f.value),
-        B::List(items) => Cell::List(items.value.iter().map(bolt_cell).collect()),
-        other => panic!("unexpected Bolt value {other:?}"),
-    }
-}
-
-/// One value of a FalkorDB result in compact form, typed.
-#[derive(Debug, Clone, PartialEq)]
-enum Cell {
-    Null,
-    Str(String),
-    Int(i64),
-    Bool(bool),
-    Float(f64),
-    List(Vec<Cell>),
-}
-
-impl Cell {
-    /// Text for state comparisons; lists sorted (collected lists have no order).
-    fn text(&self) -> String {
-        match self {
-            Cell::Null => "null".into(),
-            Cell::Str(s) => s.clone(),
-            Cell::Int(i) => i.to_string(),
-            Cell::Bool(b) => b.to_string(),
-            Cell::Float(f) => f.to_string(),
-            Cell::List(items) => {
-                let mut texts: Vec<String> = items.iter().map(Cell::text).collect();
-                texts.sort_by_key(|text| (text.len(), text.clone()));
-                format!("[{}]", texts.join(","))
-            }
-        }
-    }
-}
-
-fn parse_cell(value: &redis::Value) -> Cell {
-    use redis::Value as V;
-    let V::Array(pair) = value else { panic!("compact cell expected, got {value:?}") };
-    let text = |v: &V| match v {
-        V::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-        V::SimpleString(s) => s.clone(),
-        other => panic!("text expected, got {other:?}"),
-    };
-    match (&pair[0], &pair[1]) {
-        (V::Int(1), _) => Cell::Null,
-        (V::Int(2), v) => Cell::Str(text(v)),
-        (V::Int(3), V::Int(i)) => Cell::Int(*i),
-        (V::Int(4), v) => Cell::Bool(text(v) == "true"),
-        (V::Int(5), v) => Cell::Float(text(v).parse().unwrap()),
-        (V::Int(6), V::Array(items)) => Cell::List(items.iter().map(parse_cell).collect()),
-        other => panic!("unexpected compact cell {other:?}"),
-    }
-}
-
-/// The rows of a read query, typed.
-async fn graph_rows(connection: &mut redis::aio::MultiplexedConnection, graph: &str, query: &str) -> Vec<Vec<Cell>> {
-    let reply: redis::Value =
-        redis::cmd("GRAPH.QUERY").arg(graph).arg(query).arg("--compact").query_async(connection).await.unwrap();
-    let redis::Value::Array(parts) = reply else { panic!("unexpected reply {reply:?}") };
-    if parts.len() < 3 {
-        return Vec::new();
-    }
-    let redis::Value::Array(rows) = &parts[1] else { panic!("rows expected") };
-    rows.iter()
-        .map(|row| match row {
-            redis::Value::Array(cells) => cells.iter().map(parse_cell).collect(),
-            other => panic!("row expected, got {other:?}"),
-        })
-        .collect()
-}
-
-async fn falkordb(url: &str, graph: &str) -> redis::aio::MultiplexedConnection {
-    let mut connection = redis_connection(url).await;
-    let _ = redis::cmd("GRAPH.DELETE").arg(graph).query_async::<redis::Value>(&mut connection).await;
-    connection
 }
 
 /// Queries whose sorted lines describe the graph; the same lines are built
@@ -387,15 +228,9 @@ async fn rows_relationships_moves_deletes_and_derived_counts_through_a_replay(ba
         .unwrap();
     let mut store = GraphStore::open(backend, name).await;
     let http = format!("127.0.0.1:{}", free_port());
-    // Neo4j runs one lane for now: without a uniqueness constraint on node
-    // keys, MERGEs of one key from two lanes each create the node (seen
-    // here: duplicated Property and cities nodes). The sink's uniqueness
-    // constraints remove that; then this goes.
-    let tables = match backend {
-        Backend::FalkorDb => TABLES.to_owned(),
-        Backend::Neo4j => format!("[sink.delivery]\nlanes = 1\n{TABLES}"),
-    };
-    let config = graph_config(&db, name, &http, &store.sink_lines(), name, &tables);
+    // The default 4 lanes: on Neo4j the sink's uniqueness constraints keep
+    // two lanes merging one key from making two nodes.
+    let config = graph_config(&db, name, &http, &store.sink_lines(), name, TABLES);
     let mut pgfanout = Pgfanout::start(name, &config, &http);
     wait_ready(&http).await;
 
@@ -462,7 +297,7 @@ async fn rows_relationships_moves_deletes_and_derived_counts_through_a_replay(ba
     pgfanout.signal("TERM");
     assert_eq!(pgfanout.wait_exit(Duration::from_secs(15)).await, Some(0));
     store.rows("MATCH (c:PgfanoutCheckpoint) DELETE c").await;
-    let replay_config = graph_config(&db, &replay_slot, &http, &store.sink_lines(), name, &tables);
+    let replay_config = graph_config(&db, &replay_slot, &http, &store.sink_lines(), name, TABLES);
     let pgfanout = Pgfanout::start(&replay_slot, &replay_config, &http);
     wait_ready(&http).await;
     let end = db.current_wal_lsn().await;
@@ -693,10 +528,29 @@ async fn a_store_stopped_and_restarted_loses_nothing() {
     workload.await.unwrap();
     let connection = redis_connection(&server.url).await;
     let mut store =
-        GraphStore { falkor: Some((connection, graph.to_owned())), neo4j: None, url: server.url.clone(), _turn: None };
+        GraphStore { falkor: Some((connection, graph.to_owned())), neo4j: None, url: server.url.clone(), turn: None };
     wait_for_graph_match(&db, &mut store, &pgfanout).await;
     let counts = store.rows("MATCH (:User)-[r:BOOKED_IN]->() RETURN sum(r.count)").await;
     let expected: i64 = db.client.query_one("SELECT count(*) FROM reservations", &[]).await.unwrap().get::<_, i64>(0);
     // (FalkorDB's sum() is a float.)
     assert_eq!(counts, vec![vec![Cell::Float(expected as f64)]], "every reservation counted once");
+}
+
+/// The Bolt transport's reads on a real Neo4j: one column's values as text
+/// (NULL as none), and a result of several columns refused, not read in
+/// the hash order `neo4rs` hands a row's columns over in.
+#[tokio::test]
+async fn neo4j_reads_one_column_and_refuses_several() {
+    use pgfanout_sink_graph::bolt::BoltTransport;
+    use pgfanout_sink_graph::encode::Statement;
+    let url = required_env("PGFANOUT_TEST_NEO4J_URL");
+    let bolt = BoltTransport::new(&url, None, None, None, Duration::from_secs(10), None).unwrap();
+    let read = |cypher: &str| Statement { cypher: cypher.into(), params: vec![] };
+
+    let values = bolt.query_first_column(&read("UNWIND [7, 'x', null, true] AS v RETURN v")).await.unwrap();
+    assert_eq!(values, vec![Some("7".into()), Some("x".into()), None, Some("true".into())]);
+
+    let err = bolt.query_first_column(&read("RETURN 1 AS a, 2 AS b")).await.expect_err("two columns are ambiguous");
+    assert!(!err.is_retriable(), "{err}");
+    assert!(err.to_string().contains("2 columns"), "{err}");
 }

@@ -4,10 +4,10 @@
 # merged by key), applied with batching on, into FalkorDB (Cypher over RESP;
 # round trips counted by FalkorDB itself, INFO commandstats: one MULTI/EXEC
 # per sink call, plus the odd lone query) or Neo4j (Bolt; a sink call is one
-# transaction, BEGIN + one RUN per statement shape + COMMIT, counted from
-# pgfanout's batch metric; and the store's own ceiling in the same run:
-# UNWIND batches of 1,000 MERGEs of the same shape, by the `store_ceiling`
-# example).
+# transaction, BEGIN + one RUN per statement + COMMIT, each a round trip,
+# counted from the sink's "batch written" debug events; and the store's own
+# ceiling in the same run: UNWIND batches of 1,000 MERGEs of the same shape,
+# by the `store_ceiling` example).
 #
 #   benches/e2e/graph_sink.sh                  # N = 100,000 changes, 4 lanes, FalkorDB
 #   STORE=neo4j N=20000 LANES=1 DERIVED=1 benches/e2e/graph_sink.sh
@@ -17,7 +17,7 @@
 # (PGFANOUT_TEST_PG_URL, PGFANOUT_TEST_FALKORDB_URL, ...) when set, else
 # starts a throwaway one. Prints one line:
 #   changes=N seconds=S changes_per_second=R ... round_trips_per_1000=P   (FalkorDB)
-#   changes=N seconds=S changes_per_second=R ... transactions_per_1000=P ceiling_rows_per_second=C   (Neo4j)
+#   changes=N seconds=S changes_per_second=R ... round_trips_per_1000=P ceiling_rows_per_second=C ratio=R/C   (Neo4j)
 set -euo pipefail
 # shellcheck source=benches/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -26,7 +26,7 @@ N=${N:-100000}
 LANES=${LANES:-4}
 DERIVED=${DERIVED:-0}
 STORE=${STORE:-falkordb}
-(cd "$REPO_ROOT" && cargo build --release --quiet -p pgfanout --example store_ceiling)
+(cd "$REPO_ROOT" && cargo build --release --quiet -p pgfanout --bins --example store_ceiling)
 FALKOR_PORT=${PGFANOUT_TEST_FALKORDB_URL##*:}
 FALKOR=(redis-cli -p "${FALKOR_PORT%%/*}")
 CYPHER=("$REPO_ROOT/.venv/bin/python" "$REPO_ROOT/deploy/local/cypher.py" "$PGFANOUT_TEST_NEO4J_URL")
@@ -88,19 +88,27 @@ TOML
 fi
 
 TOTAL=$((N + 500))
+if [[ $STORE == neo4j ]]; then BENCH_ENV="PGFANOUT_LOG=info,pgfanout_sink_graph=debug"; fi
 bench_run "$WORK/pgfanout.toml" "$TOTAL"
 if [[ $STORE == neo4j ]]; then
-    BATCHES=$(curl -s "http://127.0.0.1:$HTTP_PORT/metrics" |
-        awk '/^pgfanout_sink_batch_size_count/ { s += $2 } END { print s + 0 }')
     bench_stop
+    read -r BATCHES ROUND_TRIPS < <(grep '"batch written"' "$WORK/pgfanout.log" | python3 -c '
+import json, sys
+batches = trips = 0
+for line in sys.stdin:
+    event = json.loads(line)
+    fields = event.get("fields", event)
+    batches += 1
+    trips += int(fields.get("round_trips", 0))
+print(batches, trips)')
     NODES=$("${CYPHER[@]}" "MATCH (r:Reservation) RETURN count(r)")
     [[ $NODES == "$N" ]] || { echo "expected $N reservation nodes, found $NODES" >&2; exit 1; }
     CEILING=$("$TARGET/release/examples/store_ceiling" neo4j "$PGFANOUT_TEST_NEO4J_URL" "$N" 1000)
-    awk -v n="$TOTAL" -v start="$START" -v end="$END" -v batches="$BATCHES" -v lanes="$LANES" -v derived="$DERIVED" \
-        -v ceiling="$CEILING" \
+    awk -v n="$TOTAL" -v start="$START" -v end="$END" -v batches="$BATCHES" -v trips="$ROUND_TRIPS" -v lanes="$LANES" \
+        -v derived="$DERIVED" -v ceiling="$CEILING" \
         'BEGIN { s = end - start;
-                 printf "store=neo4j changes=%d seconds=%.2f changes_per_second=%.0f lanes=%d derived=%d transactions=%d transactions_per_1000=%.1f ceiling_rows_per_second=%s\n",
-                        n, s, n / s, lanes, derived, batches, batches * 1000 / n, ceiling }'
+                 printf "store=neo4j changes=%d seconds=%.2f changes_per_second=%.0f lanes=%d derived=%d transactions=%d round_trips_per_1000=%.1f ceiling_rows_per_second=%s ratio=%.2f\n",
+                        n, s, n / s, lanes, derived, batches, trips * 1000 / n, ceiling, n / s / ceiling }'
     exit 0
 fi
 # A call's MULTI/EXEC is one round trip; queries outside a transaction (index

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod graph;
 pub mod proxy;
 
 use std::collections::BTreeMap;

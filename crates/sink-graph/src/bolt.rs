@@ -18,7 +18,7 @@ use neo4rs::{BoltBoolean, BoltFloat, BoltInteger, BoltList, BoltMap, BoltNull, B
 
 use pgfanout_core::TlsConfig;
 
-use crate::encode::{ident, IndexSpec, Statement};
+use crate::encode::{ident, IndexSpec, NodeKey, Statement};
 use crate::error::{endpoint_of, statement_head, GraphSinkError};
 use crate::value::GraphValue;
 
@@ -65,6 +65,15 @@ fn index_statement(index: &IndexSpec) -> String {
             format!("CREATE INDEX IF NOT EXISTS FOR ()-[r:{}]-() ON (r.{})", ident(rel_type), ident(property))
         }
     }
+}
+
+fn unique_statement(key: &NodeKey) -> String {
+    let properties: Vec<String> = key.properties.iter().map(|property| format!("n.{}", ident(property))).collect();
+    let properties = match &properties[..] {
+        [one] => one.clone(),
+        several => format!("({})", several.join(", ")),
+    };
+    format!("CREATE CONSTRAINT IF NOT EXISTS FOR (n:{}) REQUIRE {properties} IS UNIQUE", ident(&key.label))
 }
 
 /// Whether a Neo4j error code says the schema rule being created exists.
@@ -216,6 +225,40 @@ impl BoltTransport {
         .await
     }
 
+    /// Makes `key` unique among the nodes of its label unless it is.
+    ///
+    /// A plain index on the same property (pgfanout made one before it made
+    /// constraints) keeps Neo4j from creating the constraint: that is logged
+    /// with what to do, and the index serves the lookups meanwhile.
+    pub async fn ensure_unique(&self, key: &NodeKey, sink: &str) -> Result<(), GraphSinkError> {
+        let text = unique_statement(key);
+        self.within_timeout(async {
+            let query = Query::new(text.clone());
+            let result = match &self.database {
+                Some(database) => self.graph.run_on(database.as_str(), query).await,
+                None => self.graph.run(query).await,
+            };
+            match result {
+                Ok(_) => Ok(()),
+                Err(neo4rs::Error::Neo4j(server)) if server.code() == "Neo.ClientError.Schema.IndexAlreadyExists" => {
+                    tracing::warn!(
+                        sink,
+                        label = %key.label,
+                        properties = ?key.properties,
+                        "an index on this node key keeps Neo4j from making the key unique, so lanes > 1 may \
+                         create a node twice: drop the index (SHOW INDEXES, DROP INDEX name) and restart, or \
+                         run this sink with lanes = 1"
+                    );
+                    Ok(())
+                }
+                // Another lane made it first (IF NOT EXISTS does not cover that).
+                Err(neo4rs::Error::Neo4j(server)) if index_exists(server.code()) => Ok(()),
+                Err(err) => Err(self.classify(text.clone(), err)),
+            }
+        })
+        .await
+    }
+
     /// Creates `index` unless it exists.
     pub async fn ensure_index(&self, index: &IndexSpec) -> Result<(), GraphSinkError> {
         let text = index_statement(index);
@@ -259,6 +302,17 @@ mod tests {
     fn an_index_created_by_another_lane_counts_as_created() {
         assert!(index_exists("Neo.ClientError.Schema.EquivalentSchemaRuleAlreadyExists"));
         assert!(!index_exists("Neo.ClientError.Statement.SyntaxError"));
+    }
+
+    #[test]
+    fn node_keys_become_uniqueness_constraints_of_one_or_several_properties() {
+        let one = NodeKey { label: "User".into(), properties: vec!["id".into()] };
+        assert_eq!(unique_statement(&one), "CREATE CONSTRAINT IF NOT EXISTS FOR (n:`User`) REQUIRE n.`id` IS UNIQUE");
+        let two = NodeKey { label: "Seat".into(), properties: vec!["row".into(), "n`o".into()] };
+        assert_eq!(
+            unique_statement(&two),
+            "CREATE CONSTRAINT IF NOT EXISTS FOR (n:`Seat`) REQUIRE (n.`row`, n.`n``o`) IS UNIQUE"
+        );
     }
 
     #[test]

@@ -124,8 +124,9 @@ pub struct GraphSinkConfig {
     #[serde(default = "default_checkpoint_label")]
     pub checkpoint_label: String,
     /// Create an index on every label's key properties (and on join-table
-    /// relationships' keys) at start, so `MERGE` by key does not scan.
-    /// Default: true.
+    /// relationships' keys) at start, so `MERGE` by key does not scan; on
+    /// Neo4j also a uniqueness constraint on each node key, so concurrent
+    /// writers never create one node twice. Default: true.
     #[serde(default = "default_true")]
     pub create_indexes: bool,
     /// Milliseconds to wait for the store to answer one batch before the

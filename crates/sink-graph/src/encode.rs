@@ -105,12 +105,25 @@ pub enum IndexSpec {
     },
 }
 
+/// Key properties that identify a node of a label: the statements `MERGE`
+/// nodes by them. On Neo4j they become a uniqueness constraint, whose index
+/// lock makes two lanes merging one key at once find one node, not make two.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeKey {
+    /// Label.
+    pub label: String,
+    /// The key's properties, in key order.
+    pub properties: Vec<String>,
+}
+
 /// What one batch needs done, in order.
 #[derive(Debug, Default, PartialEq)]
 pub struct Encoded {
     /// Indexes to make sure of before the statements run (separately: a
     /// schema change cannot share a transaction with writes in Neo4j).
     pub indexes: Vec<IndexSpec>,
+    /// Node keys the statements merge by, for the same schema step.
+    pub node_keys: Vec<NodeKey>,
     /// The writes, to run in order in one transaction.
     pub statements: Vec<Statement>,
 }
@@ -267,6 +280,7 @@ impl GraphEncoder {
     pub fn encode(&self, changes: &[ChangeRef<'_>]) -> Result<Encoded, GraphSinkError> {
         let mut encoded = Encoded::default();
         let mut indexes = BTreeSet::new();
+        let mut node_keys = BTreeSet::new();
         let mut round = Round::default();
         let mut dirty = vec![false; self.derived.len()];
         let mut shapes: Vec<(&Arc<TableSchema>, Shape)> = Vec::new();
@@ -288,7 +302,7 @@ impl GraphEncoder {
             let shape = match shapes.iter().position(|(known, _)| Arc::ptr_eq(known, &change.table)) {
                 Some(index) => &shapes[index].1,
                 None => {
-                    let shape = self.shape(rule, &change.table, &mut indexes)?;
+                    let shape = self.shape(rule, &change.table, &mut indexes, &mut node_keys)?;
                     shapes.push((&change.table, shape));
                     &shapes[shapes.len() - 1].1
                 }
@@ -356,6 +370,7 @@ impl GraphEncoder {
             encoded.statements.push(Statement::new(format!("MATCH (n:{0}) REMOVE n:{0}", ident(STUB_CHECK_LABEL))));
         }
         encoded.indexes = indexes.into_iter().collect();
+        encoded.node_keys = node_keys.into_iter().collect();
         Ok(encoded)
     }
 
@@ -365,7 +380,9 @@ impl GraphEncoder {
     /// Empty for a change the batch would refuse anyway.
     pub fn touched_nodes(&self, change: &Change) -> Vec<String> {
         let Some(rule) = self.tables.get(&change.table.table) else { return Vec::new() };
-        let Ok(shape) = self.shape(rule, &change.table, &mut BTreeSet::new()) else { return Vec::new() };
+        let Ok(shape) = self.shape(rule, &change.table, &mut BTreeSet::new(), &mut BTreeSet::new()) else {
+            return Vec::new();
+        };
         // The version does not matter here.
         let version = GraphValue::Null;
         let writes = match rule {
@@ -391,6 +408,11 @@ impl GraphEncoder {
     /// The index on the checkpoint node's `sink` property.
     pub fn checkpoint_index(&self) -> IndexSpec {
         IndexSpec::Node { label: self.checkpoint_label.clone(), property: "sink".into() }
+    }
+
+    /// The checkpoint node's key: one node per sink.
+    pub fn checkpoint_key(&self) -> NodeKey {
+        NodeKey { label: self.checkpoint_label.clone(), properties: vec!["sink".into()] }
     }
 
     /// The statements for the rows gathered in `round`, which is emptied.
@@ -835,7 +857,7 @@ impl GraphEncoder {
     /// columns a delete does not carry.
     pub fn table_problems(&self, schema: &TableSchema) -> Vec<String> {
         let Some(rule) = self.tables.get(&schema.table) else { return Vec::new() };
-        let shape = match self.shape(rule, schema, &mut BTreeSet::new()) {
+        let shape = match self.shape(rule, schema, &mut BTreeSet::new(), &mut BTreeSet::new()) {
             Ok(shape) => shape,
             Err(GraphSinkError::Mapping { reason, .. }) => return vec![reason],
             Err(other) => return vec![other.to_string()],
@@ -859,12 +881,13 @@ impl GraphEncoder {
     }
 
     /// Resolves `schema` under `rule` (once per shape in a batch) and adds
-    /// the indexes its statements rely on.
+    /// the indexes and node keys its statements rely on.
     fn shape(
         &self,
         rule: &TableRule,
         schema: &TableSchema,
         indexes: &mut BTreeSet<IndexSpec>,
+        node_keys: &mut BTreeSet<NodeKey>,
     ) -> Result<Shape, GraphSinkError> {
         let (key_positions, link_positions) = match rule {
             TableRule::Node(node) => {
@@ -875,8 +898,17 @@ impl GraphEncoder {
                         property: self.index_property(&schema.columns[position].name),
                     });
                 }
+                node_keys.insert(NodeKey {
+                    label: node.label.clone(),
+                    properties: key_positions
+                        .iter()
+                        .map(|&position| self.index_property(&schema.columns[position].name))
+                        .collect(),
+                });
                 for fk in &node.foreign_keys {
                     indexes.insert(IndexSpec::Node { label: fk.to.clone(), property: self.index_property(&fk.to_key) });
+                    node_keys
+                        .insert(NodeKey { label: fk.to.clone(), properties: vec![self.index_property(&fk.to_key)] });
                 }
                 (key_positions, node.foreign_keys.iter().map(|fk| schema.position(&fk.column)).collect())
             }
@@ -888,14 +920,11 @@ impl GraphEncoder {
                         property: self.index_property(&schema.columns[position].name),
                     });
                 }
-                indexes.insert(IndexSpec::Node {
-                    label: join.from.label.clone(),
-                    property: self.index_property(&join.from.key),
-                });
-                indexes.insert(IndexSpec::Node {
-                    label: join.to.label.clone(),
-                    property: self.index_property(&join.to.key),
-                });
+                for end in [&join.from, &join.to] {
+                    let property = self.index_property(&end.key);
+                    indexes.insert(IndexSpec::Node { label: end.label.clone(), property: property.clone() });
+                    node_keys.insert(NodeKey { label: end.label.clone(), properties: vec![property] });
+                }
                 (key_positions, vec![schema.position(&join.from.column), schema.position(&join.to.column)])
             }
         };

@@ -198,8 +198,6 @@ pub enum Request {
 /// What the server does for a scripted `RUN`.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// `SUCCESS {fields}`; the next `PULL` streams `rows` as `RECORD`s.
-    Rows { fields: Vec<&'static str>, rows: Vec<Vec<Value>> },
     /// `FAILURE {code, message}`.
     Fail { code: &'static str, message: &'static str },
     /// Closes the socket without answering.
@@ -279,7 +277,6 @@ impl FakeBolt {
 }
 
 const SUCCESS: u8 = 0x70;
-const RECORD: u8 = 0x71;
 const IGNORED: u8 = 0x7E;
 const FAILURE: u8 = 0x7F;
 
@@ -302,8 +299,6 @@ async fn serve(mut socket: TcpStream, connection: usize, shared: Arc<Mutex<Share
         return;
     }
     let mut state = State::Ready;
-    // Rows the last RUN produced, streamed by the next PULL.
-    let mut pending_rows: Vec<Vec<Value>> = Vec::new();
     let mut transactions = 0u32;
     while let Some(bytes) = read_message(&mut socket).await {
         let request = parse_request(&bytes);
@@ -331,20 +326,10 @@ async fn serve(mut socket: TcpStream, connection: usize, shared: Arc<Mutex<Share
                         let metadata = Value::map([("code", Value::string(code)), ("message", Value::string(message))]);
                         replies.push((FAILURE, metadata));
                     }
-                    Some(Outcome::Rows { fields, rows }) => {
-                        pending_rows = rows;
-                        replies.push((SUCCESS, run_success(&fields)));
-                    }
-                    None => {
-                        pending_rows.clear();
-                        replies.push((SUCCESS, run_success(&[])));
-                    }
+                    // No rows: what the tests read (the checkpoint) is not there yet.
+                    None => replies.push((SUCCESS, run_success(&[]))),
                 },
                 Request::Pull(_) | Request::Discard(_) => {
-                    let pulled = std::mem::take(&mut pending_rows);
-                    if matches!(request, Request::Pull(_)) {
-                        replies.extend(pulled.into_iter().map(|row| (RECORD, Value::List(row))));
-                    }
                     let mut summary = BTreeMap::from([("has_more".to_owned(), Value::Bool(false))]);
                     if state == State::Ready {
                         // An auto-commit query ends with its commit's summary.
