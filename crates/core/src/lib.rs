@@ -26,6 +26,7 @@ pub mod pipeline;
 pub mod sink;
 pub mod status;
 pub mod streamed;
+pub mod tap;
 pub mod worker;
 
 pub use assembler::{AssembleError, Assembled, TransactionAssembler};
@@ -41,4 +42,5 @@ pub use pipeline::{Pipeline, PipelineError};
 pub use sink::{describe_apply, ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError, Version};
 pub use status::SinkStatus;
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
+pub use tap::{Injection, StreamTap};
 pub use worker::{error_chain, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};
