@@ -19,7 +19,9 @@
 pub mod error;
 pub mod reader;
 pub mod table;
+pub mod watermark;
 
 pub use error::SnapshotError;
 pub use reader::{Chunk, ChunkLimits, KeyText, ReadVisibility, TableReader};
 pub use table::SnapshotTable;
+pub use watermark::{ChunkOutcome, ChunkTicket, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};
