@@ -42,6 +42,10 @@ pub const SINK_UP: &str = "pgfanout_sink_up";
 pub const STREAMED_MEMORY_BYTES: &str = "pgfanout_streamed_memory_bytes";
 /// Bytes of streamed changes written to spill files.
 pub const STREAMED_SPILLED_BYTES_TOTAL: &str = "pgfanout_streamed_spilled_bytes_total";
+/// Rows the initial snapshot (or a rebuild) wrote into a sink, by sink and table.
+pub const SNAPSHOT_ROWS_TOTAL: &str = "pgfanout_snapshot_rows_total";
+/// Tables a sink's snapshot has still to copy (0 once it is done).
+pub const SNAPSHOT_TABLES_REMAINING: &str = "pgfanout_snapshot_tables_remaining";
 /// Build information as labels, value 1.
 pub const BUILD_INFO: &str = "pgfanout_build_info";
 
@@ -86,6 +90,10 @@ pub struct Metrics {
     pub confirmed_flush_lsn: IntGauge,
     /// See [`SOURCE_LAG_BYTES`].
     pub source_lag_bytes: IntGauge,
+    /// See [`SNAPSHOT_ROWS_TOTAL`].
+    pub snapshot_rows_total: IntCounterVec,
+    /// See [`SNAPSHOT_TABLES_REMAINING`].
+    pub snapshot_tables_remaining: IntGaugeVec,
 }
 
 impl Metrics {
@@ -135,6 +143,11 @@ impl Metrics {
         let build_info = IntGaugeVec::new(Opts::new(BUILD_INFO, "Build information"), &["version"])?;
         registry.register(Box::new(build_info.clone()))?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let snapshot_tables_remaining = IntGaugeVec::new(
+            Opts::new(SNAPSHOT_TABLES_REMAINING, "Tables the sink's snapshot has still to copy"),
+            &["sink"],
+        )?;
+        registry.register(Box::new(snapshot_tables_remaining.clone()))?;
 
         Ok(Metrics {
             events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
@@ -179,6 +192,12 @@ impl Metrics {
             checkpoint_lsn,
             confirmed_flush_lsn,
             source_lag_bytes,
+            snapshot_rows_total: counter_vec(
+                SNAPSHOT_ROWS_TOTAL,
+                "Rows the snapshot wrote into the sink",
+                &["sink", "table"],
+            )?,
+            snapshot_tables_remaining,
             registry,
         })
     }

@@ -218,6 +218,24 @@ pub trait Sink: Send + Sync {
     /// called while [`Sink::apply`] runs; it must not touch the checkpoint.
     async fn store_source(&self, record: &str) -> Result<(), SinkError>;
 
+    /// Reads the snapshot progress text stored beside the checkpoint (see
+    /// [`Sink::store_snapshot_progress`]), `None` if there is none. Default:
+    /// none, for a sink that keeps no progress.
+    async fn load_snapshot_progress(&self) -> Result<Option<String>, SinkError> {
+        Ok(None)
+    }
+
+    /// Durably stores `progress` (the snapshot's record of which chunks of
+    /// which tables the store holds) beside the checkpoint, replacing the
+    /// previous one. Called only after the chunks it names were applied. It
+    /// may be called while [`Sink::apply`] runs. Default: nothing is kept,
+    /// so an interrupted snapshot of such a sink starts over (still correct:
+    /// re-applied chunk rows never move a row back).
+    async fn store_snapshot_progress(&self, progress: &str) -> Result<(), SinkError> {
+        let _ = progress;
+        Ok(())
+    }
+
     /// Applies `changes` in order (per key) and, when `checkpoint` is given,
     /// stores it too, atomically with the changes where the store allows.
     /// `changes` may be empty (checkpoint only). On `Ok` everything passed is
