@@ -51,6 +51,7 @@ def metric_families():
 # Files whose `#[derive(... Deserialize ...)]` structs are config sections.
 CONFIG_SOURCES = [
     "src/config.rs",
+    "crates/source/src/config.rs",
     "src/discard.rs",
     "crates/core/src/delivery.rs",
     "crates/core/src/mapping.rs",

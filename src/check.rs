@@ -22,8 +22,9 @@ use anyhow::bail;
 use pg_replication::ReplicationConnection;
 
 use crate::config::Config;
-use crate::run::build_sink;
-use crate::source::{connect_options, slot_health, source_problems};
+use pgfanout_source::{slot_health, source_problems};
+
+use crate::sinks::build_sink;
 
 /// What `check` found.
 #[derive(Debug, Default)]
@@ -36,13 +37,16 @@ struct Findings {
 /// every sink; one line per finding, `Err` when there is a problem.
 pub async fn check(config: &Config) -> anyhow::Result<()> {
     let mut findings = Findings::default();
-    match connect_options(config) {
+    let routing = crate::sinks::routing(config);
+    match config.source.connect_options() {
         Ok(options) => match ReplicationConnection::connect(&options).await {
             Ok(mut connection) => {
-                findings.problems.extend(source_problems(&mut connection, config, options.database()).await);
+                findings
+                    .problems
+                    .extend(source_problems(&mut connection, &config.source, &routing, options.database()).await);
                 findings.problems.extend(crate::privileges::privilege_problems(&mut connection, config).await);
                 findings.problems.extend(crate::table_check::problems(&mut connection, config).await);
-                let health = slot_health(&mut connection, config).await;
+                let health = slot_health(&mut connection, &config.source).await;
                 findings.problems.extend(health.problems);
                 findings.warnings.extend(health.warnings);
                 // Only frees the walsender early; the server cleans up anyway.
@@ -56,7 +60,7 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
                 describe(&err)
             )),
         },
-        Err(err) => findings.problems.push(format!("{err:#}")),
+        Err(err) => findings.problems.push(describe(&err)),
     }
     for sink_config in &config.sinks {
         match build_sink(sink_config) {

@@ -8,16 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use pgfanout_core::{DeliveryConfig, SpillSettings, WorkerSettings};
-use pgfanout_sink_graph::GraphSinkConfig;
-use pgfanout_sink_mongodb::MongoSinkConfig;
-use pgfanout_sink_redis::RedisSinkConfig;
-use pgfanout_sink_scylla::ScyllaSinkConfig;
+use pgfanout_core::{SpillSettings, WorkerSettings};
 
-use crate::discard::DiscardSinkConfig;
+pub use crate::sinks::SinkConfig;
+pub use pgfanout_source::SourceConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -39,60 +36,6 @@ pub struct Config {
     /// The stores to keep in sync; at least one.
     #[serde(rename = "sink", default)]
     pub sinks: Vec<SinkConfig>,
-}
-
-/// `[source]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// libpq-style URL or key/value string, without password.
-    /// Example: `"postgres://pgfanout@db:5432/app"`, or `"host=/var/run/postgresql dbname=app user=pgfanout"`.
-    pub url: String,
-    /// Password; set it with `PGFANOUT_SOURCE__PASSWORD`, not in the file.
-    #[serde(default)]
-    pub password: Option<SecretString>,
-    /// File holding the password (first line), e.g. a mounted secret.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// Logical replication slot. Default: `pgfanout`.
-    #[serde(default = "default_slot")]
-    pub slot: String,
-    /// Publication to stream. Default: `pgfanout`.
-    #[serde(default = "default_publication")]
-    pub publication: String,
-    /// Create the slot when missing. Default: true.
-    #[serde(default = "default_true")]
-    pub create_slot: bool,
-    /// Create the slot even though sinks hold checkpoints (they then miss the
-    /// changes made while there was no slot: rebuild them). Default `false`:
-    /// a missing slot stops pgfanout. Set it for one start, then remove it.
-    #[serde(default)]
-    pub recreate_slot: bool,
-    /// Create the slot as a failover slot (PostgreSQL 17+), which standbys
-    /// with `sync_replication_slots = on` keep, so pgfanout can resume after
-    /// a promotion. Default `false`.
-    #[serde(default)]
-    pub failover: bool,
-    /// Create the publication (for the routed tables) when missing, and add
-    /// routed tables it lacks. False: report what to run instead. Default: true.
-    #[serde(default = "default_true")]
-    pub create_publication: bool,
-    /// Milliseconds between standby status updates. Default: 10000.
-    #[serde(default = "default_status_interval_ms")]
-    pub status_interval_ms: u64,
-    /// Receive large transactions while they run (pgoutput `streaming`,
-    /// PostgreSQL 14+), held until they commit and spilled to disk past
-    /// `pipeline.spill_memory_mb`. Off: the server holds (and spills) them.
-    /// Default: true.
-    #[serde(default = "default_true")]
-    pub streaming: bool,
-    /// Seconds without any transaction after which pgfanout writes a tiny
-    /// `pg_logical_emit_message` (prefix `pgfanout.heartbeat`, not
-    /// transactional) so the slot keeps advancing on an idle database; 0
-    /// turns it off. The role needs EXECUTE on `pg_logical_emit_message`.
-    /// Default: 30.
-    #[serde(default = "default_heartbeat_interval_secs")]
-    pub heartbeat_interval_secs: u64,
 }
 
 /// `[http]`.
@@ -141,71 +84,6 @@ pub struct PipelineConfig {
     pub spill_dir: Option<PathBuf>,
 }
 
-/// One `[[sink]]`, by `kind`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum SinkConfig {
-    /// `kind = "redis"`.
-    Redis(RedisSinkConfig),
-    /// `kind = "graph"`: FalkorDB over RESP or Neo4j over Bolt.
-    Graph(GraphSinkConfig),
-    /// `kind = "mongodb"`.
-    Mongodb(MongoSinkConfig),
-    /// `kind = "discard"`: accepts and drops everything (measurements, dry runs).
-    Discard(DiscardSinkConfig),
-    /// `kind = "scylla"`: Cassandra or ScyllaDB query tables.
-    Scylla(ScyllaSinkConfig),
-}
-
-impl SinkConfig {
-    /// The sink's name.
-    pub fn name(&self) -> &str {
-        match self {
-            SinkConfig::Redis(redis) => &redis.name,
-            SinkConfig::Graph(graph) => &graph.name,
-            SinkConfig::Mongodb(mongodb) => &mongodb.name,
-            SinkConfig::Discard(discard) => &discard.name,
-            SinkConfig::Scylla(scylla) => &scylla.name,
-        }
-    }
-
-    /// The source tables the sink routes, as written (`schema.table` or `table`).
-    pub fn table_sources(&self) -> Vec<&str> {
-        match self {
-            SinkConfig::Redis(redis) => redis.tables.iter().map(|t| t.source.as_str()).collect(),
-            SinkConfig::Graph(graph) => graph.tables.iter().map(|t| t.source.as_str()).collect(),
-            SinkConfig::Mongodb(mongodb) => mongodb.tables.iter().map(|t| t.source.as_str()).collect(),
-            SinkConfig::Discard(discard) => discard.tables.iter().map(|t| t.source.as_str()).collect(),
-            SinkConfig::Scylla(scylla) => scylla.tables.iter().map(|t| t.source.as_str()).collect(),
-        }
-    }
-
-    /// Source tables whose updates and deletes the sink needs with the whole old row
-    /// (`REPLICA IDENTITY FULL`): MongoDB tables with running aggregates.
-    pub fn tables_needing_full_identity(&self) -> Vec<pgfanout_core::TableName> {
-        match self {
-            SinkConfig::Mongodb(mongodb) => mongodb
-                .tables
-                .iter()
-                .filter(|t| !t.aggregates.is_empty())
-                .map(|t| pgfanout_core::TableName::parse(&t.source))
-                .collect(),
-            SinkConfig::Redis(_) | SinkConfig::Graph(_) | SinkConfig::Scylla(_) | SinkConfig::Discard(_) => Vec::new(),
-        }
-    }
-
-    /// The sink's `[sink.delivery]` section.
-    pub fn delivery(&self) -> &DeliveryConfig {
-        match self {
-            SinkConfig::Redis(redis) => &redis.delivery,
-            SinkConfig::Graph(graph) => &graph.delivery,
-            SinkConfig::Mongodb(mongodb) => &mongodb.delivery,
-            SinkConfig::Discard(discard) => &discard.delivery,
-            SinkConfig::Scylla(scylla) => &scylla.delivery,
-        }
-    }
-}
-
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { listen: default_listen(), wedged_after_secs: default_wedged_after_secs() }
@@ -226,23 +104,8 @@ impl Default for PipelineConfig {
     }
 }
 
-fn default_slot() -> String {
-    "pgfanout".into()
-}
-fn default_publication() -> String {
-    "pgfanout".into()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_heartbeat_interval_secs() -> u64 {
-    30
-}
 fn default_spill_memory_mb() -> usize {
     64
-}
-fn default_status_interval_ms() -> u64 {
-    10_000
 }
 fn default_wedged_after_secs() -> u64 {
     300
@@ -320,13 +183,7 @@ impl Config {
             if !names.insert(sink.name()) {
                 problems.push(format!("sink name {} is used twice", sink.name()));
             }
-            match sink {
-                SinkConfig::Redis(redis) => problems.extend(redis.validate().err().unwrap_or_default()),
-                SinkConfig::Graph(graph) => problems.extend(graph.validate().err().unwrap_or_default()),
-                SinkConfig::Mongodb(mongodb) => problems.extend(mongodb.validate().err().unwrap_or_default()),
-                SinkConfig::Discard(discard) => problems.extend(discard.validate()),
-                SinkConfig::Scylla(scylla) => problems.extend(scylla.validate().err().unwrap_or_default()),
-            }
+            problems.extend(sink.validate());
         }
         if problems.is_empty() {
             Ok(())
@@ -337,17 +194,7 @@ impl Config {
 
     /// The source password from the environment or the password file.
     pub fn source_password(&self) -> anyhow::Result<Option<SecretString>> {
-        if let Some(password) = &self.source.password {
-            return Ok(Some(password.clone()));
-        }
-        match &self.source.password_file {
-            Some(file) => {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read source.password_file {}", file.display()))?;
-                Ok(Some(SecretString::from(text.lines().next().unwrap_or_default().to_owned())))
-            }
-            None => Ok(None),
-        }
+        Ok(self.source.password()?)
     }
 
     /// Spill settings for streamed transactions.

@@ -1,21 +1,19 @@
 //! `pgfanout`: the binary. Parses the command line, loads the config, sets up
 //! logging and hands over to the command; the wiring of crates lives in
-//! [`run`].
+//! [`run`], the sink kinds in [`sinks`], the source side in the
+//! `pgfanout-source` crate.
 
-mod catalog;
 mod check;
 mod config;
 mod dead_letter;
 mod discard;
 mod http;
-mod identity;
 mod inspect;
-mod monitor;
 mod privileges;
 mod progress;
 mod run;
 mod secrets;
-mod source;
+mod sinks;
 mod table_check;
 
 use std::io::IsTerminal;

@@ -11,7 +11,6 @@ use pgfanout_core::error_chain;
 use postgres_protocol::escape::escape_literal;
 
 use crate::config::Config;
-use crate::source::routed_tables;
 
 /// One problem per privilege `run` needs and the role lacks.
 ///
@@ -55,7 +54,7 @@ async fn read_privileges(
             pubname = config.source.publication
         ));
     }
-    for table in routed_tables(config) {
+    for table in crate::sinks::routing(config).tables() {
         let qualified = escape_literal(&table.to_string());
         let result = connection
             .simple_query(&format!(

@@ -7,7 +7,7 @@
 //! from the environment is put into the URL in memory only, after loading;
 //! the sinks print their store's address without the user part.
 
-use crate::config::{Config, SinkConfig};
+use crate::config::Config;
 
 /// The environment variable holding sink `name`'s password.
 pub fn password_variable(name: &str) -> String {
@@ -19,12 +19,9 @@ pub fn password_variable(name: &str) -> String {
 pub fn apply_sink_passwords(config: &mut Config) -> Vec<String> {
     let mut problems = Vec::new();
     for sink in &mut config.sinks {
-        // MongoDB authenticates a user: a password alone means nothing to it.
-        let (name, url, needs_user) = match sink {
-            SinkConfig::Redis(redis) => (redis.name.clone(), &mut redis.url, false),
-            SinkConfig::Mongodb(mongodb) => (mongodb.name.clone(), &mut mongodb.url, true),
-            SinkConfig::Graph(_) | SinkConfig::Scylla(_) | SinkConfig::Discard(_) => continue,
-        };
+        let name = sink.name().to_owned();
+        // Which kinds take the password in their URL: see crate::sinks.
+        let Some((url, needs_user)) = sink.kind_mut().password_url() else { continue };
         let variable = password_variable(&name);
         let Some((prefix, user, rest)) = split_user(url) else {
             continue;

@@ -24,8 +24,7 @@ use pgoutput::{Oid, ReplicaIdentity, TypeRegistry};
 use postgres_protocol::escape::escape_literal;
 
 use crate::config::Config;
-use crate::run::build_sink;
-use crate::source::routed_tables;
+use crate::sinks::build_sink;
 
 /// A routed table as the catalog describes it.
 struct CatalogTable {
@@ -75,7 +74,7 @@ async fn read_tables(
     connection: &mut ReplicationConnection,
     config: &Config,
 ) -> Result<Vec<CatalogTable>, ReplicationError> {
-    let routed = routed_tables(config);
+    let routed = crate::sinks::routing(config).tables();
     if routed.is_empty() {
         return Ok(Vec::new());
     }
@@ -111,7 +110,7 @@ async fn read_tables(
     );
     let result = connection.simple_query(&sql).await?;
     let mut types = TypeRegistry::new();
-    for (oid, kind) in crate::catalog::user_types(connection).await? {
+    for (oid, kind) in pgfanout_source::catalog::user_types(connection).await? {
         // Built-in OIDs are refused and need no registration.
         let _ = types.register(oid, kind);
     }

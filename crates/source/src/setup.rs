@@ -17,15 +17,11 @@
 //! second connection and no grant beyond what streaming needs. Every problem
 //! is one line ending with the statement or setting that fixes it.
 
-use anyhow::{bail, Context};
-use pg_replication::{ConnectOptions, QueryResult, ReplicationConnection, ReplicationError};
+use pg_replication::{QueryResult, ReplicationConnection, ReplicationError};
 use pgfanout_core::{error_chain, metrics, TableName};
 use postgres_protocol::escape::{escape_identifier, escape_literal};
-use std::time::Duration;
-use tokio::sync::watch;
 
-use crate::config::{expose, Config, SinkConfig};
-use crate::run::reconnect_backoff;
+use crate::{Routing, SourceConfig, SourceError};
 
 /// Retained WAL past which `check` warns when `max_slot_wal_keep_size` is
 /// unlimited: 1 GiB is far beyond what a healthy pgfanout holds back (it
@@ -45,14 +41,19 @@ const FAILOVER_SLOTS_SINCE: u32 = 170_000;
 const PUBLISHED_OPERATIONS: [&str; 4] = ["insert", "update", "delete", "truncate"];
 
 /// Problems with the source that `run` would stop on, one line each.
-pub async fn source_problems(connection: &mut ReplicationConnection, config: &Config, database: &str) -> Vec<String> {
+pub async fn source_problems(
+    connection: &mut ReplicationConnection,
+    source: &SourceConfig,
+    routing: &Routing,
+    database: &str,
+) -> Vec<String> {
     let mut problems = Vec::new();
     match connection.simple_query("SHOW wal_level").await {
         Ok(result) => problems.extend(wal_level_problem(result.get(0, "wal_level").unwrap_or("unknown"))),
         Err(err) => problems.push(format!("cannot read wal_level: {}", error_chain(&err))),
     }
 
-    let routed = routed_tables(config);
+    let routed = routing.tables();
     // The publication fixes name only the tables without a problem of their
     // own: publishing a table that lacks a replica identity would make
     // PostgreSQL refuse the application's UPDATEs and DELETEs on it, and a
@@ -65,7 +66,7 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
                 if table.relation.as_ref().is_some_and(|relation| relation.kind == "p") {
                     partitioned.push(table.name.clone());
                 }
-                match table_problem(&table, config) {
+                match table_problem(&table, routing) {
                     Some(problem) => problems.push(problem),
                     None => publishable.push(table.name),
                 }
@@ -78,16 +79,16 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
         }
     };
 
-    let publication = &config.source.publication;
+    let publication = &source.publication;
     match read_publication(connection, publication).await {
-        Ok(None) if !config.source.create_publication => problems.push(format!(
+        Ok(None) if !source.create_publication => problems.push(format!(
             "publication {publication} does not exist and source.create_publication is false: run {}",
             create_publication_sql(publication, &publishable)
         )),
         Ok(None) => {}
         Ok(Some(state)) => {
             let lacking = state.lacking(&publishable);
-            if !lacking.is_empty() && !config.source.create_publication {
+            if !lacking.is_empty() && !source.create_publication {
                 problems.push(format!(
                     "publication {publication} lacks routed tables and source.create_publication is false: run {}",
                     add_tables_sql(publication, &lacking)
@@ -99,8 +100,8 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
         Err(err) => problems.push(format!("cannot read publication {publication}: {}", error_chain(&err))),
     }
 
-    let slot = &config.source.slot;
-    if config.source.failover && connection.server_version() < FAILOVER_SLOTS_SINCE {
+    let slot = &source.slot;
+    if source.failover && connection.server_version() < FAILOVER_SLOTS_SINCE {
         problems.push(format!(
             "source.failover = true needs PostgreSQL 17 or later (failover slots); this server is version {}: \
              set source.failover = false",
@@ -129,7 +130,7 @@ pub async fn source_problems(connection: &mut ReplicationConnection, config: &Co
             escape_literal(slot)
         )),
         Ok(Some(_)) => {}
-        Ok(None) if !config.source.create_slot => problems.push(format!(
+        Ok(None) if !source.create_slot => problems.push(format!(
             "slot {slot} does not exist and source.create_slot is false: run \
              SELECT pg_create_logical_replication_slot({}, 'pgoutput')",
             escape_literal(slot)
@@ -230,20 +231,20 @@ async fn read_routed_tables(
 }
 
 /// Why a routed table cannot be replicated, with the fix.
-fn table_problem(table: &RoutedTable, config: &Config) -> Option<String> {
+fn table_problem(table: &RoutedTable, routing: &Routing) -> Option<String> {
     let name = &table.name;
     let Some(relation) = &table.relation else {
         return Some(format!(
             "routed table {name} (sink {}) does not exist: create it, or remove its [[sink.table]] from the config",
-            sinks_routing(config, name)
+            sinks_routing(routing, name)
         ));
     };
     match relation.kind.as_str() {
-        "r" | "p" => identity_problem(name, relation).or_else(|| full_identity_problem(name, relation, config)),
+        "r" | "p" => identity_problem(name, relation).or_else(|| full_identity_problem(name, relation, routing)),
         kind => Some(format!(
             "routed table {name} (sink {}) is a {}, and logical replication publishes tables only: route the \
              table it reads from instead",
-            sinks_routing(config, name),
+            sinks_routing(routing, name),
             relation_kind_name(kind)
         )),
     }
@@ -289,16 +290,11 @@ fn identity_problem(name: &TableName, relation: &Relation) -> Option<String> {
 
 /// A table some sink needs the whole old row of (running aggregates: old value out, new
 /// value in) without `REPLICA IDENTITY FULL`.
-fn full_identity_problem(name: &TableName, relation: &Relation, config: &Config) -> Option<String> {
+fn full_identity_problem(name: &TableName, relation: &Relation, routing: &Routing) -> Option<String> {
     if relation.replica_identity == "f" {
         return None;
     }
-    let sinks: Vec<&str> = config
-        .sinks
-        .iter()
-        .filter(|sink| sink.tables_needing_full_identity().contains(name))
-        .map(SinkConfig::name)
-        .collect();
+    let sinks = routing.sinks_needing_full_identity(name);
     if sinks.is_empty() {
         return None;
     }
@@ -324,14 +320,8 @@ fn relation_kind_name(kind: &str) -> &'static str {
 }
 
 /// The names of the sinks that route `table`, for messages.
-fn sinks_routing(config: &Config, table: &TableName) -> String {
-    config
-        .sinks
-        .iter()
-        .filter(|sink| sink.table_sources().into_iter().any(|source| TableName::parse(source) == *table))
-        .map(SinkConfig::name)
-        .collect::<Vec<_>>()
-        .join(", ")
+fn sinks_routing(routing: &Routing, table: &TableName) -> String {
+    routing.sinks_routing(table).join(", ")
 }
 
 /// What the catalogs say about the publication.
@@ -505,8 +495,8 @@ struct SlotUse {
 }
 
 /// The slot's current use and the WAL it holds back (`check` only).
-pub async fn slot_health(connection: &mut ReplicationConnection, config: &Config) -> SlotHealth {
-    let slot = &config.source.slot;
+pub async fn slot_health(connection: &mut ReplicationConnection, source: &SourceConfig) -> SlotHealth {
+    let slot = &source.slot;
     let mut health = SlotHealth::default();
     let limit = match read_wal_keep_limit(connection).await {
         Ok(limit) => limit,
@@ -523,7 +513,7 @@ pub async fn slot_health(connection: &mut ReplicationConnection, config: &Config
              is invalidated and the sinks need a rebuild, but the primary stays up)"
         ));
     }
-    if config.source.failover && connection.server_version() >= FAILOVER_SLOTS_SINCE {
+    if source.failover && connection.server_version() >= FAILOVER_SLOTS_SINCE {
         match connection.simple_query("SHOW synchronized_standby_slots").await {
             Ok(result) if result.get(0, "synchronized_standby_slots").unwrap_or_default().is_empty() => {
                 health.warnings.push(format!(
@@ -673,19 +663,24 @@ fn flag(result: &QueryResult, row: usize, column: &str) -> bool {
 /// publications that existed when its WAL was written.
 pub async fn prepare_source(
     connection: &mut ReplicationConnection,
-    config: &Config,
+    source: &SourceConfig,
+    routing: &Routing,
     database: &str,
-) -> anyhow::Result<()> {
-    let problems = source_problems(connection, config, database).await;
+) -> Result<(), SourceError> {
+    let problems = source_problems(connection, source, routing, database).await;
     if !problems.is_empty() {
-        bail!("PostgreSQL is not ready for replication:\n{}", problems.join("\n"));
+        return Err(SourceError::NotReady(problems));
     }
-    let publication = &config.source.publication;
-    let routed = routed_tables(config);
-    match read_publication(connection, publication).await? {
+    let publication = &source.publication;
+    let routed = routing.tables();
+    let read = read_publication(connection, publication).await;
+    match read.map_err(SourceError::replication(format!("cannot read publication {publication}")))? {
         None => {
             let sql = create_publication_sql(publication, &routed);
-            connection.simple_query(&sql).await.with_context(|| format!("cannot create publication {publication}"))?;
+            connection
+                .simple_query(&sql)
+                .await
+                .map_err(SourceError::replication(format!("cannot create publication {publication}")))?;
             let tables = routed.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
             tracing::info!(%publication, %tables, "created publication");
         }
@@ -696,9 +691,11 @@ pub async fn prepare_source(
             let lacking = state.lacking(&routed);
             if !lacking.is_empty() {
                 let tables = lacking.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                connection.simple_query(&add_tables_sql(publication, &lacking)).await.with_context(|| {
-                    format!("cannot add {tables} to publication {publication}; add them yourself or fix the grants")
-                })?;
+                connection.simple_query(&add_tables_sql(publication, &lacking)).await.map_err(
+                    SourceError::replication(format!(
+                        "cannot add {tables} to publication {publication}; add them yourself or fix the grants"
+                    )),
+                )?;
                 tracing::info!(%publication, %tables, "added routed tables to the publication");
             }
         }
@@ -708,71 +705,9 @@ pub async fn prepare_source(
     Ok(())
 }
 
-/// Every table some sink routes, sorted, once each.
-pub fn routed_tables(config: &Config) -> Vec<TableName> {
-    let mut tables: Vec<TableName> = config
-        .sinks
-        .iter()
-        .flat_map(|sink| sink.table_sources().into_iter().map(TableName::parse).collect::<Vec<_>>())
-        .collect();
-    tables.sort();
-    tables.dedup();
-    tables
-}
-
 /// `"schema"."table"`, quoted for SQL.
 pub fn qualified(table: &TableName) -> String {
     format!("{}.{}", escape_identifier(&table.schema), escape_identifier(&table.name))
-}
-
-/// Connection settings for the source, password included.
-pub fn connect_options(config: &Config) -> anyhow::Result<ConnectOptions> {
-    let mut options = ConnectOptions::parse(&config.source.url).context("source.url")?;
-    if let Some(password) = config.source_password()? {
-        options = options.with_password(expose(&password).as_bytes().to_vec());
-    }
-    Ok(options)
-}
-
-/// SQLSTATE 57P03: the server is starting up, shutting down or in recovery.
-const CANNOT_CONNECT_NOW: &str = "57P03";
-/// SQLSTATE 57P01: the server is shutting down (fast or smart shutdown).
-const ADMIN_SHUTDOWN: &str = "57P01";
-/// The retry interval while the server says it is starting or stopping.
-const SERVER_STARTING_RETRY: Duration = Duration::from_millis(250);
-
-/// Connects, retrying transient failures with backoff until shutdown.
-pub async fn connect_with_retry(
-    options: &ConnectOptions,
-    shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<ReplicationConnection> {
-    let mut backoff = reconnect_backoff();
-    loop {
-        match ReplicationConnection::connect(options).await {
-            Ok(connection) => return Ok(connection),
-            Err(err) if err.is_transient() => {
-                tracing::warn!(endpoint = %options.endpoint(), error = %error_chain(&err), "cannot connect to PostgreSQL; retrying");
-                // The server is up and says it is starting or stopping: it
-                // is worth asking again soon, not after a grown backoff.
-                let stay_short = matches!(err.sqlstate(), Some(CANNOT_CONNECT_NOW | ADMIN_SHUTDOWN));
-                let waited = if stay_short {
-                    let mut shutdown = shutdown.clone();
-                    tokio::select! {
-                        _ = tokio::time::sleep(SERVER_STARTING_RETRY) => true,
-                        _ = shutdown.wait_for(|stop| *stop) => false,
-                    }
-                } else {
-                    backoff.wait_unless(shutdown).await
-                };
-                if !waited {
-                    bail!("stopped while connecting to PostgreSQL");
-                }
-            }
-            Err(err) => {
-                return Err(err).with_context(|| format!("cannot connect to PostgreSQL at {}", options.endpoint()))
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,532 @@
+//! The replication loop: connect (retrying), check the slot and server
+//! against what the sinks hold, create the slot when allowed, then stream
+//! into the pipeline, reconnecting after transient failures, until shutdown.
+//!
+//! Confirmation follows the sinks: a position goes to PostgreSQL only after
+//! every sink acknowledged it (the pipeline's flush position) *and* recorded
+//! it as confirmable in its source record ([`Marker`], see
+//! [`crate::identity`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pg_replication::{
+    ConnectOptions, ReplicationConnection, ReplicationError, ReplicationEvent, ReplicationStream, SlotOptions,
+    StartOptions, StreamSettings, Streaming,
+};
+use pgfanout_core::{error_chain, Backoff, Lsn, Metrics, Pipeline, Sink, SinkError, SourceRecord};
+use pgoutput::PgOutputMessage;
+use tokio::sync::{watch, Notify};
+
+use crate::identity::{self, ServerIdentity, SinkHolding, SlotPlan};
+use crate::{SourceConfig, SourceError};
+
+/// How often a progress line is logged while streaming.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// SQLSTATE 57P03: the server is starting up, shutting down or in recovery.
+const CANNOT_CONNECT_NOW: &str = "57P03";
+/// SQLSTATE 57P01: the server is shutting down (fast or smart shutdown).
+const ADMIN_SHUTDOWN: &str = "57P01";
+/// The retry interval while the server says it is starting or stopping.
+const SERVER_STARTING_RETRY: Duration = Duration::from_millis(250);
+
+/// Connects, retrying transient failures with backoff until shutdown.
+pub async fn connect_with_retry(
+    options: &ConnectOptions,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<ReplicationConnection, SourceError> {
+    let mut backoff = reconnect_backoff();
+    loop {
+        match ReplicationConnection::connect(options).await {
+            Ok(connection) => return Ok(connection),
+            Err(err) if err.is_transient() => {
+                tracing::warn!(endpoint = %options.endpoint(), error = %error_chain(&err), "cannot connect to PostgreSQL; retrying");
+                // The server is up and says it is starting or stopping: it
+                // is worth asking again soon, not after a grown backoff.
+                let stay_short = matches!(err.sqlstate(), Some(CANNOT_CONNECT_NOW | ADMIN_SHUTDOWN));
+                let waited = if stay_short {
+                    let mut shutdown = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(SERVER_STARTING_RETRY) => true,
+                        _ = shutdown.wait_for(|stop| *stop) => false,
+                    }
+                } else {
+                    backoff.wait_unless(shutdown).await
+                };
+                if !waited {
+                    return Err(SourceError::Stopped("connecting to PostgreSQL".to_owned()));
+                }
+            }
+            Err(source) => {
+                return Err(SourceError::Connect { endpoint: options.endpoint().to_string(), source: Box::new(source) })
+            }
+        }
+    }
+}
+
+/// The server's identity as the checks compare it.
+async fn server_identity(
+    connection: &mut ReplicationConnection,
+    source: &SourceConfig,
+    options: &ConnectOptions,
+) -> Result<ServerIdentity, ReplicationError> {
+    let system = connection.identify_system().await?;
+    Ok(ServerIdentity {
+        system_id: system.system_id,
+        timeline: system.timeline,
+        database: options.database().to_owned(),
+        slot: source.slot.clone(),
+    })
+}
+
+/// Checks the slot and server against what the sinks hold, creates the slot
+/// when that is allowed, and returns the record to store in every sink with
+/// the position the slot already confirmed.
+pub async fn settle_slot(
+    connection: &mut ReplicationConnection,
+    source: &SourceConfig,
+    options: &ConnectOptions,
+    holdings: &[SinkHolding],
+) -> Result<(SourceRecord, Lsn), SourceError> {
+    let server =
+        server_identity(connection, source, options).await.map_err(SourceError::replication("IDENTIFY_SYSTEM"))?;
+    let slot = &source.slot;
+    let state =
+        connection.slot_state(slot).await.map_err(SourceError::replication(format!("cannot read slot {slot}")))?;
+    let plan =
+        identity::verify(&server, state.as_ref(), holdings, source.recreate_slot).map_err(SourceError::Refused)?;
+    let (created_at, confirmed) = match plan {
+        SlotPlan::Use => (None, state.and_then(|state| state.confirmed_flush_lsn).unwrap_or_default()),
+        SlotPlan::Create | SlotPlan::Recreate => {
+            let options = SlotOptions::new().failover(source.failover);
+            let created = connection
+                .create_slot_with(slot, &options)
+                .await
+                .map_err(SourceError::replication(format!("cannot create slot {slot}")))?;
+            tracing::info!(%slot, consistent_point = %created.consistent_point, failover = source.failover, "created replication slot");
+            if plan == SlotPlan::Recreate {
+                for holding in holdings.iter().filter(|holding| holding.checkpoint.is_some()) {
+                    tracing::warn!(
+                        sink = %holding.sink,
+                        checkpoint = %holding.checkpoint.unwrap_or_default(),
+                        consistent_point = %created.consistent_point,
+                        "slot re-created as source.recreate_slot asks: the sink misses the changes between its \
+                         checkpoint and the consistent point; rebuild it, and remove source.recreate_slot"
+                    );
+                }
+            }
+            (Some(created.consistent_point), created.consistent_point)
+        }
+    };
+    for holding in holdings.iter().filter(|holding| holding.checkpoint.is_some() && holding.record.is_none()) {
+        tracing::info!(
+            sink = %holding.sink,
+            system_id = %server.system_id,
+            timeline = server.timeline,
+            %slot,
+            "the sink's checkpoint carries no source identity (written by an older pgfanout): adopting this \
+             server and slot as its source"
+        );
+    }
+    Ok((identity::current_record(&server, holdings, created_at, confirmed), confirmed))
+}
+
+enum VerifyError {
+    Replication(ReplicationError),
+    Refused(String),
+}
+
+/// The reconnect check: same server, timeline and slot instance.
+async fn verify_source(
+    connection: &mut ReplicationConnection,
+    source: &SourceConfig,
+    options: &ConnectOptions,
+    record: &SourceRecord,
+) -> Result<(), VerifyError> {
+    let server = server_identity(connection, source, options).await.map_err(VerifyError::Replication)?;
+    let state = connection.slot_state(&source.slot).await.map_err(VerifyError::Replication)?;
+    identity::verify_reconnect(&server, state.as_ref(), record).map_err(VerifyError::Refused)
+}
+
+/// Writes the source record, with `confirmable` raised, to every sink before
+/// that position is confirmed to PostgreSQL (see [`crate::identity`]). Runs
+/// on a task of its own so a slow store never stalls the stream; `marked`
+/// is the position every sink has recorded.
+pub struct Marker {
+    desired: watch::Sender<Lsn>,
+    marked: watch::Receiver<Lsn>,
+    record: SourceRecord,
+    sinks: Vec<Arc<dyn Sink>>,
+}
+
+impl Marker {
+    /// Starts the task; `interval` bounds how often it writes.
+    pub fn spawn(
+        sinks: Vec<Arc<dyn Sink>>,
+        record: SourceRecord,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Marker {
+        let (desired, mut wanted) = watch::channel(record.confirmable);
+        let (marked_sender, marked) = watch::channel(record.confirmable);
+        let task_sinks = sinks.clone();
+        let task_record = record.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::select! {
+                    changed = wanted.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+                let target = *wanted.borrow_and_update();
+                if target > *marked_sender.borrow() {
+                    let record = SourceRecord { confirmable: target, ..task_record.clone() };
+                    match store_record(&task_sinks, &record).await {
+                        Ok(()) => {
+                            failing = false;
+                            marked_sender.send_replace(target);
+                        }
+                        Err(err) => {
+                            if !failing {
+                                tracing::warn!(error = %error_chain(&err), "cannot record the confirmable position; the slot waits");
+                            }
+                            failing = true;
+                            // Try again at the next round even if nothing new comes.
+                            wanted.mark_changed();
+                        }
+                    }
+                }
+                // At most one round of writes per status interval.
+                tokio::time::sleep(interval).await;
+            }
+        });
+        Marker { desired, marked, record, sinks }
+    }
+
+    /// Asks for `position` to become confirmable.
+    fn want(&self, position: Lsn) {
+        self.desired.send_if_modified(|desired| {
+            let raise = position > *desired;
+            if raise {
+                *desired = position;
+            }
+            raise
+        });
+    }
+
+    /// The position every sink has recorded as confirmable.
+    fn marked(&self) -> Lsn {
+        *self.marked.borrow()
+    }
+
+    /// The record as the sinks hold it now.
+    fn record(&self) -> SourceRecord {
+        SourceRecord { confirmable: self.marked(), ..self.record.clone() }
+    }
+
+    /// Records `position` in every sink now (at shutdown); the position
+    /// that may be confirmed afterwards.
+    pub async fn mark_now(&mut self, position: Lsn) -> Lsn {
+        if position <= self.marked() {
+            return self.marked();
+        }
+        let record = SourceRecord { confirmable: position, ..self.record.clone() };
+        match tokio::time::timeout(MARK_TIMEOUT, store_record(&self.sinks, &record)).await {
+            Ok(Ok(())) => position,
+            Ok(Err(err)) => {
+                tracing::warn!(error = %error_chain(&err), "cannot record the final confirmable position");
+                self.marked()
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?MARK_TIMEOUT, "recording the final confirmable position timed out");
+                self.marked()
+            }
+        }
+    }
+}
+
+/// How long shutdown waits for the sinks to record the final position.
+const MARK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stores `record` in every sink (one small write each).
+async fn store_record(sinks: &[Arc<dyn Sink>], record: &SourceRecord) -> Result<(), SinkError> {
+    let text = record.to_stored();
+    for sink in sinks {
+        sink.store_source(&text).await?;
+    }
+    Ok(())
+}
+
+/// Stores the start record in every sink, retrying while a store is unreachable.
+pub async fn store_record_with_retry(
+    sinks: &[Arc<dyn Sink>],
+    record: &SourceRecord,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<(), SourceError> {
+    let mut backoff = reconnect_backoff();
+    loop {
+        match store_record(sinks, record).await {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind == pgfanout_core::ErrorKind::Transient => {
+                tracing::warn!(sink = %err.sink, error = %error_chain(&err), "cannot store the source record; retrying");
+                if !backoff.wait_unless(shutdown).await {
+                    return Err(SourceError::Stopped(format!("storing the source record in sink {}", err.sink)));
+                }
+            }
+            Err(source) => {
+                return Err(SourceError::Sink {
+                    context: "cannot store the source record".to_owned(),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+}
+
+/// The `START_REPLICATION` options for this server: its highest protocol
+/// version, streaming of large transactions when configured and available.
+/// Values stay in text format: the sinks consume the types' text output.
+pub fn start_options(source: &SourceConfig, server_version: u32) -> StartOptions {
+    let proto_version = StartOptions::highest_proto_version(server_version);
+    let streaming = if source.streaming && proto_version >= 2 { Streaming::On } else { Streaming::Off };
+    StartOptions { proto_version, streaming, ..StartOptions::new(source.publication.clone()) }
+}
+
+/// Why the stream loop returned.
+enum StreamEnd {
+    Shutdown,
+    ServerClosed,
+}
+
+enum PumpError {
+    Replication(ReplicationError),
+    Fatal(SourceError),
+}
+
+/// Reads events until shutdown or failure, confirming after every acknowledgement.
+// Each argument is one collaborator of the loop; a struct bundling them
+// would only be unpacked again on the first line.
+#[allow(clippy::too_many_arguments)]
+async fn pump(
+    stream: &mut ReplicationStream,
+    mut decoder: pgoutput::Decoder,
+    pipeline: &mut Pipeline,
+    metrics: &Metrics,
+    on_ack: &Notify,
+    shutdown: &watch::Receiver<bool>,
+    options: &ConnectOptions,
+    marker: &mut Marker,
+) -> Result<StreamEnd, PumpError> {
+    let feedback = stream.feedback();
+    let mut shutdown = shutdown.clone();
+    let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+    progress.tick().await;
+    let mut server_position = Lsn::ZERO;
+    let mut last_logged = (0u64, Lsn::ZERO);
+    loop {
+        // Whether the confirmable position may have moved: after an
+        // acknowledgement, a keepalive, or a message that completed a
+        // transaction — not after every row message.
+        let position_may_move = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(StreamEnd::Shutdown),
+            _ = on_ack.notified() => true,
+            _ = marker.marked.changed() => true,
+            _ = progress.tick() => {
+                let transactions = metrics.transactions_total.get();
+                let confirmed = feedback.confirmed();
+                if (transactions, confirmed) != last_logged {
+                    tracing::info!(
+                        transactions = transactions - last_logged.0,
+                        confirmed_flush_lsn = %confirmed,
+                        "replicated since last report"
+                    );
+                    last_logged = (transactions, confirmed);
+                }
+                false
+            }
+            event = stream.next_event() => match event.map_err(PumpError::Replication)? {
+                Some(ReplicationEvent::XLogData { payload, wal_end, .. }) => {
+                    server_position = server_position.max(wal_end);
+                    let message = decoder
+                        .decode(payload)
+                        .map_err(|err| PumpError::Fatal(SourceError::Decode(Box::new(err))))?;
+                    tracing::trace!(tag = %char::from(message.tag()), "pgoutput message");
+                    if let PgOutputMessage::Type(announced) = &message {
+                        if !pipeline.converts(announced.oid) {
+                            // A type created since start: learn it before the
+                            // Relation message that uses it. On failure the
+                            // stream restarts and the server sends it again.
+                            let types = crate::catalog::load_user_types(options).await.map_err(PumpError::Replication)?;
+                            tracing::info!(type_oid = %announced.oid, name = %announced.name, "read new user types from pg_type");
+                            pipeline.register_types(types);
+                        }
+                    }
+                    let received = pipeline.received_lsn();
+                    pipeline.push(message).await.map_err(|err| PumpError::Fatal(err.into()))?;
+                    pipeline.received_lsn() != received
+                }
+                Some(ReplicationEvent::Keepalive { wal_end, .. }) => {
+                    server_position = server_position.max(wal_end);
+                    pipeline.keepalive(wal_end);
+                    true
+                }
+                None => return Ok(StreamEnd::ServerClosed),
+            },
+        };
+        if position_may_move {
+            // Only as far as every sink recorded (see crate::identity).
+            let flush = pipeline.flush_lsn();
+            marker.want(flush);
+            feedback.confirm(flush.min(marker.marked()));
+            metrics.confirmed_flush_lsn.set(feedback.confirmed().0 as i64);
+            metrics.source_lag_bytes.set(server_position.0.saturating_sub(feedback.confirmed().0) as i64);
+        }
+    }
+}
+
+/// A sink's checkpoint and source record, retrying while the store is unreachable.
+pub async fn load_holding_with_retry(
+    sink: &dyn Sink,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<SinkHolding, SourceError> {
+    let mut backoff = reconnect_backoff();
+    loop {
+        let loaded = async { Ok::<_, SinkError>((sink.load_checkpoint().await?, sink.load_source().await?)) }.await;
+        match loaded {
+            Ok((checkpoint, record)) => {
+                let record = record
+                    .map(|text| SourceRecord::from_stored(&text))
+                    .transpose()
+                    .map_err(|source| SourceError::Record { sink: sink.name().to_owned(), source })?;
+                return Ok(SinkHolding { sink: sink.name().to_owned(), checkpoint, record });
+            }
+            Err(err) if err.kind == pgfanout_core::ErrorKind::Transient => {
+                tracing::warn!(sink = sink.name(), error = %error_chain(&err), "sink unreachable; retrying");
+                if !backoff.wait_unless(shutdown).await {
+                    return Err(SourceError::Stopped(format!("waiting for sink {}", sink.name())));
+                }
+            }
+            Err(err) => return Err(SourceError::SinkUnreachable(Box::new(err))),
+        }
+    }
+}
+
+/// Reconnect backoff: from 200 ms to 30 s.
+pub fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(30))
+}
+
+/// What the replication loop works with, borrowed from the caller.
+pub struct StreamContext<'a> {
+    /// `[source]`.
+    pub source: &'a SourceConfig,
+    /// Connection settings, for reconnects and side connections.
+    pub options: &'a ConnectOptions,
+    /// The `START_REPLICATION` options ([`start_options`]).
+    pub start_options: &'a StartOptions,
+    /// Status update interval and the like.
+    pub settings: StreamSettings,
+    /// Every metric.
+    pub metrics: &'a Metrics,
+    /// Notified whenever a sink worker acknowledged a batch.
+    pub on_ack: &'a Notify,
+    /// `true` once shutdown was asked for.
+    pub shutdown: &'a watch::Receiver<bool>,
+    /// Set while the replication stream runs (for `/readyz`).
+    pub streaming: &'a AtomicBool,
+}
+
+/// Where the loop stopped on shutdown.
+pub struct Stopped {
+    /// The stream to end with CopyDone after the final confirmation; `None`
+    /// when shutdown came while disconnected.
+    pub stream: Option<ReplicationStream>,
+    /// The highest position confirmed on any stream (or the slot's own at start).
+    pub confirmed: Lsn,
+}
+
+/// Streams from `start` into `pipeline` until shutdown, reconnecting (and
+/// re-checking the source with [`identity::verify_reconnect`]) after
+/// transient failures. `connection` is the one the source was prepared on,
+/// used for the first stream; `confirmed` what the slot confirmed at start.
+pub async fn stream_until_shutdown(
+    cx: &StreamContext<'_>,
+    mut connection: Option<ReplicationConnection>,
+    mut start: Lsn,
+    mut confirmed: Lsn,
+    pipeline: &mut Pipeline,
+    marker: &mut Marker,
+) -> Result<Stopped, SourceError> {
+    let StreamContext { source, options, start_options, settings, metrics, on_ack, shutdown, streaming } = cx;
+    let settings = *settings;
+    let mut backoff = reconnect_backoff();
+    loop {
+        start = start.max(pipeline.received_lsn());
+        let stream = match connection.take() {
+            Some(connection) => connection.start_replication(&source.slot, start, start_options, settings).await,
+            None => {
+                let mut connection = match connect_with_retry(options, shutdown).await {
+                    Ok(connection) => connection,
+                    Err(err) if *shutdown.borrow() => {
+                        tracing::info!(error = %error_chain(&err), "stopped while reconnecting");
+                        return Ok(Stopped { stream: None, confirmed });
+                    }
+                    Err(err) => return Err(err),
+                };
+                // The server or the slot may have changed while the connection was down.
+                match verify_source(&mut connection, source, options, &marker.record()).await {
+                    Ok(()) => connection.start_replication(&source.slot, start, start_options, settings).await,
+                    Err(VerifyError::Replication(err)) => Err(err),
+                    Err(VerifyError::Refused(refusal)) => return Err(SourceError::Refused(refusal)),
+                }
+            }
+        };
+        let mut stream = match stream {
+            Ok(stream) => stream,
+            Err(err) if err.is_transient() => {
+                tracing::warn!(error = %error_chain(&err), "cannot start replication; retrying");
+                if !backoff.wait_unless(shutdown).await {
+                    return Ok(Stopped { stream: None, confirmed });
+                }
+                continue;
+            }
+            Err(err) => {
+                return Err(SourceError::replication(format!("cannot start replication from slot {}", source.slot))(
+                    err,
+                ))
+            }
+        };
+        tracing::info!(
+            slot = %source.slot,
+            publication = %source.publication,
+            %start,
+            proto_version = start_options.proto_version,
+            streaming = ?start_options.streaming,
+            "streaming"
+        );
+        // Connected and streaming: the next outage starts with a short wait again.
+        backoff.reset();
+        streaming.store(true, Ordering::Release);
+        let decoder = pgoutput::Decoder::new(start_options.proto_version);
+        let outcome = pump(&mut stream, decoder, pipeline, metrics, on_ack, shutdown, options, marker).await;
+        streaming.store(false, Ordering::Release);
+        confirmed = confirmed.max(stream.feedback().confirmed());
+        match outcome {
+            Ok(StreamEnd::Shutdown) => return Ok(Stopped { stream: Some(stream), confirmed }),
+            Ok(StreamEnd::ServerClosed) => tracing::warn!("server ended the replication stream; reconnecting"),
+            Err(PumpError::Replication(err)) if err.is_transient() => {
+                tracing::warn!(error = %error_chain(&err), "replication connection lost; reconnecting");
+            }
+            Err(PumpError::Replication(err)) => return Err(SourceError::replication("replication stream failed")(err)),
+            Err(PumpError::Fatal(err)) => return Err(err),
+        }
+        pipeline.discard_partial();
+        drop(stream);
+        if !backoff.wait_unless(shutdown).await {
+            return Ok(Stopped { stream: None, confirmed });
+        }
+    }
+}
