@@ -14,6 +14,7 @@ mod progress;
 mod run;
 mod secrets;
 mod sinks;
+mod snapshot;
 mod table_check;
 
 use std::io::IsTerminal;

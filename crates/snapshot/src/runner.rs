@@ -184,8 +184,7 @@ impl TableCopy {
             move |source| SnapshotError::Source { table, doing, source }
         };
         let snapshotter = &self.snapshotter;
-        let mut connection =
-            ReplicationConnection::connect(&snapshotter.options).await.map_err(source_error("connecting"))?;
+        let mut connection = connect(&snapshotter.options).await.map_err(source_error("connecting"))?;
         let table = SnapshotTable::describe(
             &mut connection,
             &self.table,
@@ -218,7 +217,9 @@ impl TableCopy {
                     reread = left;
                 }
             }
+            let waited = std::time::Instant::now();
             self.wait_applied(high_watermark).await?;
+            tracing::debug!(sink = self.sink.name(), table = %self.table, applied_ms = waited.elapsed().as_millis() as u64, "chunk applied");
             rows_total.inc_by(written as u64);
             chunks += 1;
             rows += written as u64;
@@ -266,6 +267,7 @@ impl TableCopy {
             emit(connection, &self.table, &ticket.high).await?;
             Ok::<_, SnapshotError>(chunk)
         };
+        let started = std::time::Instant::now();
         let chunk = match staged.await {
             Ok(chunk) => chunk,
             Err(err) => {
@@ -273,7 +275,16 @@ impl TableCopy {
                 return Err(err.into());
             }
         };
+        let read_in = started.elapsed();
         let outcome = ticket.outcome.await.map_err(|_| CopyError::Stopped)?;
+        tracing::debug!(
+            sink = self.sink.name(),
+            table = %self.table,
+            rows = chunk.rows.len(),
+            read_ms = read_in.as_millis() as u64,
+            merged_ms = started.elapsed().as_millis() as u64,
+            "chunk read and merged"
+        );
         if let ChunkOutcome::Retry { reason } = &outcome {
             tracing::info!(sink = self.sink.name(), table = %self.table, reason, "reading the chunk again");
         }
@@ -314,9 +325,17 @@ impl From<SnapshotError> for CopyError {
 }
 
 /// Emits a watermark message; returns its LSN.
+///
+/// The walsender sends only flushed WAL, and a non-transactional message
+/// alone is flushed whenever the WAL writer gets to it (up to
+/// `wal_writer_delay` later, 200 ms by default, twice per chunk). Taking a
+/// transaction id makes the statement's commit flush the WAL up to the
+/// message at once (the connection commits synchronously, see
+/// [`connect`]).
 async fn emit(connection: &mut ReplicationConnection, table: &TableName, content: &str) -> Result<Lsn, SnapshotError> {
     let sql = format!(
-        "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})::text AS lsn",
+        "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})::text AS lsn, \
+         pg_catalog.pg_current_xact_id() AS flushes_at_commit",
         escape_literal(WATERMARK_PREFIX),
         escape_literal(content)
     );
@@ -329,6 +348,15 @@ async fn emit(connection: &mut ReplicationConnection, table: &TableName, content
         table: table.clone(),
         what: "pg_logical_emit_message returned no LSN".to_owned(),
     })
+}
+
+/// A SQL connection for one table's copy: the replication connection's
+/// session settings (so values read as the stream sends them), with
+/// synchronous commits so watermarks reach the stream at once (see [`emit`]).
+async fn connect(options: &ConnectOptions) -> Result<ReplicationConnection, pg_replication::ReplicationError> {
+    let mut connection = ReplicationConnection::connect(options).await?;
+    connection.simple_query("SET synchronous_commit = on").await?;
+    Ok(connection)
 }
 
 /// Those of `xids` that have committed (`pg_xact_status`).
