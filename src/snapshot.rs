@@ -97,7 +97,7 @@ pub fn snapshotter(
     let mut types = TypeRegistry::new();
     for (oid, kind) in user_types {
         // A type the registry refuses converts as text, as in the stream.
-        let _ = types.register(*oid, kind.clone());
+        let _ = types.register(*oid, *kind);
     }
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
