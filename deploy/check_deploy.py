@@ -112,6 +112,7 @@ SECTIONS = {
     "SourceConfig": "`[source]`",
     "HttpConfig": "`[http]`",
     "PipelineConfig": "`[pipeline]`",
+    "SnapshotConfig": "`[snapshot]`",
     "DeliveryConfig": "`[sink.delivery]` (every sink kind)",
     "DeadLetterConfig::File": '`[sink.delivery.dead_letter]` with `kind = "file"`',
     "DeadLetterConfig::Redis": '`[sink.delivery.dead_letter]` with `kind = "redis"`',
