@@ -114,6 +114,7 @@ SECTIONS = {
     "HttpConfig": "`[http]`",
     "PipelineConfig": "`[pipeline]`",
     "ArchiveConfig": "`[archive]` (the change archive; off when absent)",
+    "SnapshotConfig": "`[snapshot]`",
     "DeliveryConfig": "`[sink.delivery]` (every sink kind)",
     "DeadLetterConfig::File": '`[sink.delivery.dead_letter]` with `kind = "file"`',
     "DeadLetterConfig::Redis": '`[sink.delivery.dead_letter]` with `kind = "redis"`',

@@ -36,6 +36,9 @@ pub struct Config {
     /// The stores to keep in sync; at least one.
     #[serde(rename = "sink", default)]
     pub sinks: Vec<SinkConfig>,
+    /// Copying the rows tables already hold (first start, new tables).
+    #[serde(default)]
+    pub snapshot: SnapshotConfig,
     /// The change archive `replay` reads; off unless the section is present.
     #[serde(default)]
     pub archive: Option<ArchiveConfig>,
@@ -95,11 +98,56 @@ impl ArchiveConfig {
     }
 }
 
+/// `[snapshot]`: the copy of existing rows into a sink that starts without
+/// them (no checkpoint yet, or a table newly added to its config).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Copy existing rows at all. With `false`, a new sink or table only
+    /// gets the changes made from now on. Default: true.
+    #[serde(default = "default_snapshot_enabled")]
+    pub enabled: bool,
+    /// Tables copied at the same time, over all sinks; each holds one
+    /// PostgreSQL connection while it copies. Default: 2.
+    #[serde(default = "default_parallel_tables")]
+    pub parallel_tables: usize,
+    /// Rows per chunk (one short read transaction each). Default: 5000.
+    #[serde(default = "default_chunk_rows")]
+    pub chunk_rows: usize,
+    /// Megabytes of values per chunk at most (the row crossing it ends the
+    /// chunk). Default: 8.
+    #[serde(default = "default_chunk_mb")]
+    pub chunk_mb: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            enabled: default_snapshot_enabled(),
+            parallel_tables: default_parallel_tables(),
+            chunk_rows: default_chunk_rows(),
+            chunk_mb: default_chunk_mb(),
+        }
+    }
+}
+
 fn default_archive_segment_mb() -> u64 {
     64
 }
 fn default_archive_retention_hours() -> u64 {
     168
+}
+fn default_snapshot_enabled() -> bool {
+    true
+}
+fn default_parallel_tables() -> usize {
+    2
+}
+fn default_chunk_rows() -> usize {
+    5000
+}
+fn default_chunk_mb() -> usize {
+    8
 }
 
 /// `[http]`.
@@ -242,6 +290,11 @@ impl Config {
         }
         if self.sinks.is_empty() {
             problems.push("no [[sink]] configured: add at least one, e.g. kind = \"redis\"".to_owned());
+        }
+        if self.snapshot.parallel_tables == 0 || self.snapshot.chunk_rows == 0 || self.snapshot.chunk_mb == 0 {
+            problems.push(
+                "snapshot.parallel_tables, snapshot.chunk_rows and snapshot.chunk_mb must be at least 1".to_owned(),
+            );
         }
         if self.pipeline.max_batch_changes == 0 || self.pipeline.queue_capacity == 0 {
             problems.push("pipeline.max_batch_changes and pipeline.queue_capacity must be at least 1".to_owned());

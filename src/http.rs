@@ -83,6 +83,16 @@ async fn ready(axum::extract::State(state): axum::extract::State<HttpState>) -> 
             reasons.push(format!("sink {sink} is blocked: {error}"));
         }
     }
+    for sink in state.sinks.iter() {
+        let remaining = state
+            .metrics
+            .snapshot_tables_remaining
+            .get_metric_with_label_values(&[sink])
+            .map_or(0, |remaining| remaining.get());
+        if remaining > 0 {
+            reasons.push(format!("snapshotting: sink {sink} has {remaining} table(s) left to copy"));
+        }
+    }
     if reasons.is_empty() {
         json(StatusCode::OK, serde_json::json!({ "status": "ready" }))
     } else {

@@ -15,6 +15,7 @@ mod replay;
 mod run;
 mod secrets;
 mod sinks;
+mod snapshot;
 mod table_check;
 mod verify;
 

@@ -94,9 +94,16 @@ async fn stream(
     // leave behind a slot that holds WAL.
     let mut sinks = Vec::new();
     let mut holdings = Vec::new();
+    let mut planned = Vec::new();
     for sink_config in &config.sinks {
         let (sink, tables) = build_sink(sink_config)?;
         let holding = load_holding_with_retry(sink.as_ref(), shutdown).await?;
+        let names = tables.iter().map(|(table, _)| table.clone()).collect();
+        if let Some((tables, progress)) =
+            crate::snapshot::plan(sink.as_ref(), holding.checkpoint, names, &config.snapshot).await?
+        {
+            planned.push(crate::snapshot::Planned { sink: sink.clone(), tables, progress });
+        }
         holdings.push(holding);
         sinks.push((sink_config, sink, tables));
     }
@@ -136,9 +143,20 @@ async fn stream(
 
     let on_ack = Arc::new(Notify::new());
     let mut pipeline = Pipeline::new(metrics.clone()).with_spill(config.spill_settings());
+    let snapshotter = crate::snapshot::snapshotter(
+        options.clone(),
+        config.source.publication.clone(),
+        &user_types,
+        &config.snapshot,
+        metrics.clone(),
+    );
+    if !planned.is_empty() {
+        pipeline.set_tap(snapshotter.merge.tap());
+    }
     pipeline.register_types(user_types);
     pipeline.register_primary_keys(primary_keys);
     let mut workers = Vec::new();
+    let mut acknowledgements = Vec::new();
     for ((sink_config, sink, tables), holding) in sinks.into_iter().zip(&holdings) {
         let checkpoint = holding.checkpoint;
         let settings = worker_settings(config, sink_config).await?;
@@ -152,6 +170,7 @@ async fn stream(
         let name = sink.name().to_owned();
         let (worker, queue, acked) = SinkWorker::new(sink, checkpoint, settings, metrics.clone(), on_ack.clone());
         statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push((name.clone(), worker.status()));
+        acknowledgements.push((name.clone(), acked.clone()));
         pipeline.add_sink(name, tables, queue, acked);
         workers.push(tokio::spawn(worker.run()));
     }
@@ -189,6 +208,7 @@ async fn stream(
     if std::io::stderr().is_terminal() {
         tokio::spawn(crate::progress::catch_up(metrics.clone(), server_position, shutdown.clone()));
     }
+    crate::snapshot::start(planned, &acknowledgements, snapshotter);
     let cx = StreamContext {
         source: &config.source,
         options: &options,

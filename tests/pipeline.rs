@@ -181,8 +181,11 @@ async fn sigterm_drains_and_confirms_exactly_what_was_applied() {
     });
     // Stop mid-workload, once Redis holds a first checkpoint (a fixed pause
     // raced the start-up on a loaded machine and sometimes stopped first).
-    wait_until("Redis holds a first checkpoint", Duration::from_secs(30), || async {
-        redis_checkpoint(&mut redis_connection(&redis_url).await, "e2e_sigterm").await > 0
+    // (The initial snapshot of the empty table stores a checkpoint of its
+    // own, so a first applied row is what says the workload is flowing.)
+    wait_until("Redis holds a first checkpoint and row", Duration::from_secs(30), || async {
+        let mut redis = redis_connection(&redis_url).await;
+        redis_checkpoint(&mut redis, "e2e_sigterm").await > 0 && !redis_hashes(&mut redis, "order:").await.is_empty()
     })
     .await;
     pgfanout.signal("TERM");

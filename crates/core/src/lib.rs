@@ -27,6 +27,7 @@ pub mod readback;
 pub mod sink;
 pub mod status;
 pub mod streamed;
+pub mod tap;
 pub mod tls;
 pub mod worker;
 
@@ -44,5 +45,6 @@ pub use readback::{KeyPage, ReadBack, StoredColumns};
 pub use sink::{describe_apply, ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError, Version};
 pub use status::SinkStatus;
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
+pub use tap::{Injection, StreamTap};
 pub use tls::{TlsConfig, TlsFiles};
 pub use worker::{error_chain, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

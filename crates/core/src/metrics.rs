@@ -54,6 +54,10 @@ pub const ARCHIVE_BYTES: &str = "pgfanout_archive_bytes";
 pub const ARCHIVE_OLDEST_LSN: &str = "pgfanout_archive_oldest_lsn";
 /// Time to append one batch to the change archive and sync it.
 pub const ARCHIVE_APPEND_SECONDS: &str = "pgfanout_archive_append_seconds";
+/// Rows the initial snapshot (or a rebuild) wrote into a sink, by sink and table.
+pub const SNAPSHOT_ROWS_TOTAL: &str = "pgfanout_snapshot_rows_total";
+/// Tables a sink's snapshot has still to copy (0 once it is done).
+pub const SNAPSHOT_TABLES_REMAINING: &str = "pgfanout_snapshot_tables_remaining";
 /// Build information as labels, value 1.
 pub const BUILD_INFO: &str = "pgfanout_build_info";
 
@@ -104,6 +108,10 @@ pub struct Metrics {
     pub archive_oldest_lsn: IntGauge,
     /// See [`ARCHIVE_APPEND_SECONDS`].
     pub archive_append_seconds: Histogram,
+    /// See [`SNAPSHOT_ROWS_TOTAL`].
+    pub snapshot_rows_total: IntCounterVec,
+    /// See [`SNAPSHOT_TABLES_REMAINING`].
+    pub snapshot_tables_remaining: IntGaugeVec,
 }
 
 impl Metrics {
@@ -163,6 +171,11 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16)?),
         )?;
         registry.register(Box::new(archive_append_seconds.clone()))?;
+        let snapshot_tables_remaining = IntGaugeVec::new(
+            Opts::new(SNAPSHOT_TABLES_REMAINING, "Tables the sink's snapshot has still to copy"),
+            &["sink"],
+        )?;
+        registry.register(Box::new(snapshot_tables_remaining.clone()))?;
 
         Ok(Metrics {
             events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
@@ -215,6 +228,12 @@ impl Metrics {
             archive_bytes,
             archive_oldest_lsn,
             archive_append_seconds,
+            snapshot_rows_total: counter_vec(
+                SNAPSHOT_ROWS_TOTAL,
+                "Rows the snapshot wrote into the sink",
+                &["sink", "table"],
+            )?,
+            snapshot_tables_remaining,
             registry,
         })
     }

@@ -36,6 +36,7 @@ use crate::mapping::{Mapped, MappingError, TableMapping};
 use crate::metrics::{Metrics, TableOpCounters};
 use crate::model::{count_by_table_and_op, Change, TableName, TableSchema, Transaction};
 use crate::streamed::{CommittedChanges, SpillSettings};
+use crate::tap::{Injection, StreamTap};
 use crate::worker::{WorkerQueue, WorkerStopped};
 
 /// Errors that stop the pipeline.
@@ -87,6 +88,8 @@ pub struct Pipeline {
     /// Every table seen so far: `None` if a sink routes it, else the
     /// counter of its skipped changes (the table was logged once).
     unrouted: HashMap<TableName, Option<prometheus::IntCounter>>,
+    /// The snapshot's view of the stream, when one runs.
+    tap: Option<Box<dyn StreamTap>>,
 }
 
 impl Pipeline {
@@ -99,7 +102,14 @@ impl Pipeline {
             events: TableOpCounters::new(metrics.events_total.clone(), &[]),
             metrics,
             unrouted: HashMap::new(),
+            tap: None,
         }
+    }
+
+    /// Shows every transaction and non-transactional logical message to
+    /// `tap`, and dispatches what it injects (see [`crate::tap`]).
+    pub fn set_tap(&mut self, tap: Box<dyn StreamTap>) {
+        self.tap = Some(tap);
     }
 
     /// Spills streamed transactions by `settings` instead of the defaults.
@@ -140,6 +150,14 @@ impl Pipeline {
 
     /// Feeds one decoded message; a commit dispatches its transaction.
     pub async fn push(&mut self, message: PgOutputMessage) -> Result<(), PipelineError> {
+        if let (PgOutputMessage::Message(logical), Some(tap)) = (&message, self.tap.as_mut()) {
+            if !logical.transactional {
+                for injection in tap.message(logical) {
+                    self.inject(injection).await?;
+                }
+                return Ok(());
+            }
+        }
         let streamed = self.assembler.is_streaming();
         let assembled = self.assembler.push(message)?;
         if streamed || self.assembler.is_streaming() {
@@ -186,7 +204,31 @@ impl Pipeline {
         self.assembler.discard_open();
     }
 
+    /// Sends an injected transaction to its sink only, mapped as streamed
+    /// changes are; an empty one when the sink's filters leave nothing, so
+    /// the sink still acknowledges its end.
+    async fn inject(&mut self, injection: Injection) -> Result<(), PipelineError> {
+        let Some(route) = self.routes.iter().find(|route| route.sink == injection.sink) else {
+            return Ok(());
+        };
+        let end_lsn = injection.transaction.end_lsn;
+        let transaction = Arc::new(injection.transaction);
+        let routed = route_for(&transaction, &route.tables)
+            .map_err(filter_error(route, transaction.commit_lsn))?
+            .unwrap_or_else(|| Arc::new(transaction.clone_header()));
+        route
+            .queue
+            .send(routed)
+            .await
+            .map_err(|source| PipelineError::SinkStopped { sink: route.sink.clone(), source })?;
+        self.coordinator.dispatched(route.slot, end_lsn);
+        Ok(())
+    }
+
     async fn dispatch(&mut self, transaction: Transaction) -> Result<(), PipelineError> {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.transaction(&transaction);
+        }
         self.metrics.transactions_total.inc();
         self.count_events(&transaction);
         let end_lsn = transaction.end_lsn;
@@ -224,6 +266,9 @@ impl Pipeline {
                 break;
             }
             let piece = Transaction { changes: piece, ..header.clone_header() };
+            if let Some(tap) = self.tap.as_mut() {
+                tap.transaction(&piece);
+            }
             self.count_events(&piece);
             let piece = Arc::new(piece);
             for (route, received) in self.routes.iter().zip(&mut received_piece) {

@@ -158,6 +158,28 @@ impl Version {
         format!("{:016X}.{:08X}", self.commit_lsn.0, self.ordinal)
     }
 
+    /// The version of the `row`-th row of a snapshot chunk merged into the
+    /// stream at the high watermark message whose LSN is `high_watermark`
+    /// (the end of its WAL record, as pgoutput and
+    /// `pg_logical_emit_message` report it).
+    ///
+    /// It is `(high_watermark - 1, row)`, strictly between every streamed
+    /// change before the watermark and every one after it:
+    /// - a transaction committed before the message has its commit record
+    ///   wholly before the message's record, so its commit LSN (the record's
+    ///   start) is at most `high_watermark - 2`: a snapshot row beats it;
+    /// - a transaction committed after the message has its commit record
+    ///   start at or after the message's end, `high_watermark`: it beats
+    ///   every snapshot row, so a later update or delete always wins and a
+    ///   re-applied (older) chunk never moves a row back.
+    ///
+    /// The chunk's transaction ends at `high_watermark`, after every
+    /// earlier transaction's end and before every later one's, so sink
+    /// checkpoints keep growing along the stream.
+    pub fn snapshot_row(high_watermark: Lsn, row: u32) -> Version {
+        Version { commit_lsn: Lsn(high_watermark.0.saturating_sub(1)), ordinal: row }
+    }
+
     /// Reads [`to_sortable_string`](Self::to_sortable_string)'s output back.
     pub fn parse_sortable(text: &str) -> Option<Version> {
         let (lsn, ordinal) = text.split_once('.')?;
@@ -195,6 +217,24 @@ pub trait Sink: Send + Sync {
     /// text) beside the checkpoint, replacing the previous one. It may be
     /// called while [`Sink::apply`] runs; it must not touch the checkpoint.
     async fn store_source(&self, record: &str) -> Result<(), SinkError>;
+
+    /// Reads the snapshot progress text stored beside the checkpoint (see
+    /// [`Sink::store_snapshot_progress`]), `None` if there is none. Default:
+    /// none, for a sink that keeps no progress.
+    async fn load_snapshot_progress(&self) -> Result<Option<String>, SinkError> {
+        Ok(None)
+    }
+
+    /// Durably stores `progress` (the snapshot's record of which chunks of
+    /// which tables the store holds) beside the checkpoint, replacing the
+    /// previous one. Called only after the chunks it names were applied. It
+    /// may be called while [`Sink::apply`] runs. Default: nothing is kept,
+    /// so an interrupted snapshot of such a sink starts over (still correct:
+    /// re-applied chunk rows never move a row back).
+    async fn store_snapshot_progress(&self, progress: &str) -> Result<(), SinkError> {
+        let _ = progress;
+        Ok(())
+    }
 
     /// Applies `changes` in order (per key) and, when `checkpoint` is given,
     /// stores it too, atomically with the changes where the store allows.
@@ -255,6 +295,20 @@ mod tests {
             prop_assert_eq!(text_a.len(), Version::SORTABLE_LEN);
             prop_assert_eq!(a.cmp(&b), text_a.cmp(&text_b));
             prop_assert_eq!(Version::parse_sortable(&text_a), Some(a));
+        }
+
+        #[test]
+        fn snapshot_rows_sit_between_the_changes_around_their_watermark(
+            watermark in 16u64..u64::MAX / 2, before in 2u64..1000, after in 0u64..1000,
+            row in any::<u32>(), ordinal in any::<u32>(),
+        ) {
+            // A commit record before the watermark record starts at least
+            // two bytes before the watermark's end; one after starts at or past it.
+            let earlier = Version { commit_lsn: Lsn(watermark - before.min(watermark)), ordinal };
+            let later = Version { commit_lsn: Lsn(watermark + after), ordinal };
+            let snapshot = Version::snapshot_row(Lsn(watermark), row);
+            prop_assert!(earlier < snapshot);
+            prop_assert!(snapshot < later);
         }
     }
 }

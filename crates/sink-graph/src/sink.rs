@@ -233,6 +233,27 @@ impl Sink for GraphSink {
             .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
     }
 
+    async fn load_snapshot_progress(&self) -> Result<Option<String>, SinkError> {
+        // The progress is the `snapshot` property of the checkpoint node.
+        let read = async {
+            self.ensure_indexes(&[self.encoder.checkpoint_index()], &[self.encoder.checkpoint_key()]).await?;
+            let statement = self.source_statement("MATCH (c:{label} {sink: $sink}) RETURN c.snapshot", Vec::new());
+            Ok::<_, GraphSinkError>(self.backend.first_column(&statement).await?.into_iter().next().flatten())
+        };
+        read.await.map_err(|err| err.into_sink_error(&self.config.name, "reading the snapshot progress".into()))
+    }
+
+    async fn store_snapshot_progress(&self, progress: &str) -> Result<(), SinkError> {
+        let statement = self.source_statement(
+            "MERGE (c:{label} {sink: $sink}) SET c.snapshot = $progress",
+            vec![("progress".into(), GraphValue::String(progress.to_owned()))],
+        );
+        self.backend
+            .run_all(std::slice::from_ref(&statement))
+            .await
+            .map_err(|err| err.into_sink_error(&self.config.name, "storing the snapshot progress".into()))
+    }
+
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
         let context = pgfanout_core::describe_apply(changes, checkpoint);
         self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(&self.config.name, context))

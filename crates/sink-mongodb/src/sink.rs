@@ -376,6 +376,39 @@ impl Sink for MongoSink {
             .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
     }
 
+    async fn load_snapshot_progress(&self) -> Result<Option<String>, SinkError> {
+        // The progress is the `snapshot` field of the checkpoint document.
+        let read = async {
+            let client = self.client().await?;
+            let collection =
+                client.database(&self.config.database).collection::<Document>(&self.config.checkpoint_collection);
+            self.timed(
+                || "reading the snapshot progress".into(),
+                collection.find_one(doc! { "_id": &self.config.name }),
+            )
+            .await
+        };
+        let found =
+            read.await.map_err(|err| err.into_sink_error(&self.config.name, "reading the snapshot progress".into()))?;
+        Ok(found.as_ref().and_then(|document| document.get_str("snapshot").ok()).map(str::to_owned))
+    }
+
+    async fn store_snapshot_progress(&self, progress: &str) -> Result<(), SinkError> {
+        let write = async {
+            let client = self.client().await?;
+            let collection =
+                client.database(&self.config.database).collection::<Document>(&self.config.checkpoint_collection);
+            let update = doc! { "$set": { "snapshot": progress } };
+            self.timed(
+                || "storing the snapshot progress".into(),
+                collection.update_one(doc! { "_id": &self.config.name }, update).upsert(true),
+            )
+            .await
+            .map(drop)
+        };
+        write.await.map_err(|err| err.into_sink_error(&self.config.name, "storing the snapshot progress".into()))
+    }
+
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {
         let name = &self.config.name;
         let context = pgfanout_core::describe_apply(changes, checkpoint);

@@ -154,6 +154,11 @@ impl RedisSink {
         format!("{}:source", self.config.checkpoint_key())
     }
 
+    /// Where the snapshot progress is kept: beside the checkpoint.
+    fn snapshot_progress_key(&self) -> String {
+        format!("{}:snapshot", self.config.checkpoint_key())
+    }
+
     async fn load_source_record(&self) -> Result<Option<String>, RedisSinkError> {
         let key = self.source_key();
         let mut connection = self.connection().await?;
@@ -297,6 +302,33 @@ impl Sink for RedisSink {
         self.store_source_record(record)
             .await
             .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
+    }
+
+    async fn load_snapshot_progress(&self) -> Result<Option<String>, SinkError> {
+        let key = self.snapshot_progress_key();
+        let read = async {
+            let mut connection = self.connection().await?;
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut connection)
+                .await
+                .map_err(|source| RedisSinkError::Command { what: format!("GET {key}"), source })
+        };
+        read.await.map_err(|err| err.into_sink_error(&self.config.name, "reading the snapshot progress".into()))
+    }
+
+    async fn store_snapshot_progress(&self, progress: &str) -> Result<(), SinkError> {
+        let key = self.snapshot_progress_key();
+        let write = async {
+            let mut connection = self.connection().await?;
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(progress)
+                .query_async::<()>(&mut connection)
+                .await
+                .map_err(|source| RedisSinkError::Command { what: format!("SET {key}"), source })
+        };
+        write.await.map_err(|err| err.into_sink_error(&self.config.name, "storing the snapshot progress".into()))
     }
 
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {

@@ -376,10 +376,20 @@ impl ScyllaSink {
         format!("{}.source", self.config.name)
     }
 
+    /// The snapshot progress is a row too: key `<sink>.snapshot`.
+    fn snapshot_row(&self) -> String {
+        format!("{}.snapshot", self.config.name)
+    }
+
     async fn load_source_record(&self) -> Result<Option<String>, ScyllaSinkError> {
+        self.load_text_row(self.source_row()).await
+    }
+
+    /// The text kept in `lsn` of the checkpoint table's row `row`.
+    async fn load_text_row(&self, row: String) -> Result<Option<String>, ScyllaSinkError> {
         let session = self.session().await?;
         let cql = format!("SELECT lsn FROM {} WHERE sink = ?", self.checkpoint_table());
-        match session.query_unpaged(cql.as_str(), (self.source_row(),)).await {
+        match session.query_unpaged(cql.as_str(), (row,)).await {
             Ok(result) => {
                 let rows = result.into_rows_result().map_err(|err| ScyllaSinkError::CheckpointRow(err.to_string()))?;
                 Ok(rows
@@ -400,14 +410,17 @@ impl ScyllaSink {
     }
 
     async fn store_source_record(&self, record: &str) -> Result<(), ScyllaSinkError> {
+        self.store_text_row(self.source_row(), record, "the source record").await
+    }
+
+    /// Stores `text` in `lsn` of the checkpoint table's row `row`.
+    async fn store_text_row(&self, row: String, text: &str, what: &str) -> Result<(), ScyllaSinkError> {
         let session = self.session().await?;
         self.ensure_checkpoint_table(&session).await?;
         let cql = format!("INSERT INTO {} (sink, lsn) VALUES (?, ?)", self.checkpoint_table());
-        session.query_unpaged(cql.as_str(), (self.source_row(), record)).await.map_err(|source| {
-            ScyllaSinkError::Execute {
-                what: format!("storing the source record in {}", self.checkpoint_table()),
-                source: Box::new(source),
-            }
+        session.query_unpaged(cql.as_str(), (row, text)).await.map_err(|source| ScyllaSinkError::Execute {
+            what: format!("storing {what} in {}", self.checkpoint_table()),
+            source: Box::new(source),
         })?;
         Ok(())
     }
@@ -468,6 +481,20 @@ impl Sink for ScyllaSink {
         self.store_source_record(record)
             .await
             .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
+    }
+
+    async fn load_snapshot_progress(&self) -> Result<Option<String>, SinkError> {
+        let name = &self.config.name;
+        self.load_text_row(self.snapshot_row())
+            .await
+            .map_err(|err| err.into_sink_error(name, "reading the snapshot progress".into()))
+    }
+
+    async fn store_snapshot_progress(&self, progress: &str) -> Result<(), SinkError> {
+        let name = &self.config.name;
+        self.store_text_row(self.snapshot_row(), progress, "the snapshot progress")
+            .await
+            .map_err(|err| err.into_sink_error(name, "storing the snapshot progress".into()))
     }
 
     async fn apply(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), SinkError> {

@@ -17,9 +17,15 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod progress;
 pub mod reader;
+pub mod runner;
 pub mod table;
+pub mod watermark;
 
 pub use error::SnapshotError;
+pub use progress::{ProgressError, SnapshotProgress, TableProgress};
 pub use reader::{Chunk, ChunkLimits, KeyText, ReadVisibility, TableReader};
+pub use runner::{RunError, SinkTarget, SnapshotSettings, Snapshotter};
 pub use table::SnapshotTable;
+pub use watermark::{ChunkOutcome, ChunkTicket, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};

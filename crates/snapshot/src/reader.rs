@@ -122,21 +122,38 @@ impl TableReader {
             .collect()
     }
 
+    /// A key as a row of typed SQL literals, `('…'::type1, '…'::type2)`.
+    fn key_literals(&self, key: &[String]) -> String {
+        let literals = key
+            .iter()
+            .zip(&self.table.key_types)
+            .map(|(value, type_name)| format!("{}::{type_name}", escape_literal(value)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("({literals})")
+    }
+
     /// The SQL of the chunk after `after` (the first chunk for `None`).
     pub fn chunk_sql(&self, after: Option<&[String]>) -> String {
         let condition = match after {
-            Some(key) => {
-                let literals = key
-                    .iter()
-                    .zip(&self.table.key_types)
-                    .map(|(value, type_name)| format!("{}::{type_name}", escape_literal(value)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!(" WHERE ({}) > ({literals})", self.order)
-            }
+            Some(key) => format!(" WHERE ({}) > {}", self.order, self.key_literals(key)),
             None => String::new(),
         };
         format!("{}{condition} ORDER BY {} LIMIT {}", self.select, self.order, self.limits.rows)
+    }
+
+    /// Reads the rows with the given keys (those that still exist), in key
+    /// order, in a transaction of its own; the chunk's `more` is false.
+    pub async fn read_keys(
+        &self,
+        connection: &mut ReplicationConnection,
+        keys: &[KeyText],
+    ) -> Result<Chunk, SnapshotError> {
+        let list = keys.iter().map(|key| self.key_literals(key)).collect::<Vec<_>>().join(", ");
+        let sql = format!("{} WHERE ({}) IN ({list}) ORDER BY {}", self.select, self.order, self.order);
+        let mut chunk = self.read(connection, &sql, format!("re-reading {} keys", keys.len())).await?;
+        chunk.more = false;
+        Ok(chunk)
     }
 
     /// Reads the chunk after `after` (from the start for `None`) in a
@@ -146,12 +163,23 @@ impl TableReader {
         connection: &mut ReplicationConnection,
         after: Option<&[String]>,
     ) -> Result<Chunk, SnapshotError> {
-        let table = &self.table.schema.table;
-        let source_error = |doing: String| move |source| SnapshotError::Source { table: table.clone(), doing, source };
-        let describe_after = || match after {
-            Some(_) => format!("reading the chunk after key ({})", self.order),
+        let doing = match after {
+            Some(_) => format!("reading the chunk after key ({}) = (…)", self.order),
             None => "reading the first chunk".to_owned(),
         };
+        self.read(connection, &self.chunk_sql(after), doing).await
+    }
+
+    /// Runs `sql` (a select of the table's columns) in a `REPEATABLE READ`
+    /// transaction with its snapshot.
+    async fn read(
+        &self,
+        connection: &mut ReplicationConnection,
+        sql: &str,
+        doing: String,
+    ) -> Result<Chunk, SnapshotError> {
+        let table = &self.table.schema.table;
+        let source_error = |doing: String| move |source| SnapshotError::Source { table: table.clone(), doing, source };
         connection
             .simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
@@ -164,8 +192,7 @@ impl TableReader {
             let visibility = snapshot.get(0, "snapshot").and_then(ReadVisibility::parse).ok_or_else(|| {
                 SnapshotError::Unexpected { table: table.clone(), what: "pg_current_snapshot() unreadable".to_owned() }
             })?;
-            let result =
-                connection.simple_query(&self.chunk_sql(after)).await.map_err(source_error(describe_after()))?;
+            let result = connection.simple_query(sql).await.map_err(source_error(doing))?;
             Ok::<_, SnapshotError>((visibility, result))
         }
         .await;

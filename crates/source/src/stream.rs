@@ -298,7 +298,9 @@ pub async fn store_record_with_retry(
 pub fn start_options(source: &SourceConfig, server_version: u32) -> StartOptions {
     let proto_version = StartOptions::highest_proto_version(server_version);
     let streaming = if source.streaming && proto_version >= 2 { Streaming::On } else { Streaming::Off };
-    StartOptions { proto_version, streaming, ..StartOptions::new(source.publication.clone()) }
+    // Logical messages carry the snapshot's watermarks (PostgreSQL 14+).
+    let messages = server_version >= 140_000;
+    StartOptions { proto_version, streaming, messages, ..StartOptions::new(source.publication.clone()) }
 }
 
 /// Why the stream loop returned.

@@ -1,0 +1,382 @@
+//! Runs a sink's snapshot: every table it routes that its stored progress
+//! does not call done, tables in parallel, chunk after chunk through the
+//! [`WatermarkMerge`], progress stored after each chunk the sink applied.
+//!
+//! ```text
+//!  per table (own SQL connection):
+//!    open ─► emit low ─► read chunk ─► xact status ─► chunk_read ─► emit high
+//!      ─► outcome (stream reached high) ─► sink acknowledged high ─► store progress
+//! ```
+//!
+//! Invariant: a table's progress names only chunks the sink durably
+//! applied (it is stored after the sink's acknowledgement of the chunk's
+//! high watermark), so a restart resumes after them and never skips a row.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pg_replication::{ConnectOptions, ReplicationConnection};
+use pgfanout_core::{Backoff, Lsn, Metrics, Sink, SinkError, TableName};
+use pgoutput::TypeRegistry;
+use postgres_protocol::escape::escape_literal;
+use tokio::sync::{watch, Mutex, Semaphore};
+
+use crate::progress::{SnapshotProgress, TableProgress};
+use crate::reader::{Chunk, ChunkLimits, KeyText, TableReader};
+use crate::table::SnapshotTable;
+use crate::watermark::{ChunkOutcome, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};
+use crate::SnapshotError;
+
+/// How a snapshot runs (the `[snapshot]` config section).
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotSettings {
+    /// Tables copied at the same time, over all sinks (each holds one SQL connection).
+    pub parallel_tables: usize,
+    /// Size of each chunk.
+    pub chunk: ChunkLimits,
+}
+
+/// Why a sink's snapshot stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Reading PostgreSQL failed for good.
+    #[error("snapshot of sink {sink}")]
+    Source {
+        /// The sink.
+        sink: String,
+        /// What failed.
+        #[source]
+        source: SnapshotError,
+    },
+    /// The sink failed to store its progress.
+    #[error("snapshot of sink {sink}: storing its progress")]
+    Progress {
+        /// The sink.
+        sink: String,
+        /// The sink's error.
+        #[source]
+        source: SinkError,
+    },
+    /// The stream or the sink's worker stopped, so a chunk can never be merged.
+    #[error("snapshot of sink {sink}, table {table}: the stream or the sink's worker stopped")]
+    Stopped {
+        /// The sink.
+        sink: String,
+        /// The table being copied.
+        table: TableName,
+    },
+}
+
+/// What the snapshot shares between its table tasks.
+#[derive(Clone)]
+pub struct Snapshotter {
+    /// Where to read (the source's connection settings).
+    pub options: ConnectOptions,
+    /// The publication, whose column lists the rows follow.
+    pub publication: String,
+    /// The merge the pipeline's tap resolves.
+    pub merge: WatermarkMerge,
+    /// How values convert (the database's user types registered).
+    pub types: Arc<TypeRegistry>,
+    /// Parallelism and chunk sizes.
+    pub settings: SnapshotSettings,
+    /// Where rows and remaining tables are counted.
+    pub metrics: Metrics,
+    /// Limits the tables copied at once.
+    pub permits: Arc<Semaphore>,
+}
+
+/// One sink to copy tables into.
+pub struct SinkTarget {
+    /// The sink.
+    pub sink: Arc<dyn Sink>,
+    /// Its worker's acknowledgements (end LSNs applied).
+    pub acked: watch::Receiver<Lsn>,
+    /// The tables to copy (those already done in `progress` are skipped).
+    pub tables: Vec<TableName>,
+    /// The progress stored in the sink.
+    pub progress: SnapshotProgress,
+}
+
+impl Snapshotter {
+    /// A snapshotter; `settings.parallel_tables` is at least 1.
+    pub fn new(
+        options: ConnectOptions,
+        publication: String,
+        merge: WatermarkMerge,
+        types: Arc<TypeRegistry>,
+        settings: SnapshotSettings,
+        metrics: Metrics,
+    ) -> Snapshotter {
+        let permits = Arc::new(Semaphore::new(settings.parallel_tables.max(1)));
+        Snapshotter { options, publication, merge, types, settings, metrics, permits }
+    }
+
+    /// Copies every table of `target` not done yet; returns once all are.
+    pub async fn run_sink(&self, target: SinkTarget) -> Result<(), RunError> {
+        let sink_name = target.sink.name().to_owned();
+        let pending: Vec<TableName> =
+            target.tables.iter().filter(|table| !target.progress.is_done(&table.to_string())).cloned().collect();
+        let remaining = self.metrics.snapshot_tables_remaining.with_label_values(&[&sink_name]);
+        remaining.set(pending.len() as i64);
+        let progress = Arc::new(Mutex::new(target.progress));
+        let mut tasks = tokio::task::JoinSet::new();
+        for table in pending {
+            let copier = TableCopy {
+                snapshotter: self.clone(),
+                sink: target.sink.clone(),
+                acked: target.acked.clone(),
+                table,
+                progress: progress.clone(),
+            };
+            tasks.spawn(copier.run());
+        }
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => remaining.dec(),
+                Ok(Err(err)) => {
+                    tasks.abort_all();
+                    first_error.get_or_insert(err);
+                }
+                Err(join_error) if join_error.is_panic() => std::panic::resume_unwind(join_error.into_panic()),
+                Err(_) => {}
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// One table into one sink.
+struct TableCopy {
+    snapshotter: Snapshotter,
+    sink: Arc<dyn Sink>,
+    acked: watch::Receiver<Lsn>,
+    table: TableName,
+    progress: Arc<Mutex<SnapshotProgress>>,
+}
+
+impl TableCopy {
+    async fn run(mut self) -> Result<(), RunError> {
+        let _permit = self.snapshotter.permits.clone().acquire_owned().await;
+        let sink = self.sink.name().to_owned();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self.copy().await {
+                Ok(()) => return Ok(()),
+                Err(CopyError::Source(err)) if err.is_transient() => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%sink, table = %self.table, error = %err, ?delay, "snapshot read failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(CopyError::Source(source)) => return Err(RunError::Source { sink, source }),
+                Err(CopyError::Progress(source)) => return Err(RunError::Progress { sink, source }),
+                Err(CopyError::Stopped) => return Err(RunError::Stopped { sink, table: self.table }),
+            }
+        }
+    }
+
+    /// Copies the table from where its progress stands, over a connection of its own.
+    async fn copy(&mut self) -> Result<(), CopyError> {
+        let source_error = |doing: &str| {
+            let table = self.table.clone();
+            let doing = doing.to_owned();
+            move |source| SnapshotError::Source { table, doing, source }
+        };
+        let snapshotter = &self.snapshotter;
+        let mut connection = connect(&snapshotter.options).await.map_err(source_error("connecting"))?;
+        let table = SnapshotTable::describe(
+            &mut connection,
+            &self.table,
+            Some(&snapshotter.publication),
+            snapshotter.types.clone(),
+        )
+        .await?;
+        let key_names: Vec<String> =
+            table.key_positions.iter().filter_map(|&p| table.schema.columns.get(p)).map(|c| c.name.clone()).collect();
+        let reader = TableReader::new(table, snapshotter.settings.chunk);
+        let table_label = self.table.to_string();
+        let (mut after, mut chunks, mut rows) = match self.progress.lock().await.tables.get(&table_label) {
+            Some(TableProgress::Copying { after, chunks, rows }) => (Some(after.clone()), *chunks, *rows),
+            Some(TableProgress::Done { .. }) => return Ok(()),
+            None => (None, 0, 0),
+        };
+        tracing::info!(sink = self.sink.name(), table = %self.table, resume_after_chunks = chunks, "copying table");
+        let rows_total = snapshotter.metrics.snapshot_rows_total.with_label_values(&[self.sink.name(), &table_label]);
+        loop {
+            let (chunk, merged) =
+                self.merge_chunk(&mut connection, &reader, &key_names, Read::After(after.as_deref())).await?;
+            let ChunkOutcome::Merged { high_watermark, written, mut reread, .. } = merged else {
+                continue;
+            };
+            // Keys a missed partial update touched: read again until none is left.
+            while !reread.is_empty() {
+                let (_, again) = self.merge_chunk(&mut connection, &reader, &key_names, Read::Keys(&reread)).await?;
+                if let ChunkOutcome::Merged { reread: left, written, .. } = again {
+                    rows_total.inc_by(written as u64);
+                    reread = left;
+                }
+            }
+            let waited = std::time::Instant::now();
+            self.wait_applied(high_watermark).await?;
+            tracing::debug!(sink = self.sink.name(), table = %self.table, applied_ms = waited.elapsed().as_millis() as u64, "chunk applied");
+            rows_total.inc_by(written as u64);
+            chunks += 1;
+            rows += written as u64;
+            let state = match (&chunk.last_key, chunk.more) {
+                (Some(last), true) => TableProgress::Copying { after: last.clone(), chunks, rows },
+                _ => TableProgress::Done { chunks, rows },
+            };
+            let done = matches!(state, TableProgress::Done { .. });
+            self.store_progress(&table_label, state).await?;
+            if done {
+                tracing::info!(sink = self.sink.name(), table = %self.table, chunks, rows, "table copied");
+                return Ok(());
+            }
+            after = chunk.last_key;
+        }
+    }
+
+    /// One chunk through the watermark merge.
+    async fn merge_chunk(
+        &self,
+        connection: &mut ReplicationConnection,
+        reader: &TableReader,
+        key_names: &[String],
+        read: Read<'_>,
+    ) -> Result<(Chunk, ChunkOutcome), CopyError> {
+        let merge = &self.snapshotter.merge;
+        let ticket = merge.open(self.sink.name(), &self.table, key_names.to_vec());
+        let staged = async {
+            emit(connection, &self.table, &ticket.low).await?;
+            let chunk = match read {
+                Read::After(after) => reader.read_chunk(connection, after).await?,
+                Read::Keys(keys) => reader.read_keys(connection, keys).await?,
+            };
+            let committed = committed_among(connection, &self.table, &chunk.visibility.in_progress).await?;
+            let rows = chunk.rows.iter().filter_map(|row| Some((reader.key_of(row)?, row.clone()))).collect::<Vec<_>>();
+            merge.chunk_read(
+                ticket.id,
+                ReadChunk {
+                    schema: reader.table().schema.clone(),
+                    rows,
+                    visibility: chunk.visibility.clone(),
+                    committed_in_progress: committed,
+                },
+            );
+            emit(connection, &self.table, &ticket.high).await?;
+            Ok::<_, SnapshotError>(chunk)
+        };
+        let started = std::time::Instant::now();
+        let chunk = match staged.await {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                merge.cancel(ticket.id);
+                return Err(err.into());
+            }
+        };
+        let read_in = started.elapsed();
+        let outcome = ticket.outcome.await.map_err(|_| CopyError::Stopped)?;
+        tracing::debug!(
+            sink = self.sink.name(),
+            table = %self.table,
+            rows = chunk.rows.len(),
+            read_ms = read_in.as_millis() as u64,
+            merged_ms = started.elapsed().as_millis() as u64,
+            "chunk read and merged"
+        );
+        if let ChunkOutcome::Retry { reason } = &outcome {
+            tracing::info!(sink = self.sink.name(), table = %self.table, reason, "reading the chunk again");
+        }
+        Ok((chunk, outcome))
+    }
+
+    /// Waits until the sink acknowledged the chunk ending at `high_watermark`.
+    async fn wait_applied(&mut self, high_watermark: Lsn) -> Result<(), CopyError> {
+        self.acked.wait_for(|acked| *acked >= high_watermark).await.map(drop).map_err(|_| CopyError::Stopped)
+    }
+
+    async fn store_progress(&self, table: &str, state: TableProgress) -> Result<(), CopyError> {
+        let mut progress = self.progress.lock().await;
+        progress.tables.insert(table.to_owned(), state);
+        self.sink.store_snapshot_progress(&progress.to_stored()).await.map_err(CopyError::Progress)
+    }
+}
+
+/// Which rows a chunk reads.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    /// The next chunk after a key (from the start for `None`).
+    After(Option<&'a [String]>),
+    /// These keys again.
+    Keys(&'a [KeyText]),
+}
+
+enum CopyError {
+    Source(SnapshotError),
+    Progress(SinkError),
+    Stopped,
+}
+
+impl From<SnapshotError> for CopyError {
+    fn from(err: SnapshotError) -> Self {
+        CopyError::Source(err)
+    }
+}
+
+/// Emits a watermark message; returns its LSN.
+///
+/// The walsender sends only flushed WAL, and a non-transactional message
+/// alone is flushed whenever the WAL writer gets to it (up to
+/// `wal_writer_delay` later, 200 ms by default, twice per chunk). Taking a
+/// transaction id makes the statement's commit flush the WAL up to the
+/// message at once (the connection commits synchronously, see
+/// [`connect`]).
+async fn emit(connection: &mut ReplicationConnection, table: &TableName, content: &str) -> Result<Lsn, SnapshotError> {
+    let sql = format!(
+        "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})::text AS lsn, \
+         pg_catalog.pg_current_xact_id() AS flushes_at_commit",
+        escape_literal(WATERMARK_PREFIX),
+        escape_literal(content)
+    );
+    let result = connection.simple_query(&sql).await.map_err(|source| SnapshotError::Source {
+        table: table.clone(),
+        doing: "emitting a watermark (pg_logical_emit_message)".to_owned(),
+        source,
+    })?;
+    result.get(0, "lsn").and_then(|text| text.parse().ok()).ok_or_else(|| SnapshotError::Unexpected {
+        table: table.clone(),
+        what: "pg_logical_emit_message returned no LSN".to_owned(),
+    })
+}
+
+/// A SQL connection for one table's copy: the replication connection's
+/// session settings (so values read as the stream sends them), with
+/// synchronous commits so watermarks reach the stream at once (see [`emit`]).
+async fn connect(options: &ConnectOptions) -> Result<ReplicationConnection, pg_replication::ReplicationError> {
+    let mut connection = ReplicationConnection::connect(options).await?;
+    connection.simple_query("SET synchronous_commit = on").await?;
+    Ok(connection)
+}
+
+/// Those of `xids` that have committed (`pg_xact_status`).
+async fn committed_among(
+    connection: &mut ReplicationConnection,
+    table: &TableName,
+    xids: &[u64],
+) -> Result<Vec<u64>, SnapshotError> {
+    if xids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = xids.iter().map(|xid| format!("'{xid}'")).collect::<Vec<_>>().join(", ");
+    let sql = format!(
+        "SELECT x AS xid FROM unnest(ARRAY[{list}]::text[]) x \
+         WHERE pg_catalog.pg_xact_status(x::xid8) = 'committed'"
+    );
+    let result = connection.simple_query(&sql).await.map_err(|source| SnapshotError::Source {
+        table: table.clone(),
+        doing: "reading the status of transactions in progress during the read".to_owned(),
+        source,
+    })?;
+    Ok((0..result.rows.len()).filter_map(|row| result.get(row, "xid")?.parse().ok()).collect())
+}

@@ -1,0 +1,513 @@
+//! The watermark merge: how a chunk read on a SQL connection joins the
+//! live stream without losing or resurrecting anything (the technique of
+//! Netflix's DBLog and Debezium's incremental snapshots, made exact with the
+//! read's transaction snapshot).
+//!
+//! ```text
+//!  snapshot task                          stream task (Pipeline + StreamTap)
+//!  open(sink, table)  ── registers ──►    pending chunk
+//!  emit  "<run>:<id>:low"   ─ WAL ─►      low seen: record each later transaction's
+//!  read chunk (REPEATABLE READ, S)          xid and the chunk table's keys it touched
+//!  pg_xact_status(S's in-progress)
+//!  chunk_read(rows, S, committed) ──►
+//!  emit  "<run>:<id>:high"  ─ WAL ─►      high seen: drop every key a transaction
+//!                                           invisible to S touched; inject the rest
+//!  outcome ◄──────────────────────────      into that sink at this point
+//! ```
+//!
+//! Why it is exact: a row read under snapshot S is the row as of S. A
+//! streamed change the sink receives *before* the high watermark is either
+//! visible to S (the chunk already holds its effect, so writing the chunk
+//! row after it changes nothing) or invisible (the chunk row is older than
+//! what the sink holds: the key is dropped from the chunk and the stream's
+//! own change stands). Transactions invisible to S are those in S's
+//! in-progress list or started after it; the latter, and the former that
+//! commit after the low watermark, fall in the recorded window. One in S's
+//! in-progress list whose commit record precedes the low watermark (a
+//! commit whose WAL was flushed but not yet visible when S was taken) is
+//! caught because `pg_xact_status` says committed and the window never saw
+//! it: the chunk is then read again. Changes *after* the high watermark
+//! carry versions that beat the chunk's ([`Version::snapshot_row`]), and
+//! they reach the sink after the chunk, so a later delete is never undone.
+//!
+//! A dropped key whose invisible change was an update that left a TOASTed
+//! value out (the sink may hold a partial row) is returned in
+//! [`ChunkOutcome::Merged::reread`] for the caller to read again by key.
+//!
+//! [`Version::snapshot_row`]: pgfanout_core::Version::snapshot_row
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pgfanout_core::{Change, ChangeOp, ColumnValue, Injection, Row, StreamTap, TableName, TableSchema, Transaction};
+use pgoutput::{LogicalMessage, Lsn, PgTimestamp, Xid};
+use tokio::sync::oneshot;
+
+use crate::reader::{KeyText, ReadVisibility};
+
+/// Prefix of the watermark messages (`pg_logical_emit_message`).
+pub const WATERMARK_PREFIX: &str = "pgfanout-snapshot";
+
+/// What became of a chunk at its high watermark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// The chunk was injected into the sink's stream.
+    Merged {
+        /// The high watermark's LSN: the injected transaction's end, which
+        /// the sink acknowledges once the rows are applied.
+        high_watermark: Lsn,
+        /// Rows injected.
+        written: usize,
+        /// Rows dropped because the stream changed their key meanwhile.
+        dropped: usize,
+        /// Dropped keys to read again (see the module doc).
+        reread: Vec<KeyText>,
+    },
+    /// The chunk cannot be merged safely; read it again.
+    Retry {
+        /// Why, for logs.
+        reason: &'static str,
+    },
+}
+
+/// A chunk as read, handed to the merge before its high watermark.
+#[derive(Debug, Clone)]
+pub struct ReadChunk {
+    /// The table's shape the rows have.
+    pub schema: Arc<TableSchema>,
+    /// The rows, with their keys (same order).
+    pub rows: Vec<(KeyText, Row)>,
+    /// What the read could see.
+    pub visibility: ReadVisibility,
+    /// Transactions of `visibility.in_progress` that had committed by the
+    /// time the read ended (`pg_xact_status`), queried before the high
+    /// watermark was emitted.
+    pub committed_in_progress: Vec<u64>,
+}
+
+/// A chunk registered with the merge: the watermark texts to emit and where
+/// the outcome arrives.
+#[derive(Debug)]
+pub struct ChunkTicket {
+    /// The chunk's id within this process.
+    pub id: u64,
+    /// Content of the low watermark message.
+    pub low: String,
+    /// Content of the high watermark message.
+    pub high: String,
+    /// The outcome, sent when the stream reaches the high watermark.
+    pub outcome: oneshot::Receiver<ChunkOutcome>,
+}
+
+/// The merge's shared state: snapshot tasks register chunks, the stream
+/// task ([`WatermarkMerge::tap`]) resolves them.
+#[derive(Clone, Default)]
+pub struct WatermarkMerge {
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Tells this process's watermarks from those of an earlier run that a
+    /// restarted stream may deliver again.
+    run: u64,
+    next_id: u64,
+    chunks: HashMap<u64, Pending>,
+}
+
+struct Pending {
+    sink: String,
+    table: TableName,
+    key_names: Vec<String>,
+    window_open: bool,
+    /// Keys streamed transactions touched inside the window, by transaction
+    /// id; `true` when an update left a TOASTed value out.
+    touched: HashMap<(u32, KeyText), bool>,
+    seen_xids: HashSet<u32>,
+    truncated_by: Vec<u32>,
+    read: Option<ReadChunk>,
+    outcome: Option<oneshot::Sender<ChunkOutcome>>,
+}
+
+impl WatermarkMerge {
+    /// A merge whose watermarks carry `run` (unique per process start).
+    pub fn new(run: u64) -> WatermarkMerge {
+        WatermarkMerge { shared: Arc::new(Mutex::new(Shared { run, ..Shared::default() })) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a chunk of `table` for `sink`, keyed by `key_names`; emit
+    /// the ticket's low watermark next.
+    pub fn open(&self, sink: &str, table: &TableName, key_names: Vec<String>) -> ChunkTicket {
+        let mut shared = self.lock();
+        shared.next_id += 1;
+        let id = shared.next_id;
+        let (sender, outcome) = oneshot::channel();
+        shared.chunks.insert(
+            id,
+            Pending {
+                sink: sink.to_owned(),
+                table: table.clone(),
+                key_names,
+                window_open: false,
+                touched: HashMap::new(),
+                seen_xids: HashSet::new(),
+                truncated_by: Vec::new(),
+                read: None,
+                outcome: Some(sender),
+            },
+        );
+        let run = shared.run;
+        ChunkTicket { id, low: format!("{run:x}:{id}:low"), high: format!("{run:x}:{id}:high"), outcome }
+    }
+
+    /// Hands over the rows read for chunk `id`; emit its high watermark next.
+    pub fn chunk_read(&self, id: u64, chunk: ReadChunk) {
+        if let Some(pending) = self.lock().chunks.get_mut(&id) {
+            pending.read = Some(chunk);
+        }
+    }
+
+    /// Forgets chunk `id` (its read failed).
+    pub fn cancel(&self, id: u64) {
+        self.lock().chunks.remove(&id);
+    }
+
+    /// The tap to give the pipeline.
+    pub fn tap(&self) -> Box<dyn StreamTap> {
+        Box::new(Tap { merge: self.clone() })
+    }
+}
+
+struct Tap {
+    merge: WatermarkMerge,
+}
+
+impl StreamTap for Tap {
+    fn transaction(&mut self, transaction: &Transaction) {
+        let mut shared = self.merge.lock();
+        for pending in shared.chunks.values_mut().filter(|pending| pending.window_open) {
+            pending.seen_xids.insert(transaction.xid.0);
+            for change in &transaction.changes {
+                if change.table.table == pending.table {
+                    pending.record(transaction.xid, change);
+                }
+            }
+        }
+    }
+
+    fn message(&mut self, message: &LogicalMessage) -> Vec<Injection> {
+        if message.prefix != WATERMARK_PREFIX {
+            return Vec::new();
+        }
+        let Ok(content) = std::str::from_utf8(&message.content) else { return Vec::new() };
+        let mut parts = content.split(':');
+        let (Some(run), Some(id), Some(mark), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Vec::new();
+        };
+        let mut shared = self.merge.lock();
+        if u64::from_str_radix(run, 16).ok() != Some(shared.run) {
+            return Vec::new();
+        }
+        let Ok(id) = id.parse::<u64>() else { return Vec::new() };
+        match mark {
+            "low" => {
+                if let Some(pending) = shared.chunks.get_mut(&id) {
+                    pending.window_open = true;
+                }
+                Vec::new()
+            }
+            "high" => match shared.chunks.remove(&id) {
+                Some(pending) => pending.resolve(message.lsn).into_iter().collect(),
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Pending {
+    /// Records the keys `change` touches (old and new, when the key changed).
+    fn record(&mut self, xid: Xid, change: &Change) {
+        let (old, new) = change.op.images();
+        if matches!(change.op, ChangeOp::Truncate) {
+            self.truncated_by.push(xid.0);
+            return;
+        }
+        let partial = new.is_some_and(|row| row.contains(&ColumnValue::UnchangedToast));
+        for row in [old, new].into_iter().flatten() {
+            if let Some(key) = stream_key(&change.table, row, &self.key_names) {
+                *self.touched.entry((xid.0, key)).or_default() |= partial;
+            }
+        }
+    }
+
+    /// The chunk's fate at the high watermark `lsn`.
+    fn resolve(mut self, lsn: Lsn) -> Option<Injection> {
+        let outcome_sender = self.outcome.take();
+        let send = |outcome: ChunkOutcome| {
+            if let Some(sender) = outcome_sender {
+                let _ = sender.send(outcome);
+            }
+        };
+        let Some(read) = self.read.take() else {
+            send(ChunkOutcome::Retry { reason: "the high watermark came before the chunk was read" });
+            return None;
+        };
+        let visibility = &read.visibility;
+        let missed = read.committed_in_progress.iter().any(|&xid| !self.seen_xids.contains(&(xid as u32)));
+        if missed {
+            send(ChunkOutcome::Retry {
+                reason: "a transaction the read could not see committed before the low watermark",
+            });
+            return None;
+        }
+        if self.truncated_by.iter().any(|&xid| !visibility.sees(xid)) {
+            send(ChunkOutcome::Retry { reason: "the table was truncated while the chunk was read" });
+            return None;
+        }
+        let mut dropped_keys: HashSet<&KeyText> = HashSet::new();
+        let mut reread: Vec<KeyText> = Vec::new();
+        for ((xid, key), &partial) in &self.touched {
+            if visibility.sees(*xid) {
+                continue;
+            }
+            dropped_keys.insert(key);
+            if partial && !reread.contains(key) {
+                reread.push(key.clone());
+            }
+        }
+        let mut changes = Vec::with_capacity(read.rows.len());
+        let mut dropped = 0;
+        for (key, row) in read.rows {
+            if dropped_keys.contains(&key) {
+                dropped += 1;
+                continue;
+            }
+            let ordinal = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+            changes.push(Change { table: read.schema.clone(), op: ChangeOp::Insert { new: row }, ordinal });
+        }
+        let written = changes.len();
+        let version = pgfanout_core::Version::snapshot_row(lsn, 0);
+        let transaction =
+            Transaction { xid: Xid(0), commit_lsn: version.commit_lsn, end_lsn: lsn, commit_time: now(), changes };
+        send(ChunkOutcome::Merged { high_watermark: lsn, written, dropped, reread });
+        Some(Injection { sink: self.sink, transaction })
+    }
+}
+
+impl ReadVisibility {
+    /// Whether the read saw the effects of transaction `xid` (a 32-bit id
+    /// from the stream, placed in the epoch around the snapshot's `xmax`).
+    pub fn sees(&self, xid: u32) -> bool {
+        let full = widen(xid, self.xmax);
+        full < self.xmin || (full < self.xmax && !self.in_progress.contains(&full))
+    }
+}
+
+/// The 64-bit transaction id nearest `reference` whose low 32 bits are `xid`.
+fn widen(xid: u32, reference: u64) -> u64 {
+    let candidate = (reference & !0xFFFF_FFFF) | u64::from(xid);
+    if candidate > reference.saturating_add(1 << 31) && candidate >= 1 << 32 {
+        candidate - (1 << 32)
+    } else if candidate.saturating_add(1 << 31) < reference {
+        candidate + (1 << 32)
+    } else {
+        candidate
+    }
+}
+
+/// The key of a streamed row as the reader's key text: `key_names` looked up
+/// in the stream's shape; `None` when a key value is absent.
+fn stream_key(schema: &TableSchema, row: &Row, key_names: &[String]) -> Option<KeyText> {
+    key_names
+        .iter()
+        .map(|name| {
+            let position = schema.position(name)?;
+            match row.get(position)? {
+                ColumnValue::Text(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+                value @ ColumnValue::Binary(_) => schema.typed_value(position, value).ok()??.to_pg_text(),
+                ColumnValue::Null | ColumnValue::UnchangedToast => None,
+            }
+        })
+        .collect()
+}
+
+/// Now, as a commit time for injected chunks.
+fn now() -> PgTimestamp {
+    let unix_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX));
+    PgTimestamp(unix_micros - PgTimestamp::UNIX_EPOCH_OFFSET_MICROS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use pgfanout_core::ColumnSchema;
+    use pgoutput::{Oid, ReplicaIdentity, TypeRegistry};
+
+    fn schema() -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            oid: Oid(1),
+            table: TableName::parse("t"),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                ColumnSchema { name: "id".into(), type_oid: Oid(23), is_key: true },
+                ColumnSchema { name: "body".into(), type_oid: Oid(25), is_key: false },
+            ],
+            types: Arc::new(TypeRegistry::new()),
+        })
+    }
+
+    fn text(value: &str) -> ColumnValue {
+        ColumnValue::Text(Bytes::copy_from_slice(value.as_bytes()))
+    }
+
+    fn row(id: &str, body: ColumnValue) -> Row {
+        vec![text(id), body]
+    }
+
+    fn transaction(xid: u32, commit: u64, ops: Vec<ChangeOp>) -> Transaction {
+        let changes = ops
+            .into_iter()
+            .enumerate()
+            .map(|(ordinal, op)| Change { table: schema(), op, ordinal: ordinal as u32 })
+            .collect();
+        Transaction {
+            xid: Xid(xid),
+            commit_lsn: Lsn(commit),
+            end_lsn: Lsn(commit + 8),
+            commit_time: PgTimestamp(0),
+            changes,
+        }
+    }
+
+    fn mark(content: &str, lsn: u64) -> LogicalMessage {
+        LogicalMessage {
+            xid: None,
+            transactional: false,
+            lsn: Lsn(lsn),
+            prefix: WATERMARK_PREFIX.into(),
+            content: Bytes::copy_from_slice(content.as_bytes()),
+        }
+    }
+
+    fn read(ids: &[&str], visibility: ReadVisibility, committed_in_progress: Vec<u64>) -> ReadChunk {
+        ReadChunk {
+            schema: schema(),
+            rows: ids.iter().map(|id| (vec![id.to_string()], row(id, text("snap")))).collect(),
+            visibility,
+            committed_in_progress,
+        }
+    }
+
+    /// Snapshot S = 100:110:[104]: 99 visible, 104 and 120 not.
+    fn visibility() -> ReadVisibility {
+        ReadVisibility { xmin: 100, xmax: 110, in_progress: vec![104] }
+    }
+
+    #[test]
+    fn keys_changed_by_transactions_the_read_missed_are_dropped_and_the_rest_injected_at_the_high_mark() {
+        let merge = WatermarkMerge::new(7);
+        let mut tap = merge.tap();
+        let ticket = merge.open("cache", &TableName::parse("t"), vec!["id".into()]);
+        // Before the low watermark: not in the window, whatever it touched.
+        tap.transaction(&transaction(120, 10, vec![ChangeOp::Delete { old: row("5", ColumnValue::Null) }]));
+        assert!(tap.message(&mark(&ticket.low, 20)).is_empty());
+        // Seen by the read: its effect is in the chunk already.
+        tap.transaction(&transaction(99, 30, vec![ChangeOp::Insert { new: row("1", text("x")) }]));
+        // Missed by the read: the stream's change stands.
+        tap.transaction(&transaction(104, 40, vec![ChangeOp::Delete { old: row("2", ColumnValue::Null) }]));
+        tap.transaction(&transaction(
+            120,
+            50,
+            vec![ChangeOp::Update { old: Some(row("3", ColumnValue::Null)), new: row("30", text("moved")) }],
+        ));
+        merge.chunk_read(ticket.id, read(&["1", "2", "3", "4", "5"], visibility(), vec![104]));
+        let injected = tap.message(&mark(&ticket.high, 60));
+        assert_eq!(injected.len(), 1);
+        let injection = &injected[0];
+        assert_eq!(injection.sink, "cache");
+        assert_eq!(injection.transaction.end_lsn, Lsn(60));
+        assert_eq!(injection.transaction.commit_lsn, Lsn(59));
+        let ids: Vec<_> = injection
+            .transaction
+            .changes
+            .iter()
+            .map(|change| match &change.op {
+                ChangeOp::Insert { new } => new[0].as_bytes().map(|b| String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, vec![Some("1".into()), Some("4".into()), Some("5".into())]);
+        let ordinals: Vec<_> = injection.transaction.changes.iter().map(|change| change.ordinal).collect();
+        assert_eq!(ordinals, vec![0, 1, 2]);
+        let mut outcome = ticket.outcome;
+        assert_eq!(
+            outcome.try_recv().unwrap(),
+            ChunkOutcome::Merged { high_watermark: Lsn(60), written: 3, dropped: 2, reread: vec![] }
+        );
+    }
+
+    #[test]
+    fn a_commit_the_read_missed_before_the_low_mark_makes_the_chunk_read_again() {
+        let merge = WatermarkMerge::new(7);
+        let mut tap = merge.tap();
+        let ticket = merge.open("cache", &TableName::parse("t"), vec!["id".into()]);
+        tap.message(&mark(&ticket.low, 20));
+        merge.chunk_read(ticket.id, read(&["1"], visibility(), vec![104]));
+        assert!(tap.message(&mark(&ticket.high, 60)).is_empty());
+        let mut outcome = ticket.outcome;
+        assert!(matches!(outcome.try_recv().unwrap(), ChunkOutcome::Retry { .. }));
+    }
+
+    #[test]
+    fn a_partial_update_the_read_missed_asks_for_its_key_again() {
+        let merge = WatermarkMerge::new(7);
+        let mut tap = merge.tap();
+        let ticket = merge.open("cache", &TableName::parse("t"), vec!["id".into()]);
+        tap.message(&mark(&ticket.low, 20));
+        tap.transaction(&transaction(
+            121,
+            30,
+            vec![ChangeOp::Update { old: None, new: row("2", ColumnValue::UnchangedToast) }],
+        ));
+        merge.chunk_read(ticket.id, read(&["1", "2"], visibility(), vec![]));
+        let injected = tap.message(&mark(&ticket.high, 60));
+        assert_eq!(injected[0].transaction.changes.len(), 1);
+        let mut outcome = ticket.outcome;
+        assert_eq!(
+            outcome.try_recv().unwrap(),
+            ChunkOutcome::Merged { high_watermark: Lsn(60), written: 1, dropped: 1, reread: vec![vec!["2".into()]] }
+        );
+    }
+
+    #[test]
+    fn watermarks_of_another_run_or_prefix_are_ignored() {
+        let merge = WatermarkMerge::new(7);
+        let mut tap = merge.tap();
+        let ticket = merge.open("cache", &TableName::parse("t"), vec!["id".into()]);
+        merge.chunk_read(ticket.id, read(&["1"], visibility(), vec![]));
+        let other_run = ticket.high.replacen('7', "8", 1);
+        assert!(tap.message(&mark(&other_run, 60)).is_empty());
+        let mut other_prefix = mark(&ticket.high, 60);
+        other_prefix.prefix = "heartbeat".into();
+        assert!(tap.message(&other_prefix).is_empty());
+        assert_eq!(tap.message(&mark(&ticket.high, 70)).len(), 1, "the right mark still resolves it");
+    }
+
+    #[test]
+    fn visibility_places_stream_xids_in_the_snapshot_epoch() {
+        let epoch = 3u64 << 32;
+        let around_wrap = ReadVisibility { xmin: epoch - 5, xmax: epoch + 5, in_progress: vec![epoch + 1] };
+        assert!(around_wrap.sees(u32::MAX - 10), "old epoch, finished before xmin");
+        assert!(around_wrap.sees(2), "new epoch, below xmax, not in progress");
+        assert!(!around_wrap.sees(1), "in progress");
+        assert!(!around_wrap.sees(9), "from xmax on");
+    }
+}
