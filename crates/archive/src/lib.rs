@@ -3,7 +3,7 @@
 //! past change can be applied again (`pgfanout replay --from <LSN>`) although
 //! PostgreSQL never sends a slot what lies before its confirmed flush LSN.
 //!
-//! What it owns: the byte layout ([`format`]), segment files and their LSN
+//! What it owns: the byte layout ([`mod@format`]), segment files and their LSN
 //! indexes ([`segment`]), the single writer ([`Archive`]), readers
 //! ([`ArchiveReader`]) and the archive as an acknowledging sink ([`ArchiveSink`]). What it is not: it decides nothing about which
 //! transactions to keep (the pipeline routes it every table some sink routes)

@@ -11,7 +11,7 @@
 //! read then, not before: the active instance moved them meanwhile). An
 //! instance that loses the race for a just-freed slot (55006 at
 //! `START_REPLICATION`), or finds the slot active when it reconnects, stops
-//! streaming with [`SourceError::SlotTaken`](crate::SourceError::SlotTaken)
+//! streaming with [`SourceError::SlotTaken`]
 //! and comes back here.
 //!
 //! A holder that died (kill -9, a crash) closes its connection with the
