@@ -359,7 +359,9 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$DIR/pgsock'
 unix_socket_permissions = 0777
 wal_level = logical
-max_replication_slots = 64
+# Every test database keeps its slots until the database is created again,
+# and the whole suite makes well over 64 of them.
+max_replication_slots = 256
 max_wal_senders = 64
 # Two-phase decoding (PREPARE TRANSACTION) needs prepared transactions enabled.
 max_prepared_transactions = 10
