@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,32 +16,6 @@ const OWNER: &str = "e2e_lp_owner";
 /// The role's password: the local server asks roles other than the
 /// superuser for one over TCP, as a production server would.
 const PASSWORD: &str = "lp-test-password";
-
-/// Runs one of the repository's `sql/` scripts with psql as `user`, with
-/// `-v name=value` variables; panics with psql's output when it fails.
-fn run_sql_script(db: &TestDatabase, user: &str, script: &str, variables: &[(&str, &str)]) {
-    let psql = Path::new("/usr/lib/postgresql/15/bin/psql");
-    let mut command = Command::new(psql);
-    command.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"]).arg(required_env("PGFANOUT_TEST_PG_SOCKET_DIR")).args([
-        "-p",
-        &required_env("PGFANOUT_TEST_PG_PORT"),
-        "-U",
-        user,
-        "-d",
-        &db.name,
-    ]);
-    for (name, value) in variables {
-        command.args(["-v", &format!("{name}={value}")]);
-    }
-    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").join(script);
-    let output = command.arg("-f").arg(&script_path).output().expect("cannot run psql");
-    assert!(
-        output.status.success(),
-        "sql/{script} as {user} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 /// `url` with its user replaced by `user`.
 fn as_user(url: &str, user: &str) -> String {
