@@ -745,7 +745,8 @@ cmd_start() {
     write_env
     trap - EXIT
     log "up in $DIR after $((SECONDS - started)) s: postgres :$PG_PORT, redis :$REDIS_PORT, mongo :$MONGO_PORT," \
-        "falkordb :$FALKOR_PORT (bolt :$BOLT_PORT), cassandra :$CASSANDRA_PORT, neo4j bolt :$NEO4J_PORT"
+        "falkordb :$FALKOR_PORT (bolt :$BOLT_PORT)" \
+        "$(if [[ $WITH_JVM == 1 ]]; then echo ", cassandra :$CASSANDRA_PORT, neo4j bolt :$NEO4J_PORT"; else echo "(no Cassandra, Neo4j)"; fi)"
 }
 
 on_start_exit() {
