@@ -91,25 +91,8 @@ PG_BIN=$PGFANOUT_TEST_PG_BIN
 SOCKET_DIR=$PGFANOUT_TEST_PG_SOCKET_DIR
 PORT=$PGFANOUT_TEST_PG_PORT
 
-sql() {
-    local db=$1
-    shift
-    "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$SOCKET_DIR" -p "$PORT" -U postgres -d "$db" -c "$@"
-}
-
-conninfo() {
-    case $1 in
-    unix) echo "host=$SOCKET_DIR port=$PORT user=postgres dbname=$DB" ;;
-    tcp) echo "host=127.0.0.1 port=$PORT user=postgres dbname=$DB sslmode=$SSLMODE" ;;
-    *) die "unknown transport $1 (use unix or tcp)" ;;
-    esac
-}
-
-if [[ -z ${PGFANOUT_BIN:-} ]]; then
-    log "building pgfanout (release)"
-    cargo build --quiet --release --manifest-path "$REPO_ROOT/Cargo.toml" --bin pgfanout
-    PGFANOUT_BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/pgfanout"
-fi
+# shellcheck source=benches/e2e/pg.sh
+source "$REPO_ROOT/benches/e2e/pg.sh"
 
 prepare() {
     log "database $DB: orders table, publication, slot"
