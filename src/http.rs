@@ -4,7 +4,8 @@
 //! every sink reachable and none blocked on an error; `"standby"`, also
 //! 200, while another pgfanout streams from the slot and this one waits to
 //! take over). Health answers are JSON with a reason, naming the sink and
-//! its error, when not OK.
+//! its error, when not OK. `POST /rebuild` starts a rebuild of one sink's
+//! tables and `GET /rebuild` reports on it ([`crate::rebuild`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,8 @@ pub struct HttpState {
     pub wedged_after: std::time::Duration,
     /// Set while standing by for the slot.
     pub standby: StandbyState,
+    /// `POST /rebuild` and `GET /rebuild` (see [`crate::rebuild`]).
+    pub rebuild: crate::rebuild::RebuildControl,
 }
 
 /// Binds `listen` and serves until the process ends.
@@ -40,11 +43,12 @@ pub async fn serve(listen: SocketAddr, state: HttpState) -> anyhow::Result<tokio
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on http.listen = {listen}; pick a free address"))?;
-    tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /rebuild");
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthy))
         .route("/readyz", get(ready))
+        .route("/rebuild", get(crate::rebuild::endpoint::list).post(crate::rebuild::endpoint::trigger))
         .with_state(state);
     Ok(tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {

@@ -11,6 +11,7 @@ mod http;
 mod inspect;
 mod privileges;
 mod progress;
+mod rebuild;
 mod replay;
 mod run;
 mod secrets;
@@ -56,18 +57,10 @@ enum Command {
     /// Re-apply archived changes from an LSN to some sinks while the running instance keeps
     /// streaming into every sink (needs `[archive]`).
     Replay(replay::ReplayArgs),
-    /// Rebuild a sink from a consistent snapshot of PostgreSQL (not yet implemented).
-    Rebuild {
-        /// Path of the TOML config.
-        #[arg(long, short, env = "PGFANOUT_CONFIG")]
-        config: PathBuf,
-        /// The sink to rebuild.
-        #[arg(long)]
-        sink: String,
-        /// Tables to rebuild; all routed ones when omitted.
-        #[arg(long)]
-        table: Vec<String>,
-    },
+    /// Copy tables into one sink again (optionally wiping what pgfanout wrote for them first)
+    /// while every sink keeps streaming: through the running pgfanout's HTTP port, or, when none
+    /// runs, by marking them for the next `run` to copy.
+    Rebuild(rebuild::RebuildArgs),
     /// Compare PostgreSQL with the sinks and print each differing key: exit 0 when equal, 1 when
     /// rows differ (with --repair: still differ after repair), 2 on an error.
     Verify {
@@ -147,7 +140,7 @@ fn main() -> std::process::ExitCode {
                 }
             },
             Command::Replay(args) => replay::replay(args).await,
-            Command::Rebuild { .. } => anyhow::bail!("not yet implemented: rebuild arrives with the snapshot"),
+            Command::Rebuild(args) => rebuild::rebuild(args).await,
             Command::Verify { config, sink, table, repair, catch_up_timeout_secs } => {
                 let options = verify::VerifyOptions {
                     sinks: sink,

@@ -43,6 +43,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let streaming = Arc::new(AtomicBool::new(false));
     let statuses = Arc::new(std::sync::RwLock::new(Vec::new()));
     let standby = StandbyState::default();
+    let rebuild = crate::rebuild::RebuildControl::default();
     http::serve(
         config.http.listen,
         HttpState {
@@ -59,6 +60,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             statuses: statuses.clone(),
             wedged_after: Duration::from_secs(config.http.wedged_after_secs),
             standby: standby.clone(),
+            rebuild: rebuild.clone(),
         },
     )
     .await?;
@@ -71,7 +73,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             return Ok(());
         }
         statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
-        match stream(config, &metrics, &streaming, &statuses, &shutdown).await {
+        let streamed = stream(config, &metrics, &streaming, &statuses, &rebuild, &shutdown).await;
+        rebuild.go_offline();
+        match streamed {
             Err(err) if matches!(err.downcast_ref(), Some(SourceError::SlotTaken { .. })) => {
                 tracing::warn!(error = %format!("{err:#}"), "another process took the slot: standing by");
             }
@@ -87,6 +91,7 @@ async fn stream(
     metrics: &Metrics,
     streaming: &Arc<AtomicBool>,
     statuses: &Arc<std::sync::RwLock<Vec<(String, pgfanout_core::SinkStatus)>>>,
+    rebuild: &crate::rebuild::RebuildControl,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     // Every sink first: nothing is created on the primary (publication,
@@ -150,14 +155,20 @@ async fn stream(
         &config.snapshot,
         metrics.clone(),
     );
-    if !planned.is_empty() {
+    // Always while snapshots are enabled: a rebuild may start a snapshot at any time.
+    if config.snapshot.enabled {
         pipeline.set_tap(snapshotter.merge.tap());
     }
     pipeline.register_types(user_types);
     pipeline.register_primary_keys(primary_keys);
     let mut workers = Vec::new();
     let mut acknowledgements = Vec::new();
+    let mut rebuildable = Vec::new();
     for ((sink_config, sink, tables), holding) in sinks.into_iter().zip(&holdings) {
+        // The pipeline takes the mappings; rebuilds need them too.
+        let (_, mappings) = build_sink(sink_config)?;
+        rebuildable
+            .push((sink.clone(), mappings.into_iter().map(|(table, mapping)| (table, Arc::new(mapping))).collect()));
         let checkpoint = holding.checkpoint;
         let settings = worker_settings(config, sink_config).await?;
         tracing::info!(
@@ -208,6 +219,7 @@ async fn stream(
     if std::io::stderr().is_terminal() {
         tokio::spawn(crate::progress::catch_up(metrics.clone(), server_position, shutdown.clone()));
     }
+    rebuild.go_live(rebuildable, &acknowledgements, snapshotter.clone(), config.snapshot.enabled);
     crate::snapshot::start(planned, &acknowledgements, snapshotter);
     let cx = StreamContext {
         source: &config.source,

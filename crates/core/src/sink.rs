@@ -98,6 +98,16 @@ impl SinkError {
         }
     }
 
+    /// [`Sink::wipe`] refused for `table`: `reason` says why and what to do instead.
+    pub fn cannot_wipe(sink: &str, table: &str, reason: &str) -> Self {
+        SinkError {
+            sink: sink.to_owned(),
+            kind: ErrorKind::Permanent,
+            message: format!("cannot wipe table {table}: {reason}"),
+            source: None,
+        }
+    }
+
     /// A permanent error; `source` may be absent when the sink itself found the problem.
     pub fn permanent(sink: &str, message: impl Into<String>) -> Self {
         SinkError { sink: sink.to_owned(), kind: ErrorKind::Permanent, message: message.into(), source: None }
@@ -261,6 +271,21 @@ pub trait Sink: Send + Sync {
     fn table_problems(&self, table: &TableSchema) -> Vec<String> {
         let _ = table;
         Vec::new()
+    }
+
+    /// Removes what this sink wrote for `table` (its mapped shape), and
+    /// only that: rows, documents, nodes and relationships other
+    /// applications wrote stay. With `older_than`, only what pgfanout wrote
+    /// at a version below it goes, each object checked and removed
+    /// atomically, so a change the stream applies meanwhile (a newer
+    /// version) survives: `rebuild --wipe` runs it while streaming goes on,
+    /// after the sink applied every change before `older_than`. Without
+    /// it, everything pgfanout wrote for the table goes (nothing streams
+    /// meanwhile: the standalone rebuild). Returns the objects removed.
+    /// Default: [`SinkError::cannot_wipe`].
+    async fn wipe(&self, table: &TableSchema, older_than: Option<Version>) -> Result<u64, SinkError> {
+        let _ = older_than;
+        Err(SinkError::cannot_wipe(self.name(), &table.table.to_string(), "this sink kind does not implement it"))
     }
 
     /// Read access to what the sink stored, for `verify`; `None` (the

@@ -272,6 +272,26 @@ impl MongoEncoder {
         Ok(set.into_iter().filter(|(_, value)| !matches!(value, Bson::Null)).collect())
     }
 
+    /// Where `table`'s documents live and, per running aggregate, its collection and the
+    /// fields pgfanout keeps there (count, sums): what `rebuild --wipe` removes.
+    pub fn wipe_targets(&self, table: &TableName) -> Option<(Arc<Namespace>, Vec<(Arc<Namespace>, Vec<String>)>)> {
+        let target = self.tables.get(table)?;
+        let aggregates = target
+            .aggregates
+            .iter()
+            .map(|aggregate| {
+                let fields = std::iter::once(aggregate.count_field.clone()).chain(aggregate.sums.iter().cloned());
+                (Arc::clone(&aggregate.namespace), fields.collect())
+            })
+            .collect();
+        Some((Arc::clone(&target.namespace), aggregates))
+    }
+
+    /// The field marking a deleted row's tombstone (whether tombstones are on or not).
+    pub fn deleted_field(&self) -> &str {
+        &self.deleted_field
+    }
+
     /// The field marking a tombstone, when deletes leave tombstones.
     pub fn tombstone_field(&self) -> Option<&str> {
         self.tombstones.then_some(self.deleted_field.as_str())

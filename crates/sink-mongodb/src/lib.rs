@@ -64,6 +64,7 @@ pub mod json;
 pub mod readback;
 pub mod sink;
 pub mod value;
+pub mod wipe;
 
 pub use config::{MongoSinkConfig, MongoTableConfig};
 pub use error::MongoSinkError;

@@ -415,6 +415,14 @@ impl Sink for MongoSink {
         self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(name, context))
     }
 
+    async fn wipe(
+        &self,
+        table: &pgfanout_core::TableSchema,
+        older_than: Option<pgfanout_core::Version>,
+    ) -> Result<u64, SinkError> {
+        self.wipe_table(table, older_than).await
+    }
+
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
         self.encoder.table_problems(table)
     }

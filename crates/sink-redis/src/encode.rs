@@ -62,7 +62,7 @@ pub enum RowFormat {
 
 impl RowFormat {
     /// The script's one-letter code.
-    fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             RowFormat::Hash => "h",
             RowFormat::Json => "j",

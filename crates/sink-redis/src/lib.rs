@@ -23,6 +23,7 @@ pub mod encode;
 pub mod error;
 pub mod readback;
 pub mod sink;
+pub mod wipe;
 
 pub use config::{RedisSinkConfig, RedisTableConfig, TruncateMode};
 pub use encode::RowFormat;

@@ -62,19 +62,7 @@ impl RedisSink {
             };
             let truncate = match table.truncate {
                 TruncateMode::IndexSet => table.index_key.clone().map(TruncateBy::IndexSet),
-                TruncateMode::Scan => {
-                    let pattern = match (&table.scan_match, &key) {
-                        (Some(pattern), _) => pattern.clone(),
-                        (None, Some(template)) => template.scan_pattern(),
-                        // The default template: the table's name, then its key columns.
-                        (None, None) => {
-                            let name = TableName::parse(&table.source);
-                            let prefix = if name.schema == "public" { name.name } else { name.to_string() };
-                            format!("{}:*", KeyTemplate::escape_pattern(&prefix))
-                        }
-                    };
-                    Some(TruncateBy::Scan(pattern))
-                }
+                TruncateMode::Scan => Some(TruncateBy::Scan(crate::wipe::table_scan_pattern(table)?)),
             };
             let options = TableOptions {
                 key,
@@ -102,6 +90,11 @@ impl RedisSink {
             encoder: Mutex::new(encoder),
             script: redis::Script::new(APPLY_BATCH),
         })
+    }
+
+    /// The validated config.
+    pub(crate) fn config(&self) -> &RedisSinkConfig {
+        &self.config
     }
 
     /// The source tables this sink receives, with their mapping.
@@ -302,6 +295,14 @@ impl Sink for RedisSink {
         self.store_source_record(record)
             .await
             .map_err(|err| err.into_sink_error(name, "storing the source record".into()))
+    }
+
+    async fn wipe(
+        &self,
+        table: &pgfanout_core::TableSchema,
+        older_than: Option<pgfanout_core::Version>,
+    ) -> Result<u64, SinkError> {
+        self.wipe_table(table, older_than).await
     }
 
     async fn load_snapshot_progress(&self) -> Result<Option<String>, SinkError> {

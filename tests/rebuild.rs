@@ -1,0 +1,197 @@
+//! `pgfanout rebuild` against real servers: a wipe and re-copy of one sink
+//! while writes, updates and deletes go on (deletes of rows not copied yet
+//! too) ends equal to PostgreSQL, with no resurrected row, keys other
+//! applications wrote untouched, and the other sink streaming throughout.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Rows of `item` at the start.
+const ROWS: i32 = 20_000;
+
+/// Two Redis sinks of `item` on one server: `cache` (database 0, the one
+/// rebuilt) and `mirror` (database 1), with small chunks so the copy takes
+/// a while.
+fn config(db: &TestDatabase, server: &OwnRedisServer, http: &str) -> String {
+    let base = server.url.trim_end_matches("/0");
+    format!(
+        "{}\n[snapshot]\nchunk_rows = 500\n\n\
+         [[sink]]\nname = \"cache\"\nkind = \"redis\"\nurl = \"{base}/0\"\n\
+         [[sink.table]]\nsource = \"public.item\"\nkey = \"item:{{id}}\"\n\
+         [[sink]]\nname = \"mirror\"\nkind = \"redis\"\nurl = \"{base}/1\"\n\
+         [[sink.table]]\nsource = \"public.item\"\nkey = \"item:{{id}}\"\n",
+        source_config(db, &db.name, http)
+    )
+}
+
+/// Inserts, updates and deletes over the whole key range until `stop`.
+fn spawn_writer(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = connect(&url).await;
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % below) as i32
+        };
+        let mut new_id = 100_000;
+        while !stop.load(Ordering::Relaxed) {
+            let id = next(ROWS as u64) + 1;
+            let statement = match next(4) {
+                // Often a row the rebuild has not copied yet.
+                0 => format!("DELETE FROM item WHERE id IN ({id}, {})", ROWS - id / 2),
+                1 => {
+                    new_id += 1;
+                    format!("INSERT INTO item VALUES ({new_id}, 0, 'new')")
+                }
+                2 => format!("UPDATE item SET qty = qty + 1 WHERE id BETWEEN {id} AND {}", id + 5),
+                _ => format!("UPDATE item SET id = id + 200000 WHERE id = {id}"),
+            };
+            client.batch_execute(&statement).await.unwrap();
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Waits until the hashes under `item:` in `redis`, but for `ignored`, equal the table.
+async fn wait_equal(
+    db: &TestDatabase,
+    redis: &mut redis::aio::MultiplexedConnection,
+    ignored: &[&str],
+    pgfanout: &Pgfanout,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let expected = table_as_text(db, "item", "id").await;
+        let mut actual: BTreeMap<_, _> = redis_hashes(redis, "item:").await;
+        actual.retain(|key, _| !ignored.contains(&key.as_str()));
+        if expected == actual {
+            return;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).take(5).collect();
+            let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+            panic!(
+                "redis never matched item: {} rows vs {} keys, missing {missing:?}, extra (resurrected?) {extra:?}\nlog:\n{}",
+                expected.len(),
+                actual.len(),
+                pgfanout.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `pgfanout rebuild` with `args`, to completion: (exit code, stdout, stderr).
+async fn rebuild_cli(config: &str, args: &[&str]) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("pgfanout-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("rebuild-{}.toml", free_port()));
+    std::fs::write(&path, config).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+        .args(["rebuild", "--config"])
+        .arg(&path)
+        .args(args)
+        .env("PGFANOUT_LOG", "warn")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("rebuild ran over 120 s").unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_with_wipe_of_one_redis_sink_while_writes_go_on_ends_equal_and_the_other_sink_keeps_streaming() {
+    let db = create_database("rebuild_redis").await;
+    db.client.batch_execute("CREATE TABLE item (id int PRIMARY KEY, qty int, note text)").await.unwrap();
+    db.client
+        .batch_execute(&format!("INSERT INTO item SELECT i, i, 'n' || i FROM generate_series(1, {ROWS}) i"))
+        .await
+        .unwrap();
+    let server = OwnRedisServer::start().await;
+    let mut cache = redis_connection(&server.url).await;
+    let mut mirror = redis_connection(&server.url.replace("/0", "/1")).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = config(&db, &server, &http);
+    let pgfanout = Pgfanout::start("rebuild_redis", &settings, &http);
+    wait_until("the initial snapshot", Duration::from_secs(60), || async {
+        http_get(&http, "/readyz").await.is_some_and(|body| body.contains("\"ready\""))
+    })
+    .await;
+    wait_equal(&db, &mut cache, &[], &pgfanout).await;
+
+    // Another application's key under the table's prefix (no version field)
+    // must survive the wipe; a stale row pgfanout wrote (drift) must not.
+    redis::cmd("HSET").arg("item:foreign").arg("owner").arg("billing").query_async::<()>(&mut cache).await.unwrap();
+    redis::cmd("HSET")
+        .arg("item:999999")
+        .arg("qty")
+        .arg("1")
+        .arg(REDIS_VERSION_FIELD)
+        .arg("0000000000000001.00000000")
+        .query_async::<()>(&mut cache)
+        .await
+        .unwrap();
+
+    let (stop, writes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writer = spawn_writer(db.url.clone(), stop.clone(), writes.clone());
+    let rebuild = tokio::spawn({
+        let settings = settings.clone();
+        async move { rebuild_cli(&settings, &["--sink", "cache", "--wipe"]).await }
+    });
+    // The other sink's checkpoint keeps moving while the rebuild runs.
+    let mut mirror_checkpoints = Vec::new();
+    while !rebuild.is_finished() {
+        let checkpoint = redis_checkpoint(&mut mirror, "mirror").await;
+        if mirror_checkpoints.last() != Some(&checkpoint) {
+            mirror_checkpoints.push(checkpoint);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, stdout, stderr) = rebuild.await.unwrap();
+    let during = writes.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(code, 0, "rebuild failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}", pgfanout.log_text());
+    assert!(stdout.contains("done: wiped"), "progress printed: {stdout}");
+    assert!(during > 50, "writes went on during the rebuild ({during})");
+    assert!(
+        mirror_checkpoints.len() >= 3,
+        "the mirror sink's checkpoint advanced during the rebuild: {mirror_checkpoints:?}"
+    );
+
+    wait_equal(&db, &mut cache, &["foreign"], &pgfanout).await;
+    wait_equal(&db, &mut mirror, &[], &pgfanout).await;
+    let foreign: BTreeMap<String, String> =
+        redis::cmd("HGETALL").arg("item:foreign").query_async(&mut cache).await.unwrap();
+    assert_eq!(foreign.get("owner").map(String::as_str), Some("billing"), "another application's key survives");
+    let copied = pgfanout.metric("pgfanout_snapshot_rows_total{sink=\"cache\",table=\"public.item\"}").await;
+    assert!(copied.is_some_and(|rows| rows > ROWS as f64 * 1.5), "the rebuild copied the table again: {copied:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_refuses_unknown_sinks_and_tables_with_a_clear_error() {
+    let db = create_database("rebuild_refuse").await;
+    db.client.batch_execute("CREATE TABLE item (id int PRIMARY KEY, qty int, note text)").await.unwrap();
+    let server = OwnRedisServer::start().await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = config(&db, &server, &http);
+    let pgfanout = Pgfanout::start("rebuild_refuse", &settings, &http);
+    wait_until("ready", Duration::from_secs(60), || async {
+        http_get(&http, "/readyz").await.is_some_and(|body| body.contains("\"ready\""))
+    })
+    .await;
+    let (code, _, stderr) = rebuild_cli(&settings, &["--sink", "nosuch"]).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("(404)") && stderr.contains("no sink named \"nosuch\""), "{stderr}");
+    let (code, _, stderr) = rebuild_cli(&settings, &["--sink", "cache", "--table", "public.other"]).await;
+    assert_ne!(code, 0);
+    assert!(stderr.contains("(400)") && stderr.contains("does not route table public.other"), "{stderr}");
+    drop(pgfanout);
+}
