@@ -105,6 +105,8 @@ struct Live {
 pub struct RebuildControl {
     live: Arc<RwLock<Option<Live>>>,
     rebuilds: Arc<Mutex<Vec<RebuildStatus>>>,
+    /// The running rebuild tasks of the current streaming attempt.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 /// Why `POST /rebuild` refused, with the HTTP status it answers.
@@ -175,9 +177,22 @@ impl RebuildControl {
             Some(Live { sinks, snapshotter, enabled });
     }
 
-    /// The stream ended: no new rebuild until the next one starts.
+    /// The streaming attempt ended: its rebuilds stop (their sink's stored
+    /// progress lets the next start finish the copy), and no new one starts
+    /// until the next attempt streams.
     pub fn go_offline(&self) {
         *self.live.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        for task in self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain(..) {
+            task.abort();
+        }
+        for status in self.rebuilds.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter_mut() {
+            if matches!(status.state.as_str(), "wiping" | "copying") {
+                status.state = "failed".into();
+                status.error = Some(
+                    "the stream stopped; the sink's stored snapshot progress copies the rest at the next start".into(),
+                );
+            }
+        }
     }
 
     /// Every rebuild of this process, with its counters brought up to date.
@@ -243,7 +258,10 @@ impl RebuildControl {
         };
         // Counted at once, so the 409 above and /readyz see it from now on.
         metrics.snapshot_tables_remaining.with_label_values(&[&request.sink]).set(status.tables.len() as i64);
-        tokio::spawn(task.run());
+        let handle = tokio::spawn(task.run()).abort_handle();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(handle);
         Ok(status)
     }
 

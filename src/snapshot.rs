@@ -65,14 +65,19 @@ pub struct Planned {
 /// Starts copying `planned` sinks' tables; `acked` gives each sink's
 /// worker acknowledgements by name. The merge's tap must be on the
 /// pipeline already.
-pub fn start(planned: Vec<Planned>, acked: &[(String, watch::Receiver<Lsn>)], snapshotter: Snapshotter) {
+pub fn start(
+    planned: Vec<Planned>,
+    acked: &[(String, watch::Receiver<Lsn>)],
+    snapshotter: Snapshotter,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     for Planned { sink, tables, progress } in planned {
         let Some((_, acked)) = acked.iter().find(|(name, _)| name == sink.name()) else { continue };
         let target = SinkTarget { sink: sink.clone(), acked: acked.clone(), tables, progress };
         let snapshotter = snapshotter.clone();
         // Counted at once, so /readyz says "snapshotting" from the start.
         snapshotter.metrics.snapshot_tables_remaining.with_label_values(&[sink.name()]).set(target.tables.len() as i64);
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let name = sink.name().to_owned();
             tracing::info!(sink = %name, tables = target.tables.len(), "snapshot: copying existing rows");
             match snapshotter.run_sink(target).await {
@@ -81,8 +86,9 @@ pub fn start(planned: Vec<Planned>, acked: &[(String, watch::Receiver<Lsn>)], sn
                     tracing::error!(sink = %name, error = %pgfanout_core::error_chain(&err), "snapshot stopped")
                 }
             }
-        });
+        }));
     }
+    tasks
 }
 
 /// The snapshotter of `run`: the source's settings, a merge whose
