@@ -84,6 +84,9 @@ pub struct RebuildStatus {
     pub error: Option<String>,
 }
 
+/// The tables a sink routes, with their mappings.
+pub type RoutedMappings = Vec<(TableName, Arc<TableMapping>)>;
+
 /// A sink of the running pipeline, as a rebuild needs it.
 struct LiveSink {
     sink: Arc<dyn Sink>,
@@ -161,7 +164,7 @@ impl RebuildControl {
     /// each worker's acknowledgements by sink name.
     pub fn go_live(
         &self,
-        sinks: Vec<(Arc<dyn Sink>, Vec<(TableName, Arc<TableMapping>)>)>,
+        sinks: Vec<(Arc<dyn Sink>, RoutedMappings)>,
         acked: &[(String, watch::Receiver<Lsn>)],
         snapshotter: Snapshotter,
         enabled: bool,
@@ -252,6 +255,7 @@ impl RebuildControl {
             sink: target.sink.clone(),
             acked: target.acked.clone(),
             tables,
+            routed: target.tables.iter().map(|(table, _)| table.clone()).collect(),
             wipe: request.wipe,
             snapshotter: live.snapshotter.clone(),
             control: self.clone(),
@@ -309,6 +313,8 @@ struct LiveRebuild {
     sink: Arc<dyn Sink>,
     acked: watch::Receiver<Lsn>,
     tables: Vec<(TableName, Arc<TableMapping>)>,
+    /// Every table the sink routes.
+    routed: Vec<TableName>,
     wipe: bool,
     snapshotter: Snapshotter,
     control: RebuildControl,
@@ -347,7 +353,7 @@ impl LiveRebuild {
     async fn rebuild(mut self) -> anyhow::Result<()> {
         let sink = self.sink.clone();
         let names: Vec<TableName> = self.tables.iter().map(|(table, _)| table.clone()).collect();
-        let progress = forget_tables(sink.as_ref(), &names, None).await?;
+        let progress = forget_tables(sink.as_ref(), &names, &self.routed).await?;
         if self.wipe {
             let options = &self.snapshotter.options;
             let mut connection = connect(options).await?;
@@ -388,20 +394,25 @@ impl LiveRebuild {
 
 /// Removes `tables` from `sink`'s stored snapshot progress, so they are
 /// copied again (at the next start too, if this process stops first).
-/// `routed`, when the sink has no progress stored yet, lists its other
-/// tables, recorded as done so that only `tables` are copied. Returns the
-/// progress stored.
+/// When the sink has no (readable) progress stored, its other `routed`
+/// tables are recorded as done, so that only `tables` are copied. Returns
+/// the progress stored.
 async fn forget_tables(
     sink: &dyn Sink,
     tables: &[TableName],
-    routed: Option<&[TableName]>,
+    routed: &[TableName],
 ) -> anyhow::Result<SnapshotProgress> {
     let stored = sink.load_snapshot_progress().await.with_context(|| format!("sink {}", sink.name()))?;
-    let mut progress = match stored {
-        Some(text) => SnapshotProgress::parse(&text).with_context(|| format!("sink {}", sink.name()))?,
+    let readable = stored.as_deref().map(SnapshotProgress::parse).transpose().unwrap_or_else(|err| {
+        // What the error tells users to do: start from the tables' list.
+        tracing::warn!(sink = sink.name(), error = %err, "replacing the unreadable snapshot progress");
+        None
+    });
+    let mut progress = match readable {
+        Some(progress) => progress,
         None => {
             let mut adopted = SnapshotProgress::default();
-            for table in routed.unwrap_or_default() {
+            for table in routed {
                 adopted.tables.insert(table.to_string(), TableProgress::Done { chunks: 0, rows: 0 });
             }
             adopted
@@ -583,7 +594,7 @@ async fn standalone(config: &Config, request: &RebuildRequest, address: SocketAd
     let tables = choose_tables(&request.sink, &routed, &request.tables)?;
     let names: Vec<TableName> = tables.iter().map(|(table, _)| table.clone()).collect();
     let all: Vec<TableName> = routed.iter().map(|(table, _)| table.clone()).collect();
-    forget_tables(sink.as_ref(), &names, Some(&all)).await?;
+    forget_tables(sink.as_ref(), &names, &all).await?;
     println!("no pgfanout answers on {address} and slot {slot} is idle: rebuilding standalone");
     if request.wipe {
         let types = Arc::new(pgoutput::TypeRegistry::new());

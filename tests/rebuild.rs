@@ -195,3 +195,107 @@ async fn rebuild_refuses_unknown_sinks_and_tables_with_a_clear_error() {
     assert!(stderr.contains("(400)") && stderr.contains("does not route table public.other"), "{stderr}");
     drop(pgfanout);
 }
+
+/// The `_id`s of the `item` collection's documents, but for `ignored`, and
+/// whether each matches PostgreSQL's `qty`.
+async fn mongo_matches(db: &TestDatabase, collection: &mongodb::Collection<bson::Document>) -> Result<(), String> {
+    use futures_util::TryStreamExt;
+    let expected: BTreeMap<i32, i32> =
+        db.client.query("SELECT id, qty FROM item", &[]).await.unwrap().iter().map(|r| (r.get(0), r.get(1))).collect();
+    let documents: Vec<bson::Document> = collection.find(bson::doc! {}).await.unwrap().try_collect().await.unwrap();
+    let actual: BTreeMap<i32, i32> = documents
+        .iter()
+        .filter_map(|document| Some((document.get_i32("_id").ok()?, document.get_i32("qty").ok()?)))
+        .collect();
+    if expected == actual {
+        return Ok(());
+    }
+    let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+    let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).take(5).collect();
+    Err(format!("{} rows vs {} documents, missing {missing:?}, extra {extra:?}", expected.len(), actual.len()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_with_wipe_of_a_mongodb_sink_keeps_other_applications_documents_and_fields() {
+    let db = create_database("rebuild_mongo").await;
+    db.client.batch_execute("CREATE TABLE item (id int PRIMARY KEY, qty int, note text)").await.unwrap();
+    db.client.batch_execute("INSERT INTO item SELECT i, i, 'n' || i FROM generate_series(1, 3000) i").await.unwrap();
+    let url = required_env("PGFANOUT_TEST_MONGODB_URL");
+    let client = mongodb::Client::with_uri_str(&url).await.unwrap();
+    client.database("rebuild_mongo").drop().await.unwrap();
+    let collection = client.database("rebuild_mongo").collection::<bson::Document>("item");
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = format!(
+        "{}\n[snapshot]\nchunk_rows = 300\n\n[[sink]]\nname = \"docs\"\nkind = \"mongodb\"\nurl = \"{url}\"\n\
+         database = \"rebuild_mongo\"\n[[sink.table]]\nsource = \"public.item\"\n",
+        source_config(&db, &db.name, &http)
+    );
+    let pgfanout = Pgfanout::start("rebuild_mongo", &settings, &http);
+    wait_until("the initial snapshot", Duration::from_secs(60), || async {
+        http_get(&http, "/readyz").await.is_some_and(|body| body.contains("\"ready\""))
+    })
+    .await;
+    wait_until("documents equal to the table", Duration::from_secs(60), || mongo_matches_ok(&db, &collection)).await;
+
+    // Another application's document and field; a stale document pgfanout wrote.
+    collection.insert_one(bson::doc! { "_id": "foreign", "owner": "billing" }).await.unwrap();
+    collection.update_one(bson::doc! { "_id": 7 }, bson::doc! { "$set": { "tag": "vip" } }).await.unwrap();
+    collection
+        .insert_one(bson::doc! { "_id": 999_999, "qty": 1, "_pgfanout_version": "0000000000000001.00000000" })
+        .await
+        .unwrap();
+
+    let (stop, writes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writer = spawn_writer_below(db.url.clone(), 3000, stop.clone(), writes.clone());
+    let (code, stdout, stderr) = rebuild_cli(&settings, &["--sink", "docs", "--wipe"]).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(code, 0, "rebuild failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}", pgfanout.log_text());
+    assert!(writes.load(Ordering::Relaxed) > 10, "writes went on during the rebuild");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(difference) = mongo_matches(&db, &collection).await {
+        assert!(Instant::now() < deadline, "mongodb never matched item: {difference}\nlog:\n{}", pgfanout.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let foreign = collection.find_one(bson::doc! { "_id": "foreign" }).await.unwrap();
+    assert_eq!(foreign.and_then(|d| d.get_str("owner").ok().map(str::to_owned)).as_deref(), Some("billing"));
+    let still_in_postgres: bool =
+        db.client.query_one("SELECT EXISTS (SELECT 1 FROM item WHERE id = 7)", &[]).await.unwrap().get(0);
+    if still_in_postgres {
+        let seven = collection.find_one(bson::doc! { "_id": 7 }).await.unwrap().unwrap();
+        assert_eq!(seven.get_str("tag").ok(), Some("vip"), "another application's field survives: {seven:?}");
+    }
+}
+
+async fn mongo_matches_ok(db: &TestDatabase, collection: &mongodb::Collection<bson::Document>) -> bool {
+    mongo_matches(db, collection).await.is_ok()
+}
+
+/// [`spawn_writer`]'s changes over ids up to `rows`, slower (nx-27017 is no speed demon).
+fn spawn_writer_below(
+    url: String,
+    rows: i32,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = connect(&url).await;
+        let mut id = 1;
+        let mut new_id = 100_000;
+        while !stop.load(Ordering::Relaxed) {
+            id = (id * 7919 + 13) % rows + 1;
+            let statement = match done.load(Ordering::Relaxed) % 3 {
+                0 => format!("DELETE FROM item WHERE id IN ({id}, {})", rows - id / 3),
+                1 => {
+                    new_id += 1;
+                    format!("INSERT INTO item VALUES ({new_id}, 0, 'new')")
+                }
+                _ => format!("UPDATE item SET qty = qty + 1 WHERE id BETWEEN {id} AND {}", id + 3),
+            };
+            client.batch_execute(&statement).await.unwrap();
+            done.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}

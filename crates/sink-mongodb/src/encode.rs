@@ -90,6 +90,9 @@ pub struct Write {
     pub statement: Statement,
 }
 
+/// An aggregate collection and the fields pgfanout keeps in its documents.
+pub type AggregateFields = (Arc<Namespace>, Vec<String>);
+
 /// Where one source table goes.
 #[derive(Debug, Clone)]
 struct TableTarget {
@@ -274,7 +277,7 @@ impl MongoEncoder {
 
     /// Where `table`'s documents live and, per running aggregate, its collection and the
     /// fields pgfanout keeps there (count, sums): what `rebuild --wipe` removes.
-    pub fn wipe_targets(&self, table: &TableName) -> Option<(Arc<Namespace>, Vec<(Arc<Namespace>, Vec<String>)>)> {
+    pub fn wipe_targets(&self, table: &TableName) -> Option<(Arc<Namespace>, Vec<AggregateFields>)> {
         let target = self.tables.get(table)?;
         let aggregates = target
             .aggregates

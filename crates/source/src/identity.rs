@@ -72,12 +72,12 @@ pub enum SlotPlan {
     Recreate,
 }
 
-/// Recovery steps every refusal ends with (there is no rebuild command yet).
+/// Recovery steps every refusal ends with.
 fn recovery(slot: &str) -> String {
     format!(
-        "to start over, stop pgfanout, empty the affected sinks (their data, checkpoint and source record), drop \
-         the slot if it exists (SELECT pg_drop_replication_slot({})) and start pgfanout again; then copy the \
-         tables' current rows into the sinks (an UPDATE touching every row re-sends them)",
+        "to start over, stop pgfanout, delete the affected sinks' checkpoint and source record, drop the slot if \
+         it exists (SELECT pg_drop_replication_slot({})), run `pgfanout rebuild --sink NAME --wipe` for each \
+         affected sink and start pgfanout again: it copies the tables' current rows while it streams",
         escape_literal(slot)
     )
 }

@@ -126,7 +126,7 @@ pub async fn source_problems(
         )),
         Ok(Some(state)) if state.wal_status.as_deref() == Some("lost") => problems.push(format!(
             "slot {slot} is invalidated (wal_status = lost: the WAL it needed was removed): run \
-             SELECT pg_drop_replication_slot({}), then rebuild the sinks",
+             SELECT pg_drop_replication_slot({}), then `pgfanout rebuild --sink NAME --wipe` each sink",
             escape_literal(slot)
         )),
         Ok(Some(_)) => {}
@@ -510,7 +510,7 @@ pub async fn slot_health(connection: &mut ReplicationConnection, source: &Source
             "max_slot_wal_keep_size is -1 (unlimited): while pgfanout is stopped or a sink is stuck, slot {slot} \
              holds back WAL until PostgreSQL's disk is full; run ALTER SYSTEM SET max_slot_wal_keep_size = \
              '50GB' (well below the WAL disk's free space) and SELECT pg_reload_conf() (past that size the slot \
-             is invalidated and the sinks need a rebuild, but the primary stays up)"
+             is invalidated and the sinks need `pgfanout rebuild`, but the primary stays up)"
         ));
     }
     if source.failover && connection.server_version() >= FAILOVER_SLOTS_SINCE {

@@ -113,7 +113,8 @@ pub async fn settle_slot(
                         checkpoint = %holding.checkpoint.unwrap_or_default(),
                         consistent_point = %created.consistent_point,
                         "slot re-created as source.recreate_slot asks: the sink misses the changes between its \
-                         checkpoint and the consistent point; rebuild it, and remove source.recreate_slot"
+                         checkpoint and the consistent point; copy its tables again with `pgfanout rebuild --sink NAME`, and \
+                         remove source.recreate_slot"
                     );
                 }
             }
