@@ -219,14 +219,14 @@ async fn mongo_matches(db: &TestDatabase, collection: &mongodb::Collection<bson:
 async fn rebuild_with_wipe_of_a_mongodb_sink_keeps_other_applications_documents_and_fields() {
     let db = create_database("rebuild_mongo").await;
     db.client.batch_execute("CREATE TABLE item (id int PRIMARY KEY, qty int, note text)").await.unwrap();
-    db.client.batch_execute("INSERT INTO item SELECT i, i, 'n' || i FROM generate_series(1, 3000) i").await.unwrap();
+    db.client.batch_execute("INSERT INTO item SELECT i, i, 'n' || i FROM generate_series(1, 1000) i").await.unwrap();
     let url = required_env("PGFANOUT_TEST_MONGODB_URL");
     let client = mongodb::Client::with_uri_str(&url).await.unwrap();
     client.database("rebuild_mongo").drop().await.unwrap();
     let collection = client.database("rebuild_mongo").collection::<bson::Document>("item");
     let http = format!("127.0.0.1:{}", free_port());
     let settings = format!(
-        "{}\n[snapshot]\nchunk_rows = 300\n\n[[sink]]\nname = \"docs\"\nkind = \"mongodb\"\nurl = \"{url}\"\n\
+        "{}\n[snapshot]\nchunk_rows = 250\n\n[[sink]]\nname = \"docs\"\nkind = \"mongodb\"\nurl = \"{url}\"\n\
          database = \"rebuild_mongo\"\n[[sink.table]]\nsource = \"public.item\"\n",
         source_config(&db, &db.name, &http)
     );
@@ -246,7 +246,7 @@ async fn rebuild_with_wipe_of_a_mongodb_sink_keeps_other_applications_documents_
         .unwrap();
 
     let (stop, writes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let writer = spawn_writer_below(db.url.clone(), 3000, stop.clone(), writes.clone());
+    let writer = spawn_writer_below(db.url.clone(), 1000, stop.clone(), writes.clone());
     let (code, stdout, stderr) = rebuild_cli(&settings, &["--sink", "docs", "--wipe"]).await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
@@ -295,7 +295,7 @@ fn spawn_writer_below(
             };
             client.batch_execute(&statement).await.unwrap();
             done.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
 }
