@@ -299,3 +299,107 @@ fn spawn_writer_below(
         }
     })
 }
+
+/// `order id:user id` of every row of `orders`, sorted.
+async fn expected_orders(db: &TestDatabase) -> Vec<String> {
+    let rows = db.client.query("SELECT id::text || ':' || user_id::text FROM orders", &[]).await.unwrap();
+    let mut pairs: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    pairs.sort();
+    pairs
+}
+
+/// `(order id, user id)` of every `Order` node pgfanout wrote and its
+/// `BOOKED_BY` relationship, as text, sorted.
+async fn graph_orders(store: &mut common::graph::GraphStore) -> Vec<String> {
+    let rows = store
+        .rows(
+            "MATCH (o:Order) WHERE o.pgfanout_version IS NOT NULL \
+             OPTIONAL MATCH (o)-[:BOOKED_BY]->(u:User) RETURN o.id, u.id",
+        )
+        .await;
+    let mut pairs: Vec<String> = rows.iter().map(|row| format!("{}:{}", row[0].text(), row[1].text())).collect();
+    pairs.sort();
+    pairs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_with_wipe_of_a_falkordb_table_keeps_other_applications_nodes_and_relationships() {
+    let db = create_database("rebuild_graph").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE users (id bigint PRIMARY KEY, name text);
+             CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint, qty int);
+             INSERT INTO users SELECT i, 'u' || i FROM generate_series(1, 50) i;
+             INSERT INTO orders SELECT i, i % 50 + 1, i FROM generate_series(1, 600) i;",
+        )
+        .await
+        .unwrap();
+    let mut store = common::graph::GraphStore::open(common::graph::Backend::FalkorDb, "rebuild_graph").await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = format!(
+        "{}\n[snapshot]\nchunk_rows = 100\n\n[[sink]]\nname = \"graph\"\nkind = \"graph\"\n{}\n\
+         [[sink.table]]\nsource = \"public.users\"\nlabel = \"User\"\n\
+         [[sink.table]]\nsource = \"public.orders\"\nlabel = \"Order\"\n\
+         relationships = [ {{ column = \"user_id\", type = \"BOOKED_BY\", to = \"User\" }} ]\n",
+        source_config(&db, &db.name, &http),
+        store.sink_lines()
+    );
+    let pgfanout = Pgfanout::start("rebuild_graph", &settings, &http);
+    wait_until("the initial snapshot", Duration::from_secs(60), || async {
+        http_get(&http, "/readyz").await.is_some_and(|body| body.contains("\"ready\""))
+    })
+    .await;
+    // Another application's node of the label, and its relationship to a node pgfanout wrote.
+    store.rows("CREATE (:Order {id: -1, owner: 'billing'})").await;
+    store.rows("MATCH (o:Order {id: 1}) CREATE (:Audit {id: 1})-[:CHECKED]->(o)").await;
+
+    let (stop, writes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writer = tokio::spawn({
+        let (url, stop, writes) = (db.url.clone(), stop.clone(), writes.clone());
+        async move {
+            let client = connect(&url).await;
+            let mut id: i64 = 2;
+            while !stop.load(Ordering::Relaxed) {
+                id = (id * 7919 + 13) % 598 + 2;
+                let statement = match writes.load(Ordering::Relaxed) % 3 {
+                    // Often a row the rebuild has not copied yet.
+                    0 => format!("DELETE FROM orders WHERE id IN ({id}, {})", 600 - id / 3),
+                    1 => format!("UPDATE orders SET user_id = {} WHERE id = {id}", id % 7 + 1),
+                    _ => format!("INSERT INTO orders VALUES ({}, 3, 1) ON CONFLICT DO NOTHING", 1000 + id),
+                };
+                client.batch_execute(&statement).await.unwrap();
+                writes.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    let (code, stdout, stderr) =
+        rebuild_cli(&settings, &["--sink", "graph", "--table", "public.orders", "--wipe"]).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(code, 0, "rebuild failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}", pgfanout.log_text());
+    assert!(writes.load(Ordering::Relaxed) > 10, "writes went on during the rebuild");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (want, have) = (expected_orders(&db).await, graph_orders(&mut store).await);
+        if want == have {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "graph never matched orders: {} rows vs {} nodes; extra {:?}\nlog:\n{}",
+            want.len(),
+            have.len(),
+            have.iter().filter(|pair| !want.contains(pair)).take(5).collect::<Vec<_>>(),
+            pgfanout.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let foreign = store.rows("MATCH (o:Order {id: -1}) RETURN o.owner").await;
+    assert_eq!(foreign.first().map(|row| row[0].text()).as_deref(), Some("billing"), "another application's node");
+    let audit = store.rows("MATCH (:Audit {id: 1})-[:CHECKED]->(o:Order {id: 1}) RETURN o.qty").await;
+    assert_eq!(audit.first().map(|row| row[0].text()).as_deref(), Some("1"), "another application's relationship");
+    let users = store.rows("MATCH (u:User) WHERE u.pgfanout_version IS NOT NULL RETURN count(u)").await;
+    assert_eq!(users.first().map(|row| row[0].text()).as_deref(), Some("50"), "the users table was not wiped");
+}

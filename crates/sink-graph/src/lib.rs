@@ -26,6 +26,7 @@ pub mod error;
 pub mod falkordb;
 pub mod sink;
 pub mod value;
+pub mod wipe;
 
 pub use config::{GraphSinkConfig, GraphTableConfig, Transport};
 pub use error::GraphSinkError;

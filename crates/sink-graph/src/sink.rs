@@ -110,6 +110,16 @@ impl GraphSink {
         })
     }
 
+    /// The validated config.
+    pub(crate) fn config(&self) -> &GraphSinkConfig {
+        &self.config
+    }
+
+    /// Runs `statement`; the first column of each row it returns, as text.
+    pub(crate) async fn first_column_of(&self, statement: &Statement) -> Result<Vec<Option<String>>, GraphSinkError> {
+        self.backend.first_column(statement).await
+    }
+
     /// The source tables this sink receives, with their mapping.
     pub fn tables(&self) -> Vec<(TableName, MappingConfig)> {
         self.config.tables.iter().map(|t| (TableName::parse(&t.source), t.mapping())).collect()
@@ -262,6 +272,14 @@ impl Sink for GraphSink {
     fn related_lane_keys(&self, change: &ChangeRef<'_>, keys: &mut Vec<u64>) {
         let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
         keys.extend(self.encoder.touched_nodes(change.change).iter().map(|node| hasher.hash_one(node)));
+    }
+
+    async fn wipe(
+        &self,
+        table: &pgfanout_core::TableSchema,
+        older_than: Option<pgfanout_core::Version>,
+    ) -> Result<u64, SinkError> {
+        self.wipe_table(table, older_than).await
     }
 
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
