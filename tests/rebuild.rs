@@ -352,6 +352,8 @@ async fn rebuild_with_wipe_of_a_falkordb_table_keeps_other_applications_nodes_an
     // Another application's node of the label, and its relationship to a node pgfanout wrote.
     store.rows("CREATE (:Order {id: -1, owner: 'billing'})").await;
     store.rows("MATCH (o:Order {id: 1}) CREATE (:Audit {id: 1})-[:CHECKED]->(o)").await;
+    // A node pgfanout wrote for a row PostgreSQL no longer has (drift): the wipe removes it.
+    store.rows("CREATE (:Order {id: 9999, pgfanout_version: '0000000000000001.00000000'})").await;
 
     let (stop, writes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let writer = tokio::spawn({
