@@ -25,6 +25,7 @@ pub mod error;
 pub mod sink;
 pub mod timestamp;
 pub mod types;
+pub mod wipe;
 
 pub use config::{ScyllaSinkConfig, ScyllaTableConfig, TargetTableConfig};
 pub use error::ScyllaSinkError;

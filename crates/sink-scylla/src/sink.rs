@@ -93,6 +93,11 @@ impl ScyllaSink {
         }
     }
 
+    /// The validated config.
+    pub(crate) fn config(&self) -> &ScyllaSinkConfig {
+        &self.config
+    }
+
     /// The source tables this sink receives, with their mapping.
     pub fn tables(&self) -> Vec<(TableName, MappingConfig)> {
         self.config.tables.iter().map(|t| (TableName::parse(&t.source), t.mapping())).collect()
@@ -102,7 +107,7 @@ impl ScyllaSink {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn session(&self) -> Result<Arc<Session>, ScyllaSinkError> {
+    pub(crate) async fn session(&self) -> Result<Arc<Session>, ScyllaSinkError> {
         let mut shared = self.session.lock().await;
         if let Some(session) = shared.as_ref() {
             return Ok(session.clone());
@@ -501,6 +506,14 @@ impl Sink for ScyllaSink {
         let name = &self.config.name;
         let context = pgfanout_core::describe_apply(changes, checkpoint);
         self.write(changes, checkpoint).await.map_err(|err| err.into_sink_error(name, context))
+    }
+
+    async fn wipe(
+        &self,
+        table: &pgfanout_core::TableSchema,
+        older_than: Option<pgfanout_core::Version>,
+    ) -> Result<u64, SinkError> {
+        self.wipe_table(table, older_than).await
     }
 
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
