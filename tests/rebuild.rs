@@ -405,3 +405,41 @@ async fn rebuild_with_wipe_of_a_falkordb_table_keeps_other_applications_nodes_an
     let users = store.rows("MATCH (u:User) WHERE u.pgfanout_version IS NOT NULL RETURN count(u)").await;
     assert_eq!(users.first().map(|row| row[0].text()).as_deref(), Some("50"), "the users table was not wiped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_without_a_running_pgfanout_wipes_and_the_next_run_copies_the_table() {
+    let db = create_database("rebuild_offline").await;
+    db.client.batch_execute("CREATE TABLE item (id int PRIMARY KEY, qty int, note text)").await.unwrap();
+    db.client.batch_execute("INSERT INTO item SELECT i, i, 'n' || i FROM generate_series(1, 2000) i").await.unwrap();
+    let server = OwnRedisServer::start().await;
+    let mut cache = redis_connection(&server.url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = config(&db, &server, &http);
+    let mut first = Pgfanout::start("rebuild_offline", &settings, &http);
+    wait_until("the initial snapshot", Duration::from_secs(60), || async {
+        http_get(&http, "/readyz").await.is_some_and(|body| body.contains("\"ready\""))
+    })
+    .await;
+    first.signal("TERM");
+    assert_eq!(first.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", first.log_text());
+
+    redis::cmd("HSET").arg("item:foreign").arg("owner").arg("billing").query_async::<()>(&mut cache).await.unwrap();
+    redis::cmd("HSET")
+        .arg("item:999999")
+        .arg("qty")
+        .arg("1")
+        .arg(REDIS_VERSION_FIELD)
+        .arg("0000000000000001.00000000")
+        .query_async::<()>(&mut cache)
+        .await
+        .unwrap();
+    db.client.batch_execute("DELETE FROM item WHERE id <= 100; UPDATE item SET qty = 0 WHERE id > 1900").await.unwrap();
+    let (code, stdout, stderr) = rebuild_cli(&settings, &["--sink", "cache", "--wipe"]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("standalone") && stdout.contains("next `pgfanout run` copies"), "{stdout}");
+    let left: Vec<String> = redis::cmd("KEYS").arg("item:*").query_async(&mut cache).await.unwrap();
+    assert_eq!(left, vec!["item:foreign".to_owned()], "only another application's key is left after the wipe");
+
+    let second = Pgfanout::start("rebuild_offline", &settings, &http);
+    wait_equal(&db, &mut cache, &["foreign"], &second).await;
+}
