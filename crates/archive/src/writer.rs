@@ -118,6 +118,8 @@ pub struct Archive {
     position: Option<Position>,
     /// End LSN of the last whole transaction written.
     last_end_lsn: Option<Lsn>,
+    /// The recorded start LSN (see [`Archive::start_lsn`]).
+    start: Option<Lsn>,
     unsynced: bool,
     buffer: Vec<u8>,
     index_buffer: Vec<u8>,
@@ -188,6 +190,7 @@ impl Archive {
             }
         }
         sync_dir(dir)?;
+        let start = segment::read_start(dir)?;
         let archive = Archive {
             dir: dir.to_owned(),
             options,
@@ -195,6 +198,7 @@ impl Archive {
             active: None,
             position,
             last_end_lsn,
+            start,
             unsynced: false,
             buffer: Vec::new(),
             index_buffer: Vec::new(),
@@ -216,6 +220,27 @@ impl Archive {
     /// Commit LSN of the oldest transaction the archive holds.
     pub fn oldest_commit_lsn(&self) -> Option<Lsn> {
         self.segments.iter().find_map(|segment| segment.first_commit_lsn)
+    }
+
+    /// The oldest LSN a replay may start from: every transaction committed
+    /// at or after it is held. The stream position the archive started at
+    /// (see [`Archive::record_start`]) until retention removes a segment,
+    /// then the oldest commit LSN held; without either, the oldest commit LSN.
+    pub fn start_lsn(&self) -> Option<Lsn> {
+        self.start.or_else(|| self.oldest_commit_lsn())
+    }
+
+    /// Records where the stream starts for an archive that has never held a
+    /// transaction: the slot sends every transaction committed after `lsn`,
+    /// so a replay from any LSN at or after it misses nothing, even before
+    /// the first routed transaction. Does nothing for an archive with history.
+    pub fn record_start(&mut self, lsn: Lsn) -> Result<(), ArchiveError> {
+        if self.start.is_some() || self.position.is_some() {
+            return Ok(());
+        }
+        segment::write_start(&self.dir, lsn)?;
+        self.start = Some(lsn);
+        Ok(())
     }
 
     /// Bytes of every segment.
@@ -339,14 +364,14 @@ impl Archive {
         let mut removed = 0;
         let active = self.active.as_ref().map(|active| active.sequence);
         while self.segments.len() > 1 || (self.segments.len() == 1 && active.is_none()) {
-            let oldest = &self.segments[0];
-            if Some(oldest.sequence) == active {
+            let oldest = self.segments[0].sequence;
+            if Some(oldest) == active {
                 break;
             }
             let too_big = retention.max_bytes.is_some_and(|max| self.total_bytes() > max);
             let too_old = match retention.max_age {
                 Some(max_age) => {
-                    let path = segment::segment_path(&self.dir, oldest.sequence);
+                    let path = segment::segment_path(&self.dir, oldest);
                     let modified = std::fs::metadata(&path)
                         .and_then(|metadata| metadata.modified())
                         .map_err(ArchiveError::io("stat", &path))?;
@@ -358,7 +383,18 @@ impl Archive {
             if !(too_big || too_old) || (self.segments.len() == 1 && self.position.is_some()) {
                 break;
             }
-            remove_segment(&self.dir, oldest.sequence)?;
+            // The start moves first: a crash between the two leaves a start
+            // later than needed, never one before a removed transaction.
+            let next_start = self.segments[1..]
+                .iter()
+                .find_map(|segment| segment.first_commit_lsn)
+                .or(self.last_end_lsn)
+                .unwrap_or_default();
+            if self.start.is_none_or(|start| start < next_start) {
+                segment::write_start(&self.dir, next_start)?;
+                self.start = Some(next_start);
+            }
+            remove_segment(&self.dir, oldest)?;
             self.segments.remove(0);
             removed += 1;
         }
