@@ -13,7 +13,8 @@
 //! checkpoint (replay stores none), so the replaying sink never misses nor
 //! repeats a live change: the stream never paused for it. Running aggregates
 //! (MongoDB) keep a version per group and take only newer deltas, so a range
-//! replayed twice counts nothing twice.
+//! replayed twice counts nothing twice; graph derived relationships are
+//! recomputed from source rows, never incremented, so they come out the same.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

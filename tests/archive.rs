@@ -252,8 +252,10 @@ async fn kill_9_while_appending_leaves_every_transaction_archived_once_in_order(
     writer.unwrap().await.unwrap();
     let end = db.current_wal_lsn().await;
     let pgfanout = Pgfanout::start("archive_kill", &config, &http);
+    // Confirmed past `end` only once the archive holds everything up to it
+    // (the archive's own checkpoint stops at the last routed commit).
     wait_until("the archive reaches the end", Duration::from_secs(60), || async {
-        pgfanout.metric("pgfanout_checkpoint_lsn{sink=\"archive\"}").await.is_some_and(|lsn| lsn as u64 >= end)
+        db.confirmed_flush_lsn(&db.name).await >= end
     })
     .await;
     pgfanout.signal("TERM");
@@ -262,6 +264,18 @@ async fn kill_9_while_appending_leaves_every_transaction_archived_once_in_order(
     let log = std::fs::read_to_string(&pgfanout.log).unwrap();
     assert!(log.contains("change archive opened"), "{log}");
 
+    assert_archive_matches_slot(&db, archive.path(), "archive_kill_ref", end, &format!("{kills} kills")).await;
+}
+
+/// The archive in `archive` holds exactly the routed transactions that slot
+/// (and publication) `reference` streams up to `end`, in order, once each.
+async fn assert_archive_matches_slot(
+    db: &TestDatabase,
+    archive: &std::path::Path,
+    reference: &str,
+    end: u64,
+    what: &str,
+) {
     let dml = |stdout: &str| -> Vec<serde_json::Value> {
         stdout
             .lines()
@@ -275,16 +289,16 @@ async fn kill_9_while_appending_leaves_every_transaction_archived_once_in_order(
             })
             .collect()
     };
-    let (ok, archived, stderr) = pgfanout_args(&["inspect", "--archive", &archive.path().display().to_string()]).await;
+    let (ok, archived, stderr) = pgfanout_args(&["inspect", "--archive", &archive.display().to_string()]).await;
     assert!(ok, "{stderr}");
-    let (ok, reference, stderr) = pgfanout_args(&[
+    let (ok, streamed, stderr) = pgfanout_args(&[
         "inspect",
         "--url",
         &db.url,
         "--slot",
-        "archive_kill_ref",
+        reference,
         "--publication",
-        "archive_kill_ref",
+        reference,
         "--until-lsn",
         &lsn_text(end),
         "--until-idle",
@@ -292,7 +306,7 @@ async fn kill_9_while_appending_leaves_every_transaction_archived_once_in_order(
     ])
     .await;
     assert!(ok, "{stderr}");
-    let (archived, reference) = (dml(&archived), dml(&reference));
+    let (archived, reference) = (dml(&archived), dml(&streamed));
     // The reference stream holds commits of transactions without routed changes too.
     let mut expected = Vec::new();
     let mut changes_since_commit = 0;
@@ -309,10 +323,10 @@ async fn kill_9_while_appending_leaves_every_transaction_archived_once_in_order(
     }
     let commits = expected.iter().filter(|line| line["type"] == "commit").count();
     assert!(commits > 10, "too few transactions to say anything: {commits}");
-    assert_eq!(archived.len(), expected.len(), "archived vs streamed lines after {kills} kills");
+    assert_eq!(archived.len(), expected.len(), "archived vs streamed lines after {what}");
     if let Some(at) = archived.iter().zip(&expected).position(|(a, e)| a != e) {
         panic!(
-            "the archive differs from the slot's stream after {kills} kills at line {at}:\n{}\n{}",
+            "the archive differs from the slot's stream after {what} at line {at}:\n{}\n{}",
             archived[at], expected[at]
         );
     }
@@ -618,4 +632,54 @@ path = "{archive}"
         statistics(&documents(&client, database, "host_statistics").await) == expected
     })
     .await;
+}
+
+/// A crash in the middle of writing a frame (the archive aborts after half
+/// of a frame reached the file, `PGFANOUT_TEST_ARCHIVE_CRASH_AT_APPEND`):
+/// the restart cuts the torn frame, PostgreSQL sends its transaction again,
+/// and the archive matches a second slot's stream exactly.
+#[tokio::test]
+async fn a_crash_mid_frame_is_cut_at_restart_and_the_archive_matches_the_slot() {
+    let db = create_database("archive_torn").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute("CREATE PUBLICATION archive_torn_ref FOR TABLE items").await.unwrap();
+    db.client.query("SELECT pg_create_logical_replication_slot('archive_torn_ref', 'pgoutput')", &[]).await.unwrap();
+    let redis_url = own_prefixes_db(&["t:", "pgfanout:checkpoint:t"]).await;
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = config(&db, &redis_url, &http, archive.path(), &["t"]);
+    let mut crashing = Pgfanout::start_with_env(
+        "archive_torn",
+        &config,
+        &http,
+        &[(pgfanout_archive::writer::CRASH_MID_FRAME_ENV, "30")],
+    );
+    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(db.url.clone(), stop.clone(), 100);
+    let exit = crashing.wait_exit(Duration::from_secs(60)).await;
+    assert_ne!(exit, Some(0), "the archive was to abort mid-frame\n{}", crashing.log_text());
+    assert!(crashing.log_text().contains("aborting mid-frame"), "{}", crashing.log_text());
+
+    let pgfanout = Pgfanout::start("archive_torn", &config, &http);
+    wait_until("pgfanout streams again", Duration::from_secs(30), || async {
+        http_get(&http, "/readyz").await.is_some()
+    })
+    .await;
+    assert!(pgfanout.log_text().contains("cutting a torn or unfinished tail"), "{}", pgfanout.log_text());
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let end = db.current_wal_lsn().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    // Confirmed past `end` only once the archive holds everything up to it
+    // (the archive's own checkpoint stops at the last routed commit).
+    while db.confirmed_flush_lsn(&db.name).await < end {
+        assert!(std::time::Instant::now() < deadline, "the archive never reached {end}:\n{}", pgfanout.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut pgfanout = pgfanout;
+    pgfanout.signal("TERM");
+    pgfanout.wait_exit(Duration::from_secs(20)).await;
+    assert_archive_matches_slot(&db, archive.path(), "archive_torn_ref", end, "a crash mid-frame").await;
 }

@@ -305,6 +305,7 @@ impl Archive {
         });
         let written = self.buffer.len() as u64;
         let path = segment::segment_path(&self.dir, active.sequence);
+        crash_mid_frame_if_asked(&mut active.file, &self.buffer);
         if let Err(source) = active.file.write_all(&self.buffer) {
             // Cut what may have reached the file, so the next append follows a whole record.
             let _ = active.file.set_len(start);
@@ -460,6 +461,26 @@ impl Archive {
             });
         }
         Ok(())
+    }
+}
+
+/// Environment variable, for tests only: abort the process in the middle of
+/// writing the frame of the Nth append (counting from 1), after half of its
+/// bytes reached the file, as a crash or power loss mid-write would leave it.
+pub const CRASH_MID_FRAME_ENV: &str = "PGFANOUT_TEST_ARCHIVE_CRASH_AT_APPEND";
+
+/// See [`CRASH_MID_FRAME_ENV`]; does nothing unless the variable is set.
+fn crash_mid_frame_if_asked(file: &mut File, frame: &[u8]) {
+    static CRASH_AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static APPENDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(crash_at) = *CRASH_AT.get_or_init(|| std::env::var(CRASH_MID_FRAME_ENV).ok()?.parse().ok()) else {
+        return;
+    };
+    if APPENDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == crash_at {
+        let _ = file.write_all(&frame[..frame.len() / 2]);
+        let _ = file.sync_data();
+        tracing::error!(append = crash_at, "aborting mid-frame as {CRASH_MID_FRAME_ENV} asks (tests only)");
+        std::process::abort();
     }
 }
 
