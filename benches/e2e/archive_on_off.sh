@@ -131,7 +131,9 @@ drain() {
 replay() {
     local started finished from
     [[ $1 == cache ]] && redis-cli -u "$REDIS_URL" FLUSHDB >/dev/null
-    from=$(cat "$WORK/archive/start")
+    # The archive's start (an archive written before it recorded one: its first transaction).
+    from=$(cat "$WORK/archive/start" 2>/dev/null ||
+        "$PGFANOUT_BIN" inspect --archive "$WORK/archive" --count 1 | sed -n 's/.*"final_lsn":"\([^"]*\)".*/\1/p')
     config unused "$WORK/archive" cache >"$WORK/replay.toml"
     started=$EPOCHREALTIME
     PGFANOUT_LOG=warn "$PGFANOUT_BIN" --log-format text replay --config "$WORK/replay.toml" --from "$from" \
