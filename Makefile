@@ -10,7 +10,7 @@ ARGS ?=
 # How long `make fuzz` runs the decoder fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency
+.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency bench-archive
 
 setup:
 	deploy/local/stack.sh install
@@ -38,6 +38,12 @@ bench-pipeline:
 # Commit-to-applied latency into Redis at a steady rate (benches/README.md).
 bench-latency:
 	benches/e2e/latency.sh
+
+# The pipeline with the change archive off vs on (copies of one slot), and replay
+# throughput into the discarding sink and Redis (benches/README.md). E.g.
+# make bench-archive N=200000 REPEAT=5, or CALLGRIND=1 N=100000 for instructions per change.
+bench-archive:
+	N=$(or $(N),500000) REPEAT=$(or $(REPEAT),3) benches/e2e/archive_on_off.sh
 
 lint:
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets -- -D warnings

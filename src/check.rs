@@ -62,6 +62,11 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
         },
         Err(err) => findings.problems.push(describe(&err)),
     }
+    if let Some(archive) = &config.archive {
+        let found = pgfanout_archive::preflight::check_folder(&archive.path, &archive.options());
+        findings.problems.extend(found.problems);
+        findings.warnings.extend(found.warnings);
+    }
     for sink_config in &config.sinks {
         match build_sink(sink_config) {
             // Reading the checkpoint reaches the store without writing to it.

@@ -82,6 +82,25 @@ pub enum ArchiveFsync {
 }
 
 impl ArchiveConfig {
+    /// What serde cannot check: sizes that retention can work with.
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            problems.push("archive.path: must not be empty, e.g. /var/lib/pgfanout/archive".to_owned());
+        }
+        if !(1..=4096).contains(&self.segment_mb) {
+            problems.push(format!("archive.segment_mb: {} is not between 1 and 4096 (default 64)", self.segment_mb));
+        }
+        if let Some(retention_mb) = self.retention_mb.filter(|&mb| mb < self.segment_mb.max(1)) {
+            problems.push(format!(
+                "archive.retention_mb ({retention_mb}) is below archive.segment_mb ({}): retention removes \
+                 whole segments; raise retention_mb to a few segments or lower segment_mb",
+                self.segment_mb
+            ));
+        }
+        problems
+    }
+
     /// The archive writer's options.
     pub fn options(&self) -> pgfanout_archive::ArchiveOptions {
         pgfanout_archive::ArchiveOptions {
@@ -299,6 +318,7 @@ impl Config {
         if self.pipeline.max_batch_changes == 0 || self.pipeline.queue_capacity == 0 {
             problems.push("pipeline.max_batch_changes and pipeline.queue_capacity must be at least 1".to_owned());
         }
+        problems.extend(self.archive.as_ref().map(ArchiveConfig::validate).unwrap_or_default());
         let mut names = std::collections::HashSet::new();
         for sink in &self.sinks {
             if !names.insert(sink.name()) {

@@ -13,7 +13,8 @@
 //! checkpoint (replay stores none), so the replaying sink never misses nor
 //! repeats a live change: the stream never paused for it. Running aggregates
 //! (MongoDB) keep a version per group and take only newer deltas, so a range
-//! replayed twice counts nothing twice.
+//! replayed twice counts nothing twice; graph derived relationships are
+//! recomputed from source rows, never incremented, so they come out the same.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -75,14 +76,19 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             args.config.display()
         );
     };
+    if let Some(to) = args.to.filter(|&to| to < args.from) {
+        bail!("--to {to} is before --from {}: give a range whose end is at or after its start", args.from);
+    }
     let mut reader = ArchiveReader::open(&archive.path, Arc::default())
         .with_context(|| format!("cannot open the change archive {}", archive.path.display()))?;
     reader.seek(args.from).with_context(|| format!("cannot replay from {}", args.from))?;
+    let newest = reader.newest_transaction()?;
     let tables: Vec<TableName> = args.table.iter().map(|table| TableName::parse(table)).collect();
     let wanted = |table: &TableName| tables.is_empty() || tables.contains(table);
     let to = args.to.unwrap_or(Lsn(u64::MAX));
 
     if args.dry_run {
+        refuse_past_the_end(args.from, newest, None)?;
         let mut counts: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
         let mut transactions = 0u64;
         while let Some(piece) = reader.next_piece()? {
@@ -108,6 +114,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         }
     }
     let mut targets = Vec::new();
+    let mut live: Option<Lsn> = None;
     for sink_config in
         config.sinks.iter().filter(|sink| args.sink.is_empty() || args.sink.iter().any(|n| n == sink.name()))
     {
@@ -116,9 +123,13 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         let checkpoint = sink.load_checkpoint().await.with_context(|| format!("sink {}", sink.name()))?;
         tracing::info!(sink = sink.name(), checkpoint = %checkpoint.unwrap_or_default(), from = %args.from, "replaying");
         targets.push(Target { sink, tables, pending: Vec::new(), pending_changes: 0, applied: 0 });
+        live = live.max(checkpoint);
     }
+    refuse_past_the_end(args.from, newest, live)?;
     let started = Instant::now();
-    let mut progress = Progress { resume_from: args.from, ..Progress::default() };
+    // A --from after the newest archived commit has nothing to read up to the archive's end.
+    let read_to = newest.filter(|&(commit, _)| commit < args.from).map(|(_, end)| end);
+    let mut progress = Progress { resume_from: args.from, last_end: read_to, ..Progress::default() };
     apply_pieces(&mut reader, &mut targets, to, &wanted, &mut progress).await?;
     if args.to.is_none() {
         catch_up(&archive.path, &mut targets, &wanted, &mut progress).await?;
@@ -141,6 +152,26 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Refuses a `--from` after everything there is: past the newest archived
+/// transaction (`newest`: commit and end LSN) and past the sinks' live
+/// checkpoint (`live`, when known), nothing can be replayed, and waiting for
+/// the archive to get there would only time out.
+fn refuse_past_the_end(from: Lsn, newest: Option<(Lsn, Lsn)>, live: Option<Lsn>) -> anyhow::Result<()> {
+    let archived_to = newest.map(|(_, end)| end).unwrap_or_default();
+    if from <= archived_to || live.is_some_and(|live| from <= live) {
+        return Ok(());
+    }
+    let newest = match newest {
+        Some((commit, end)) => format!("the newest archived transaction committed at {commit} (ends at {end})"),
+        None => "the archive holds no transaction yet".to_owned(),
+    };
+    let live = live.map(|live| format!(" and the sinks' live checkpoint is {live}")).unwrap_or_default();
+    bail!(
+        "--from {from} is past the live position: {newest}{live}; nothing has been archived there yet. \
+         Pick an LSN at or before {archived_to}, e.g. the `pgfanout_archive_oldest_lsn` metric for the whole archive"
+    )
 }
 
 /// How far a replay got.

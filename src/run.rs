@@ -118,7 +118,7 @@ async fn stream(
         Some(archive) => {
             let sink = pgfanout_archive::ArchiveSink::open(&archive.path, archive.options(), metrics.clone())
                 .with_context(|| format!("cannot open the change archive {}", archive.path.display()))?;
-            let sink: Arc<dyn Sink> = Arc::new(sink);
+            let sink = Arc::new(sink);
             holdings.push(load_holding_with_retry(sink.as_ref(), shutdown).await?);
             Some(sink)
         }
@@ -134,6 +134,11 @@ async fn stream(
     }
     prepare_source(&mut first_connection, &config.source, &routing, options.database()).await?;
     let (record, confirmed_at_start) = settle_slot(&mut first_connection, &config.source, &options, &holdings).await?;
+    if let Some(archive) = &archive {
+        // A new archive holds everything from where the slot starts sending.
+        archive.record_start(confirmed_at_start).context("cannot record where the change archive starts")?;
+    }
+    let archive = archive.map(|sink| sink as Arc<dyn Sink>);
     let all_sinks: Vec<Arc<dyn Sink>> = sinks.iter().map(|(_, sink, _)| sink.clone()).chain(archive.clone()).collect();
     store_record_with_retry(&all_sinks, &record, shutdown).await?;
     let start_options = start_options(&config.source, first_connection.server_version());

@@ -486,3 +486,38 @@ async fn a_failover_slot_on_a_server_before_17_is_one_problem_with_the_fix() {
     assert!(problem.contains("needs PostgreSQL 17 or later"), "{problem}");
     assert!(problem.ends_with("set source.failover = false"), "{problem}");
 }
+
+/// `[archive]` settings `run` could not live with: sizes retention cannot
+/// work with (a config problem), a folder under a file, more retention than
+/// free space; a sound archive folder passes and is not created by `check`.
+#[tokio::test]
+async fn archive_settings_that_cannot_work_are_one_problem_each_with_the_fix() {
+    let db = create_database("check_archive").await;
+    db.client.batch_execute(ORDERS).await.unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let with_archive = |path: &std::path::Path, lines: &str| {
+        format!("{}\n[archive]\npath = \"{}\"\n{lines}\n", config_for(&db, &[]), path.display())
+    };
+    let folder = parent.path().join("archive");
+
+    let run = run_check("check_archive", &with_archive(&folder, "segment_mb = 64\nretention_mb = 10"));
+    assert_eq!(run.code, Some(1), "{}", run.report());
+    let problem = run.problem_about("archive.retention_mb");
+    assert!(problem.contains("archive.retention_mb (10) is below archive.segment_mb (64)"), "{}", run.report());
+
+    let file = parent.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let run = run_check("check_archive", &with_archive(&file.join("archive"), "retention_mb = 100"));
+    run.assert_failed();
+    assert!(run.problem_about("archive.path").contains("is not a folder"), "{}", run.report());
+
+    let run = run_check("check_archive", &with_archive(&folder, "retention_mb = 1000000000"));
+    run.assert_failed();
+    let problem = run.problem_about("archive.path");
+    assert!(problem.contains("MB free on its filesystem"), "{}", run.report());
+    assert!(problem.contains("lower archive.retention_mb"), "{}", run.report());
+
+    let run = run_check("check_archive", &with_archive(&folder, "segment_mb = 1\nretention_mb = 8"));
+    run.assert_ok();
+    assert!(!folder.exists(), "check creates no archive folder");
+}

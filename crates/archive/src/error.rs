@@ -66,12 +66,12 @@ pub enum ArchiveError {
         /// The id.
         table_id: u32,
     },
-    /// A seek before the oldest transaction the archive holds.
-    #[error("the archive starts at commit LSN {oldest}; {requested} is older (removed by retention or never archived): rebuild the store with `pgfanout rebuild` instead")]
+    /// A seek before the archive's start LSN.
+    #[error("the archive starts at LSN {oldest} (it holds every transaction committed from there on); {requested} is older (removed by retention or before the archive was on): rebuild the store with `pgfanout rebuild` instead")]
     BeforeOldest {
         /// The LSN asked for.
         requested: Lsn,
-        /// The oldest commit LSN available.
+        /// The archive's start LSN: the oldest a replay may start from.
         oldest: Lsn,
     },
 }

@@ -5,7 +5,8 @@
 //!
 //! What it owns: the byte layout ([`mod@format`]), segment files and their LSN
 //! indexes ([`segment`]), the single writer ([`Archive`]), readers
-//! ([`ArchiveReader`]) and the archive as an acknowledging sink ([`ArchiveSink`]). What it is not: it decides nothing about which
+//! ([`ArchiveReader`]), the archive as an acknowledging sink ([`ArchiveSink`])
+//! and the checks of its folder that `pgfanout check` runs ([`preflight`]). What it is not: it decides nothing about which
 //! transactions to keep (the pipeline routes it every table some sink routes)
 //! and applies nothing to stores.
 //!
@@ -45,6 +46,7 @@
 
 pub mod error;
 pub mod format;
+pub mod preflight;
 pub mod reader;
 pub mod segment;
 pub mod sink;

@@ -74,23 +74,54 @@ impl ArchiveReader {
         Ok(None)
     }
 
+    /// The oldest LSN a seek accepts: every transaction committed at or
+    /// after it is held (the archive's recorded start, see [`segment`], or
+    /// its oldest commit LSN).
+    pub fn start_lsn(&self) -> Result<Option<Lsn>, ArchiveError> {
+        match segment::read_start(&self.dir)? {
+            Some(start) => Ok(Some(start)),
+            None => self.oldest_commit_lsn(),
+        }
+    }
+
+    /// Commit LSN and end LSN of the newest whole transaction held.
+    pub fn newest_transaction(&self) -> Result<Option<(Lsn, Lsn)>, ArchiveError> {
+        for &sequence in self.sequences.iter().rev() {
+            let path = segment::segment_path(&self.dir, sequence);
+            let bytes = segment::read_from(&path, 0)?;
+            if let Some(last) = segment::scan(&path, &bytes)?.last_transaction {
+                return Ok(Some(last));
+            }
+        }
+        Ok(None)
+    }
+
     /// Positions the reader at the first transaction whose commit LSN is at
     /// or after `from`, reading only the index of the segment holding it and
     /// at most [`segment::INDEX_INTERVAL_BYTES`] of records before it.
-    /// Refuses an LSN before the oldest transaction held.
+    /// Refuses an LSN before [`ArchiveReader::start_lsn`].
     pub fn seek(&mut self, from: Lsn) -> Result<(), ArchiveError> {
+        let start = segment::read_start(&self.dir)?;
+        if let Some(start) = start.filter(|&start| from < start) {
+            return Err(ArchiveError::BeforeOldest { requested: from, oldest: start });
+        }
         let mut chosen = None;
         let mut oldest = None;
         for (at, &sequence) in self.sequences.iter().enumerate() {
             let Some(first) = self.first_commit_lsn(sequence)? else { continue };
-            oldest.get_or_insert(first);
+            oldest.get_or_insert((at, first));
             if first > from {
                 break;
             }
             chosen = Some(at);
         }
+        // Between the recorded start and the oldest transaction nothing was
+        // committed that the archive lacks: read from the oldest one.
+        if chosen.is_none() && start.is_some() {
+            chosen = oldest.map(|(at, _)| at);
+        }
         match (chosen, oldest) {
-            (None, Some(oldest)) => return Err(ArchiveError::BeforeOldest { requested: from, oldest }),
+            (None, Some((_, oldest))) => return Err(ArchiveError::BeforeOldest { requested: from, oldest }),
             (None, None) => {
                 self.next_segment = self.sequences.len();
                 self.current = None;

@@ -11,6 +11,13 @@
 //! segment's index is synced when the segment is sealed; at open the last
 //! segment's index is rebuilt from its scan; a reader ignores entries past the
 //! segment's end and falls back to the segment's start without an index.
+//!
+//! Beside the segments, the file `start` holds the archive's start LSN as
+//! text (`0/16B3748`): every transaction committed at or after it is in the
+//! segments. It is written when the archive receives its first stream (the
+//! slot's position then, which may lie well before the first routed
+//! transaction) and moved forward by retention before it removes a segment.
+//! An archive without it starts at its oldest transaction's commit LSN.
 
 use std::fs::File;
 use std::io::Read;
@@ -101,6 +108,35 @@ pub fn list_segments(dir: &Path) -> Result<Vec<u64>, ArchiveError> {
     }
     sequences.sort_unstable();
     Ok(sequences)
+}
+
+/// Name of the start file in the archive folder.
+const START_FILE: &str = "start";
+
+/// The start LSN recorded in `dir`, if any.
+pub fn read_start(dir: &Path) -> Result<Option<Lsn>, ArchiveError> {
+    let path = dir.join(START_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse::<Lsn>().map(Some).map_err(|_| ArchiveError::Io {
+            action: "parse",
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not an LSN such as 0/16B3748"),
+        }),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(ArchiveError::Io { action: "read", path, source: err }),
+    }
+}
+
+/// Records `lsn` as the start LSN of `dir`, durably (write, sync, rename).
+pub fn write_start(dir: &Path, lsn: Lsn) -> Result<(), ArchiveError> {
+    use std::io::Write;
+    let path = dir.join(START_FILE);
+    let temporary = dir.join(format!("{START_FILE}.tmp"));
+    let mut file = File::create(&temporary).map_err(ArchiveError::io("create", &temporary))?;
+    file.write_all(format!("{lsn}\n").as_bytes()).map_err(ArchiveError::io("write", &temporary))?;
+    file.sync_all().map_err(ArchiveError::io("sync", &temporary))?;
+    std::fs::rename(&temporary, &path).map_err(ArchiveError::io("rename", &temporary))?;
+    File::open(dir).and_then(|dir| dir.sync_all()).map_err(ArchiveError::io("sync", dir))
 }
 
 /// Reads `path` from `offset` to its end.

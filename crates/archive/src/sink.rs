@@ -51,7 +51,7 @@ impl ArchiveSink {
         tracing::info!(
             archive = %dir.display(),
             bytes = archive.total_bytes(),
-            oldest = %archive.oldest_commit_lsn().unwrap_or_default(),
+            start = %archive.start_lsn().unwrap_or_default(),
             last_end = %archive.last_end_lsn().unwrap_or_default(),
             cut_bytes = report.cut_bytes,
             "change archive opened"
@@ -69,7 +69,20 @@ impl ArchiveSink {
 
     fn report(&self, archive: &Archive) {
         self.metrics.archive_bytes.set(archive.total_bytes() as i64);
-        self.metrics.archive_oldest_lsn.set(archive.oldest_commit_lsn().unwrap_or_default().0 as i64);
+        self.metrics.archive_oldest_lsn.set(archive.start_lsn().unwrap_or_default().0 as i64);
+    }
+
+    /// Records `lsn`, where the stream starts, as the start of an archive
+    /// that has never held a transaction (see [`Archive::record_start`]).
+    pub fn record_start(&self, lsn: Lsn) -> Result<(), ArchiveError> {
+        let mut state = self.state.lock().map_err(|_| ArchiveError::Io {
+            action: "record the start of",
+            path: self.dir.clone(),
+            source: std::io::Error::other("archive lock poisoned"),
+        })?;
+        state.archive.record_start(lsn)?;
+        self.report(&state.archive);
+        Ok(())
     }
 
     fn store_failing(&self, err: ArchiveError) -> SinkError {
@@ -111,7 +124,7 @@ impl ArchiveSink {
             if removed > 0 {
                 tracing::info!(
                     segments = removed,
-                    oldest = %state.archive.oldest_commit_lsn().unwrap_or_default(),
+                    start = %state.archive.start_lsn().unwrap_or_default(),
                     "change archive retention removed old segments"
                 );
             }

@@ -118,6 +118,8 @@ pub struct Archive {
     position: Option<Position>,
     /// End LSN of the last whole transaction written.
     last_end_lsn: Option<Lsn>,
+    /// The recorded start LSN (see [`Archive::start_lsn`]).
+    start: Option<Lsn>,
     unsynced: bool,
     buffer: Vec<u8>,
     index_buffer: Vec<u8>,
@@ -188,6 +190,7 @@ impl Archive {
             }
         }
         sync_dir(dir)?;
+        let start = segment::read_start(dir)?;
         let archive = Archive {
             dir: dir.to_owned(),
             options,
@@ -195,6 +198,7 @@ impl Archive {
             active: None,
             position,
             last_end_lsn,
+            start,
             unsynced: false,
             buffer: Vec::new(),
             index_buffer: Vec::new(),
@@ -216,6 +220,27 @@ impl Archive {
     /// Commit LSN of the oldest transaction the archive holds.
     pub fn oldest_commit_lsn(&self) -> Option<Lsn> {
         self.segments.iter().find_map(|segment| segment.first_commit_lsn)
+    }
+
+    /// The oldest LSN a replay may start from: every transaction committed
+    /// at or after it is held. The stream position the archive started at
+    /// (see [`Archive::record_start`]) until retention removes a segment,
+    /// then the oldest commit LSN held; without either, the oldest commit LSN.
+    pub fn start_lsn(&self) -> Option<Lsn> {
+        self.start.or_else(|| self.oldest_commit_lsn())
+    }
+
+    /// Records where the stream starts for an archive that has never held a
+    /// transaction: the slot sends every transaction committed after `lsn`,
+    /// so a replay from any LSN at or after it misses nothing, even before
+    /// the first routed transaction. Does nothing for an archive with history.
+    pub fn record_start(&mut self, lsn: Lsn) -> Result<(), ArchiveError> {
+        if self.start.is_some() || self.position.is_some() {
+            return Ok(());
+        }
+        segment::write_start(&self.dir, lsn)?;
+        self.start = Some(lsn);
+        Ok(())
     }
 
     /// Bytes of every segment.
@@ -280,6 +305,7 @@ impl Archive {
         });
         let written = self.buffer.len() as u64;
         let path = segment::segment_path(&self.dir, active.sequence);
+        crash_mid_frame_if_asked(&mut active.file, &self.buffer);
         if let Err(source) = active.file.write_all(&self.buffer) {
             // Cut what may have reached the file, so the next append follows a whole record.
             let _ = active.file.set_len(start);
@@ -339,14 +365,14 @@ impl Archive {
         let mut removed = 0;
         let active = self.active.as_ref().map(|active| active.sequence);
         while self.segments.len() > 1 || (self.segments.len() == 1 && active.is_none()) {
-            let oldest = &self.segments[0];
-            if Some(oldest.sequence) == active {
+            let oldest = self.segments[0].sequence;
+            if Some(oldest) == active {
                 break;
             }
             let too_big = retention.max_bytes.is_some_and(|max| self.total_bytes() > max);
             let too_old = match retention.max_age {
                 Some(max_age) => {
-                    let path = segment::segment_path(&self.dir, oldest.sequence);
+                    let path = segment::segment_path(&self.dir, oldest);
                     let modified = std::fs::metadata(&path)
                         .and_then(|metadata| metadata.modified())
                         .map_err(ArchiveError::io("stat", &path))?;
@@ -358,7 +384,18 @@ impl Archive {
             if !(too_big || too_old) || (self.segments.len() == 1 && self.position.is_some()) {
                 break;
             }
-            remove_segment(&self.dir, oldest.sequence)?;
+            // The start moves first: a crash between the two leaves a start
+            // later than needed, never one before a removed transaction.
+            let next_start = self.segments[1..]
+                .iter()
+                .find_map(|segment| segment.first_commit_lsn)
+                .or(self.last_end_lsn)
+                .unwrap_or_default();
+            if self.start.is_none_or(|start| start < next_start) {
+                segment::write_start(&self.dir, next_start)?;
+                self.start = Some(next_start);
+            }
+            remove_segment(&self.dir, oldest)?;
             self.segments.remove(0);
             removed += 1;
         }
@@ -424,6 +461,26 @@ impl Archive {
             });
         }
         Ok(())
+    }
+}
+
+/// Environment variable, for tests only: abort the process in the middle of
+/// writing the frame of the Nth append (counting from 1), after half of its
+/// bytes reached the file, as a crash or power loss mid-write would leave it.
+pub const CRASH_MID_FRAME_ENV: &str = "PGFANOUT_TEST_ARCHIVE_CRASH_AT_APPEND";
+
+/// See [`CRASH_MID_FRAME_ENV`]; does nothing unless the variable is set.
+fn crash_mid_frame_if_asked(file: &mut File, frame: &[u8]) {
+    static CRASH_AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    static APPENDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(crash_at) = *CRASH_AT.get_or_init(|| std::env::var(CRASH_MID_FRAME_ENV).ok()?.parse().ok()) else {
+        return;
+    };
+    if APPENDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == crash_at {
+        let _ = file.write_all(&frame[..frame.len() / 2]);
+        let _ = file.sync_data();
+        tracing::error!(append = crash_at, "aborting mid-frame as {CRASH_MID_FRAME_ENV} asks (tests only)");
+        std::process::abort();
     }
 }
 

@@ -224,6 +224,53 @@ fn pieces_written_again_after_a_retry_are_archived_once() {
 }
 
 #[test]
+fn a_seek_between_the_recorded_start_and_the_first_transaction_reads_from_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = [table("a", 1)];
+    let (mut archive, _) = Archive::open(dir.path(), options()).unwrap();
+    archive.record_start(Lsn(3000)).unwrap();
+    assert_eq!(archive.start_lsn(), Some(Lsn(3000)));
+    // Nothing archived yet: a seek at the start reads nothing, one before it is refused.
+    assert!(read_all(dir.path(), Lsn(3000)).unwrap().is_empty());
+    append_whole(&mut archive, &transaction(5, &tables));
+    append_whole(&mut archive, &transaction(6, &tables));
+    // An archive with history keeps its start.
+    archive.record_start(Lsn(4000)).unwrap();
+    let (reopened, _) = Archive::open(dir.path(), options()).unwrap();
+    assert_eq!(reopened.start_lsn(), Some(Lsn(3000)));
+
+    let held = read_all(dir.path(), Lsn(3500)).unwrap();
+    assert_eq!(held.iter().map(|t| t.xid).collect::<Vec<_>>(), [Xid(5), Xid(6)]);
+    match read_all(dir.path(), Lsn(2999)) {
+        Err(ArchiveError::BeforeOldest { oldest, .. }) => assert_eq!(oldest, Lsn(3000)),
+        other => panic!("expected a refusal naming the start, got {other:?}"),
+    }
+}
+
+#[test]
+fn retention_moves_the_recorded_start_to_the_oldest_transaction_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let tables = [table("a", 1)];
+    let options = ArchiveOptions {
+        segment_bytes: 1024,
+        retention: Retention { max_bytes: Some(4096), max_age: None },
+        ..options()
+    };
+    let (mut archive, _) = Archive::open(dir.path(), options).unwrap();
+    archive.record_start(Lsn(500)).unwrap();
+    for n in 1..=100 {
+        append_whole(&mut archive, &transaction(n, &tables));
+        archive.apply_retention(SystemTime::now()).unwrap();
+    }
+    let oldest = archive.oldest_commit_lsn().unwrap();
+    assert!(oldest > Lsn(1000));
+    assert_eq!(archive.start_lsn(), Some(oldest));
+    assert!(matches!(read_all(dir.path(), Lsn(600)), Err(ArchiveError::BeforeOldest { oldest: o, .. }) if o == oldest));
+    let (reopened, _) = Archive::open(dir.path(), options).unwrap();
+    assert_eq!(reopened.start_lsn(), Some(oldest));
+}
+
+#[test]
 fn retention_by_size_removes_the_oldest_whole_segments_and_moves_the_oldest_lsn() {
     let dir = tempfile::tempdir().unwrap();
     let tables = [table("a", 1)];
