@@ -11,7 +11,12 @@
 //! than what a row holds changes nothing, and one the store lacks (wiped,
 //! restored from a backup) is written. The live instance keeps owning the
 //! checkpoint (replay stores none), so the replaying sink never misses nor
-//! repeats a live change: the stream never paused for it. Running aggregates
+//! repeats a live change: the stream never paused for it. A delete is the
+//! exception where the store keeps no trace of it (Redis without
+//! `tombstone_secs`, MongoDB without `tombstones`, graph nodes): an older
+//! replayed write recreates the row until the replay re-applies the delete,
+//! which the catch-up makes it do for every delete the stream confirmed; the
+//! replay warns about such tables. Running aggregates
 //! (MongoDB) keep a version per group and take only newer deltas, so a range
 //! replayed twice counts nothing twice; graph derived relationships are
 //! recomputed from source rows, never incremented, so they come out the same.
@@ -26,8 +31,8 @@ use pgfanout_archive::ArchiveReader;
 use pgfanout_core::mapping::Mapped;
 use pgfanout_core::{ChangeRef, Lsn, Sink, TableMapping, TableName, Transaction};
 
-use crate::config::Config;
-use crate::sinks::build_sink;
+use crate::config::{Config, SinkConfig};
+use crate::sinks::{build_sink, RoutedTables};
 
 /// Changes per `Sink::apply` call.
 const BATCH_CHANGES: usize = 2000;
@@ -119,6 +124,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         config.sinks.iter().filter(|sink| args.sink.is_empty() || args.sink.iter().any(|n| n == sink.name()))
     {
         let (sink, tables) = build_sink(sink_config)?;
+        warn_of_forgotten_deletes(sink_config, &tables, &wanted);
         // Connects; the checkpoint stays the live instance's to move.
         let checkpoint = sink.load_checkpoint().await.with_context(|| format!("sink {}", sink.name()))?;
         tracing::info!(sink = sink.name(), checkpoint = %checkpoint.unwrap_or_default(), from = %args.from, "replaying");
@@ -152,6 +158,30 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Says which replayed tables may get deleted rows back for a while: where
+/// the store keeps no trace of a delete, an older replayed write recreates a
+/// row the live stream deleted, until the replay re-applies that delete. The
+/// catch-up below re-applies every delete the stream confirmed; one the
+/// stream applied but had not yet checkpointed when the replay ended is
+/// missed, so beside a busy stream such a table can keep a deleted row.
+fn warn_of_forgotten_deletes(sink: &SinkConfig, tables: &RoutedTables, wanted: &impl Fn(&TableName) -> bool) {
+    let forgetting: Vec<String> = sink
+        .tables_forgetting_deletes()
+        .into_iter()
+        .filter(|table| wanted(table) && tables.iter().any(|(routed, _)| routed == table))
+        .map(|table| table.to_string())
+        .collect();
+    if !forgetting.is_empty() {
+        tracing::warn!(
+            sink = sink.name(),
+            tables = %forgetting.join(", "),
+            fix = "keep delete markers (Redis: tombstone_secs; MongoDB: tombstones = true), or stop `pgfanout run` \
+                   while replaying, or check with `pgfanout verify --repair` afterwards",
+            "these tables keep no trace of deletes: a row deleted while the replay runs can come back"
+        );
+    }
 }
 
 /// Refuses a `--from` after everything there is: past the newest archived

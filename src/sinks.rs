@@ -37,6 +37,13 @@ pub trait SinkKind {
     fn tables_needing_full_identity(&self) -> Vec<TableName> {
         Vec::new()
     }
+    /// Routed tables whose deletes leave nothing behind in the store (no
+    /// tombstone, no delete timestamp): an older change replayed after a
+    /// delete brings such a row back until the replay re-applies the delete.
+    /// Default: every routed table.
+    fn tables_forgetting_deletes(&self) -> Vec<TableName> {
+        self.table_sources().into_iter().map(TableName::parse).collect()
+    }
     /// The sink's `[sink.delivery]` section.
     fn delivery(&self) -> &DeliveryConfig;
     /// Problems serde cannot find, one line each.
@@ -110,6 +117,10 @@ impl SinkKind for RedisSinkConfig {
     fn table_sources(&self) -> Vec<&str> {
         self.tables.iter().map(|t| t.source.as_str()).collect()
     }
+    /// Tables without `tombstone_secs`.
+    fn tables_forgetting_deletes(&self) -> Vec<TableName> {
+        self.tables.iter().filter(|t| t.tombstone_secs.is_none()).map(|t| TableName::parse(&t.source)).collect()
+    }
     fn delivery(&self) -> &DeliveryConfig {
         &self.delivery
     }
@@ -165,6 +176,14 @@ impl SinkKind for MongoSinkConfig {
     fn tables_needing_full_identity(&self) -> Vec<TableName> {
         self.tables.iter().filter(|t| !t.aggregates.is_empty()).map(|t| TableName::parse(&t.source)).collect()
     }
+    /// Every table unless the sink keeps `tombstones`.
+    fn tables_forgetting_deletes(&self) -> Vec<TableName> {
+        if self.tombstones {
+            Vec::new()
+        } else {
+            self.table_sources().into_iter().map(TableName::parse).collect()
+        }
+    }
     fn delivery(&self) -> &DeliveryConfig {
         &self.delivery
     }
@@ -192,6 +211,10 @@ impl SinkKind for DiscardSinkConfig {
     fn table_sources(&self) -> Vec<&str> {
         self.tables.iter().map(|t| t.source.as_str()).collect()
     }
+    /// Nothing is stored, so nothing can come back.
+    fn tables_forgetting_deletes(&self) -> Vec<TableName> {
+        Vec::new()
+    }
     fn delivery(&self) -> &DeliveryConfig {
         &self.delivery
     }
@@ -209,6 +232,11 @@ impl SinkKind for ScyllaSinkConfig {
     }
     fn table_sources(&self) -> Vec<&str> {
         self.tables.iter().map(|t| t.source.as_str()).collect()
+    }
+    /// None: a CQL delete is a tombstone with the change's write timestamp,
+    /// which an older replayed write loses to.
+    fn tables_forgetting_deletes(&self) -> Vec<TableName> {
+        Vec::new()
     }
     fn delivery(&self) -> &DeliveryConfig {
         &self.delivery
@@ -242,6 +270,12 @@ impl SinkConfig {
     /// (`REPLICA IDENTITY FULL`): MongoDB tables with running aggregates.
     pub fn tables_needing_full_identity(&self) -> Vec<TableName> {
         self.kind().tables_needing_full_identity()
+    }
+
+    /// Routed tables whose deletes leave no marker in the store (see
+    /// [`SinkKind::tables_forgetting_deletes`]).
+    pub fn tables_forgetting_deletes(&self) -> Vec<TableName> {
+        self.kind().tables_forgetting_deletes()
     }
 
     /// The sink's `[sink.delivery]` section.

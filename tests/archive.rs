@@ -19,11 +19,14 @@ use futures_util::TryStreamExt;
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text)";
 
+/// Redis sinks named `sinks` with tombstones: a row the live stream deletes
+/// while a replay runs stays deleted (without them it can come back, see
+/// `pgfanout replay`'s warning).
 fn config(db: &TestDatabase, redis_url: &str, http: &str, archive: &std::path::Path, sinks: &[&str]) -> String {
     let mut config = source_config(db, &db.name, http);
     for sink in sinks {
         config.push_str(&format!(
-            "\n[[sink]]\nname = \"{sink}\"\nkind = \"redis\"\nurl = \"{redis_url}\"\n[[sink.table]]\nsource = \"public.items\"\nkey = \"{sink}:{{id}}\"\n"
+            "\n[[sink]]\nname = \"{sink}\"\nkind = \"redis\"\nurl = \"{redis_url}\"\n[[sink.table]]\nsource = \"public.items\"\nkey = \"{sink}:{{id}}\"\ntombstone_secs = 3600\n"
         ));
     }
     config.push_str(&format!("\n[archive]\npath = \"{}\"\n", archive.display()));
@@ -110,7 +113,15 @@ fn spawn_writer(db_url: String, stop: Arc<AtomicBool>, first_id: i32) -> tokio::
 async fn replay_restores_a_wiped_sink_while_writes_continue_and_twice_changes_nothing() {
     let db = create_database("archive_replay").await;
     db.client.batch_execute(SCHEMA).await.unwrap();
-    let redis_url = own_prefixes_db(&["a:", "b:", "pgfanout:checkpoint:a", "pgfanout:checkpoint:b"]).await;
+    let redis_url = own_prefixes_db(&[
+        "a:",
+        "b:",
+        "pgfanout:checkpoint:a",
+        "pgfanout:checkpoint:b",
+        "pgfanout:tombstone:a:",
+        "pgfanout:tombstone:b:",
+    ])
+    .await;
     let mut redis = redis_connection(&redis_url).await;
     let archive = tempfile::tempdir().unwrap();
     let http = format!("127.0.0.1:{}", free_port());
@@ -224,7 +235,7 @@ async fn kill_9_while_appending_leaves_every_transaction_archived_once_in_order(
     db.client.batch_execute(SCHEMA).await.unwrap();
     db.client.batch_execute("CREATE PUBLICATION archive_kill_ref FOR TABLE items").await.unwrap();
     db.client.query("SELECT pg_create_logical_replication_slot('archive_kill_ref', 'pgoutput')", &[]).await.unwrap();
-    let redis_url = own_prefixes_db(&["k:", "pgfanout:checkpoint:k"]).await;
+    let redis_url = own_prefixes_db(&["k:", "pgfanout:checkpoint:k", "pgfanout:tombstone:k:"]).await;
     let archive = tempfile::tempdir().unwrap();
     let http = format!("127.0.0.1:{}", free_port());
     let config = config(&db, &redis_url, &http, archive.path(), &["k"]);
@@ -372,7 +383,7 @@ async fn write_kilobyte_rows(db: &TestDatabase, first: i32, rows: i32) {
 async fn retention_removes_old_segments_moves_the_oldest_lsn_and_replay_before_it_is_refused() {
     let db = create_database("archive_retention").await;
     db.client.batch_execute(SCHEMA).await.unwrap();
-    let redis_url = own_prefixes_db(&["r:", "pgfanout:checkpoint:r"]).await;
+    let redis_url = own_prefixes_db(&["r:", "pgfanout:checkpoint:r", "pgfanout:tombstone:r:"]).await;
     let archive = tempfile::tempdir().unwrap();
     let http = format!("127.0.0.1:{}", free_port());
     let mut config = config(&db, &redis_url, &http, archive.path(), &["r"]);
@@ -439,7 +450,7 @@ async fn retention_removes_old_segments_moves_the_oldest_lsn_and_replay_before_i
 async fn replay_accepts_a_start_before_the_first_transaction_and_refuses_reversed_or_future_ranges() {
     let db = create_database("archive_edges").await;
     db.client.batch_execute(SCHEMA).await.unwrap();
-    let redis_url = own_prefixes_db(&["e:", "pgfanout:checkpoint:e"]).await;
+    let redis_url = own_prefixes_db(&["e:", "pgfanout:checkpoint:e", "pgfanout:tombstone:e:"]).await;
     let mut redis = redis_connection(&redis_url).await;
     let archive = tempfile::tempdir().unwrap();
     let http = format!("127.0.0.1:{}", free_port());
@@ -644,7 +655,7 @@ async fn a_crash_mid_frame_is_cut_at_restart_and_the_archive_matches_the_slot() 
     db.client.batch_execute(SCHEMA).await.unwrap();
     db.client.batch_execute("CREATE PUBLICATION archive_torn_ref FOR TABLE items").await.unwrap();
     db.client.query("SELECT pg_create_logical_replication_slot('archive_torn_ref', 'pgoutput')", &[]).await.unwrap();
-    let redis_url = own_prefixes_db(&["t:", "pgfanout:checkpoint:t"]).await;
+    let redis_url = own_prefixes_db(&["t:", "pgfanout:checkpoint:t", "pgfanout:tombstone:t:"]).await;
     let archive = tempfile::tempdir().unwrap();
     let http = format!("127.0.0.1:{}", free_port());
     let config = config(&db, &redis_url, &http, archive.path(), &["t"]);
