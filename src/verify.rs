@@ -151,6 +151,7 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> anyhow::Result<
                 slot: &config.source.slot,
                 timeout: options.catch_up_timeout,
             };
+            read_back.prepare(&check.mapped).await?;
             for note in read_back.unverifiable(&check.mapped) {
                 println!("sink {}, table {table}: not compared: {note}", sink.name());
             }

@@ -49,6 +49,14 @@ pub struct KeyPage {
 /// Read access to what a sink stored (see the module docs).
 #[async_trait]
 pub trait ReadBack: Send + Sync {
+    /// Readies reading `table` back (prepares statements, learns the
+    /// store's column types) before the first [`ReadBack::expected`] of it;
+    /// called once per table and run. Default: nothing to do.
+    async fn prepare(&self, table: &Arc<TableSchema>) -> Result<(), SinkError> {
+        let _ = table;
+        Ok(())
+    }
+
     /// What the sink stores for `row`, a whole row (no unchanged TOAST
     /// value) of the mapped shape `table`.
     fn expected(&self, table: &Arc<TableSchema>, row: &Row) -> Result<StoredColumns, SinkError>;
