@@ -49,6 +49,8 @@ use reader::{Key, SourceReader};
 const SETTLE_ROUNDS: usize = 5;
 /// Rounds of repair before a key that keeps differing is given up on.
 const REPAIR_ROUNDS: usize = 3;
+/// Retries of a repair write that failed transiently.
+const REPAIR_RETRIES: u32 = 5;
 
 /// What `verify` was asked to do.
 pub struct VerifyOptions {
@@ -487,10 +489,26 @@ impl TableCheck<'_> {
         };
         let refs: Vec<ChangeRef<'_>> =
             transaction.changes.iter().map(|change| ChangeRef { transaction: &transaction, change }).collect();
-        self.sink
-            .apply(&refs, None)
-            .await
-            .with_context(|| format!("repairing {} rows of {}", refs.len(), self.source.table))?;
+        // A transient failure (a store briefly away, an aggregate document a
+        // running pgfanout moved meanwhile) is retried as the worker would.
+        let mut attempt = 0;
+        loop {
+            match self.sink.apply(&refs, None).await {
+                Ok(()) => break,
+                Err(err) if err.kind == pgfanout_core::ErrorKind::Transient && attempt < REPAIR_RETRIES => {
+                    attempt += 1;
+                    tracing::warn!(sink = self.sink.name(), table = %self.source.table, error = %err, attempt, "repair failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::new(err).context(format!(
+                        "repairing {} rows of {}",
+                        refs.len(),
+                        self.source.table
+                    )))
+                }
+            }
+        }
         println!(
             "sink {}, table {}: repaired {} rows (version {})",
             self.sink.name(),

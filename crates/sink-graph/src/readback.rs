@@ -341,3 +341,89 @@ impl ReadBack for GraphSink {
         notes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use pgfanout_core::{ColumnSchema, ColumnValue, TableName};
+    use pgoutput::{Oid, ReplicaIdentity};
+
+    use super::*;
+    use crate::config::GraphSinkConfig;
+
+    fn sink(transport: &str) -> GraphSink {
+        let config: GraphSinkConfig = toml::from_str(&format!(
+            r#"
+name = "graph"
+transport = "{transport}"
+url = "{url}"
+[[table]]
+source = "public.reservations"
+label = "Reservation"
+relationships = [{{ column = "guest_id", type = "BOOKED_BY", to = "User" }}]
+"#,
+            url = if transport == "bolt" { "bolt://127.0.0.1:7687" } else { "redis://127.0.0.1:6379" },
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        GraphSink::new(config).unwrap()
+    }
+
+    fn reservations() -> Arc<TableSchema> {
+        Arc::new(TableSchema {
+            oid: Oid(1),
+            table: TableName::new("public", "reservations"),
+            replica_identity: ReplicaIdentity::Default,
+            columns: ["id", "guest_id", "status"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| ColumnSchema {
+                    name: (*name).into(),
+                    type_oid: Oid(if *name == "status" { 25 } else { 20 }),
+                    is_key: i == 0,
+                })
+                .collect(),
+            types: Default::default(),
+        })
+    }
+
+    fn row(values: &[Option<&str>]) -> Row {
+        values
+            .iter()
+            .map(|value| match value {
+                Some(text) => ColumnValue::Text(Bytes::copy_from_slice(text.as_bytes())),
+                None => ColumnValue::Null,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn expected_rows_name_properties_and_the_foreign_key_target() {
+        let sink = sink("bolt");
+        let table = reservations();
+        let expected = sink.expected(&table, &row(&[Some("3"), Some("7"), Some("paid")])).unwrap();
+        assert_eq!(
+            expected.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["guest_id", "id", "relationship BOOKED_BY", "status"]
+        );
+        assert_eq!(expected["relationship BOOKED_BY"], comparable(&GraphValue::Int(7)));
+        let without_guest = sink.expected(&table, &row(&[Some("3"), None, Some("paid")])).unwrap();
+        assert!(!without_guest.contains_key("relationship BOOKED_BY"), "a NULL foreign key expects no relationship");
+    }
+
+    #[test]
+    fn the_comparison_checks_every_column_and_relationship_in_the_store() {
+        for (transport, key) in [("bolt", "`id`: row.k0"), ("falkordb", "`pgfanout_key_id`: row.q0")] {
+            let sink = sink(transport);
+            let table = reservations();
+            let read = sink.encoder().read_rows(&table, &[row(&[Some("3"), Some("7"), Some("paid")])]).unwrap();
+            let statement = sink.compare_statement(&table, &read);
+            assert!(statement.cypher.contains(&format!("OPTIONAL MATCH (n:`Reservation` {{{key}}})")), "{statement:?}");
+            for column in 0..3 {
+                assert!(statement.cypher.contains(&format!("'p{column},'")), "column {column}: {}", statement.cypher);
+            }
+            assert!(statement.cypher.contains("(n)-[r0:`BOOKED_BY`]->(t0:`User`)"), "{}", statement.cypher);
+            assert!(statement.cypher.contains("'r0,'"), "{}", statement.cypher);
+        }
+    }
+}
