@@ -46,9 +46,55 @@ pub struct KeyPage {
     pub next: Option<String>,
 }
 
+/// How a document a sink derives from a group of rows differs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DerivedDifference {
+    /// PostgreSQL's rows make the group; the store has no document for it.
+    Missing,
+    /// The store has a document for a group no row makes.
+    Extra,
+    /// Both have it; these fields differ.
+    Fields(Vec<String>),
+}
+
+/// One derived document that differs: where, which group, how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedMismatch {
+    /// What holds it (`aggregate host_statistics`).
+    pub holder: String,
+    /// The group, as `column=value`.
+    pub group: String,
+    /// How it differs.
+    pub difference: DerivedDifference,
+}
+
+/// Documents a sink derives from groups of a table's rows (MongoDB's
+/// running aggregates), recomputed from PostgreSQL's rows by `verify`.
+#[async_trait]
+pub trait Derivation: Send {
+    /// Adds whole rows of the mapped shape (every row of the table, once).
+    fn add(&mut self, rows: &[Row]) -> Result<(), SinkError>;
+
+    /// The stored documents against the recomputed ones.
+    async fn compare(&mut self) -> Result<Vec<DerivedMismatch>, SinkError>;
+
+    /// Re-writes the documents of `mismatches` as recomputed (deletes the
+    /// extra ones), marked with `version` so the stream's later changes
+    /// apply on top.
+    async fn repair(&mut self, mismatches: &[DerivedMismatch], version: crate::Version) -> Result<(), SinkError>;
+}
+
 /// Read access to what a sink stored (see the module docs).
 #[async_trait]
 pub trait ReadBack: Send + Sync {
+    /// Readies reading `table` back (prepares statements, learns the
+    /// store's column types) before the first [`ReadBack::expected`] of it;
+    /// called once per table and run. Default: nothing to do.
+    async fn prepare(&self, table: &Arc<TableSchema>) -> Result<(), SinkError> {
+        let _ = table;
+        Ok(())
+    }
+
     /// What the sink stores for `row`, a whole row (no unchanged TOAST
     /// value) of the mapped shape `table`.
     fn expected(&self, table: &Arc<TableSchema>, row: &Row) -> Result<StoredColumns, SinkError>;
@@ -62,6 +108,13 @@ pub trait ReadBack: Send + Sync {
     /// `cursor` (`None`: the first page). Pages may overlap; a key may come
     /// twice.
     async fn scan_keys(&self, table: &Arc<TableSchema>, cursor: Option<String>) -> Result<KeyPage, SinkError>;
+
+    /// What the sink derives from groups of `table`'s rows, to recompute
+    /// (`None`: nothing).
+    fn derive(&self, table: &Arc<TableSchema>) -> Option<Box<dyn Derivation + '_>> {
+        let _ = table;
+        None
+    }
 
     /// What of `table` this sink stores but cannot compare, one line each
     /// (shown in `verify`'s report); empty when everything is compared.

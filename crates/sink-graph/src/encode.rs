@@ -133,6 +133,30 @@ pub fn ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
+/// A table's rows as `verify` reads them back ([`crate::readback`]).
+pub(crate) struct ReadRows<'a> {
+    /// What the table's rows become.
+    pub(crate) rule: ReadRule<'a>,
+    /// Key property names, in key order.
+    pub(crate) key_names: Vec<String>,
+    /// Per row, the map an upsert statement gets for it (`k…`, `q…`, `p`,
+    /// `f…`, `g…`, `a`, `b`); only the key fields for a row that writes nothing.
+    pub(crate) rows: Vec<GraphValue>,
+}
+
+/// What a table's rows become, for [`ReadRows`].
+pub(crate) enum ReadRule<'a> {
+    /// A node per row, and relationships from foreign keys.
+    Node {
+        /// Node label.
+        label: &'a str,
+        /// Relationships from foreign-key columns.
+        foreign_keys: &'a [ForeignKeyConfig],
+    },
+    /// A relationship per row.
+    Join(&'a JoinConfig),
+}
+
 /// The resolved rules of one sink.
 #[derive(Debug)]
 pub struct GraphEncoder {
@@ -274,6 +298,37 @@ impl GraphEncoder {
             lookup_keys: config.transport == crate::config::Transport::Falkordb,
             links: config.tables.iter().any(|table| table.relationship.is_some() || !table.relationships.is_empty()),
         }
+    }
+
+    /// The rows an insert of each of `rows` would write (see [`ReadRows`]).
+    pub(crate) fn read_rows(&self, schema: &Arc<TableSchema>, rows: &[Row]) -> Result<ReadRows<'_>, GraphSinkError> {
+        let rule = self.tables.get(&schema.table).ok_or_else(|| GraphSinkError::Mapping {
+            table: schema.table.to_string(),
+            reason: "the table is not routed to this sink".into(),
+        })?;
+        let shape = self.shape(rule, schema, &mut BTreeSet::new(), &mut BTreeSet::new())?;
+        let mut written = Vec::with_capacity(rows.len());
+        for row in rows {
+            let change = Change { table: Arc::clone(schema), op: ChangeOp::Insert { new: row.clone() }, ordinal: 0 };
+            let ops = match rule {
+                TableRule::Node(node) => self.node_ops(node, &shape, &change, GraphValue::Null)?,
+                TableRule::Join(join) => self.join_ops(join, &shape, &change, GraphValue::Null)?,
+            };
+            // An insert is one row write.
+            written.extend(ops.into_iter().map(|write| match write.op {
+                RowOp::Upsert(fields) | RowOp::Delete(fields) => fields,
+            }));
+        }
+        let rule = match rule {
+            TableRule::Node(node) => ReadRule::Node { label: &node.label, foreign_keys: &node.foreign_keys },
+            TableRule::Join(join) => ReadRule::Join(join),
+        };
+        Ok(ReadRows { rule, key_names: shape.group.key_names, rows: written })
+    }
+
+    /// Whether `[[derived]]` relationships exist (not read back by `verify`).
+    pub(crate) fn has_derived(&self) -> bool {
+        !self.derived.is_empty()
     }
 
     /// The statements that apply `changes`, in order.
@@ -666,7 +721,7 @@ impl GraphEncoder {
 
     /// `` `id`: row.k0, `other`: row.k1 `` (Neo4j), or the same through the
     /// lookup properties (FalkorDB: `` `pgfanout_key_id`: row.q0 ``).
-    fn key_match(&self, names: &[String]) -> String {
+    pub(crate) fn key_match(&self, names: &[String]) -> String {
         names
             .iter()
             .enumerate()

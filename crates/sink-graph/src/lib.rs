@@ -24,6 +24,7 @@ pub mod config;
 pub mod encode;
 pub mod error;
 pub mod falkordb;
+pub mod readback;
 pub mod sink;
 pub mod value;
 pub mod wipe;

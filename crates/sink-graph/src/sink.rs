@@ -125,6 +125,16 @@ impl GraphSink {
         self.config.tables.iter().map(|t| (TableName::parse(&t.source), t.mapping())).collect()
     }
 
+    /// The Cypher layer (for reading back: `verify`).
+    pub(crate) fn encoder(&self) -> &GraphEncoder {
+        &self.encoder
+    }
+
+    /// Runs a read statement returning one column, its values as text.
+    pub(crate) async fn query_column(&self, statement: &Statement) -> Result<Vec<Option<String>>, GraphSinkError> {
+        self.backend.first_column(statement).await
+    }
+
     async fn ensure_indexes(&self, indexes: &[IndexSpec], node_keys: &[NodeKey]) -> Result<(), GraphSinkError> {
         if !self.config.create_indexes {
             return Ok(());
@@ -280,6 +290,10 @@ impl Sink for GraphSink {
         older_than: Option<pgfanout_core::Version>,
     ) -> Result<u64, SinkError> {
         self.wipe_table(table, older_than).await
+    }
+
+    fn read_back(&self) -> Option<&dyn pgfanout_core::ReadBack> {
+        Some(self)
     }
 
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {

@@ -305,6 +305,43 @@ impl MongoEncoder {
         self.tables.get(&table.table).is_some_and(|target| !target.aggregates.is_empty())
     }
 
+    /// The running aggregates of `table`: collection, group column, count
+    /// field and summed fields of each (for `verify`).
+    pub(crate) fn aggregates_of(&self, table: &TableSchema) -> Vec<(Arc<Namespace>, String, String, Vec<String>)> {
+        self.tables.get(&table.table).map_or_else(Vec::new, |target| {
+            target
+                .aggregates
+                .iter()
+                .map(|a| (Arc::clone(&a.namespace), a.group_by.clone(), a.count_field.clone(), a.sums.clone()))
+                .collect()
+        })
+    }
+
+    /// Adds whole rows of `table` to `plan` as inserts of one version: the
+    /// plan then holds each group's count and sums over those rows (`verify`
+    /// recomputing the running aggregates).
+    pub(crate) fn aggregate_rows(
+        &self,
+        table: &TableSchema,
+        rows: &[Row],
+        plan: &mut AggregatePlan,
+    ) -> Result<(), String> {
+        let Some(target) = self.tables.get(&table.table) else { return Ok(()) };
+        for row in rows {
+            let insert = ChangeOp::Insert { new: row.clone() };
+            for aggregate in &target.aggregates {
+                plan.add(
+                    aggregate,
+                    table,
+                    &insert,
+                    Version { commit_lsn: pgfanout_core::Lsn(0), ordinal: 0 },
+                    &self.values,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// The version field's name.
     pub fn version_field(&self) -> &str {
         &self.version_field
@@ -639,6 +676,37 @@ impl AggregatePlan {
         self.collections.iter().map(|(namespace, collection)| {
             (namespace, collection.groups.iter().map(|group| group.id.clone()).collect())
         })
+    }
+
+    /// Per aggregate collection, each group's `_id` and what its deltas add
+    /// up to (count, sums), as fields of the group's document.
+    pub(crate) fn totals(&self) -> HashMap<Arc<Namespace>, Vec<(Bson, Document)>> {
+        let mut totals = HashMap::new();
+        for (namespace, collection) in &self.collections {
+            let mut groups = Vec::with_capacity(collection.groups.len());
+            for group in &collection.groups {
+                let mut count = 0i64;
+                let mut sums: Vec<(String, Amount)> = Vec::new();
+                for delta in &group.deltas {
+                    count = count.saturating_add(delta.count);
+                    for (field, amount) in &delta.sums {
+                        match sums.iter_mut().find(|(known, _)| known == field) {
+                            Some((_, total)) => *total = total.add(amount).unwrap_or_else(|| total.clone()),
+                            None => sums.push((field.clone(), amount.clone())),
+                        }
+                    }
+                }
+                let mut fields = doc! { &collection.count_field: count };
+                for (field, amount) in sums {
+                    if let Some(value) = amount.to_bson() {
+                        fields.insert(field, value);
+                    }
+                }
+                groups.push((group.id.clone(), fields));
+            }
+            totals.insert(Arc::clone(namespace), groups);
+        }
+        totals
     }
 
     /// Statements resetting the aggregate documents older than a truncate: run before the

@@ -9,9 +9,14 @@
 //! PostgreSQL's text exactly; an `_id` of another type is skipped when
 //! looking for extra documents (said in the report).
 //!
-//! Not compared: running aggregates (`[[sink.table.aggregate]]`); `verify`
-//! says so, and `--repair` refuses such tables, because a repair written
-//! through the apply path would count the row into the aggregate again.
+//! Running aggregates (`[[sink.table.aggregate]]`) are recomputed from
+//! PostgreSQL's rows ([`AggregateCheck`]): each group's count and sums, as
+//! the sink's own plan adds them up, against the group documents (a
+//! document whose count is 0 counts as absent). A repair `$set`s the
+//! recomputed values with the repair's version (the stream's later deltas
+//! apply on top) and deletes groups no row makes. A row repaired through
+//! the apply path moves its aggregates too; the aggregate repair, which
+//! runs after the rows', sets them right again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,10 +24,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bson::{doc, Bson, Document};
 use futures_util::TryStreamExt;
-use pgfanout_core::readback::{key_row, KeyPage, ReadBack, StoredColumns};
-use pgfanout_core::{Row, SinkError, TableSchema};
+use pgfanout_core::readback::{
+    key_row, Derivation, DerivedDifference, DerivedMismatch, KeyPage, ReadBack, StoredColumns,
+};
+use pgfanout_core::{Row, SinkError, TableSchema, Version};
 
-use crate::encode::canonical;
+use crate::encode::{canonical, AggregatePlan, Namespace};
 use crate::error::MongoSinkError;
 use crate::sink::MongoSink;
 
@@ -172,23 +179,188 @@ impl ReadBack for MongoSink {
             .map_err(|err| err.into_sink_error(self.name_for_errors(), format!("listing the keys of {}", table.table)))
     }
 
-    fn unverifiable(&self, table: &TableSchema) -> Vec<String> {
-        if self.encoder().has_aggregates(table) {
-            vec!["running aggregates (their collections are not compared; --repair refuses this table)".into()]
-        } else {
-            Vec::new()
-        }
+    fn derive(&self, table: &Arc<TableSchema>) -> Option<Box<dyn Derivation + '_>> {
+        let aggregates = self.encoder().aggregates_of(table);
+        (!aggregates.is_empty()).then(|| {
+            Box::new(AggregateCheck {
+                sink: self,
+                table: Arc::clone(table),
+                aggregates,
+                plan: AggregatePlan::default(),
+                expected: HashMap::new(),
+            }) as Box<dyn Derivation + '_>
+        })
+    }
+}
+
+/// A table's running aggregates recomputed from its rows (see the module docs).
+struct AggregateCheck<'a> {
+    sink: &'a MongoSink,
+    table: Arc<TableSchema>,
+    /// Collection, group column, count field, summed fields.
+    aggregates: Vec<(Arc<Namespace>, String, String, Vec<String>)>,
+    plan: AggregatePlan,
+    /// Per collection, after [`Derivation::compare`]: group (canonical `_id`) → `_id` and fields.
+    expected: HashMap<Arc<Namespace>, HashMap<String, (Bson, Document)>>,
+}
+
+impl AggregateCheck<'_> {
+    fn holder(namespace: &Namespace) -> String {
+        format!("aggregate {}", namespace.collection)
     }
 
-    fn repairable(&self, table: &TableSchema) -> Result<(), String> {
-        if self.encoder().has_aggregates(table) {
-            Err(format!(
-                "table {} feeds running aggregates, which a repair through the apply path would count twice; \
-                 rebuild the sink instead (pgfanout rebuild)",
-                table.table
-            ))
-        } else {
-            Ok(())
+    fn error(&self, err: MongoSinkError, doing: String) -> SinkError {
+        err.into_sink_error(self.sink.name_for_errors(), doing)
+    }
+
+    /// The group documents of `namespace` that count something, by canonical `_id`.
+    async fn stored(&self, namespace: &Namespace) -> Result<HashMap<String, (Bson, Document)>, MongoSinkError> {
+        let collection =
+            self.sink.client().await?.database(&namespace.database).collection::<Document>(&namespace.collection);
+        let what = || format!("reading the aggregate documents of {namespace}");
+        let cursor = self.sink.timed(what, collection.find(doc! {})).await?;
+        let documents: Vec<Document> = self.sink.timed(what, cursor.try_collect()).await?;
+        Ok(documents
+            .into_iter()
+            .filter_map(|document| {
+                let id = document.get("_id")?.clone();
+                Some((comparable(&id), (id, document)))
+            })
+            .collect())
+    }
+}
+
+/// The fields of a group document that an aggregate keeps, normalised.
+fn aggregate_fields(document: &Document, count_field: &str, sums: &[String]) -> StoredColumns {
+    std::iter::once(count_field)
+        .chain(sums.iter().map(String::as_str))
+        .filter_map(|field| match document.get(field) {
+            None | Some(Bson::Null) => None,
+            Some(value) => Some((field.to_owned(), comparable(value))),
+        })
+        .collect()
+}
+
+fn counts_nothing(fields: &StoredColumns, count_field: &str) -> bool {
+    fields.get(count_field).is_none_or(|count| *count == comparable(&Bson::Int64(0)))
+}
+
+#[async_trait]
+impl Derivation for AggregateCheck<'_> {
+    fn add(&mut self, rows: &[Row]) -> Result<(), SinkError> {
+        self.sink
+            .encoder()
+            .aggregate_rows(&self.table, rows, &mut self.plan)
+            .map_err(|reason| self.sink.mapping_error(&self.table, format!("recomputing running aggregates: {reason}")))
+    }
+
+    async fn compare(&mut self) -> Result<Vec<DerivedMismatch>, SinkError> {
+        let mut totals = self.plan.totals();
+        let mut mismatches = Vec::new();
+        for (namespace, group_by, count_field, sums) in &self.aggregates {
+            let expected: HashMap<String, (Bson, Document)> = totals
+                .remove(namespace)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(id, fields)| (comparable(&id), (id, fields)))
+                .filter(|(_, (_, fields))| !counts_nothing(&aggregate_fields(fields, count_field, sums), count_field))
+                .collect();
+            let stored = self
+                .stored(namespace)
+                .await
+                .map_err(|err| self.error(err, format!("reading the aggregates of {}", self.table.table)))?;
+            let group = |id: &Bson| format!("{group_by}={}", key_text(id).unwrap_or_else(|| canonical(id)));
+            let mut found: Vec<(String, DerivedMismatch)> = Vec::new();
+            for (key, (id, fields)) in &expected {
+                let want = aggregate_fields(fields, count_field, sums);
+                let difference = match stored.get(key) {
+                    None => Some(DerivedDifference::Missing),
+                    Some((_, document)) => {
+                        let have = aggregate_fields(document, count_field, sums);
+                        let differing: Vec<String> = want
+                            .keys()
+                            .chain(have.keys())
+                            .filter(|field| want.get(*field) != have.get(*field))
+                            .cloned()
+                            .collect::<std::collections::BTreeSet<_>>()
+                            .into_iter()
+                            .collect();
+                        (!differing.is_empty()).then_some(DerivedDifference::Fields(differing))
+                    }
+                };
+                if let Some(difference) = difference {
+                    found.push((
+                        key.clone(),
+                        DerivedMismatch { holder: Self::holder(namespace), group: group(id), difference },
+                    ));
+                }
+            }
+            for (key, (id, document)) in &stored {
+                if !expected.contains_key(key)
+                    && !counts_nothing(&aggregate_fields(document, count_field, sums), count_field)
+                {
+                    found.push((
+                        key.clone(),
+                        DerivedMismatch {
+                            holder: Self::holder(namespace),
+                            group: group(id),
+                            difference: DerivedDifference::Extra,
+                        },
+                    ));
+                }
+            }
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            mismatches.extend(found.into_iter().map(|(_, mismatch)| mismatch));
+            self.expected.insert(Arc::clone(namespace), expected);
         }
+        Ok(mismatches)
+    }
+
+    async fn repair(&mut self, mismatches: &[DerivedMismatch], version: Version) -> Result<(), SinkError> {
+        let version_field = self.sink.encoder().version_field().to_owned();
+        for (namespace, group_by, _, sums) in &self.aggregates {
+            let holder = Self::holder(namespace);
+            let wanted: Vec<&DerivedMismatch> = mismatches.iter().filter(|m| m.holder == holder).collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let doing = || format!("repairing the aggregates of {} in {namespace}", self.table.table);
+            let stored = self.stored(namespace).await.map_err(|err| self.error(err, doing()))?;
+            let collection = self
+                .sink
+                .client()
+                .await
+                .map_err(|err| self.error(err, doing()))?
+                .database(&namespace.database)
+                .collection::<Document>(&namespace.collection);
+            let expected = self.expected.get(namespace).cloned().unwrap_or_default();
+            let group = |id: &Bson| format!("{group_by}={}", key_text(id).unwrap_or_else(|| canonical(id)));
+            for (id, fields) in expected.values().filter(|(id, _)| wanted.iter().any(|m| m.group == group(id))) {
+                let mut set = fields.clone();
+                set.insert(version_field.clone(), version.to_sortable_string());
+                let unset: Document = sums
+                    .iter()
+                    .filter(|sum| !fields.contains_key(sum.as_str()))
+                    .map(|sum| (sum.clone(), Bson::String(String::new())))
+                    .collect();
+                let mut update = doc! { "$set": set };
+                if !unset.is_empty() {
+                    update.insert("$unset", unset);
+                }
+                self.sink
+                    .timed(doing, collection.update_one(doc! { "_id": id.clone() }, update).upsert(true))
+                    .await
+                    .map_err(|err| self.error(err, doing()))?;
+            }
+            for (id, _) in stored.values().filter(|(id, _)| {
+                !expected.contains_key(&comparable(id)) && wanted.iter().any(|m| m.group == group(id))
+            }) {
+                self.sink
+                    .timed(doing, collection.delete_one(doc! { "_id": id.clone() }))
+                    .await
+                    .map_err(|err| self.error(err, doing()))?;
+            }
+        }
+        Ok(())
     }
 }

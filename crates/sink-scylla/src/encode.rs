@@ -105,6 +105,18 @@ impl TargetSchema {
     }
 }
 
+/// Where one target table keeps a source table's columns (for reading rows
+/// back: `verify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetLayout {
+    /// `ks.table`.
+    pub qualified: String,
+    /// Key columns, partition then clustering: position in the shape, name.
+    pub key: Vec<(usize, String)>,
+    /// The other written columns: position in the shape, name.
+    pub values: Vec<(usize, String)>,
+}
+
 /// One query table as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetOptions {
@@ -217,6 +229,20 @@ impl CqlEncoder {
     /// The target tables of `shape`, for schema management.
     pub fn schemas(&mut self, shape: &Arc<TableSchema>) -> Result<Vec<TargetSchema>, ScyllaSinkError> {
         Ok(self.resolve(shape)?.targets.iter().map(|t| t.schema.clone()).collect())
+    }
+
+    /// Where each target table of `shape` keeps its columns.
+    pub fn layouts(&mut self, shape: &Arc<TableSchema>) -> Result<Vec<TargetLayout>, ScyllaSinkError> {
+        Ok(self
+            .resolve(shape)?
+            .targets
+            .iter()
+            .map(|target| TargetLayout {
+                qualified: target.qualified.clone(),
+                key: target.partition.iter().chain(&target.clustering).cloned().collect(),
+                values: target.values.iter().map(|&p| (p, target.schema_column_name(p).to_owned())).collect(),
+            })
+            .collect())
     }
 
     fn encode_change(

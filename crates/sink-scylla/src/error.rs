@@ -78,6 +78,14 @@ pub enum ScyllaSinkError {
     /// The checkpoint row could not be read.
     #[error("cannot read the checkpoint row: {0}")]
     CheckpointRow(String),
+    /// A table's rows could not be read back (`verify`).
+    #[error("reading {table} back: {reason}")]
+    ReadBack {
+        /// Target table.
+        table: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The `[sink.tls]` files cannot be used.
     #[error("sink tls settings: {0}")]
     Tls(String),
@@ -119,6 +127,7 @@ impl ScyllaSinkError {
             }
             ScyllaSinkError::BadCheckpoint { .. }
             | ScyllaSinkError::CheckpointRow(_)
+            | ScyllaSinkError::ReadBack { .. }
             | ScyllaSinkError::PasswordFile { .. }
             | ScyllaSinkError::Tls(_) => ErrorKind::StoreFailing,
         }

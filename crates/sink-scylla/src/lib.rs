@@ -22,6 +22,7 @@
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod readback;
 pub mod sink;
 pub mod timestamp;
 pub mod types;

@@ -54,6 +54,8 @@ pub struct ScyllaSink {
     stored_checkpoint: Mutex<Option<Lsn>>,
     /// `INSERT` of the checkpoint row, prepared like the data statements.
     checkpoint_insert: Arc<str>,
+    /// Statements and column types `verify` reads tables back with.
+    pub(crate) read_targets: crate::readback::ReadTargets,
 }
 
 struct EncodeState {
@@ -90,6 +92,7 @@ impl ScyllaSink {
             schema: tokio::sync::Mutex::new(SchemaState::default()),
             stored_checkpoint: Mutex::new(None),
             checkpoint_insert,
+            read_targets: Default::default(),
         }
     }
 
@@ -105,6 +108,14 @@ impl ScyllaSink {
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, EncodeState> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Where each target table of `shape` keeps its columns.
+    pub(crate) fn target_layouts(
+        &self,
+        shape: &Arc<TableSchema>,
+    ) -> Result<Vec<crate::encode::TargetLayout>, ScyllaSinkError> {
+        self.lock_state().encoder.layouts(shape)
     }
 
     pub(crate) async fn session(&self) -> Result<Arc<Session>, ScyllaSinkError> {
@@ -271,7 +282,11 @@ impl ScyllaSink {
         Ok(())
     }
 
-    async fn prepare(&self, session: &Session, cql: &Arc<str>) -> Result<PreparedStatement, ScyllaSinkError> {
+    pub(crate) async fn prepare(
+        &self,
+        session: &Session,
+        cql: &Arc<str>,
+    ) -> Result<PreparedStatement, ScyllaSinkError> {
         if let Some(prepared) = self.prepared.lock().unwrap_or_else(|p| p.into_inner()).get(cql) {
             return Ok(prepared.clone());
         }
@@ -518,6 +533,10 @@ impl Sink for ScyllaSink {
 
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
         self.lock_state().encoder.table_problems(table)
+    }
+
+    fn read_back(&self) -> Option<&dyn pgfanout_core::ReadBack> {
+        Some(self)
     }
 }
 
