@@ -173,7 +173,8 @@ fn default_chunk_mb() -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Address serving `/metrics`, `/healthz` and `/readyz`. Default: `127.0.0.1:9187`.
+    /// Address serving `/metrics`, `/healthz`, `/readyz` and `/rebuild` (what `pgfanout rebuild`
+    /// talks to). Default: `127.0.0.1:9187`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// `/healthz` fails once a sink with work pending has made no progress

@@ -672,3 +672,31 @@ pub mod endpoint {
         (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed() -> Vec<(TableName, Arc<TableMapping>)> {
+        ["public.a", "app.b"].iter().map(|name| (TableName::parse(name), Arc::new(TableMapping::identity()))).collect()
+    }
+
+    #[test]
+    fn tables_default_to_every_routed_one_and_unrouted_ones_are_refused_with_the_list() {
+        let all = choose_tables("cache", &routed(), &[]).unwrap();
+        assert_eq!(all.len(), 2);
+        let chosen = choose_tables("cache", &routed(), &["a".to_owned()]).unwrap();
+        assert_eq!(chosen[0].0, TableName::parse("public.a"), "a bare name means public");
+        let err = choose_tables("cache", &routed(), &["public.c".to_owned()]).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert_eq!(err.to_string(), "sink cache does not route table public.c; it routes: public.a, app.b");
+        assert_eq!(TriggerError::Busy("cache".into()).status(), 409);
+        assert_eq!(TriggerError::UnknownSink { sink: "x".into(), known: String::new() }.status(), 404);
+    }
+
+    #[test]
+    fn error_answers_show_their_message() {
+        assert_eq!(message_of(r#"{"error": "no sink named \"x\""}"#), "no sink named \"x\"");
+        assert_eq!(message_of("plain text\n"), "plain text");
+    }
+}

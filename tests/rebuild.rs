@@ -272,7 +272,12 @@ async fn mongo_matches_ok(db: &TestDatabase, collection: &mongodb::Collection<bs
     mongo_matches(db, collection).await.is_ok()
 }
 
-/// [`spawn_writer`]'s changes over ids up to `rows`, slower (nx-27017 is no speed demon).
+/// Inserts and updates over ids up to `rows`, slower than [`spawn_writer`] (nx-27017 is no
+/// speed demon), and no deletes: nx-27017 answers a delete filtered by `_id` and `$or` (the
+/// sink's version guard) by deleting *another* document when the `_id` is absent, e.g. a row
+/// the wipe removed and the copy has not reached, which would take another application's
+/// document with it. Real MongoDB does not; deletes during a rebuild are covered by the Redis
+/// and graph tests.
 fn spawn_writer_below(
     url: String,
     rows: i32,
@@ -286,7 +291,7 @@ fn spawn_writer_below(
         while !stop.load(Ordering::Relaxed) {
             id = (id * 7919 + 13) % rows + 1;
             let statement = match done.load(Ordering::Relaxed) % 3 {
-                0 => format!("DELETE FROM item WHERE id IN ({id}, {})", rows - id / 3),
+                0 => format!("UPDATE item SET note = 'm' || qty WHERE id IN ({id}, {})", rows - id / 3),
                 1 => {
                     new_id += 1;
                     format!("INSERT INTO item VALUES ({new_id}, 0, 'new')")

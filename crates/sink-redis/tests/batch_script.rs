@@ -271,3 +271,33 @@ async fn a_rejected_change_stops_the_batch_before_its_checkpoint() {
     assert!(!redis.exists::<_, bool>("pgfanout:checkpoint:rejected").await.unwrap());
     assert!(!redis.exists::<_, bool>("rejected:3").await.unwrap(), "nothing after the rejected change");
 }
+
+#[tokio::test]
+async fn wipe_removes_only_keys_pgfanout_wrote_below_the_bound() {
+    for (table, format) in [("wiped", "hash"), ("wipedjson", "json")] {
+        clear(table).await;
+        let sink = sink(table, serde_json::json!({ "format": format }));
+        let old = transaction(table, 0x1000, (1..=3).map(|id| insert([&id.to_string(), "x", "NULL"])).collect());
+        let newer = transaction(table, 0x3000, vec![insert(["4", "newer", "NULL"])]);
+        apply(&sink, &[&old, &newer]).await;
+        let mut redis = connection().await;
+        // Another application's keys under the prefix: a hash without the version field, a string.
+        let _: () = redis.hset(format!("{table}:foreign"), "owner", "billing").await.unwrap();
+        let _: () = redis.set(format!("{table}:text"), "{\"owner\": \"billing\"}").await.unwrap();
+
+        let bound = pgfanout_core::Version { commit_lsn: Lsn(0x2000), ordinal: 0 };
+        let removed = sink.wipe(&schema(table), Some(bound)).await.unwrap();
+        assert_eq!(removed, 3, "{format}: the rows written below the bound");
+        let mut left: Vec<String> = redis.keys(format!("{table}:*")).await.unwrap();
+        left.sort();
+        assert_eq!(left, [format!("{table}:4"), format!("{table}:foreign"), format!("{table}:text")], "{format}");
+        let index: Vec<String> = redis.smembers(format!("pgfanout:index:{table}:public.{table}")).await.unwrap();
+        assert_eq!(index, [format!("{table}:4")], "{format}: removed keys leave the index set");
+
+        // Without a bound (nothing streams): every key pgfanout wrote.
+        assert_eq!(sink.wipe(&schema(table), None).await.unwrap(), 1);
+        let mut left: Vec<String> = redis.keys(format!("{table}:*")).await.unwrap();
+        left.sort();
+        assert_eq!(left, [format!("{table}:foreign"), format!("{table}:text")], "{format}");
+    }
+}
