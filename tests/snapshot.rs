@@ -91,7 +91,7 @@ fn spawn_writer(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tok
 }
 
 async fn wait_snapshot_done(pgfanout: &Pgfanout) {
-    wait_until("the snapshot to finish", Duration::from_secs(90), || async {
+    wait_until("the snapshot to finish", Duration::from_secs(240), || async {
         pgfanout.metric("pgfanout_snapshot_tables_remaining{sink=\"cache\"}").await == Some(0.0)
     })
     .await;
@@ -479,4 +479,66 @@ async fn every_store_kind_ends_equal_after_a_snapshot_under_writes() {
         let copied = stores.pgfanout.metric(&series).await;
         assert!(copied.is_some_and(|rows| rows >= 2_000.0), "{sink}: item rows copied {copied:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_the_source_refuses_is_reported_retried_and_copied_once_fixed() {
+    let db = create_database("snapshot_refused").await;
+    let role = format!("{}_role", db.name);
+    // Roles are cluster-wide: start from none, so the role script creates it.
+    db.client
+        .batch_execute(&format!(
+            "DO $$ BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                 DROP OWNED BY {role} CASCADE; DROP ROLE {role}; END IF; END $$;
+             CREATE TABLE item (id int PRIMARY KEY, note text);
+             CREATE TABLE line (order_id int, line_no int, qty int, PRIMARY KEY (order_id, line_no));
+             INSERT INTO item SELECT i, 'n' || i FROM generate_series(1, 3000) i;
+             INSERT INTO line SELECT i / 4, i % 4, i FROM generate_series(1, 3000) i;"
+        ))
+        .await
+        .unwrap();
+    let login = least_privilege_role(&db, "public.item,public.line");
+    // The role may stream `line` but not read it: its copy fails for good until granted.
+    db.client.batch_execute(&format!("REVOKE SELECT ON line FROM {role}")).await.unwrap();
+    let server = OwnRedisServer::start().await;
+    let mut redis = redis_connection(&server.url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = redis_config(
+        &db,
+        &server.url,
+        &http,
+        &[("public.item", "item:{id}"), ("public.line", "line:{order_id}:{line_no}")],
+    )
+    .replace(&format!("url = \"{}\"", db.url), &format!("url = \"{}\"", login.url));
+    let settings = format!("{settings}\n[snapshot]\nchunk_rows = 500\n");
+    let pgfanout = Pgfanout::start_with_env("snapshot_refused", &settings, &http, &login.env());
+    let sink = db.name.clone();
+    wait_until("/readyz to say the snapshot failed", Duration::from_secs(60), || async {
+        raw_http_get(&http, "/readyz").await.contains("snapshot failed")
+    })
+    .await;
+    let failed = pgfanout.metric(&format!("pgfanout_snapshot_tables_failed{{sink=\"{sink}\"}}")).await;
+    assert_eq!(failed, Some(1.0), "{}", pgfanout.log_text());
+    let failures = format!("pgfanout_snapshot_failures_total{{sink=\"{sink}\",table=\"public.line\"}}");
+    assert!(pgfanout.metric(&failures).await >= Some(1.0));
+    assert!(pgfanout.log_text().contains("permission denied"), "the log names the cause");
+    // Only the refused table is left; streamed changes to it still arrive meanwhile.
+    wait_until("item to be copied", Duration::from_secs(60), || async {
+        pgfanout.metric(&format!("pgfanout_snapshot_tables_remaining{{sink=\"{sink}\"}}")).await == Some(1.0)
+    })
+    .await;
+    db.client.batch_execute("UPDATE line SET qty = -qty WHERE order_id < 10").await.unwrap();
+
+    db.client.batch_execute(&format!("GRANT SELECT ON line TO {role}")).await.unwrap();
+    wait_until("the snapshot to finish once the table is readable", Duration::from_secs(90), || async {
+        pgfanout.metric(&format!("pgfanout_snapshot_tables_remaining{{sink=\"{sink}\"}}")).await == Some(0.0)
+    })
+    .await;
+    wait_for_redis_match(&db, "item", "id", &mut redis, "item:", &pgfanout).await;
+    wait_for_redis_match(&db, "line", "(order_id || ':' || line_no)", &mut redis, "line:", &pgfanout).await;
+    assert_eq!(pgfanout.metric(&format!("pgfanout_snapshot_tables_failed{{sink=\"{sink}\"}}")).await, Some(0.0));
+    wait_until("/readyz to say ready", Duration::from_secs(30), || async {
+        http_get(&http, "/readyz").await.is_some_and(|body| body.contains("\"ready\""))
+    })
+    .await;
 }
