@@ -66,6 +66,11 @@ pub struct Planned {
 /// worker acknowledgements by name. The merge's tap must be on the
 /// pipeline already.
 pub fn start(planned: Vec<Planned>, acked: &[(String, watch::Receiver<Lsn>)], snapshotter: Snapshotter) {
+    let copies: Vec<(String, TableName)> = planned
+        .iter()
+        .flat_map(|planned| planned.tables.iter().map(|table| (planned.sink.name().to_owned(), table.clone())))
+        .collect();
+    let (metrics, options) = (snapshotter.metrics.clone(), snapshotter.options.clone());
     for Planned { sink, tables, progress } in planned {
         let Some((_, acked)) = acked.iter().find(|(name, _)| name == sink.name()) else { continue };
         let target = SinkTarget { sink: sink.clone(), acked: acked.clone(), tables, progress };
@@ -82,6 +87,10 @@ pub fn start(planned: Vec<Planned>, acked: &[(String, watch::Receiver<Lsn>)], sn
                 }
             }
         });
+    }
+    // After the loop: every sink's remaining tables are counted by now.
+    if !copies.is_empty() {
+        tokio::spawn(crate::progress::snapshot(metrics, options, copies));
     }
 }
 
