@@ -10,7 +10,7 @@ ARGS ?=
 # How long `make fuzz` runs the decoder fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency
+.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency bench-snapshot
 
 setup:
 	deploy/local/stack.sh install
@@ -38,6 +38,11 @@ bench-pipeline:
 # Commit-to-applied latency into Redis at a steady rate (benches/README.md).
 bench-latency:
 	benches/e2e/latency.sh
+
+# The initial snapshot of a table into the discarding sink and Redis, next to COPY of
+# the same table (benches/README.md). E.g. make bench-snapshot N=200000.
+bench-snapshot:
+	N=$(or $(N),1000000) benches/e2e/snapshot_vs_copy.sh
 
 lint:
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets -- -D warnings
