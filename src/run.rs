@@ -198,7 +198,11 @@ async fn stream(
         ..StreamSettings::default()
     };
     let mut marker = Marker::spawn(all_sinks, record, settings.status_interval, shutdown.clone());
-    tokio::spawn(pgfanout_source::monitor::watch_source(
+    // The helper tasks live as long as this attempt: after another process
+    // took the slot this instance stands by, and a standby writes no
+    // heartbeats and copies no snapshot (the next attempt starts its own).
+    let mut attempt_tasks = AttemptTasks::default();
+    attempt_tasks.spawn(pgfanout_source::monitor::watch_source(
         options.clone(),
         config.source.slot.clone(),
         config.source.heartbeat_interval_secs,
@@ -206,9 +210,9 @@ async fn stream(
         shutdown.clone(),
     ));
     if std::io::stderr().is_terminal() {
-        tokio::spawn(crate::progress::catch_up(metrics.clone(), server_position, shutdown.clone()));
+        attempt_tasks.spawn(crate::progress::catch_up(metrics.clone(), server_position, shutdown.clone()));
     }
-    crate::snapshot::start(planned, &acknowledgements, snapshotter);
+    attempt_tasks.adopt(crate::snapshot::start(planned, &acknowledgements, snapshotter));
     let cx = StreamContext {
         source: &config.source,
         options: &options,
@@ -229,6 +233,31 @@ async fn stream(
                 worker.abort();
             }
             Err(err.into())
+        }
+    }
+}
+
+/// The tasks one streaming attempt started beside the stream, aborted when
+/// the attempt ends, however it ends.
+#[derive(Default)]
+struct AttemptTasks {
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl AttemptTasks {
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(tokio::spawn(task).abort_handle());
+    }
+
+    fn adopt(&mut self, tasks: Vec<tokio::task::JoinHandle<()>>) {
+        self.tasks.extend(tasks.iter().map(tokio::task::JoinHandle::abort_handle));
+    }
+}
+
+impl Drop for AttemptTasks {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }

@@ -65,7 +65,12 @@ pub struct Planned {
 /// Starts copying `planned` sinks' tables; `acked` gives each sink's
 /// worker acknowledgements by name. The merge's tap must be on the
 /// pipeline already.
-pub fn start(planned: Vec<Planned>, acked: &[(String, watch::Receiver<Lsn>)], snapshotter: Snapshotter) {
+pub fn start(
+    planned: Vec<Planned>,
+    acked: &[(String, watch::Receiver<Lsn>)],
+    snapshotter: Snapshotter,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
     let copies: Vec<(String, TableName)> = planned
         .iter()
         .flat_map(|planned| planned.tables.iter().map(|table| (planned.sink.name().to_owned(), table.clone())))
@@ -77,7 +82,7 @@ pub fn start(planned: Vec<Planned>, acked: &[(String, watch::Receiver<Lsn>)], sn
         let snapshotter = snapshotter.clone();
         // Counted at once, so /readyz says "snapshotting" from the start.
         snapshotter.metrics.snapshot_tables_remaining.with_label_values(&[sink.name()]).set(target.tables.len() as i64);
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let name = sink.name().to_owned();
             tracing::info!(sink = %name, tables = target.tables.len(), "snapshot: copying existing rows");
             match snapshotter.run_sink(target).await {
@@ -86,12 +91,13 @@ pub fn start(planned: Vec<Planned>, acked: &[(String, watch::Receiver<Lsn>)], sn
                     tracing::error!(sink = %name, error = %pgfanout_core::error_chain(&err), "snapshot stopped")
                 }
             }
-        });
+        }));
     }
     // After the loop: every sink's remaining tables are counted by now.
     if !copies.is_empty() {
-        tokio::spawn(crate::progress::snapshot(metrics, options, copies));
+        tasks.push(tokio::spawn(crate::progress::snapshot(metrics, options, copies)));
     }
+    tasks
 }
 
 /// The snapshotter of `run`: the source's settings, a merge whose
