@@ -325,6 +325,11 @@ impl TableCopy {
                 Read::After(after) => reader.read_chunk(connection, after).await?,
                 Read::Keys(keys) => reader.read_keys(connection, keys).await?,
             };
+            // Read with a stale column list (an ALTER TABLE since the table was
+            // described): copy() describes it again and reads the chunk again.
+            if chunk.shape_version.as_deref() != Some(reader.table().shape_version.as_str()) {
+                return Err(SnapshotError::Altered { table: self.table.clone() });
+            }
             let committed = committed_among(connection, &self.table, &chunk.visibility.in_progress).await?;
             // The rows move into the merge; the chunk keeps its count, last key and visibility.
             let read_rows = chunk.rows.len();
