@@ -176,19 +176,20 @@ struct TableCopy {
 
 impl TableCopy {
     async fn run(mut self) -> Result<(), RunError> {
-        let _permit = self.snapshotter.permits.clone().acquire_owned().await;
         let sink = self.sink.name().to_owned();
         let table_label = self.table.to_string();
         let metrics = &self.snapshotter.metrics;
         let failures = metrics.snapshot_failures_total.with_label_values(&[&sink, &table_label]);
         let failed_tables = metrics.snapshot_tables_failed.with_label_values(&[&sink]);
-        let mut failing_for_good = false;
+        let mut failing_for_good: Option<FailedMark> = None;
         let mut backoff = Backoff::new(Duration::from_millis(200), PERMANENT_RETRY_MAX);
         loop {
+            // Held per attempt: a table waiting to be retried lets others be copied.
+            let permit = self.snapshotter.permits.clone().acquire_owned().await;
             let outcome = self.copy().await;
-            if failing_for_good && !matches!(outcome, Err(CopyError::Source(ref err)) if !err.is_transient()) {
-                failing_for_good = false;
-                failed_tables.dec();
+            drop(permit);
+            if !matches!(outcome, Err(CopyError::Source(ref err)) if !err.is_transient()) {
+                failing_for_good = None;
             }
             let delay = match outcome {
                 Ok(()) => return Ok(()),
@@ -199,10 +200,7 @@ impl TableCopy {
                     delay
                 }
                 Err(CopyError::Source(err)) => {
-                    if !failing_for_good {
-                        failing_for_good = true;
-                        failed_tables.inc();
-                    }
+                    failing_for_good.get_or_insert_with(|| FailedMark::new(failed_tables.clone()));
                     let delay = backoff.next_delay();
                     tracing::error!(
                         %sink,
@@ -382,6 +380,23 @@ impl TableCopy {
         let mut progress = self.progress.lock().await;
         progress.tables.insert(table.to_owned(), state);
         self.sink.store_snapshot_progress(&progress.to_stored()).await.map_err(CopyError::Progress)
+    }
+}
+
+/// Counts a table in `pgfanout_snapshot_tables_failed` while it is held:
+/// dropped when its copy goes on or ends, or its task is aborted.
+struct FailedMark(prometheus::IntGauge);
+
+impl FailedMark {
+    fn new(gauge: prometheus::IntGauge) -> FailedMark {
+        gauge.inc();
+        FailedMark(gauge)
+    }
+}
+
+impl Drop for FailedMark {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
