@@ -7,6 +7,7 @@
 #   benches/e2e/snapshot_vs_copy.sh                 # N=1000000, release build
 #   N=200000 CHUNK_ROWS=10000 benches/e2e/snapshot_vs_copy.sh
 #   PROFILE=debug N=100000 benches/e2e/snapshot_vs_copy.sh   # try it out without a release build
+#   SINKS=discard benches/e2e/snapshot_vs_copy.sh              # one target only (discard, redis)
 #
 # Prints, per target, seconds from pgfanout's start to the last row applied
 # (connecting and creating the slot included):
@@ -19,6 +20,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N=${N:-1000000}
 CHUNK_ROWS=${CHUNK_ROWS:-5000}
+SINKS=${SINKS:-discard redis}
 if [[ ${PROFILE:-release} == release ]]; then
     (cd "$REPO_ROOT" && cargo build --release --quiet --bin pgfanout)
 fi
@@ -67,9 +69,16 @@ snapshot_run() {
         'BEGIN { s = end - start; printf "snapshot sink=%s rows=%d seconds=%.2f rows_per_second=%d of_copy=%.2f\n", kind, n, s, n / s, copy / s }'
 }
 
-snapshot_run discard 'kind = "discard"'
-REDIS_BENCH_URL="${PGFANOUT_TEST_REDIS_URL%/}/9"
-redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
-snapshot_run redis "kind = \"redis\"
+for sink in $SINKS; do
+    case $sink in
+    discard) snapshot_run discard 'kind = "discard"' ;;
+    redis)
+        REDIS_BENCH_URL="${PGFANOUT_TEST_REDIS_URL%/}/9"
+        redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
+        snapshot_run redis "kind = \"redis\"
 url = \"$REDIS_BENCH_URL\""
-redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
+        redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
+        ;;
+    *) echo "unknown sink $sink (discard, redis)" >&2 && exit 2 ;;
+    esac
+done
