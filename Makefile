@@ -10,7 +10,7 @@ ARGS ?=
 # How long `make fuzz` runs the decoder fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency bench-archive
+.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency bench-archive bench-snapshot
 
 setup:
 	deploy/local/stack.sh install
@@ -44,6 +44,11 @@ bench-latency:
 # make bench-archive N=200000 REPEAT=5, or CALLGRIND=1 N=100000 for instructions per change.
 bench-archive:
 	N=$(or $(N),500000) REPEAT=$(or $(REPEAT),3) benches/e2e/archive_on_off.sh
+
+# The initial snapshot of a table into the discarding sink and Redis, next to COPY of
+# the same table (benches/README.md). E.g. make bench-snapshot N=200000.
+bench-snapshot:
+	N=$(or $(N),1000000) benches/e2e/snapshot_vs_copy.sh
 
 lint:
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets -- -D warnings

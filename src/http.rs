@@ -96,6 +96,14 @@ async fn ready(axum::extract::State(state): axum::extract::State<HttpState>) -> 
         if remaining > 0 {
             reasons.push(format!("snapshotting: sink {sink} has {remaining} table(s) left to copy"));
         }
+        let failed =
+            state.metrics.snapshot_tables_failed.get_metric_with_label_values(&[sink]).map_or(0, |failed| failed.get());
+        if failed > 0 {
+            reasons.push(format!(
+                "snapshot failed: sink {sink} has {failed} table(s) that cannot be copied (see the log); \
+                 retried until fixed"
+            ));
+        }
     }
     if reasons.is_empty() {
         json(StatusCode::OK, serde_json::json!({ "status": "ready" }))

@@ -71,6 +71,11 @@ pub fn start(
     snapshotter: Snapshotter,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
+    let copies: Vec<(String, TableName)> = planned
+        .iter()
+        .flat_map(|planned| planned.tables.iter().map(|table| (planned.sink.name().to_owned(), table.clone())))
+        .collect();
+    let (metrics, options) = (snapshotter.metrics.clone(), snapshotter.options.clone());
     for Planned { sink, tables, progress } in planned {
         let Some((_, acked)) = acked.iter().find(|(name, _)| name == sink.name()) else { continue };
         let target = SinkTarget { sink: sink.clone(), acked: acked.clone(), tables, progress };
@@ -87,6 +92,10 @@ pub fn start(
                 }
             }
         }));
+    }
+    // After the loop: every sink's remaining tables are counted by now.
+    if !copies.is_empty() {
+        tasks.push(tokio::spawn(crate::progress::snapshot(metrics, options, copies)));
     }
     tasks
 }

@@ -58,6 +58,11 @@ pub const ARCHIVE_APPEND_SECONDS: &str = "pgfanout_archive_append_seconds";
 pub const SNAPSHOT_ROWS_TOTAL: &str = "pgfanout_snapshot_rows_total";
 /// Tables a sink's snapshot has still to copy (0 once it is done).
 pub const SNAPSHOT_TABLES_REMAINING: &str = "pgfanout_snapshot_tables_remaining";
+/// Attempts to copy a table into a sink that failed (each is retried from the stored progress).
+pub const SNAPSHOT_FAILURES_TOTAL: &str = "pgfanout_snapshot_failures_total";
+/// Tables whose copy into a sink failed with an error retrying alone cannot fix
+/// (a missing privilege, key or table); retried until an operator fixes it.
+pub const SNAPSHOT_TABLES_FAILED: &str = "pgfanout_snapshot_tables_failed";
 /// Build information as labels, value 1.
 pub const BUILD_INFO: &str = "pgfanout_build_info";
 
@@ -112,6 +117,10 @@ pub struct Metrics {
     pub snapshot_rows_total: IntCounterVec,
     /// See [`SNAPSHOT_TABLES_REMAINING`].
     pub snapshot_tables_remaining: IntGaugeVec,
+    /// See [`SNAPSHOT_FAILURES_TOTAL`].
+    pub snapshot_failures_total: IntCounterVec,
+    /// See [`SNAPSHOT_TABLES_FAILED`].
+    pub snapshot_tables_failed: IntGaugeVec,
 }
 
 impl Metrics {
@@ -176,6 +185,11 @@ impl Metrics {
             &["sink"],
         )?;
         registry.register(Box::new(snapshot_tables_remaining.clone()))?;
+        let snapshot_tables_failed = IntGaugeVec::new(
+            Opts::new(SNAPSHOT_TABLES_FAILED, "Tables whose snapshot failed with an error an operator must fix"),
+            &["sink"],
+        )?;
+        registry.register(Box::new(snapshot_tables_failed.clone()))?;
 
         Ok(Metrics {
             events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
@@ -234,6 +248,12 @@ impl Metrics {
                 &["sink", "table"],
             )?,
             snapshot_tables_remaining,
+            snapshot_failures_total: counter_vec(
+                SNAPSHOT_FAILURES_TOTAL,
+                "Attempts to copy a table into the sink that failed",
+                &["sink", "table"],
+            )?,
+            snapshot_tables_failed,
             registry,
         })
     }

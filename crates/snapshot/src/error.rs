@@ -31,6 +31,13 @@ pub enum SnapshotError {
         /// The table.
         table: TableName,
     },
+    /// The table was altered (a column added, …) while it was copied: the
+    /// chunk was read with the old column list and is read again.
+    #[error("table {table} was altered while it was copied; reading it again with its new columns")]
+    Altered {
+        /// The table.
+        table: TableName,
+    },
     /// The server answered with something the reader cannot use.
     #[error("table {table}: unexpected answer from the server: {what}")]
     Unexpected {
@@ -44,10 +51,11 @@ pub enum SnapshotError {
 impl SnapshotError {
     /// Whether retrying (after reconnecting) can help: connection failures
     /// and server errors such as a serialization failure or a cancelled
-    /// statement, but not a missing table or key.
+    /// statement, and a table altered meanwhile, but not a missing table or key.
     pub fn is_transient(&self) -> bool {
         match self {
             SnapshotError::Source { source, .. } => source.is_transient(),
+            SnapshotError::Altered { .. } => true,
             SnapshotError::NoSuchTable { .. } | SnapshotError::NoKey { .. } | SnapshotError::Unexpected { .. } => false,
         }
     }

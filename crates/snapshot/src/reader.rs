@@ -84,6 +84,9 @@ pub struct Chunk {
     pub bytes: usize,
     /// What the read could see.
     pub visibility: ReadVisibility,
+    /// The table's `pg_class` version the read saw (see
+    /// [`SnapshotTable::shape_version`]); `None` if the table is gone.
+    pub shape_version: Option<String>,
 }
 
 /// Reads one table in chunks.
@@ -186,19 +189,24 @@ impl TableReader {
             .map_err(source_error("beginning a chunk's transaction".to_owned()))?;
         let read = async {
             let snapshot = connection
-                .simple_query("SELECT pg_catalog.pg_current_snapshot()::text AS snapshot")
+                .simple_query(&format!(
+                    "SELECT pg_catalog.pg_current_snapshot()::text AS snapshot, \
+                     (SELECT c.xmin::text FROM pg_catalog.pg_class c WHERE c.oid = {}) AS shape_version",
+                    self.table.schema.oid.0
+                ))
                 .await
                 .map_err(source_error("reading the chunk's snapshot".to_owned()))?;
             let visibility = snapshot.get(0, "snapshot").and_then(ReadVisibility::parse).ok_or_else(|| {
                 SnapshotError::Unexpected { table: table.clone(), what: "pg_current_snapshot() unreadable".to_owned() }
             })?;
+            let shape_version = snapshot.get(0, "shape_version").map(str::to_owned);
             let result = connection.simple_query(sql).await.map_err(source_error(doing))?;
-            Ok::<_, SnapshotError>((visibility, result))
+            Ok::<_, SnapshotError>((visibility, shape_version, result))
         }
         .await;
         // A failed statement leaves the transaction aborted: end it either way.
         let ended = connection.simple_query("COMMIT").await;
-        let (visibility, result) = read?;
+        let (visibility, shape_version, result) = read?;
         ended.map_err(source_error("ending a chunk's transaction".to_owned()))?;
         if result.columns.len() != self.table.schema.columns.len() {
             return Err(SnapshotError::Unexpected {
@@ -211,7 +219,7 @@ impl TableReader {
             });
         }
         let read_rows = result.rows.len();
-        let mut chunk = Chunk { visibility, ..Chunk::default() };
+        let mut chunk = Chunk { visibility, shape_version, ..Chunk::default() };
         for values in result.rows {
             let row: Row = values
                 .into_iter()

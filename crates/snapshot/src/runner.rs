@@ -4,13 +4,28 @@
 //!
 //! ```text
 //!  per table (own SQL connection):
-//!    open ─► emit low ─► read chunk ─► xact status ─► chunk_read ─► emit high
-//!      ─► outcome (stream reached high) ─► sink acknowledged high ─► store progress
+//!    open ─► emit low ─► read chunk N ─► xact status ─► chunk_read ─► emit high
+//!      ─► outcome (stream reached high: chunk N is in the sink's queue)
+//!      ─► chunk N-1 acknowledged by the sink ─► store N-1's progress ─► read chunk N+1 …
 //! ```
+//!
+//! The sink applies chunk N while chunk N+1 is read: per table at most two
+//! chunks are held at once (one queued or being applied, one being read and
+//! merged), so a snapshot holds at most `2 × parallel_tables` chunks, each
+//! of at most `chunk_rows` rows and about `chunk_mb` of values.
 //!
 //! Invariant: a table's progress names only chunks the sink durably
 //! applied (it is stored after the sink's acknowledgement of the chunk's
 //! high watermark), so a restart resumes after them and never skips a row.
+//!
+//! Failures: every failed attempt is counted
+//! (`pgfanout_snapshot_failures_total`) and retried with backoff from the
+//! last stored chunk, so a sink is never left silently half-filled. A
+//! failure retrying alone cannot fix (a missing privilege, key or table) is
+//! logged as an error and counted in `pgfanout_snapshot_tables_failed`
+//! (`/readyz`: "snapshot failed") while it lasts; it is retried every
+//! [`PERMANENT_RETRY_MAX`] at most, so fixing the table online lets the copy
+//! go on without a restart.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +41,9 @@ use crate::reader::{Chunk, ChunkLimits, KeyText, TableReader};
 use crate::table::SnapshotTable;
 use crate::watermark::{ChunkOutcome, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};
 use crate::SnapshotError;
+
+/// The longest wait between two attempts at a table whose copy failed.
+pub const PERMANENT_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How a snapshot runs (the `[snapshot]` config section).
 #[derive(Debug, Clone, Copy)]
@@ -158,21 +176,55 @@ struct TableCopy {
 
 impl TableCopy {
     async fn run(mut self) -> Result<(), RunError> {
-        let _permit = self.snapshotter.permits.clone().acquire_owned().await;
         let sink = self.sink.name().to_owned();
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let table_label = self.table.to_string();
+        let metrics = &self.snapshotter.metrics;
+        let failures = metrics.snapshot_failures_total.with_label_values(&[&sink, &table_label]);
+        let failed_tables = metrics.snapshot_tables_failed.with_label_values(&[&sink]);
+        let mut failing_for_good: Option<FailedMark> = None;
+        let mut backoff = Backoff::new(Duration::from_millis(200), PERMANENT_RETRY_MAX);
         loop {
-            match self.copy().await {
-                Ok(()) => return Ok(()),
-                Err(CopyError::Source(err)) if err.is_transient() => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%sink, table = %self.table, error = %err, ?delay, "snapshot read failed; retrying");
-                    tokio::time::sleep(delay).await;
-                }
-                Err(CopyError::Source(source)) => return Err(RunError::Source { sink, source }),
-                Err(CopyError::Progress(source)) => return Err(RunError::Progress { sink, source }),
-                Err(CopyError::Stopped) => return Err(RunError::Stopped { sink, table: self.table }),
+            // Held per attempt: a table waiting to be retried lets others be copied.
+            let permit = self.snapshotter.permits.clone().acquire_owned().await;
+            let outcome = self.copy().await;
+            drop(permit);
+            if !matches!(outcome, Err(CopyError::Source(ref err)) if !err.is_transient()) {
+                failing_for_good = None;
             }
+            let delay = match outcome {
+                Ok(()) => return Ok(()),
+                Err(CopyError::Stopped) => return Err(RunError::Stopped { sink, table: self.table }),
+                Err(CopyError::Source(err)) if err.is_transient() => {
+                    let delay = backoff.next_delay().min(Duration::from_secs(10));
+                    tracing::warn!(%sink, table = %self.table, error = %err, ?delay, "snapshot read failed; retrying");
+                    delay
+                }
+                Err(CopyError::Source(err)) => {
+                    failing_for_good.get_or_insert_with(|| FailedMark::new(failed_tables.clone()));
+                    let delay = backoff.next_delay();
+                    tracing::error!(
+                        %sink,
+                        table = %self.table,
+                        error = %pgfanout_core::error_chain(&err),
+                        ?delay,
+                        "snapshot of the table failed; fix the cause, the copy is retried from the last stored chunk"
+                    );
+                    delay
+                }
+                Err(CopyError::Progress(err)) => {
+                    let delay = backoff.next_delay().min(Duration::from_secs(10));
+                    tracing::warn!(
+                        %sink,
+                        table = %self.table,
+                        error = %pgfanout_core::error_chain(&err),
+                        ?delay,
+                        "storing the snapshot progress failed; retrying from the last stored chunk"
+                    );
+                    delay
+                }
+            };
+            failures.inc();
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -203,6 +255,8 @@ impl TableCopy {
         };
         tracing::info!(sink = self.sink.name(), table = %self.table, resume_after_chunks = chunks, "copying table");
         let rows_total = snapshotter.metrics.snapshot_rows_total.with_label_values(&[self.sink.name(), &table_label]);
+        // The chunk merged before this one, until the sink acknowledges it.
+        let mut applying: Option<Applying> = None;
         loop {
             let (chunk, merged) =
                 self.merge_chunk(&mut connection, &reader, &key_names, Read::After(after.as_deref())).await?;
@@ -217,24 +271,40 @@ impl TableCopy {
                     reread = left;
                 }
             }
-            let waited = std::time::Instant::now();
-            self.wait_applied(high_watermark).await?;
-            tracing::debug!(sink = self.sink.name(), table = %self.table, applied_ms = waited.elapsed().as_millis() as u64, "chunk applied");
-            rows_total.inc_by(written as u64);
+            // This chunk is in the sink's queue now: the one before it must be
+            // applied before the next is read (two chunks at most per table).
+            if let Some(previous) = applying.take() {
+                self.finish(&table_label, previous, &rows_total).await?;
+            }
             chunks += 1;
             rows += written as u64;
             let state = match (&chunk.last_key, chunk.more) {
                 (Some(last), true) => TableProgress::Copying { after: last.clone(), chunks, rows },
                 _ => TableProgress::Done { chunks, rows },
             };
-            let done = matches!(state, TableProgress::Done { .. });
-            self.store_progress(&table_label, state).await?;
-            if done {
+            let current = Applying { high_watermark, written, state };
+            if matches!(current.state, TableProgress::Done { .. }) {
+                self.finish(&table_label, current, &rows_total).await?;
                 tracing::info!(sink = self.sink.name(), table = %self.table, chunks, rows, "table copied");
                 return Ok(());
             }
+            applying = Some(current);
             after = chunk.last_key;
         }
+    }
+
+    /// Waits until the sink applied `chunk`, then stores its progress.
+    async fn finish(
+        &mut self,
+        table_label: &str,
+        chunk: Applying,
+        rows_total: &prometheus::IntCounter,
+    ) -> Result<(), CopyError> {
+        let waited = std::time::Instant::now();
+        self.wait_applied(chunk.high_watermark).await?;
+        tracing::debug!(sink = self.sink.name(), table = %self.table, applied_wait_ms = waited.elapsed().as_millis() as u64, "chunk applied");
+        rows_total.inc_by(chunk.written as u64);
+        self.store_progress(table_label, chunk.state).await
     }
 
     /// One chunk through the watermark merge.
@@ -249,12 +319,22 @@ impl TableCopy {
         let ticket = merge.open(self.sink.name(), &self.table, key_names.to_vec());
         let staged = async {
             emit(connection, &self.table, &ticket.low).await?;
-            let chunk = match read {
+            let mut chunk = match read {
                 Read::After(after) => reader.read_chunk(connection, after).await?,
                 Read::Keys(keys) => reader.read_keys(connection, keys).await?,
             };
+            // Read with a stale column list (an ALTER TABLE since the table was
+            // described): copy() describes it again and reads the chunk again.
+            if chunk.shape_version.as_deref() != Some(reader.table().shape_version.as_str()) {
+                return Err(SnapshotError::Altered { table: self.table.clone() });
+            }
             let committed = committed_among(connection, &self.table, &chunk.visibility.in_progress).await?;
-            let rows = chunk.rows.iter().filter_map(|row| Some((reader.key_of(row)?, row.clone()))).collect::<Vec<_>>();
+            // The rows move into the merge; the chunk keeps its count, last key and visibility.
+            let read_rows = chunk.rows.len();
+            let rows = std::mem::take(&mut chunk.rows)
+                .into_iter()
+                .filter_map(|row| Some((reader.key_of(&row)?, row)))
+                .collect::<Vec<_>>();
             merge.chunk_read(
                 ticket.id,
                 ReadChunk {
@@ -265,11 +345,11 @@ impl TableCopy {
                 },
             );
             emit(connection, &self.table, &ticket.high).await?;
-            Ok::<_, SnapshotError>(chunk)
+            Ok::<_, SnapshotError>((chunk, read_rows))
         };
         let started = std::time::Instant::now();
-        let chunk = match staged.await {
-            Ok(chunk) => chunk,
+        let (chunk, read_rows) = match staged.await {
+            Ok(staged) => staged,
             Err(err) => {
                 merge.cancel(ticket.id);
                 return Err(err.into());
@@ -280,7 +360,7 @@ impl TableCopy {
         tracing::debug!(
             sink = self.sink.name(),
             table = %self.table,
-            rows = chunk.rows.len(),
+            rows = read_rows,
             read_ms = read_in.as_millis() as u64,
             merged_ms = started.elapsed().as_millis() as u64,
             "chunk read and merged"
@@ -301,6 +381,33 @@ impl TableCopy {
         progress.tables.insert(table.to_owned(), state);
         self.sink.store_snapshot_progress(&progress.to_stored()).await.map_err(CopyError::Progress)
     }
+}
+
+/// Counts a table in `pgfanout_snapshot_tables_failed` while it is held:
+/// dropped when its copy goes on or ends, or its task is aborted.
+struct FailedMark(prometheus::IntGauge);
+
+impl FailedMark {
+    fn new(gauge: prometheus::IntGauge) -> FailedMark {
+        gauge.inc();
+        FailedMark(gauge)
+    }
+}
+
+impl Drop for FailedMark {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A chunk merged into the sink's stream, not yet acknowledged by the sink.
+struct Applying {
+    /// Acknowledged once the sink's applied position reaches this.
+    high_watermark: Lsn,
+    /// Rows it wrote.
+    written: usize,
+    /// The table's progress once it is applied.
+    state: TableProgress,
 }
 
 /// Which rows a chunk reads.

@@ -28,6 +28,10 @@ pub struct SnapshotTable {
     /// SQL type of each key column (`format_type`), same order, for the
     /// literals of the resume condition.
     pub key_types: Vec<String>,
+    /// The version of the table's `pg_class` row when it was described
+    /// (its `xmin`): an `ALTER TABLE` changes it, so a chunk read under
+    /// another version was read with a stale column list.
+    pub shape_version: String,
 }
 
 impl SnapshotTable {
@@ -50,7 +54,7 @@ impl SnapshotTable {
             _ => String::new(),
         };
         let sql = format!(
-            "SELECT c.oid, c.relreplident, a.attname, a.atttypid, \
+            "SELECT c.oid, c.xmin::text AS shape_version, c.relreplident, a.attname, a.atttypid, \
              pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name, \
              array_position(k.columns, a.attnum) AS key_rank \
              FROM pg_catalog.pg_class c \
@@ -73,6 +77,7 @@ impl SnapshotTable {
             return Err(SnapshotError::NoSuchTable { table: table.clone() });
         }
         let unexpected = |what: &str| SnapshotError::Unexpected { table: table.clone(), what: what.to_owned() };
+        let shape_version = result.get(0, "shape_version").ok_or_else(|| unexpected("shape_version"))?.to_owned();
         let oid = result.get(0, "oid").and_then(|text| text.parse().ok()).map(Oid).ok_or_else(|| unexpected("oid"))?;
         let replica_identity = match result.get(0, "relreplident") {
             Some("d") => ReplicaIdentity::Default,
@@ -106,6 +111,7 @@ impl SnapshotTable {
             schema: Arc::new(schema),
             key_positions: keys.iter().map(|(_, position, _)| *position).collect(),
             key_types: keys.into_iter().map(|(_, _, type_name)| type_name).collect(),
+            shape_version,
         })
     }
 

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The initial snapshot of an N-row table (the 8-column `orders` table) into
+# the discarding sink and into Redis, next to `COPY (SELECT …) TO STDOUT` of
+# the same table into /dev/null in the same run (the limit: PostgreSQL
+# reading and sending the rows as text). Everything over the unix socket.
+#
+#   benches/e2e/snapshot_vs_copy.sh                 # N=1000000, release build
+#   N=200000 CHUNK_ROWS=10000 benches/e2e/snapshot_vs_copy.sh
+#   PROFILE=debug N=100000 benches/e2e/snapshot_vs_copy.sh   # try it out without a release build
+#   SINKS=discard benches/e2e/snapshot_vs_copy.sh              # one target only (discard, redis)
+#
+# Prints, per target, seconds from pgfanout's start to the last row applied
+# (connecting and creating the slot included):
+#   copy rows=N seconds=T rows_per_second=R
+#   snapshot sink=discard rows=N seconds=T rows_per_second=R of_copy=0.xx
+#   snapshot sink=redis rows=N seconds=T rows_per_second=R of_copy=0.xx
+set -euo pipefail
+# shellcheck source=benches/e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+N=${N:-1000000}
+CHUNK_ROWS=${CHUNK_ROWS:-5000}
+SINKS=${SINKS:-discard redis}
+if [[ ${PROFILE:-release} == release ]]; then
+    (cd "$REPO_ROOT" && cargo build --release --quiet --bin pgfanout)
+fi
+
+# The rows exist before pgfanout's slot does: they reach the sinks only
+# through the snapshot.
+bench_database bench_snapshot <<SQL
+$ORDERS_TABLE
+CREATE PUBLICATION bench_snapshot FOR TABLE orders;
+SQL
+"${PSQL[@]}" -d bench_snapshot -c "SELECT pg_drop_replication_slot('bench_snapshot')" >/dev/null
+bench_backlog bench_snapshot "$N" "$ORDERS_INSERT"
+"${PSQL[@]}" -d bench_snapshot -c "VACUUM ANALYZE orders" >/dev/null
+
+start=$(date +%s.%N)
+"${PSQL[@]}" -d bench_snapshot -c "COPY (SELECT * FROM orders) TO STDOUT" >/dev/null
+end=$(date +%s.%N)
+copy_seconds=$(awk -v start="$start" -v end="$end" 'BEGIN { printf "%.3f", end - start }')
+awk -v n="$N" -v s="$copy_seconds" 'BEGIN { printf "copy rows=%d seconds=%.2f rows_per_second=%d\n", n, s, n / s }'
+
+# snapshot_run KIND SINK_LINES: a fresh slot, pgfanout with one sink, timed
+# until the snapshot counted N rows applied.
+snapshot_run() {
+    local kind=$1 sink_lines=$2 copied
+    "${PSQL[@]}" -d bench_snapshot \
+        -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'bench_snapshot'" \
+        >/dev/null
+    {
+        bench_source bench_snapshot
+        printf '[snapshot]\nchunk_rows = %d\n\n[[sink]]\nname = "bench"\n%s\n[[sink.table]]\nsource = "public.orders"\n' \
+            "$CHUNK_ROWS" "$sink_lines"
+    } >"$WORK/$kind.toml"
+    START=$(date +%s.%N)
+    "$TARGET/${PROFILE:-release}/pgfanout" --log-format json run --config "$WORK/$kind.toml" 2>"$WORK/$kind.log" &
+    PGFANOUT_PID=$!
+    while :; do
+        copied=$({ curl -s "http://127.0.0.1:$HTTP_PORT/metrics" || true; } |
+            awk '/^pgfanout_snapshot_rows_total/ { sum += $2 } END { printf "%d", sum }')
+        ((copied >= N)) && break
+        kill -0 "$PGFANOUT_PID" 2>/dev/null || { tail -20 "$WORK/$kind.log" >&2; exit 1; }
+        sleep 0.02
+    done
+    END=$(date +%s.%N)
+    bench_stop
+    awk -v kind="$kind" -v n="$N" -v start="$START" -v end="$END" -v copy="$copy_seconds" \
+        'BEGIN { s = end - start; printf "snapshot sink=%s rows=%d seconds=%.2f rows_per_second=%d of_copy=%.2f\n", kind, n, s, n / s, copy / s }'
+}
+
+for sink in $SINKS; do
+    case $sink in
+    discard) snapshot_run discard 'kind = "discard"' ;;
+    redis)
+        REDIS_BENCH_URL="${PGFANOUT_TEST_REDIS_URL%/}/9"
+        redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
+        snapshot_run redis "kind = \"redis\"
+url = \"$REDIS_BENCH_URL\""
+        redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
+        ;;
+    *) echo "unknown sink $sink (discard, redis)" >&2 && exit 2 ;;
+    esac
+done
