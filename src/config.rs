@@ -174,7 +174,9 @@ pub struct PipelineConfig {
     /// Megabytes of changes queued per sink (approximate, including the batch
     /// being applied) before reading from PostgreSQL pauses. With
     /// `spill_memory_mb`, this bounds the memory a slow sink can cost: peak
-    /// RSS stays near 12 MB + 2 × the larger of the two per sink. Default: 16.
+    /// RSS stays under about 12 MB + the larger of 2 × `spill_memory_mb` and
+    /// 4.5 × `queue_mb` per sink (measured; changes read back from a spill
+    /// file cost about four times what they are counted). Default: 8.
     #[serde(default = "default_queue_mb")]
     pub queue_mb: usize,
     /// Most changes per sink batch: what queued up while the sink was busy
@@ -230,7 +232,7 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9187))
 }
 fn default_queue_mb() -> usize {
-    16
+    8
 }
 fn default_queue_capacity() -> usize {
     1024
