@@ -128,7 +128,13 @@ fn main() -> std::process::ExitCode {
     let mut differences_found = false;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => run::run(&config::Config::load(&config)?).await,
+            Command::Run { config } => {
+                let config = config::Config::load(&config)?;
+                // On a worker thread, not on this one: the stream task then hands
+                // transactions to the sink workers within one thread (no wake-up of
+                // another), as block_on's own thread never runs spawned tasks.
+                anyhow::Context::context(tokio::spawn(async move { run::run(&config).await }).await, "pgfanout run")?
+            }
             Command::Check { config } => match config::Config::load(&config) {
                 Ok(config) => check::check(&config).await,
                 Err(err) => {

@@ -62,9 +62,12 @@ die() {
 STACK_DIR=""
 WORK=$(mktemp -d)
 PGFANOUT_PID=""
+TIME_PID=""
 cleanup() {
     local status=$?
-    [[ -n $PGFANOUT_PID ]] && kill -TERM "$PGFANOUT_PID" 2>/dev/null && wait "$PGFANOUT_PID" 2>/dev/null
+    [[ -n $PGFANOUT_PID ]] && kill -TERM "$PGFANOUT_PID" 2>/dev/null
+    [[ -n $TIME_PID ]] && wait "$TIME_PID" 2>/dev/null
+    [[ -n $PGFANOUT_PID ]] && wait "$PGFANOUT_PID" 2>/dev/null
     if [[ -n ${PGFANOUT_TEST_PG_BIN:-} && ${KEEP_DB:-0} != 1 && ${REUSE:-0} != 1 ]]; then
         sql postgres "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$DB'" \
             >/dev/null 2>&1 || true
@@ -177,6 +180,17 @@ applied_changes() {
     echo "$sum"
 }
 
+# child_of PID: the process PID started (pgfanout under /usr/bin/time), once it has.
+child_of() {
+    local child="" tries=0
+    while [[ -z $child ]]; do
+        child=$(ps -o pid= --ppid "$1" | tr -d ' ')
+        ((++tries < 500)) || die "process $1 started no child"
+        [[ -n $child ]] || sleep 0.01
+    done
+    echo "$child"
+}
+
 # pgfanout_config SLOT TRANSPORT HTTP_PORT: a config draining SLOT into the discarding sink.
 pgfanout_config() {
     cat <<TOML
@@ -189,6 +203,10 @@ heartbeat_interval_secs = 0
 
 [http]
 listen = "127.0.0.1:$3"
+
+# The stream only: pg_recvlogical copies no existing rows either.
+[snapshot]
+enabled = false
 
 [[sink]]
 name = "discard"
@@ -220,9 +238,13 @@ timed() {
         local http_port=$((20000 + RANDOM % 20000)) started finished applied=0
         pgfanout_config "$slot" "$transport" "$http_port" >"$WORK/pgfanout.toml"
         started=$EPOCHREALTIME
+        # Its output goes to files, never to this function's stdout (a pipe the
+        # caller reads to its end).
         PGFANOUT_LOG=warn /usr/bin/time -o "$timing" -f '%e %U %S %M' \
-            "$PGFANOUT_BIN" --log-format text run --config "$WORK/pgfanout.toml" 2>"$WORK/pgfanout.log" &
-        PGFANOUT_PID=$!
+            "$PGFANOUT_BIN" --log-format text run --config "$WORK/pgfanout.toml" \
+            >"$WORK/pgfanout.out" 2>"$WORK/pgfanout.log" &
+        TIME_PID=$!
+        PGFANOUT_PID=$(child_of "$TIME_PID")
         while ((applied < N)); do
             kill -0 "$PGFANOUT_PID" 2>/dev/null || {
                 tail -20 "$WORK/pgfanout.log" >&2
@@ -232,10 +254,12 @@ timed() {
             applied=$(applied_changes "$http_port" 2>/dev/null || echo 0)
         done
         finished=$EPOCHREALTIME
+        # SIGTERM goes to pgfanout itself: /usr/bin/time would die of it, leaving
+        # pgfanout running and its figures unwritten. time then reports and exits.
         kill -TERM "$PGFANOUT_PID"
         # Every change was applied already; how it stopped does not change the figures.
-        wait "$PGFANOUT_PID" || log "pgfanout exited with status $? after SIGTERM: $(tail -3 "$WORK/pgfanout.log")"
-        PGFANOUT_PID=""
+        wait "$TIME_PID" || log "pgfanout exited with status $? after SIGTERM: $(tail -3 "$WORK/pgfanout.log")"
+        PGFANOUT_PID="" TIME_PID=""
         read -r _ user system rss <"$timing"
         echo "$(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.3f", b - a }') $user $system $rss"
         ;;
@@ -251,7 +275,7 @@ instructions() {
     sql "$DB" "SELECT pg_copy_logical_replication_slot('$ORIGIN_SLOT', '$slot')" >/dev/null
     pgfanout_config "$slot" "$transport" "$http_port" >"$WORK/pgfanout.toml"
     PGFANOUT_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
-        "$PGFANOUT_BIN" --log-format text run --config "$WORK/pgfanout.toml" 2>"$WORK/pgfanout.log" &
+        "$PGFANOUT_BIN" --log-format text run --config "$WORK/pgfanout.toml" >"$WORK/pgfanout.out" 2>"$WORK/pgfanout.log" &
     PGFANOUT_PID=$!
     while ((applied < N)); do
         kill -0 "$PGFANOUT_PID" 2>/dev/null || {

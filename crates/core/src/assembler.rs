@@ -24,12 +24,15 @@
 //!   forgotten, because the server will not send the old one again.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use pgoutput::value::TypeKind;
 use pgoutput::{Lsn, Oid, OldTuple, PgOutputMessage, ReplicaIdentity, TupleColumn, TupleData, TypeRegistry, Xid};
 
-use crate::model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
+use crate::model::{
+    Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction, TRANSACTION_OVERHEAD_BYTES,
+};
 use crate::streamed::{CommittedChanges, SpillError, SpillSettings, StreamedTransactions};
 
 /// Most changes a transaction handed on whole may hold; a larger one is
@@ -94,10 +97,33 @@ pub enum Assembled {
     CommittedInPieces(Transaction, CommittedChanges),
 }
 
+/// Hashes a relation OID with one multiplication. The relation cache is
+/// looked up for every row change, and OIDs come from the server, not from
+/// anyone who could pick colliding ones: SipHash's protection buys nothing.
+#[derive(Debug, Default)]
+struct OidHasher(u64);
+
+impl Hasher for OidHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u32(u32::from(*byte) ^ (self.0 as u32));
+        }
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        // Fibonacci hashing: the high bits, which the table uses, mix every input bit.
+        self.0 = (u64::from(value) ^ self.0.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Relation cache plus the transactions being assembled.
 #[derive(Debug, Default)]
 pub struct TransactionAssembler {
-    relations: HashMap<Oid, Arc<TableSchema>>,
+    relations: HashMap<Oid, Arc<TableSchema>, BuildHasherDefault<OidHasher>>,
     /// Value conversion for the stream's types: built-ins, the user types
     /// registered from the catalog, and the names Type messages announce.
     /// Shared with the table shapes announced since its last change.
@@ -108,6 +134,9 @@ pub struct TransactionAssembler {
     /// Whether the open transaction outgrew one piece: its changes are then
     /// in `streamed`, under its xid, not in `open`.
     open_held: bool,
+    /// [`Transaction::approximate_size`] of the transaction the last Commit
+    /// handed on whole, counted while it arrived (see [`Self::committed_size`]).
+    committed_size: Option<usize>,
     /// Top-level xid of the stream block being received.
     stream_block: Option<Xid>,
     streamed: StreamedTransactions,
@@ -196,6 +225,14 @@ impl TransactionAssembler {
         self.stream_relations.clear();
     }
 
+    /// [`Transaction::approximate_size`] of the transaction that the last
+    /// message committed, if it was handed on whole ([`Assembled::Committed`])
+    /// from an ordinary Begin … Commit: counted as its changes arrived, so
+    /// that the pipeline need not walk them again. `None` otherwise.
+    pub fn committed_size(&self) -> Option<usize> {
+        self.committed_size
+    }
+
     /// The cached shape of a relation.
     pub fn relation(&self, oid: Oid) -> Option<&Arc<TableSchema>> {
         self.relations.get(&oid)
@@ -225,10 +262,12 @@ impl TransactionAssembler {
                 transaction.commit_lsn = commit.commit_lsn;
                 transaction.end_lsn = commit.end_lsn;
                 transaction.commit_time = commit.commit_time;
+                self.committed_size = None;
                 if std::mem::take(&mut self.open_held) {
                     let changes = self.streamed.commit(transaction.xid)?;
                     return Ok(Assembled::CommittedInPieces(transaction, changes));
                 }
+                self.committed_size = Some(self.open_bytes + TRANSACTION_OVERHEAD_BYTES);
                 Ok(Assembled::Committed(transaction))
             }
             PgOutputMessage::Type(announced) => {
@@ -303,6 +342,7 @@ impl TransactionAssembler {
                 Ok(Assembled::Pending)
             }
             PgOutputMessage::StreamCommit(commit) => {
+                self.committed_size = None;
                 let changes = self.streamed.commit(commit.xid)?;
                 // pgoutput now considers the shapes sent in the stream known
                 // to us for ordinary transactions too.

@@ -231,10 +231,13 @@ impl Change {
     }
 }
 
+/// What [`Transaction::approximate_size`] counts for a transaction besides its changes.
+pub const TRANSACTION_OVERHEAD_BYTES: usize = 64;
+
 impl Transaction {
     /// Approximate bytes the transaction's changes occupy in memory.
     pub fn approximate_size(&self) -> usize {
-        self.changes.iter().map(Change::approximate_size).sum::<usize>() + 64
+        self.changes.iter().map(Change::approximate_size).sum::<usize>() + TRANSACTION_OVERHEAD_BYTES
     }
 }
 
@@ -263,8 +266,10 @@ pub fn count_by_table_and_op<'a>(
         let key = (&change.table.table, change.op.label());
         // The same shape is the same table: comparing addresses spares
         // comparing names for nearly every change.
-        let same =
-            |known: &(&TableName, &'static str)| known.1 == key.1 && (std::ptr::eq(known.0, key.0) || known.0 == key.0);
+        // Labels are the same static strings: their addresses differ only between ops.
+        let same = |known: &(&TableName, &'static str)| {
+            std::ptr::eq(known.1, key.1) && (std::ptr::eq(known.0, key.0) || known.0 == key.0)
+        };
         match counts.iter_mut().find(|(known, _)| same(known)) {
             Some((_, count)) => *count += 1,
             None => counts.push((key, 1)),

@@ -170,7 +170,10 @@ impl Pipeline {
         }
         match assembled {
             Assembled::Pending => {}
-            Assembled::Committed(transaction) => self.dispatch(transaction).await?,
+            Assembled::Committed(transaction) => {
+                let size = self.assembler.committed_size();
+                self.dispatch(transaction, size).await?
+            }
             Assembled::CommittedInPieces(header, changes) => self.dispatch_in_pieces(header, changes).await?,
         }
         Ok(())
@@ -225,7 +228,9 @@ impl Pipeline {
         Ok(())
     }
 
-    async fn dispatch(&mut self, transaction: Transaction) -> Result<(), PipelineError> {
+    /// Hands `transaction` to every sink routing one of its tables; `size`
+    /// is its [`Transaction::approximate_size`] when already known.
+    async fn dispatch(&mut self, transaction: Transaction, size: Option<usize>) -> Result<(), PipelineError> {
         if let Some(tap) = self.tap.as_mut() {
             tap.transaction(&transaction);
         }
@@ -239,9 +244,11 @@ impl Pipeline {
             else {
                 continue;
             };
+            // Shared as it is: its size is the one counted while it arrived.
+            let known_size = size.filter(|_| Arc::ptr_eq(&routed, &transaction));
             route
                 .queue
-                .send(routed)
+                .send_sized(routed, known_size)
                 .await
                 .map_err(|source| PipelineError::SinkStopped { sink: route.sink.clone(), source })?;
             self.coordinator.dispatched(route.slot, end_lsn);

@@ -141,7 +141,14 @@ impl WorkerQueue {
     /// Queues a transaction, waiting while the queue is full, by count or by
     /// bytes (backpressure). Fails only if the worker has stopped.
     pub async fn send(&self, transaction: Arc<Transaction>) -> Result<(), WorkerStopped> {
-        self.enqueue(transaction, true).await
+        self.enqueue(transaction, true, None).await
+    }
+
+    /// [`WorkerQueue::send`] of a transaction whose
+    /// [`Transaction::approximate_size`] is `size` when known, so that its
+    /// changes need not be walked again to count it.
+    pub async fn send_sized(&self, transaction: Arc<Transaction>, size: Option<usize>) -> Result<(), WorkerStopped> {
+        self.enqueue(transaction, true, size).await
     }
 
     /// Queues a piece of a transaction that more pieces follow: applied like
@@ -149,11 +156,17 @@ impl WorkerQueue {
     /// transaction's end only with its last piece, sent with
     /// [`WorkerQueue::send`].
     pub async fn send_piece(&self, piece: Arc<Transaction>) -> Result<(), WorkerStopped> {
-        self.enqueue(piece, false).await
+        self.enqueue(piece, false, None).await
     }
 
-    async fn enqueue(&self, transaction: Arc<Transaction>, completes: bool) -> Result<(), WorkerStopped> {
-        let wanted = (transaction.approximate_size() / PERMIT_BYTES).clamp(1, self.capacity_permits as usize) as u32;
+    async fn enqueue(
+        &self,
+        transaction: Arc<Transaction>,
+        completes: bool,
+        size: Option<usize>,
+    ) -> Result<(), WorkerStopped> {
+        let size = size.unwrap_or_else(|| transaction.approximate_size());
+        let wanted = (size / PERMIT_BYTES).clamp(1, self.capacity_permits as usize) as u32;
         let _permit = self.bytes.clone().acquire_many_owned(wanted).await.map_err(|_| WorkerStopped)?;
         self.sender.send(Queued { transaction, completes, _permit }).await.map_err(|_| WorkerStopped)?;
         self.depth.inc();
