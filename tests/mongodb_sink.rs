@@ -134,6 +134,10 @@ rename = {{ price = "cost" }}
     wait_until("pgfanout streams", Duration::from_secs(20), || async { http_get(&http, "/readyz").await.is_some() })
         .await;
 
+    // A document another application wrote first, without a version: the row's insert
+    // takes it over (the version guard lets a write through to it), keeping its own field.
+    let zoo = client.database(plain).collection::<Document>("zoo");
+    zoo.insert_one(doc! { "_id": 3, "owner": "app" }).await.unwrap();
     let notes = long_notes();
     db.client
         .execute(
@@ -149,7 +153,10 @@ rename = {{ price = "cost" }}
         .await
         .unwrap();
 
-    let found = wait_for_documents(&client, plain, "zoo", &pgfanout, "three rows", |d| d.len() == 3).await;
+    let found = wait_for_documents(&client, plain, "zoo", &pgfanout, "three rows", |d| {
+        d.len() == 3 && d.iter().all(|doc| doc.contains_key("_pgfanout_version"))
+    })
+    .await;
     let one = &found[0];
     assert_eq!(one.get("_id"), Some(&Bson::Int32(1)));
     assert_eq!(one.get_str("price").unwrap(), "12345678901234567890.0123456789");
@@ -187,6 +194,7 @@ rename = {{ price = "cost" }}
     assert_eq!(two.get_str("naive").unwrap(), "-infinity");
     assert_eq!(two.get("price"), Some(&Bson::Null));
     assert_eq!(found[2].get_array("tags").unwrap(), &Vec::<Bson>::new());
+    assert_eq!(found[2].get_str("owner").unwrap(), "app", "the other application's field stays");
 
     // A field another application writes survives later updates from PostgreSQL.
     client
@@ -199,6 +207,9 @@ rename = {{ price = "cost" }}
     db.client.execute("UPDATE zoo SET flag = false, price = 1.5 WHERE id = 1", &[]).await.unwrap();
     // Key change: the document moves.
     db.client.execute("UPDATE zoo SET id = 20, code = 'twenty' WHERE id = 2", &[]).await.unwrap();
+    // A delete removes a document without a version too (here the other application
+    // rewrote it and dropped the version).
+    zoo.update_one(doc! { "_id": 3 }, doc! { "$unset": { "_pgfanout_version": "" } }).await.unwrap();
     db.client.execute("DELETE FROM zoo WHERE id = 3", &[]).await.unwrap();
     // (nx-27017 itself turns booleans and DateTimes `$set` on an existing document into
     // 0/1 and text, so the types above are asserted on first insert only.)
@@ -232,7 +243,6 @@ rename = {{ price = "cost" }}
     assert!(is_true(old_two, "_deleted"), "the old key of a key change is a tombstone: {old_two:?}");
 
     // TRUNCATE removes pgfanout's documents, not foreign ones.
-    let zoo = client.database(plain).collection::<Document>("zoo");
     zoo.insert_one(doc! { "_id": "foreign-doc", "owner": "someone else" }).await.unwrap();
     db.client.batch_execute("TRUNCATE zoo").await.unwrap();
     let left = wait_for_documents(&client, plain, "zoo", &pgfanout, "the truncate", |d| d.len() == 1).await;

@@ -42,10 +42,16 @@ PSQL=("$PGFANOUT_TEST_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGFANOUT_TEST_P
 # slot NAME, so that everything written afterwards is the backlog.
 bench_database() {
     local name=$1
-    "${PSQL[@]}" -d postgres -c "SELECT pg_drop_replication_slot('$name') FROM pg_replication_slots WHERE slot_name = '$name'" >/dev/null
+    "${PSQL[@]}" -d postgres -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '$name' OR slot_name = '$name'" >/dev/null
     "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $name WITH (FORCE)" -c "CREATE DATABASE $name" >/dev/null
     "${PSQL[@]}" -d "$name" >/dev/null
     "${PSQL[@]}" -d "$name" -c "SELECT pg_create_logical_replication_slot('$name', 'pgoutput')" >/dev/null
+}
+
+# bench_copy_slot NAME COPY: slot COPY, a copy of slot NAME (database NAME)
+# holding the same backlog, so two runs read the same changes.
+bench_copy_slot() {
+    "${PSQL[@]}" -d "$1" -c "SELECT pg_copy_logical_replication_slot('$1', '$2')" >/dev/null
 }
 
 # bench_backlog NAME N INSERT: N rows written into database NAME in
@@ -67,13 +73,14 @@ END
 SQL
 }
 
-# bench_source NAME: the [source] and [http] sections of a config reading
-# slot and publication NAME from database NAME over the unix socket.
+# bench_source NAME [SLOT]: the [source] and [http] sections of a config
+# reading publication NAME from database NAME over the unix socket, from
+# slot SLOT (default NAME).
 bench_source() {
     cat <<TOML
 [source]
 url = "host=$PGFANOUT_TEST_PG_SOCKET_DIR port=$PGFANOUT_TEST_PG_PORT user=postgres dbname=$1"
-slot = "$1"
+slot = "${2:-$1}"
 publication = "$1"
 heartbeat_interval_secs = 0
 

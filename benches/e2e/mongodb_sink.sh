@@ -4,7 +4,7 @@
 # it, the store's own ceiling measured in the same run: bulk inserts of equivalent
 # documents with the `mongodb` crate (crates/sink-mongodb/examples/bulk_ceiling.rs).
 #
-#   benches/e2e/mongodb_sink.sh                 # N = 200,000 rows
+#   N=20000 benches/e2e/mongodb_sink.sh         # (default N = 200,000 rows)
 #   N=50000 LANES=1 benches/e2e/mongodb_sink.sh
 #
 # Uses the local stack from the environment (PGFANOUT_TEST_PG_URL,

@@ -12,7 +12,7 @@
 #
 # Uses the local stack from the environment (PGFANOUT_TEST_PG_URL, ...) when
 # set, else starts a throwaway one. Prints one line:
-#   changes=N statements=S seconds=T changes_per_second=R requests=Q requests_per_1000_changes=P ceiling_rows_per_second=C
+#   changes=N statements=S seconds=T changes_per_second=R requests=Q requests_per_1000_changes=P ceiling_rows_per_second=C ratio=R/C
 # where `requests` counts the requests Cassandra answered on pgfanout's
 # connections (system_views.clients; each one round trip, those of one wave
 # sent concurrently).
@@ -23,7 +23,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 N=${N:-100000}
 LANES=${LANES:-4}
 MAX_BATCH=${MAX_BATCH:-100}
-(cd "$REPO_ROOT" && cargo build --release --quiet -p pgfanout --example store_ceiling)
+(cd "$REPO_ROOT" && cargo build --release --quiet -p pgfanout --bins --example store_ceiling)
 CQL_PORT=${PGFANOUT_TEST_CASSANDRA_NODES##*:}
 CQL=("$REPO_ROOT/deploy/local/cql.py" "$CQL_PORT")
 "${CQL[@]}" "DROP KEYSPACE IF EXISTS bench"
@@ -75,4 +75,4 @@ REQUESTS=$(($(requests_total) - BEFORE))
 bench_stop
 CEILING=$("$TARGET/release/examples/store_ceiling" cassandra "$PGFANOUT_TEST_CASSANDRA_NODES" "$N" $((LANES * 64)))
 awk -v n="$N" -v start="$START" -v end="$END" -v requests="${REQUESTS:-0}" -v ceiling="$CEILING" \
-    'BEGIN { s = end - start; printf "changes=%d statements=%d seconds=%.2f changes_per_second=%.0f requests=%d requests_per_1000_changes=%.1f ceiling_rows_per_second=%s\n", n, 2 * n, s, n / s, requests, requests * 1000 / n, ceiling }'
+    'BEGIN { s = end - start; printf "changes=%d statements=%d seconds=%.2f changes_per_second=%.0f requests=%d requests_per_1000_changes=%.1f ceiling_rows_per_second=%s ratio=%.2f\n", n, 2 * n, s, n / s, requests, requests * 1000 / n, ceiling, n / s / ceiling }'

@@ -12,8 +12,11 @@
 #       benches/e2e/sink_throughput.sh redis
 #
 # Uses the local stack from the environment (PGFANOUT_TEST_PG_URL, ...) when
-# set, else starts a throwaway one. Prints:
-#   sink=S changes=N seconds=T changes_per_second=R peak_rss_kb=K
+# set, else starts a throwaway one. For a store, the discarding pipeline
+# first drains a copy of the same slot: the store's run is measured against
+# it in the same run. Prints:
+#   sink=S changes=N seconds=T changes_per_second=R peak_rss_kb=K   (discard, then the store)
+#   ratio_to_discard=R
 #   (redis) yardstick=... requests_per_second=R pgfanout_ratio=...
 set -euo pipefail
 # shellcheck source=benches/e2e/lib.sh
@@ -37,6 +40,31 @@ CREATE PUBLICATION bench_sink FOR TABLE orders;
 SQL
 bench_backlog bench_sink "$N" "$ORDERS_INSERT"
 
+# table_lines: the [[sink.table]] and delivery settings every sink gets.
+# SINK_OPTIONS / TABLE_OPTIONS: extra TOML lines for the [[sink]] and its
+# table, e.g. SINK_OPTIONS='version_guard = false' TABLE_OPTIONS='truncate = "scan"'.
+table_lines() {
+    printf '%b\n[[sink.table]]\nsource = "public.orders"\n%b\n[sink.delivery]\nlanes = %s\n' \
+        "${SINK_OPTIONS:-}" "${TABLE_OPTIONS:-}" "$LANES"
+}
+report() {
+    awk -v sink="$1" -v n="$N" -v start="$START" -v end="$END" -v rate="$RATE" -v peak="$PEAK" \
+        'BEGIN { printf "sink=%s changes=%d seconds=%.2f changes_per_second=%d peak_rss_kb=%d\n", sink, n, end - start, rate, peak }'
+}
+
+if [[ $SINK != discard ]]; then
+    # The discarding pipeline on the same backlog (a copy of the slot), just
+    # before the store's run: the yardstick for the store's ratio.
+    bench_copy_slot bench_sink bench_sink_discard
+    bench_source bench_sink bench_sink_discard >"$WORK/discard.toml"
+    printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/discard.toml"
+    printf '[[sink.table]]\nsource = "public.orders"\n[sink.delivery]\nlanes = %s\n' "$LANES" >>"$WORK/discard.toml"
+    bench_run "$WORK/discard.toml" "$N"
+    report discard
+    bench_stop
+    DISCARD_RATE=$RATE
+fi
+
 bench_source bench_sink >"$WORK/pgfanout.toml"
 case $SINK in
 discard)
@@ -48,15 +76,15 @@ redis)
     printf '[[sink]]\nname = "bench"\nkind = "redis"\nurl = "%s"\n' "$REDIS_BENCH_URL" >>"$WORK/pgfanout.toml"
     ;;
 esac
-# SINK_OPTIONS / TABLE_OPTIONS: extra TOML lines for the [[sink]] and its
-# table, e.g. SINK_OPTIONS='version_guard = false' TABLE_OPTIONS='truncate = "scan"'.
-printf '%b\n[[sink.table]]\nsource = "public.orders"\n%b\n[sink.delivery]\nlanes = %s\n' \
-    "${SINK_OPTIONS:-}" "${TABLE_OPTIONS:-}" "$LANES" >>"$WORK/pgfanout.toml"
+table_lines >>"$WORK/pgfanout.toml"
 
 bench_run "$WORK/pgfanout.toml" "$N"
-awk -v sink="$SINK" -v n="$N" -v start="$START" -v end="$END" -v rate="$RATE" -v peak="$PEAK" \
-    'BEGIN { printf "sink=%s changes=%d seconds=%.2f changes_per_second=%d peak_rss_kb=%d\n", sink, n, end - start, rate, peak }'
+report "$SINK"
 bench_stop
+if [[ $SINK != discard ]]; then
+    awk -v rate="$RATE" -v discard="$DISCARD_RATE" \
+        'BEGIN { printf "ratio_to_discard=%.2f (goal >= 0.8)\n", rate / discard }'
+fi
 
 if [[ $SINK == redis ]]; then
     # The store's own pipelined ceiling, 64 commands in flight: the stock

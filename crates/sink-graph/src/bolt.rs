@@ -2,7 +2,7 @@
 //!
 //! A batch is one explicit transaction: `BEGIN`, one `RUN` per statement
 //! (`neo4rs` pipelines a `DISCARD` behind it: writes return nothing to
-//! read), `COMMIT`; reads are `RUN` and `PULL` outside a transaction. Unlike Redis, Neo4j rolls the whole transaction back
+//! read), `COMMIT`; a lone statement is one auto-commit `RUN`; reads are `RUN` and `PULL` outside a transaction. Unlike Redis, Neo4j rolls the whole transaction back
 //! when a statement fails, so a failed batch leaves nothing behind. Indexes
 //! are created on their own (`CREATE INDEX IF NOT EXISTS`): Neo4j refuses
 //! schema changes and writes in one transaction.
@@ -168,7 +168,22 @@ impl BoltTransport {
     }
 
     /// Runs `statements` in order in one transaction.
+    ///
+    /// A lone statement (a lane's checkpoint, a source record) runs as an
+    /// auto-commit transaction: one round trip (`RUN` with its `DISCARD`)
+    /// instead of three, and as atomic, a statement being all or nothing.
     pub async fn run_all(&self, statements: &[Statement]) -> Result<(), GraphSinkError> {
+        if let [statement] = statements {
+            return self
+                .within_timeout(async {
+                    let result = match &self.database {
+                        Some(database) => self.graph.run_on(database.as_str(), to_query(statement)).await,
+                        None => self.graph.run(to_query(statement)).await,
+                    };
+                    result.map(|_| ()).map_err(|err| self.classify(statement_head(&statement.cypher), err))
+                })
+                .await;
+        }
         if statements.is_empty() {
             return Ok(());
         }

@@ -417,12 +417,23 @@ impl GraphEncoder {
         if self.links && !encoded.statements.is_empty() {
             // Last, once every relationship of the batch is in place (derived
             // ones included): stubs that lost a relationship and need none.
-            encoded.statements.push(Statement::new(format!(
-                "MATCH (n:{check}) WHERE n.{stub} = true AND NOT (n)--() DELETE n",
-                check = ident(STUB_CHECK_LABEL),
-                stub = ident(STUB_PROPERTY),
-            )));
-            encoded.statements.push(Statement::new(format!("MATCH (n:{0}) REMOVE n:{0}", ident(STUB_CHECK_LABEL))));
+            let (check, stub) = (ident(STUB_CHECK_LABEL), ident(STUB_PROPERTY));
+            if self.lookup_keys {
+                // FalkorDB (one MULTI/EXEC whatever the count): in two
+                // statements, as its REMOVE of a label followed by WITH
+                // reaches only the first matched node.
+                encoded
+                    .statements
+                    .push(Statement::new(format!("MATCH (n:{check}) WHERE n.{stub} = true AND NOT (n)--() DELETE n")));
+                encoded.statements.push(Statement::new(format!("MATCH (n:{check}) REMOVE n:{check}")));
+            } else {
+                // Neo4j, one statement (a Bolt round trip each): every marked
+                // node loses the mark, and those still stubs without a
+                // relationship go.
+                encoded.statements.push(Statement::new(format!(
+                    "MATCH (n:{check}) REMOVE n:{check} WITH n WHERE n.{stub} = true AND NOT (n)--() DELETE n"
+                )));
+            }
         }
         encoded.indexes = indexes.into_iter().collect();
         encoded.node_keys = node_keys.into_iter().collect();
@@ -1245,8 +1256,8 @@ on = { "public.reservations" = "r" }
             .collect();
         let encoded = encode(&[transaction(0x100, inserts)]);
         let kinds: Vec<&str> = encoded.statements.iter().map(|s| s.cypher.split(' ').nth(4).unwrap_or("")).collect();
-        // mark before, upsert, mark after, recompute, stub check (two).
-        assert_eq!(encoded.statements.len(), 6, "{kinds:?}");
+        // mark before, upsert, mark after, recompute, stub check.
+        assert_eq!(encoded.statements.len(), 5, "{kinds:?}");
         let upsert = &encoded.statements[1];
         assert!(
             upsert.cypher.starts_with("UNWIND $rows AS row MERGE (n:`Reservation` {`id`: row.k0})"),
@@ -1331,7 +1342,7 @@ on = { "public.reservations" = "r" }
             ],
         )]);
         // Per kind, stub marks then the writes; the stub check ends the batch.
-        assert_eq!(encoded.statements.len(), 6);
+        assert_eq!(encoded.statements.len(), 5);
         let delete = &encoded.statements[1];
         assert!(delete.cypher.starts_with("UNWIND $rows AS row MATCH ()-[rel:`FAVORITE` {`id`: row.k0}]->()"));
         assert_eq!(field(&rows_of(delete)[0], "k0"), &GraphValue::Int(2));
@@ -1350,7 +1361,7 @@ on = { "public.reservations" = "r" }
         let reservations = table("reservations", &["id", "guest_id", "note"]);
         let encoded = encode(&[transaction(0x500, vec![(reservations, ChangeOp::Truncate)])]);
         let texts: Vec<&str> = encoded.statements.iter().map(|s| s.cypher.as_str()).collect();
-        assert_eq!(texts.len(), 6, "{texts:?}");
+        assert_eq!(texts.len(), 5, "{texts:?}");
         assert!(texts[0].starts_with("MATCH (r:`Reservation`) MATCH (source:User)"), "{}", texts[0]);
         assert!(texts[1].ends_with("SET t:`PgfanoutStubCheck`"), "stubs it leaves are checked: {}", texts[1]);
         assert_eq!(texts[2], "MATCH (n:`Reservation`) DETACH DELETE n");

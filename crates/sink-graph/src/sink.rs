@@ -214,9 +214,10 @@ impl GraphSink {
         }
         // What the benchmarks count (benches/e2e/graph_sink.sh): Bolt sends
         // BEGIN, each RUN (its DISCARD pipelined behind it) and COMMIT as a
-        // round trip each; FalkorDB a MULTI/EXEC, and the checkpoint's.
+        // round trip each, a lone statement as one auto-commit RUN;
+        // FalkorDB a MULTI/EXEC, and the checkpoint's.
         let round_trips = match &self.backend {
-            Backend::Bolt(_) if statements.is_empty() => 0,
+            Backend::Bolt(_) if statements.len() <= 1 => statements.len(),
             Backend::Bolt(_) => statements.len() + 2,
             Backend::Falkor(_) => usize::from(!statements.is_empty()) + usize::from(has_checkpoint),
         };

@@ -6,9 +6,9 @@
 //! write carries the change's [`Version`] in the version field and is guarded by it:
 //!
 //! ```text
-//! insert/update  update {q: {_id, $or: [{v: {$lt: V}}, {v: {$exists: false}}]},
+//! insert/update  update {q: {_id, v: {$lt: V}},
 //!                        u: {$set: {replicated columns…, v: V}, $unset: {…}}, upsert: true}
-//! delete         delete {q: {_id, $or: [same guard]}, limit: 1}
+//! delete         delete {q: {_id, v: {$lt: V}}, limit: 1} and delete {q: {_id, v: null}, limit: 1}
 //!                 or, with tombstones, an update like the above setting {deleted: true}
 //!                 and unsetting the table's columns
 //! key change     delete (or tombstone) of the old _id, then the upsert of the new one
@@ -17,9 +17,15 @@
 //!
 //! A guarded upsert whose document is already newer matches nothing and tries to insert a
 //! second document with the same `_id`: the server answers with a duplicate-key error
-//! (11000), which means "already applied" and is not an error. Only replicated fields are
-//! named, so fields other applications add to a document survive; unchanged TOAST values
-//! are not named at all.
+//! (11000), which means "already applied" and is not an error. So does one whose document
+//! holds no version (another application wrote it first): for those the sink sends the
+//! same update again filtered by `{_id, v: null}` without upsert, which writes the row
+//! into a document without a version and leaves a newer one alone. A delete is two
+//! statements with these two filters, which exclude each other. The guard is spelled as
+//! two filters, not one `$or`, because an `_id` equality plus one field condition is what
+//! every MongoDB-wire server finds by its `_id` index (nx-27017 scans the collection for an
+//! `$or`). Only replicated fields are named, so fields other applications add to a document
+//! survive; unchanged TOAST values are not named at all.
 //!
 //! # Rounds
 //!
@@ -153,12 +159,20 @@ impl Rounds {
     }
 
     fn document(&mut self, id: &Bson, write: Write) {
-        let floor = self.floor_of_table.get(&write.namespace).copied().unwrap_or(0);
-        let key = (Arc::clone(&write.namespace), canonical(id));
+        self.document_all(id, vec![write]);
+    }
+
+    /// Statements of one change to one document (they exclude each other), in one round.
+    fn document_all(&mut self, id: &Bson, writes: Vec<Write>) {
+        let Some(first) = writes.first() else { return };
+        let floor = self.floor_of_table.get(&first.namespace).copied().unwrap_or(0);
+        let key = (Arc::clone(&first.namespace), canonical(id));
         let next = self.next_of_document.entry(key).or_insert(0);
         let index = (*next).max(floor);
         *next = index + 1;
-        self.push(index, write);
+        for write in writes {
+            self.push(index, write);
+        }
     }
 
     fn table_wide(&mut self, write: Write) {
@@ -167,6 +181,12 @@ impl Rounds {
         self.floor_of_table.insert(Arc::clone(&write.namespace), index + 1);
         self.push(index, write);
     }
+}
+
+/// The filter of document `id` when it holds no version (`null` matches a missing field):
+/// a document another application wrote, which a row write may take over.
+pub(crate) fn unversioned(id: &Bson, version_field: &str) -> Document {
+    doc! { "_id": id.clone(), version_field: Bson::Null }
 }
 
 /// A BSON value's canonical extended JSON, as a map key (BSON values are not `Hash`).
@@ -376,6 +396,7 @@ impl MongoEncoder {
     ) -> Result<(), String> {
         let namespace = &target.namespace;
         let write = |statement| Write { namespace: Arc::clone(namespace), statement };
+        let writes = |statements: Vec<Statement>| statements.into_iter().map(write).collect::<Vec<_>>();
         match op {
             ChangeOp::Insert { new } => {
                 let id = self.document_id(target, table, new)?;
@@ -386,24 +407,24 @@ impl MongoEncoder {
                 if let Some(old) = old {
                     let old_id = self.document_id(target, table, old)?;
                     if old_id != id {
-                        rounds.document(&old_id, write(self.remove(&old_id, table, version)));
+                        rounds.document_all(&old_id, writes(self.remove(&old_id, table, version)));
                     }
                 }
                 rounds.document(&id, write(self.upsert(&id, table, new, old.as_ref(), version)?));
             }
             ChangeOp::Delete { old } => {
                 let id = self.document_id(target, table, old)?;
-                rounds.document(&id, write(self.remove(&id, table, version)));
+                rounds.document_all(&id, writes(self.remove(&id, table, version)));
             }
             ChangeOp::Truncate => rounds.table_wide(write(self.truncate(table, version))),
         }
         Ok(())
     }
 
-    /// The guard of a row write: the document is older than `version`, or not pgfanout's.
+    /// The guard of a row write: the document is older than `version`. A document without
+    /// a version (not pgfanout's) is matched by [`unversioned`] instead (see the module docs).
     fn guard(&self, id: &Bson, version: &str) -> Document {
-        let field = &self.version_field;
-        doc! { "_id": id.clone(), "$or": [ { field: { "$lt": version } }, { field: { "$exists": false } } ] }
+        doc! { "_id": id.clone(), &self.version_field: { "$lt": version } }
     }
 
     /// `_id` of the row: the value of the single id column, or a sub-document of several.
@@ -517,14 +538,18 @@ impl MongoEncoder {
         update
     }
 
-    /// The guarded removal of one document (or its tombstone).
-    fn remove(&self, id: &Bson, table: &TableSchema, version: Version) -> Statement {
+    /// The guarded removal of one document (or its tombstone): a delete of the older
+    /// document and one of a document without a version, or the tombstone's upsert.
+    fn remove(&self, id: &Bson, table: &TableSchema, version: Version) -> Vec<Statement> {
         let version = version.to_sortable_string();
         if self.tombstones {
             let update = self.tombstone(table, &version);
-            Statement::Update(doc! { "q": self.guard(id, &version), "u": update, "upsert": true })
+            vec![Statement::Update(doc! { "q": self.guard(id, &version), "u": update, "upsert": true })]
         } else {
-            Statement::Delete(doc! { "q": self.guard(id, &version), "limit": 1 })
+            vec![
+                Statement::Delete(doc! { "q": self.guard(id, &version), "limit": 1 }),
+                Statement::Delete(doc! { "q": unversioned(id, &self.version_field), "limit": 1 }),
+            ]
         }
     }
 
@@ -960,7 +985,7 @@ mod tests {
     }
 
     fn guard(id: Bson, version: &str) -> Document {
-        doc! { "_id": id, "$or": [ { "_v": { "$lt": version } }, { "_v": { "$exists": false } } ] }
+        doc! { "_id": id, "_v": { "$lt": version } }
     }
 
     #[test]
@@ -1001,7 +1026,12 @@ mod tests {
         assert_eq!(batch.rounds.len(), 1, "two documents, one round");
         let statements: Vec<&Statement> = batch.rounds[0].iter().map(|w| &w.statement).collect();
         assert_eq!(statements[0], &Statement::Delete(doc! { "q": guard(Bson::Int32(7), &v), "limit": 1 }));
-        let Statement::Update(upsert) = statements[1] else { panic!("not an upsert") };
+        assert_eq!(
+            statements[1],
+            &Statement::Delete(doc! { "q": { "_id": 7, "_v": Bson::Null }, "limit": 1 }),
+            "a document without a version goes too"
+        );
+        let Statement::Update(upsert) = statements[2] else { panic!("not an upsert") };
         let set = upsert.get_document("u").unwrap().get_document("$set").unwrap();
         assert!(!set.contains_key("city"), "the unchanged TOAST column is not written: {set}");
         assert_eq!(upsert.get_document("q").unwrap(), &guard(Bson::Int32(8), &v));

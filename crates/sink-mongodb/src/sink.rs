@@ -311,6 +311,8 @@ impl MongoSink {
         purpose: Purpose,
     ) -> Result<(), MongoSinkError> {
         let (verb, list) = if is_update { ("update", "updates") } else { ("delete", "deletes") };
+        // Row upserts refused as duplicates are sent again for documents without a version.
+        let sent = (is_update && purpose == Purpose::Rows).then(|| statements.clone());
         let mut command = RawDocumentBuf::new();
         command.append(verb, namespace.collection.as_str());
         command.append(list, statements);
@@ -326,13 +328,15 @@ impl MongoSink {
             // "Not yet durable as asked": reported as WriteConcernFailed (64), which retries.
             return Err(rejected(64, concern.get_str("errmsg").unwrap_or("")));
         }
-        let mut duplicates = 0;
+        let mut duplicates = Vec::new();
         if let Ok(errors) = reply.get_array("writeErrors") {
             for error in errors.iter().filter_map(Bson::as_document) {
                 let code = error.get_i32("code").unwrap_or(0);
                 match (code, purpose) {
-                    // A guarded upsert of a document that is already newer.
-                    (DUPLICATE_KEY, Purpose::Rows) => duplicates += 1,
+                    // A guarded upsert of a document that is newer or holds no version.
+                    (DUPLICATE_KEY, Purpose::Rows) => {
+                        duplicates.push(error.get_i32("index").ok().and_then(|index| usize::try_from(index).ok()))
+                    }
                     (DUPLICATE_KEY, Purpose::Increments) => {
                         return Err(MongoSinkError::AggregateConflict { namespace: namespace.to_string() })
                     }
@@ -346,8 +350,67 @@ impl MongoSink {
                 return Err(MongoSinkError::AggregateConflict { namespace: namespace.to_string() });
             }
         }
-        if duplicates > 0 {
-            tracing::trace!(sink = %self.config.name, namespace = %namespace, duplicates, "stale writes skipped");
+        if let (false, Some(sent)) = (duplicates.is_empty(), sent) {
+            tracing::trace!(sink = %self.config.name, namespace = %namespace, duplicates = duplicates.len(), "stale writes skipped");
+            self.write_unversioned(client, &namespace, &sent, &duplicates).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the upserts at `indexes` of `sent` (refused as duplicate keys) again, filtered
+    /// by `{_id, v: null}` and without upsert: a document without a version takes the row,
+    /// a newer one matches nothing and stays (see the encoder's module docs).
+    async fn write_unversioned(
+        &self,
+        client: &Client,
+        namespace: &Namespace,
+        sent: &RawArrayBuf,
+        indexes: &[Option<usize>],
+    ) -> Result<(), MongoSinkError> {
+        let malformed = |reason: &str| crate::encode::EncodeError {
+            table: namespace.to_string(),
+            version: String::new(),
+            reason: format!("a duplicate-key reply the sink cannot map back to its statement: {reason}"),
+        };
+        let statements: Vec<&bson::RawDocument> =
+            sent.into_iter().filter_map(|element| element.ok().and_then(|value| value.as_document())).collect();
+        let mut retries = RawArrayBuf::new();
+        for index in indexes {
+            let statement = index.and_then(|index| statements.get(index)).ok_or_else(|| malformed("no index"))?;
+            let mut statement: Document = (*statement).try_into().map_err(|_| malformed("unreadable statement"))?;
+            let id = statement
+                .get_document("q")
+                .ok()
+                .and_then(|filter| filter.get("_id"))
+                .cloned()
+                .ok_or_else(|| malformed("no _id in the filter"))?;
+            statement.insert("q", crate::encode::unversioned(&id, self.encoder.version_field()));
+            statement.remove("upsert");
+            retries.push(RawDocumentBuf::from_document(&statement).map_err(|_| malformed("unserializable"))?);
+        }
+        let mut command = RawDocumentBuf::new();
+        command.append("update", namespace.collection.as_str());
+        command.append("updates", retries);
+        command.append("ordered", false);
+        let what = || format!("update of {} documents without a version on {namespace}", indexes.len());
+        let reply = self.timed(what, client.database(&namespace.database).run_raw_command(command)).await?;
+        let first_error = reply
+            .get_array("writeErrors")
+            .ok()
+            .and_then(|errors| errors.iter().filter_map(Bson::as_document).next().cloned());
+        if let Some(error) = first_error {
+            return Err(MongoSinkError::Rejected {
+                namespace: namespace.to_string(),
+                code: error.get_i32("code").unwrap_or(0),
+                message: error.get_str("errmsg").unwrap_or("").to_owned(),
+            });
+        }
+        if let Ok(concern) = reply.get_document("writeConcernError") {
+            return Err(MongoSinkError::Rejected {
+                namespace: namespace.to_string(),
+                code: 64,
+                message: concern.get_str("errmsg").unwrap_or("").to_owned(),
+            });
         }
         Ok(())
     }
