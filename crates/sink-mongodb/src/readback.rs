@@ -10,7 +10,7 @@
 //! looking for extra documents (said in the report).
 //!
 //! Running aggregates (`[[sink.table.aggregate]]`) are recomputed from
-//! PostgreSQL's rows ([`AggregateCheck`]): each group's count and sums, as
+//! PostgreSQL's rows (`AggregateCheck`): each group's count and sums, as
 //! the sink's own plan adds them up, against the group documents (a
 //! document whose count is 0 counts as absent). A repair `$set`s the
 //! recomputed values with the repair's version (the stream's later deltas
