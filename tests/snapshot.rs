@@ -91,7 +91,7 @@ fn spawn_writer(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tok
 }
 
 async fn wait_snapshot_done(pgfanout: &Pgfanout) {
-    wait_until("the snapshot to finish", Duration::from_secs(240), || async {
+    wait_until("the snapshot to finish", Duration::from_secs(480), || async {
         pgfanout.metric("pgfanout_snapshot_tables_remaining{sink=\"cache\"}").await == Some(0.0)
     })
     .await;
@@ -582,7 +582,7 @@ async fn a_column_added_during_the_snapshot_is_copied_from_then_on() {
     db.client.batch_execute("ALTER TABLE item ADD COLUMN extra text DEFAULT 'x'").await.unwrap();
     let at_alter = stored_after(redis.clone()).await.unwrap();
     assert!(at_alter < 15_000, "the ALTER came too late to test anything ({at_alter})");
-    wait_until("the snapshot to finish", Duration::from_secs(240), || async {
+    wait_until("the snapshot to finish", Duration::from_secs(480), || async {
         pgfanout.metric(&format!("pgfanout_snapshot_tables_remaining{{sink=\"{sink}\"}}")).await == Some(0.0)
     })
     .await;
