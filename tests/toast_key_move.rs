@@ -2,8 +2,8 @@
 //! real servers: pgoutput sends that column as "unchanged TOAST" (no value),
 //! so the value moves to the new key only if pgfanout takes it from the old
 //! row (identity FULL) or the store carries it over from the object under
-//! the old key (identity DEFAULT). Redis, MongoDB and FalkorDB must each end
-//! equal to PostgreSQL under both identities.
+//! the old key (identity DEFAULT, Redis). A store that cannot do either
+//! (MongoDB, FalkorDB under DEFAULT) refuses the move: never a silent loss.
 
 mod common;
 
@@ -65,8 +65,9 @@ fn difference(expected: &StoreLines, actual: &StoreLines) -> String {
     format!("missing {missing:?}, extra {extra:?}")
 }
 
-/// Moves the key of rows with an unchanged TOASTed note under `identity`
-/// and waits until Redis, MongoDB and FalkorDB all equal PostgreSQL.
+/// Moves the key of rows with an unchanged TOASTed note under `identity`:
+/// under FULL every store ends equal to PostgreSQL; under DEFAULT Redis does
+/// and MongoDB and FalkorDB refuse the move, naming the table and the fix.
 async fn key_move_keeps_the_toast_value(name: &str, identity: &str) {
     let db = create_database(name).await;
     db.client
@@ -124,34 +125,70 @@ async fn key_move_keeps_the_toast_value(name: &str, identity: &str) {
         )
         .await
         .unwrap();
-    for what in ["after the inserts", "after the key moves"] {
-        if what == "after the key moves" {
-            db.client.batch_execute("UPDATE item SET id = id + 100, label = label || '+' WHERE id <= 2").await.unwrap();
-        }
-        let expected = postgres_lines(&db).await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let mut differences = Vec::new();
-            for (store, actual) in [
-                ("redis", redis_lines(&mut redis).await),
-                ("mongodb", mongo_lines(&mongo, &db.name).await),
-                ("falkordb", graph_lines(&mut graph).await),
-            ] {
-                if actual != expected {
-                    differences.push(format!("{store}: {}", difference(&expected, &actual)));
-                }
+    let before = postgres_lines(&db).await;
+    wait_for_stores(&db, &mut redis, &mongo, &mut graph, &pgfanout, ALL_STORES, "after the inserts").await;
+    db.client.batch_execute("UPDATE item SET id = id + 100, label = label || '+' WHERE id <= 2").await.unwrap();
+    if identity == "FULL" {
+        wait_for_stores(&db, &mut redis, &mongo, &mut graph, &pgfanout, ALL_STORES, "after the key moves").await;
+        return;
+    }
+    // DEFAULT: Redis carries the value over from the hash under the old key;
+    // MongoDB and FalkorDB cannot, and refuse the move (the sink blocks on it)
+    // rather than write the new row without its value.
+    wait_for_stores(&db, &mut redis, &mongo, &mut graph, &pgfanout, &["redis"], "after the key moves").await;
+    wait_until("both sinks refuse the move", Duration::from_secs(30), || async {
+        let log = pgfanout.log_text();
+        let refusals = log.lines().filter(|line| {
+            line.contains("public.item")
+                && line.contains("column note was an unchanged TOAST value")
+                && line.contains("set REPLICA IDENTITY FULL")
+        });
+        let sinks: BTreeSet<&str> = refusals
+            .filter_map(|line| ["\"docs\"", "\"graph\""].into_iter().find(|sink| line.contains(sink)))
+            .collect();
+        sinks.len() == 2
+    })
+    .await;
+    assert_eq!(mongo_lines(&mongo, &db.name).await, before, "MongoDB keeps the rows as they were");
+    assert_eq!(graph_lines(&mut graph).await, before, "FalkorDB keeps the rows as they were");
+}
+
+const ALL_STORES: &[&str] = &["redis", "mongodb", "falkordb"];
+
+/// Waits until each of `stores` equals PostgreSQL; panics with what differs.
+async fn wait_for_stores(
+    db: &TestDatabase,
+    redis: &mut redis::aio::MultiplexedConnection,
+    mongo: &mongodb::Client,
+    graph: &mut common::graph::GraphStore,
+    pgfanout: &Pgfanout,
+    stores: &[&str],
+    what: &str,
+) {
+    let expected = postgres_lines(db).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut differences = Vec::new();
+        for store in stores {
+            let actual = match *store {
+                "redis" => redis_lines(redis).await,
+                "mongodb" => mongo_lines(mongo, &db.name).await,
+                _ => graph_lines(graph).await,
+            };
+            if actual != expected {
+                differences.push(format!("{store}: {}", difference(&expected, &actual)));
             }
-            if differences.is_empty() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "identity {identity}: stores never matched PostgreSQL {what}:\n{}\nlog:\n{}",
-                differences.join("\n"),
-                pgfanout.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        if differences.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stores never matched PostgreSQL {what}:\n{}\nlog:\n{}",
+            differences.join("\n"),
+            pgfanout.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -161,6 +198,6 @@ async fn a_key_move_under_identity_full_keeps_an_unchanged_toast_value() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_move_under_identity_default_keeps_an_unchanged_toast_value() {
+async fn a_key_move_under_identity_default_is_carried_over_by_redis_and_refused_elsewhere() {
     key_move_keeps_the_toast_value("toast_key_move_default", "DEFAULT").await;
 }
