@@ -68,7 +68,7 @@ fn difference(expected: &StoreLines, actual: &StoreLines) -> String {
 /// Moves the key of rows with an unchanged TOASTed note under `identity`:
 /// under FULL every store ends equal to PostgreSQL; under DEFAULT Redis does
 /// and MongoDB and FalkorDB refuse the move, naming the table and the fix.
-async fn key_move_keeps_the_toast_value(name: &str, identity: &str) {
+async fn move_keys_leaving_the_toast_value_unchanged(name: &str, identity: &str) {
     let db = create_database(name).await;
     db.client
         .batch_execute(&format!(
@@ -194,10 +194,10 @@ async fn wait_for_stores(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_move_under_identity_full_keeps_an_unchanged_toast_value() {
-    key_move_keeps_the_toast_value("toast_key_move_full", "FULL").await;
+    move_keys_leaving_the_toast_value_unchanged("toast_key_move_full", "FULL").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_move_under_identity_default_is_carried_over_by_redis_and_refused_elsewhere() {
-    key_move_keeps_the_toast_value("toast_key_move_default", "DEFAULT").await;
+    move_keys_leaving_the_toast_value_unchanged("toast_key_move_default", "DEFAULT").await;
 }
