@@ -44,6 +44,12 @@ pub trait SinkKind {
     fn tables_forgetting_deletes(&self) -> Vec<TableName> {
         self.table_sources().into_iter().map(TableName::parse).collect()
     }
+    /// Whether the sink moves a value pgoutput leaves out as unchanged TOAST
+    /// when an update changes a row's key under identity DEFAULT (from the
+    /// object under the old key); kinds that cannot refuse such a change.
+    fn moves_unchanged_toast_values(&self) -> bool {
+        false
+    }
     /// The sink's `[sink.delivery]` section.
     fn delivery(&self) -> &DeliveryConfig;
     /// Problems serde cannot find, one line each.
@@ -113,6 +119,10 @@ sink_kinds! {
 impl SinkKind for RedisSinkConfig {
     fn name(&self) -> &str {
         &self.name
+    }
+    /// The batch script copies it from the hash under the old key.
+    fn moves_unchanged_toast_values(&self) -> bool {
+        true
     }
     fn table_sources(&self) -> Vec<&str> {
         self.tables.iter().map(|t| t.source.as_str()).collect()
@@ -207,6 +217,10 @@ impl SinkKind for MongoSinkConfig {
 impl SinkKind for DiscardSinkConfig {
     fn name(&self) -> &str {
         &self.name
+    }
+    /// It stores nothing, so nothing is lost.
+    fn moves_unchanged_toast_values(&self) -> bool {
+        true
     }
     fn table_sources(&self) -> Vec<&str> {
         self.tables.iter().map(|t| t.source.as_str()).collect()

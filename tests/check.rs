@@ -476,6 +476,35 @@ async fn a_table_under_full_identity_needs_no_id_columns_when_it_has_a_primary_k
 }
 
 #[tokio::test]
+async fn toastable_tables_under_default_identity_get_a_warning_for_sinks_that_cannot_move_their_values() {
+    let db = create_database("check_toast_move").await;
+    db.client.batch_execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text, n int)").await.unwrap();
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n\
+         [[sink]]\nname = \"docs\"\nkind = \"mongodb\"\nurl = \"{mongo}\"\ndatabase = \"{name}\"\n\n\
+         [[sink.table]]\nsource = \"public.notes\"\n\n\
+         [[sink]]\nname = \"cache\"\nkind = \"redis\"\nurl = \"{redis}\"\n\n[[sink.table]]\nsource = \"public.notes\"\n",
+        url = db.url,
+        name = db.name,
+        mongo = required_env("PGFANOUT_TEST_MONGODB_URL"),
+        redis = redis_url(),
+    );
+    let about_toast = |run: &CheckRun| -> Vec<String> {
+        run.warnings().into_iter().filter(|w| w.contains("TOASTable")).map(str::to_owned).collect()
+    };
+    let run = run_check("check_toast_move", &config);
+    run.assert_ok();
+    let warnings = about_toast(&run);
+    assert_eq!(warnings.len(), 1, "MongoDB only, Redis moves the value: {}", run.report());
+    assert!(warnings[0].starts_with("sink docs: "), "{}", warnings[0]);
+    assert!(warnings[0].contains("public.notes (body)"), "{}", warnings[0]);
+    assert!(warnings[0].contains("REPLICA IDENTITY FULL"), "{}", warnings[0]);
+    db.client.batch_execute("ALTER TABLE notes REPLICA IDENTITY FULL").await.unwrap();
+    let run = run_check("check_toast_move", &config);
+    assert_eq!(about_toast(&run), Vec::<String>::new(), "{}", run.report());
+}
+
+#[tokio::test]
 async fn a_failover_slot_on_a_server_before_17_is_one_problem_with_the_fix() {
     let db = create_database("check_failover").await;
     db.client.batch_execute(ORDERS).await.unwrap();

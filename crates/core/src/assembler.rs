@@ -313,8 +313,12 @@ impl TransactionAssembler {
             }
             PgOutputMessage::Update(update) => {
                 let table = self.table(update.relation)?;
+                let whole_old_row = matches!(update.old_tuple, Some(OldTuple::Full(_)));
                 let old = update.old_tuple.map(|old| to_row(&table, old_tuple_data(old))).transpose()?;
-                let new = to_row(&table, update.new_tuple)?;
+                let mut new = to_row(&table, update.new_tuple)?;
+                if let (true, Some(old)) = (whole_old_row, &old) {
+                    fill_unchanged_toast(&mut new, old);
+                }
                 self.add_change(table, ChangeOp::Update { old, new }, update.xid, "update")
             }
             PgOutputMessage::Delete(delete) => {
@@ -424,6 +428,19 @@ impl TransactionAssembler {
 fn old_tuple_data(old: OldTuple) -> TupleData {
     match old {
         OldTuple::Key(data) | OldTuple::Full(data) => data,
+    }
+}
+
+/// Under identity FULL the old row holds every value, TOASTed ones included
+/// (the server detoasts it), so an unchanged TOAST column of the new row is
+/// taken from it. Every sink then gets a whole new row: one keyed by a
+/// changed key (a document, node or hash re-created under the new key)
+/// would otherwise lose the value it cannot read from anywhere else.
+fn fill_unchanged_toast(new: &mut Row, old: &Row) {
+    for (value, before) in new.iter_mut().zip(old) {
+        if matches!(value, ColumnValue::UnchangedToast) && !matches!(before, ColumnValue::UnchangedToast) {
+            *value = before.clone();
+        }
     }
 }
 
@@ -565,6 +582,35 @@ mod tests {
                 new: vec![ColumnValue::Text(Bytes::from_static(b"1")), ColumnValue::UnchangedToast]
             }
         );
+    }
+
+    #[test]
+    fn under_full_identity_an_unchanged_toast_value_is_taken_from_the_old_row() {
+        let mut assembler = TransactionAssembler::new();
+        assembler.push(relation(1, &[("id", true), ("notes", false)])).unwrap();
+        assembler.push(begin()).unwrap();
+        let update = |old_tuple| Update {
+            xid: None,
+            relation: Oid(1),
+            old_tuple: Some(old_tuple),
+            new_tuple: TupleData { columns: vec![text("2"), TupleColumn::UnchangedToast] },
+        };
+        let old = || TupleData { columns: vec![text("1"), text("long")] };
+        assembler.push(PgOutputMessage::Update(update(OldTuple::Full(old())))).unwrap();
+        assembler.push(PgOutputMessage::Update(update(OldTuple::Key(old())))).unwrap();
+        let Assembled::Committed(transaction) = assembler.push(commit()).unwrap() else {
+            panic!("commit must emit the transaction");
+        };
+        let notes: Vec<_> = transaction
+            .changes
+            .iter()
+            .map(|change| match &change.op {
+                ChangeOp::Update { new, .. } => new[1].clone(),
+                other => panic!("an update was expected, not {other:?}"),
+            })
+            .collect();
+        let long = ColumnValue::Text(Bytes::from_static(b"long"));
+        assert_eq!(notes, [long, ColumnValue::UnchangedToast], "FULL fills it in; a key-only old row cannot");
     }
 
     #[test]

@@ -803,6 +803,7 @@ impl GraphEncoder {
                 if old_key != new_key {
                     // The row moved to another key: the old node goes (with
                     // its relationships), the new one is written whole.
+                    refuse_a_move_without_toast_values(schema, old, new)?;
                     ops.push(self.node_delete_row(node, shape, old_key, &version));
                 }
                 ops.push(self.node_upsert_row(node, shape, schema, new, Some(old), version)?);
@@ -1083,6 +1084,28 @@ impl GraphEncoder {
             }
         }
         Ok(GraphValue::Map(properties))
+    }
+}
+
+/// A row moving to another key is written whole under the new one, so a
+/// column left out as unchanged TOAST must come from the old row. Under
+/// identity FULL the pipeline has already taken it from there; under DEFAULT
+/// the old row holds only the key, and the value lives only in the node this
+/// move deletes: the move is refused rather than losing the value.
+fn refuse_a_move_without_toast_values(schema: &TableSchema, old: &Row, new: &Row) -> Result<(), GraphSinkError> {
+    let lost = new.iter().zip(old).position(|(new, old)| {
+        matches!(new, ColumnValue::UnchangedToast) && !matches!(old, ColumnValue::Text(_) | ColumnValue::Binary(_))
+    });
+    match lost {
+        None => Ok(()),
+        Some(position) => Err(GraphSinkError::Mapping {
+            table: schema.table.to_string(),
+            reason: format!(
+                "the key of a row changed while column {} was an unchanged TOAST value, which pgoutput does not \
+                 send and the new node would lose; set REPLICA IDENTITY FULL on the table",
+                schema.columns.get(position).map_or("?", |column| column.name.as_str())
+            ),
+        }),
     }
 }
 
@@ -1383,6 +1406,31 @@ on = { "public.reservations" = "r" }
         let upsert = encoded.statements.iter().find(|s| s.cypher.contains("MERGE (n:")).unwrap();
         assert_eq!(field(&rows_of(delete)[0], "k0"), &GraphValue::Int(1));
         assert_eq!(field(&rows_of(upsert)[0], "k0"), &GraphValue::Int(5));
+    }
+
+    #[test]
+    fn a_key_change_leaving_a_toast_value_out_is_refused_unless_the_old_row_has_it() {
+        let reservations = table("reservations", &["id", "guest_id", "note"]);
+        let moved = |old: Row| {
+            let transactions = [transaction(
+                0x680,
+                vec![(
+                    reservations.clone(),
+                    ChangeOp::Update { old: Some(old), new: row(&[Some("5"), Some("7"), Some("<toast>")]) },
+                )],
+            )];
+            let refs: Vec<ChangeRef<'_>> = transactions[0]
+                .changes
+                .iter()
+                .map(|change| ChangeRef { transaction: &transactions[0], change })
+                .collect();
+            encoder().encode(&refs).map(|_| ())
+        };
+        let err = moved(row(&[Some("1"), None, None])).unwrap_err();
+        assert!(err.to_string().contains("column note was an unchanged TOAST value"), "{err}");
+        assert!(err.to_string().contains("REPLICA IDENTITY FULL"), "{err}");
+        assert!(!err.is_retriable());
+        moved(row(&[Some("1"), Some("7"), Some("long")])).expect("a whole old row has the value");
     }
 
     #[test]

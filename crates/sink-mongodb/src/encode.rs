@@ -407,6 +407,7 @@ impl MongoEncoder {
                 if let Some(old) = old {
                     let old_id = self.document_id(target, table, old)?;
                     if old_id != id {
+                        refuse_a_move_without_toast_values(table, old, new)?;
                         rounds.document_all(&old_id, writes(self.remove(&old_id, table, version)));
                     }
                 }
@@ -563,6 +564,25 @@ impl MongoEncoder {
         } else {
             Statement::Delete(doc! { "q": filter, "limit": 0 })
         }
+    }
+}
+
+/// A row moving to another `_id` is written as a new document, so a column
+/// left out as unchanged TOAST must come from the old row. Under identity
+/// FULL it is there; under DEFAULT the old row holds only the key and the
+/// value lives only in the document this move deletes: the move is refused
+/// rather than losing the value.
+fn refuse_a_move_without_toast_values(table: &TableSchema, old: &Row, new: &Row) -> Result<(), String> {
+    let lost = new.iter().zip(old).position(|(new, old)| {
+        matches!(new, ColumnValue::UnchangedToast) && !matches!(old, ColumnValue::Text(_) | ColumnValue::Binary(_))
+    });
+    match lost {
+        None => Ok(()),
+        Some(position) => Err(format!(
+            "the key of a row changed while column {} was an unchanged TOAST value, which pgoutput does not send \
+             and the new document would lose; set REPLICA IDENTITY FULL on the table",
+            table.columns.get(position).map_or("?", |column| column.name.as_str())
+        )),
     }
 }
 
@@ -1018,9 +1038,15 @@ mod tests {
     fn unchanged_toast_is_left_alone_and_key_changes_move_the_document() {
         let table = stays(ReplicaIdentity::Default, &["id"]);
         let encoder = MongoEncoder::new(&config(false, vec![]));
-        let mut new = row(["8", "NULL", "3", "1"]);
+        let mut new = row(["7", "NULL", "3", "1"]);
         new[1] = ColumnValue::UnchangedToast;
-        let update = ChangeOp::Update { old: Some(row(["7", "NULL", "NULL", "NULL"])), new };
+        let batch = encode(&encoder, &[transaction(31, &table, vec![ChangeOp::Update { old: None, new }])]).unwrap();
+        let Statement::Update(upsert) = &batch.rounds[0][0].statement else { panic!("not an upsert") };
+        let set = upsert.get_document("u").unwrap().get_document("$set").unwrap();
+        assert!(!set.contains_key("city"), "the unchanged TOAST column is not written: {set}");
+
+        let update =
+            ChangeOp::Update { old: Some(row(["7", "NULL", "NULL", "NULL"])), new: row(["8", "Rome", "3", "1"]) };
         let batch = encode(&encoder, &[transaction(32, &table, vec![update])]).unwrap();
         let v = version(32, 0);
         assert_eq!(batch.rounds.len(), 1, "two documents, one round");
@@ -1032,9 +1058,24 @@ mod tests {
             "a document without a version goes too"
         );
         let Statement::Update(upsert) = statements[2] else { panic!("not an upsert") };
-        let set = upsert.get_document("u").unwrap().get_document("$set").unwrap();
-        assert!(!set.contains_key("city"), "the unchanged TOAST column is not written: {set}");
         assert_eq!(upsert.get_document("q").unwrap(), &guard(Bson::Int32(8), &v));
+    }
+
+    #[test]
+    fn a_key_change_leaving_a_toast_value_out_is_refused_unless_the_old_row_has_it() {
+        let table = stays(ReplicaIdentity::Default, &["id"]);
+        let encoder = MongoEncoder::new(&config(false, vec![]));
+        let mut new = row(["8", "NULL", "3", "1"]);
+        new[1] = ColumnValue::UnchangedToast;
+        let update = ChangeOp::Update { old: Some(row(["7", "NULL", "NULL", "NULL"])), new: new.clone() };
+        let err = encode(&encoder, &[transaction(33, &table, vec![update])]).unwrap_err();
+        assert!(err.reason.contains("column city was an unchanged TOAST value"), "{err}");
+        assert!(err.reason.contains("REPLICA IDENTITY FULL"), "{err}");
+        let update = ChangeOp::Update { old: Some(row(["7", "Rome", "3", "1"])), new };
+        let batch = encode(&encoder, &[transaction(34, &table, vec![update])]).unwrap();
+        let Statement::Update(upsert) = &batch.rounds[0][2].statement else { panic!("not an upsert") };
+        let set = upsert.get_document("u").unwrap().get_document("$set").unwrap();
+        assert_eq!(set.get_str("city"), Ok("Rome"), "a whole old row gives the value: {set}");
     }
 
     #[test]

@@ -283,7 +283,8 @@ impl CqlEncoder {
                             if let Some(position) =
                                 target.values.iter().find(|&&p| new.get(p).is_some_and(Option::is_none))
                             {
-                                if old.get(*position).is_none_or(Option::is_none) {
+                                // A key-only old row (identity DEFAULT) holds NULL there.
+                                if old.get(*position).is_none_or(|value| matches!(value, None | Some(Value::Null))) {
                                     return Err(ScyllaSinkError::Mapping {
                                         table: source.to_owned(),
                                         reason: format!(
@@ -995,6 +996,22 @@ mod tests {
         // With truncate off, nothing is written for it.
         let mut encoder = CqlEncoder::new("ks", HashMap::new(), false, false);
         assert_eq!(encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_key_move_leaving_a_toast_value_out_of_a_key_only_old_row_is_refused() {
+        let shape = shape(ReplicaIdentity::Default);
+        let batch = transaction(
+            &shape,
+            vec![ChangeOp::Update {
+                old: Some(row("7", "", None, ColumnValue::Null)),
+                new: row("8", "3", None, ColumnValue::UnchangedToast),
+            }],
+        );
+        let mut encoder = CqlEncoder::new("ks", HashMap::new(), false, true);
+        let err = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap_err();
+        assert!(err.to_string().contains("column notes was an unchanged TOAST value"), "{err}");
+        assert!(err.to_string().contains("REPLICA IDENTITY FULL"), "{err}");
     }
 
     fn write(partition: &str, row: &str) -> Statement {
