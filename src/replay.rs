@@ -32,7 +32,7 @@ use pgfanout_core::mapping::Mapped;
 use pgfanout_core::{ChangeRef, Lsn, Sink, TableMapping, TableName, Transaction};
 
 use crate::config::{Config, SinkConfig};
-use crate::sinks::{build_sink, RoutedTables};
+use crate::sinks::build_sink;
 
 /// Changes per `Sink::apply` call.
 const BATCH_CHANGES: usize = 2000;
@@ -124,7 +124,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         config.sinks.iter().filter(|sink| args.sink.is_empty() || args.sink.iter().any(|n| n == sink.name()))
     {
         let (sink, tables) = build_sink(sink_config)?;
-        warn_of_forgotten_deletes(sink_config, &tables, &wanted);
+        warn_of_forgotten_deletes(sink_config, &wanted);
         // Connects; the checkpoint stays the live instance's to move.
         let checkpoint = sink.load_checkpoint().await.with_context(|| format!("sink {}", sink.name()))?;
         tracing::info!(sink = sink.name(), checkpoint = %checkpoint.unwrap_or_default(), from = %args.from, "replaying");
@@ -166,11 +166,12 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 /// catch-up below re-applies every delete the stream confirmed; one the
 /// stream applied but had not yet checkpointed when the replay ended is
 /// missed, so beside a busy stream such a table can keep a deleted row.
-fn warn_of_forgotten_deletes(sink: &SinkConfig, tables: &RoutedTables, wanted: &impl Fn(&TableName) -> bool) {
+fn warn_of_forgotten_deletes(sink: &SinkConfig, wanted: &impl Fn(&TableName) -> bool) {
+    // Already only the sink's routed tables.
     let forgetting: Vec<String> = sink
         .tables_forgetting_deletes()
         .into_iter()
-        .filter(|table| wanted(table) && tables.iter().any(|(routed, _)| routed == table))
+        .filter(|table| wanted(table))
         .map(|table| table.to_string())
         .collect();
     if !forgetting.is_empty() {
