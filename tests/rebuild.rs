@@ -1,7 +1,8 @@
 //! `pgfanout rebuild` against real servers: a wipe and re-copy of one sink
 //! while writes, updates and deletes go on (deletes of rows not copied yet
 //! too) ends equal to PostgreSQL, with no resurrected row, keys other
-//! applications wrote untouched, and the other sink streaming throughout.
+//! applications wrote untouched, and the other sink streaming throughout;
+//! the same for a Cassandra sink, whose wipe is a `TRUNCATE`.
 
 mod common;
 
@@ -30,8 +31,8 @@ fn config(db: &TestDatabase, server: &OwnRedisServer, http: &str) -> String {
     )
 }
 
-/// Inserts, updates and deletes over the whole key range until `stop`.
-fn spawn_writer(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+/// Inserts, updates and deletes over keys 1..=`rows` until `stop`.
+fn spawn_writer(url: String, rows: i32, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let client = connect(&url).await;
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -43,10 +44,10 @@ fn spawn_writer(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tok
         };
         let mut new_id = 100_000;
         while !stop.load(Ordering::Relaxed) {
-            let id = next(ROWS as u64) + 1;
+            let id = next(rows as u64) + 1;
             let statement = match next(4) {
                 // Often a row the rebuild has not copied yet.
-                0 => format!("DELETE FROM item WHERE id IN ({id}, {})", ROWS - id / 2),
+                0 => format!("DELETE FROM item WHERE id IN ({id}, {})", rows - id / 2),
                 1 => {
                     new_id += 1;
                     format!("INSERT INTO item VALUES ({new_id}, 0, 'new')")
@@ -140,7 +141,7 @@ async fn rebuild_with_wipe_of_one_redis_sink_while_writes_go_on_ends_equal_and_t
         .unwrap();
 
     let (stop, writes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let writer = spawn_writer(db.url.clone(), stop.clone(), writes.clone());
+    let writer = spawn_writer(db.url.clone(), ROWS, stop.clone(), writes.clone());
     let rebuild = tokio::spawn({
         let settings = settings.clone();
         async move { rebuild_cli(&settings, &["--sink", "cache", "--wipe"]).await }
@@ -447,4 +448,105 @@ async fn rebuild_without_a_running_pgfanout_wipes_and_the_next_run_copies_the_ta
 
     let second = Pgfanout::start("rebuild_offline", &settings, &http);
     wait_equal(&db, &mut cache, &["foreign"], &second).await;
+}
+
+/// The Cassandra table `item` as id → "qty|note"; empty before it exists.
+async fn cassandra_items(session: &scylla::client::session::Session, keyspace: &str) -> BTreeMap<String, String> {
+    use scylla::value::{CqlValue, Row};
+    let mut items = BTreeMap::new();
+    let Ok(result) = session.query_unpaged(format!("SELECT id, qty, note FROM {keyspace}.item"), ()).await else {
+        return items;
+    };
+    let text = |value: &Option<CqlValue>| match value {
+        Some(CqlValue::Int(i)) => i.to_string(),
+        Some(CqlValue::Text(s)) => s.clone(),
+        None => "∅".into(),
+        Some(other) => format!("{other:?}"),
+    };
+    for row in result.into_rows_result().unwrap().rows::<Row>().unwrap() {
+        let cells: Vec<String> = row.unwrap().columns.iter().map(text).collect();
+        items.insert(cells[0].clone(), format!("{}|{}", cells[1], cells[2]));
+    }
+    items
+}
+
+/// The table `item` as id → "qty|note", as [`cassandra_items`] reads it.
+async fn postgres_items(db: &TestDatabase) -> BTreeMap<String, String> {
+    let rows = db.client.query("SELECT id::text, qty::text, coalesce(note, '∅') FROM item", &[]).await.unwrap();
+    rows.iter().map(|row| (row.get(0), format!("{}|{}", row.get::<_, String>(1), row.get::<_, String>(2)))).collect()
+}
+
+/// Waits until Cassandra's `item` equals PostgreSQL's; panics with what differs.
+async fn wait_cassandra_equal(db: &TestDatabase, session: &scylla::client::session::Session, pgfanout: &Pgfanout) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (expected, actual) = (postgres_items(db).await, cassandra_items(session, &db.name).await);
+        if expected == actual {
+            return;
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<_> = expected.keys().filter(|k| !actual.contains_key(*k)).take(5).collect();
+            let extra: Vec<_> = actual.keys().filter(|k| !expected.contains_key(*k)).take(5).collect();
+            let wrong: Vec<_> =
+                expected.iter().filter(|(k, v)| actual.get(*k).is_some_and(|a| a != *v)).take(5).collect();
+            panic!(
+                "Cassandra never matched item: {} rows vs {}, missing {missing:?}, extra {extra:?}, differing {wrong:?}\nlog:\n{}",
+                expected.len(),
+                actual.len(),
+                pgfanout.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_with_wipe_of_a_cassandra_sink_while_writes_go_on_truncates_and_ends_equal() {
+    const CASSANDRA_ROWS: i32 = 3_000;
+    let db = create_database("rebuild_cassandra").await;
+    db.client.batch_execute("CREATE TABLE item (id int PRIMARY KEY, qty int, note text)").await.unwrap();
+    db.client
+        .batch_execute(&format!("INSERT INTO item SELECT i, i, 'n' || i FROM generate_series(1, {CASSANDRA_ROWS}) i"))
+        .await
+        .unwrap();
+    let node = required_env("PGFANOUT_TEST_CASSANDRA_NODES").split(',').next().unwrap().trim().to_owned();
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(&node)
+        .build()
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach Cassandra at {node}: {err}"));
+    session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", db.name), ()).await.unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = format!(
+        "{}\n[snapshot]\nchunk_rows = 200\n\n\
+         [[sink]]\nname = \"wide\"\nkind = \"scylla\"\nnodes = [\"{node}\"]\nkeyspace = \"{keyspace}\"\n\
+         consistency = \"one\"\nmanage_schema = true\n\
+         replication = \"{{'class': 'SimpleStrategy', 'replication_factor': 1}}\"\n\
+         [[sink.table]]\nsource = \"public.item\"\n",
+        source_config(&db, &db.name, &http),
+        keyspace = db.name,
+    );
+    let pgfanout = Pgfanout::start("rebuild_cassandra", &settings, &http);
+    wait_until("the initial snapshot", Duration::from_secs(90), || async {
+        http_get(&http, "/readyz").await.is_some_and(|body| body.contains("\"ready\""))
+    })
+    .await;
+    wait_cassandra_equal(&db, &session, &pgfanout).await;
+
+    // Drift pgfanout did not write: the wipe must take it away.
+    session
+        .query_unpaged(format!("INSERT INTO {}.item (id, qty, note) VALUES (999999, 1, 'stale')", db.name), ())
+        .await
+        .unwrap();
+    let (stop, writes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writer = spawn_writer(db.url.clone(), CASSANDRA_ROWS, stop.clone(), writes.clone());
+    let (code, stdout, stderr) = rebuild_cli(&settings, &["--sink", "wide", "--wipe"]).await;
+    let during = writes.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_eq!(code, 0, "rebuild failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nlog:\n{}", pgfanout.log_text());
+    assert!(stdout.contains("done: wiped 1"), "one table truncated: {stdout}");
+    assert!(during > 20, "writes went on during the rebuild ({during})");
+    wait_cassandra_equal(&db, &session, &pgfanout).await;
+    session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", db.name), ()).await.unwrap();
 }

@@ -281,8 +281,12 @@ pub trait Sink: Send + Sync {
     /// version) survives: `rebuild --wipe` runs it while streaming goes on,
     /// after the sink applied every change before `older_than`. Without
     /// it, everything pgfanout wrote for the table goes (nothing streams
-    /// meanwhile: the standalone rebuild). Returns the objects removed.
-    /// Default: [`SinkError::cannot_wipe`].
+    /// meanwhile: the standalone rebuild). A store that cannot compare
+    /// versions in place may, with `older_than`, also remove what the
+    /// stream applied after it, because the caller copies the table right
+    /// after the wipe returns: such a change was committed before the copy
+    /// reads the table, so the copy writes it back. Returns the objects
+    /// removed. Default: [`SinkError::cannot_wipe`].
     async fn wipe(&self, table: &TableSchema, older_than: Option<Version>) -> Result<u64, SinkError> {
         let _ = older_than;
         Err(SinkError::cannot_wipe(self.name(), &table.table.to_string(), "this sink kind does not implement it"))

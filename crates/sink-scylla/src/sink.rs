@@ -526,9 +526,10 @@ impl Sink for ScyllaSink {
     async fn wipe(
         &self,
         table: &pgfanout_core::TableSchema,
-        older_than: Option<pgfanout_core::Version>,
+        // Also while streaming: see the `wipe` module for why TRUNCATE is safe then.
+        _older_than: Option<pgfanout_core::Version>,
     ) -> Result<u64, SinkError> {
-        self.wipe_table(table, older_than).await
+        self.wipe_table(table).await
     }
 
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {

@@ -2,37 +2,31 @@
 //! maps one source table to (its `[[sink.table.target]]` tables, or the
 //! default one named like the source table), with `TRUNCATE`.
 //!
-//! Only without streaming (`pgfanout rebuild` with no pgfanout running):
-//! these stores order writes by write timestamp, not by pgfanout's version,
-//! and the timestamps of changes applied in parallel lanes are handed out
-//! in first-sight order, so no timestamp separates "written before the
-//! rebuild's barrier" from "after it". A wipe while streaming could remove
-//! a change the stream just wrote; it is refused with that advice instead.
+//! While pgfanout streams (`older_than` set), the wipe runs once the sink
+//! applied every change before the rebuild's barrier, and `TRUNCATE` also
+//! removes what the stream applied after the barrier: these stores order
+//! writes by write timestamp, handed out in first-sight order across lanes,
+//! so no timestamp separates "before the barrier" from "after it". That is
+//! safe because the rebuild's copy starts only after the wipe returns: a
+//! change the wipe removed was committed before the copy reads its row, so
+//! the copy writes it back; changes committed after the wipe are applied
+//! as usual.
 //! Nothing else lives in a mapped table, so emptying it removes only what
 //! pgfanout wrote.
 
-use pgfanout_core::{SinkError, TableName, TableSchema, Version};
+use pgfanout_core::{SinkError, TableName, TableSchema};
 
 use crate::error::ScyllaSinkError;
 use crate::sink::ScyllaSink;
 
 impl ScyllaSink {
     /// See [`pgfanout_core::Sink::wipe`]; the count of tables emptied.
-    pub(crate) async fn wipe_table(&self, table: &TableSchema, older_than: Option<Version>) -> Result<u64, SinkError> {
+    pub(crate) async fn wipe_table(&self, table: &TableSchema) -> Result<u64, SinkError> {
         let config = self.config();
         let label = table.table.to_string();
         let Some(table_config) = config.tables.iter().find(|t| TableName::parse(&t.source) == table.table) else {
             return Err(SinkError::cannot_wipe(&config.name, &label, "the sink does not route this table"));
         };
-        if older_than.is_some() {
-            return Err(SinkError::cannot_wipe(
-                &config.name,
-                &label,
-                "Cassandra/ScyllaDB cannot be wiped while pgfanout streams (writes are ordered by timestamp, not \
-                 version); stop pgfanout, run the same `pgfanout rebuild --wipe` (it then runs standalone), and \
-                 start pgfanout again; or rebuild without --wipe",
-            ));
-        }
         if !config.truncate {
             return Err(SinkError::cannot_wipe(
                 &config.name,
