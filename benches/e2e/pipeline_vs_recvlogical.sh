@@ -35,6 +35,14 @@
 #                            are kept in CALLGRIND_OUT [a temporary folder] for callgrind_annotate
 #   PGFANOUT_BIN             pgfanout binary [release build of this checkout, built if needed]
 #   KEEP_DB=1 / REUSE=1      keep the workload / reuse the one a KEEP_DB=1 run left (same N)
+#   HUGE=ROWS                instead: the memory of one transaction inserting ROWS rows (in a
+#                            database of its own). The server streams it, pgfanout holds it,
+#                            spills it past spill_memory_mb and reads it back in pieces into
+#                            the discarding sink; one run over the unix socket prints wall
+#                            seconds, client CPU and peak RSS, for SPILL_MB / QUEUE_MB
+#                            ([pipeline] spill_memory_mb / queue_mb, defaults 16 / 8). E.g.
+#                            HUGE=10000000 KEEP_DB=1 (the insert alone takes minutes; add REUSE=1
+#                            to run again on it)
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -43,8 +51,11 @@ REPEAT=${REPEAT:-3}
 TRANSPORTS=${TRANSPORTS:-unix tcp}
 SSLMODE=${SSLMODE:-prefer}
 LANES=${LANES:-1}
+HUGE=${HUGE:-}
+[[ -z $HUGE ]] || N=$HUGE
 # One database and origin slot per N, so that workloads of several sizes can be kept.
 SUFFIX=$([[ $N == 1000000 ]] || echo "_$N")
+[[ -z $HUGE ]] || SUFFIX=_huge_$HUGE
 DB=pgfanout_pipeline$SUFFIX
 PUBLICATION=pipeline
 ORIGIN_SLOT=pipe_origin$SUFFIX
@@ -57,7 +68,7 @@ die() {
     log "ERROR: $*"
     exit 1
 }
-((N % 100 == 0)) || die "N must be a multiple of 100 (transactions of 100 changes), not $N"
+[[ -n $HUGE ]] || ((N % 100 == 0)) || die "N must be a multiple of 100 (transactions of 100 changes), not $N"
 
 STACK_DIR=""
 WORK=$(mktemp -d)
@@ -140,9 +151,18 @@ prepare() {
 }
 
 run_workload() {
-    log "workload: $N row changes in transactions of 100"
     local started=$SECONDS
-    sql "$DB" "CALL pipeline_workload($N / 100)"
+    if [[ -n $HUGE ]]; then
+        log "workload: one transaction inserting $N rows"
+        sql "$DB" "INSERT INTO orders
+            SELECT g, (g * 31) % 10000, 'new', (g % 100000) / 100.0, 'EUR',
+                   '2024-01-01 00:00:00+00'::timestamptz + g * interval '1 second', false,
+                   CASE WHEN g % 5 = 0 THEN NULL ELSE 'order note ' || g END
+            FROM generate_series(1, $N) g"
+    else
+        log "workload: $N row changes in transactions of 100"
+        sql "$DB" "CALL pipeline_workload($N / 100)"
+    fi
     END_LSN=$(sql "$DB" "SELECT pg_current_wal_insert_lsn()")
     sql "$DB" "CREATE TABLE pipeline_run AS SELECT $N AS changes, '$END_LSN'::pg_lsn AS end_lsn"
     log "workload done in $((SECONDS - started)) s; end LSN $END_LSN; $(wal_to_decode) of WAL to decode"
@@ -217,6 +237,7 @@ source = "public.orders"
 
 [sink.delivery]
 lanes = $LANES
+$([[ -z $HUGE ]] || printf '\n[pipeline]\nspill_memory_mb = %s\nqueue_mb = %s\n' "${SPILL_MB:-16}" "${QUEUE_MB:-8}")
 TOML
 }
 
@@ -301,6 +322,15 @@ main() {
     if ! reuse_workload; then
         prepare
         run_workload
+    fi
+    if [[ -n $HUGE ]]; then
+        log "load before the run: $(uptime)"
+        printf 'one transaction of %s inserted rows, spill_memory_mb=%s queue_mb=%s, over the unix socket\n' \
+            "$N" "${SPILL_MB:-16}" "${QUEUE_MB:-8}"
+        printf '%-15s %8s %7s %7s %10s\n' variant wall_s user_s sys_s max_rss_kb
+        read -r seconds user system rss < <(timed pgfanout unix 1)
+        printf '%-15s %8.2f %7.2f %7.2f %10d\n' pgfanout "$seconds" "$user" "$system" "$rss"
+        return
     fi
     if [[ ${CALLGRIND:-0} == 1 ]]; then
         for transport in $TRANSPORTS; do instructions "$transport"; done
