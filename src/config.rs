@@ -196,8 +196,9 @@ pub struct PipelineConfig {
     /// `spill_memory_mb`, this bounds the memory a slow sink can cost: peak
     /// RSS stays under about 12 MB + 3 × (`spill_memory_mb` + `queue_mb`)
     /// per sink (measured while a 10,000,000-row transaction is spilled and
-    /// applied: 67 MB with the defaults, 58 MB with 8 and 8; keep the two at
-    /// 16 or less for under 64 MB). Default: 8.
+    /// applied: 58 MB with the defaults, 8 and 8; 67 MB with
+    /// `spill_memory_mb = 16`; keep the two at 16 or less for under 64 MB).
+    /// Default: 8.
     #[serde(default = "default_queue_mb")]
     pub queue_mb: usize,
     /// Most changes per sink batch: what queued up while the sink was busy
@@ -215,7 +216,7 @@ pub struct PipelineConfig {
     /// Megabytes of changes of transactions not yet complete (streamed ones,
     /// and ordinary ones past 1,000 changes or 4 MB) held in memory before the
     /// largest is written to a temporary file; such a transaction is read
-    /// back and applied in pieces. Default: 16.
+    /// back and applied in pieces. Default: 8.
     #[serde(default = "default_spill_memory_mb")]
     pub spill_memory_mb: usize,
     /// Folder for those temporary files. Default: the system's temp folder.
@@ -244,7 +245,7 @@ impl Default for PipelineConfig {
 }
 
 fn default_spill_memory_mb() -> usize {
-    16
+    8
 }
 fn default_wedged_after_secs() -> u64 {
     300
