@@ -57,7 +57,7 @@ url = \"$PGFANOUT_TEST_FALKORDB_URL\"
 graph = \"bench_graph\""
 fi
 
-bench_source bench_graph >"$WORK/pgfanout.toml"
+{ bench_source bench_graph && bench_stream_only; } >"$WORK/pgfanout.toml"
 cat >>"$WORK/pgfanout.toml" <<TOML
 [[sink]]
 name = "bench_graph"

@@ -31,6 +31,7 @@ bench_backlog bench_mongodb "$N" "$ORDERS_INSERT"
 
 {
     bench_source bench_mongodb
+    bench_stream_only
     cat <<TOML
 [[sink]]
 name = "docs"

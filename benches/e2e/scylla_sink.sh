@@ -41,7 +41,7 @@ bench_backlog bench_scylla "$N" "INSERT INTO reservations
     SELECT g, g % 1000, g % 97, date '2027-01-01' + (g % 365), 'pending', g % 1000 + 0.99, now(), md5(g::text)::uuid
     FROM generate_series({lo}, {hi}) g"
 
-bench_source bench_scylla >"$WORK/pgfanout.toml"
+{ bench_source bench_scylla && bench_stream_only; } >"$WORK/pgfanout.toml"
 cat >>"$WORK/pgfanout.toml" <<TOML
 [[sink]]
 name = "analytics"

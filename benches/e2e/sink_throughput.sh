@@ -47,25 +47,35 @@ table_lines() {
     printf '%b\n[[sink.table]]\nsource = "public.orders"\n%b\n[sink.delivery]\nlanes = %s\n' \
         "${SINK_OPTIONS:-}" "${TABLE_OPTIONS:-}" "$LANES"
 }
+# cpu_seconds PID: user + system CPU seconds the process has used so far.
+cpu_seconds() {
+    awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+# store_cpu_seconds: the Redis server's own CPU seconds so far (INFO cpu).
+store_cpu_seconds() {
+    redis-cli -u "$REDIS_BENCH_URL" INFO cpu | tr -d '\r' |
+        awk -F: '/^used_cpu_(user|sys):/ { sum += $2 } END { printf "%.2f", sum }'
+}
 report() {
-    awk -v sink="$1" -v n="$N" -v start="$START" -v end="$END" -v rate="$RATE" -v peak="$PEAK" \
-        'BEGIN { printf "sink=%s changes=%d seconds=%.2f changes_per_second=%d peak_rss_kb=%d\n", sink, n, end - start, rate, peak }'
+    awk -v sink="$1" -v n="$N" -v start="$START" -v end="$END" -v rate="$RATE" -v peak="$PEAK" -v cpu="$CPU" \
+        'BEGIN { printf "sink=%s changes=%d seconds=%.2f changes_per_second=%d peak_rss_kb=%d pgfanout_cpu_seconds=%.2f\n", sink, n, end - start, rate, peak, cpu }'
 }
 
 if [[ $SINK != discard ]]; then
     # The discarding pipeline on the same backlog (a copy of the slot), just
     # before the store's run: the yardstick for the store's ratio.
     bench_copy_slot bench_sink bench_sink_discard
-    bench_source bench_sink bench_sink_discard >"$WORK/discard.toml"
+    { bench_source bench_sink bench_sink_discard && bench_stream_only; } >"$WORK/discard.toml"
     printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/discard.toml"
     printf '[[sink.table]]\nsource = "public.orders"\n[sink.delivery]\nlanes = %s\n' "$LANES" >>"$WORK/discard.toml"
     bench_run "$WORK/discard.toml" "$N"
+    CPU=$(cpu_seconds "$PGFANOUT_PID")
     report discard
     bench_stop
     DISCARD_RATE=$RATE
 fi
 
-bench_source bench_sink >"$WORK/pgfanout.toml"
+{ bench_source bench_sink && bench_stream_only; } >"$WORK/pgfanout.toml"
 case $SINK in
 discard)
     printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/pgfanout.toml"
@@ -78,8 +88,15 @@ redis)
 esac
 table_lines >>"$WORK/pgfanout.toml"
 
+STORE_CPU_BEFORE=$([[ $SINK == redis ]] && store_cpu_seconds || echo 0)
 bench_run "$WORK/pgfanout.toml" "$N"
+CPU=$(cpu_seconds "$PGFANOUT_PID")
 report "$SINK"
+if [[ $SINK == redis ]]; then
+    # Where the time goes: the server runs the batch script single-threaded.
+    awk -v before="$STORE_CPU_BEFORE" -v after="$(store_cpu_seconds)" \
+        'BEGIN { printf "redis_server_cpu_seconds=%.2f\n", after - before }'
+fi
 bench_stop
 if [[ $SINK != discard ]]; then
     awk -v rate="$RATE" -v discard="$DISCARD_RATE" \

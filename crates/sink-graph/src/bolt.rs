@@ -1,9 +1,17 @@
 //! Bolt (Neo4j 4.4 and later) through `neo4rs`, which speaks Bolt 4.x.
 //!
-//! A batch is one explicit transaction: `BEGIN`, one `RUN` per statement
-//! (`neo4rs` pipelines a `DISCARD` behind it: writes return nothing to
-//! read), `COMMIT`; a lone statement is one auto-commit `RUN`; reads are `RUN` and `PULL` outside a transaction. Unlike Redis, Neo4j rolls the whole transaction back
-//! when a statement fails, so a failed batch leaves nothing behind. Indexes
+//! A batch is one auto-commit `RUN` (its `DISCARD` pipelined behind it:
+//! writes return nothing to read), one round trip: its statements, in
+//! order, each a unit subquery (`CALL { … }`) of one statement, their
+//! parameters renamed apart ([`combined_query`]). A clause sees what the
+//! clauses before it wrote, so the statements run as they would one by one
+//! in a transaction, and the statement is atomic: when any part fails,
+//! nothing of the batch is left behind. A batch of more than
+//! [`MAX_COMBINED`] statements (a batch of many rounds) is an explicit
+//! transaction instead — `BEGIN`, one `RUN` per statement, `COMMIT` — so
+//! that Neo4j plans (and caches) its statements one by one rather than
+//! one long statement it sees once. Reads are `RUN` and `PULL` outside a
+//! transaction. Indexes
 //! are created on their own (`CREATE INDEX IF NOT EXISTS`): Neo4j refuses
 //! schema changes and writes in one transaction.
 //!
@@ -54,6 +62,60 @@ pub fn to_query(statement: &Statement) -> Query {
         .params
         .iter()
         .fold(Query::new(statement.cypher.clone()), |query, (name, value)| query.param(name, to_bolt(value)))
+}
+
+/// Most statements [`BoltTransport::run_all`] sends as one: a batch's
+/// statements usually number two or three (a table's upserts, the stub
+/// check, the checkpoint), a few shapes Neo4j plans once each and caches.
+pub const MAX_COMBINED: usize = 8;
+
+/// `statements` as one statement running each, in order, as a unit
+/// subquery (`CALL { … }`, which leaves the single row it is called with
+/// as it was, whatever the inner statement matches); the parameters of
+/// statement `i` are renamed `s<i>_<name>`.
+pub fn combined_query(statements: &[Statement]) -> Query {
+    let mut cypher = String::new();
+    for (position, statement) in statements.iter().enumerate() {
+        if position > 0 {
+            cypher.push(' ');
+        }
+        cypher.push_str("CALL { ");
+        rename_parameters(&statement.cypher, &format!("s{position}_"), &mut cypher);
+        cypher.push_str(" }");
+    }
+    let mut query = Query::new(cypher);
+    for (position, statement) in statements.iter().enumerate() {
+        for (name, value) in &statement.params {
+            query = query.param(&format!("s{position}_{name}"), to_bolt(value));
+        }
+    }
+    query
+}
+
+/// Appends `cypher` to `out` with `prefix` put before every parameter name
+/// (`$rows` → `$s0_rows`); `$` within string literals and backtick-quoted
+/// names is text, left as it is.
+fn rename_parameters(cypher: &str, prefix: &str, out: &mut String) {
+    let mut quote: Option<char> = None;
+    let mut chars = cypher.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match quote {
+            // A backslash escapes the next character of a string literal.
+            Some(open) if c == '\\' && open != '`' => {
+                if let Some(escaped) = chars.next() {
+                    out.push(escaped);
+                }
+            }
+            Some(open) if c == open => quote = None,
+            Some(_) => {}
+            None if matches!(c, '`' | '\'' | '"') => quote = Some(c),
+            None if c == '$' && chars.peek().is_some_and(|next| next.is_alphanumeric() || *next == '_') => {
+                out.push_str(prefix)
+            }
+            None => {}
+        }
+    }
 }
 
 fn index_statement(index: &IndexSpec) -> String {
@@ -167,25 +229,31 @@ impl BoltTransport {
         tokio::time::timeout(self.timeout, future).await.unwrap_or(Err(GraphSinkError::Timeout(self.timeout)))
     }
 
-    /// Runs `statements` in order in one transaction.
-    ///
-    /// A lone statement (a lane's checkpoint, a source record) runs as an
-    /// auto-commit transaction: one round trip (`RUN` with its `DISCARD`)
-    /// instead of three, and as atomic, a statement being all or nothing.
+    /// Runs `statements` in order in one transaction: up to
+    /// [`MAX_COMBINED`] of them as one auto-commit statement (one round
+    /// trip, as atomic, a statement being all or nothing), more in an
+    /// explicit transaction.
     pub async fn run_all(&self, statements: &[Statement]) -> Result<(), GraphSinkError> {
-        if let [statement] = statements {
+        if statements.is_empty() {
+            return Ok(());
+        }
+        if statements.len() <= MAX_COMBINED {
+            let (query, what) = match statements {
+                [statement] => (to_query(statement), statement_head(&statement.cypher)),
+                several => (
+                    combined_query(several),
+                    format!("{} statements in one, the first {}", several.len(), statement_head(&several[0].cypher)),
+                ),
+            };
             return self
                 .within_timeout(async {
                     let result = match &self.database {
-                        Some(database) => self.graph.run_on(database.as_str(), to_query(statement)).await,
-                        None => self.graph.run(to_query(statement)).await,
+                        Some(database) => self.graph.run_on(database.as_str(), query).await,
+                        None => self.graph.run(query).await,
                     };
-                    result.map(|_| ()).map_err(|err| self.classify(statement_head(&statement.cypher), err))
+                    result.map(|_| ()).map_err(|err| self.classify(what, err))
                 })
                 .await;
-        }
-        if statements.is_empty() {
-            return Ok(());
         }
         self.within_timeout(async {
             let begin = match &self.database {
@@ -311,6 +379,28 @@ mod tests {
         assert_eq!(map.get::<i64>("id").unwrap(), 7);
         assert_eq!(map.get::<Vec<String>>("tags").unwrap(), vec!["a".to_owned()]);
         assert!(matches!(map.value.get(&BoltString::new("gone")), Some(BoltType::Null(_))));
+    }
+
+    #[test]
+    fn combined_statements_rename_their_parameters_apart_but_not_text() {
+        let statements = [
+            Statement {
+                cypher:
+                    "UNWIND $rows AS row MERGE (n:`La$bel` {id: row.id}) SET n.note = 'costs $5', n.s = \"a\\\"$b\""
+                        .into(),
+                params: vec![("rows".into(), GraphValue::List(vec![]))],
+            },
+            Statement { cypher: "MERGE (c:`C` {sink: $sink}) SET c.lsn = $lsn".into(), params: vec![] },
+        ];
+        let mut first = String::new();
+        rename_parameters(&statements[0].cypher, "s0_", &mut first);
+        assert_eq!(
+            first,
+            "UNWIND $s0_rows AS row MERGE (n:`La$bel` {id: row.id}) SET n.note = 'costs $5', n.s = \"a\\\"$b\""
+        );
+        let mut second = String::new();
+        rename_parameters(&statements[1].cypher, "s1_", &mut second);
+        assert_eq!(second, "MERGE (c:`C` {sink: $s1_sink}) SET c.lsn = $s1_lsn");
     }
 
     #[test]

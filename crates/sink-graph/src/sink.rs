@@ -1,7 +1,8 @@
 //! The graph sink: transport choice, index creation, batch apply, checkpoint.
 //!
 //! One call is one transaction of the store (FalkorDB: `MULTI … EXEC`;
-//! Bolt: `BEGIN … COMMIT`) holding the batch's statements ([`crate::encode`]).
+//! Bolt: one statement of unit subqueries, or `BEGIN … COMMIT` for many)
+//! holding the batch's statements ([`crate::encode`]).
 //! The checkpoint node is written after the batch: in the same Bolt
 //! transaction (Neo4j rolls a failed one back whole), and in a second round
 //! trip for FalkorDB, whose `EXEC` keeps running the queued queries after one
@@ -213,11 +214,11 @@ impl GraphSink {
             }
         }
         // What the benchmarks count (benches/e2e/graph_sink.sh): Bolt sends
-        // BEGIN, each RUN (its DISCARD pipelined behind it) and COMMIT as a
-        // round trip each, a lone statement as one auto-commit RUN;
-        // FalkorDB a MULTI/EXEC, and the checkpoint's.
+        // up to MAX_COMBINED statements as one auto-commit RUN (its DISCARD
+        // pipelined behind it), more as BEGIN, each RUN and COMMIT, a round
+        // trip each; FalkorDB a MULTI/EXEC, and the checkpoint's.
         let round_trips = match &self.backend {
-            Backend::Bolt(_) if statements.len() <= 1 => statements.len(),
+            Backend::Bolt(_) if statements.len() <= crate::bolt::MAX_COMBINED => usize::from(!statements.is_empty()),
             Backend::Bolt(_) => statements.len() + 2,
             Backend::Falkor(_) => usize::from(!statements.is_empty()) + usize::from(has_checkpoint),
         };

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fake_bolt::{FakeBolt, Outcome, Request, Value};
 use pgfanout_core::{ErrorKind, Lsn, Sink};
-use pgfanout_sink_graph::bolt::BoltTransport;
+use pgfanout_sink_graph::bolt::{BoltTransport, MAX_COMBINED};
 use pgfanout_sink_graph::encode::Statement;
 use pgfanout_sink_graph::{GraphSink, GraphSinkConfig};
 
@@ -57,11 +57,47 @@ fn discard_all() -> Request {
     Request::Discard(map([("n", Value::Int(-1)), ("qid", Value::Int(-1))]))
 }
 
-fn two_statements() -> Vec<Statement> {
-    ["MERGE (n:`User` {`id`: 1})", "MERGE (n:`User` {`id`: 2})"]
-        .into_iter()
-        .map(|cypher| Statement { cypher: cypher.into(), params: vec![] })
-        .collect()
+/// `count` statements merging users 1, 2, …
+fn statements(count: usize) -> Vec<Statement> {
+    (1..=count).map(|id| Statement { cypher: format!("MERGE (n:`User` {{`id`: {id}}})"), params: vec![] }).collect()
+}
+
+/// Statements enough for an explicit transaction (more than one combined
+/// statement holds).
+fn transaction_statements() -> Vec<Statement> {
+    statements(MAX_COMBINED + 1)
+}
+
+#[tokio::test]
+async fn a_few_statements_are_one_auto_commit_statement_all_or_nothing() {
+    let server = FakeBolt::start().await;
+    let bolt = transport(&server);
+    server.script(
+        "{`id`: 2}",
+        Outcome::Fail {
+            code: "Neo.ClientError.Schema.ConstraintValidationFailed",
+            message: "Node(0) already exists with label `User` and property `id` = 2",
+        },
+    );
+
+    let err = bolt.run_all(&statements(2)).await.expect_err("the server refused the statement");
+
+    assert!(!err.is_retriable(), "a refused statement is not retried: {err}");
+    let message = err.to_string();
+    assert!(message.contains("2 statements in one, the first MERGE (n:`User` {`id`: 1})"), "{message}");
+    let combined = "CALL { MERGE (n:`User` {`id`: 1}) } CALL { MERGE (n:`User` {`id`: 2}) }";
+    let work = server.work();
+    assert_eq!(work.len(), 2, "one RUN, no transaction around it: {work:?}");
+    assert!(matches!(&work[0], Request::Run { query, .. } if query == combined), "{work:?}");
+    assert_eq!(work[1], discard_all());
+
+    server.clear_log();
+    bolt.run_all(&statements(2)).await.expect("the next batch runs");
+    let work = server.work();
+    assert!(
+        matches!(&work[..], [Request::Run { query, .. }, discard] if query == combined && *discard == discard_all()),
+        "{work:?}"
+    );
 }
 
 #[tokio::test]
@@ -76,7 +112,7 @@ async fn a_failure_reply_is_permanent_rolls_back_and_leaves_the_connection_usabl
         },
     );
 
-    let err = bolt.run_all(&two_statements()).await.expect_err("the server refused the statement");
+    let err = bolt.run_all(&transaction_statements()).await.expect_err("the server refused the statement");
 
     assert!(!err.is_retriable(), "a refused statement is not retried: {err}");
     let message = err.to_string();
@@ -91,7 +127,7 @@ async fn a_failure_reply_is_permanent_rolls_back_and_leaves_the_connection_usabl
 
     // The pool resets the failed connection and the next batch commits on it.
     server.clear_log();
-    bolt.run_all(&two_statements()).await.expect("the next batch runs");
+    bolt.run_all(&transaction_statements()).await.expect("the next batch runs");
     let log = server.log();
     assert_eq!(log.first().map(|(_, request)| request), Some(&Request::Reset), "{log:?}");
     assert!(log.iter().all(|(connection, _)| *connection == 1), "one connection throughout: {log:?}");
@@ -123,7 +159,7 @@ async fn a_transient_failure_code_is_retried() {
         },
     );
 
-    let err = bolt.run_all(&two_statements()).await.expect_err("the server failed the transaction");
+    let err = bolt.run_all(&transaction_statements()).await.expect_err("the server failed the transaction");
 
     assert!(err.is_retriable(), "a deadlock is worth another try: {err}");
     assert!(!server.work().contains(&Request::Commit));
@@ -136,7 +172,7 @@ async fn a_dropped_connection_is_transient_and_the_next_batch_reconnects() {
     server.script("{`id`: 2}", Outcome::Hangup);
     let bolt = transport(&server);
 
-    let err = bolt.run_all(&two_statements()).await.expect_err("the server hung up");
+    let err = bolt.run_all(&transaction_statements()).await.expect_err("the server hung up");
     assert!(err.is_retriable(), "a lost connection is retried: {err}");
 
     server.script("SET c.lsn", Outcome::Hangup);
@@ -144,7 +180,7 @@ async fn a_dropped_connection_is_transient_and_the_next_batch_reconnects() {
     assert_eq!(err.kind, ErrorKind::Transient, "{err:?}");
 
     server.clear_log();
-    bolt.run_all(&two_statements()).await.expect("the next batch runs on a new connection");
+    bolt.run_all(&transaction_statements()).await.expect("the next batch runs on a new connection");
     let log = server.log();
     assert!(log.iter().all(|(connection, _)| *connection == 3), "a third connection: {log:?}");
     assert!(matches!(log.first(), Some((_, Request::Hello(_)))), "{log:?}");

@@ -326,6 +326,11 @@ impl redis::ToRedisArgs for ScriptArg<'_> {
     }
 }
 
+/// The decimal text of 0, 1, … up to a little more than the keys a call
+/// names, made once: the numbers a call sends are mostly these.
+static SMALL_NUMBERS: std::sync::LazyLock<Box<[String]>> =
+    std::sync::LazyLock::new(|| (0..2 * MAX_CALL_CHANGES + 64).map(|number| number.to_string()).collect());
+
 /// Most changes one script call applies.
 pub const MAX_CALL_CHANGES: usize = 2000;
 
@@ -431,7 +436,11 @@ impl<'a> ScriptCall<'a> {
     }
 
     fn number(&mut self, number: u64) {
-        self.push_arg(ScriptArg::Owned(number.to_string()));
+        // Key indexes, counts and zeros: several per row, none allocated.
+        match usize::try_from(number).ok().and_then(|index| SMALL_NUMBERS.get(index)) {
+            Some(text) => self.push_arg(ScriptArg::Static(text)),
+            None => self.push_arg(ScriptArg::Owned(number.to_string())),
+        }
     }
 }
 
