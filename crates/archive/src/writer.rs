@@ -303,6 +303,11 @@ impl Archive {
         format::frame(&mut self.buffer, |body| {
             format::encode_piece(&header, ids.iter().copied().zip(changes.iter().copied()), body)
         });
+        let piece_bytes = self.buffer.len() as u64 - (piece_offset - start);
+        if piece_bytes > u64::from(format::MAX_BODY_BYTES) {
+            active.schemas.truncate(known_schemas);
+            return Err(ArchiveError::RecordTooLarge { commit_lsn: header.commit_lsn, bytes: piece_bytes });
+        }
         let written = self.buffer.len() as u64;
         let path = segment::segment_path(&self.dir, active.sequence);
         crash_mid_frame_if_asked(&mut active.file, &self.buffer);
