@@ -24,8 +24,8 @@
 //! so ordinals cost one byte where nothing was filtered out.
 //!
 //! A value's kind and length share one varint, so a value shorter than 32
-//! bytes costs one byte of framing, and a row is encoded with one
-//! reservation of the output buffer.
+//! bytes costs one byte of framing, and encoding it is one varint and one
+//! copy of the bytes as they arrived.
 //!
 //! Versions: 2 (above) is written; 1, whose values are `0 | 1 | 2 len:var
 //! bytes | 3 len:var bytes` (a tag byte, then the length), is still read, so
@@ -70,8 +70,6 @@ const VALUE_TEXT: u8 = 2;
 const VALUE_BINARY: u8 = 3;
 /// Bits of a version-2 value kind below its length.
 const VALUE_KIND_BITS: u32 = 2;
-/// Most bytes of a varint (a u32).
-const VAR_MAX_LEN: usize = 5;
 
 /// Why a record body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -371,40 +369,27 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
-/// Appends a row: one reservation for the whole row (each value's kind and
-/// length in at most [`VAR_MAX_LEN`] bytes), then values written in place.
+/// Appends a row. No reservation up front: the writer reuses its buffer,
+/// which soon has room for a whole batch, and summing the row's lengths
+/// first costs more than the capacity checks it would spare.
 fn put_row(out: &mut Vec<u8>, row: &Row) {
-    let start = out.len();
-    let most =
-        VAR_MAX_LEN + row.iter().map(|value| VAR_MAX_LEN + value.as_bytes().map_or(0, <[u8]>::len)).sum::<usize>();
-    out.resize(start + most, 0);
-    let mut at = put_var_at(out, start, row.len() as u32);
+    put_var(out, row.len() as u32);
     for value in row {
-        let (kind, bytes): (u32, &[u8]) = match value {
-            ColumnValue::Null => (u32::from(VALUE_NULL), &[]),
-            ColumnValue::UnchangedToast => (u32::from(VALUE_UNCHANGED_TOAST), &[]),
+        match value {
+            ColumnValue::Null => out.push(VALUE_NULL),
+            ColumnValue::UnchangedToast => out.push(VALUE_UNCHANGED_TOAST),
             // A value of 1 GiB or more overflows the kind: its record is over
             // MAX_BODY_BYTES, which the writer refuses.
-            ColumnValue::Text(bytes) => (((bytes.len() as u32) << VALUE_KIND_BITS) | u32::from(VALUE_TEXT), bytes),
-            ColumnValue::Binary(bytes) => (((bytes.len() as u32) << VALUE_KIND_BITS) | u32::from(VALUE_BINARY), bytes),
-        };
-        at = put_var_at(out, at, kind);
-        out[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
+            ColumnValue::Text(bytes) => {
+                put_var(out, ((bytes.len() as u32) << VALUE_KIND_BITS) | u32::from(VALUE_TEXT));
+                out.extend_from_slice(bytes);
+            }
+            ColumnValue::Binary(bytes) => {
+                put_var(out, ((bytes.len() as u32) << VALUE_KIND_BITS) | u32::from(VALUE_BINARY));
+                out.extend_from_slice(bytes);
+            }
+        }
     }
-    out.truncate(at);
-}
-
-/// Writes `value` as a varint at `at` of `out` (room for [`VAR_MAX_LEN`]
-/// bytes reserved); returns the offset after it.
-fn put_var_at(out: &mut [u8], mut at: usize, mut value: u32) -> usize {
-    while value >= 0x80 {
-        out[at] = (value as u8) | 0x80;
-        value >>= 7;
-        at += 1;
-    }
-    out[at] = value as u8;
-    at + 1
 }
 
 /// Reads fields off a body; values are slices of the body's buffer.
