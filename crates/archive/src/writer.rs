@@ -310,6 +310,7 @@ impl Archive {
         }
         let written = self.buffer.len() as u64;
         let path = segment::segment_path(&self.dir, active.sequence);
+        #[cfg(debug_assertions)]
         crash_mid_frame_if_asked(&mut active.file, &self.buffer);
         if let Err(source) = active.file.write_all(&self.buffer) {
             // Cut what may have reached the file, so the next append follows a whole record.
@@ -472,9 +473,13 @@ impl Archive {
 /// Environment variable, for tests only: abort the process in the middle of
 /// writing the frame of the Nth append (counting from 1), after half of its
 /// bytes reached the file, as a crash or power loss mid-write would leave it.
+/// Debug builds only (`cfg(debug_assertions)`, which `cargo test` builds):
+/// a release binary has no test hook to trip by accident, and no feature
+/// flag has to be remembered to run the test.
 pub const CRASH_MID_FRAME_ENV: &str = "PGFANOUT_TEST_ARCHIVE_CRASH_AT_APPEND";
 
 /// See [`CRASH_MID_FRAME_ENV`]; does nothing unless the variable is set.
+#[cfg(debug_assertions)]
 fn crash_mid_frame_if_asked(file: &mut File, frame: &[u8]) {
     static CRASH_AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     static APPENDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
