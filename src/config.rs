@@ -57,8 +57,7 @@ pub struct ArchiveConfig {
     #[serde(default = "default_archive_segment_mb")]
     pub segment_mb: u64,
     /// `batch`: one fsync per applied batch, before it is acknowledged
-    /// (survives power loss; a batch holds what queued up while the previous
-    /// one synced, up to 16,384 changes or `pipeline.max_batch_changes`); `os`: leave write-back to the OS (survives a
+    /// (survives power loss); `os`: leave write-back to the OS (survives a
     /// crash of pgfanout, not of the machine). Default: `batch`.
     #[serde(default)]
     pub fsync: ArchiveFsync,

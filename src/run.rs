@@ -192,9 +192,7 @@ async fn stream(
     }
     if let (Some(sink), Some(holding)) = (archive, holdings.last()) {
         // One lane: the archive writes changes in stream order (see pgfanout_archive::sink).
-        let settings = config.worker_settings();
-        let max_batch_changes = settings.max_batch_changes.max(pgfanout_archive::sink::MIN_BATCH_CHANGES);
-        let settings = WorkerSettings { lanes: 1, max_batch_changes, ..settings };
+        let settings = WorkerSettings { lanes: 1, ..config.worker_settings() };
         let name = sink.name().to_owned();
         let tables = routing.tables().into_iter().map(|table| (table, TableMapping::identity()));
         let (worker, queue, acked) =

@@ -23,12 +23,6 @@ use crate::error::ArchiveError;
 use crate::format::PieceHeader;
 use crate::writer::{Archive, ArchiveOptions};
 
-/// Fewest changes the archive's worker batches (when that many queued up
-/// while it was busy): more than a store's default, because the fsync per
-/// batch costs about the same for one transaction as for many, so a lagging
-/// archive catches up with fewer of them.
-pub const MIN_BATCH_CHANGES: usize = 16_384;
-
 /// The name the archive's worker reports under in logs, metrics and status.
 pub const ARCHIVE_SINK_NAME: &str = "archive";
 /// File beside the segments holding the source record (cluster, slot).
