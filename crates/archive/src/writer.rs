@@ -280,7 +280,13 @@ impl Archive {
         let mut ids = Vec::with_capacity(changes.len());
         let mut since_index = active.since_index;
         let known_schemas = active.schemas.len();
+        // Changes come in runs of one table: the previous change's shape is checked first.
+        let mut previous: Option<(&Arc<TableSchema>, u32)> = None;
         for change in changes {
+            if let Some((_, id)) = previous.filter(|(table, _)| Arc::ptr_eq(table, &change.table)) {
+                ids.push(id);
+                continue;
+            }
             let id = match active.schemas.iter().find(|(known, _)| same_shape(known, &change.table)) {
                 Some((_, id)) => *id,
                 None => {
@@ -292,6 +298,7 @@ impl Archive {
                     id
                 }
             };
+            previous = Some((&change.table, id));
             ids.push(id);
         }
         let piece_offset = start + self.buffer.len() as u64;
