@@ -3,8 +3,13 @@
 //!
 //! ```text
 //!  change archive ─► ArchiveReader::seek(--from) ─► pieces up to --to
-//!        ─► per sink: --table filter, the sink's own mapping ─► Sink::apply (no checkpoint)
+//!        ─► per sink: --table filter, the sink's own mapping ─► batches of BATCH_CHANGES
+//!        ─► the sink's lanes (split by key, as its worker splits) ─► Sink::apply (no checkpoint)
 //! ```
+//!
+//! A sink applies one batch while the replay reads and maps the next; the
+//! next batch starts only once every lane of the previous one is applied, and
+//! lanes split by key, so each key's changes are applied in stream order.
 //!
 //! Why this is safe beside the live stream: every sink write is guarded by
 //! the change's version (commit LSN, ordinal), so a replayed change older
@@ -27,15 +32,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use futures_util::future::join_all;
 use pgfanout_archive::ArchiveReader;
+use pgfanout_core::lanes::split_into_lanes_with;
 use pgfanout_core::mapping::Mapped;
 use pgfanout_core::{ChangeRef, Lsn, Sink, TableMapping, TableName, Transaction};
+use tokio::task::JoinHandle;
 
 use crate::config::{Config, SinkConfig};
 use crate::sinks::build_sink;
 
-/// Changes per `Sink::apply` call.
-const BATCH_CHANGES: usize = 2000;
+/// Changes per batch, split into the sink's lanes: about 2,000 per lane at
+/// the default 4 lanes, large enough that a call's round trip is shared by
+/// many changes.
+const BATCH_CHANGES: usize = 8000;
+/// Attempts of a failing batch lane before the replay gives up.
+const APPLY_ATTEMPTS: u32 = 6;
 /// How long the replay waits for the archive to reach the live checkpoint.
 const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -66,8 +78,12 @@ pub struct ReplayArgs {
 struct Target {
     sink: Arc<dyn Sink>,
     tables: Vec<(TableName, TableMapping)>,
+    /// The sink's `delivery.lanes`.
+    lanes: usize,
     pending: Vec<Transaction>,
     pending_changes: usize,
+    /// The batch being applied: its change count once done.
+    in_flight: Option<JoinHandle<anyhow::Result<u64>>>,
     applied: u64,
 }
 
@@ -128,7 +144,16 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         // Connects; the checkpoint stays the live instance's to move.
         let checkpoint = sink.load_checkpoint().await.with_context(|| format!("sink {}", sink.name()))?;
         tracing::info!(sink = sink.name(), checkpoint = %checkpoint.unwrap_or_default(), from = %args.from, "replaying");
-        targets.push(Target { sink, tables, pending: Vec::new(), pending_changes: 0, applied: 0 });
+        let lanes = sink_config.delivery().lanes;
+        targets.push(Target {
+            sink,
+            tables,
+            lanes,
+            pending: Vec::new(),
+            pending_changes: 0,
+            in_flight: None,
+            applied: 0,
+        });
         live = live.max(checkpoint);
     }
     refuse_past_the_end(args.from, newest, live)?;
@@ -143,6 +168,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let (transactions, last) = (progress.transactions, progress.last_commit);
     for target in &mut targets {
         flush(target).await?;
+        settle(target).await?;
     }
     let seconds = started.elapsed().as_secs_f64();
     for target in &targets {
@@ -306,35 +332,58 @@ async fn catch_up(
     }
 }
 
-/// Applies what `target` holds, retrying transient failures a few times.
+/// Starts applying what `target` holds, once the batch before it is
+/// applied; returns while it is being applied (see [`settle`]).
 async fn flush(target: &mut Target) -> anyhow::Result<()> {
     if target.pending.is_empty() {
         return Ok(());
     }
-    let refs: Vec<ChangeRef<'_>> = target
-        .pending
+    settle(target).await?;
+    let batch = std::mem::take(&mut target.pending);
+    target.pending_changes = 0;
+    target.in_flight = Some(tokio::spawn(apply_batch(target.sink.clone(), target.lanes, batch)));
+    Ok(())
+}
+
+/// Waits until the batch `target` is applying (if any) is applied.
+async fn settle(target: &mut Target) -> anyhow::Result<()> {
+    if let Some(in_flight) = target.in_flight.take() {
+        target.applied += in_flight.await.context("a replay batch task failed")??;
+    }
+    Ok(())
+}
+
+/// Applies `batch` to `sink` in `lanes` lanes split by key, as the sink's
+/// worker would, concurrently; returns the number of changes applied.
+async fn apply_batch(sink: Arc<dyn Sink>, lanes: usize, batch: Vec<Transaction>) -> anyhow::Result<u64> {
+    let refs: Vec<ChangeRef<'_>> = batch
         .iter()
         .flat_map(|transaction| transaction.changes.iter().map(move |change| ChangeRef { transaction, change }))
         .collect();
-    let mut attempt = 0;
+    let count = refs.len() as u64;
+    let lanes = split_into_lanes_with(refs, lanes, |change, keys| sink.related_lane_keys(change, keys));
+    for outcome in join_all(lanes.iter().map(|lane| apply_lane(sink.as_ref(), lane))).await {
+        outcome?;
+    }
+    Ok(count)
+}
+
+/// Applies one lane, retrying transient failures a few times.
+async fn apply_lane(sink: &dyn Sink, changes: &[ChangeRef<'_>]) -> anyhow::Result<()> {
+    let mut attempt = 1;
     loop {
-        match target.sink.apply(&refs, None).await {
-            Ok(()) => break,
-            Err(err) if attempt < 5 && err.kind != pgfanout_core::ErrorKind::Permanent => {
+        match sink.apply(changes, None).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < APPLY_ATTEMPTS && err.kind != pgfanout_core::ErrorKind::Permanent => {
+                tracing::warn!(sink = sink.name(), attempt, error = %pgfanout_core::error_chain(&err), "replay batch failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
                 attempt += 1;
-                tracing::warn!(sink = target.sink.name(), attempt, error = %pgfanout_core::error_chain(&err), "replay batch failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
             }
             Err(err) => {
                 return Err(err).with_context(|| {
-                    format!("replay into sink {}: {}", target.sink.name(), pgfanout_core::describe_apply(&refs, None))
+                    format!("replay into sink {}: {}", sink.name(), pgfanout_core::describe_apply(changes, None))
                 })
             }
         }
     }
-    target.applied += refs.len() as u64;
-    drop(refs);
-    target.pending.clear();
-    target.pending_changes = 0;
-    Ok(())
 }

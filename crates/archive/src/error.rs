@@ -28,7 +28,8 @@ pub enum ArchiveError {
     },
     /// A segment written by a newer pgfanout.
     #[error(
-        "{path} uses archive format version {version}, this pgfanout reads version {}; upgrade pgfanout",
+        "{path} uses archive format version {version}, this pgfanout reads versions {} to {}; upgrade pgfanout",
+        crate::format::OLDEST_READ_VERSION,
         crate::format::FORMAT_VERSION
     )]
     UnsupportedVersion {
@@ -65,6 +66,14 @@ pub enum ArchiveError {
         offset: u64,
         /// The id.
         table_id: u32,
+    },
+    /// A change too large for one record (a value of about 1 GiB).
+    #[error("the transaction committed at {commit_lsn} holds a change of about {bytes} bytes, over the archive's 1 GiB record limit; leave its table out of the sinks' routing or turn the archive off")]
+    RecordTooLarge {
+        /// Commit LSN of the transaction.
+        commit_lsn: Lsn,
+        /// Bytes of the record that would hold it.
+        bytes: u64,
     },
     /// A seek before the archive's start LSN.
     #[error("the archive starts at LSN {oldest} (it holds every transaction committed from there on); {requested} is older (removed by retention or before the archive was on): rebuild the store with `pgfanout rebuild` instead")]

@@ -10,7 +10,7 @@
 //! piece    = 2 flags:u8 commit_lsn:u64le end_lsn:u64le commit_time:i64le xid:u32le nchanges:var change*
 //! change   = table_id:var op:u8 ordinal_gap:var row*            (rows by op: see ChangeOp tags)
 //! row      = ncols:var value*
-//! value    = 0 (null) | 1 (unchanged TOAST) | 2 len:var bytes (text) | 3 len:var bytes (binary)
+//! value    = kind:var bytes                 (kind: 0 null, 1 unchanged TOAST, len*4+2 text, len*4+3 binary)
 //! str      = len:var utf-8 bytes
 //! var      = unsigned LEB128, at most 5 bytes (u32)
 //! ```
@@ -23,9 +23,18 @@
 //! (0 for consecutive changes; the first change of a piece counts from 0),
 //! so ordinals cost one byte where nothing was filtered out.
 //!
+//! A value's kind and length share one varint, so a value shorter than 32
+//! bytes costs one byte of framing, and encoding it is one varint and one
+//! copy of the bytes as they arrived.
+//!
+//! Versions: 2 (above) is written; 1, whose values are `0 | 1 | 2 len:var
+//! bytes | 3 len:var bytes` (a tag byte, then the length), is still read, so
+//! an archive written before an upgrade stays replayable. A segment holds one
+//! version (the writer starts a new segment at open).
+//!
 //! Invariant: a body the decoder accepts was produced by the encoder of the
-//! same [`FORMAT_VERSION`]; the crc rejects torn or bit-flipped frames before
-//! the decoder sees them.
+//! version its segment header names; the crc rejects torn or bit-flipped
+//! frames before the decoder sees them.
 
 use bytes::Bytes;
 use pgfanout_core::{Change, ChangeOp, ColumnValue, Row, TableName, TableSchema};
@@ -33,9 +42,11 @@ use pgoutput::{Lsn, Oid, PgTimestamp, ReplicaIdentity, Xid};
 
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"PGFANARC";
-/// Version of the layout above, in every segment header. Bumped on any change
-/// to it; a reader refuses versions it does not know.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the layout above, written in every new segment's header.
+/// Bumped on any change to it; a reader refuses versions it does not know.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest version still read (see the module docs).
+pub const OLDEST_READ_VERSION: u32 = 1;
 /// Bytes of the segment header.
 pub const SEGMENT_HEADER_LEN: u64 = 12;
 /// Bytes of a frame's length and crc.
@@ -57,6 +68,8 @@ const VALUE_NULL: u8 = 0;
 const VALUE_UNCHANGED_TOAST: u8 = 1;
 const VALUE_TEXT: u8 = 2;
 const VALUE_BINARY: u8 = 3;
+/// Bits of a version-2 value kind below its length.
+const VALUE_KIND_BITS: u32 = 2;
 
 /// Why a record body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,7 +80,7 @@ pub enum FormatError {
         /// Bytes missing.
         needed: usize,
     },
-    /// A tag byte no version-1 writer produces.
+    /// A tag byte no writer of the segment's version produces.
     #[error("unknown {what} tag {tag}")]
     UnknownTag {
         /// Which tag (record kind, op, value, replica identity).
@@ -261,9 +274,11 @@ pub fn encode_piece<'a>(
     }
 }
 
-/// Decodes a record body. `body` shares its buffer with the values it holds.
-pub fn decode(body: &Bytes) -> Result<Record, FormatError> {
-    let mut cursor = Cursor { bytes: body, position: 0 };
+/// Decodes a record body of a segment of format `version` (one from
+/// [`OLDEST_READ_VERSION`] to [`FORMAT_VERSION`]). `body` shares its buffer
+/// with the values it holds.
+pub fn decode(body: &Bytes, version: u32) -> Result<Record, FormatError> {
+    let mut cursor = Cursor { bytes: body, position: 0, version };
     let record = match cursor.u8()? {
         KIND_SCHEMA => Record::Schema(decode_schema(&mut cursor)?),
         KIND_PIECE => decode_piece(&mut cursor)?,
@@ -354,20 +369,23 @@ fn put_str(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
 }
 
+/// Appends a row. No reservation up front: the writer reuses its buffer,
+/// which soon has room for a whole batch, and summing the row's lengths
+/// first costs more than the capacity checks it would spare.
 fn put_row(out: &mut Vec<u8>, row: &Row) {
     put_var(out, row.len() as u32);
     for value in row {
         match value {
             ColumnValue::Null => out.push(VALUE_NULL),
             ColumnValue::UnchangedToast => out.push(VALUE_UNCHANGED_TOAST),
+            // A value of 1 GiB or more overflows the kind: its record is over
+            // MAX_BODY_BYTES, which the writer refuses.
             ColumnValue::Text(bytes) => {
-                out.push(VALUE_TEXT);
-                put_var(out, bytes.len() as u32);
+                put_var(out, ((bytes.len() as u32) << VALUE_KIND_BITS) | u32::from(VALUE_TEXT));
                 out.extend_from_slice(bytes);
             }
             ColumnValue::Binary(bytes) => {
-                out.push(VALUE_BINARY);
-                put_var(out, bytes.len() as u32);
+                put_var(out, ((bytes.len() as u32) << VALUE_KIND_BITS) | u32::from(VALUE_BINARY));
                 out.extend_from_slice(bytes);
             }
         }
@@ -378,6 +396,8 @@ fn put_row(out: &mut Vec<u8>, row: &Row) {
 struct Cursor<'a> {
     bytes: &'a Bytes,
     position: usize,
+    /// Format version of the segment the body comes from.
+    version: u32,
 }
 
 impl Cursor<'_> {
@@ -436,19 +456,43 @@ impl Cursor<'_> {
         let count = self.var()?;
         let mut row = Vec::with_capacity(count.min(1600) as usize);
         for _ in 0..count {
-            row.push(match self.u8()? {
-                VALUE_NULL => ColumnValue::Null,
-                VALUE_UNCHANGED_TOAST => ColumnValue::UnchangedToast,
-                VALUE_TEXT => ColumnValue::Text(self.value_bytes()?),
-                VALUE_BINARY => ColumnValue::Binary(self.value_bytes()?),
-                tag => return Err(FormatError::UnknownTag { what: "value", tag }),
-            });
+            row.push(if self.version == 1 { self.value_v1()? } else { self.value()? });
         }
         Ok(row)
     }
 
-    fn value_bytes(&mut self) -> Result<Bytes, FormatError> {
-        let len = self.var()? as usize;
+    /// A version-2 value: kind and length in one varint.
+    fn value(&mut self) -> Result<ColumnValue, FormatError> {
+        let kind = self.var()?;
+        let len = (kind >> VALUE_KIND_BITS) as usize;
+        Ok(match (kind & ((1 << VALUE_KIND_BITS) - 1)) as u8 {
+            VALUE_NULL if len == 0 => ColumnValue::Null,
+            VALUE_UNCHANGED_TOAST if len == 0 => ColumnValue::UnchangedToast,
+            VALUE_TEXT => ColumnValue::Text(self.value_bytes(len)?),
+            VALUE_BINARY => ColumnValue::Binary(self.value_bytes(len)?),
+            // A null or TOAST kind with a length: only the low byte is shown.
+            _ => return Err(FormatError::UnknownTag { what: "value", tag: kind as u8 }),
+        })
+    }
+
+    /// A version-1 value: a tag byte, then a length for text and binary.
+    fn value_v1(&mut self) -> Result<ColumnValue, FormatError> {
+        Ok(match self.u8()? {
+            VALUE_NULL => ColumnValue::Null,
+            VALUE_UNCHANGED_TOAST => ColumnValue::UnchangedToast,
+            VALUE_TEXT => {
+                let len = self.var()? as usize;
+                ColumnValue::Text(self.value_bytes(len)?)
+            }
+            VALUE_BINARY => {
+                let len = self.var()? as usize;
+                ColumnValue::Binary(self.value_bytes(len)?)
+            }
+            tag => return Err(FormatError::UnknownTag { what: "value", tag }),
+        })
+    }
+
+    fn value_bytes(&mut self, len: usize) -> Result<Bytes, FormatError> {
         let range = self.take(len)?;
         Ok(self.bytes.slice(range))
     }
@@ -464,12 +508,15 @@ mod tests {
             let mut out = Vec::new();
             put_var(&mut out, value);
             let bytes = Bytes::from(out);
-            let mut cursor = Cursor { bytes: &bytes, position: 0 };
+            let mut cursor = Cursor { bytes: &bytes, position: 0, version: FORMAT_VERSION };
             assert_eq!(cursor.var(), Ok(value));
             assert_eq!(cursor.position, bytes.len());
         }
         let too_long = Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0x1f]);
-        assert_eq!(Cursor { bytes: &too_long, position: 0 }.var(), Err(FormatError::VarintOverflow));
+        assert_eq!(
+            Cursor { bytes: &too_long, position: 0, version: FORMAT_VERSION }.var(),
+            Err(FormatError::VarintOverflow)
+        );
     }
 
     #[test]
@@ -487,9 +534,58 @@ mod tests {
         }
     }
 
+    /// The same piece as version 1 wrote it and as version 2 writes it:
+    /// a null, an unchanged TOAST value, a text and a binary value.
+    #[test]
+    fn version_1_values_still_decode_to_what_version_2_encodes() {
+        let header = PieceHeader {
+            commit_lsn: Lsn(0x10),
+            end_lsn: Lsn(0x20),
+            commit_time: PgTimestamp(3),
+            xid: Xid(4),
+            ends_transaction: true,
+        };
+        let table = std::sync::Arc::new(TableSchema {
+            oid: Oid(16384),
+            table: TableName::new("public", "t"),
+            replica_identity: ReplicaIdentity::Default,
+            columns: Vec::new(),
+            types: std::sync::Arc::new(pgoutput::TypeRegistry::new()),
+        });
+        let row = vec![
+            ColumnValue::Null,
+            ColumnValue::UnchangedToast,
+            ColumnValue::Text(Bytes::from_static(b"ab")),
+            ColumnValue::Binary(Bytes::from_static(&[0xff])),
+        ];
+        let change = Change { table, op: ChangeOp::Insert { new: row }, ordinal: 0 };
+        let mut v2 = Vec::new();
+        encode_piece(&header, std::iter::once((0, &change)), &mut v2);
+        let mut prefix = vec![KIND_PIECE, FLAG_ENDS_TRANSACTION];
+        for field in [0x10u64, 0x20, 3] {
+            prefix.extend_from_slice(&field.to_le_bytes());
+        }
+        prefix.extend_from_slice(&4u32.to_le_bytes());
+        // One change: table id 0, insert, ordinal gap 0, four values.
+        prefix.extend_from_slice(&[1, 0, OP_INSERT, 0, 4]);
+        let v2_values: &[u8] = &[0, 1, 2 << 2 | 2, b'a', b'b', 1 << 2 | 3, 0xff];
+        let v1_values: &[u8] = &[0, 1, 2, 2, b'a', b'b', 3, 1, 0xff];
+        assert_eq!(v2, [&prefix[..], v2_values].concat(), "the version-2 layout");
+        let v1 = Bytes::from([&prefix[..], v1_values].concat());
+        let decoded_v1 = decode(&v1, 1).unwrap();
+        assert_eq!(decoded_v1, decode(&Bytes::from(v2), FORMAT_VERSION).unwrap());
+        let Record::Piece(_, changes) = decoded_v1 else { panic!("a piece") };
+        assert_eq!(changes[0].op, change.op);
+        // Version-2 bytes read as version 1 are not silently taken.
+        assert!(decode(&Bytes::from([&prefix[..], &[0, 1, 10, b'a', b'b', 7, 0xff]].concat()), 1).is_err());
+    }
+
     #[test]
     fn unknown_tags_and_trailing_bytes_are_refused() {
-        assert_eq!(decode(&Bytes::from_static(&[9])), Err(FormatError::UnknownTag { what: "record kind", tag: 9 }));
+        assert_eq!(
+            decode(&Bytes::from_static(&[9]), FORMAT_VERSION),
+            Err(FormatError::UnknownTag { what: "record kind", tag: 9 })
+        );
         let mut body = Vec::new();
         encode_piece(
             &PieceHeader {
@@ -503,6 +599,6 @@ mod tests {
             &mut body,
         );
         body.push(0);
-        assert_eq!(decode(&Bytes::from(body)), Err(FormatError::TrailingBytes(1)));
+        assert_eq!(decode(&Bytes::from(body), FORMAT_VERSION), Err(FormatError::TrailingBytes(1)));
     }
 }

@@ -34,6 +34,8 @@ struct SegmentCursor {
     bytes: Bytes,
     base: u64,
     offset: usize,
+    /// The segment's format version.
+    version: u32,
     schemas: HashMap<u32, Arc<TableSchema>>,
     is_last: bool,
 }
@@ -139,18 +141,19 @@ impl ArchiveReader {
                     .next_back()
                     .unwrap_or(SEGMENT_HEADER_LEN);
                 let path = segment::segment_path(&self.dir, sequence);
+                let version = read_version(&path)?;
                 let mut schemas = HashMap::new();
                 for entry in &entries {
                     if let IndexEntry::Schema { offset } = *entry {
                         if offset < start {
-                            let record = read_schema_at(&path, offset)?;
+                            let record = read_schema_at(&path, offset, version)?;
                             schemas.insert(record.id, Arc::new(self.table_schema(record)));
                         }
                     }
                 }
                 let bytes = segment::read_from(&path, start)?;
                 let is_last = at + 1 == self.sequences.len();
-                self.current = Some(SegmentCursor { path, bytes, base: start, offset: 0, schemas, is_last });
+                self.current = Some(SegmentCursor { path, bytes, base: start, offset: 0, version, schemas, is_last });
                 self.next_segment = at + 1;
             }
         }
@@ -180,7 +183,7 @@ impl ArchiveReader {
             };
             let body = cursor.bytes.slice(cursor.offset + FRAME_HEADER_LEN..cursor.offset + len);
             cursor.offset += len;
-            let record = format::decode(&body).map_err(|source| ArchiveError::Format {
+            let record = format::decode(&body, cursor.version).map_err(|source| ArchiveError::Format {
                 path: cursor.path.clone(),
                 offset: frame_offset,
                 source,
@@ -220,13 +223,14 @@ impl ArchiveReader {
             }
             Err(err) => return Err(err),
         };
-        segment::check_header(&path, &bytes)?;
+        let version = segment::check_header(&path, &bytes)?;
         let is_last = self.next_segment + 1 == self.sequences.len();
         self.current = Some(SegmentCursor {
             path,
             bytes,
             base: 0,
             offset: SEGMENT_HEADER_LEN as usize,
+            version,
             schemas: HashMap::new(),
             is_last,
         });
@@ -285,8 +289,18 @@ fn table_schema(record: SchemaRecord, types: &Arc<TypeRegistry>) -> TableSchema 
     }
 }
 
-/// Reads the schema record whose frame starts at `offset` of `path`.
-fn read_schema_at(path: &Path, offset: u64) -> Result<SchemaRecord, ArchiveError> {
+/// The format version in the header of segment `path`.
+fn read_version(path: &Path) -> Result<u32, ArchiveError> {
+    use std::io::Read;
+    let mut header = [0u8; SEGMENT_HEADER_LEN as usize];
+    let mut file = std::fs::File::open(path).map_err(ArchiveError::io("open", path))?;
+    file.read_exact(&mut header).map_err(ArchiveError::io("read", path))?;
+    segment::check_header(path, &header)
+}
+
+/// Reads the schema record whose frame starts at `offset` of `path`, a
+/// segment of format `version`.
+fn read_schema_at(path: &Path, offset: u64, version: u32) -> Result<SchemaRecord, ArchiveError> {
     use std::io::{Read, Seek};
     let mut file = std::fs::File::open(path).map_err(ArchiveError::io("open", path))?;
     file.seek(std::io::SeekFrom::Start(offset)).map_err(ArchiveError::io("seek", path))?;
@@ -299,7 +313,7 @@ fn read_schema_at(path: &Path, offset: u64) -> Result<SchemaRecord, ArchiveError
     let corrupt = || ArchiveError::Corrupt { path: path.to_owned(), offset };
     let Frame::Complete { body, .. } = format::read_frame(&frame) else { return Err(corrupt()) };
     let body = Bytes::copy_from_slice(body);
-    match format::decode(&body) {
+    match format::decode(&body, version) {
         Ok(Record::Schema(record)) => Ok(record),
         Ok(Record::Piece(..)) => Err(corrupt()),
         Err(source) => Err(ArchiveError::Format { path: path.to_owned(), offset, source }),

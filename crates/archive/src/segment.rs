@@ -151,10 +151,11 @@ pub fn read_from(path: &Path, offset: u64) -> Result<Bytes, ArchiveError> {
     Ok(Bytes::from(bytes))
 }
 
-/// Checks the header at the start of a whole segment's bytes.
-pub fn check_header(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
+/// Checks the header at the start of a whole segment's bytes; returns the
+/// segment's format version, one this pgfanout reads.
+pub fn check_header(path: &Path, bytes: &[u8]) -> Result<u32, ArchiveError> {
     match format::parse_segment_header(bytes) {
-        Some(format::FORMAT_VERSION) => Ok(()),
+        Some(version @ format::OLDEST_READ_VERSION..=format::FORMAT_VERSION) => Ok(version),
         Some(version) => Err(ArchiveError::UnsupportedVersion { path: path.to_owned(), version }),
         None => Err(ArchiveError::NotASegment { path: path.to_owned() }),
     }
@@ -180,7 +181,7 @@ pub struct Scan {
 /// Scans a whole segment's bytes (header included): every frame up to the
 /// first torn or corrupt one, decoding each to find transaction ends.
 pub fn scan(path: &Path, bytes: &Bytes) -> Result<Scan, ArchiveError> {
-    check_header(path, bytes)?;
+    let version = check_header(path, bytes)?;
     let mut scan = Scan { good_len: SEGMENT_HEADER_LEN, ..Scan::default() };
     let mut offset = SEGMENT_HEADER_LEN as usize;
     let mut pending_index = Vec::new();
@@ -200,7 +201,7 @@ pub fn scan(path: &Path, bytes: &Bytes) -> Result<Scan, ArchiveError> {
             }
         };
         let body = bytes.slice(offset + FRAME_HEADER_LEN..offset + len);
-        let record = format::decode(&body).map_err(|source| ArchiveError::Format {
+        let record = format::decode(&body, version).map_err(|source| ArchiveError::Format {
             path: path.to_owned(),
             offset: offset as u64,
             source,

@@ -280,7 +280,13 @@ impl Archive {
         let mut ids = Vec::with_capacity(changes.len());
         let mut since_index = active.since_index;
         let known_schemas = active.schemas.len();
+        // Changes come in runs of one table: the previous change's shape is checked first.
+        let mut previous: Option<(&Arc<TableSchema>, u32)> = None;
         for change in changes {
+            if let Some((_, id)) = previous.filter(|(table, _)| Arc::ptr_eq(table, &change.table)) {
+                ids.push(id);
+                continue;
+            }
             let id = match active.schemas.iter().find(|(known, _)| same_shape(known, &change.table)) {
                 Some((_, id)) => *id,
                 None => {
@@ -292,6 +298,7 @@ impl Archive {
                     id
                 }
             };
+            previous = Some((&change.table, id));
             ids.push(id);
         }
         let piece_offset = start + self.buffer.len() as u64;
@@ -303,8 +310,14 @@ impl Archive {
         format::frame(&mut self.buffer, |body| {
             format::encode_piece(&header, ids.iter().copied().zip(changes.iter().copied()), body)
         });
+        let piece_bytes = self.buffer.len() as u64 - (piece_offset - start);
+        if piece_bytes > u64::from(format::MAX_BODY_BYTES) {
+            active.schemas.truncate(known_schemas);
+            return Err(ArchiveError::RecordTooLarge { commit_lsn: header.commit_lsn, bytes: piece_bytes });
+        }
         let written = self.buffer.len() as u64;
         let path = segment::segment_path(&self.dir, active.sequence);
+        #[cfg(debug_assertions)]
         crash_mid_frame_if_asked(&mut active.file, &self.buffer);
         if let Err(source) = active.file.write_all(&self.buffer) {
             // Cut what may have reached the file, so the next append follows a whole record.
@@ -467,9 +480,13 @@ impl Archive {
 /// Environment variable, for tests only: abort the process in the middle of
 /// writing the frame of the Nth append (counting from 1), after half of its
 /// bytes reached the file, as a crash or power loss mid-write would leave it.
+/// Debug builds only (`cfg(debug_assertions)`, which `cargo test` builds):
+/// a release binary has no test hook to trip by accident, and no feature
+/// flag has to be remembered to run the test.
 pub const CRASH_MID_FRAME_ENV: &str = "PGFANOUT_TEST_ARCHIVE_CRASH_AT_APPEND";
 
 /// See [`CRASH_MID_FRAME_ENV`]; does nothing unless the variable is set.
+#[cfg(debug_assertions)]
 fn crash_mid_frame_if_asked(file: &mut File, frame: &[u8]) {
     static CRASH_AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     static APPENDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -262,18 +262,70 @@ pub fn count_by_table_and_op<'a>(
     changes: impl Iterator<Item = &'a Change>,
 ) -> Vec<((&'a TableName, &'static str), u64)> {
     let mut counts: Vec<((&TableName, &'static str), u64)> = Vec::new();
+    // Changes come in runs of one shape and operation: a change like the
+    // previous one adds to the same count without a search.
+    let mut run: Option<(&TableSchema, &'static str, usize)> = None;
     for change in changes {
-        let key = (&change.table.table, change.op.label());
+        let label = change.op.label();
+        if let Some((shape, op, at)) = run {
+            if std::ptr::eq(shape, &*change.table) && std::ptr::eq(op, label) {
+                counts[at].1 += 1;
+                continue;
+            }
+        }
+        let key = (&change.table.table, label);
         // The same shape is the same table: comparing addresses spares
         // comparing names for nearly every change.
         // Labels are the same static strings: their addresses differ only between ops.
         let same = |known: &(&TableName, &'static str)| {
             std::ptr::eq(known.1, key.1) && (std::ptr::eq(known.0, key.0) || known.0 == key.0)
         };
-        match counts.iter_mut().find(|(known, _)| same(known)) {
-            Some((_, count)) => *count += 1,
-            None => counts.push((key, 1)),
-        }
+        let at = match counts.iter().position(|(known, _)| same(known)) {
+            Some(at) => {
+                counts[at].1 += 1;
+                at
+            }
+            None => {
+                counts.push((key, 1));
+                counts.len() - 1
+            }
+        };
+        run = Some((&*change.table, label, at));
     }
     counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_merge_runs_and_keep_first_appearance_order() {
+        let shape = |name: &str| {
+            Arc::new(TableSchema {
+                oid: Oid(1),
+                table: TableName::new("public", name),
+                replica_identity: pgoutput::ReplicaIdentity::Default,
+                columns: Vec::new(),
+                types: Arc::new(TypeRegistry::new()),
+            })
+        };
+        let (a, b, a_again) = (shape("a"), shape("b"), shape("a"));
+        let change = |table: &Arc<TableSchema>, op: ChangeOp| Change { table: table.clone(), op, ordinal: 0 };
+        let insert = || ChangeOp::Insert { new: Vec::new() };
+        let changes = [
+            change(&a, insert()),
+            change(&a, insert()),
+            change(&b, insert()),
+            change(&a, ChangeOp::Delete { old: Vec::new() }),
+            change(&a_again, insert()),
+            change(&b, insert()),
+        ];
+        let counts: Vec<(String, &str, u64)> = count_by_table_and_op(changes.iter())
+            .into_iter()
+            .map(|((table, op), count)| (table.to_string(), op, count))
+            .collect();
+        let expected = [("public.a", "insert", 3), ("public.b", "insert", 2), ("public.a", "delete", 1)];
+        assert_eq!(counts, expected.map(|(table, op, count)| (table.to_owned(), op, count)));
+    }
 }
