@@ -19,7 +19,7 @@ use crate::error::RedisSinkError;
 use crate::sink::RedisSink;
 
 /// Keys one `SCAN` call asks for.
-const SCAN_COUNT: usize = 1000;
+const SCAN_COUNT: usize = 5000;
 
 impl RedisSink {
     /// Rows stored under `keys`, normalised; `None` where a key is absent.
