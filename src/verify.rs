@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgfanout_core::mapping::Mapped;
-use pgfanout_core::readback::{key_row, key_texts, ReadBack, StoredColumns};
+use pgfanout_core::readback::{compare_columns, key_row, key_texts, ReadBack, RowComparison, StoredColumns};
 use pgfanout_core::{
     Change, ChangeOp, ChangeRef, Lsn, Row, Sink, TableMapping, TableName, TableSchema, Transaction, Version,
 };
@@ -339,11 +339,17 @@ impl TableCheck<'_> {
                     None => Ok(None),
                 }
             };
-            let (next, stored) = tokio::join!(next, self.read_back.fetch(&self.mapped, &mapped_rows));
-            for ((row, expected), stored) in mapped_rows.iter().zip(&expected).zip(stored?) {
+            let (next, compared) = tokio::join!(next, self.read_back.compare(&self.mapped, &mapped_rows, &expected));
+            for (row, comparison) in mapped_rows.iter().zip(compared?) {
                 let key = key_texts(&self.mapped, row).context("a key column is NULL")?;
-                if let Some(difference) = compare(Some(expected), stored.as_ref()) {
-                    candidates.insert(key.clone(), difference);
+                match comparison {
+                    RowComparison::Equal => {}
+                    RowComparison::Missing => {
+                        candidates.insert(key.clone(), Difference::Missing);
+                    }
+                    RowComparison::Differs(columns) => {
+                        candidates.insert(key.clone(), Difference::Columns(columns));
+                    }
                 }
                 in_postgres.insert(key);
             }
@@ -567,15 +573,12 @@ fn repair_version(position: Lsn) -> Version {
 fn compare(expected: Option<&StoredColumns>, stored: Option<&StoredColumns>) -> Option<Difference> {
     match (expected, stored) {
         (None, None) => None,
-        (Some(_), None) => Some(Difference::Missing),
         (None, Some(_)) => Some(Difference::Extra),
-        (Some(expected), Some(stored)) if expected == stored => None,
-        (Some(expected), Some(stored)) => {
-            let names: std::collections::BTreeSet<&String> = expected.keys().chain(stored.keys()).collect();
-            let differing: Vec<String> =
-                names.into_iter().filter(|name| expected.get(*name) != stored.get(*name)).cloned().collect();
-            (!differing.is_empty()).then_some(Difference::Columns(differing))
-        }
+        (Some(expected), stored) => match compare_columns(expected, stored) {
+            RowComparison::Equal => None,
+            RowComparison::Missing => Some(Difference::Missing),
+            RowComparison::Differs(columns) => Some(Difference::Columns(columns)),
+        },
     }
 }
 
