@@ -7,6 +7,11 @@
 //! `SCAN … MATCH <key pattern> TYPE hash|string`, not the index set, so rows
 //! written behind pgfanout's back are found too; a key the pattern matches
 //! counts only when the row it holds renders that same key.
+//!
+//! [`ReadBack::compare`] of hashes runs in the store ([`COMPARE_HASHES`]):
+//! the expected fields go in, the names of differing fields come back, so
+//! no value is sent back or parsed (what made verify slow: most of its CPU
+//! went to parsing `HGETALL` replies and building maps of them).
 
 use std::sync::Arc;
 
