@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgfanout_core::mapping::Mapped;
-use pgfanout_core::readback::{compare_columns, key_row, key_texts, ReadBack, RowComparison, StoredColumns};
+use pgfanout_core::readback::{key_row, key_texts, ReadBack, StoredColumns};
 use pgfanout_core::{
     Change, ChangeOp, ChangeRef, Lsn, Row, Sink, TableMapping, TableName, TableSchema, Transaction, Version,
 };
@@ -288,43 +288,23 @@ impl TableCheck<'_> {
         }
     }
 
-    /// Every PostgreSQL row against the store, and the store's keys against
+    /// Every PostgreSQL row against the store, then the store's keys against
     /// PostgreSQL's: the keys that may differ, and the row counts.
-    ///
-    /// Three streams of round trips overlap: the next chunk is read from
-    /// PostgreSQL while the store answers for the current one, and the
-    /// store's keys are listed meanwhile (on the sink's other connections).
     async fn first_pass(
         &self,
         reader: &mut SourceReader,
-        derivation: Option<&mut (dyn pgfanout_core::readback::Derivation + '_)>,
-    ) -> anyhow::Result<(BTreeMap<Key, Difference>, (u64, u64))> {
-        let (compared, in_store) = tokio::join!(self.compare_rows(reader, derivation), self.stored_keys());
-        let (mut candidates, in_postgres) = compared?;
-        let in_store = in_store?;
-        for key in &in_store {
-            if !in_postgres.contains(key) {
-                candidates.insert(key.clone(), Difference::Extra);
-            }
-        }
-        Ok((candidates, (in_postgres.len() as u64, in_store.len() as u64)))
-    }
-
-    /// Every PostgreSQL row against the store: the keys that differ, and
-    /// every key PostgreSQL has (in the sink's filter).
-    async fn compare_rows(
-        &self,
-        reader: &mut SourceReader,
         mut derivation: Option<&mut (dyn pgfanout_core::readback::Derivation + '_)>,
-    ) -> anyhow::Result<(BTreeMap<Key, Difference>, HashSet<Key>)> {
+    ) -> anyhow::Result<(BTreeMap<Key, Difference>, (u64, u64))> {
         let mut candidates = BTreeMap::new();
         let mut in_postgres: HashSet<Key> = HashSet::new();
-        let mut chunk = reader.read_chunk(&self.table_reader, None).await?;
+        let mut after: Option<Vec<String>> = None;
         loop {
-            let after = chunk.last_key.take().filter(|_| chunk.more);
+            let chunk = reader.read_chunk(&self.table_reader, after.as_deref()).await?;
+            let more = chunk.more;
+            after = chunk.last_key;
             let mut mapped_rows = Vec::with_capacity(chunk.rows.len());
             let mut expected = Vec::with_capacity(chunk.rows.len());
-            for row in std::mem::take(&mut chunk.rows) {
+            for row in chunk.rows {
                 if let Some((mapped, stored)) = self.expect(row)? {
                     mapped_rows.push(mapped);
                     expected.push(stored);
@@ -333,48 +313,36 @@ impl TableCheck<'_> {
             if let Some(derivation) = derivation.as_deref_mut() {
                 derivation.add(&mapped_rows)?;
             }
-            let next = async {
-                match &after {
-                    Some(after) => reader.read_chunk(&self.table_reader, Some(after)).await.map(Some),
-                    None => Ok(None),
-                }
-            };
-            let (next, compared) = tokio::join!(next, self.read_back.compare(&self.mapped, &mapped_rows, &expected));
-            for (row, comparison) in mapped_rows.iter().zip(compared?) {
+            let stored = self.read_back.fetch(&self.mapped, &mapped_rows).await?;
+            for ((row, expected), stored) in mapped_rows.iter().zip(&expected).zip(stored) {
                 let key = key_texts(&self.mapped, row).context("a key column is NULL")?;
-                match comparison {
-                    RowComparison::Equal => {}
-                    RowComparison::Missing => {
-                        candidates.insert(key.clone(), Difference::Missing);
-                    }
-                    RowComparison::Differs(columns) => {
-                        candidates.insert(key.clone(), Difference::Columns(columns));
-                    }
+                if let Some(difference) = compare(Some(expected), stored.as_ref()) {
+                    candidates.insert(key.clone(), difference);
                 }
                 in_postgres.insert(key);
             }
-            match next? {
-                Some(next) => chunk = next,
-                None => break,
+            if !more || after.is_none() {
+                break;
             }
         }
         tracing::debug!(sink = self.sink.name(), table = %self.source.table, rows = in_postgres.len(), candidates = candidates.len(), "PostgreSQL's rows compared");
-        Ok((candidates, in_postgres))
-    }
-
-    /// Every key the store holds for the table.
-    async fn stored_keys(&self) -> anyhow::Result<HashSet<Key>> {
         let mut in_store: HashSet<Key> = HashSet::new();
         let mut cursor = None;
         loop {
             let page = self.read_back.scan_keys(&self.mapped, cursor).await?;
-            in_store.extend(page.keys.iter().filter_map(|row| key_texts(&self.mapped, row)));
+            for row in &page.keys {
+                let Some(key) = key_texts(&self.mapped, row) else { continue };
+                if !in_postgres.contains(&key) {
+                    candidates.insert(key.clone(), Difference::Extra);
+                }
+                in_store.insert(key);
+            }
             match page.next {
                 Some(next) => cursor = Some(next),
                 None => break,
             }
         }
-        Ok(in_store)
+        Ok((candidates, (in_postgres.len() as u64, in_store.len() as u64)))
     }
 
     /// Re-checks `keys` until each compares over a row that did not change
@@ -573,12 +541,14 @@ fn repair_version(position: Lsn) -> Version {
 fn compare(expected: Option<&StoredColumns>, stored: Option<&StoredColumns>) -> Option<Difference> {
     match (expected, stored) {
         (None, None) => None,
+        (Some(_), None) => Some(Difference::Missing),
         (None, Some(_)) => Some(Difference::Extra),
-        (Some(expected), stored) => match compare_columns(expected, stored) {
-            RowComparison::Equal => None,
-            RowComparison::Missing => Some(Difference::Missing),
-            RowComparison::Differs(columns) => Some(Difference::Columns(columns)),
-        },
+        (Some(expected), Some(stored)) => {
+            let names: std::collections::BTreeSet<&String> = expected.keys().chain(stored.keys()).collect();
+            let differing: Vec<String> =
+                names.into_iter().filter(|name| expected.get(*name) != stored.get(*name)).cloned().collect();
+            (!differing.is_empty()).then_some(Difference::Columns(differing))
+        }
     }
 }
 

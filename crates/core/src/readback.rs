@@ -50,31 +50,6 @@ pub struct KeyPage {
     pub next: Option<String>,
 }
 
-/// How the store's row compares with the expected one ([`ReadBack::compare`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RowComparison {
-    /// The store holds the row as expected.
-    Equal,
-    /// The store holds nothing under the row's key.
-    Missing,
-    /// The store holds the row; these columns (the sink's names) differ.
-    Differs(Vec<String>),
-}
-
-/// How `stored` compares with `expected` (`None`: the store holds nothing).
-pub fn compare_columns(expected: &StoredColumns, stored: Option<&StoredColumns>) -> RowComparison {
-    match stored {
-        None => RowComparison::Missing,
-        Some(stored) if stored == expected => RowComparison::Equal,
-        Some(stored) => {
-            let names: std::collections::BTreeSet<&String> = expected.keys().chain(stored.keys()).collect();
-            RowComparison::Differs(
-                names.into_iter().filter(|name| expected.get(*name) != stored.get(*name)).cloned().collect(),
-            )
-        }
-    }
-}
-
 /// How a document a sink derives from a group of rows differs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DerivedDifference {
@@ -136,21 +111,6 @@ pub trait ReadBack: Send + Sync {
     /// the mapped shape `table`; only their key is read), in the same order;
     /// `None` where it holds nothing.
     async fn fetch(&self, table: &Arc<TableSchema>, rows: &[Row]) -> Result<Vec<Option<StoredColumns>>, SinkError>;
-
-    /// Compares whole rows of the mapped shape `table` with what the store
-    /// holds, given what each should be (`expected[i]`, from
-    /// [`ReadBack::expected`] of `rows[i]`), in the same order. Default:
-    /// [`ReadBack::fetch`], compared here; a sink may compare in the store
-    /// instead, so that values need not travel back.
-    async fn compare(
-        &self,
-        table: &Arc<TableSchema>,
-        rows: &[Row],
-        expected: &[StoredColumns],
-    ) -> Result<Vec<RowComparison>, SinkError> {
-        let stored = self.fetch(table, rows).await?;
-        Ok(expected.iter().zip(&stored).map(|(expected, stored)| compare_columns(expected, stored.as_ref())).collect())
-    }
 
     /// One page of the keys the store holds for `table`, starting at
     /// `cursor` (`None`: the first page). Pages may overlap; a key may come

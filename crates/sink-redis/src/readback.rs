@@ -7,64 +7,19 @@
 //! `SCAN … MATCH <key pattern> TYPE hash|string`, not the index set, so rows
 //! written behind pgfanout's back are found too; a key the pattern matches
 //! counts only when the row it holds renders that same key.
-//!
-//! [`ReadBack::compare`] of hashes runs in the store ([`COMPARE_HASHES`]):
-//! the expected fields go in, the names of differing fields come back, so
-//! no value is sent back or parsed (what made verify slow: most of its CPU
-//! went to parsing `HGETALL` replies and building maps of them).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pgfanout_core::readback::{
-    compare_columns, key_row, text_columns, KeyPage, ReadBack, RowComparison, StoredColumns,
-};
+use pgfanout_core::readback::{key_row, text_columns, KeyPage, ReadBack, StoredColumns};
 use pgfanout_core::{ColumnValue, Row, SinkError, TableSchema};
 
 use crate::encode::RowFormat;
 use crate::error::RedisSinkError;
 use crate::sink::RedisSink;
 
-/// Compares hashes in the store: `KEYS` are row keys; `ARGV[1]` the
-/// version field (`''`: none), then per key the number of expected fields
-/// and the field/value pairs. Answers per key `0` when the key holds
-/// nothing, else the list of fields that differ (empty: equal). The
-/// version field is not compared.
-const COMPARE_HASHES: &str = r#"
-local version_field = ARGV[1]
-local answers = {}
-local at = 2
-for i, key in ipairs(KEYS) do
-  local count = tonumber(ARGV[at])
-  at = at + 1
-  local stored = redis.call('HGETALL', key)
-  if #stored == 0 then
-    answers[i] = 0
-  else
-    local fields = {}
-    for j = 1, #stored, 2 do
-      if stored[j] ~= version_field then fields[stored[j]] = stored[j + 1] end
-    end
-    local differ = {}
-    for j = 0, count - 1 do
-      local name = ARGV[at + 2 * j]
-      if fields[name] ~= ARGV[at + 2 * j + 1] then differ[#differ + 1] = name end
-      fields[name] = nil
-    end
-    for name in pairs(fields) do differ[#differ + 1] = name end
-    answers[i] = differ
-  end
-  at = at + 2 * count
-end
-return answers
-"#;
-
-/// Rows one call of [`COMPARE_HASHES`] compares (it blocks the server
-/// while it runs, as any script does: a few milliseconds).
-const COMPARE_ROWS: usize = 500;
-
 /// Keys one `SCAN` call asks for.
-const SCAN_COUNT: usize = 5000;
+const SCAN_COUNT: usize = 1000;
 
 impl RedisSink {
     /// Rows stored under `keys`, normalised; `None` where a key is absent.
@@ -117,54 +72,6 @@ impl RedisSink {
             }
         };
         Ok(rows)
-    }
-
-    /// Compares hashes in the store ([`COMPARE_HASHES`]): no value travels back.
-    async fn compare_hashes(
-        &self,
-        table: &TableSchema,
-        keys: &[String],
-        expected: &[StoredColumns],
-    ) -> Result<Vec<RowComparison>, RedisSinkError> {
-        let version_field = self.encoder().version_field().unwrap_or_default().to_owned();
-        let mut connection = self.connection().await?;
-        let mut comparisons = Vec::with_capacity(keys.len());
-        for (keys, expected) in keys.chunks(COMPARE_ROWS).zip(expected.chunks(COMPARE_ROWS)) {
-            let mut call = compare_script().prepare_invoke();
-            call.arg(&version_field);
-            for (key, columns) in keys.iter().zip(expected) {
-                call.key(key).arg(columns.len());
-                for (name, value) in columns {
-                    call.arg(name).arg(value);
-                }
-            }
-            let answers: Vec<redis::Value> = call.invoke_async(&mut connection).await.map_err(|source| {
-                RedisSinkError::Command { what: format!("comparing {} rows in the store", keys.len()), source }
-            })?;
-            if answers.len() != keys.len() {
-                return Err(RedisSinkError::Mapping {
-                    table: table.table.to_string(),
-                    reason: format!(
-                        "the comparison script answered for {} of {} rows (a bug in verify)",
-                        answers.len(),
-                        keys.len()
-                    ),
-                });
-            }
-            for answer in answers {
-                comparisons.push(match answer {
-                    redis::Value::Array(names) if names.is_empty() => RowComparison::Equal,
-                    redis::Value::Array(names) => {
-                        let mut names: Vec<String> =
-                            names.into_iter().filter_map(|name| redis::from_redis_value::<String>(name).ok()).collect();
-                        names.sort();
-                        RowComparison::Differs(names)
-                    }
-                    _ => RowComparison::Missing,
-                });
-            }
-        }
-        Ok(comparisons)
     }
 
     async fn scan_page(&self, table: &Arc<TableSchema>, cursor: Option<String>) -> Result<KeyPage, RedisSinkError> {
@@ -236,12 +143,6 @@ impl RedisSink {
     }
 }
 
-/// [`COMPARE_HASHES`], its digest computed once.
-fn compare_script() -> &'static redis::Script {
-    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| redis::Script::new(COMPARE_HASHES))
-}
-
 fn bytes_of(text: &str) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(text.as_bytes())
 }
@@ -281,40 +182,6 @@ impl ReadBack for RedisSink {
             format = row_format;
         }
         self.read_rows(&keys, format).await.map_err(|err| err.into_sink_error(name, context()))
-    }
-
-    async fn compare(
-        &self,
-        table: &Arc<TableSchema>,
-        rows: &[Row],
-        expected: &[StoredColumns],
-    ) -> Result<Vec<RowComparison>, SinkError> {
-        let name = self.name_for_errors();
-        let context = || format!("comparing rows of {}", table.table);
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut keys = Vec::with_capacity(rows.len());
-        let mut format = RowFormat::Hash;
-        for row in rows {
-            let (key, row_format) =
-                self.encoder().locate(table, row).map_err(|err| err.into_sink_error(name, context()))?;
-            keys.push(key);
-            format = row_format;
-        }
-        match format {
-            RowFormat::Hash => {
-                self.compare_hashes(table, &keys, expected).await.map_err(|err| err.into_sink_error(name, context()))
-            }
-            RowFormat::Json => {
-                let stored = self.read_rows(&keys, format).await.map_err(|err| err.into_sink_error(name, context()))?;
-                Ok(expected
-                    .iter()
-                    .zip(&stored)
-                    .map(|(expected, stored)| compare_columns(expected, stored.as_ref()))
-                    .collect())
-            }
-        }
     }
 
     async fn scan_keys(&self, table: &Arc<TableSchema>, cursor: Option<String>) -> Result<KeyPage, SinkError> {
