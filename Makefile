@@ -10,7 +10,7 @@ ARGS ?=
 # How long `make fuzz` runs the decoder fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency bench-archive bench-snapshot
+.PHONY: setup test demo lint build fuzz bench bench-pipeline bench-latency bench-archive bench-snapshot bench-verify
 
 setup:
 	deploy/local/stack.sh install
@@ -49,6 +49,11 @@ bench-archive:
 # the same table (benches/README.md). E.g. make bench-snapshot N=200000.
 bench-snapshot:
 	N=$(or $(N),1000000) benches/e2e/snapshot_vs_copy.sh
+
+# `pgfanout verify` of a table in Redis, next to COPY of the same table
+# (benches/README.md). E.g. make bench-verify N=200000.
+bench-verify:
+	N=$(or $(N),1000000) benches/e2e/verify_redis.sh
 
 lint:
 	$(CARGO) fmt --all -- --check && $(CARGO) clippy --workspace --all-targets -- -D warnings

@@ -136,6 +136,8 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> anyhow::Result<
             unverified_sinks += 1;
             continue;
         };
+        let mut verified_shapes = Vec::new();
+        let mut sink_differences = 0usize;
         for (table, mapping) in &tables {
             if !wanted_tables.is_empty() && !wanted_tables.contains(table) {
                 continue;
@@ -158,9 +160,23 @@ pub async fn verify(config: &Config, options: &VerifyOptions) -> anyhow::Result<
                 println!("sink {}, table {table}: not compared: {note}", sink.name());
             }
             let found = check.run(&mut reader, options.repair).await?;
-            differences += found;
+            sink_differences += found;
             verified_tables += 1;
+            verified_shapes.push(Arc::clone(&check.mapped));
         }
+        if let Some(mut derivation) = read_back.derive_across(&verified_shapes) {
+            let place = format!("sink {}", sink.name());
+            if sink_differences > 0 {
+                // Recomputed from the stored rows, which are not PostgreSQL's yet.
+                println!(
+                    "{place}: derived relationships not compared: {sink_differences} rows differ from PostgreSQL \
+                     (compared once the rows are equal: run verify --repair)"
+                );
+            } else {
+                sink_differences += check_derivation(&place, &mut reader, derivation.as_mut(), options.repair).await?;
+            }
+        }
+        differences += sink_differences;
     }
     if !matched_any_table {
         bail!(
@@ -219,7 +235,10 @@ impl TableCheck<'_> {
             self.report(&found, "after repair: ");
         }
         let derived = match derivation.as_deref_mut() {
-            Some(derivation) => self.check_derived(reader, derivation, repair).await?,
+            Some(derivation) => {
+                let place = format!("sink {}, table {}", self.sink.name(), self.source.table);
+                check_derivation(&place, reader, derivation, repair).await?
+            }
             None => 0,
         };
         println!(
@@ -233,54 +252,6 @@ impl TableCheck<'_> {
             started.elapsed().as_secs_f64()
         );
         Ok(found.len() + derived)
-    }
-
-    /// Compares what the sink derives from groups of rows with its
-    /// recomputation, repairs if asked; the number of documents that still differ.
-    ///
-    /// Derived documents are not settled like rows: a group changed while
-    /// verify ran may be reported (run it again), and a repair assumes the
-    /// table was quiet while it was read (see docs/verify.md).
-    async fn check_derived(
-        &self,
-        reader: &mut SourceReader,
-        derivation: &mut (dyn pgfanout_core::readback::Derivation + '_),
-        repair: bool,
-    ) -> anyhow::Result<usize> {
-        let mut mismatches = derivation.compare().await?;
-        self.report_derived(&mismatches, "");
-        if repair && !mismatches.is_empty() {
-            // After the rows' repair, whose writes moved the running documents too.
-            let version = repair_version(reader.current_lsn().await?);
-            derivation.repair(&mismatches, version).await?;
-            println!(
-                "sink {}, table {}: repaired {} derived documents (version {version})",
-                self.sink.name(),
-                self.source.table,
-                mismatches.len()
-            );
-            mismatches = derivation.compare().await?;
-            self.report_derived(&mismatches, "after repair: ");
-        }
-        Ok(mismatches.len())
-    }
-
-    fn report_derived(&self, mismatches: &[pgfanout_core::readback::DerivedMismatch], prefix: &str) {
-        use pgfanout_core::readback::DerivedDifference;
-        for mismatch in mismatches {
-            let difference = match &mismatch.difference {
-                DerivedDifference::Missing => "missing in the store".to_owned(),
-                DerivedDifference::Extra => "extra in the store (no row makes it)".to_owned(),
-                DerivedDifference::Fields(fields) => format!("fields differ: {}", fields.join(", ")),
-            };
-            println!(
-                "sink {}, table {}: {prefix}{}, key ({}): {difference}",
-                self.sink.name(),
-                self.source.table,
-                mismatch.holder,
-                mismatch.group
-            );
-        }
     }
 
     fn report(&self, found: &BTreeMap<Key, Difference>, prefix: &str) {
@@ -517,6 +488,45 @@ impl TableCheck<'_> {
             refs[0].version()
         );
         Ok(())
+    }
+}
+
+/// Compares what a sink derives (from groups of a table's rows, or across
+/// tables) with its recomputation, repairs if asked; the number of derived
+/// documents or relationships that still differ. `place` names the sink
+/// (and table) in the report.
+///
+/// Derived data is not settled like rows: a group changed while verify ran
+/// may be reported (run it again), and a repair assumes the tables were
+/// quiet while they were read (see docs/verify.md).
+async fn check_derivation(
+    place: &str,
+    reader: &mut SourceReader,
+    derivation: &mut (dyn pgfanout_core::readback::Derivation + '_),
+    repair: bool,
+) -> anyhow::Result<usize> {
+    let mut mismatches = derivation.compare().await?;
+    report_derived(place, &mismatches, "");
+    if repair && !mismatches.is_empty() {
+        // After the rows' repair, whose writes moved the running documents too.
+        let version = repair_version(reader.current_lsn().await?);
+        derivation.repair(&mismatches, version).await?;
+        println!("{place}: repaired {} derived documents (version {version})", mismatches.len());
+        mismatches = derivation.compare().await?;
+        report_derived(place, &mismatches, "after repair: ");
+    }
+    Ok(mismatches.len())
+}
+
+fn report_derived(place: &str, mismatches: &[pgfanout_core::readback::DerivedMismatch], prefix: &str) {
+    use pgfanout_core::readback::DerivedDifference;
+    for mismatch in mismatches {
+        let difference = match &mismatch.difference {
+            DerivedDifference::Missing => "missing in the store".to_owned(),
+            DerivedDifference::Extra => "extra in the store (no row makes it)".to_owned(),
+            DerivedDifference::Fields(fields) => format!("fields differ: {}", fields.join(", ")),
+        };
+        println!("{place}: {prefix}{}, key ({}): {difference}", mismatch.holder, mismatch.group);
     }
 }
 

@@ -482,6 +482,115 @@ async fn graph_drift_is_reported_and_repaired(backend: common::graph::Backend, n
     assert_eq!(booked[0][0].text(), "50", "one BOOKED_BY per reservation again");
 }
 
+/// Guests and hosts of reservations, and the derived host–guest relationship.
+const DERIVED_SCHEMA: &str = r#"
+CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+CREATE TABLE reservations (id bigint PRIMARY KEY, guest_id bigint REFERENCES users, host_id bigint REFERENCES users);
+"#;
+
+const DERIVED_TABLES: &str = r#"
+[[sink.table]]
+source = "public.users"
+label = "User"
+[[sink.table]]
+source = "public.reservations"
+label = "Reservation"
+relationships = [
+  { column = "guest_id", type = "BOOKED_BY", to = "User" },
+  { column = "host_id", type = "HOSTED_BY", to = "User" },
+]
+[[sink.derived]]
+type = "INTERACTED_WITH"
+match = "(source:User)<-[:BOOKED_BY]-(r:Reservation)-[:HOSTED_BY]->(target:User)"
+count = "r"
+collect = { reservations = "r.id" }
+on = { "public.reservations" = "r" }
+"#;
+
+#[tokio::test]
+async fn falkordb_derived_relationship_drift_is_reported_and_repaired() {
+    derived_drift_is_reported_and_repaired(common::graph::Backend::FalkorDb, "verify_derived_falkor").await;
+}
+
+#[tokio::test]
+async fn neo4j_derived_relationship_drift_is_reported_and_repaired() {
+    derived_drift_is_reported_and_repaired(common::graph::Backend::Neo4j, "verify_derived_neo4j").await;
+}
+
+async fn derived_drift_is_reported_and_repaired(backend: common::graph::Backend, name: &str) {
+    let db = create_database(name).await;
+    db.client.batch_execute(DERIVED_SCHEMA).await.unwrap();
+    let mut store = common::graph::GraphStore::open(backend, name).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "{header}\n[[sink]]\nname = \"graph\"\nkind = \"graph\"\n{store}\n{DERIVED_TABLES}",
+        header = source_config(&db, name, &http),
+        store = store.sink_lines(),
+    );
+    let config_path = write_config(name, &config);
+    let _pgfanout = Pgfanout::start(name, &config, &http);
+    wait_until("pgfanout streams", Duration::from_secs(60), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    // Guests 1..=5, hosts 6..=8: reservation i joins guest i % 5 + 1 and host
+    // i % 3 + 6, so the 15 pairs hold 3 (i % 15 in 1..=10) or 2 reservations.
+    db.client
+        .batch_execute(
+            "INSERT INTO users SELECT i, 'u' || i || '@example.com' FROM generate_series(1, 10) AS i; \
+             INSERT INTO reservations SELECT i, i % 5 + 1, i % 3 + 6 FROM generate_series(1, 40) AS i;",
+        )
+        .await
+        .unwrap();
+    let interactions = "MATCH (:User)-[d:INTERACTED_WITH]->(:User) RETURN count(d), sum(d.count)";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = store.rows(interactions).await;
+        let counts: Vec<String> =
+            rows.first().map(|row| row.iter().map(|cell| cell.text()).collect()).unwrap_or_default();
+        if counts == ["15", "40"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the graph never held every derived relationship: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, output) = run_verify(&config_path, &[]).await;
+    assert_eq!(code, 0, "an equal graph verifies:\n{output}");
+    assert!(!output.contains("not compared"), "derived relationships are compared:\n{output}");
+
+    // Behind pgfanout's back: a derived relationship removed, one added that no
+    // reservation makes, one with a wrong count, one with a wrong list.
+    for query in [
+        "MATCH (:User {id: 1})-[d:INTERACTED_WITH]->(:User {id: 6}) DELETE d",
+        "MATCH (a:User {id: 9}), (b:User {id: 10}) CREATE (a)-[:INTERACTED_WITH {count: 1, reservations: [1]}]->(b)",
+        "MATCH (:User {id: 2})-[d:INTERACTED_WITH]->(:User {id: 7}) SET d.count = 99",
+        "MATCH (:User {id: 3})-[d:INTERACTED_WITH]->(:User {id: 8}) SET d.reservations = [2, 17]",
+    ] {
+        store.rows(query).await;
+    }
+    let (code, output) = run_verify(&config_path, &[]).await;
+    assert_eq!(code, 1, "drift exits 1:\n{output}");
+    let derived = "sink graph: derived INTERACTED_WITH";
+    assert_eq!(
+        key_lines(&output),
+        vec![
+            format!("{derived}, key (User id=1 -> User id=6): missing in the store"),
+            format!("{derived}, key (User id=2 -> User id=7): fields differ: count"),
+            format!("{derived}, key (User id=3 -> User id=8): fields differ: reservations"),
+            format!("{derived}, key (User id=9 -> User id=10): extra in the store (no row makes it)"),
+        ],
+        "{output}"
+    );
+    let (code, output) = run_verify(&config_path, &["--repair"]).await;
+    assert_eq!(code, 0, "repair recomputes every derived relationship:\n{output}");
+    let (code, output) = run_verify(&config_path, &[]).await;
+    assert_eq!(code, 0, "after repair the graph verifies:\n{output}");
+    let rows = store.rows(interactions).await;
+    assert_eq!(
+        rows[0].iter().map(|cell| cell.text()).collect::<Vec<_>>(),
+        ["15", "40"],
+        "the derived relationships are exact again"
+    );
+}
+
 /// An aggregate document's count (the local MongoDB-wire server hands small
 /// Int64 values back as Int32); 0 without a document.
 fn count_of(document: Option<&bson::Document>) -> i64 {

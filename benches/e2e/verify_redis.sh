@@ -7,9 +7,11 @@
 #   benches/e2e/verify_redis.sh                 # N=1000000, release build
 #   N=200000 benches/e2e/verify_redis.sh
 #   PROFILE=debug N=200000 benches/e2e/verify_redis.sh   # try it out without a release build
+#   BASELINE_BIN=/tmp/pgfanout-old benches/e2e/verify_redis.sh  # also time another build, same data
 #
 # Prints:
 #   verify rows=N seconds=T rows_per_second=R exit=0
+#   baseline rows=N seconds=T rows_per_second=R exit=0   (with BASELINE_BIN)
 #   copy rows=N seconds=T verify_ratio=…  (verify time / COPY time)
 set -euo pipefail
 # shellcheck source=benches/e2e/lib.sh
@@ -42,6 +44,14 @@ tail -2 "$WORK/verify.out" >&2
 awk -v n="$N" -v start="$start" -v end="$end" -v code="$code" \
     'BEGIN { printf "verify rows=%d seconds=%.2f rows_per_second=%d exit=%d\n", n, end - start, n / (end - start), code }'
 verify_seconds=$(awk -v start="$start" -v end="$end" 'BEGIN { printf "%.3f", end - start }')
+if [[ -n ${BASELINE_BIN:-} ]]; then
+    start=$(date +%s.%N)
+    code=0
+    "$BASELINE_BIN" --log-format json verify --config "$WORK/pgfanout.toml" >"$WORK/baseline.out" 2>&1 || code=$?
+    end=$(date +%s.%N)
+    awk -v n="$N" -v start="$start" -v end="$end" -v code="$code" \
+        'BEGIN { printf "baseline rows=%d seconds=%.2f rows_per_second=%d exit=%d\n", n, end - start, n / (end - start), code }'
+fi
 bench_stop
 
 start=$(date +%s.%N)

@@ -18,8 +18,12 @@
 //!
 //! Derived data (graph relationships from foreign keys, running aggregates)
 //! is part of [`ReadBack::expected`] and [`ReadBack::fetch`] where the sink
-//! keeps it per row; a sink that keeps data it cannot read back that way
-//! says so in [`ReadBack::unverifiable`].
+//! keeps it per row. Data derived from groups of one table's rows is a
+//! [`Derivation`] of that table ([`ReadBack::derive`]); data derived across
+//! tables (graph `[[derived]]` relationships) one of the sink's
+//! ([`ReadBack::derive_across`]), compared once every table it is derived
+//! from was found equal. A sink that keeps data it cannot read back says so
+//! in [`ReadBack::unverifiable`].
 //!
 //! [`Sink`]: crate::Sink
 //! [`Sink::read_back`]: crate::Sink::read_back
@@ -69,10 +73,14 @@ pub struct DerivedMismatch {
 }
 
 /// Documents a sink derives from groups of a table's rows (MongoDB's
-/// running aggregates), recomputed from PostgreSQL's rows by `verify`.
+/// running aggregates), recomputed from PostgreSQL's rows by `verify`; or
+/// relationships it derives across tables (graph `[[derived]]` rules),
+/// recomputed over the stored rows once those were found equal to
+/// PostgreSQL's ([`ReadBack::derive_across`]).
 #[async_trait]
 pub trait Derivation: Send {
     /// Adds whole rows of the mapped shape (every row of the table, once).
+    /// Not called for a [`ReadBack::derive_across`] derivation.
     fn add(&mut self, rows: &[Row]) -> Result<(), SinkError>;
 
     /// The stored documents against the recomputed ones.
@@ -113,6 +121,16 @@ pub trait ReadBack: Send + Sync {
     /// (`None`: nothing).
     fn derive(&self, table: &Arc<TableSchema>) -> Option<Box<dyn Derivation + '_>> {
         let _ = table;
+        None
+    }
+
+    /// What the sink derives across several of its tables (graph
+    /// `[[derived]]` relationships) that any of `tables` (mapped shapes of
+    /// the tables being verified) feeds, to recompute from the stored rows
+    /// once every table of the sink was found equal to PostgreSQL (so the
+    /// rows it is recomputed from are PostgreSQL's). `None`: nothing.
+    fn derive_across(&self, tables: &[Arc<TableSchema>]) -> Option<Box<dyn Derivation + '_>> {
+        let _ = tables;
         None
     }
 

@@ -326,9 +326,22 @@ impl GraphEncoder {
         Ok(ReadRows { rule, key_names: shape.group.key_names, rows: written })
     }
 
-    /// Whether `[[derived]]` relationships exist (not read back by `verify`).
-    pub(crate) fn has_derived(&self) -> bool {
-        !self.derived.is_empty()
+    /// The `[[derived]]` rules in config order (read back by `verify`).
+    pub(crate) fn derived_rules(&self) -> impl Iterator<Item = &crate::config::DerivedConfig> {
+        self.derived.iter().map(|rule| &rule.config)
+    }
+
+    /// The statements recomputing the relationships of `[[derived]]` rule
+    /// `index` (config order) for the source nodes with internal ids `ids`,
+    /// as the end of a batch does: `verify --repair`.
+    pub(crate) fn recompute_sources(&self, index: usize, ids: Vec<i64>) -> Vec<Statement> {
+        let rule = &self.derived[index];
+        let mark = Statement::new(format!(
+            "UNWIND $ids AS i MATCH (source) WHERE id(source) = i SET source:{}",
+            ident(&rule.dirty_label)
+        ))
+        .with("ids", GraphValue::List(ids.into_iter().map(GraphValue::Int).collect()));
+        vec![mark, self.recompute(rule)]
     }
 
     /// The statements that apply `changes`, in order.

@@ -21,18 +21,31 @@
 //!   of the join's type, paged by internal id; their key properties as
 //!   text (integers and strings give PostgreSQL's text exactly).
 //!
-//! Not compared: `[[derived]]` relationships (counts over rows; `verify`
-//! says so), properties other applications add to nodes.
+//! - `[[derived]]` relationships ([`ReadBack::derive_across`]), once every
+//!   table of the sink verified equal: per rule, one statement recomputes
+//!   the pattern's matches over the stored graph (whose nodes and
+//!   relationships were just found equal to PostgreSQL's rows, so this is
+//!   what PostgreSQL's rows make) and compares each `(source, target)` with
+//!   the stored relationships of the type between them: none (missing),
+//!   more than one, a different count or collected list (compared as sets:
+//!   `collect(DISTINCT …)` has no order); a second statement finds stored
+//!   relationships of the type the pattern does not make (extra). `--repair`
+//!   recomputes the rule for the differing source nodes with the statement
+//!   a batch ends with.
+//!
+//! Not compared: properties other applications add to nodes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pgfanout_core::readback::{key_row, KeyPage, ReadBack, StoredColumns};
-use pgfanout_core::{Row, Sink, SinkError, TableSchema};
+use pgfanout_core::readback::{
+    key_row, Derivation, DerivedDifference, DerivedMismatch, KeyPage, ReadBack, StoredColumns,
+};
+use pgfanout_core::{Row, Sink, SinkError, TableName, TableSchema};
 
-use crate::config::Direction;
+use crate::config::{DerivedConfig, Direction};
 use crate::encode::{ident, ReadRows, ReadRule, Statement, STUB_PROPERTY};
 use crate::error::GraphSinkError;
 use crate::sink::GraphSink;
@@ -332,13 +345,208 @@ impl ReadBack for GraphSink {
             .map_err(|err| err.into_sink_error(Sink::name(self), format!("listing the keys of {}", table.table)))
     }
 
-    fn unverifiable(&self, table: &TableSchema) -> Vec<String> {
-        let _ = table;
-        let mut notes = Vec::new();
-        if self.encoder().has_derived() {
-            notes.push("[[derived]] relationships (counts over rows; rebuild the sink to recompute them)".into());
+    fn derive_across(&self, tables: &[Arc<TableSchema>]) -> Option<Box<dyn Derivation + '_>> {
+        let fed_by = |on: &BTreeMap<String, String>| {
+            tables.iter().any(|table| on.keys().any(|source| TableName::parse(source) == table.table))
+        };
+        let rules: Vec<usize> = self
+            .encoder()
+            .derived_rules()
+            .enumerate()
+            .filter(|(_, rule)| fed_by(&rule.on))
+            .map(|(index, _)| index)
+            .collect();
+        if rules.is_empty() {
+            return None;
         }
-        notes
+        // How reports name a node: its label and key properties.
+        let mut node_keys = Vec::new();
+        for table in tables {
+            if let Ok(ReadRows { rule: ReadRule::Node { label, .. }, key_names, .. }) =
+                self.encoder().read_rows(table, &[])
+            {
+                node_keys.push((label.to_owned(), key_names));
+            }
+        }
+        Some(Box::new(DerivedCheck { sink: self, rules, node_keys, sources: BTreeMap::new() }))
+    }
+}
+
+/// The `[[derived]]` rules a verify compares (see the module docs).
+struct DerivedCheck<'a> {
+    sink: &'a GraphSink,
+    /// Indexes of the rules (config order).
+    rules: Vec<usize>,
+    /// Label → key property names, for naming nodes in reports.
+    node_keys: Vec<(String, Vec<String>)>,
+    /// The internal id of the source node of each reported mismatch, by
+    /// (holder, group): what a repair recomputes.
+    sources: BTreeMap<(String, String), i64>,
+}
+
+/// Marks of a derived comparison's answer (`+` then these, or `-`).
+const MARK_DUPLICATE: &str = "n";
+const MARK_COUNT: &str = "c";
+const MARK_EXTRA: &str = "x";
+
+impl DerivedCheck<'_> {
+    /// A Cypher expression naming node `variable`: `Label key=value, …`
+    /// for the sink's labels, `node <internal id>` otherwise.
+    fn node_name(&self, variable: &str) -> String {
+        let mut cases = String::from("CASE");
+        for (label, key_names) in &self.node_keys {
+            let key = key_names
+                .iter()
+                .map(|name| format!("'{name}=' + coalesce(toString({variable}.{}), '')", ident(name)))
+                .collect::<Vec<_>>()
+                .join(" + ', ' + ");
+            let label_text = label.replace('\\', "\\\\").replace('\'', "\\'");
+            let _ = write!(cases, " WHEN '{label_text}' IN labels({variable}) THEN '{label_text} ' + {key}");
+        }
+        let _ = write!(cases, " ELSE 'node ' + toString(id({variable})) END");
+        cases
+    }
+
+    /// The statements comparing rule `index`: (recomputed against stored,
+    /// stored the pattern does not make). Each answers lines
+    /// `<source id>|<source>|<target>|<answer>`.
+    fn compare_statements(&self, rule: &DerivedConfig) -> (Statement, Statement) {
+        let rel = ident(&rule.rel_type);
+        let names = format!(
+            "toString(id(source)) + '|' + {} + '|' + {} + '|'",
+            self.node_name("source"),
+            self.node_name("target")
+        );
+        let mut recomputed = format!(
+            "MATCH {pattern} WITH source, target, count(DISTINCT {count}) AS expected_count",
+            pattern = rule.pattern,
+            count = rule.count
+        );
+        let mut carried = String::from("expected_count");
+        let mut list_checks = String::new();
+        for (position, (property, expression)) in rule.collect.iter().enumerate() {
+            let _ = write!(recomputed, ", collect(DISTINCT {expression}) AS expected_{position}");
+            let _ = write!(carried, ", expected_{position}");
+            let property = ident(property);
+            let _ = write!(
+                list_checks,
+                " + CASE WHEN coalesce(size(d.{property}) = size(expected_{position}) AND \
+                 all(x IN expected_{position} WHERE x IN d.{property}), false) THEN '' ELSE 'l{position},' END"
+            );
+        }
+        let _ = write!(
+            recomputed,
+            " OPTIONAL MATCH (source)-[stored:{rel}]->(target) \
+             WITH source, target, {carried}, collect(stored) AS all_stored \
+             WITH source, target, {carried}, size(all_stored) AS stored_count, head(all_stored) AS d \
+             WITH source, target, CASE WHEN stored_count = 0 THEN '-' ELSE '+' \
+             + CASE WHEN stored_count > 1 THEN '{MARK_DUPLICATE},' ELSE '' END \
+             + CASE WHEN coalesce(d.{count_property} = expected_count, false) THEN '' ELSE '{MARK_COUNT},' END\
+             {list_checks} END AS answer \
+             WHERE answer <> '+' RETURN {names} + answer",
+            count_property = ident(&rule.count_property),
+        );
+        let extra = format!(
+            "MATCH (source)-[:{rel}]->(target) WITH DISTINCT source, target \
+             OPTIONAL MATCH {pattern} WITH source, target, count({count}) AS matches WHERE matches = 0 \
+             RETURN {names} + '{MARK_EXTRA}'",
+            pattern = rule.pattern,
+            count = rule.count,
+        );
+        (Statement { cypher: recomputed, params: Vec::new() }, Statement { cypher: extra, params: Vec::new() })
+    }
+
+    async fn compare_rule(&mut self, rule: &DerivedConfig) -> Result<Vec<DerivedMismatch>, GraphSinkError> {
+        let holder = format!("derived {}", rule.rel_type);
+        let (recomputed, extra) = self.compare_statements(rule);
+        let mut lines = self.sink.query_column(&recomputed).await?;
+        lines.extend(self.sink.query_column(&extra).await?);
+        let mut mismatches = Vec::new();
+        for line in lines.into_iter().flatten() {
+            let mut parts = line.splitn(4, '|');
+            let (Some(id), Some(source), Some(target), Some(answer)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(id) = id.parse::<i64>() else { continue };
+            let difference = match answer {
+                "-" => DerivedDifference::Missing,
+                MARK_EXTRA => DerivedDifference::Extra,
+                marks => DerivedDifference::Fields(
+                    marks
+                        .trim_start_matches('+')
+                        .split(',')
+                        .filter_map(|mark| match mark {
+                            MARK_DUPLICATE => Some("(stored more than once)".to_owned()),
+                            MARK_COUNT => Some(rule.count_property.clone()),
+                            list => list
+                                .strip_prefix('l')
+                                .and_then(|position| position.parse::<usize>().ok())
+                                .and_then(|position| rule.collect.keys().nth(position).cloned()),
+                        })
+                        .collect(),
+                ),
+            };
+            let group = format!("{source} -> {target}");
+            self.sources.insert((holder.clone(), group.clone()), id);
+            mismatches.push(DerivedMismatch { holder: holder.clone(), group, difference });
+        }
+        mismatches.sort_by(|a, b| a.group.cmp(&b.group));
+        Ok(mismatches)
+    }
+}
+
+#[async_trait]
+impl Derivation for DerivedCheck<'_> {
+    fn add(&mut self, rows: &[Row]) -> Result<(), SinkError> {
+        // Recomputed in the store, over the verified rows.
+        let _ = rows;
+        Ok(())
+    }
+
+    async fn compare(&mut self) -> Result<Vec<DerivedMismatch>, SinkError> {
+        let sink = self.sink;
+        let rules: Vec<DerivedConfig> =
+            self.rules.iter().filter_map(|&index| sink.encoder().derived_rules().nth(index).cloned()).collect();
+        self.sources.clear();
+        let mut mismatches = Vec::new();
+        for rule in rules {
+            let found = self.compare_rule(&rule).await.map_err(|err| {
+                err.into_sink_error(Sink::name(sink), format!("comparing derived relationships {}", rule.rel_type))
+            })?;
+            mismatches.extend(found);
+        }
+        Ok(mismatches)
+    }
+
+    async fn repair(
+        &mut self,
+        mismatches: &[DerivedMismatch],
+        version: pgfanout_core::Version,
+    ) -> Result<(), SinkError> {
+        // Derived relationships carry no version: they are recomputed from
+        // the graph as it is, which the stream's later batches do again.
+        let _ = version;
+        let sink = self.sink;
+        for (index, rule) in sink.encoder().derived_rules().enumerate() {
+            let holder = format!("derived {}", rule.rel_type);
+            let ids: Vec<i64> = mismatches
+                .iter()
+                .filter(|mismatch| mismatch.holder == holder)
+                .filter_map(|mismatch| self.sources.get(&(holder.clone(), mismatch.group.clone())).copied())
+                .collect::<std::collections::BTreeSet<i64>>()
+                .into_iter()
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let statements = sink.encoder().recompute_sources(index, ids);
+            sink.run_statements(&statements).await.map_err(|err| {
+                err.into_sink_error(Sink::name(sink), format!("recomputing derived relationships {}", rule.rel_type))
+            })?;
+        }
+        Ok(())
     }
 }
 

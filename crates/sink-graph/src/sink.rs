@@ -131,6 +131,12 @@ impl GraphSink {
         &self.encoder
     }
 
+    /// Runs `statements` in one transaction of the store (`verify --repair`
+    /// of derived relationships, which have no row to apply).
+    pub(crate) async fn run_statements(&self, statements: &[Statement]) -> Result<(), GraphSinkError> {
+        self.backend.run_all(statements).await
+    }
+
     /// Runs a read statement returning one column, its values as text.
     pub(crate) async fn query_column(&self, statement: &Statement) -> Result<Vec<Option<String>>, GraphSinkError> {
         self.backend.first_column(statement).await
