@@ -520,24 +520,8 @@ impl ReplicationConnection {
         let mut result = QueryResult::default();
         loop {
             match self.next_message().await? {
-                backend::Message::RowDescription(body) => {
-                    result.columns = body
-                        .fields()
-                        .map(|f| Ok(f.name().to_owned()))
-                        .collect()
-                        .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
-                }
-                backend::Message::DataRow(body) => {
-                    let buffer = body.buffer();
-                    let row = body
-                        .ranges()
-                        .map(|range| {
-                            Ok(range.and_then(|r| buffer.get(r)).map(|v| String::from_utf8_lossy(v).into_owned()))
-                        })
-                        .collect()
-                        .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
-                    result.rows.push(row);
-                }
+                backend::Message::RowDescription(body) => result.columns = column_names(&body)?,
+                backend::Message::DataRow(body) => result.rows.push(row_texts(&body)?),
                 backend::Message::ReadyForQuery(_) => return Ok(result),
                 _ => {}
             }
@@ -557,12 +541,8 @@ impl ReplicationConnection {
         loop {
             match self.next_message().await? {
                 backend::Message::RowDescription(body) => {
-                    let columns = body
-                        .fields()
-                        .map(|f| Ok(f.name().to_owned()))
-                        .collect()
-                        .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
-                    results.push(StatementOutput::Rows(QueryResult { columns, rows: Vec::new() }));
+                    results
+                        .push(StatementOutput::Rows(QueryResult { columns: column_names(&body)?, rows: Vec::new() }));
                 }
                 backend::Message::CopyOutResponse(_) => results.push(StatementOutput::CopyOut(Vec::new())),
                 backend::Message::CopyData(body) => match results.last_mut() {
@@ -573,15 +553,7 @@ impl ReplicationConnection {
                     let Some(StatementOutput::Rows(result)) = results.last_mut() else {
                         return Err(ReplicationError::Protocol("a data row before its row description".into()));
                     };
-                    let buffer = body.buffer();
-                    let row = body
-                        .ranges()
-                        .map(|range| {
-                            Ok(range.and_then(|r| buffer.get(r)).map(|v| String::from_utf8_lossy(v).into_owned()))
-                        })
-                        .collect()
-                        .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
-                    result.rows.push(row);
+                    result.rows.push(row_texts(&body)?);
                 }
                 backend::Message::ReadyForQuery(_) => return Ok(results),
                 _ => {}
@@ -848,6 +820,20 @@ fn parse_server_version(text: &str) -> u32 {
     } else {
         major * 10_000 + second * 100 + parts.next().unwrap_or(0)
     }
+}
+
+/// The column names of a query's row description.
+fn column_names(body: &backend::RowDescriptionBody) -> Result<Vec<String>> {
+    body.fields().map(|f| Ok(f.name().to_owned())).collect().map_err(|e| ReplicationError::Protocol(e.to_string()))
+}
+
+/// A data row's values as text (`None` for NULL).
+fn row_texts(body: &backend::DataRowBody) -> Result<Vec<Option<String>>> {
+    let buffer = body.buffer();
+    body.ranges()
+        .map(|range| Ok(range.and_then(|r| buffer.get(r)).map(|v| String::from_utf8_lossy(v).into_owned())))
+        .collect()
+        .map_err(|e| ReplicationError::Protocol(e.to_string()))
 }
 
 #[cfg(test)]
