@@ -383,6 +383,36 @@ source = "public.favorites"
 relationship = { type = "FAVORITE", from = { column = "user_id", label = "User" }, to = { column = "reservation_id", label = "Reservation" } }
 "#;
 
+/// A database with `schema`, a graph store on `backend`, and pgfanout
+/// streaming the `tables` into it as sink "graph".
+struct GraphScenario {
+    db: TestDatabase,
+    store: common::graph::GraphStore,
+    config_path: PathBuf,
+    _pgfanout: Pgfanout,
+}
+
+impl GraphScenario {
+    async fn start(backend: common::graph::Backend, name: &str, schema: &str, tables: &str) -> GraphScenario {
+        let db = create_database(name).await;
+        db.client.batch_execute(schema).await.unwrap();
+        let store = common::graph::GraphStore::open(backend, name).await;
+        let http = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "{header}\n[[sink]]\nname = \"graph\"\nkind = \"graph\"\n{store}\n{tables}",
+            header = source_config(&db, name, &http),
+            store = store.sink_lines(),
+        );
+        let config_path = write_config(name, &config);
+        let pgfanout = Pgfanout::start(name, &config, &http);
+        wait_until("pgfanout streams", Duration::from_secs(60), || async {
+            http_get(&http, "/readyz").await.is_some()
+        })
+        .await;
+        GraphScenario { db, store, config_path, _pgfanout: pgfanout }
+    }
+}
+
 #[tokio::test]
 async fn falkordb_drift_in_nodes_and_relationships_is_reported_and_repaired() {
     graph_drift_is_reported_and_repaired(common::graph::Backend::FalkorDb, "verify_falkor").await;
@@ -394,19 +424,8 @@ async fn neo4j_drift_in_nodes_and_relationships_is_reported_and_repaired() {
 }
 
 async fn graph_drift_is_reported_and_repaired(backend: common::graph::Backend, name: &str) {
-    let db = create_database(name).await;
-    db.client.batch_execute(GRAPH_SCHEMA).await.unwrap();
-    let mut store = common::graph::GraphStore::open(backend, name).await;
-    let http = format!("127.0.0.1:{}", free_port());
-    let config = format!(
-        "{header}\n[[sink]]\nname = \"graph\"\nkind = \"graph\"\n{store}\n{GRAPH_TABLES}",
-        header = source_config(&db, name, &http),
-        store = store.sink_lines(),
-    );
-    let config_path = write_config(name, &config);
-    let _pgfanout = Pgfanout::start(name, &config, &http);
-    wait_until("pgfanout streams", Duration::from_secs(60), || async { http_get(&http, "/readyz").await.is_some() })
-        .await;
+    let GraphScenario { db, mut store, config_path, _pgfanout } =
+        GraphScenario::start(backend, name, GRAPH_SCHEMA, GRAPH_TABLES).await;
     db.client
         .batch_execute(
             "INSERT INTO users SELECT i, 'u' || i || '@example.com' FROM generate_series(1, 20) AS i; \
@@ -518,19 +537,8 @@ async fn neo4j_derived_relationship_drift_is_reported_and_repaired() {
 }
 
 async fn derived_drift_is_reported_and_repaired(backend: common::graph::Backend, name: &str) {
-    let db = create_database(name).await;
-    db.client.batch_execute(DERIVED_SCHEMA).await.unwrap();
-    let mut store = common::graph::GraphStore::open(backend, name).await;
-    let http = format!("127.0.0.1:{}", free_port());
-    let config = format!(
-        "{header}\n[[sink]]\nname = \"graph\"\nkind = \"graph\"\n{store}\n{DERIVED_TABLES}",
-        header = source_config(&db, name, &http),
-        store = store.sink_lines(),
-    );
-    let config_path = write_config(name, &config);
-    let _pgfanout = Pgfanout::start(name, &config, &http);
-    wait_until("pgfanout streams", Duration::from_secs(60), || async { http_get(&http, "/readyz").await.is_some() })
-        .await;
+    let GraphScenario { db, mut store, config_path, _pgfanout } =
+        GraphScenario::start(backend, name, DERIVED_SCHEMA, DERIVED_TABLES).await;
     // Guests 1..=5, hosts 6..=8: reservation i joins guest i % 5 + 1 and host
     // i % 3 + 6, so the 15 pairs hold 3 (i % 15 in 1..=10) or 2 reservations.
     db.client
