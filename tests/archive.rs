@@ -397,16 +397,33 @@ async fn retention_removes_old_segments_moves_the_oldest_lsn_and_replay_before_i
     // About 5 MB of rows; retention runs between appends, so writes go on until it has.
     write_kilobyte_rows(&db, 1, 5000).await;
     let mut next = 5001;
-    let start_after_size = loop {
+    loop {
         let oldest = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
         let bytes = pgfanout.metric("pgfanout_archive_bytes").await.unwrap();
         if oldest > first_start && bytes <= 3.5 * 1024.0 * 1024.0 {
-            break oldest;
+            break;
         }
         assert!(next < 30_000, "retention did not act: oldest {oldest}, {bytes} bytes\n{}", pgfanout.log_text());
         write_kilobyte_rows(&db, next, 100).await;
         next += 100;
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Retention may just have left only the segment being written (a sealed
+    // one plus it went over 2 MB): write on until a sealed segment sits
+    // beside it, then take the start once the archive stands still.
+    let start_after_size = loop {
+        let held = segments(archive.path());
+        let oldest = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+        if held.len() < 2 {
+            assert!(next < 40_000, "no sealed segment beside the written one: {held:?}");
+            write_kilobyte_rows(&db, next, 100).await;
+            next += 100;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let still = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+        if held.len() >= 2 && segments(archive.path()) == held && still == oldest {
+            break oldest;
+        }
     };
     let held = segments(archive.path());
     assert!(!held.iter().any(|path| path.ends_with("0000000000.seg")), "the first segment went: {held:?}");
