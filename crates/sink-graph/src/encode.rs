@@ -1186,9 +1186,8 @@ pub fn lookup_value(value: &GraphValue) -> GraphValue {
 mod tests {
     use std::sync::Arc;
 
-    use bytes::Bytes;
-    use pgfanout_core::{ColumnSchema, Lsn, Transaction};
-    use pgoutput::{Oid, PgTimestamp, ReplicaIdentity, Xid};
+    use pgfanout_core::{Lsn, Transaction};
+    use pgoutput::{Oid, PgTimestamp, Xid};
 
     use super::*;
 
@@ -1217,35 +1216,12 @@ on = { "public.reservations" = "r" }
         GraphEncoder::new(&config)
     }
 
+    /// `public.<name>`: int8 columns but `note` (text), the first the key.
     fn table(name: &str, columns: &[&str]) -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            oid: Oid(1),
-            table: TableName::new("public", name),
-            replica_identity: ReplicaIdentity::Default,
-            // int8 for every column but `note` (text); the first is the key.
-            columns: columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| ColumnSchema {
-                    name: (*c).into(),
-                    type_oid: Oid(if *c == "note" { 25 } else { 20 }),
-                    is_key: i == 0,
-                })
-                .collect(),
-            types: Default::default(),
-        })
+        crate::test_support::table(name, columns, "note")
     }
 
-    fn row(values: &[Option<&str>]) -> Row {
-        values
-            .iter()
-            .map(|v| match v {
-                Some("<toast>") => ColumnValue::UnchangedToast,
-                Some(text) => ColumnValue::Text(Bytes::copy_from_slice(text.as_bytes())),
-                None => ColumnValue::Null,
-            })
-            .collect()
-    }
+    use crate::test_support::row;
 
     fn transaction(lsn: u64, changes: Vec<(Arc<TableSchema>, ChangeOp)>) -> Transaction {
         Transaction {

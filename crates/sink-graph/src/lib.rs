@@ -26,6 +26,8 @@ pub mod error;
 pub mod falkordb;
 pub mod readback;
 pub mod sink;
+#[cfg(test)]
+mod test_support;
 pub mod value;
 pub mod wipe;
 

@@ -552,9 +552,6 @@ impl Derivation for DerivedCheck<'_> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-    use pgfanout_core::{ColumnSchema, ColumnValue, TableName};
-    use pgoutput::{Oid, ReplicaIdentity};
 
     use super::*;
     use crate::config::GraphSinkConfig;
@@ -578,32 +575,10 @@ relationships = [{{ column = "guest_id", type = "BOOKED_BY", to = "User" }}]
     }
 
     fn reservations() -> Arc<TableSchema> {
-        Arc::new(TableSchema {
-            oid: Oid(1),
-            table: TableName::new("public", "reservations"),
-            replica_identity: ReplicaIdentity::Default,
-            columns: ["id", "guest_id", "status"]
-                .iter()
-                .enumerate()
-                .map(|(i, name)| ColumnSchema {
-                    name: (*name).into(),
-                    type_oid: Oid(if *name == "status" { 25 } else { 20 }),
-                    is_key: i == 0,
-                })
-                .collect(),
-            types: Default::default(),
-        })
+        crate::test_support::table("reservations", &["id", "guest_id", "status"], "status")
     }
 
-    fn row(values: &[Option<&str>]) -> Row {
-        values
-            .iter()
-            .map(|value| match value {
-                Some(text) => ColumnValue::Text(Bytes::copy_from_slice(text.as_bytes())),
-                None => ColumnValue::Null,
-            })
-            .collect()
-    }
+    use crate::test_support::row;
 
     #[test]
     fn expected_rows_name_properties_and_the_foreign_key_target() {
