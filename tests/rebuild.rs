@@ -90,6 +90,22 @@ async fn wait_equal(
     }
 }
 
+/// Writes `item:foreign`, another application's key under the table's
+/// prefix (no version field), which a wipe must leave, and `item:999999`, a
+/// stale row with pgfanout's version field, which a wipe must remove.
+async fn plant_foreign_and_stale_keys(cache: &mut redis::aio::MultiplexedConnection) {
+    redis::cmd("HSET").arg("item:foreign").arg("owner").arg("billing").query_async::<()>(cache).await.unwrap();
+    redis::cmd("HSET")
+        .arg("item:999999")
+        .arg("qty")
+        .arg("1")
+        .arg(REDIS_VERSION_FIELD)
+        .arg("0000000000000001.00000000")
+        .query_async::<()>(cache)
+        .await
+        .unwrap();
+}
+
 /// `pgfanout rebuild` with `args`, to completion: (exit code, stdout, stderr).
 async fn rebuild_cli(config: &str, args: &[&str]) -> (i32, String, String) {
     let dir = std::env::temp_dir().join(format!("pgfanout-tests-{}", std::process::id()));
@@ -127,18 +143,7 @@ async fn rebuild_with_wipe_of_one_redis_sink_while_writes_go_on_ends_equal_and_t
     .await;
     wait_equal(&db, &mut cache, &[], &pgfanout).await;
 
-    // Another application's key under the table's prefix (no version field)
-    // must survive the wipe; a stale row pgfanout wrote (drift) must not.
-    redis::cmd("HSET").arg("item:foreign").arg("owner").arg("billing").query_async::<()>(&mut cache).await.unwrap();
-    redis::cmd("HSET")
-        .arg("item:999999")
-        .arg("qty")
-        .arg("1")
-        .arg(REDIS_VERSION_FIELD)
-        .arg("0000000000000001.00000000")
-        .query_async::<()>(&mut cache)
-        .await
-        .unwrap();
+    plant_foreign_and_stale_keys(&mut cache).await;
 
     let (stop, writes) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let writer = spawn_writer(db.url.clone(), ROWS, stop.clone(), writes.clone());
@@ -429,16 +434,7 @@ async fn rebuild_without_a_running_pgfanout_wipes_and_the_next_run_copies_the_ta
     first.signal("TERM");
     assert_eq!(first.wait_exit(Duration::from_secs(30)).await, Some(0), "{}", first.log_text());
 
-    redis::cmd("HSET").arg("item:foreign").arg("owner").arg("billing").query_async::<()>(&mut cache).await.unwrap();
-    redis::cmd("HSET")
-        .arg("item:999999")
-        .arg("qty")
-        .arg("1")
-        .arg(REDIS_VERSION_FIELD)
-        .arg("0000000000000001.00000000")
-        .query_async::<()>(&mut cache)
-        .await
-        .unwrap();
+    plant_foreign_and_stale_keys(&mut cache).await;
     db.client.batch_execute("DELETE FROM item WHERE id <= 100; UPDATE item SET qty = 0 WHERE id > 1900").await.unwrap();
     let (code, stdout, stderr) = rebuild_cli(&settings, &["--sink", "cache", "--wipe"]).await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
