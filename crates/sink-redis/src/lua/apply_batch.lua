@@ -36,6 +36,13 @@
 -- store already held the row at the same or a newer version (a replay).
 
 local version_field = ARGV[1]
+
+-- Over maxmemory, Redis refuses a script's first write only when that
+-- command may grow memory: a DEL passes, and then every write after it. A
+-- SETRANGE of nothing (changes nothing, but counts as such a write) first
+-- makes a full server refuse the whole call before anything is written,
+-- so the sink blocks on a full store instead of writing past its limit.
+redis.call('SETRANGE', KEYS[1], 0, '')
 local written, skipped = 0, 0
 
 -- The key whose index into KEYS is ARGV[i], or nil for index 0.
