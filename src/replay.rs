@@ -141,6 +141,24 @@ impl Target {
             status: None,
         }
     }
+
+    /// Counts applied changes on `counter` and reports each batch as progress on `status`.
+    fn counted(mut self, counter: prometheus::IntCounter, status: SinkStatus) -> Self {
+        self.counter = Some(counter);
+        self.status = Some(status);
+        self
+    }
+}
+
+impl Drop for Target {
+    /// A replay cut short (failed, shut down) stops writing at once: the
+    /// worker it paused resumes as it ends, and must not race a batch still
+    /// being applied.
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.abort();
+        }
+    }
 }
 
 /// `pgfanout replay`.

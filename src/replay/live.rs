@@ -269,11 +269,8 @@ impl ReplayControl {
             from,
             bound_to: to.unwrap_or(Lsn(u64::MAX)),
             tables,
-            target: Target {
-                counter: Some(metrics.replay_changes_total.with_label_values(&[&request.sink])),
-                status: Some(target.status.clone()),
-                ..Target::new(target.sink.clone(), target.tables.clone(), target.lanes)
-            },
+            target: Target::new(target.sink.clone(), target.tables.clone(), target.lanes)
+                .counted(metrics.replay_changes_total.with_label_values(&[&request.sink]), target.status.clone()),
             pause: target.pause.clone(),
             archive: archive.clone(),
             archive_acked: archive_acked.clone(),
@@ -361,10 +358,12 @@ impl LiveReplay {
         let mut reader = open_at(&self.archive, self.from)?;
         let tables = std::mem::take(&mut self.tables);
         let wanted = |table: &TableName| tables.is_empty() || tables.contains(table);
-        let progress = apply_pieces(&mut reader, &mut self.target, Bound { to: self.bound_to, held }, &wanted).await?;
+        // Declared after `paused`, so dropped (its batch in flight aborted) before the worker resumes.
+        let mut target = self.target;
+        let progress = apply_pieces(&mut reader, &mut target, Bound { to: self.bound_to, held }, &wanted).await?;
         drop(paused);
         drop(gauge);
-        let applied = self.target.applied;
+        let applied = target.applied;
         self.control.update(self.id, |status| {
             status.state = "done".into();
             status.changes = applied;
@@ -408,7 +407,7 @@ impl LiveReplay {
                      {archived_to}); is the archive's worker blocked? see /readyz"
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
