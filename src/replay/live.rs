@@ -274,6 +274,7 @@ impl ReplayControl {
             pause: target.pause.clone(),
             archive: archive.clone(),
             archive_acked: archive_acked.clone(),
+            queues: live.sinks.iter().map(|sink| sink.sink.name().to_owned()).collect(),
             metrics: live.metrics.clone(),
             control: self.clone(),
         };
@@ -316,6 +317,8 @@ struct LiveReplay {
     pause: PauseHandle,
     archive: PathBuf,
     archive_acked: watch::Receiver<Lsn>,
+    /// Every sink's name: their queues must be empty for the archive to count as idle.
+    queues: Vec<String>,
     metrics: Metrics,
     control: ReplayControl,
 }
@@ -375,13 +378,22 @@ impl LiveReplay {
     }
 
     /// Waits until the archive holds every transaction up to `held`: its
-    /// newest whole transaction ends at or after it, or its worker sits idle
-    /// with nothing queued (then `held` is a snapshot watermark, which only
-    /// that sink received). The dispatcher queues every transaction for the
-    /// sinks before the archive, so the archive may still be behind.
+    /// newest whole transaction ends at or after it, or the whole pipeline
+    /// sits idle, every queue (the archive's too) empty and the archive's
+    /// acknowledgement unchanged for [`ARCHIVE_IDLE`]: then `held` is a
+    /// snapshot watermark, which only that sink received. The dispatcher
+    /// hands each transaction to the sinks before the archive, so the archive
+    /// may still be behind; while it waits on any full queue, that queue is
+    /// not empty.
     async fn wait_for_archive(&self, held: Lsn) -> anyhow::Result<()> {
         let deadline = Instant::now() + ARCHIVE_WAIT;
-        let depth = self.metrics.sink_queue_depth.with_label_values(&[pgfanout_archive::ARCHIVE_SINK_NAME]);
+        let depths: Vec<prometheus::IntGauge> = self
+            .queues
+            .iter()
+            .map(String::as_str)
+            .chain([pgfanout_archive::ARCHIVE_SINK_NAME])
+            .map(|sink| self.metrics.sink_queue_depth.with_label_values(&[sink]))
+            .collect();
         let mut idle_since: Option<(Instant, Lsn)> = None;
         loop {
             let reader = pgfanout_archive::ArchiveReader::open(&self.archive, Arc::default())?;
@@ -390,15 +402,16 @@ impl LiveReplay {
                 return Ok(());
             }
             let acked = *self.archive_acked.borrow();
+            let idle = depths.iter().all(|depth| depth.get() == 0);
             idle_since = match idle_since {
-                Some((since, at)) if depth.get() == 0 && at == acked => {
+                Some((since, at)) if idle && at == acked => {
                     if since.elapsed() >= ARCHIVE_IDLE {
                         tracing::info!(checkpoint = %held, archived_to = %archived_to, "the sink's checkpoint lies past the archive's end (a snapshot watermark)");
                         return Ok(());
                     }
                     Some((since, at))
                 }
-                _ if depth.get() == 0 => Some((Instant::now(), acked)),
+                _ if idle => Some((Instant::now(), acked)),
                 _ => None,
             };
             if Instant::now() > deadline {
@@ -436,5 +449,30 @@ pub mod endpoint {
     pub async fn list(State(state): State<HttpState>) -> impl IntoResponse {
         let body = serde_json::to_string(&state.replay.statuses(&state.metrics)).unwrap_or_default();
         (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(body: &str) -> ReplayRefused {
+        ReplayControl::default().trigger(body, &Metrics::new().unwrap()).unwrap_err()
+    }
+
+    #[test]
+    fn requests_are_checked_before_anything_runs() {
+        let bad = refusal(r#"{"sink": "a", "from": "yesterday"}"#);
+        assert_eq!(bad.status(), 400);
+        assert_eq!(bad.to_string(), r#""yesterday" is not an LSN like 0/16B3748"#);
+        let reversed = refusal(r#"{"sink": "a", "from": "0/200", "to": "0/100"}"#);
+        assert_eq!(reversed.status(), 400);
+        assert!(reversed.to_string().starts_with("--to 0/100 is before --from 0/200"), "{reversed}");
+        let unknown_field = refusal(r#"{"sink": "a", "from": "0/200", "wipe": true}"#);
+        assert!(unknown_field.to_string().contains("unknown field `wipe`"), "{unknown_field}");
+        let not_yet = refusal(r#"{"sink": "a", "from": "0/200"}"#);
+        assert_eq!(not_yet.status(), 503, "{not_yet}");
+        assert_eq!(ReplayRefused::Busy(String::new()).status(), 409);
+        assert_eq!(ReplayRefused::UnknownSink { sink: "x".into(), known: String::new() }.status(), 404);
     }
 }
