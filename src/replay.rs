@@ -49,10 +49,16 @@
 //! crash meanwhile re-sends it. A replay cut short (crash, shutdown) leaves
 //! older versions written: run it again.
 //!
+//! A worker that has applied nothing yet and found no checkpoint in its
+//! store (`C` = 0) holds nothing the stream sent: the replay then goes to the
+//! archive's end, and the worker applies everything after 0 again anyway.
+//!
 //! `--to` before `C` replays only that range: in stores that keep no trace
 //! of deletes, rows deleted after `--to` come back (the replay warns).
-//! Standalone (no pgfanout running) the sinks' stored checkpoints stand
-//! still, so the same bound makes it exact too.
+//! Standalone (no pgfanout running) the replay goes to `--to` or the
+//! archive's end: the next `pgfanout run` applies everything after each
+//! sink's stored checkpoint again, in order, after the replayed writes, so
+//! the result is exact too.
 
 mod live;
 
@@ -281,8 +287,8 @@ async fn follow(address: SocketAddr, id: u64) -> anyhow::Result<ReplayStatus> {
     }
 }
 
-/// No pgfanout answers: applies straight into the stores, up to each sink's
-/// stored checkpoint, if no other process streams from the slot.
+/// No pgfanout answers: applies straight into the stores, if no other
+/// process streams from the slot.
 async fn standalone(
     config: &Config,
     args: &ReplayArgs,
@@ -324,7 +330,8 @@ async fn standalone(
         }
         let tables = tables.into_iter().map(|(table, mapping)| (table, Arc::new(mapping))).collect();
         let mut target = Target::new(sink, tables, sink_config.delivery().lanes);
-        let bound = Bound { to: args.to.unwrap_or(Lsn(u64::MAX)), held: checkpoint };
+        // The next `run` applies everything after `checkpoint` again: no need to stop there.
+        let bound = Bound { to: args.to.unwrap_or(Lsn(u64::MAX)), held: Lsn(u64::MAX) };
         let started = Instant::now();
         let progress = apply_pieces(&mut reader, &mut target, bound, wanted).await?;
         println!(
@@ -333,7 +340,7 @@ async fn standalone(
                 "sink": target.sink.name(),
                 "changes": target.applied,
                 "transactions": progress.transactions,
-                "paused_at": checkpoint.to_string(),
+                "checkpoint": checkpoint.to_string(),
                 "last_commit_lsn": progress.last_commit.map(|lsn| lsn.to_string()),
                 "seconds": started.elapsed().as_secs_f64(),
             })

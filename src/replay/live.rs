@@ -363,6 +363,8 @@ impl LiveReplay {
         let wanted = |table: &TableName| tables.is_empty() || tables.contains(table);
         // Declared after `paused`, so dropped (its batch in flight aborted) before the worker resumes.
         let mut target = self.target;
+        // Nothing applied nor stored: the store holds nothing the stream sent (see the parent module).
+        let held = if held == Lsn::ZERO { Lsn(u64::MAX) } else { held };
         let progress = apply_pieces(&mut reader, &mut target, Bound { to: self.bound_to, held }, &wanted).await?;
         drop(paused);
         drop(gauge);
