@@ -2,7 +2,8 @@
 //! no trace of deletes (Redis without `tombstone_secs`): the sink is paused
 //! at a transaction boundary, the archive replayed into it up to what it
 //! holds, then it rejoins the live stream, so a row the stream deletes
-//! during the replay never comes back; the other sink streams throughout.
+//! during the replay never comes back; the other sink streams throughout
+//! (until the paused sink's queue is full: then the stream waits for all).
 
 mod common;
 
@@ -231,4 +232,67 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     assert!(ok, "standalone replay failed: {stderr}");
     assert!(stderr.contains("replaying standalone"), "{stderr}");
     assert_eq!(raw_hashes(&mut redis, "rplive:").await, before, "the standalone replay differs");
+}
+
+/// With a queue of 8 transactions, a paused sink's queue fills and the
+/// stream then waits for every sink (the other sink stands still too) until
+/// the replay ends; nothing is lost, and the replay does not wait forever on
+/// the archive behind the blocked dispatcher.
+#[tokio::test]
+async fn a_full_queue_of_the_paused_sink_holds_the_stream_until_the_replay_ends() {
+    let db = create_database("replay_full").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
+    let mut redis = redis_connection(&redis_url).await;
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = config(&db, &redis_url, &http, archive.path())
+        .replace("rplive:", "rfull:")
+        .replace("rpother:", "rfullother:")
+        .replace("name = \"live\"", "name = \"full\"")
+        .replace("name = \"other\"", "name = \"fullother\"")
+        .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
+    for prefix in ["rfull:", "rfullother:", "pgfanout:checkpoint:full", "pgfanout:checkpoint:fullother"] {
+        delete_keys(&mut redis, prefix).await;
+    }
+    let pgfanout =
+        Pgfanout::start_with_env("replay_full", &config, &http, &[("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "3000")]);
+    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    db.client.batch_execute("INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 500) g").await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rfull:", &pgfanout).await;
+    let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+    delete_keys(&mut redis, "rfull:").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let path = std::env::temp_dir()
+        .join(format!("pgfanout-tests-{}", std::process::id()))
+        .join("replay_full.toml")
+        .display()
+        .to_string();
+    let replay = tokio::spawn(run_pgfanout(
+        ["replay", "--config", &path, "--from", &lsn_text(from), "--sink", "full"].map(str::to_owned).to_vec(),
+    ));
+    wait_until("the paused sink's queue fills", Duration::from_secs(30), || async {
+        sink_metric(&pgfanout, "pgfanout_sink_queue_depth", "full").await >= 8.0
+    })
+    .await;
+    // The other sink finishes what it holds, then gets nothing more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let other_before = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other_after = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await;
+    assert_eq!(sink_metric(&pgfanout, "pgfanout_sink_paused", "full").await, 1.0, "the replay ended too soon");
+    assert_eq!(other_before, other_after, "the stream went on although the paused sink's queue was full");
+
+    let (ok, _, stderr) = tokio::time::timeout(Duration::from_secs(60), replay).await.unwrap().unwrap();
+    assert!(ok, "replay failed: {stderr}\n{}", pgfanout.log_text());
+    wait_until("the other sink moves again", Duration::from_secs(30), || async {
+        sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await > other_after
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rfull:", &pgfanout).await;
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rfullother:", &pgfanout).await;
 }
