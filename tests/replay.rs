@@ -296,3 +296,86 @@ async fn a_full_queue_of_the_paused_sink_holds_the_stream_until_the_replay_ends(
     wait_for_redis_match(&db, "items", "id", &mut redis, "rfull:", &pgfanout).await;
     wait_for_redis_match(&db, "items", "id", &mut redis, "rfullother:", &pgfanout).await;
 }
+
+/// `id:v` of every row, sorted.
+async fn expected_items(db: &TestDatabase) -> Vec<String> {
+    let rows = db.client.query("SELECT id::text || ':' || v::text FROM items", &[]).await.unwrap();
+    let mut items: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    items.sort();
+    items
+}
+
+/// `id:v` of every `Item` node, sorted.
+async fn graph_items(store: &mut common::graph::GraphStore) -> Vec<String> {
+    let rows = store.rows("MATCH (n:Item) RETURN n.id, n.v").await;
+    let mut items: Vec<String> = rows.iter().map(|row| format!("{}:{}", row[0].text(), row[1].text())).collect();
+    items.sort();
+    items
+}
+
+/// The same on FalkorDB, whose nodes keep no trace of a delete: an
+/// emptied graph replayed (every sink: no `--sink`) beside writes with
+/// deletes ends exactly equal.
+#[tokio::test]
+async fn replay_into_a_wiped_falkordb_graph_beside_deletes_ends_equal() {
+    let db = create_database("replay_graph").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let mut store = common::graph::GraphStore::open(common::graph::Backend::FalkorDb, "replay_graph").await;
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "{}\n[[sink]]\nname = \"graph\"\nkind = \"graph\"\n{}\n[[sink.table]]\nsource = \"public.items\"\nlabel = \"Item\"\n\n[archive]\npath = \"{}\"\n",
+        source_config(&db, &db.name, &http),
+        store.sink_lines(),
+        archive.path().display()
+    );
+    let pgfanout =
+        Pgfanout::start_with_env("replay_graph", &config, &http, &[("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "1000")]);
+    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    db.client
+        .batch_execute(
+            "INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 400) g; DELETE FROM items WHERE id % 10 = 0",
+        )
+        .await
+        .unwrap();
+    let expected = expected_items(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while graph_items(&mut store).await != expected {
+        assert!(Instant::now() < deadline, "the graph never matched\n{}", pgfanout.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+    store.rows("MATCH (n:Item) DELETE n").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let path = std::env::temp_dir()
+        .join(format!("pgfanout-tests-{}", std::process::id()))
+        .join("replay_graph.toml")
+        .display()
+        .to_string();
+    let (ok, _, stderr) =
+        run_pgfanout(["replay", "--config", &path, "--from", &lsn_text(from)].map(str::to_owned).to_vec()).await;
+    assert!(ok, "replay failed: {stderr}\n{}", pgfanout.log_text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let expected = expected_items(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = graph_items(&mut store).await;
+        if have == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the graph never matched: {} rows vs {} nodes; extra {:?}\n{}",
+            expected.len(),
+            have.len(),
+            have.iter().filter(|item| !expected.contains(item)).take(5).collect::<Vec<_>>(),
+            pgfanout.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
