@@ -220,6 +220,24 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     assert!(stderr.contains(&format!("the archive starts at LSN {}", lsn_text(oldest))), "{stderr}");
     assert!(stderr.contains("pgfanout rebuild"), "{stderr}");
 
+    // A table the sink does not route, and a wrong address while pgfanout streams: refused, saying why.
+    let unrouted: Vec<String> =
+        ["replay", "--config", &path, "--from", &lsn_text(from), "--sink", "live", "--table", "public.nope"]
+            .map(str::to_owned)
+            .to_vec();
+    let (ok, _, stderr) = run_pgfanout(unrouted).await;
+    assert!(!ok);
+    assert!(stderr.contains("sink live does not route table public.nope; it routes: public.items"), "{stderr}");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let elsewhere: Vec<String> =
+        ["replay", "--config", &path, "--from", &lsn_text(from), "--sink", "live", "--http", &nobody]
+            .map(str::to_owned)
+            .to_vec();
+    let (ok, _, stderr) = run_pgfanout(elsewhere).await;
+    assert!(!ok);
+    assert!(stderr.contains("but a process streams from slot"), "{stderr}");
+    assert_eq!(raw_hashes(&mut redis, "rplive:").await, before, "a refused replay wrote");
+
     // Standalone, once pgfanout is stopped: the wiped sink comes back from
     // the archive up to its stored checkpoint, exactly.
     let mut pgfanout = pgfanout;
