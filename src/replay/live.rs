@@ -379,8 +379,9 @@ impl LiveReplay {
         Ok(())
     }
 
-    /// Waits until the archive holds every transaction up to `held`: its
-    /// newest whole transaction ends at or after it, or the whole pipeline
+    /// Waits until the archive holds every transaction up to `held`: it
+    /// acknowledged `held` or a later end, or its newest whole transaction on
+    /// disk ends at or after `held`, or the whole pipeline
     /// sits idle, every queue (the archive's too) empty and the archive's
     /// acknowledgement unchanged for [`ARCHIVE_IDLE`]: then `held` is a
     /// snapshot watermark, which only that sink received. The dispatcher
@@ -397,13 +398,22 @@ impl LiveReplay {
             .map(|sink| self.metrics.sink_queue_depth.with_label_values(&[sink]))
             .collect();
         let mut idle_since: Option<(Instant, Lsn)> = None;
+        let (mut archived_to, mut scanned) = (Lsn::ZERO, None::<Instant>);
         loop {
-            let reader = pgfanout_archive::ArchiveReader::open(&self.archive, Arc::default())?;
-            let archived_to = reader.newest_transaction()?.map(|(_, end)| end).unwrap_or_default();
-            if archived_to >= held {
+            let acked = *self.archive_acked.borrow();
+            if acked >= held {
                 return Ok(());
             }
-            let acked = *self.archive_acked.borrow();
+            // What the archive acknowledged in this process starts at 0: what
+            // it held before is on disk (a scan of its newest segment, so seldom).
+            if scanned.is_none_or(|at| at.elapsed() >= ARCHIVE_IDLE) {
+                let reader = pgfanout_archive::ArchiveReader::open(&self.archive, Arc::default())?;
+                archived_to = reader.newest_transaction()?.map(|(_, end)| end).unwrap_or_default();
+                scanned = Some(Instant::now());
+                if archived_to >= held {
+                    return Ok(());
+                }
+            }
             let idle = depths.iter().all(|depth| depth.get() == 0);
             idle_since = match idle_since {
                 Some((since, at)) if idle && at == acked => {
