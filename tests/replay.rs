@@ -397,3 +397,68 @@ async fn replay_into_a_wiped_falkordb_graph_beside_deletes_ends_equal() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// After a rebuild the sink's checkpoint is the copy's last watermark,
+/// which the archive never holds: with the pipeline idle, the replay goes
+/// on at once (not after the archive wait's timeout) and brings back the
+/// archived rows.
+#[tokio::test]
+async fn a_checkpoint_at_a_rebuild_watermark_does_not_hold_the_replay() {
+    let db = create_database("replay_watermark").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute("INSERT INTO items SELECT g, g, 'copied' FROM generate_series(1, 100) g").await.unwrap();
+    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
+    let mut redis = redis_connection(&redis_url).await;
+    for prefix in ["rwm:", "pgfanout:checkpoint:wm", "pgfanout:snapshot:wm"] {
+        delete_keys(&mut redis, prefix).await;
+    }
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "{}\n[[sink]]\nname = \"wm\"\nkind = \"redis\"\nurl = \"{redis_url}\"\n[[sink.table]]\nsource = \"public.items\"\nkey = \"rwm:{{id}}\"\n\n[archive]\npath = \"{}\"\n",
+        source_config(&db, &db.name, &http),
+        archive.path().display()
+    );
+    let pgfanout = Pgfanout::start("replay_watermark", &config, &http);
+    wait_until("the initial copy", Duration::from_secs(60), || async {
+        http_get(&http, "/readyz").await.is_some_and(|body| body.contains("\"ready\""))
+    })
+    .await;
+    db.client
+        .batch_execute("INSERT INTO items SELECT g, g, 'archived' FROM generate_series(101, 150) g")
+        .await
+        .unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rwm:", &pgfanout).await;
+    let path = std::env::temp_dir()
+        .join(format!("pgfanout-tests-{}", std::process::id()))
+        .join("replay_watermark.toml")
+        .display()
+        .to_string();
+    let (ok, _, stderr) =
+        run_pgfanout(["rebuild", "--config", &path, "--sink", "wm"].map(str::to_owned).to_vec()).await;
+    assert!(ok, "rebuild failed: {stderr}");
+    let checkpoint = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "wm").await as u64;
+    let (ok, inspected, _) =
+        run_pgfanout(["inspect", "--archive", &archive.path().display().to_string()].map(str::to_owned).to_vec()).await;
+    assert!(ok);
+    let archived_to = inspected
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["type"] == "commit")
+        .filter_map(|line| line["end_lsn"].as_str().map(|lsn| lsn.parse::<pgfanout_core::Lsn>().unwrap().0))
+        .max()
+        .unwrap_or_else(|| panic!("no commit in {inspected}"));
+    assert!(checkpoint > archived_to, "the checkpoint {checkpoint} is not past the archive's end {archived_to}");
+
+    for id in 101..=150 {
+        redis::cmd("DEL").arg(format!("rwm:{id}")).query_async::<()>(&mut redis).await.unwrap();
+    }
+    let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+    let started = Instant::now();
+    let (ok, stdout, stderr) =
+        run_pgfanout(["replay", "--config", &path, "--from", &lsn_text(from)].map(str::to_owned).to_vec()).await;
+    assert!(ok, "replay failed: {stderr}\n{}", pgfanout.log_text());
+    assert!(started.elapsed() < Duration::from_secs(20), "the replay waited {:?}", started.elapsed());
+    assert!(stdout.contains(r#""changes":50,"#), "{stdout}");
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rwm:", &pgfanout).await;
+}
