@@ -368,6 +368,12 @@ async fn replay_into_a_wiped_falkordb_graph_beside_deletes_ends_equal() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    // Rows the live stream deletes soon are in the archive when the replay reads it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.rows("MATCH (n:Item {id: 5002}) RETURN n.id").await.is_empty() {
+        assert!(Instant::now() < deadline, "the writes never reached the graph\n{}", pgfanout.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let path = std::env::temp_dir()
         .join(format!("pgfanout-tests-{}", std::process::id()))
         .join("replay_graph.toml")
