@@ -5,7 +5,8 @@
 //! 200, while another pgfanout streams from the slot and this one waits to
 //! take over). Health answers are JSON with a reason, naming the sink and
 //! its error, when not OK. `POST /rebuild` starts a rebuild of one sink's
-//! tables and `GET /rebuild` reports on it ([`crate::rebuild`]).
+//! tables and `GET /rebuild` reports on it ([`crate::rebuild`]); `POST
+//! /replay` and `GET /replay` do the same for replays ([`crate::replay`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,8 @@ pub struct HttpState {
     pub standby: StandbyState,
     /// `POST /rebuild` and `GET /rebuild` (see [`crate::rebuild`]).
     pub rebuild: crate::rebuild::RebuildControl,
+    /// `POST /replay` and `GET /replay` (see [`crate::replay`]).
+    pub replay: crate::replay::ReplayControl,
 }
 
 /// Binds `listen` and serves until the process ends.
@@ -43,12 +46,13 @@ pub async fn serve(listen: SocketAddr, state: HttpState) -> anyhow::Result<tokio
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on http.listen = {listen}; pick a free address"))?;
-    tracing::info!(%listen, "serving /metrics, /healthz, /readyz and /rebuild");
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz, /rebuild and /replay");
     let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthy))
         .route("/readyz", get(ready))
         .route("/rebuild", get(crate::rebuild::endpoint::list).post(crate::rebuild::endpoint::trigger))
+        .route("/replay", get(crate::replay::endpoint::list).post(crate::replay::endpoint::trigger))
         .with_state(state);
     Ok(tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {
@@ -104,6 +108,9 @@ async fn ready(axum::extract::State(state): axum::extract::State<HttpState>) -> 
                  retried until fixed"
             ));
         }
+    }
+    for sink in state.replay.paused_sinks() {
+        reasons.push(format!("replaying: sink {sink} is paused while the archive is replayed into it"));
     }
     if reasons.is_empty() {
         json(StatusCode::OK, serde_json::json!({ "status": "ready" }))

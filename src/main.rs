@@ -54,8 +54,9 @@ enum Command {
     /// Print decoded pgoutput messages as JSON lines, from a `pg_recvlogical` capture or live
     /// from a slot (which is never advanced unless --confirm is given).
     Inspect(inspect::InspectArgs),
-    /// Re-apply archived changes from an LSN to some sinks while the running instance keeps
-    /// streaming into every sink (needs `[archive]`).
+    /// Re-apply archived changes from an LSN to some sinks (needs `[archive]`): through the
+    /// running pgfanout's HTTP port, which pauses each sink while it replays into it and the
+    /// others keep streaming, or, when none runs, straight into the stores.
     Replay(replay::ReplayArgs),
     /// Copy tables into one sink again (optionally wiping what pgfanout wrote for them first)
     /// while every sink keeps streaming: through the running pgfanout's HTTP port, or, when none

@@ -616,7 +616,7 @@ async fn standalone(config: &Config, request: &RebuildRequest, address: SocketAd
 }
 
 /// The `error` of a JSON answer, or the answer itself.
-fn message_of(answer: &str) -> String {
+pub(crate) fn message_of(answer: &str) -> String {
     serde_json::from_str::<serde_json::Value>(answer)
         .ok()
         .and_then(|value| value.get("error").and_then(|error| error.as_str()).map(str::to_owned))
@@ -624,7 +624,12 @@ fn message_of(answer: &str) -> String {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; the status and body.
-async fn http_call(address: SocketAddr, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+pub(crate) async fn http_call(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(address))
         .await

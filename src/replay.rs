@@ -1,9 +1,21 @@
-//! `pgfanout replay`: applies archived changes again to some sinks, while
-//! the running instance keeps streaming into every sink.
+//! `pgfanout replay`: applies archived changes again to some sinks.
+//!
+//! Two ways, chosen (as `rebuild` does) by whether a pgfanout answers on the
+//! HTTP address:
 //!
 //! ```text
-//!  change archive ─► ArchiveReader::seek(--from) ─► pieces up to --to
-//!        ─► per sink: --table filter, the sink's own mapping ─► batches of BATCH_CHANGES
+//!  CLI ── POST /replay {sink, from, to, tables} ──► running `run` (202 + id), one sink at a time
+//!      ◄─ GET /replay (polled) ── state, changes applied ── until done / failed
+//!
+//!  no answer (connection refused) and the slot is not active:
+//!      apply from the archive straight into the stores, up to each sink's stored checkpoint
+//! ```
+//!
+//! Both apply the same way:
+//!
+//! ```text
+//!  change archive ─► ArchiveReader::seek(--from) ─► pieces up to --to and the sink's checkpoint
+//!        ─► --table filter, the sink's own mapping ─► batches of BATCH_CHANGES
 //!        ─► the sink's lanes (split by key, as its worker splits) ─► Sink::apply (no checkpoint)
 //! ```
 //!
@@ -11,35 +23,64 @@
 //! next batch starts only once every lane of the previous one is applied, and
 //! lanes split by key, so each key's changes are applied in stream order.
 //!
-//! Why this is safe beside the live stream: every sink write is guarded by
-//! the change's version (commit LSN, ordinal), so a replayed change older
-//! than what a row holds changes nothing, and one the store lacks (wiped,
-//! restored from a backup) is written. The live instance keeps owning the
-//! checkpoint (replay stores none), so the replaying sink never misses nor
-//! repeats a live change: the stream never paused for it. A delete is the
-//! exception where the store keeps no trace of it (Redis without
-//! `tombstone_secs`, MongoDB without `tombstones`, graph nodes): an older
-//! replayed write recreates the row until the replay re-applies the delete,
-//! which the catch-up makes it do for every delete the stream confirmed; the
-//! replay warns about such tables. Running aggregates
-//! (MongoDB) keep a version per group and take only newer deltas, so a range
-//! replayed twice counts nothing twice; graph derived relationships are
-//! recomputed from source rows, never incremented, so they come out the same.
+//! Why it is exact beside the live stream: in the running process the
+//! replay pauses that one sink's worker at a transaction boundary
+//! ([`pgfanout_core::PauseHandle`]); the store then holds exactly every
+//! transaction up to the worker's checkpoint `C`. The replay waits until the
+//! archive holds everything up to `C` too, applies the archived transactions
+//! from `--from` whose end is at or before `C`, and resumes the worker,
+//! which goes on with the first transaction after `C`. Nothing is missing
+//! or applied twice, and since the sink applies nothing live meanwhile, an
+//! older replayed write is always followed by every newer change of its key
+//! (replayed, then live): a delete the stream applied is re-applied after
+//! the older insert the replay wrote, even where the store keeps no trace of
+//! deletes (Redis without `tombstone_secs`, MongoDB without `tombstones`,
+//! graph nodes). Version guards make replayed changes the store already has
+//! harmless. Running aggregates (MongoDB) keep a version per group and take
+//! only newer deltas, so a range replayed twice counts nothing twice; graph
+//! derived relationships are recomputed from source rows, never
+//! incremented, so they come out the same.
+//!
+//! While the sink is paused, the other sinks keep streaming, but the paused
+//! sink's queue fills (`pipeline.queue_mb` and `queue_capacity`); once full,
+//! the dispatcher waits, and so does the stream for every sink, until the
+//! replay ends. The flush LSN stays at or below the paused sink's checkpoint
+//! (it acknowledges nothing while paused), so PostgreSQL keeps the WAL and a
+//! crash meanwhile re-sends it. A replay cut short (crash, shutdown) leaves
+//! older versions written: run it again.
+//!
+//! A worker that has applied nothing yet and found no checkpoint in its
+//! store (`C` = 0) holds nothing the stream sent: the replay then goes to the
+//! archive's end, and the worker applies everything after 0 again anyway.
+//!
+//! `--to` before `C` replays only that range: in stores that keep no trace
+//! of deletes, rows deleted after `--to` come back (the replay warns).
+//! Standalone (no pgfanout running) the replay goes to `--to` or the
+//! archive's end: the next `pgfanout run` applies everything after each
+//! sink's stored checkpoint again, in order, after the replayed writes, so
+//! the result is exact too.
+
+mod live;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures_util::future::join_all;
 use pgfanout_archive::ArchiveReader;
 use pgfanout_core::lanes::split_into_lanes_with;
 use pgfanout_core::mapping::Mapped;
-use pgfanout_core::{ChangeRef, Lsn, Sink, TableMapping, TableName, Transaction};
+use pgfanout_core::{ChangeRef, Lsn, Sink, SinkStatus, TableMapping, TableName, Transaction};
+use postgres_protocol::escape::escape_literal;
 use tokio::task::JoinHandle;
 
+pub use live::{endpoint, ReplayControl, ReplayRequest, ReplaySink, ReplayStatus};
+
 use crate::config::{Config, SinkConfig};
+use crate::rebuild::{http_call, message_of};
 use crate::sinks::build_sink;
 
 /// Changes per batch, split into the sink's lanes: about 2,000 per lane at
@@ -48,8 +89,6 @@ use crate::sinks::build_sink;
 const BATCH_CHANGES: usize = 8000;
 /// Attempts of a failing batch lane before the replay gives up.
 const APPLY_ATTEMPTS: u32 = 6;
-/// How long the replay waits for the archive to reach the live checkpoint.
-const CATCH_UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Arguments of `pgfanout replay`.
 #[derive(Debug, clap::Args)]
@@ -60,10 +99,10 @@ pub struct ReplayArgs {
     /// First commit LSN to re-apply, e.g. `0/16B3748`: every transaction committed at or after it.
     #[arg(long, value_name = "LSN")]
     from: Lsn,
-    /// Last commit LSN to re-apply (inclusive); default: the end of the archive.
+    /// Last commit LSN to re-apply (inclusive); default: up to what each sink holds.
     #[arg(long, value_name = "LSN")]
     to: Option<Lsn>,
-    /// Sinks to replay into (repeatable); all when omitted.
+    /// Sinks to replay into (repeatable), one after another; all when omitted.
     #[arg(long, value_name = "NAME")]
     sink: Vec<String>,
     /// Tables to replay (repeatable, `schema.table` or `table`); all routed ones when omitted.
@@ -72,12 +111,15 @@ pub struct ReplayArgs {
     /// Print what would be applied (counts per table and op) and apply nothing.
     #[arg(long)]
     dry_run: bool,
+    /// HTTP address of the running pgfanout; default: the config's `http.listen`.
+    #[arg(long)]
+    http: Option<SocketAddr>,
 }
 
 /// A sink being replayed into, with its routed tables and what it got.
 struct Target {
     sink: Arc<dyn Sink>,
-    tables: Vec<(TableName, TableMapping)>,
+    tables: Vec<(TableName, Arc<TableMapping>)>,
     /// The sink's `delivery.lanes`.
     lanes: usize,
     pending: Vec<Transaction>,
@@ -85,6 +127,44 @@ struct Target {
     /// The batch being applied: its change count once done.
     in_flight: Option<JoinHandle<anyhow::Result<u64>>>,
     applied: u64,
+    /// Counts applied changes (`pgfanout_replay_changes_total`), in the running process.
+    counter: Option<prometheus::IntCounter>,
+    /// The paused worker's status: a replayed batch is progress (for `/healthz`).
+    status: Option<SinkStatus>,
+}
+
+impl Target {
+    fn new(sink: Arc<dyn Sink>, tables: Vec<(TableName, Arc<TableMapping>)>, lanes: usize) -> Self {
+        Target {
+            sink,
+            tables,
+            lanes,
+            pending: Vec::new(),
+            pending_changes: 0,
+            in_flight: None,
+            applied: 0,
+            counter: None,
+            status: None,
+        }
+    }
+
+    /// Counts applied changes on `counter` and reports each batch as progress on `status`.
+    fn counted(mut self, counter: prometheus::IntCounter, status: SinkStatus) -> Self {
+        self.counter = Some(counter);
+        self.status = Some(status);
+        self
+    }
+}
+
+impl Drop for Target {
+    /// A replay cut short (failed, shut down) stops writing at once: the
+    /// worker it paused resumes as it ends, and must not race a batch still
+    /// being applied.
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.abort();
+        }
+    }
 }
 
 /// `pgfanout replay`.
@@ -100,16 +180,13 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if let Some(to) = args.to.filter(|&to| to < args.from) {
         bail!("--to {to} is before --from {}: give a range whose end is at or after its start", args.from);
     }
-    let mut reader = ArchiveReader::open(&archive.path, Arc::default())
-        .with_context(|| format!("cannot open the change archive {}", archive.path.display()))?;
-    reader.seek(args.from).with_context(|| format!("cannot replay from {}", args.from))?;
-    let newest = reader.newest_transaction()?;
+    let mut reader = open_at(&archive.path, args.from)?;
     let tables: Vec<TableName> = args.table.iter().map(|table| TableName::parse(table)).collect();
     let wanted = |table: &TableName| tables.is_empty() || tables.contains(table);
-    let to = args.to.unwrap_or(Lsn(u64::MAX));
 
     if args.dry_run {
-        refuse_past_the_end(args.from, newest, None)?;
+        refuse_past_the_end(args.from, reader.newest_transaction()?, None)?;
+        let to = args.to.unwrap_or(Lsn(u64::MAX));
         let mut counts: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
         let mut transactions = 0u64;
         while let Some(piece) = reader.next_piece()? {
@@ -134,64 +211,156 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             bail!("no sink named {name} in {}; configured sinks: {}", args.config.display(), known.join(", "));
         }
     }
-    let mut targets = Vec::new();
-    let mut live: Option<Lsn> = None;
-    for sink_config in
-        config.sinks.iter().filter(|sink| args.sink.is_empty() || args.sink.iter().any(|n| n == sink.name()))
-    {
-        let (sink, tables) = build_sink(sink_config)?;
-        warn_of_forgotten_deletes(sink_config, &wanted);
-        // Connects; the checkpoint stays the live instance's to move.
-        let checkpoint = sink.load_checkpoint().await.with_context(|| format!("sink {}", sink.name()))?;
-        tracing::info!(sink = sink.name(), checkpoint = %checkpoint.unwrap_or_default(), from = %args.from, "replaying");
-        let lanes = sink_config.delivery().lanes;
-        targets.push(Target {
-            sink,
-            tables,
-            lanes,
-            pending: Vec::new(),
-            pending_changes: 0,
-            in_flight: None,
-            applied: 0,
-        });
-        live = live.max(checkpoint);
+    let chosen: Vec<&SinkConfig> = config
+        .sinks
+        .iter()
+        .filter(|sink| args.sink.is_empty() || args.sink.iter().any(|name| name == sink.name()))
+        .collect();
+    if args.to.is_some() {
+        for sink in &chosen {
+            warn_of_forgotten_deletes(sink, &wanted);
+        }
     }
-    refuse_past_the_end(args.from, newest, live)?;
-    let started = Instant::now();
-    // A --from after the newest archived commit has nothing to read up to the archive's end.
-    let read_to = newest.filter(|&(commit, _)| commit < args.from).map(|(_, end)| end);
-    let mut progress = Progress { resume_from: args.from, last_end: read_to, ..Progress::default() };
-    apply_pieces(&mut reader, &mut targets, to, &wanted, &mut progress).await?;
-    if args.to.is_none() {
-        catch_up(&archive.path, &mut targets, &wanted, &mut progress).await?;
+    let mut address = args.http.unwrap_or(config.http.listen);
+    if address.ip().is_unspecified() {
+        address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let (transactions, last) = (progress.transactions, progress.last_commit);
-    for target in &mut targets {
-        flush(target).await?;
-        settle(target).await?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    for target in &targets {
+    for sink in &chosen {
+        let request = ReplayRequest {
+            sink: sink.name().to_owned(),
+            from: args.from.to_string(),
+            to: args.to.map(|to| to.to_string()),
+            tables: args.table.clone(),
+        };
+        let body = serde_json::to_string(&request)?;
+        let (status, answer) = match http_call(address, "POST", "/replay", &body).await {
+            Ok(answer) => answer,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return standalone(&config, &args, &chosen, &wanted, address).await;
+            }
+            Err(err) => return Err(err).with_context(|| format!("POST http://{address}/replay")),
+        };
+        if status != 202 {
+            bail!("the running pgfanout at {address} refused the replay ({status}): {}", message_of(&answer));
+        }
+        let scheduled: ReplayStatus = serde_json::from_str(&answer).context("reading the answer to POST /replay")?;
+        eprintln!("replay {} of sink {} scheduled on the running pgfanout at {address}", scheduled.id, scheduled.sink);
+        let done = follow(address, scheduled.id).await?;
         println!(
             "{}",
             serde_json::json!({
-                "sink": target.sink.name(),
-                "changes": target.applied,
-                "transactions": transactions,
-                "last_commit_lsn": last.map(|lsn| lsn.to_string()),
-                "seconds": seconds,
+                "sink": done.sink,
+                "changes": done.changes,
+                "transactions": done.transactions,
+                "paused_at": done.paused_at,
+                "last_commit_lsn": done.last_commit_lsn,
+                "seconds": done.seconds,
             })
         );
     }
     Ok(())
 }
 
-/// Says which replayed tables may get deleted rows back for a while: where
-/// the store keeps no trace of a delete, an older replayed write recreates a
-/// row the live stream deleted, until the replay re-applies that delete. The
-/// catch-up below re-applies every delete the stream confirmed; one the
-/// stream applied but had not yet checkpointed when the replay ended is
-/// missed, so beside a busy stream such a table can keep a deleted row.
+/// Polls `GET /replay` until replay `id` ends, printing its progress to stderr.
+async fn follow(address: SocketAddr, id: u64) -> anyhow::Result<ReplayStatus> {
+    let mut last = String::new();
+    loop {
+        let (status, answer) =
+            http_call(address, "GET", "/replay", "").await.with_context(|| format!("GET http://{address}/replay"))?;
+        if status != 200 {
+            bail!("GET /replay answered {status}: {}", message_of(&answer));
+        }
+        let replays: Vec<ReplayStatus> = serde_json::from_str(&answer).context("reading GET /replay")?;
+        let Some(current) = replays.into_iter().find(|status| status.id == id) else {
+            bail!("the running pgfanout no longer knows replay {id} (it restarted?); run the replay again");
+        };
+        let line = format!("{}: {} change(s) applied", current.state, current.changes);
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        match current.state.as_str() {
+            "done" => return Ok(current),
+            "failed" => bail!("replay into sink {} failed: {}", current.sink, current.error.unwrap_or_default()),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// No pgfanout answers: applies straight into the stores, if no other
+/// process streams from the slot.
+async fn standalone(
+    config: &Config,
+    args: &ReplayArgs,
+    chosen: &[&SinkConfig],
+    wanted: &impl Fn(&TableName) -> bool,
+    address: SocketAddr,
+) -> anyhow::Result<()> {
+    let mut connection = pg_replication::ReplicationConnection::connect(&config.source.connect_options()?)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let slot = &config.source.slot;
+    let sql = format!(
+        "SELECT active::text AS active FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+        escape_literal(slot)
+    );
+    let result = connection.simple_query(&sql).await.context("reading pg_replication_slots")?;
+    if result.get(0, "active") == Some("true") {
+        bail!(
+            "nothing answers on {address}, but a process streams from slot {slot}: if it is pgfanout, pass its \
+             HTTP address with --http ADDR; otherwise stop it first"
+        );
+    }
+    eprintln!("no pgfanout answers on {address} and slot {slot} is idle: replaying standalone");
+    let archive = config.archive.as_ref().context("no [archive] section")?;
+    for sink_config in chosen {
+        let (sink, tables) = build_sink(sink_config)?;
+        let checkpoint = sink.load_checkpoint().await.with_context(|| format!("sink {}", sink.name()))?;
+        let checkpoint = checkpoint.unwrap_or_default();
+        let mut reader = open_at(&archive.path, args.from)?;
+        let newest = reader.newest_transaction()?;
+        refuse_past_the_end(args.from, newest, Some(checkpoint))?;
+        if let Some((_, archived_to)) = newest.filter(|&(_, end)| end < checkpoint) {
+            tracing::warn!(
+                sink = sink.name(),
+                archived_to = %archived_to,
+                checkpoint = %checkpoint,
+                "the archive ends before the sink's checkpoint: the transactions between are not replayed"
+            );
+        }
+        let tables = tables.into_iter().map(|(table, mapping)| (table, Arc::new(mapping))).collect();
+        let mut target = Target::new(sink, tables, sink_config.delivery().lanes);
+        // The next `run` applies everything after `checkpoint` again: no need to stop there.
+        let bound = Bound { to: args.to.unwrap_or(Lsn(u64::MAX)), held: Lsn(u64::MAX) };
+        let started = Instant::now();
+        let progress = apply_pieces(&mut reader, &mut target, bound, wanted).await?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "sink": target.sink.name(),
+                "changes": target.applied,
+                "transactions": progress.transactions,
+                "checkpoint": checkpoint.to_string(),
+                "last_commit_lsn": progress.last_commit.map(|lsn| lsn.to_string()),
+                "seconds": started.elapsed().as_secs_f64(),
+            })
+        );
+    }
+    Ok(())
+}
+
+/// The archive in `dir`, positioned at `from` (refused, naming the oldest
+/// LSN, when `from` is older than the archive).
+fn open_at(dir: &std::path::Path, from: Lsn) -> anyhow::Result<ArchiveReader> {
+    let mut reader = ArchiveReader::open(dir, Arc::default())
+        .with_context(|| format!("cannot open the change archive {}", dir.display()))?;
+    reader.seek(from).with_context(|| format!("cannot replay from {from}"))?;
+    Ok(reader)
+}
+
+/// Says which replayed tables get rows deleted after `--to` back: where the
+/// store keeps no trace of a delete, a replayed write recreates a row a
+/// later delete (outside the range) removed.
 fn warn_of_forgotten_deletes(sink: &SinkConfig, wanted: &impl Fn(&TableName) -> bool) {
     // Already only the sink's routed tables.
     let forgetting: Vec<String> = sink
@@ -204,17 +373,16 @@ fn warn_of_forgotten_deletes(sink: &SinkConfig, wanted: &impl Fn(&TableName) -> 
         tracing::warn!(
             sink = sink.name(),
             tables = %forgetting.join(", "),
-            fix = "keep delete markers (Redis: tombstone_secs; MongoDB: tombstones = true), or stop `pgfanout run` \
-                   while replaying, or check with `pgfanout verify --repair` afterwards",
-            "these tables keep no trace of deletes: a row deleted while the replay runs can come back"
+            fix = "replay without --to (up to what the sink holds), or keep delete markers (Redis: tombstone_secs; \
+                   MongoDB: tombstones = true), or check with `pgfanout verify --repair` afterwards",
+            "these tables keep no trace of deletes: a row deleted after --to comes back"
         );
     }
 }
 
 /// Refuses a `--from` after everything there is: past the newest archived
-/// transaction (`newest`: commit and end LSN) and past the sinks' live
-/// checkpoint (`live`, when known), nothing can be replayed, and waiting for
-/// the archive to get there would only time out.
+/// transaction (`newest`: commit and end LSN) and past the sink's
+/// checkpoint (`live`, when known), nothing can be replayed.
 fn refuse_past_the_end(from: Lsn, newest: Option<(Lsn, Lsn)>, live: Option<Lsn>) -> anyhow::Result<()> {
     let archived_to = newest.map(|(_, end)| end).unwrap_or_default();
     if from <= archived_to || live.is_some_and(|live| from <= live) {
@@ -224,11 +392,19 @@ fn refuse_past_the_end(from: Lsn, newest: Option<(Lsn, Lsn)>, live: Option<Lsn>)
         Some((commit, end)) => format!("the newest archived transaction committed at {commit} (ends at {end})"),
         None => "the archive holds no transaction yet".to_owned(),
     };
-    let live = live.map(|live| format!(" and the sinks' live checkpoint is {live}")).unwrap_or_default();
+    let live = live.map(|live| format!(" and the sink's checkpoint is {live}")).unwrap_or_default();
     bail!(
         "--from {from} is past the live position: {newest}{live}; nothing has been archived there yet. \
          Pick an LSN at or before {archived_to}, e.g. the `pgfanout_archive_oldest_lsn` metric for the whole archive"
     )
+}
+
+/// Where a replay stops: transactions committed after `to`, or ending after
+/// `held` (what the store holds), are not applied.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    to: Lsn,
+    held: Lsn,
 }
 
 /// How far a replay got.
@@ -236,100 +412,54 @@ fn refuse_past_the_end(from: Lsn, newest: Option<(Lsn, Lsn)>, live: Option<Lsn>)
 struct Progress {
     transactions: u64,
     last_commit: Option<Lsn>,
-    /// End LSN of the last whole transaction read.
-    last_end: Option<Lsn>,
-    /// Where to read on from: after the last whole transaction read (a
-    /// piece read of a transaction not yet ended is read again, harmlessly).
-    resume_from: Lsn,
 }
 
-/// Reads pieces up to commit LSN `to` and applies each to the targets routing its tables.
+/// Reads pieces within `bound` and applies them to `target`; returns once
+/// every change read is applied.
 async fn apply_pieces(
     reader: &mut ArchiveReader,
-    targets: &mut [Target],
-    to: Lsn,
+    target: &mut Target,
+    bound: Bound,
     wanted: &impl Fn(&TableName) -> bool,
-    progress: &mut Progress,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Progress> {
+    let mut progress = Progress::default();
     while let Some(piece) = reader.next_piece()? {
         let transaction = piece.transaction;
-        if transaction.commit_lsn > to {
+        if transaction.commit_lsn > bound.to || transaction.end_lsn > bound.held {
             break;
         }
         if piece.ends_transaction {
             progress.transactions += 1;
-            progress.last_end = Some(transaction.end_lsn);
-            progress.resume_from = Lsn(transaction.commit_lsn.0 + 1);
         }
         progress.last_commit = Some(transaction.commit_lsn);
-        for target in targets.iter_mut() {
-            let mut changes = Vec::new();
-            for change in transaction.changes.iter().filter(|change| wanted(&change.table.table)) {
-                let Some((_, mapping)) = target.tables.iter().find(|(table, _)| *table == change.table.table) else {
-                    continue;
-                };
-                let mapped = mapping.apply(change).with_context(|| {
-                    format!(
-                        "sink {}: change {} of the transaction at {}",
-                        target.sink.name(),
-                        change.ordinal,
-                        transaction.commit_lsn
-                    )
-                })?;
-                if let Mapped::Change(mapped) = mapped {
-                    changes.push(mapped);
-                }
-            }
-            if !changes.is_empty() {
-                target.pending_changes += changes.len();
-                target.pending.push(Transaction { changes, ..transaction.clone() });
-            }
-            if target.pending_changes >= BATCH_CHANGES {
-                flush(target).await?;
+        let mut changes = Vec::new();
+        for change in transaction.changes.iter().filter(|change| wanted(&change.table.table)) {
+            let Some((_, mapping)) = target.tables.iter().find(|(table, _)| *table == change.table.table) else {
+                continue;
+            };
+            let mapped = mapping.apply(change).with_context(|| {
+                format!(
+                    "sink {}: change {} of the transaction at {}",
+                    target.sink.name(),
+                    change.ordinal,
+                    transaction.commit_lsn
+                )
+            })?;
+            if let Mapped::Change(mapped) = mapped {
+                changes.push(mapped);
             }
         }
-    }
-    for target in targets.iter_mut() {
-        flush(target).await?;
-    }
-    Ok(())
-}
-
-/// Rejoins the live stream: keeps reading what the archive gained until it
-/// reaches every target's live checkpoint. Every change the live stream
-/// applied while the replay wrote older ones is then applied again after
-/// them, so a key the stream deleted or moved during the replay (where the
-/// replay wrote an older version afterwards) ends as the stream left it.
-async fn catch_up(
-    dir: &std::path::Path,
-    targets: &mut [Target],
-    wanted: &impl Fn(&TableName) -> bool,
-    progress: &mut Progress,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + CATCH_UP_TIMEOUT;
-    loop {
-        let mut live = Lsn::ZERO;
-        for target in targets.iter() {
-            let checkpoint =
-                target.sink.load_checkpoint().await.with_context(|| format!("sink {}", target.sink.name()))?;
-            live = live.max(checkpoint.unwrap_or_default());
+        if !changes.is_empty() {
+            target.pending_changes += changes.len();
+            target.pending.push(Transaction { changes, ..transaction });
         }
-        if progress.last_end.is_some_and(|end| end >= live) {
-            tracing::info!(archive_end = %progress.last_end.unwrap_or_default(), live_checkpoint = %live, "replay caught up with the live stream");
-            return Ok(());
+        if target.pending_changes >= BATCH_CHANGES {
+            flush(target).await?;
         }
-        if Instant::now() > deadline {
-            bail!(
-                "the archive did not reach the sinks' live checkpoint {live} within {CATCH_UP_TIMEOUT:?} \
-                 (it holds up to {}); is `pgfanout run` with this [archive] running?",
-                progress.last_end.unwrap_or_default()
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let mut reader = ArchiveReader::open(dir, Arc::default())?;
-        reader.seek(progress.resume_from)?;
-        apply_pieces(&mut reader, targets, Lsn(u64::MAX), wanted, progress).await?;
     }
+    flush(target).await?;
+    settle(target).await?;
+    Ok(progress)
 }
 
 /// Starts applying what `target` holds, once the batch before it is
@@ -348,7 +478,14 @@ async fn flush(target: &mut Target) -> anyhow::Result<()> {
 /// Waits until the batch `target` is applying (if any) is applied.
 async fn settle(target: &mut Target) -> anyhow::Result<()> {
     if let Some(in_flight) = target.in_flight.take() {
-        target.applied += in_flight.await.context("a replay batch task failed")??;
+        let applied = in_flight.await.context("a replay batch task failed")??;
+        target.applied += applied;
+        if let Some(counter) = &target.counter {
+            counter.inc_by(applied);
+        }
+        if let Some(status) = &target.status {
+            status.progressed();
+        }
     }
     Ok(())
 }
@@ -356,6 +493,9 @@ async fn settle(target: &mut Target) -> anyhow::Result<()> {
 /// Applies `batch` to `sink` in `lanes` lanes split by key, as the sink's
 /// worker would, concurrently; returns the number of changes applied.
 async fn apply_batch(sink: Arc<dyn Sink>, lanes: usize, batch: Vec<Transaction>) -> anyhow::Result<u64> {
+    if let Some(delay) = test_batch_delay() {
+        tokio::time::sleep(delay).await;
+    }
     let refs: Vec<ChangeRef<'_>> = batch
         .iter()
         .flat_map(|transaction| transaction.changes.iter().map(move |change| ChangeRef { transaction, change }))
@@ -366,6 +506,18 @@ async fn apply_batch(sink: Arc<dyn Sink>, lanes: usize, batch: Vec<Transaction>)
         outcome?;
     }
     Ok(count)
+}
+
+/// Environment variable read by debug builds only: milliseconds every replay
+/// batch waits before it is applied, so that tests can widen the window in
+/// which the live stream runs ahead of a replay.
+const TEST_BATCH_DELAY_ENV: &str = "PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS";
+
+fn test_batch_delay() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    std::env::var(TEST_BATCH_DELAY_ENV).ok()?.parse().ok().map(Duration::from_millis)
 }
 
 /// Applies one lane, retrying transient failures a few times.

@@ -44,6 +44,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     let statuses = Arc::new(std::sync::RwLock::new(Vec::new()));
     let standby = StandbyState::default();
     let rebuild = crate::rebuild::RebuildControl::default();
+    let replay = crate::replay::ReplayControl::default();
     http::serve(
         config.http.listen,
         HttpState {
@@ -61,6 +62,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             wedged_after: Duration::from_secs(config.http.wedged_after_secs),
             standby: standby.clone(),
             rebuild: rebuild.clone(),
+            replay: replay.clone(),
         },
     )
     .await?;
@@ -73,8 +75,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             return Ok(());
         }
         statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
-        let streamed = stream(config, &metrics, &streaming, &statuses, &rebuild, &shutdown).await;
+        let streamed = stream(config, &metrics, &streaming, &statuses, (&rebuild, &replay), &shutdown).await;
         rebuild.go_offline();
+        replay.go_offline();
         match streamed {
             Err(err) if matches!(err.downcast_ref(), Some(SourceError::SlotTaken { .. })) => {
                 tracing::warn!(error = %format!("{err:#}"), "another process took the slot: standing by");
@@ -91,7 +94,7 @@ async fn stream(
     metrics: &Metrics,
     streaming: &Arc<AtomicBool>,
     statuses: &Arc<std::sync::RwLock<Vec<(String, pgfanout_core::SinkStatus)>>>,
-    rebuild: &crate::rebuild::RebuildControl,
+    (rebuild, replay): (&crate::rebuild::RebuildControl, &crate::replay::ReplayControl),
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     // Every sink first: nothing is created on the primary (publication,
@@ -169,11 +172,13 @@ async fn stream(
     let mut workers = Vec::new();
     let mut acknowledgements = Vec::new();
     let mut rebuildable = Vec::new();
+    let mut replayable = Vec::new();
     for ((sink_config, sink, tables), holding) in sinks.into_iter().zip(&holdings) {
-        // The pipeline takes the mappings; rebuilds need them too.
+        // The pipeline takes the mappings; rebuilds and replays need them too.
         let (_, mappings) = build_sink(sink_config)?;
-        rebuildable
-            .push((sink.clone(), mappings.into_iter().map(|(table, mapping)| (table, Arc::new(mapping))).collect()));
+        let mappings: crate::rebuild::RoutedMappings =
+            mappings.into_iter().map(|(table, mapping)| (table, Arc::new(mapping))).collect();
+        rebuildable.push((sink.clone(), mappings.clone()));
         let checkpoint = holding.checkpoint;
         let settings = worker_settings(config, sink_config).await?;
         tracing::info!(
@@ -184,12 +189,23 @@ async fn stream(
             "sink ready"
         );
         let name = sink.name().to_owned();
-        let (worker, queue, acked) = SinkWorker::new(sink, checkpoint, settings, metrics.clone(), on_ack.clone());
+        let lanes = settings.lanes;
+        let (worker, queue, acked) =
+            SinkWorker::new(sink.clone(), checkpoint, settings, metrics.clone(), on_ack.clone());
         statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push((name.clone(), worker.status()));
         acknowledgements.push((name.clone(), acked.clone()));
+        replayable.push(crate::replay::ReplaySink {
+            sink,
+            tables: mappings,
+            lanes,
+            pause: worker.pause_handle(),
+            status: worker.status(),
+            acked: acked.clone(),
+        });
         pipeline.add_sink(name, tables, queue, acked);
         workers.push(tokio::spawn(worker.run()));
     }
+    let mut archive_acked = None;
     if let (Some(sink), Some(holding)) = (archive, holdings.last()) {
         // One lane: the archive writes changes in stream order (see pgfanout_archive::sink).
         let settings = WorkerSettings { lanes: 1, ..config.worker_settings() };
@@ -198,6 +214,7 @@ async fn stream(
         let (worker, queue, acked) =
             SinkWorker::new(sink, holding.checkpoint, settings, metrics.clone(), on_ack.clone());
         statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).push((name.clone(), worker.status()));
+        archive_acked = Some(acked.clone());
         pipeline.add_sink(name, tables, queue, acked);
         workers.push(tokio::spawn(worker.run()));
     }
@@ -230,6 +247,8 @@ async fn stream(
     }
     // Rebuild tasks end with the attempt too: `run` calls `go_offline` once it ends.
     rebuild.go_live(rebuildable, &acknowledgements, snapshotter.clone(), config.snapshot.enabled);
+    let archive_feed = config.archive.as_ref().zip(archive_acked).map(|(archive, acked)| (archive.path.clone(), acked));
+    replay.go_live(replayable, archive_feed, metrics.clone(), shutdown.clone());
     attempt_tasks.adopt(crate::snapshot::start(planned, &acknowledgements, snapshotter));
     let cx = StreamContext {
         source: &config.source,

@@ -19,9 +19,8 @@ use futures_util::TryStreamExt;
 
 const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text)";
 
-/// Redis sinks named `sinks` with tombstones: a row the live stream deletes
-/// while a replay runs stays deleted (without them it can come back, see
-/// `pgfanout replay`'s warning).
+/// Redis sinks named `sinks` with tombstones (tests/replay.rs covers a
+/// store without delete markers).
 fn config(db: &TestDatabase, redis_url: &str, http: &str, archive: &std::path::Path, sinks: &[&str]) -> String {
     let mut config = source_config(db, &db.name, http);
     for sink in sinks {

@@ -47,4 +47,4 @@ pub use status::SinkStatus;
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
 pub use tap::{Injection, StreamTap};
 pub use tls::{TlsConfig, TlsFiles};
-pub use worker::{error_chain, OnError, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};
+pub use worker::{error_chain, OnError, PauseHandle, Paused, SinkWorker, WorkerQueue, WorkerSettings, WorkerStopped};

@@ -63,6 +63,10 @@ pub const SNAPSHOT_FAILURES_TOTAL: &str = "pgfanout_snapshot_failures_total";
 /// Tables whose copy into a sink failed with an error retrying alone cannot fix
 /// (a missing privilege, key or table); retried until an operator fixes it.
 pub const SNAPSHOT_TABLES_FAILED: &str = "pgfanout_snapshot_tables_failed";
+/// Changes `pgfanout replay` applied into a sink from the change archive, in the running process.
+pub const REPLAY_CHANGES_TOTAL: &str = "pgfanout_replay_changes_total";
+/// 1 while a replay pauses the sink's worker (its queue fills, its acknowledgement stands still).
+pub const SINK_PAUSED: &str = "pgfanout_sink_paused";
 /// Build information as labels, value 1.
 pub const BUILD_INFO: &str = "pgfanout_build_info";
 
@@ -121,6 +125,10 @@ pub struct Metrics {
     pub snapshot_failures_total: IntCounterVec,
     /// See [`SNAPSHOT_TABLES_FAILED`].
     pub snapshot_tables_failed: IntGaugeVec,
+    /// See [`REPLAY_CHANGES_TOTAL`].
+    pub replay_changes_total: IntCounterVec,
+    /// See [`SINK_PAUSED`].
+    pub sink_paused: IntGaugeVec,
 }
 
 impl Metrics {
@@ -190,6 +198,9 @@ impl Metrics {
             &["sink"],
         )?;
         registry.register(Box::new(snapshot_tables_failed.clone()))?;
+        let sink_paused =
+            IntGaugeVec::new(Opts::new(SINK_PAUSED, "1 while a replay pauses the sink's worker"), &["sink"])?;
+        registry.register(Box::new(sink_paused.clone()))?;
 
         Ok(Metrics {
             events_total: counter_vec(EVENTS_TOTAL, "Row changes received from PostgreSQL", &["table", "op"])?,
@@ -254,6 +265,12 @@ impl Metrics {
                 &["sink", "table"],
             )?,
             snapshot_tables_failed,
+            replay_changes_total: counter_vec(
+                REPLAY_CHANGES_TOTAL,
+                "Changes a replay applied into the sink from the change archive",
+                &["sink"],
+            )?,
+            sink_paused,
             registry,
         })
     }

@@ -34,6 +34,14 @@
 //! A transaction too large for one piece arrives as pieces
 //! ([`WorkerQueue::send_piece`]) and then its end; only the end moves the
 //! checkpoint and the acknowledgement.
+//!
+//! Pause ([`PauseHandle`]): between batches, never inside a transaction
+//! that arrives in pieces, the worker stops taking from its queue and
+//! reports its checkpoint: the store then holds exactly every transaction
+//! up to it and nothing after it. It applies nothing until the [`Paused`]
+//! is dropped; meanwhile its queue fills (up to its bounds, then the
+//! dispatcher waits) and its acknowledgement, so the flush LSN, stands
+//! still. `pgfanout replay` uses it to write into the store alone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use pgoutput::Lsn;
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backoff::Backoff;
 use crate::lanes::split_into_lanes_with;
@@ -179,6 +187,32 @@ impl WorkerQueue {
 #[error("sink worker stopped")]
 pub struct WorkerStopped;
 
+/// Pauses a worker at a transaction boundary (see the module docs).
+#[derive(Clone)]
+pub struct PauseHandle {
+    requests: mpsc::Sender<oneshot::Sender<Paused>>,
+}
+
+impl PauseHandle {
+    /// Waits until the worker has finished its current batch (and the
+    /// transaction it is inside of) and paused; it stays paused until the
+    /// returned [`Paused`] is dropped.
+    pub async fn pause(&self) -> Result<Paused, WorkerStopped> {
+        let (reply, paused) = oneshot::channel();
+        self.requests.send(reply).await.map_err(|_| WorkerStopped)?;
+        paused.await.map_err(|_| WorkerStopped)
+    }
+}
+
+/// A paused worker; dropping this resumes it.
+#[derive(Debug)]
+pub struct Paused {
+    /// End LSN of the last transaction the store holds: every transaction up
+    /// to it is applied, none after it.
+    pub checkpoint: Lsn,
+    _resume: oneshot::Sender<()>,
+}
+
 /// Drives one sink.
 pub struct SinkWorker {
     sink: Arc<dyn Sink>,
@@ -194,6 +228,10 @@ pub struct SinkWorker {
     /// Changes dead-lettered since the last change the store accepted.
     consecutive_dead_letters: AtomicU64,
     status: SinkStatus,
+    pauses: mpsc::Receiver<oneshot::Sender<Paused>>,
+    pause_requests: mpsc::Sender<oneshot::Sender<Paused>>,
+    /// The last batch ended inside a transaction that arrives in pieces: no pause here.
+    inside_transaction: bool,
 }
 
 impl SinkWorker {
@@ -216,6 +254,7 @@ impl SinkWorker {
         let series = SinkSeries::new(&metrics, &name);
         let depth = series.queue_depth.clone();
         let status = SinkStatus::default();
+        let (pause_requests, pauses) = mpsc::channel(1);
         let worker = SinkWorker {
             sink,
             name,
@@ -228,6 +267,9 @@ impl SinkWorker {
             series,
             consecutive_dead_letters: AtomicU64::new(0),
             status,
+            pauses,
+            pause_requests,
+            inside_transaction: false,
         };
         (worker, WorkerQueue { sender, bytes, capacity_permits, depth }, acked_receiver)
     }
@@ -235,6 +277,11 @@ impl SinkWorker {
     /// A handle on what the worker is doing, for health checks.
     pub fn status(&self) -> SinkStatus {
         self.status.clone()
+    }
+
+    /// A handle that pauses the worker (see the module docs).
+    pub fn pause_handle(&self) -> PauseHandle {
+        PauseHandle { requests: self.pause_requests.clone() }
     }
 
     /// Runs until the queue is closed and drained.
@@ -254,6 +301,7 @@ impl SinkWorker {
             // Only a transaction's last piece moves the checkpoint and the
             // acknowledgement to its end.
             let last = queued.iter().filter(|q| q.completes).map(|q| q.transaction.end_lsn).next_back();
+            self.inside_transaction = queued.last().is_some_and(|q| !q.completes);
             if !pending.is_empty() {
                 self.apply_batch(&pending, last).await;
                 if let Some(last) = last {
@@ -284,7 +332,13 @@ impl SinkWorker {
     /// a [`WorkerSettings::max_batch_delay`] above zero does a batch also
     /// wait for more, up to that long after its first transaction.
     async fn next_batch(&mut self) -> Option<Vec<Queued>> {
-        let first = self.queue.recv().await?;
+        let first = loop {
+            tokio::select! {
+                biased;
+                Some(request) = self.pauses.recv(), if !self.inside_transaction => self.pause(request).await,
+                first = self.queue.recv() => break first?,
+            }
+        };
         let mut changes = first.transaction.changes.len();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + self.settings.max_batch_delay;
@@ -304,6 +358,17 @@ impl SinkWorker {
             batch.push(next);
         }
         Some(batch)
+    }
+
+    /// Stays paused until the [`Paused`] sent to `request` is dropped.
+    async fn pause(&mut self, request: oneshot::Sender<Paused>) {
+        let (resume, resumed) = oneshot::channel();
+        if request.send(Paused { checkpoint: self.checkpoint, _resume: resume }).is_ok() {
+            tracing::info!(sink = %self.name, checkpoint = %self.checkpoint, "sink worker paused");
+            // Dropped, never sent: resumes either way.
+            let _ = resumed.await;
+            tracing::info!(sink = %self.name, "sink worker resumed");
+        }
     }
 
     /// Applies every change of `batch` and stores `checkpoint` (if any);
@@ -848,6 +913,40 @@ mod tests {
         acked.wait_for(|acked| *acked == Lsn(40)).await.unwrap();
         assert_eq!(*sink.applied.lock().unwrap(), ["a", "b", "c", "d"]);
         assert_eq!(*sink.checkpoints.lock().unwrap(), [Lsn(10), Lsn(40)], "b, c and d applied as one batch");
+        drop(queue);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pause_waits_for_the_end_of_a_transaction_in_pieces_and_applies_nothing_until_dropped() {
+        let sink = Arc::new(RecordingSink::default());
+        let settings = WorkerSettings { max_batch_changes: 1, ..fast_settings() };
+        let (worker, queue, mut acked) =
+            SinkWorker::new(sink.clone(), Some(Lsn(5)), settings, Metrics::new().unwrap(), Arc::default());
+        let pauses = worker.pause_handle();
+        let task = tokio::spawn(worker.run());
+        // Idle: pauses at once, at the stored checkpoint.
+        let paused = pauses.pause().await.unwrap();
+        assert_eq!(paused.checkpoint, Lsn(5));
+        queue.send(transaction(10, &["a"])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(sink.applied.lock().unwrap().is_empty(), "nothing applied while paused");
+        drop(paused);
+        acked.wait_for(|acked| *acked == Lsn(10)).await.unwrap();
+        // A pause asked for between two pieces waits for the transaction's end.
+        queue.send_piece(transaction(20, &["b"])).await.unwrap();
+        while sink.applied.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let pausing = tokio::spawn(async move { pauses.pause().await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!pausing.is_finished(), "paused inside a transaction");
+        queue.send_piece(transaction(20, &["c"])).await.unwrap();
+        queue.send(Arc::new(Transaction { changes: Vec::new(), ..(*transaction(20, &[])).clone() })).await.unwrap();
+        let paused = pausing.await.unwrap();
+        assert_eq!(paused.checkpoint, Lsn(20));
+        assert_eq!(*sink.applied.lock().unwrap(), ["a", "b", "c"]);
+        drop(paused);
         drop(queue);
         task.await.unwrap();
     }
