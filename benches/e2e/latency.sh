@@ -68,6 +68,11 @@ cat >"$WORK/insert.sql" <<'SQL'
 \set rows random(1, 10)
 INSERT INTO events (kind, amount) SELECT 'click', g * 1.5 FROM generate_series(1, :rows) g;
 SQL
+# CPU seconds of the Redis server (INFO cpu) and of pgfanout (/proc) so far.
+store_cpu() { redis-cli -u "$REDIS_URL" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "%.2f", s }'; }
+own_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PGFANOUT_PID/stat"; }
+STORE_CPU_BEFORE=$(store_cpu)
+OWN_CPU_BEFORE=$(own_cpu)
 PGOPTIONS="-c synchronous_commit=on" "$PGFANOUT_TEST_PG_BIN/pgbench" -n -h "$PGFANOUT_TEST_PG_SOCKET_DIR" \
     -p "$PGFANOUT_TEST_PG_PORT" -U postgres -c "$CLIENTS" -j "$CLIENTS" -R "$RATE" -T "$DURATION" \
     -f "$WORK/insert.sql" bench_latency >"$WORK/pgbench.out" 2>&1
@@ -84,6 +89,8 @@ until (($(metrics | awk '/^pgfanout_sink_applied_total/ { s += $2 } END { printf
     sleep 0.2
 done
 peak=$(awk '/VmHWM/ { print $2 }' "/proc/$PGFANOUT_PID/status")
+awk -v store="$(store_cpu)" -v store0="$STORE_CPU_BEFORE" -v own="$(own_cpu)" -v own0="$OWN_CPU_BEFORE" \
+    'BEGIN { printf "redis_server_cpu_seconds=%.2f pgfanout_cpu_seconds=%.2f\n", store - store0, own - own0 }'
 metrics | awk -v rows="$rows" -v peak="$peak" '
     /^pgfanout_source_lag_seconds_bucket\{.*sink="cache"/ {
         match($0, /le="[^"]*"/)

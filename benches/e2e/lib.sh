@@ -99,14 +99,14 @@ bench_stream_only() {
     printf '[snapshot]\nenabled = false\n\n'
 }
 
-# bench_run CONFIG N: starts pgfanout (release build; PROFILE=debug for a
+# bench_run CONFIG N: starts pgfanout ($PGFANOUT_BIN, else the release build; PROFILE=debug for a
 # debug one, only to try a script out) with CONFIG and waits
 # until its sinks have applied N changes; sets START, END, RATE (changes/s)
 # and PEAK (peak RSS in kB). Extra environment for pgfanout in BENCH_ENV.
 bench_run() {
     local config=$1 n=$2 applied rss
     START=$(date +%s.%N)
-    env ${BENCH_ENV:-} "$TARGET/${PROFILE:-release}/pgfanout" --log-format json run --config "$config" 2>"$WORK/pgfanout.log" &
+    env ${BENCH_ENV:-} "${PGFANOUT_BIN:-$TARGET/${PROFILE:-release}/pgfanout}" --log-format json run --config "$config" 2>"$WORK/pgfanout.log" &
     PGFANOUT_PID=$!
     PEAK=0
     while :; do

@@ -8,6 +8,7 @@
 #   benches/e2e/sink_throughput.sh discard      # no store: the pipeline alone
 #   benches/e2e/sink_throughput.sh redis        # + redis-benchmark yardstick
 #   N=200000 LANES=1 benches/e2e/sink_throughput.sh redis
+#   PGFANOUT_BIN=/tmp/pgfanout-main N=200000 benches/e2e/sink_throughput.sh redis
 #   SINK_OPTIONS='version_guard = false' TABLE_OPTIONS='truncate = "scan"' \
 #       benches/e2e/sink_throughput.sh redis
 #
@@ -32,7 +33,8 @@ discard | redis) ;;
     exit 2
     ;;
 esac
-(cd "$REPO_ROOT" && cargo build --release --quiet)
+# PGFANOUT_BIN: another build to time (e.g. a copy of main's), without building.
+[[ -n ${PGFANOUT_BIN:-} ]] || (cd "$REPO_ROOT" && cargo build --release --quiet)
 
 bench_database bench_sink <<SQL
 $ORDERS_TABLE

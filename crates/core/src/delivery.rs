@@ -19,7 +19,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct DeliveryConfig {
     /// Lanes a batch is split into by primary key and applied concurrently;
-    /// one key's changes always share a lane. Default: 4.
+    /// one key's changes always share a lane. A Redis sink gives a lane at
+    /// least 64 changes, so a small batch is one call. Default: 4.
     #[serde(default = "default_lanes")]
     pub lanes: usize,
     /// What to do with a change the store rejects: `"block"` (retry until it

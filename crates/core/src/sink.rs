@@ -262,6 +262,15 @@ pub trait Sink: Send + Sync {
         let _ = (change, keys);
     }
 
+    /// Fewest changes worth a lane of their own: the worker splits a batch
+    /// into at most `changes / min_lane_changes` of its configured lanes (at
+    /// least one), so a small batch is one call carrying its checkpoint
+    /// rather than several calls and then the checkpoint. Default 1: every
+    /// configured lane is used.
+    fn min_lane_changes(&self) -> usize {
+        1
+    }
+
     /// Problems that would make [`Sink::apply`] refuse changes of a table of
     /// this shape (as the sink receives it, after mapping), one line each
     /// with its fix: a key it cannot build (no primary key and no key

@@ -380,9 +380,11 @@ impl SinkWorker {
             .collect();
         self.series.batch_size.observe(changes.len() as f64);
         let started = Instant::now();
-        let lanes = split_into_lanes_with(changes, self.settings.lanes, |change, keys| {
-            self.sink.related_lane_keys(change, keys)
-        });
+        // A small batch goes whole: a lane of its own is worth less to the
+        // sink than the call (and the separate checkpoint) it costs.
+        let lane_count = self.settings.lanes.min(changes.len() / self.sink.min_lane_changes().max(1)).max(1);
+        let lanes =
+            split_into_lanes_with(changes, lane_count, |change, keys| self.sink.related_lane_keys(change, keys));
         if let [only] = lanes.as_slice() {
             // One lane: the checkpoint travels with the data, in one call.
             self.apply_lane(only, checkpoint).await;
@@ -608,6 +610,9 @@ mod tests {
         failures_left: Mutex<usize>,
         store_failures_left: Mutex<usize>,
         poison: Option<&'static str>,
+        /// Changes and checkpoint of each successful call.
+        calls: Mutex<Vec<(usize, Option<Lsn>)>>,
+        min_lane_changes: usize,
     }
 
     fn id_of(change: &ChangeRef<'_>) -> String {
@@ -649,7 +654,11 @@ mod tests {
             }
             self.applied.lock().unwrap().extend(changes.iter().map(id_of));
             self.checkpoints.lock().unwrap().extend(checkpoint);
+            self.calls.lock().unwrap().push((changes.len(), checkpoint));
             Ok(())
+        }
+        fn min_lane_changes(&self) -> usize {
+            self.min_lane_changes.max(1)
         }
     }
 
@@ -740,6 +749,45 @@ mod tests {
         assert_eq!(applied, ids);
         assert_eq!(*sink.checkpoints.lock().unwrap(), [Lsn(100)], "one checkpoint, after every lane");
         assert_eq!(acked, Lsn(100));
+    }
+
+    #[tokio::test]
+    async fn a_batch_too_small_for_its_lanes_goes_whole_with_its_checkpoint() {
+        let sink = Arc::new(RecordingSink { min_lane_changes: 10, ..RecordingSink::default() });
+        let settings = WorkerSettings { lanes: 4, ..fast_settings() };
+        let (worker, queue, _acked) =
+            SinkWorker::new(sink.clone(), None, settings, Metrics::new().unwrap(), Arc::default());
+        let task = tokio::spawn(worker.run());
+        let ids: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // One transaction at a time, each its own batch.
+        queue.send(transaction(10, &refs[..9])).await.unwrap();
+        wait_for_checkpoint(&sink, Lsn(10)).await;
+        queue.send(transaction(20, &refs[..20])).await.unwrap();
+        wait_for_checkpoint(&sink, Lsn(20)).await;
+        queue.send(transaction(30, &refs)).await.unwrap();
+        drop(queue);
+        task.await.unwrap();
+        let calls = sink.calls.lock().unwrap().clone();
+        assert_eq!(calls[0], (9, Some(Lsn(10))), "fewer changes than one lane's worth: one call, checkpoint included");
+        // 20 changes: at most two lanes, then the checkpoint alone.
+        let second = calls.iter().position(|call| call.1 == Some(Lsn(20))).unwrap();
+        assert!(calls[1..second].iter().all(|call| call.1.is_none()), "{calls:?}");
+        assert_eq!(calls[1..second].iter().map(|call| call.0).sum::<usize>(), 20);
+        assert_eq!((second - 1, calls[second]), (2, (0, Some(Lsn(20)))), "{calls:?}");
+        // 40 changes: up to all four lanes.
+        let lanes = &calls[second + 1..calls.len() - 1];
+        assert_eq!(lanes.iter().map(|call| call.0).sum::<usize>(), 40);
+        assert!((3..=4).contains(&lanes.len()), "{calls:?}");
+        assert_eq!(calls.last(), Some(&(0, Some(Lsn(30)))));
+    }
+
+    async fn wait_for_checkpoint(sink: &RecordingSink, lsn: Lsn) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sink.checkpoints.lock().unwrap().contains(&lsn) {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint {lsn} within 10 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     #[tokio::test]

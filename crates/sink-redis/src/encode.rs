@@ -301,8 +301,8 @@ pub enum ScriptArg<'a> {
     Owned(String),
     /// An opcode or a fixed word.
     Static(&'static str),
-    /// A name shared by many records (the version field).
-    Shared(Arc<str>),
+    /// Several strings packed into one argument (see [`pack_strings`]).
+    Packed(Vec<u8>),
 }
 
 impl ScriptArg<'_> {
@@ -312,7 +312,7 @@ impl ScriptArg<'_> {
             ScriptArg::Borrowed(bytes) => bytes,
             ScriptArg::Owned(text) => text.as_bytes(),
             ScriptArg::Static(text) => text.as_bytes(),
-            ScriptArg::Shared(text) => text.as_bytes(),
+            ScriptArg::Packed(bytes) => bytes,
         }
     }
 }
@@ -427,8 +427,8 @@ impl<'a> ScriptCall<'a> {
         self.push_arg(ScriptArg::Owned(text));
     }
 
-    fn shared(&mut self, text: &Arc<str>) {
-        self.push_arg(ScriptArg::Shared(Arc::clone(text)));
+    fn packed(&mut self, packed: Vec<u8>) {
+        self.push_arg(ScriptArg::Packed(packed));
     }
 
     fn bytes(&mut self, bytes: &'a [u8]) {
@@ -769,22 +769,16 @@ fn write_row<'a>(
     call.optional_key(resolved.index_set.as_deref());
     match resolved.format {
         RowFormat::Hash => {
-            call.text(version.clone());
+            // Fields to write (present values, the version last), packed
+            // into one argument, then, for an update, fields to remove
+            // (NULLs); unchanged TOAST columns are in neither.
+            let present = columns().filter_map(|(field, value)| Some((field.as_bytes(), value.as_bytes()?)));
+            let guard = resolved.version_field.as_ref().map(|field| (field.as_bytes(), version.as_bytes()));
+            let fields = pack_strings(present.chain(guard).flat_map(|(field, value)| [field, value]));
+            call.text(version);
             call.word(if replace { "r" } else { "p" });
             call.number(resolved.ttl_secs.unwrap_or(0));
-            // Fields to write (present values), then, for an update, fields
-            // to remove (NULLs); unchanged TOAST columns are in neither.
-            let present = columns().filter(|(_, value)| value.as_bytes().is_some());
-            let guard = resolved.version_field.as_ref();
-            call.number(present.clone().count() as u64 + u64::from(guard.is_some()));
-            for (field, value) in present {
-                call.bytes(field.as_bytes());
-                call.bytes(value.as_bytes().unwrap_or_default());
-            }
-            if let Some(field) = guard {
-                call.shared(field);
-                call.text(version);
-            }
+            call.packed(fields);
             // A replaced row has no stale fields to remove.
             let nulls = columns().filter(|(_, value)| !replace && matches!(value, ColumnValue::Null));
             call.number(nulls.clone().count() as u64);
@@ -804,6 +798,34 @@ fn write_row<'a>(
             }
         }
     }
+}
+
+/// `strings` as one argument: each as a MessagePack string (a length
+/// header, then its bytes), one after the other, as the script's
+/// `cmsgpack.unpack` turns back into as many Lua strings. Redis's cmsgpack
+/// reads the str formats, not bin, whatever the bytes; a value never reaches
+/// 4 GB (PostgreSQL's limit is 1 GB).
+pub fn pack_strings<'s>(strings: impl Iterator<Item = &'s [u8]> + Clone) -> Vec<u8> {
+    let mut packed = Vec::with_capacity(strings.clone().map(|text| text.len() + 5).sum());
+    for text in strings {
+        let len = text.len();
+        match u8::try_from(len) {
+            Ok(short) if short < 32 => packed.push(0xa0 | short),
+            Ok(short) => packed.extend_from_slice(&[0xd9, short]),
+            Err(_) => match u16::try_from(len) {
+                Ok(medium) => {
+                    packed.push(0xda);
+                    packed.extend_from_slice(&medium.to_be_bytes());
+                }
+                Err(_) => {
+                    packed.push(0xdb);
+                    packed.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+                }
+            },
+        }
+        packed.extend_from_slice(text);
+    }
+    packed
 }
 
 /// A table's [`TableOptions`] resolved against one shape of the table.
@@ -957,8 +979,47 @@ mod tests {
     }
 
     /// The call's arguments as text, key indices replaced by `<key>`.
+    /// The arguments as text; packed ones as `[a b c]`.
     fn texts(call: &ScriptCall<'_>) -> Vec<String> {
-        call.args().iter().map(|arg| String::from_utf8_lossy(arg.as_bytes()).into_owned()).collect()
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        call.args()
+            .iter()
+            .map(|arg| match arg {
+                ScriptArg::Packed(packed) => {
+                    format!("[{}]", unpack_strings(packed).iter().map(|s| text(s)).collect::<Vec<_>>().join(" "))
+                }
+                other => text(other.as_bytes()),
+            })
+            .collect()
+    }
+
+    /// Reads back what [`pack_strings`] wrote (MessagePack str formats).
+    fn unpack_strings(mut packed: &[u8]) -> Vec<Vec<u8>> {
+        let mut strings = Vec::new();
+        while let Some((&marker, rest)) = packed.split_first() {
+            let (len, rest) = match marker {
+                0xa0..=0xbf => (usize::from(marker & 0x1f), rest),
+                0xd9 => (usize::from(rest[0]), &rest[1..]),
+                0xda => (usize::from(u16::from_be_bytes([rest[0], rest[1]])), &rest[2..]),
+                0xdb => (u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize, &rest[4..]),
+                other => panic!("not a MessagePack string marker: {other:#x}"),
+            };
+            strings.push(rest[..len].to_vec());
+            packed = &rest[len..];
+        }
+        strings
+    }
+
+    #[test]
+    fn packed_strings_take_the_shortest_header_for_their_length() {
+        let lengths = [0, 1, 31, 32, 255, 256, 65_535, 65_536, 70_000];
+        let strings: Vec<Vec<u8>> = lengths.iter().map(|&len| (0..len).map(|i| (i % 251) as u8).collect()).collect();
+        let packed = pack_strings(strings.iter().map(Vec::as_slice));
+        assert_eq!(unpack_strings(&packed), strings);
+        let headers = [1, 1, 1, 2, 2, 3, 3, 5, 5];
+        assert_eq!(packed.len(), lengths.iter().sum::<usize>() + headers.iter().sum::<usize>());
+        assert_eq!(pack_strings([&b"ab"[..]].into_iter()), b"\xa2ab");
+        assert_eq!(pack_strings([&[b'x'; 32][..]].into_iter())[..2], [0xd9, 32]);
     }
 
     fn version(end: u64, ordinal: u32) -> String {
@@ -980,12 +1041,12 @@ mod tests {
         assert_eq!(call.keys(), ["cp", "reservations:7", "idx:public.reservations"]);
         let (v0, v1, v2) = (version(0x100, 0), version(0x100, 1), version(0x100, 2));
         // Guard field, checkpoint; then per record: opcode, key indices
-        // (row, tombstone, index set), version, mode, TTL, fields (the
-        // version's own last), fields to remove.
+        // (row, tombstone, index set), version, mode, TTL, fields packed
+        // into one argument (the version's own last), fields to remove.
         let expected = [
             "_v 0/100".to_owned(),
-            format!("H 2 0 3 {v0} r 0 3 id 7 status new _v {v0} 0"),
-            format!("H 2 0 3 {v1} p 0 2 id 7 _v {v1} 1 status"),
+            format!("H 2 0 3 {v0} r 0 [id 7 status new _v {v0}] 0"),
+            format!("H 2 0 3 {v1} p 0 [id 7 _v {v1}] 1 status"),
             format!("D h 2 0 3 {v2} 0"),
         ]
         .join(" ");

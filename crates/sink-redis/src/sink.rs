@@ -29,6 +29,15 @@ use crate::error::RedisSinkError;
 /// The batch script (see its header for the record format).
 const APPLY_BATCH: &str = include_str!("lua/apply_batch.lua");
 
+/// Fewest changes worth a lane (see [`Sink::min_lane_changes`]): every
+/// lane's call pays the server a fixed cost (the script's start, its
+/// argument tables) about that of one row, and with more than one lane the
+/// checkpoint takes a call of its own after them. Lanes share one
+/// connection to a single-threaded server: what they buy is pgfanout
+/// encoding one lane while Redis runs another, which only a large batch
+/// makes worth those calls.
+const MIN_LANE_CHANGES: usize = 64;
+
 /// Keys one `SCAN` page asks for during a truncate by scan.
 const SCAN_PAGE: usize = 1000;
 
@@ -340,6 +349,10 @@ impl Sink for RedisSink {
 
     fn table_problems(&self, table: &pgfanout_core::TableSchema) -> Vec<String> {
         self.encoder().table_problems(table)
+    }
+
+    fn min_lane_changes(&self) -> usize {
+        MIN_LANE_CHANGES
     }
 
     fn read_back(&self) -> Option<&dyn pgfanout_core::ReadBack> {
