@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  per table (own SQL connection):
-//!    open ─► emit low ─► read chunk N ─► xact status ─► chunk_read ─► emit high
+//!    open ─► emit low + read chunk N + xact status (one round trip) ─► chunk_read ─► emit high
 //!      ─► outcome (stream reached high: chunk N is in the sink's queue)
 //!      ─► chunk N-1 acknowledged by the sink ─► store N-1's progress ─► read chunk N+1 …
 //! ```
@@ -37,7 +37,7 @@ use postgres_protocol::escape::escape_literal;
 use tokio::sync::{watch, Mutex, Semaphore};
 
 use crate::progress::{SnapshotProgress, TableProgress};
-use crate::reader::{Chunk, ChunkLimits, KeyText, TableReader};
+use crate::reader::{Chunk, ChunkLimits, KeyText, Rows, TableReader};
 use crate::table::SnapshotTable;
 use crate::watermark::{ChunkOutcome, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};
 use crate::SnapshotError;
@@ -318,17 +318,17 @@ impl TableCopy {
         let merge = &self.snapshotter.merge;
         let ticket = merge.open(self.sink.name(), &self.table, key_names.to_vec());
         let staged = async {
-            emit(connection, &self.table, &ticket.low).await?;
-            let mut chunk = match read {
-                Read::After(after) => reader.read_chunk(connection, after).await?,
-                Read::Keys(keys) => reader.read_keys(connection, keys).await?,
+            // The low watermark is emitted and committed in the read's round trip.
+            let rows = match read {
+                Read::After(after) => Rows::After(after),
+                Read::Keys(keys) => Rows::Keys(keys),
             };
+            let mut chunk = reader.read_after_mark(connection, rows, &emit_sql(&ticket.low)).await?;
             // Read with a stale column list (an ALTER TABLE since the table was
             // described): copy() describes it again and reads the chunk again.
             if chunk.shape_version.as_deref() != Some(reader.table().shape_version.as_str()) {
                 return Err(SnapshotError::Altered { table: self.table.clone() });
             }
-            let committed = committed_among(connection, &self.table, &chunk.visibility.in_progress).await?;
             // The rows move into the merge; the chunk keeps its count, last key and visibility.
             let read_rows = chunk.rows.len();
             let rows = std::mem::take(&mut chunk.rows)
@@ -341,7 +341,7 @@ impl TableCopy {
                     schema: reader.table().schema.clone(),
                     rows,
                     visibility: chunk.visibility.clone(),
-                    committed_in_progress: committed,
+                    committed_in_progress: std::mem::take(&mut chunk.committed_in_progress),
                 },
             );
             emit(connection, &self.table, &ticket.high).await?;
@@ -440,13 +440,7 @@ impl From<SnapshotError> for CopyError {
 /// message at once (the connection commits synchronously, see
 /// [`connect`]).
 async fn emit(connection: &mut ReplicationConnection, table: &TableName, content: &str) -> Result<Lsn, SnapshotError> {
-    let sql = format!(
-        "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})::text AS lsn, \
-         pg_catalog.pg_current_xact_id() AS flushes_at_commit",
-        escape_literal(WATERMARK_PREFIX),
-        escape_literal(content)
-    );
-    let result = connection.simple_query(&sql).await.map_err(|source| SnapshotError::Source {
+    let result = connection.simple_query(&emit_sql(content)).await.map_err(|source| SnapshotError::Source {
         table: table.clone(),
         doing: "emitting a watermark (pg_logical_emit_message)".to_owned(),
         source,
@@ -457,6 +451,16 @@ async fn emit(connection: &mut ReplicationConnection, table: &TableName, content
     })
 }
 
+/// The statement that emits the watermark message `content` (see [`emit`]).
+fn emit_sql(content: &str) -> String {
+    format!(
+        "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})::text AS lsn, \
+         pg_catalog.pg_current_xact_id() AS flushes_at_commit",
+        escape_literal(WATERMARK_PREFIX),
+        escape_literal(content)
+    )
+}
+
 /// A SQL connection for one table's copy: the replication connection's
 /// session settings (so values read as the stream sends them), with
 /// synchronous commits so watermarks reach the stream at once (see [`emit`]).
@@ -464,26 +468,4 @@ async fn connect(options: &ConnectOptions) -> Result<ReplicationConnection, pg_r
     let mut connection = ReplicationConnection::connect(options).await?;
     connection.simple_query("SET synchronous_commit = on").await?;
     Ok(connection)
-}
-
-/// Those of `xids` that have committed (`pg_xact_status`).
-async fn committed_among(
-    connection: &mut ReplicationConnection,
-    table: &TableName,
-    xids: &[u64],
-) -> Result<Vec<u64>, SnapshotError> {
-    if xids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let list = xids.iter().map(|xid| format!("'{xid}'")).collect::<Vec<_>>().join(", ");
-    let sql = format!(
-        "SELECT x AS xid FROM unnest(ARRAY[{list}]::text[]) x \
-         WHERE pg_catalog.pg_xact_status(x::xid8) = 'committed'"
-    );
-    let result = connection.simple_query(&sql).await.map_err(|source| SnapshotError::Source {
-        table: table.clone(),
-        doing: "reading the status of transactions in progress during the read".to_owned(),
-        source,
-    })?;
-    Ok((0..result.rows.len()).filter_map(|row| result.get(row, "xid")?.parse().ok()).collect())
 }

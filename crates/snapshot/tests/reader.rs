@@ -48,10 +48,12 @@ const SCHEMA: &str = "
 ";
 
 const ROWS: &str = "
-    INSERT INTO line_item SELECT i / 3, 'l-' || (i % 3) || CASE WHEN i % 5 = 0 THEN ' ü''x' ELSE '' END,
+    INSERT INTO line_item SELECT i / 3,
+        'l-' || (i % 3) || CASE WHEN i % 5 = 0 THEN ' ü''x' WHEN i % 11 = 0 THEN E'\\t\\\\' ELSE '' END,
         i * 1.125, jsonb_build_object('i', i, 'nested', jsonb_build_array(i, 'x')),
         ARRAY['a' || i, NULL, 'q\"uote'], CASE WHEN i % 2 = 0 THEN 'calm' ELSE 'busy' END::mood,
-        '2024-02-29 12:00:00+00'::timestamptz + i * interval '1 minute', CASE WHEN i % 7 = 0 THEN NULL ELSE 'n' END
+        '2024-02-29 12:00:00+00'::timestamptz + i * interval '1 minute', CASE WHEN i % 7 = 0 THEN NULL
+        WHEN i % 7 = 1 THEN E'tab\\tnew\\nline\\r\\\\N \\\\ \\x01 \\b' WHEN i % 7 = 2 THEN '\\N' ELSE 'n' END
         FROM generate_series(1, 200) i;
     INSERT INTO doc SELECT i, (SELECT string_agg(md5(i::text || g::text), '') FROM generate_series(1, 3000) g),
         decode(md5(i::text), 'hex') FROM generate_series(1, 6) i;
