@@ -139,6 +139,11 @@ pub struct SnapshotConfig {
     /// chunk). Default: 8.
     #[serde(default = "default_chunk_mb")]
     pub chunk_mb: usize,
+    /// Chunks of a table read ahead while the oldest one's high watermark
+    /// travels through the replication stream (1: one chunk at a time).
+    /// Each holds up to a chunk of rows in memory. Default: 3.
+    #[serde(default = "default_chunks_in_flight")]
+    pub chunks_in_flight: usize,
 }
 
 impl Default for SnapshotConfig {
@@ -148,6 +153,7 @@ impl Default for SnapshotConfig {
             parallel_tables: default_parallel_tables(),
             chunk_rows: default_chunk_rows(),
             chunk_mb: default_chunk_mb(),
+            chunks_in_flight: default_chunks_in_flight(),
         }
     }
 }
@@ -169,6 +175,9 @@ fn default_chunk_rows() -> usize {
 }
 fn default_chunk_mb() -> usize {
     8
+}
+fn default_chunks_in_flight() -> usize {
+    3
 }
 
 /// `[http]`.
@@ -318,9 +327,13 @@ impl Config {
         if self.sinks.is_empty() {
             problems.push("no [[sink]] configured: add at least one, e.g. kind = \"redis\"".to_owned());
         }
-        if self.snapshot.parallel_tables == 0 || self.snapshot.chunk_rows == 0 || self.snapshot.chunk_mb == 0 {
+        if self.snapshot.parallel_tables == 0
+            || self.snapshot.chunk_rows == 0
+            || self.snapshot.chunk_mb == 0
+            || self.snapshot.chunks_in_flight == 0
+        {
             problems.push(
-                "snapshot.parallel_tables, snapshot.chunk_rows and snapshot.chunk_mb must be at least 1".to_owned(),
+                "snapshot.parallel_tables, snapshot.chunk_rows, snapshot.chunk_mb and snapshot.chunks_in_flight must be at least 1".to_owned(),
             );
         }
         if self.pipeline.max_batch_changes == 0 || self.pipeline.queue_capacity == 0 {

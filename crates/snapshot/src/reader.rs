@@ -100,6 +100,15 @@ pub struct Chunk {
 pub enum Rows<'a> {
     /// The next chunk after a key (from the start for `None`).
     After(Option<&'a [String]>),
+    /// A chunk's key range read again: the rows after `after` (from the
+    /// start for `None`) up to and including `through`, however many there
+    /// are now (the chunks after it may be read already); never `more`.
+    Range {
+        /// The key the range starts after.
+        after: Option<&'a [String]>,
+        /// The range's last key.
+        through: &'a [String],
+    },
     /// The rows with these keys (those that still exist); never `more`.
     Keys(&'a [KeyText]),
 }
@@ -210,6 +219,20 @@ impl TableReader {
                     None => "reading the first chunk".to_owned(),
                 },
             ),
+            Rows::Range { after, through } => {
+                let from = match after {
+                    Some(key) => format!("({}) > {} AND ", self.order, self.key_literals(key)),
+                    None => String::new(),
+                };
+                let sql = format!(
+                    "{} WHERE {from}({}) <= {} ORDER BY {}",
+                    self.select,
+                    self.order,
+                    self.key_literals(through),
+                    self.order
+                );
+                (sql, format!("re-reading the chunk through key ({}) = (…)", self.order))
+            }
             Rows::Keys(keys) => {
                 let list = keys.iter().map(|key| self.key_literals(key)).collect::<Vec<_>>().join(", ");
                 let sql = format!("{} WHERE ({}) IN ({list}) ORDER BY {}", self.select, self.order, self.order);
@@ -275,13 +298,15 @@ impl TableReader {
             })?;
             chunk.bytes += row.iter().map(|value| value.as_bytes().map_or(0, <[u8]>::len)).sum::<usize>();
             chunk.rows.push(row);
-            if chunk.bytes >= self.limits.bytes {
+            // Only a chunk read after a key may end early: the next one starts
+            // after its last row. A re-read must hold every row it asked for.
+            if chunk.bytes >= self.limits.bytes && matches!(rows, Rows::After(_)) {
                 break;
             }
         }
         chunk.more = match rows {
             Rows::After(_) => read_rows == self.limits.rows || chunk.rows.len() < read_rows,
-            Rows::Keys(_) => false,
+            Rows::Range { .. } | Rows::Keys(_) => false,
         };
         chunk.last_key = match chunk.rows.last() {
             Some(row) => Some(
