@@ -127,7 +127,8 @@ pub struct SnapshotConfig {
     #[serde(default = "default_snapshot_enabled")]
     pub enabled: bool,
     /// Tables copied at the same time, over all sinks; each holds one
-    /// PostgreSQL connection while it copies. Default: 2.
+    /// PostgreSQL connection while it copies (two with `chunks_in_flight`
+    /// above 1; each counts against `max_wal_senders`). Default: 2.
     #[serde(default = "default_parallel_tables")]
     pub parallel_tables: usize,
     /// Rows per chunk (one short read transaction each; larger chunks
@@ -140,8 +141,9 @@ pub struct SnapshotConfig {
     #[serde(default = "default_chunk_mb")]
     pub chunk_mb: usize,
     /// Chunks of a table read ahead while the oldest one's high watermark
-    /// travels through the replication stream (1: one chunk at a time).
-    /// Each holds up to a chunk of rows in memory. Default: 3.
+    /// travels through the replication stream (1: one chunk at a time);
+    /// above 1, the next chunk is read over a second connection while one
+    /// is parsed. Each holds up to a chunk of rows in memory. Default: 3.
     #[serde(default = "default_chunks_in_flight")]
     pub chunks_in_flight: usize,
 }

@@ -6,6 +6,7 @@
 #
 #   benches/e2e/snapshot_vs_copy.sh                 # N=1000000, release build, default chunk size
 #   N=200000 CHUNK_ROWS=5000 benches/e2e/snapshot_vs_copy.sh
+#   CHUNKS_IN_FLIGHT=1 benches/e2e/snapshot_vs_copy.sh   # one chunk at a time (no read-ahead)
 #   PROFILE=debug N=100000 benches/e2e/snapshot_vs_copy.sh   # try it out without a release build
 #   SINKS=discard benches/e2e/snapshot_vs_copy.sh              # one target only (discard, redis)
 #   LOGS=/tmp/snap PGFANOUT_LOG=info,pgfanout_snapshot=debug benches/e2e/snapshot_vs_copy.sh
@@ -51,7 +52,10 @@ snapshot_run() {
         >/dev/null
     {
         bench_source bench_snapshot
-        if [[ -n ${CHUNK_ROWS:-} ]]; then printf '[snapshot]\nchunk_rows = %d\n\n' "$CHUNK_ROWS"; fi
+        printf '[snapshot]\n'
+        if [[ -n ${CHUNK_ROWS:-} ]]; then printf 'chunk_rows = %d\n' "$CHUNK_ROWS"; fi
+        if [[ -n ${CHUNKS_IN_FLIGHT:-} ]]; then printf 'chunks_in_flight = %d\n' "$CHUNKS_IN_FLIGHT"; fi
+        printf '\n'
         printf '[[sink]]\nname = "bench"\n%s\n[[sink.table]]\nsource = "public.orders"\n' "$sink_lines"
     } >"$WORK/$kind.toml"
     START=$(date +%s.%N)

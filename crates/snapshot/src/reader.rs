@@ -83,7 +83,7 @@ pub struct Chunk {
     /// Whether the table may hold rows after this chunk (false once a read
     /// came back short of its limits).
     pub more: bool,
-    /// Bytes of values in the chunk.
+    /// Bytes of the rows as COPY sent them (values, separators, escapes).
     pub bytes: usize,
     /// What the read could see.
     pub visibility: ReadVisibility,
@@ -200,16 +200,29 @@ impl TableReader {
         self.read(connection, rows, Some(mark)).await
     }
 
-    /// Runs `mark` (if any), then the select of `rows` in a `REPEATABLE
-    /// READ` transaction with its snapshot, then the status of the
-    /// transactions the snapshot saw in progress: one simple query message
-    /// of several statements, so a chunk costs one round trip.
     async fn read(
         &self,
         connection: &mut ReplicationConnection,
         rows: Rows<'_>,
         mark: Option<&str>,
     ) -> Result<Chunk, SnapshotError> {
+        let fetched = self.fetch(connection, rows, mark).await?;
+        self.parse(fetched).ok_or_else(|| self.unparsable())
+    }
+
+    /// Runs `mark` (if any), then the select of `rows` in a `REPEATABLE
+    /// READ` transaction with its snapshot, then the status of the
+    /// transactions the snapshot saw in progress: one simple query message
+    /// of several statements, so a chunk costs one round trip. The rows
+    /// stay as the lines COPY sent ([`TableReader::parse`] makes them rows):
+    /// only the last one's key is read, so that the next chunk's read can
+    /// start before this one is parsed.
+    pub async fn fetch(
+        &self,
+        connection: &mut ReplicationConnection,
+        rows: Rows<'_>,
+        mark: Option<&str>,
+    ) -> Result<FetchedChunk, SnapshotError> {
         let table = &self.table.schema.table;
         let (select, doing) = match rows {
             Rows::After(after) => (
@@ -275,7 +288,7 @@ impl TableReader {
         }
         let (
             Some(StatementOutput::Rows(statuses)),
-            Some(StatementOutput::CopyOut(lines)),
+            Some(StatementOutput::CopyOut(mut lines)),
             Some(StatementOutput::Rows(snapshot)),
         ) = (results.pop(), results.pop(), results.pop())
         else {
@@ -289,34 +302,70 @@ impl TableReader {
         let committed_in_progress =
             (0..statuses.rows.len()).filter_map(|row| statuses.get(row, "xid")?.parse().ok()).collect();
         let read_rows = lines.len();
-        let mut chunk = Chunk { visibility, shape_version, committed_in_progress, ..Chunk::default() };
-        chunk.rows.reserve(read_rows);
-        let columns = self.table.schema.columns.len();
-        for line in lines {
-            let row = copy_text_row(line, columns).ok_or_else(|| {
-                unexpected(format!("a row read has not {columns} columns (did the table change while it was copied?)"))
-            })?;
-            chunk.bytes += row.iter().map(|value| value.as_bytes().map_or(0, <[u8]>::len)).sum::<usize>();
-            chunk.rows.push(row);
-            // Only a chunk read after a key may end early: the next one starts
-            // after its last row. A re-read must hold every row it asked for.
-            if chunk.bytes >= self.limits.bytes && matches!(rows, Rows::After(_)) {
-                break;
+        // Only a chunk read after a key may end early (the row crossing the
+        // byte limit is its last): the next one starts after its last row.
+        // A re-read must hold every row it asked for.
+        let mut bytes = 0;
+        if matches!(rows, Rows::After(_)) {
+            if let Some(crossing) = lines.iter().position(|line| {
+                bytes += line.len();
+                bytes >= self.limits.bytes
+            }) {
+                lines.truncate(crossing + 1);
             }
+        } else {
+            bytes = lines.iter().map(Bytes::len).sum();
         }
-        chunk.more = match rows {
-            Rows::After(_) => read_rows == self.limits.rows || chunk.rows.len() < read_rows,
+        let more = match rows {
+            Rows::After(_) => read_rows == self.limits.rows || lines.len() < read_rows,
             Rows::Range { .. } | Rows::Keys(_) => false,
         };
-        chunk.last_key = match chunk.rows.last() {
-            Some(row) => Some(
-                self.key_of(row)
-                    .ok_or_else(|| unexpected("a key column of a row read is NULL or not text".to_owned()))?,
+        let last_key = match lines.last() {
+            Some(line) => Some(
+                copy_text_row(line.clone(), self.table.schema.columns.len())
+                    .and_then(|row| self.key_of(&row))
+                    .ok_or_else(|| unexpected("the key of the last row read is unreadable or NULL".to_owned()))?,
             ),
             None => None,
         };
-        Ok(chunk)
+        Ok(FetchedChunk { lines, last_key, more, bytes, visibility, shape_version, committed_in_progress })
     }
+
+    /// The rows of a fetched chunk; `None` when a row has not the table's
+    /// columns (it changed while it was copied).
+    pub fn parse(&self, fetched: FetchedChunk) -> Option<Chunk> {
+        let FetchedChunk { lines, last_key, more, bytes, visibility, shape_version, committed_in_progress } = fetched;
+        let columns = self.table.schema.columns.len();
+        let rows = lines.into_iter().map(|line| copy_text_row(line, columns)).collect::<Option<Vec<Row>>>()?;
+        Some(Chunk { rows, last_key, more, bytes, visibility, shape_version, committed_in_progress })
+    }
+
+    /// The error of a fetched chunk [`TableReader::parse`] could not parse.
+    pub fn unparsable(&self) -> SnapshotError {
+        SnapshotError::Unexpected {
+            table: self.table.schema.table.clone(),
+            what: format!(
+                "a row read has not {} columns (did the table change while it was copied?)",
+                self.table.schema.columns.len()
+            ),
+        }
+    }
+}
+
+/// A chunk as fetched: COPY's lines, not yet parsed into rows (see
+/// [`TableReader::fetch`]).
+#[derive(Debug, Clone)]
+pub struct FetchedChunk {
+    lines: Vec<Bytes>,
+    /// The key of the last row, to resume after; `None` when empty.
+    pub last_key: Option<KeyText>,
+    /// Whether the table may hold rows after this chunk.
+    pub more: bool,
+    bytes: usize,
+    visibility: ReadVisibility,
+    /// The table's `pg_class` version the read saw.
+    pub shape_version: Option<String>,
+    committed_in_progress: Vec<u64>,
 }
 
 /// One line of `COPY … TO STDOUT` in text format as a row of `columns`

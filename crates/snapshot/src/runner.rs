@@ -11,6 +11,10 @@
 //!      ─► chunk N-1 acknowledged by the sink ─► store N-1's progress ─► read one more chunk …
 //! ```
 //!
+//! With `chunks_in_flight` above 1 a table's copy holds a second
+//! connection: the server reads chunk N+1 over it while chunk N's rows are
+//! parsed (only the last row's key is needed to start the next read).
+//!
 //! Chunks in flight have disjoint key ranges: a retried chunk reads its own
 //! range again (bounded by its last key, whatever rows it holds now) and a
 //! chunk re-reads only keys of its own rows or keys rows moved to (see
@@ -45,9 +49,9 @@ use postgres_protocol::escape::escape_literal;
 use tokio::sync::{oneshot, watch, Mutex, Semaphore};
 
 use crate::progress::{SnapshotProgress, TableProgress};
-use crate::reader::{ChunkLimits, KeyText, Rows, TableReader};
+use crate::reader::{ChunkLimits, FetchedChunk, KeyText, Rows, TableReader};
 use crate::table::SnapshotTable;
-use crate::watermark::{ChunkOutcome, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};
+use crate::watermark::{ChunkOutcome, ChunkTicket, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};
 use crate::SnapshotError;
 
 /// How long a chunk's outcome is awaited before a warning says so (and
@@ -66,8 +70,9 @@ pub struct SnapshotSettings {
     pub chunk: ChunkLimits,
     /// Chunks of one table read ahead while the oldest one's high
     /// watermark travels through the stream (10-50 ms during which
-    /// PostgreSQL would otherwise sit idle); at least 1. Their key ranges
-    /// are disjoint; their progress is still stored in order.
+    /// PostgreSQL would otherwise sit idle); at least 1. Above 1, each
+    /// table's copy holds a second connection to fetch the next chunk over.
+    /// Their key ranges are disjoint; their progress is still stored in order.
     pub chunks_in_flight: usize,
 }
 
@@ -263,7 +268,7 @@ impl TableCopy {
         .await?;
         let key_names: Vec<String> =
             table.key_positions.iter().filter_map(|&p| table.schema.columns.get(p)).map(|c| c.name.clone()).collect();
-        let reader = TableReader::new(table, snapshotter.settings.chunk);
+        let reader = Arc::new(TableReader::new(table, snapshotter.settings.chunk));
         let table_label = self.table.to_string();
         let (after, mut chunks, mut rows) = match self.progress.lock().await.tables.get(&table_label) {
             Some(TableProgress::Copying { after, chunks, rows }) => (Some(after.clone()), *chunks, *rows),
@@ -273,20 +278,87 @@ impl TableCopy {
         tracing::info!(sink = self.sink.name(), table = %self.table, resume_after_chunks = chunks, "copying table");
         let rows_total = snapshotter.metrics.snapshot_rows_total.with_label_values(&[self.sink.name(), &table_label]);
         let chunks_in_flight = snapshotter.settings.chunks_in_flight.max(1);
+        let (merge, options) = (snapshotter.merge.clone(), snapshotter.options.clone());
         // Chunks read whose high watermark travels through the stream, oldest first.
-        let mut in_flight = InFlight { merge: snapshotter.merge.clone(), chunks: VecDeque::new() };
+        let mut in_flight = InFlight { merge: merge.clone(), chunks: VecDeque::new(), prefetch: None };
+        // The connection the next chunk is fetched over while one is parsed (with chunks_in_flight > 1).
+        let mut spare: Option<ReplicationConnection> = None;
         // Where the next chunk read starts; `None` once the last one is read.
         let mut next: Option<Option<KeyText>> = Some(after);
         // The chunk merged before the oldest in flight, until the sink acknowledges it.
         let mut applying: Option<Applying> = None;
         loop {
             while in_flight.chunks.len() < chunks_in_flight {
-                let Some(after) = next.take() else { break };
-                let started =
-                    self.start_chunk(&mut connection, &reader, &key_names, Read::After(after.as_deref())).await?;
-                if started.more {
-                    next = Some(started.last_key.clone());
+                // The next chunk: fetched on the spare connection meanwhile, or now.
+                // Awaited while still in `in_flight`, so an aborted copy forgets it.
+                let prefetched = match &mut in_flight.prefetch {
+                    Some(prefetch) => Some((&mut prefetch.fetch).await),
+                    None => None,
+                };
+                let (after, ticket, fetched, started) = match prefetched.zip(in_flight.prefetch.take()) {
+                    Some((prefetched, prefetch)) => match prefetched {
+                        Ok((connection, Ok(fetched))) => {
+                            spare = Some(connection);
+                            (prefetch.after, prefetch.ticket, fetched, prefetch.started)
+                        }
+                        Ok((_, Err(err))) => {
+                            merge.cancel(prefetch.ticket.id);
+                            return Err(err.into());
+                        }
+                        Err(join_error) => {
+                            merge.cancel(prefetch.ticket.id);
+                            if join_error.is_panic() {
+                                std::panic::resume_unwind(join_error.into_panic());
+                            }
+                            return Err(CopyError::Stopped);
+                        }
+                    },
+                    None => {
+                        let Some(after) = next.take() else { break };
+                        let ticket = merge.open(self.sink.name(), &self.table, key_names.clone());
+                        let started = Instant::now();
+                        let rows = Rows::After(after.as_deref());
+                        match reader.fetch(&mut connection, rows, Some(&emit_sql(&ticket.low))).await {
+                            Ok(fetched) => (after, ticket, fetched, started),
+                            Err(err) => {
+                                merge.cancel(ticket.id);
+                                return Err(err.into());
+                            }
+                        }
+                    }
+                };
+                if fetched.more {
+                    next = Some(fetched.last_key.clone());
                 }
+                // The server reads the chunk after it while this one is parsed and handed over.
+                if in_flight.chunks.len() + 1 < chunks_in_flight {
+                    if let Some(next_after) = next.take() {
+                        let spare_connection = match spare.take() {
+                            Some(connection) => Some(connection),
+                            // Without it, chunks are fetched one after the other.
+                            None => connect(&options)
+                                .await
+                                .inspect_err(|err| {
+                                    tracing::warn!(
+                                        sink = self.sink.name(),
+                                        table = %self.table,
+                                        error = %err,
+                                        "a second connection for the snapshot failed; chunks are read one at a time"
+                                    )
+                                })
+                                .ok(),
+                        };
+                        match spare_connection {
+                            Some(connection) => {
+                                let ticket = merge.open(self.sink.name(), &self.table, key_names.clone());
+                                in_flight.prefetch =
+                                    Some(Prefetch::start(reader.clone(), connection, next_after, ticket));
+                            }
+                            None => next = Some(next_after),
+                        }
+                    }
+                }
+                let started = self.hand_over(&mut connection, &reader, ticket, fetched, started).await?;
                 in_flight.chunks.push_back(InFlightChunk { after, started });
             }
             let Some(InFlightChunk { after, started }) = in_flight.chunks.pop_front() else {
@@ -301,7 +373,7 @@ impl TableCopy {
                 ChunkOutcome::Retry { .. } => match (&last_key, more) {
                     // Chunks after it are read already: read its key range again, however many rows it holds now.
                     (Some(through), true) => {
-                        let read = Read::Range { after: after.as_deref(), through };
+                        let read = Rows::Range { after: after.as_deref(), through };
                         loop {
                             let started = self.start_chunk(&mut connection, &reader, &key_names, read).await?;
                             if let ChunkOutcome::Merged { high_watermark, written, reread, .. } =
@@ -320,7 +392,7 @@ impl TableCopy {
             };
             // Keys a missed partial update touched: read again until none is left.
             while !reread.is_empty() {
-                let started = self.start_chunk(&mut connection, &reader, &key_names, Read::Keys(&reread)).await?;
+                let started = self.start_chunk(&mut connection, &reader, &key_names, Rows::Keys(&reread)).await?;
                 if let ChunkOutcome::Merged { high_watermark: again, reread: left, written, .. } =
                     self.outcome(started).await?
                 {
@@ -372,24 +444,39 @@ impl TableCopy {
         connection: &mut ReplicationConnection,
         reader: &TableReader,
         key_names: &[String],
-        read: Read<'_>,
+        rows: Rows<'_>,
     ) -> Result<Started, CopyError> {
         let merge = &self.snapshotter.merge;
         let ticket = merge.open(self.sink.name(), &self.table, key_names.to_vec());
         let started = Instant::now();
+        // The low watermark is emitted and committed in the read's round trip.
+        match reader.fetch(connection, rows, Some(&emit_sql(&ticket.low))).await {
+            Ok(fetched) => self.hand_over(connection, reader, ticket, fetched, started).await,
+            Err(err) => {
+                merge.cancel(ticket.id);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Parses a fetched chunk, hands its rows to the merge and emits its
+    /// high watermark; forgets the chunk in the merge if any of it fails.
+    async fn hand_over(
+        &self,
+        connection: &mut ReplicationConnection,
+        reader: &TableReader,
+        ticket: ChunkTicket,
+        fetched: FetchedChunk,
+        started: Instant,
+    ) -> Result<Started, CopyError> {
+        let merge = &self.snapshotter.merge;
         let staged = async {
-            // The low watermark is emitted and committed in the read's round trip.
-            let rows = match read {
-                Read::After(after) => Rows::After(after),
-                Read::Range { after, through } => Rows::Range { after, through },
-                Read::Keys(keys) => Rows::Keys(keys),
-            };
-            let mut chunk = reader.read_after_mark(connection, rows, &emit_sql(&ticket.low)).await?;
             // Read with a stale column list (an ALTER TABLE since the table was
             // described): copy() describes it again and reads the chunk again.
-            if chunk.shape_version.as_deref() != Some(reader.table().shape_version.as_str()) {
+            if fetched.shape_version.as_deref() != Some(reader.table().shape_version.as_str()) {
                 return Err(SnapshotError::Altered { table: self.table.clone() });
             }
+            let mut chunk = reader.parse(fetched).ok_or_else(|| reader.unparsable())?;
             // The rows move into the merge; the chunk keeps its count, last key and visibility.
             let read_rows = chunk.rows.len();
             let rows = std::mem::take(&mut chunk.rows)
@@ -493,17 +580,6 @@ struct Applying {
     state: TableProgress,
 }
 
-/// Which rows a chunk reads.
-#[derive(Clone, Copy)]
-enum Read<'a> {
-    /// The next chunk after a key (from the start for `None`).
-    After(Option<&'a [String]>),
-    /// A chunk's key range again (see [`Rows::Range`]).
-    Range { after: Option<&'a [String]>, through: &'a [String] },
-    /// These keys again.
-    Keys(&'a [KeyText]),
-}
-
 /// A chunk read whose outcome is to come.
 struct Started {
     /// Its ticket's id in the merge.
@@ -528,12 +604,14 @@ struct InFlightChunk {
     started: Started,
 }
 
-/// The chunks of one table in flight, oldest first. Dropped with some left
-/// (a failed or aborted copy), it forgets them in the merge: they are read
-/// again from the stored progress.
+/// The chunks of one table in flight, oldest first, and the one being
+/// fetched after them. Dropped with some left (a failed or aborted copy),
+/// it forgets them in the merge: they are read again from the stored
+/// progress.
 struct InFlight {
     merge: WatermarkMerge,
     chunks: VecDeque<InFlightChunk>,
+    prefetch: Option<Prefetch>,
 }
 
 impl Drop for InFlight {
@@ -541,6 +619,37 @@ impl Drop for InFlight {
         for chunk in &self.chunks {
             self.merge.cancel(chunk.started.id);
         }
+        if let Some(prefetch) = self.prefetch.take() {
+            prefetch.fetch.abort();
+            self.merge.cancel(prefetch.ticket.id);
+        }
+    }
+}
+
+/// A chunk fetched over the spare connection by a task of its own, so the
+/// server reads it while the chunk before it is parsed.
+struct Prefetch {
+    /// The key its range starts after.
+    after: Option<KeyText>,
+    ticket: ChunkTicket,
+    started: Instant,
+    fetch: tokio::task::JoinHandle<(ReplicationConnection, Result<FetchedChunk, SnapshotError>)>,
+}
+
+impl Prefetch {
+    fn start(
+        reader: Arc<TableReader>,
+        mut connection: ReplicationConnection,
+        after: Option<KeyText>,
+        ticket: ChunkTicket,
+    ) -> Prefetch {
+        let mark = emit_sql(&ticket.low);
+        let key = after.clone();
+        let fetch = tokio::spawn(async move {
+            let fetched = reader.fetch(&mut connection, Rows::After(key.as_deref()), Some(&mark)).await;
+            (connection, fetched)
+        });
+        Prefetch { after, ticket, started: Instant::now(), fetch }
     }
 }
 
