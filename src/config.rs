@@ -142,8 +142,8 @@ pub struct SnapshotConfig {
     pub chunk_mb: usize,
     /// Chunks of a table read ahead while the oldest one's high watermark
     /// travels through the replication stream (1: one chunk at a time);
-    /// above 1, the next chunk is read over a second connection while one
-    /// is parsed. Each holds up to a chunk of rows in memory. Default: 3.
+    /// above 1, one more is read over a second connection meanwhile. Each
+    /// holds up to a chunk of rows in memory. Default: 2.
     #[serde(default = "default_chunks_in_flight")]
     pub chunks_in_flight: usize,
 }
@@ -179,7 +179,7 @@ fn default_chunk_mb() -> usize {
     8
 }
 fn default_chunks_in_flight() -> usize {
-    3
+    2
 }
 
 /// `[http]`.

@@ -21,8 +21,9 @@
 //! [`crate::watermark`]). Progress is still stored chunk after chunk.
 //!
 //! The sink applies chunk N-1 while later chunks are read: per table at
-//! most `chunks_in_flight` + 1 chunks are held at once (one queued or
-//! being applied, the others read and waiting for their high watermark),
+//! most `chunks_in_flight` + 2 chunks are held at once (one queued or
+//! being applied, the others read and waiting for their high watermark,
+//! one fetched ahead),
 //! each of at most `chunk_rows` rows and about `chunk_mb` of values.
 //!
 //! Invariant: a table's progress names only chunks the sink durably
@@ -330,8 +331,9 @@ impl TableCopy {
                 if fetched.more {
                     next = Some(fetched.last_key.clone());
                 }
-                // The server reads the chunk after it while this one is parsed and handed over.
-                if in_flight.chunks.len() + 1 < chunks_in_flight {
+                // The server reads the chunk after it while this one is parsed and
+                // handed over, and while the oldest chunk's outcome is awaited.
+                if chunks_in_flight > 1 {
                     if let Some(next_after) = next.take() {
                         let spare_connection = match spare.take() {
                             Some(connection) => Some(connection),
