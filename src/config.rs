@@ -143,7 +143,9 @@ pub struct SnapshotConfig {
     /// Chunks of a table read ahead while the oldest one's high watermark
     /// travels through the replication stream (1: one chunk at a time);
     /// above 1, one more is read over a second connection meanwhile. Each
-    /// holds up to a chunk of rows in memory. Default: 2.
+    /// holds up to a chunk of rows in memory. Pays off when the stream is
+    /// slow to bring watermarks back and the server has idle cores.
+    /// Default: 1.
     #[serde(default = "default_chunks_in_flight")]
     pub chunks_in_flight: usize,
 }
@@ -179,7 +181,7 @@ fn default_chunk_mb() -> usize {
     8
 }
 fn default_chunks_in_flight() -> usize {
-    2
+    1
 }
 
 /// `[http]`.
