@@ -505,11 +505,14 @@ impl ReplicationConnection {
         }
     }
 
+    /// Sends `bytes` and flushes them: over TLS, `write_all` may leave the
+    /// tail of a message in the TLS session's buffer (when the socket would
+    /// block), and the server would then wait for the rest of a query while
+    /// the client waits for its answer.
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer
-            .write_all(bytes)
-            .await
-            .map_err(|source| ReplicationError::Io { endpoint: self.options.endpoint.to_string(), source })
+        let io_error = |source| ReplicationError::Io { endpoint: self.options.endpoint.to_string(), source };
+        self.writer.write_all(bytes).await.map_err(io_error)?;
+        self.writer.flush().await.map_err(io_error)
     }
 
     /// Runs one statement or replication command with the simple query protocol.

@@ -298,3 +298,32 @@ async fn reads_after_a_mark_of_keys_ranges_and_chunks_stay_in_step_under_writes(
     writer.await.unwrap();
     connection.close().await.unwrap();
 }
+
+/// A re-read of many keys is a query of megabytes: over TLS (the default
+/// `sslmode=prefer` takes it when the server offers it) its tail must not
+/// stay in the client's TLS buffer while the client waits for the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_read_of_many_keys_is_sent_whole_and_answered() {
+    let (url, client) = fresh_database("snapshot_reader_many_keys").await;
+    client
+        .batch_execute("CREATE TABLE item (id int PRIMARY KEY, note text); INSERT INTO item SELECT i, 'n' || i FROM generate_series(1, 1000) i;")
+        .await
+        .unwrap();
+    let mut connection = ReplicationConnection::connect(&ConnectOptions::parse(&url).unwrap()).await.unwrap();
+    let types = Arc::new(TypeRegistry::new());
+    let table = SnapshotTable::describe(&mut connection, &TableName::parse("item"), None, types).await.unwrap();
+    let reader = TableReader::new(table, ChunkLimits::default());
+    for round in 0..5u32 {
+        let keys: Vec<Vec<String>> = (1..=100_000u32).map(|id| vec![(id * 10 + round).to_string()]).collect();
+        let read = async {
+            reader.read_after_mark(&mut connection, Rows::Keys(&keys), MARK).await.map_err(|err| err.to_string())
+        };
+        let chunk = tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the re-read of 100,000 keys hung"))
+            .unwrap_or_else(|err| panic!("round {round}: {err}"));
+        let expected = keys.iter().filter(|key| key[0].parse::<u32>().unwrap() <= 1000).count();
+        assert_eq!(chunk.rows.len(), expected, "round {round}: every existing key asked for, once");
+        assert_in_step(&mut connection, round as usize).await;
+    }
+}
