@@ -127,16 +127,27 @@ pub struct SnapshotConfig {
     #[serde(default = "default_snapshot_enabled")]
     pub enabled: bool,
     /// Tables copied at the same time, over all sinks; each holds one
-    /// PostgreSQL connection while it copies. Default: 2.
+    /// PostgreSQL connection while it copies (two with `chunks_in_flight`
+    /// above 1; each counts against `max_wal_senders`). Default: 2.
     #[serde(default = "default_parallel_tables")]
     pub parallel_tables: usize,
-    /// Rows per chunk (one short read transaction each). Default: 5000.
+    /// Rows per chunk (one short read transaction each; larger chunks
+    /// spread each chunk's two watermark round trips over more rows).
+    /// Default: 20000.
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: usize,
     /// Megabytes of values per chunk at most (the row crossing it ends the
     /// chunk). Default: 8.
     #[serde(default = "default_chunk_mb")]
     pub chunk_mb: usize,
+    /// Chunks of a table read ahead while the oldest one's high watermark
+    /// travels through the replication stream (1: one chunk at a time);
+    /// above 1, one more is read over a second connection meanwhile. Each
+    /// holds up to a chunk of rows in memory. Pays off when the stream is
+    /// slow to bring watermarks back and the server has idle cores.
+    /// Default: 1.
+    #[serde(default = "default_chunks_in_flight")]
+    pub chunks_in_flight: usize,
 }
 
 impl Default for SnapshotConfig {
@@ -146,6 +157,7 @@ impl Default for SnapshotConfig {
             parallel_tables: default_parallel_tables(),
             chunk_rows: default_chunk_rows(),
             chunk_mb: default_chunk_mb(),
+            chunks_in_flight: default_chunks_in_flight(),
         }
     }
 }
@@ -163,10 +175,13 @@ fn default_parallel_tables() -> usize {
     2
 }
 fn default_chunk_rows() -> usize {
-    5000
+    20_000
 }
 fn default_chunk_mb() -> usize {
     8
+}
+fn default_chunks_in_flight() -> usize {
+    1
 }
 
 /// `[http]`.
@@ -316,9 +331,13 @@ impl Config {
         if self.sinks.is_empty() {
             problems.push("no [[sink]] configured: add at least one, e.g. kind = \"redis\"".to_owned());
         }
-        if self.snapshot.parallel_tables == 0 || self.snapshot.chunk_rows == 0 || self.snapshot.chunk_mb == 0 {
+        if self.snapshot.parallel_tables == 0
+            || self.snapshot.chunk_rows == 0
+            || self.snapshot.chunk_mb == 0
+            || self.snapshot.chunks_in_flight == 0
+        {
             problems.push(
-                "snapshot.parallel_tables, snapshot.chunk_rows and snapshot.chunk_mb must be at least 1".to_owned(),
+                "snapshot.parallel_tables, snapshot.chunk_rows, snapshot.chunk_mb and snapshot.chunks_in_flight must be at least 1".to_owned(),
             );
         }
         if self.pipeline.max_batch_changes == 0 || self.pipeline.queue_capacity == 0 {

@@ -120,6 +120,7 @@ pub fn snapshotter(
         ^ u64::from(std::process::id()) << 32;
     let settings = SnapshotSettings {
         parallel_tables: config.parallel_tables,
+        chunks_in_flight: config.chunks_in_flight,
         chunk: ChunkLimits { rows: config.chunk_rows, bytes: config.chunk_mb.saturating_mul(1024 * 1024) },
     };
     Snapshotter::new(options, publication, WatermarkMerge::new(run), Arc::new(types), settings, metrics)

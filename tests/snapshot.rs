@@ -39,10 +39,11 @@ async fn fill(db: &TestDatabase, items: i32) {
         .unwrap();
 }
 
-/// A Redis sink of `items`, `lines` and `events` with small chunks.
+/// A Redis sink of `items`, `lines` and `events` with small chunks, read
+/// ahead (the other scenarios read one chunk at a time, the default).
 fn config(db: &TestDatabase, redis_url: &str, http: &str, parallel: usize, chunk_rows: usize) -> String {
     format!(
-        "{}\n[snapshot]\nparallel_tables = {parallel}\nchunk_rows = {chunk_rows}\n\n\
+        "{}\n[snapshot]\nparallel_tables = {parallel}\nchunk_rows = {chunk_rows}\nchunks_in_flight = 3\n\n\
          [[sink]]\nname = \"cache\"\nkind = \"redis\"\nurl = \"{redis_url}\"\n\
          [[sink.table]]\nsource = \"public.item\"\nkey = \"item:{{id}}\"\n\
          [[sink.table]]\nsource = \"public.line\"\nkey = \"line:{{order_id}}:{{line_no}}\"\n\

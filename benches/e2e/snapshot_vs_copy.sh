@@ -4,10 +4,13 @@
 # the same table into /dev/null in the same run (the limit: PostgreSQL
 # reading and sending the rows as text). Everything over the unix socket.
 #
-#   benches/e2e/snapshot_vs_copy.sh                 # N=1000000, release build
-#   N=200000 CHUNK_ROWS=10000 benches/e2e/snapshot_vs_copy.sh
+#   benches/e2e/snapshot_vs_copy.sh                 # N=1000000, release build, default chunk size
+#   N=200000 CHUNK_ROWS=5000 benches/e2e/snapshot_vs_copy.sh
+#   CHUNKS_IN_FLIGHT=1 benches/e2e/snapshot_vs_copy.sh   # one chunk at a time (no read-ahead)
 #   PROFILE=debug N=100000 benches/e2e/snapshot_vs_copy.sh   # try it out without a release build
 #   SINKS=discard benches/e2e/snapshot_vs_copy.sh              # one target only (discard, redis)
+#   LOGS=/tmp/snap PGFANOUT_LOG=info,pgfanout_snapshot=debug benches/e2e/snapshot_vs_copy.sh
+#                                   # keep pgfanout's logs (per-chunk timings at debug) in LOGS
 #
 # Prints, per target, seconds from pgfanout's start to the last row applied
 # (connecting and creating the slot included):
@@ -19,7 +22,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N=${N:-1000000}
-CHUNK_ROWS=${CHUNK_ROWS:-5000}
 SINKS=${SINKS:-discard redis}
 if [[ ${PROFILE:-release} == release ]]; then
     (cd "$REPO_ROOT" && cargo build --release --quiet --bin pgfanout)
@@ -50,8 +52,11 @@ snapshot_run() {
         >/dev/null
     {
         bench_source bench_snapshot
-        printf '[snapshot]\nchunk_rows = %d\n\n[[sink]]\nname = "bench"\n%s\n[[sink.table]]\nsource = "public.orders"\n' \
-            "$CHUNK_ROWS" "$sink_lines"
+        printf '[snapshot]\n'
+        if [[ -n ${CHUNK_ROWS:-} ]]; then printf 'chunk_rows = %d\n' "$CHUNK_ROWS"; fi
+        if [[ -n ${CHUNKS_IN_FLIGHT:-} ]]; then printf 'chunks_in_flight = %d\n' "$CHUNKS_IN_FLIGHT"; fi
+        printf '\n'
+        printf '[[sink]]\nname = "bench"\n%s\n[[sink.table]]\nsource = "public.orders"\n' "$sink_lines"
     } >"$WORK/$kind.toml"
     START=$(date +%s.%N)
     "$TARGET/${PROFILE:-release}/pgfanout" --log-format json run --config "$WORK/$kind.toml" 2>"$WORK/$kind.log" &
@@ -65,6 +70,7 @@ snapshot_run() {
     done
     END=$(date +%s.%N)
     bench_stop
+    if [[ -n ${LOGS:-} ]]; then mkdir -p "$LOGS" && cp "$WORK/$kind.log" "$LOGS/"; fi
     awk -v kind="$kind" -v n="$N" -v start="$START" -v end="$END" -v copy="$copy_seconds" \
         'BEGIN { s = end - start; printf "snapshot sink=%s rows=%d seconds=%.2f rows_per_second=%d of_copy=%.2f\n", kind, n, s, n / s, copy / s }'
 }

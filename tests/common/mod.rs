@@ -189,11 +189,17 @@ pub async fn redis_hashes(
         cursor = next;
     }
     let mut hashes = BTreeMap::new();
-    for key in keys {
-        let mut fields: BTreeMap<String, String> =
-            redis::cmd("HGETALL").arg(&key).query_async(connection).await.unwrap();
-        fields.remove(REDIS_VERSION_FIELD);
-        hashes.insert(key[prefix.len()..].to_owned(), fields);
+    // Pipelined: one round trip per thousand keys, not per key.
+    for batch in keys.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for key in batch {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        let replies: Vec<BTreeMap<String, String>> = pipe.query_async(connection).await.unwrap();
+        for (key, mut fields) in batch.iter().zip(replies) {
+            fields.remove(REDIS_VERSION_FIELD);
+            hashes.insert(key[prefix.len()..].to_owned(), fields);
+        }
     }
     hashes
 }

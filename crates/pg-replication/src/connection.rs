@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use pgoutput::Lsn;
 use postgres_protocol::authentication::md5_hash;
@@ -270,6 +270,15 @@ impl QueryResult {
     }
 }
 
+/// What one statement of [`ReplicationConnection::simple_query_sets`] returned.
+#[derive(Debug, Clone)]
+pub enum StatementOutput {
+    /// A query's rows.
+    Rows(QueryResult),
+    /// A `COPY … TO STDOUT`'s data messages (in text format, one line each).
+    CopyOut(Vec<Bytes>),
+}
+
 /// A connection opened with `replication=database`, in command mode.
 pub struct ReplicationConnection {
     reader: FrameReader<tokio::io::ReadHalf<Transport>>,
@@ -496,11 +505,14 @@ impl ReplicationConnection {
         }
     }
 
+    /// Sends `bytes` and flushes them: over TLS, `write_all` may leave the
+    /// tail of a message in the TLS session's buffer (when the socket would
+    /// block), and the server would then wait for the rest of a query while
+    /// the client waits for its answer.
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer
-            .write_all(bytes)
-            .await
-            .map_err(|source| ReplicationError::Io { endpoint: self.options.endpoint.to_string(), source })
+        let io_error = |source| ReplicationError::Io { endpoint: self.options.endpoint.to_string(), source };
+        self.writer.write_all(bytes).await.map_err(io_error)?;
+        self.writer.flush().await.map_err(io_error)
     }
 
     /// Runs one statement or replication command with the simple query protocol.
@@ -511,25 +523,42 @@ impl ReplicationConnection {
         let mut result = QueryResult::default();
         loop {
             match self.next_message().await? {
-                backend::Message::RowDescription(body) => {
-                    result.columns = body
-                        .fields()
-                        .map(|f| Ok(f.name().to_owned()))
-                        .collect()
-                        .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
-                }
-                backend::Message::DataRow(body) => {
-                    let buffer = body.buffer();
-                    let row = body
-                        .ranges()
-                        .map(|range| {
-                            Ok(range.and_then(|r| buffer.get(r)).map(|v| String::from_utf8_lossy(v).into_owned()))
-                        })
-                        .collect()
-                        .map_err(|e| ReplicationError::Protocol(e.to_string()))?;
-                    result.rows.push(row);
-                }
+                backend::Message::RowDescription(body) => result.columns = column_names(&body)?,
+                backend::Message::DataRow(body) => result.rows.push(row_texts(&body)?),
                 backend::Message::ReadyForQuery(_) => return Ok(result),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs several `;`-separated statements in one simple query message,
+    /// one round trip: one output per statement that returns rows (a
+    /// `SELECT` even of no rows, a `COPY … TO STDOUT`), in order. An error
+    /// stops the statements after it (an explicit transaction it was in
+    /// stays aborted until `ROLLBACK`).
+    pub async fn simple_query_sets(&mut self, sql: &str) -> Result<Vec<StatementOutput>> {
+        let mut buf = BytesMut::new();
+        frontend::query(sql, &mut buf).map_err(|e| ReplicationError::Config(e.to_string()))?;
+        self.send(&buf).await?;
+        let mut results: Vec<StatementOutput> = Vec::new();
+        loop {
+            match self.next_message().await? {
+                backend::Message::RowDescription(body) => {
+                    results
+                        .push(StatementOutput::Rows(QueryResult { columns: column_names(&body)?, rows: Vec::new() }));
+                }
+                backend::Message::CopyOutResponse(_) => results.push(StatementOutput::CopyOut(Vec::new())),
+                backend::Message::CopyData(body) => match results.last_mut() {
+                    Some(StatementOutput::CopyOut(lines)) => lines.push(body.into_bytes()),
+                    _ => return Err(ReplicationError::Protocol("copy data outside a COPY TO STDOUT".into())),
+                },
+                backend::Message::DataRow(body) => {
+                    let Some(StatementOutput::Rows(result)) = results.last_mut() else {
+                        return Err(ReplicationError::Protocol("a data row before its row description".into()));
+                    };
+                    result.rows.push(row_texts(&body)?);
+                }
+                backend::Message::ReadyForQuery(_) => return Ok(results),
                 _ => {}
             }
         }
@@ -794,6 +823,20 @@ fn parse_server_version(text: &str) -> u32 {
     } else {
         major * 10_000 + second * 100 + parts.next().unwrap_or(0)
     }
+}
+
+/// The column names of a query's row description.
+fn column_names(body: &backend::RowDescriptionBody) -> Result<Vec<String>> {
+    body.fields().map(|f| Ok(f.name().to_owned())).collect().map_err(|e| ReplicationError::Protocol(e.to_string()))
+}
+
+/// A data row's values as text (`None` for NULL).
+fn row_texts(body: &backend::DataRowBody) -> Result<Vec<Option<String>>> {
+    let buffer = body.buffer();
+    body.ranges()
+        .map(|range| Ok(range.and_then(|r| buffer.get(r)).map(|v| String::from_utf8_lossy(v).into_owned())))
+        .collect()
+        .map_err(|e| ReplicationError::Protocol(e.to_string()))
 }
 
 #[cfg(test)]

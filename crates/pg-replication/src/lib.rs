@@ -40,7 +40,7 @@ mod wire;
 
 pub use connection::{
     validate_slot_name, ConnectOptions, CreatedSlot, QueryResult, ReplicationConnection, SlotState, StartOptions,
-    Streaming, SystemIdentity,
+    StatementOutput, Streaming, SystemIdentity,
 };
 pub use error::{ReplicationError, Result, ServerError};
 pub use slot::{SlotOptions, SnapshotAction};

@@ -25,7 +25,7 @@ pub mod watermark;
 
 pub use error::SnapshotError;
 pub use progress::{ProgressError, SnapshotProgress, TableProgress};
-pub use reader::{Chunk, ChunkLimits, KeyText, ReadVisibility, TableReader};
+pub use reader::{Chunk, ChunkLimits, FetchedChunk, KeyText, ReadVisibility, Rows, TableReader};
 pub use runner::{RunError, SinkTarget, SnapshotSettings, Snapshotter};
 pub use table::SnapshotTable;
 pub use watermark::{ChunkOutcome, ChunkTicket, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};

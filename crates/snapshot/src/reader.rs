@@ -6,7 +6,10 @@
 //! SELECT c1, c2, … FROM t WHERE (k1, k2) > ('…'::type1, '…'::type2) ORDER BY k1, k2 LIMIT n
 //! ```
 //!
-//! so no transaction stays open between chunks (the primary's vacuum is
+//! sent with its snapshot query, its commit and the status query of the
+//! transactions its snapshot saw in progress as one message of several
+//! statements (one round trip per chunk, which under load costs more than
+//! the rows' own transfer), so no transaction stays open between chunks (the primary's vacuum is
 //! never held back for long) and a read can resume after any key. Values
 //! come in text format over a connection with the replication stream's
 //! session settings (dates, intervals, floats, bytea, time zone), so each
@@ -18,7 +21,7 @@
 //! chunk's [`Chunk::last_key`] is the key to resume after.
 
 use bytes::Bytes;
-use pg_replication::ReplicationConnection;
+use pg_replication::{ReplicationConnection, StatementOutput};
 use pgfanout_core::{ColumnValue, Row};
 use postgres_protocol::escape::escape_literal;
 
@@ -37,7 +40,7 @@ pub struct ChunkLimits {
 
 impl Default for ChunkLimits {
     fn default() -> Self {
-        ChunkLimits { rows: 5_000, bytes: 8 * 1024 * 1024 }
+        ChunkLimits { rows: 20_000, bytes: 8 * 1024 * 1024 }
     }
 }
 
@@ -80,13 +83,34 @@ pub struct Chunk {
     /// Whether the table may hold rows after this chunk (false once a read
     /// came back short of its limits).
     pub more: bool,
-    /// Bytes of values in the chunk.
+    /// Bytes of the rows as COPY sent them (values, separators, escapes).
     pub bytes: usize,
     /// What the read could see.
     pub visibility: ReadVisibility,
     /// The table's `pg_class` version the read saw (see
     /// [`SnapshotTable::shape_version`]); `None` if the table is gone.
     pub shape_version: Option<String>,
+    /// Transactions of `visibility.in_progress` that had committed by the
+    /// time the read's transaction ended (`pg_xact_status`).
+    pub committed_in_progress: Vec<u64>,
+}
+
+/// Which rows a read takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// The next chunk after a key (from the start for `None`).
+    After(Option<&'a [String]>),
+    /// A chunk's key range read again: the rows after `after` (from the
+    /// start for `None`) up to and including `through`, however many there
+    /// are now (the chunks after it may be read already); never `more`.
+    Range {
+        /// The key the range starts after.
+        after: Option<&'a [String]>,
+        /// The range's last key.
+        through: &'a [String],
+    },
+    /// The rows with these keys (those that still exist); never `more`.
+    Keys(&'a [KeyText]),
 }
 
 /// Reads one table in chunks.
@@ -152,11 +176,7 @@ impl TableReader {
         connection: &mut ReplicationConnection,
         keys: &[KeyText],
     ) -> Result<Chunk, SnapshotError> {
-        let list = keys.iter().map(|key| self.key_literals(key)).collect::<Vec<_>>().join(", ");
-        let sql = format!("{} WHERE ({}) IN ({list}) ORDER BY {}", self.select, self.order, self.order);
-        let mut chunk = self.read(connection, &sql, format!("re-reading {} keys", keys.len())).await?;
-        chunk.more = false;
-        Ok(chunk)
+        self.read(connection, Rows::Keys(keys), None).await
     }
 
     /// Reads the chunk after `after` (from the start for `None`) in a
@@ -166,88 +186,255 @@ impl TableReader {
         connection: &mut ReplicationConnection,
         after: Option<&[String]>,
     ) -> Result<Chunk, SnapshotError> {
-        let doing = match after {
-            Some(_) => format!("reading the chunk after key ({}) = (…)", self.order),
-            None => "reading the first chunk".to_owned(),
-        };
-        self.read(connection, &self.chunk_sql(after), doing).await
+        self.read(connection, Rows::After(after), None).await
     }
 
-    /// Runs `sql` (a select of the table's columns) in a `REPEATABLE READ`
-    /// transaction with its snapshot.
+    /// Reads `rows` right after `mark` (one statement, a watermark's emit)
+    /// ran and committed in a transaction of its own: all in one round trip.
+    pub async fn read_after_mark(
+        &self,
+        connection: &mut ReplicationConnection,
+        rows: Rows<'_>,
+        mark: &str,
+    ) -> Result<Chunk, SnapshotError> {
+        self.read(connection, rows, Some(mark)).await
+    }
+
     async fn read(
         &self,
         connection: &mut ReplicationConnection,
-        sql: &str,
-        doing: String,
+        rows: Rows<'_>,
+        mark: Option<&str>,
     ) -> Result<Chunk, SnapshotError> {
+        let fetched = self.fetch(connection, rows, mark).await?;
+        self.parse(fetched).ok_or_else(|| self.unparsable())
+    }
+
+    /// Runs `mark` (if any), then the select of `rows` in a `REPEATABLE
+    /// READ` transaction with its snapshot, then the status of the
+    /// transactions the snapshot saw in progress: one simple query message
+    /// of several statements, so a chunk costs one round trip. The rows
+    /// stay as the lines COPY sent ([`TableReader::parse`] makes them rows):
+    /// only the last one's key is read, so that the next chunk's read can
+    /// start before this one is parsed.
+    pub async fn fetch(
+        &self,
+        connection: &mut ReplicationConnection,
+        rows: Rows<'_>,
+        mark: Option<&str>,
+    ) -> Result<FetchedChunk, SnapshotError> {
         let table = &self.table.schema.table;
-        let source_error = |doing: String| move |source| SnapshotError::Source { table: table.clone(), doing, source };
-        connection
-            .simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(source_error("beginning a chunk's transaction".to_owned()))?;
-        let read = async {
-            let snapshot = connection
-                .simple_query(&format!(
-                    "SELECT pg_catalog.pg_current_snapshot()::text AS snapshot, \
-                     (SELECT c.xmin::text FROM pg_catalog.pg_class c WHERE c.oid = {}) AS shape_version",
-                    self.table.schema.oid.0
-                ))
-                .await
-                .map_err(source_error("reading the chunk's snapshot".to_owned()))?;
-            let visibility = snapshot.get(0, "snapshot").and_then(ReadVisibility::parse).ok_or_else(|| {
-                SnapshotError::Unexpected { table: table.clone(), what: "pg_current_snapshot() unreadable".to_owned() }
-            })?;
-            let shape_version = snapshot.get(0, "shape_version").map(str::to_owned);
-            let result = connection.simple_query(sql).await.map_err(source_error(doing))?;
-            Ok::<_, SnapshotError>((visibility, shape_version, result))
-        }
-        .await;
-        // A failed statement leaves the transaction aborted: end it either way.
-        let ended = connection.simple_query("COMMIT").await;
-        let (visibility, shape_version, result) = read?;
-        ended.map_err(source_error("ending a chunk's transaction".to_owned()))?;
-        if result.columns.len() != self.table.schema.columns.len() {
-            return Err(SnapshotError::Unexpected {
-                table: table.clone(),
-                what: format!(
-                    "{} columns read, {} expected (did the table change while it was copied?)",
-                    result.columns.len(),
-                    self.table.schema.columns.len()
-                ),
-            });
-        }
-        let read_rows = result.rows.len();
-        let mut chunk = Chunk { visibility, shape_version, ..Chunk::default() };
-        for values in result.rows {
-            let row: Row = values
-                .into_iter()
-                .map(|value| match value {
-                    Some(text) => ColumnValue::Text(Bytes::from(text)),
-                    None => ColumnValue::Null,
-                })
-                .collect();
-            chunk.bytes += row.iter().map(|value| value.as_bytes().map_or(0, <[u8]>::len)).sum::<usize>();
-            chunk.rows.push(row);
-            if chunk.bytes >= self.limits.bytes {
-                break;
+        let (select, doing) = match rows {
+            Rows::After(after) => (
+                self.chunk_sql(after),
+                match after {
+                    Some(_) => format!("reading the chunk after key ({}) = (…)", self.order),
+                    None => "reading the first chunk".to_owned(),
+                },
+            ),
+            Rows::Range { after, through } => {
+                let from = match after {
+                    Some(key) => format!("({}) > {} AND ", self.order, self.key_literals(key)),
+                    None => String::new(),
+                };
+                let sql = format!(
+                    "{} WHERE {from}({}) <= {} ORDER BY {}",
+                    self.select,
+                    self.order,
+                    self.key_literals(through),
+                    self.order
+                );
+                (sql, format!("re-reading the chunk through key ({}) = (…)", self.order))
             }
+            Rows::Keys(keys) => {
+                let list = keys.iter().map(|key| self.key_literals(key)).collect::<Vec<_>>().join(", ");
+                let sql = format!("{} WHERE ({}) IN ({list}) ORDER BY {}", self.select, self.order, self.order);
+                (sql, format!("re-reading {} keys", keys.len()))
+            }
+        };
+        // The mark commits before the read's snapshot is taken (its first
+        // statement). The snapshot is kept in a session setting so that the
+        // status of its in-progress transactions is asked after the read's
+        // transaction ended, in the same message.
+        let mark = mark.map_or(String::new(), |mark| format!("BEGIN; {mark}; COMMIT; "));
+        let sql = format!(
+            "{mark}BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+             SELECT pg_catalog.pg_current_snapshot()::text AS snapshot, \
+             (SELECT c.xmin::text FROM pg_catalog.pg_class c WHERE c.oid = {oid}) AS shape_version, \
+             pg_catalog.set_config('pgfanout.chunk_snapshot', pg_catalog.pg_current_snapshot()::text, false) \
+             AS kept; \
+             COPY ({select}) TO STDOUT; \
+             COMMIT; \
+             SELECT x::text AS xid \
+             FROM pg_catalog.pg_snapshot_xip(pg_catalog.current_setting('pgfanout.chunk_snapshot')::pg_snapshot) x \
+             WHERE pg_catalog.pg_xact_status(x) = 'committed'",
+            oid = self.table.schema.oid.0,
+        );
+        let mut results = match connection.simple_query_sets(&sql).await {
+            Ok(results) => results,
+            Err(source) => {
+                // A failed statement leaves the read's transaction aborted.
+                let _ = connection.simple_query("ROLLBACK").await;
+                return Err(SnapshotError::Source { table: table.clone(), doing, source });
+            }
+        };
+        let unexpected = |what: String| SnapshotError::Unexpected { table: table.clone(), what };
+        let expected_sets = if mark.is_empty() { 3 } else { 4 };
+        if results.len() != expected_sets {
+            return Err(unexpected(format!(
+                "{} result sets for a chunk's read, {expected_sets} expected",
+                results.len()
+            )));
         }
-        chunk.more = read_rows == self.limits.rows || chunk.rows.len() < read_rows;
-        chunk.last_key = match chunk.rows.last() {
-            Some(row) => Some(self.key_of(row).ok_or_else(|| SnapshotError::Unexpected {
-                table: table.clone(),
-                what: "a key column of a row read is NULL or not text".to_owned(),
-            })?),
+        let (
+            Some(StatementOutput::Rows(statuses)),
+            Some(StatementOutput::CopyOut(mut lines)),
+            Some(StatementOutput::Rows(snapshot)),
+        ) = (results.pop(), results.pop(), results.pop())
+        else {
+            return Err(unexpected("a chunk's read returned results of unexpected kinds".to_owned()));
+        };
+        let visibility = snapshot
+            .get(0, "snapshot")
+            .and_then(ReadVisibility::parse)
+            .ok_or_else(|| unexpected("pg_current_snapshot() unreadable".to_owned()))?;
+        let shape_version = snapshot.get(0, "shape_version").map(str::to_owned);
+        let committed_in_progress =
+            (0..statuses.rows.len()).filter_map(|row| statuses.get(row, "xid")?.parse().ok()).collect();
+        let read_rows = lines.len();
+        // Only a chunk read after a key may end early (the row crossing the
+        // byte limit is its last): the next one starts after its last row.
+        // A re-read must hold every row it asked for.
+        let mut bytes = 0;
+        if matches!(rows, Rows::After(_)) {
+            if let Some(crossing) = lines.iter().position(|line| {
+                bytes += line.len();
+                bytes >= self.limits.bytes
+            }) {
+                lines.truncate(crossing + 1);
+            }
+        } else {
+            bytes = lines.iter().map(Bytes::len).sum();
+        }
+        let more = match rows {
+            Rows::After(_) => read_rows == self.limits.rows || lines.len() < read_rows,
+            Rows::Range { .. } | Rows::Keys(_) => false,
+        };
+        let last_key = match lines.last() {
+            Some(line) => Some(
+                copy_text_row(line.clone(), self.table.schema.columns.len())
+                    .and_then(|row| self.key_of(&row))
+                    .ok_or_else(|| unexpected("the key of the last row read is unreadable or NULL".to_owned()))?,
+            ),
             None => None,
         };
-        Ok(chunk)
+        Ok(FetchedChunk { lines, last_key, more, bytes, visibility, shape_version, committed_in_progress })
     }
+
+    /// The rows of a fetched chunk; `None` when a row has not the table's
+    /// columns (it changed while it was copied).
+    pub fn parse(&self, fetched: FetchedChunk) -> Option<Chunk> {
+        let FetchedChunk { lines, last_key, more, bytes, visibility, shape_version, committed_in_progress } = fetched;
+        let columns = self.table.schema.columns.len();
+        let rows = lines.into_iter().map(|line| copy_text_row(line, columns)).collect::<Option<Vec<Row>>>()?;
+        Some(Chunk { rows, last_key, more, bytes, visibility, shape_version, committed_in_progress })
+    }
+
+    /// The error of a fetched chunk [`TableReader::parse`] could not parse.
+    pub fn unparsable(&self) -> SnapshotError {
+        SnapshotError::Unexpected {
+            table: self.table.schema.table.clone(),
+            what: format!(
+                "a row read has not {} columns (did the table change while it was copied?)",
+                self.table.schema.columns.len()
+            ),
+        }
+    }
+}
+
+/// A chunk as fetched: COPY's lines, not yet parsed into rows (see
+/// [`TableReader::fetch`]).
+#[derive(Debug, Clone)]
+pub struct FetchedChunk {
+    lines: Vec<Bytes>,
+    /// The key of the last row, to resume after; `None` when empty.
+    pub last_key: Option<KeyText>,
+    /// Whether the table may hold rows after this chunk.
+    pub more: bool,
+    bytes: usize,
+    visibility: ReadVisibility,
+    /// The table's `pg_class` version the read saw.
+    pub shape_version: Option<String>,
+    committed_in_progress: Vec<u64>,
+}
+
+/// One line of `COPY … TO STDOUT` in text format as a row of `columns`
+/// values: tab-separated, `\N` for NULL, backslash escapes undone, so each
+/// value is the type's output text exactly as a `DataRow` (and pgoutput)
+/// carries it. A value without escapes shares the line's buffer. `None`
+/// when the line has not `columns` values.
+fn copy_text_row(line: Bytes, columns: usize) -> Option<Row> {
+    let length = line.strip_suffix(b"\n").map_or(line.len(), <[u8]>::len);
+    let line = line.slice(..length);
+    let mut row = Vec::with_capacity(columns);
+    let mut start = 0;
+    for end in line.iter().enumerate().filter(|(_, &byte)| byte == b'\t').map(|(at, _)| at).chain([line.len()]) {
+        let field = line.slice(start..end);
+        start = end + 1;
+        row.push(match &field[..] {
+            b"\\N" => ColumnValue::Null,
+            bytes if !bytes.contains(&b'\\') => ColumnValue::Text(field),
+            bytes => ColumnValue::Text(Bytes::from(unescape_copy_text(bytes))),
+        });
+    }
+    (row.len() == columns).then_some(row)
+}
+
+/// Undoes COPY's text escapes: `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, `\v`
+/// (the only ones COPY TO writes); any other escaped byte stands for itself.
+fn unescape_copy_text(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut escaped = false;
+    for &byte in bytes {
+        if escaped {
+            out.push(match byte {
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b'v' => 0x0b,
+                other => other,
+            });
+            escaped = false;
+        } else if byte == b'\\' {
+            escaped = true;
+        } else {
+            out.push(byte);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn copy_text_lines_become_the_values_a_data_row_carries() {
+        let row = copy_text_row(Bytes::from_static(b"1\ta\\tb\\\\c\\nd\t\\N\t\\\\N\t\n"), 5).unwrap();
+        assert_eq!(
+            row,
+            vec![
+                ColumnValue::Text(Bytes::from_static(b"1")),
+                ColumnValue::Text(Bytes::from_static(b"a\tb\\c\nd")),
+                ColumnValue::Null,
+                ColumnValue::Text(Bytes::from_static(b"\\N")),
+                ColumnValue::Text(Bytes::new()),
+            ]
+        );
+        assert_eq!(copy_text_row(Bytes::from_static(b"1\t2\n"), 3), None);
+        assert_eq!(unescape_copy_text(b"\\b\\f\\r\\v\\x"), b"\x08\x0c\r\x0bx");
+    }
+
     use super::*;
 
     #[test]

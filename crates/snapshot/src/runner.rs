@@ -4,15 +4,27 @@
 //!
 //! ```text
 //!  per table (own SQL connection):
-//!    open ─► emit low ─► read chunk N ─► xact status ─► chunk_read ─► emit high
-//!      ─► outcome (stream reached high: chunk N is in the sink's queue)
-//!      ─► chunk N-1 acknowledged by the sink ─► store N-1's progress ─► read chunk N+1 …
+//!    open ─► emit low + read chunk N + xact status (one round trip) ─► chunk_read ─► emit high
+//!      ─► the same for N+1 … N+chunks_in_flight-1 while N's high watermark travels
+//!      ─► outcome of N (stream reached its high: chunk N is in the sink's queue)
+//!      ─► N's key range again (a retry) and its keys a partial update touched, if any
+//!      ─► chunk N-1 acknowledged by the sink ─► store N-1's progress ─► read one more chunk …
 //! ```
 //!
-//! The sink applies chunk N while chunk N+1 is read: per table at most two
-//! chunks are held at once (one queued or being applied, one being read and
-//! merged), so a snapshot holds at most `2 × parallel_tables` chunks, each
-//! of at most `chunk_rows` rows and about `chunk_mb` of values.
+//! With `chunks_in_flight` above 1 a table's copy holds a second
+//! connection: the server reads chunk N+1 over it while chunk N's rows are
+//! parsed (only the last row's key is needed to start the next read).
+//!
+//! Chunks in flight have disjoint key ranges: a retried chunk reads its own
+//! range again (bounded by its last key, whatever rows it holds now) and a
+//! chunk re-reads only keys of its own rows or keys rows moved to (see
+//! [`crate::watermark`]). Progress is still stored chunk after chunk.
+//!
+//! The sink applies chunk N-1 while later chunks are read: per table at
+//! most `chunks_in_flight` + 2 chunks are held at once (one queued or
+//! being applied, the others read and waiting for their high watermark,
+//! one fetched ahead),
+//! each of at most `chunk_rows` rows and about `chunk_mb` of values.
 //!
 //! Invariant: a table's progress names only chunks the sink durably
 //! applied (it is stored after the sink's acknowledgement of the chunk's
@@ -27,20 +39,25 @@
 //! [`PERMANENT_RETRY_MAX`] at most, so fixing the table online lets the copy
 //! go on without a restart.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pg_replication::{ConnectOptions, ReplicationConnection};
 use pgfanout_core::{Backoff, Lsn, Metrics, Sink, SinkError, TableName};
 use pgoutput::TypeRegistry;
 use postgres_protocol::escape::escape_literal;
-use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::sync::{oneshot, watch, Mutex, Semaphore};
 
 use crate::progress::{SnapshotProgress, TableProgress};
-use crate::reader::{Chunk, ChunkLimits, KeyText, TableReader};
+use crate::reader::{ChunkLimits, FetchedChunk, KeyText, Rows, TableReader};
 use crate::table::SnapshotTable;
-use crate::watermark::{ChunkOutcome, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};
+use crate::watermark::{ChunkOutcome, ChunkTicket, ReadChunk, WatermarkMerge, WATERMARK_PREFIX};
 use crate::SnapshotError;
+
+/// How long a chunk's outcome is awaited before a warning says so (and
+/// again each time as long).
+const SLOW_OUTCOME: Duration = Duration::from_secs(60);
 
 /// The longest wait between two attempts at a table whose copy failed.
 pub const PERMANENT_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -52,6 +69,12 @@ pub struct SnapshotSettings {
     pub parallel_tables: usize,
     /// Size of each chunk.
     pub chunk: ChunkLimits,
+    /// Chunks of one table read ahead while the oldest one's high
+    /// watermark travels through the stream (10-50 ms during which
+    /// PostgreSQL would otherwise sit idle); at least 1. Above 1, each
+    /// table's copy holds a second connection to fetch the next chunk over.
+    /// Their key ranges are disjoint; their progress is still stored in order.
+    pub chunks_in_flight: usize,
 }
 
 /// Why a sink's snapshot stopped.
@@ -246,40 +269,149 @@ impl TableCopy {
         .await?;
         let key_names: Vec<String> =
             table.key_positions.iter().filter_map(|&p| table.schema.columns.get(p)).map(|c| c.name.clone()).collect();
-        let reader = TableReader::new(table, snapshotter.settings.chunk);
+        let reader = Arc::new(TableReader::new(table, snapshotter.settings.chunk));
         let table_label = self.table.to_string();
-        let (mut after, mut chunks, mut rows) = match self.progress.lock().await.tables.get(&table_label) {
+        let (after, mut chunks, mut rows) = match self.progress.lock().await.tables.get(&table_label) {
             Some(TableProgress::Copying { after, chunks, rows }) => (Some(after.clone()), *chunks, *rows),
             Some(TableProgress::Done { .. }) => return Ok(()),
             None => (None, 0, 0),
         };
         tracing::info!(sink = self.sink.name(), table = %self.table, resume_after_chunks = chunks, "copying table");
         let rows_total = snapshotter.metrics.snapshot_rows_total.with_label_values(&[self.sink.name(), &table_label]);
-        // The chunk merged before this one, until the sink acknowledges it.
+        let chunks_in_flight = snapshotter.settings.chunks_in_flight.max(1);
+        let (merge, options) = (snapshotter.merge.clone(), snapshotter.options.clone());
+        // Chunks read whose high watermark travels through the stream, oldest first.
+        let mut in_flight = InFlight { merge: merge.clone(), chunks: VecDeque::new(), prefetch: None };
+        // The connection the next chunk is fetched over while one is parsed (with chunks_in_flight > 1).
+        let mut spare: Option<ReplicationConnection> = None;
+        // Where the next chunk read starts; `None` once the last one is read.
+        let mut next: Option<Option<KeyText>> = Some(after);
+        // The chunk merged before the oldest in flight, until the sink acknowledges it.
         let mut applying: Option<Applying> = None;
         loop {
-            let (chunk, merged) =
-                self.merge_chunk(&mut connection, &reader, &key_names, Read::After(after.as_deref())).await?;
-            let ChunkOutcome::Merged { high_watermark, written, mut reread, .. } = merged else {
-                continue;
+            while in_flight.chunks.len() < chunks_in_flight {
+                // The next chunk: fetched on the spare connection meanwhile, or now.
+                // Awaited while still in `in_flight`, so an aborted copy forgets it.
+                let prefetched = match &mut in_flight.prefetch {
+                    Some(prefetch) => Some((&mut prefetch.fetch).await),
+                    None => None,
+                };
+                let (after, ticket, fetched, started) = match prefetched.zip(in_flight.prefetch.take()) {
+                    Some((prefetched, prefetch)) => match prefetched {
+                        Ok((connection, Ok(fetched))) => {
+                            spare = Some(connection);
+                            (prefetch.after, prefetch.ticket, fetched, prefetch.started)
+                        }
+                        Ok((_, Err(err))) => {
+                            merge.cancel(prefetch.ticket.id);
+                            return Err(err.into());
+                        }
+                        Err(join_error) => {
+                            merge.cancel(prefetch.ticket.id);
+                            if join_error.is_panic() {
+                                std::panic::resume_unwind(join_error.into_panic());
+                            }
+                            return Err(CopyError::Stopped);
+                        }
+                    },
+                    None => {
+                        let Some(after) = next.take() else { break };
+                        let ticket = merge.open(self.sink.name(), &self.table, key_names.clone());
+                        let started = Instant::now();
+                        let rows = Rows::After(after.as_deref());
+                        match reader.fetch(&mut connection, rows, Some(&emit_sql(&ticket.low))).await {
+                            Ok(fetched) => (after, ticket, fetched, started),
+                            Err(err) => {
+                                merge.cancel(ticket.id);
+                                return Err(err.into());
+                            }
+                        }
+                    }
+                };
+                if fetched.more {
+                    next = Some(fetched.last_key.clone());
+                }
+                // The server reads the chunk after it while this one is parsed and
+                // handed over, and while the oldest chunk's outcome is awaited.
+                if chunks_in_flight > 1 {
+                    if let Some(next_after) = next.take() {
+                        let spare_connection = match spare.take() {
+                            Some(connection) => Some(connection),
+                            // Without it, chunks are fetched one after the other.
+                            None => connect(&options)
+                                .await
+                                .inspect_err(|err| {
+                                    tracing::warn!(
+                                        sink = self.sink.name(),
+                                        table = %self.table,
+                                        error = %err,
+                                        "a second connection for the snapshot failed; chunks are read one at a time"
+                                    )
+                                })
+                                .ok(),
+                        };
+                        match spare_connection {
+                            Some(connection) => {
+                                let ticket = merge.open(self.sink.name(), &self.table, key_names.clone());
+                                in_flight.prefetch =
+                                    Some(Prefetch::start(reader.clone(), connection, next_after, ticket));
+                            }
+                            None => next = Some(next_after),
+                        }
+                    }
+                }
+                let started = self.hand_over(&mut connection, &reader, ticket, fetched, started).await?;
+                in_flight.chunks.push_back(InFlightChunk { after, started });
+            }
+            let Some(InFlightChunk { after, started }) = in_flight.chunks.pop_front() else {
+                return Err(CopyError::Source(SnapshotError::Unexpected {
+                    table: self.table.clone(),
+                    what: "no chunk left to read before the table was copied".to_owned(),
+                }));
+            };
+            let (last_key, more) = (started.last_key.clone(), started.more);
+            let (mut high_watermark, written, mut reread) = match self.outcome(started).await? {
+                ChunkOutcome::Merged { high_watermark, written, reread, .. } => (high_watermark, written, reread),
+                ChunkOutcome::Retry { .. } => match (&last_key, more) {
+                    // Chunks after it are read already: read its key range again, however many rows it holds now.
+                    (Some(through), true) => {
+                        let read = Rows::Range { after: after.as_deref(), through };
+                        loop {
+                            let started = self.start_chunk(&mut connection, &reader, &key_names, read).await?;
+                            if let ChunkOutcome::Merged { high_watermark, written, reread, .. } =
+                                self.outcome(started).await?
+                            {
+                                break (high_watermark, written, reread);
+                            }
+                        }
+                    }
+                    // The last chunk: nothing after it is read; read on from its start.
+                    _ => {
+                        next = Some(after);
+                        continue;
+                    }
+                },
             };
             // Keys a missed partial update touched: read again until none is left.
             while !reread.is_empty() {
-                let (_, again) = self.merge_chunk(&mut connection, &reader, &key_names, Read::Keys(&reread)).await?;
-                if let ChunkOutcome::Merged { reread: left, written, .. } = again {
+                let started = self.start_chunk(&mut connection, &reader, &key_names, Rows::Keys(&reread)).await?;
+                if let ChunkOutcome::Merged { high_watermark: again, reread: left, written, .. } =
+                    self.outcome(started).await?
+                {
                     rows_total.inc_by(written as u64);
+                    high_watermark = again;
                     reread = left;
                 }
             }
             // This chunk is in the sink's queue now: the one before it must be
-            // applied before the next is read (two chunks at most per table).
+            // applied before the next outcome is awaited.
             if let Some(previous) = applying.take() {
                 self.finish(&table_label, previous, &rows_total).await?;
             }
             chunks += 1;
             rows += written as u64;
-            let state = match (&chunk.last_key, chunk.more) {
-                (Some(last), true) => TableProgress::Copying { after: last.clone(), chunks, rows },
+            let state = match (last_key, more) {
+                (Some(last), true) => TableProgress::Copying { after: last, chunks, rows },
                 _ => TableProgress::Done { chunks, rows },
             };
             let current = Applying { high_watermark, written, state };
@@ -289,7 +421,6 @@ impl TableCopy {
                 return Ok(());
             }
             applying = Some(current);
-            after = chunk.last_key;
         }
     }
 
@@ -307,28 +438,47 @@ impl TableCopy {
         self.store_progress(table_label, chunk.state).await
     }
 
-    /// One chunk through the watermark merge.
-    async fn merge_chunk(
+    /// Reads one chunk into the watermark merge: its low watermark, the
+    /// read (one round trip), then its high watermark. The outcome comes
+    /// once the stream reaches the high watermark ([`TableCopy::outcome`]).
+    async fn start_chunk(
         &self,
         connection: &mut ReplicationConnection,
         reader: &TableReader,
         key_names: &[String],
-        read: Read<'_>,
-    ) -> Result<(Chunk, ChunkOutcome), CopyError> {
+        rows: Rows<'_>,
+    ) -> Result<Started, CopyError> {
         let merge = &self.snapshotter.merge;
         let ticket = merge.open(self.sink.name(), &self.table, key_names.to_vec());
+        let started = Instant::now();
+        // The low watermark is emitted and committed in the read's round trip.
+        match reader.fetch(connection, rows, Some(&emit_sql(&ticket.low))).await {
+            Ok(fetched) => self.hand_over(connection, reader, ticket, fetched, started).await,
+            Err(err) => {
+                merge.cancel(ticket.id);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Parses a fetched chunk, hands its rows to the merge and emits its
+    /// high watermark; forgets the chunk in the merge if any of it fails.
+    async fn hand_over(
+        &self,
+        connection: &mut ReplicationConnection,
+        reader: &TableReader,
+        ticket: ChunkTicket,
+        fetched: FetchedChunk,
+        started: Instant,
+    ) -> Result<Started, CopyError> {
+        let merge = &self.snapshotter.merge;
         let staged = async {
-            emit(connection, &self.table, &ticket.low).await?;
-            let mut chunk = match read {
-                Read::After(after) => reader.read_chunk(connection, after).await?,
-                Read::Keys(keys) => reader.read_keys(connection, keys).await?,
-            };
             // Read with a stale column list (an ALTER TABLE since the table was
             // described): copy() describes it again and reads the chunk again.
-            if chunk.shape_version.as_deref() != Some(reader.table().shape_version.as_str()) {
+            if fetched.shape_version.as_deref() != Some(reader.table().shape_version.as_str()) {
                 return Err(SnapshotError::Altered { table: self.table.clone() });
             }
-            let committed = committed_among(connection, &self.table, &chunk.visibility.in_progress).await?;
+            let mut chunk = reader.parse(fetched).ok_or_else(|| reader.unparsable())?;
             // The rows move into the merge; the chunk keeps its count, last key and visibility.
             let read_rows = chunk.rows.len();
             let rows = std::mem::take(&mut chunk.rows)
@@ -341,34 +491,56 @@ impl TableCopy {
                     schema: reader.table().schema.clone(),
                     rows,
                     visibility: chunk.visibility.clone(),
-                    committed_in_progress: committed,
+                    committed_in_progress: std::mem::take(&mut chunk.committed_in_progress),
                 },
             );
             emit(connection, &self.table, &ticket.high).await?;
             Ok::<_, SnapshotError>((chunk, read_rows))
         };
-        let started = std::time::Instant::now();
-        let (chunk, read_rows) = match staged.await {
-            Ok(staged) => staged,
+        match staged.await {
+            Ok((chunk, read_rows)) => Ok(Started {
+                id: ticket.id,
+                outcome: ticket.outcome,
+                last_key: chunk.last_key,
+                more: chunk.more,
+                read_rows,
+                started,
+                read_in: started.elapsed(),
+            }),
             Err(err) => {
                 merge.cancel(ticket.id);
-                return Err(err.into());
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Waits for a started chunk's outcome: the stream reached its high watermark.
+    async fn outcome(&self, chunk: Started) -> Result<ChunkOutcome, CopyError> {
+        let mut receiver = chunk.outcome;
+        let outcome = loop {
+            match tokio::time::timeout(SLOW_OUTCOME, &mut receiver).await {
+                Ok(outcome) => break outcome.map_err(|_| CopyError::Stopped)?,
+                // Never given up on (the stream may be catching up), but said.
+                Err(_) => tracing::warn!(
+                    sink = self.sink.name(),
+                    table = %self.table,
+                    waited_s = chunk.started.elapsed().as_secs(),
+                    "the stream has not reached a snapshot chunk's high watermark yet"
+                ),
             }
         };
-        let read_in = started.elapsed();
-        let outcome = ticket.outcome.await.map_err(|_| CopyError::Stopped)?;
         tracing::debug!(
             sink = self.sink.name(),
             table = %self.table,
-            rows = read_rows,
-            read_ms = read_in.as_millis() as u64,
-            merged_ms = started.elapsed().as_millis() as u64,
+            rows = chunk.read_rows,
+            read_ms = chunk.read_in.as_millis() as u64,
+            merged_ms = chunk.started.elapsed().as_millis() as u64,
             "chunk read and merged"
         );
         if let ChunkOutcome::Retry { reason } = &outcome {
             tracing::info!(sink = self.sink.name(), table = %self.table, reason, "reading the chunk again");
         }
-        Ok((chunk, outcome))
+        Ok(outcome)
     }
 
     /// Waits until the sink acknowledged the chunk ending at `high_watermark`.
@@ -410,13 +582,77 @@ struct Applying {
     state: TableProgress,
 }
 
-/// Which rows a chunk reads.
-#[derive(Clone, Copy)]
-enum Read<'a> {
-    /// The next chunk after a key (from the start for `None`).
-    After(Option<&'a [String]>),
-    /// These keys again.
-    Keys(&'a [KeyText]),
+/// A chunk read whose outcome is to come.
+struct Started {
+    /// Its ticket's id in the merge.
+    id: u64,
+    /// Where its outcome arrives.
+    outcome: oneshot::Receiver<ChunkOutcome>,
+    /// Its last key read.
+    last_key: Option<KeyText>,
+    /// Whether rows may follow it.
+    more: bool,
+    /// Rows read, for logs.
+    read_rows: usize,
+    /// When its read began, and how long the read took (for logs).
+    started: Instant,
+    read_in: Duration,
+}
+
+/// A chunk read after a key, in flight.
+struct InFlightChunk {
+    /// The key its range starts after (`None`: the table's start).
+    after: Option<KeyText>,
+    started: Started,
+}
+
+/// The chunks of one table in flight, oldest first, and the one being
+/// fetched after them. Dropped with some left (a failed or aborted copy),
+/// it forgets them in the merge: they are read again from the stored
+/// progress.
+struct InFlight {
+    merge: WatermarkMerge,
+    chunks: VecDeque<InFlightChunk>,
+    prefetch: Option<Prefetch>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for chunk in &self.chunks {
+            self.merge.cancel(chunk.started.id);
+        }
+        if let Some(prefetch) = self.prefetch.take() {
+            prefetch.fetch.abort();
+            self.merge.cancel(prefetch.ticket.id);
+        }
+    }
+}
+
+/// A chunk fetched over the spare connection by a task of its own, so the
+/// server reads it while the chunk before it is parsed.
+struct Prefetch {
+    /// The key its range starts after.
+    after: Option<KeyText>,
+    ticket: ChunkTicket,
+    started: Instant,
+    fetch: tokio::task::JoinHandle<(ReplicationConnection, Result<FetchedChunk, SnapshotError>)>,
+}
+
+impl Prefetch {
+    fn start(
+        reader: Arc<TableReader>,
+        mut connection: ReplicationConnection,
+        after: Option<KeyText>,
+        ticket: ChunkTicket,
+    ) -> Prefetch {
+        let mark = emit_sql(&ticket.low);
+        let key = after.clone();
+        let fetch = tokio::spawn(async move {
+            let fetched = reader.fetch(&mut connection, Rows::After(key.as_deref()), Some(&mark)).await;
+            (connection, fetched)
+        });
+        Prefetch { after, ticket, started: Instant::now(), fetch }
+    }
 }
 
 enum CopyError {
@@ -440,13 +676,7 @@ impl From<SnapshotError> for CopyError {
 /// message at once (the connection commits synchronously, see
 /// [`connect`]).
 async fn emit(connection: &mut ReplicationConnection, table: &TableName, content: &str) -> Result<Lsn, SnapshotError> {
-    let sql = format!(
-        "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})::text AS lsn, \
-         pg_catalog.pg_current_xact_id() AS flushes_at_commit",
-        escape_literal(WATERMARK_PREFIX),
-        escape_literal(content)
-    );
-    let result = connection.simple_query(&sql).await.map_err(|source| SnapshotError::Source {
+    let result = connection.simple_query(&emit_sql(content)).await.map_err(|source| SnapshotError::Source {
         table: table.clone(),
         doing: "emitting a watermark (pg_logical_emit_message)".to_owned(),
         source,
@@ -457,6 +687,16 @@ async fn emit(connection: &mut ReplicationConnection, table: &TableName, content
     })
 }
 
+/// The statement that emits the watermark message `content` (see [`emit`]).
+fn emit_sql(content: &str) -> String {
+    format!(
+        "SELECT pg_catalog.pg_logical_emit_message(false, {}, {})::text AS lsn, \
+         pg_catalog.pg_current_xact_id() AS flushes_at_commit",
+        escape_literal(WATERMARK_PREFIX),
+        escape_literal(content)
+    )
+}
+
 /// A SQL connection for one table's copy: the replication connection's
 /// session settings (so values read as the stream sends them), with
 /// synchronous commits so watermarks reach the stream at once (see [`emit`]).
@@ -464,26 +704,4 @@ async fn connect(options: &ConnectOptions) -> Result<ReplicationConnection, pg_r
     let mut connection = ReplicationConnection::connect(options).await?;
     connection.simple_query("SET synchronous_commit = on").await?;
     Ok(connection)
-}
-
-/// Those of `xids` that have committed (`pg_xact_status`).
-async fn committed_among(
-    connection: &mut ReplicationConnection,
-    table: &TableName,
-    xids: &[u64],
-) -> Result<Vec<u64>, SnapshotError> {
-    if xids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let list = xids.iter().map(|xid| format!("'{xid}'")).collect::<Vec<_>>().join(", ");
-    let sql = format!(
-        "SELECT x AS xid FROM unnest(ARRAY[{list}]::text[]) x \
-         WHERE pg_catalog.pg_xact_status(x::xid8) = 'committed'"
-    );
-    let result = connection.simple_query(&sql).await.map_err(|source| SnapshotError::Source {
-        table: table.clone(),
-        doing: "reading the status of transactions in progress during the read".to_owned(),
-        source,
-    })?;
-    Ok((0..result.rows.len()).filter_map(|row| result.get(row, "xid")?.parse().ok()).collect())
 }

@@ -32,7 +32,12 @@
 //!
 //! A dropped key whose invisible change was an update that left a TOASTed
 //! value out (the sink may hold a partial row) is returned in
-//! [`ChunkOutcome::Merged::reread`] for the caller to read again by key.
+//! [`ChunkOutcome::Merged::reread`] for the caller to read again by key:
+//! only keys among the chunk's rows, and keys an update moved a row to. Any
+//! other key such an update touched is no concern of this chunk: it lies in
+//! another chunk's key range, whose own read or window covers the update,
+//! or its row was inserted whole after the read. So a chunk's re-reads stay
+//! within what it read, and several chunks of a table can be in flight.
 //!
 //! [`Version::snapshot_row`]: pgfanout_core::Version::snapshot_row
 
@@ -115,14 +120,22 @@ struct Shared {
     chunks: HashMap<u64, Pending>,
 }
 
+/// How a transaction in the window touched a key.
+#[derive(Debug, Default, Clone, Copy)]
+struct Touch {
+    /// An update left a TOASTed value out: the sink may hold a partial row.
+    partial: bool,
+    /// An update moved a row to this key (from another).
+    moved_in: bool,
+}
+
 struct Pending {
     sink: String,
     table: TableName,
     key_names: Vec<String>,
     window_open: bool,
-    /// Keys streamed transactions touched inside the window, by transaction
-    /// id; `true` when an update left a TOASTed value out.
-    touched: HashMap<(u32, KeyText), bool>,
+    /// Keys streamed transactions touched inside the window, by transaction id.
+    touched: HashMap<(u32, KeyText), Touch>,
     seen_xids: HashSet<u32>,
     truncated_by: Vec<u32>,
     read: Option<ReadChunk>,
@@ -238,10 +251,16 @@ impl Pending {
             return;
         }
         let partial = new.is_some_and(|row| row.contains(&ColumnValue::UnchangedToast));
-        for row in [old, new].into_iter().flatten() {
-            if let Some(key) = stream_key(&change.table, row, &self.key_names) {
-                *self.touched.entry((xid.0, key)).or_default() |= partial;
-            }
+        let old_key = old.and_then(|row| stream_key(&change.table, row, &self.key_names));
+        let new_key = new.and_then(|row| stream_key(&change.table, row, &self.key_names));
+        let moved = old_key.is_some() && new_key.is_some() && old_key != new_key;
+        if let Some(key) = old_key {
+            self.touched.entry((xid.0, key)).or_default().partial |= partial;
+        }
+        if let Some(key) = new_key {
+            let touch = self.touched.entry((xid.0, key)).or_default();
+            touch.partial |= partial;
+            touch.moved_in |= moved;
         }
     }
 
@@ -270,16 +289,28 @@ impl Pending {
             return None;
         }
         let mut dropped_keys: HashSet<&KeyText> = HashSet::new();
-        let mut reread: Vec<KeyText> = Vec::new();
-        for ((xid, key), &partial) in &self.touched {
+        let mut partial_keys: Vec<(&KeyText, Touch)> = Vec::new();
+        for ((xid, key), &touch) in &self.touched {
             if visibility.sees(*xid) {
                 continue;
             }
             dropped_keys.insert(key);
-            if partial && !reread.contains(key) {
+            if touch.partial {
+                partial_keys.push((key, touch));
+            }
+        }
+        // See the module doc: only keys read, or moved to, are read again.
+        let read_keys: HashSet<&KeyText> = match partial_keys.is_empty() {
+            true => HashSet::new(),
+            false => read.rows.iter().map(|(key, _)| key).collect(),
+        };
+        let mut reread: Vec<KeyText> = Vec::new();
+        for (key, touch) in partial_keys {
+            if (touch.moved_in || read_keys.contains(key)) && !reread.contains(key) {
                 reread.push(key.clone());
             }
         }
+        drop(read_keys);
         let mut changes = Vec::with_capacity(read.rows.len());
         let mut dropped = 0;
         for (key, row) in read.rows {
@@ -485,6 +516,34 @@ mod tests {
             outcome.try_recv().unwrap(),
             ChunkOutcome::Merged { high_watermark: Lsn(60), written: 1, dropped: 1, reread: vec![vec!["2".into()]] }
         );
+    }
+
+    #[test]
+    fn only_keys_the_chunk_read_or_a_row_moved_to_are_read_again() {
+        let merge = WatermarkMerge::new(7);
+        let mut tap = merge.tap();
+        let ticket = merge.open("cache", &TableName::parse("t"), vec!["id".into()]);
+        tap.message(&mark(&ticket.low, 20));
+        let partial = |id: &str| row(id, ColumnValue::UnchangedToast);
+        tap.transaction(&transaction(
+            121,
+            30,
+            vec![
+                // Another chunk's key (not read here): that chunk covers it.
+                ChangeOp::Update { old: None, new: partial("9") },
+                // Moved from a key read here to one read by no chunk yet.
+                ChangeOp::Update { old: Some(row("1", ColumnValue::Null)), new: partial("70") },
+            ],
+        ));
+        merge.chunk_read(ticket.id, read(&["1", "2"], visibility(), vec![]));
+        let injected = tap.message(&mark(&ticket.high, 60));
+        assert_eq!(injected[0].transaction.changes.len(), 1, "key 1 is dropped, 2 written");
+        let ChunkOutcome::Merged { mut reread, dropped, .. } = ticket.outcome.blocking_recv().unwrap() else {
+            panic!("merged")
+        };
+        reread.sort();
+        assert_eq!(dropped, 1);
+        assert_eq!(reread, vec![vec!["1".to_owned()], vec!["70".to_owned()]]);
     }
 
     #[test]

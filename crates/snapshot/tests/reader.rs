@@ -2,12 +2,14 @@
 //! chunk by chunk, and each row exactly as pgoutput streams its insert.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use pg_replication::{ConnectOptions, ReplicationConnection};
 use pgfanout_core::{Assembled, ChangeOp, Row, TableName, TableSchema, TransactionAssembler};
-use pgfanout_snapshot::{ChunkLimits, SnapshotTable, TableReader};
+use pgfanout_snapshot::{ChunkLimits, Rows, SnapshotTable, TableReader};
 use pgoutput::TypeRegistry;
 use tokio_postgres::{Client, NoTls};
 
@@ -48,10 +50,12 @@ const SCHEMA: &str = "
 ";
 
 const ROWS: &str = "
-    INSERT INTO line_item SELECT i / 3, 'l-' || (i % 3) || CASE WHEN i % 5 = 0 THEN ' ü''x' ELSE '' END,
+    INSERT INTO line_item SELECT i / 3,
+        'l-' || (i % 3) || CASE WHEN i % 5 = 0 THEN ' ü''x' WHEN i % 11 = 0 THEN E'\\t\\\\' ELSE '' END,
         i * 1.125, jsonb_build_object('i', i, 'nested', jsonb_build_array(i, 'x')),
         ARRAY['a' || i, NULL, 'q\"uote'], CASE WHEN i % 2 = 0 THEN 'calm' ELSE 'busy' END::mood,
-        '2024-02-29 12:00:00+00'::timestamptz + i * interval '1 minute', CASE WHEN i % 7 = 0 THEN NULL ELSE 'n' END
+        '2024-02-29 12:00:00+00'::timestamptz + i * interval '1 minute', CASE WHEN i % 7 = 0 THEN NULL
+        WHEN i % 7 = 1 THEN E'tab\\tnew\\nline\\r\\\\N \\\\ \\x01 \\b' WHEN i % 7 = 2 THEN '\\N' ELSE 'n' END
         FROM generate_series(1, 200) i;
     INSERT INTO doc SELECT i, (SELECT string_agg(md5(i::text || g::text), '') FROM generate_series(1, 3000) g),
         decode(md5(i::text), 'hex') FROM generate_series(1, 6) i;
@@ -175,4 +179,151 @@ fn sort_key(table: &TableName, key: &[String]) -> (i64, String) {
     let first = key[0].parse::<i64>().unwrap();
     let second = if table.name == "event" { key[1].clone() } else { key.get(1).cloned().unwrap_or_default() };
     (first, second)
+}
+
+/// A watermark-like statement for [`TableReader::read_after_mark`].
+const MARK: &str = "SELECT pg_catalog.pg_logical_emit_message(false, 'reader-test', 'mark')::text AS lsn, \
+                    pg_catalog.pg_current_xact_id() AS flushes_at_commit";
+
+/// Whether the connection answers in step, outside any transaction: a read
+/// that left a message unread or a transaction open would show here.
+async fn assert_in_step(connection: &mut ReplicationConnection, round: usize) {
+    let probe = format!("SELECT {round} AS round, now() = pg_catalog.statement_timestamp() AS outside");
+    let answer = tokio::time::timeout(Duration::from_secs(20), connection.simple_query(&probe))
+        .await
+        .unwrap_or_else(|_| panic!("round {round}: the probe after the read hung"))
+        .unwrap();
+    assert_eq!(answer.get(0, "round"), Some(round.to_string().as_str()), "round {round}: answers out of step");
+    assert_eq!(answer.get(0, "outside"), Some("t"), "round {round}: a transaction was left open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_a_mark_of_keys_ranges_and_chunks_stay_in_step_under_writes() {
+    let (url, client) = fresh_database("snapshot_reader_marks").await;
+    client
+        .batch_execute(
+            "CREATE TABLE item (id int PRIMARY KEY, qty int NOT NULL, note text);
+             ALTER TABLE item ALTER COLUMN note SET STORAGE EXTERNAL;
+             INSERT INTO item SELECT i, i % 97, CASE WHEN i % 50 = 0 THEN repeat(md5(i::text), 200) ELSE 'n' END
+             FROM generate_series(1, 3000) i;",
+        )
+        .await
+        .unwrap();
+    // Partial updates (the TOASTed note left out), key moves, deletes and
+    // inserts all along, as the snapshot test's writer does.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (writer_client, writer_connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+        tokio::spawn(writer_connection);
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut round = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                let id = (round * 7919) % 3000 + 1;
+                let statement = match round % 4 {
+                    0 => format!("UPDATE item SET qty = qty + 1 WHERE id = {}", (id / 50).max(1) * 50),
+                    1 => format!("UPDATE item SET id = id + 100000 WHERE id = {id}"),
+                    2 => format!("DELETE FROM item WHERE id = {id}"),
+                    _ => format!("INSERT INTO item VALUES ({id}, 1, 'new') ON CONFLICT DO NOTHING"),
+                };
+                writer_client.batch_execute(&statement).await.unwrap();
+            }
+        })
+    };
+
+    let mut connection = ReplicationConnection::connect(&ConnectOptions::parse(&url).unwrap()).await.unwrap();
+    let types = Arc::new(TypeRegistry::new());
+    let table = SnapshotTable::describe(&mut connection, &TableName::parse("item"), None, types).await.unwrap();
+    let reader = TableReader::new(table, ChunkLimits { rows: 40, bytes: usize::MAX });
+    let key = |id: u32| vec![id.to_string()];
+    for round in 0..300usize {
+        let id = (round as u32 * 104_729) % 3100 + 1;
+        let read = async {
+            match round % 5 {
+                0 => {
+                    let after = key(id);
+                    let chunk = reader
+                        .read_after_mark(&mut connection, Rows::After(Some(&after)), MARK)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    assert!(chunk.rows.len() <= 40);
+                    for row in &chunk.rows {
+                        assert!(reader.key_of(row).unwrap()[0].parse::<u32>().unwrap() > id, "round {round}");
+                    }
+                    Ok(())
+                }
+                1 => {
+                    let (after, through) = (key(id), key(id + 60));
+                    let rows = Rows::Range { after: Some(&after), through: &through };
+                    let chunk =
+                        reader.read_after_mark(&mut connection, rows, MARK).await.map_err(|err| err.to_string())?;
+                    assert!(!chunk.more, "round {round}: a range read again is never `more`");
+                    for row in &chunk.rows {
+                        let read = reader.key_of(row).unwrap()[0].parse::<u32>().unwrap();
+                        assert!(read > id && read <= id + 60, "round {round}: {read} outside the range");
+                    }
+                    Ok(())
+                }
+                // Keys that exist, moved away, were deleted or never were:
+                // a COPY of few rows or none.
+                2 | 3 => {
+                    let keys = vec![key(id), key(id + 100_000), key(900_000 + id)];
+                    let chunk = reader
+                        .read_after_mark(&mut connection, Rows::Keys(&keys), MARK)
+                        .await
+                        .map_err(|err| err.to_string())?;
+                    assert!(!chunk.more);
+                    for row in &chunk.rows {
+                        assert!(keys.contains(&reader.key_of(row).unwrap()), "round {round}: a key not asked for");
+                    }
+                    Ok(())
+                }
+                // A mark that fails: the read's statements never run.
+                _ => {
+                    let keys = vec![key(id)];
+                    let failed = reader.read_after_mark(&mut connection, Rows::Keys(&keys), "SELECT 1 / 0").await;
+                    assert!(failed.is_err(), "round {round}: a failing mark fails the read");
+                    Ok::<_, String>(())
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the read hung"))
+            .unwrap_or_else(|err| panic!("round {round}: {err}"));
+        assert_in_step(&mut connection, round).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    connection.close().await.unwrap();
+}
+
+/// A re-read of many keys is a query of megabytes: over TLS (the default
+/// `sslmode=prefer` takes it when the server offers it) its tail must not
+/// stay in the client's TLS buffer while the client waits for the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_read_of_many_keys_is_sent_whole_and_answered() {
+    let (url, client) = fresh_database("snapshot_reader_many_keys").await;
+    client
+        .batch_execute("CREATE TABLE item (id int PRIMARY KEY, note text); INSERT INTO item SELECT i, 'n' || i FROM generate_series(1, 1000) i;")
+        .await
+        .unwrap();
+    let mut connection = ReplicationConnection::connect(&ConnectOptions::parse(&url).unwrap()).await.unwrap();
+    let types = Arc::new(TypeRegistry::new());
+    let table = SnapshotTable::describe(&mut connection, &TableName::parse("item"), None, types).await.unwrap();
+    let reader = TableReader::new(table, ChunkLimits::default());
+    for round in 0..5u32 {
+        let keys: Vec<Vec<String>> = (1..=100_000u32).map(|id| vec![(id * 10 + round).to_string()]).collect();
+        let read = async {
+            reader.read_after_mark(&mut connection, Rows::Keys(&keys), MARK).await.map_err(|err| err.to_string())
+        };
+        let chunk = tokio::time::timeout(Duration::from_secs(30), read)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the re-read of 100,000 keys hung"))
+            .unwrap_or_else(|err| panic!("round {round}: {err}"));
+        let expected = keys.iter().filter(|key| key[0].parse::<u32>().unwrap() <= 1000).count();
+        assert_eq!(chunk.rows.len(), expected, "round {round}: every existing key asked for, once");
+        assert_in_step(&mut connection, round as usize).await;
+    }
 }
