@@ -293,11 +293,13 @@ impl StatusTask {
         self.write(&frame).await
     }
 
+    /// Writes and flushes one message: over TLS, written bytes can sit in
+    /// the session's buffer until flushed, and the server would never see
+    /// the status update.
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.writer
-            .write_all(bytes)
-            .await
-            .map_err(|source| ReplicationError::Io { endpoint: self.endpoint.clone(), source })
+        let io_error = |source| ReplicationError::Io { endpoint: self.endpoint.clone(), source };
+        self.writer.write_all(bytes).await.map_err(io_error)?;
+        self.writer.flush().await.map_err(io_error)
     }
 }
 
