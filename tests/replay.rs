@@ -3,7 +3,8 @@
 //! at a transaction boundary, the archive replayed into it up to what it
 //! holds, then it rejoins the live stream, so a row the stream deletes
 //! during the replay never comes back; the other sink streams throughout
-//! (until the paused sink's queue is full: then the stream waits for all).
+//! (the paused sink sets aside what reaches its queue, applied from the
+//! archive before it rejoins).
 
 mod common;
 
@@ -252,12 +253,13 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     assert_eq!(raw_hashes(&mut redis, "rplive:").await, before, "the standalone replay differs");
 }
 
-/// With a queue of 8 transactions, a paused sink's queue fills and the
-/// stream then waits for every sink (the other sink stands still too) until
-/// the replay ends; nothing is lost, and the replay does not wait forever on
-/// the archive behind the blocked dispatcher.
+/// With a queue of 8 transactions, a long replay (each archive batch
+/// delayed 3 s) does not hold the stream: the paused sink sets aside what
+/// reaches its queue once the archive holds it, so the other sink keeps
+/// applying far more than 8 transactions meanwhile; the replay then applies
+/// what was set aside from the archive, and both stores end exactly equal.
 #[tokio::test]
-async fn a_full_queue_of_the_paused_sink_holds_the_stream_until_the_replay_ends() {
+async fn a_long_replay_with_a_tiny_queue_never_holds_the_other_sink() {
     let db = create_database("replay_full").await;
     db.client.batch_execute(SCHEMA).await.unwrap();
     let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
@@ -291,22 +293,37 @@ async fn a_full_queue_of_the_paused_sink_holds_the_stream_until_the_replay_ends(
     let replay = tokio::spawn(run_pgfanout(
         ["replay", "--config", &path, "--from", &lsn_text(from), "--sink", "full"].map(str::to_owned).to_vec(),
     ));
-    wait_until("the paused sink's queue fills", Duration::from_secs(30), || async {
-        sink_metric(&pgfanout, "pgfanout_sink_queue_depth", "full").await >= 8.0
+    wait_until("the replay pauses sink full", Duration::from_secs(30), || async {
+        sink_metric(&pgfanout, "pgfanout_sink_paused", "full").await == 1.0
     })
     .await;
-    // The other sink finishes what it holds, then gets nothing more.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let full_paused_at = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "full").await;
+    // Far more than 8 transactions pass while the replay's first batch waits its 3 s.
+    let transactions_before = pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0);
     let other_before = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let other_after = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await;
+    let transactions_after = pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0);
+    let full_now = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "full").await;
     assert_eq!(sink_metric(&pgfanout, "pgfanout_sink_paused", "full").await, 1.0, "the replay ended too soon");
-    assert_eq!(other_before, other_after, "the stream went on although the paused sink's queue was full");
+    assert!(other_after > other_before, "the other sink stood still while sink full was paused");
+    assert!(
+        transactions_after - transactions_before > 40.0,
+        "the stream waited for the paused sink: {} transactions in 1.5 s",
+        transactions_after - transactions_before
+    );
+    assert_eq!(full_now, full_paused_at, "sink full moved its checkpoint while paused");
+    assert!(sink_metric(&pgfanout, "pgfanout_sink_queue_depth", "full").await <= 8.0);
 
-    let (ok, _, stderr) = tokio::time::timeout(Duration::from_secs(60), replay).await.unwrap().unwrap();
+    let (ok, stdout, stderr) = tokio::time::timeout(Duration::from_secs(60), replay).await.unwrap().unwrap();
     assert!(ok, "replay failed: {stderr}\n{}", pgfanout.log_text());
-    wait_until("the other sink moves again", Duration::from_secs(30), || async {
-        sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await > other_after
+    assert!(stdout.contains(r#""sink":"full""#), "{stdout}");
+    assert!(pgfanout.log_text().contains("applied what the paused sink set aside"), "{}", pgfanout.log_text());
+    // Resumed at the horizon: past where it paused, and streaming on.
+    let resumed_at = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "full").await;
+    assert!(resumed_at > full_paused_at, "sink full resumed at its old checkpoint");
+    wait_until("sink full streams again", Duration::from_secs(30), || async {
+        sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "full").await > resumed_at
     })
     .await;
     stop.store(true, Ordering::Relaxed);
