@@ -332,6 +332,74 @@ async fn a_long_replay_with_a_tiny_queue_never_holds_the_other_sink() {
     wait_for_redis_match(&db, "items", "id", &mut redis, "rfullother:", &pgfanout).await;
 }
 
+/// A replay cut short (pgfanout stops) after the paused sink set
+/// transactions aside: the sink is stranded, acknowledging none of them, so
+/// the restarted pgfanout gets them again from the slot and the store ends
+/// exactly equal (a sink resuming as if nothing was missing would lose them).
+#[tokio::test]
+async fn a_replay_cut_short_after_setting_aside_loses_nothing_across_a_restart() {
+    let db = create_database("replay_cut").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
+    let mut redis = redis_connection(&redis_url).await;
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = config(&db, &redis_url, &http, archive.path())
+        .replace("rplive:", "rcut:")
+        .replace("rpother:", "rcutother:")
+        .replace("name = \"live\"", "name = \"cut\"")
+        .replace("name = \"other\"", "name = \"cutother\"")
+        .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
+    for prefix in ["rcut:", "rcutother:", "pgfanout:checkpoint:cut", "pgfanout:checkpoint:cutother"] {
+        delete_keys(&mut redis, prefix).await;
+    }
+    let env = [("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "5000")];
+    let mut pgfanout = Pgfanout::start_with_env("replay_cut", &config, &http, &env);
+    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    db.client.batch_execute("INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 300) g").await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rcut:", &pgfanout).await;
+    let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let path = std::env::temp_dir()
+        .join(format!("pgfanout-tests-{}", std::process::id()))
+        .join("replay_cut.toml")
+        .display()
+        .to_string();
+    let replay = tokio::spawn(run_pgfanout(
+        ["replay", "--config", &path, "--from", &lsn_text(from), "--sink", "cut"].map(str::to_owned).to_vec(),
+    ));
+    wait_until("the replay pauses sink cut", Duration::from_secs(30), || async {
+        sink_metric(&pgfanout, "pgfanout_sink_paused", "cut").await == 1.0
+    })
+    .await;
+    // Far more than its queue of 8 reach the paused sink: they are set aside.
+    let dispatched = pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0);
+    wait_until("transactions pass the paused sink", Duration::from_secs(30), || async {
+        pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0) > dispatched + 30.0
+    })
+    .await;
+    assert_eq!(sink_metric(&pgfanout, "pgfanout_sink_paused", "cut").await, 1.0, "the replay ended too soon");
+    pgfanout.signal("TERM");
+    pgfanout.wait_exit(Duration::from_secs(30)).await;
+    let log = pgfanout.log_text();
+    assert!(log.contains("a replay ended before applying the transactions this sink set aside"), "{log}");
+    let (ok, _, _) = replay.await.unwrap();
+    assert!(!ok, "the replay cut short reported success");
+
+    let pgfanout = Pgfanout::start_with_env("replay_cut", &config, &http, &env);
+    wait_until("pgfanout streams again", Duration::from_secs(30), || async {
+        http_get(&http, "/readyz").await.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rcut:", &pgfanout).await;
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rcutother:", &pgfanout).await;
+}
+
 /// `id:v` of every row, sorted.
 async fn expected_items(db: &TestDatabase) -> Vec<String> {
     let rows = db.client.query("SELECT id::text || ':' || v::text FROM items", &[]).await.unwrap();
