@@ -400,6 +400,52 @@ async fn a_replay_cut_short_after_setting_aside_loses_nothing_across_a_restart()
     wait_for_redis_match(&db, "items", "id", &mut redis, "rcutother:", &pgfanout).await;
 }
 
+/// `--to` bounds only the archive's range: what the paused sink set aside
+/// meanwhile is live, so it is applied whatever `--to` says (else the sink
+/// would resume past transactions it never applied).
+#[tokio::test]
+async fn a_replay_up_to_an_early_lsn_still_applies_what_the_sink_set_aside() {
+    let db = create_database("replay_to").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
+    let mut redis = redis_connection(&redis_url).await;
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = config(&db, &redis_url, &http, archive.path())
+        .replace("rplive:", "rto:")
+        .replace("rpother:", "rtoother:")
+        .replace("name = \"live\"", "name = \"to\"")
+        .replace("name = \"other\"", "name = \"toother\"")
+        .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
+    for prefix in ["rto:", "rtoother:", "pgfanout:checkpoint:to", "pgfanout:checkpoint:toother"] {
+        delete_keys(&mut redis, prefix).await;
+    }
+    let pgfanout =
+        Pgfanout::start_with_env("replay_to", &config, &http, &[("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "2000")]);
+    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    db.client.batch_execute("INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 300) g").await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rto:", &pgfanout).await;
+    let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+    let to = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "to").await as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let path = std::env::temp_dir()
+        .join(format!("pgfanout-tests-{}", std::process::id()))
+        .join("replay_to.toml")
+        .display()
+        .to_string();
+    // Only the first transaction (the 300 rows, never deleted) from the archive.
+    let replay = ["replay", "--config", &path, "--from", &lsn_text(from), "--to", &lsn_text(to), "--sink", "to"];
+    let (ok, _, stderr) = run_pgfanout(replay.map(str::to_owned).to_vec()).await;
+    assert!(ok, "replay failed: {stderr}\n{}", pgfanout.log_text());
+    assert!(pgfanout.log_text().contains("applied what the paused sink set aside"), "{}", pgfanout.log_text());
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rto:", &pgfanout).await;
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rtoother:", &pgfanout).await;
+}
+
 /// `id:v` of every row, sorted.
 async fn expected_items(db: &TestDatabase) -> Vec<String> {
     let rows = db.client.query("SELECT id::text || ':' || v::text FROM items", &[]).await.unwrap();
