@@ -67,7 +67,8 @@ pub struct ReplayStatus {
     pub tables: Vec<String>,
     /// `pausing`, `replaying`, `done` or `failed`.
     pub state: String,
-    /// The sink's checkpoint when its worker paused: the replay's end.
+    /// The sink's checkpoint when its worker paused: the archive's range
+    /// ends there; what the worker set aside after it is applied too.
     pub paused_at: Option<String>,
     /// Changes applied so far.
     pub changes: u64,
