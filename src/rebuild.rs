@@ -145,6 +145,10 @@ pub enum TriggerError {
     /// A snapshot of that sink runs already.
     #[error("a snapshot of sink {0} is already running (initial copy or rebuild); wait for it to finish")]
     Busy(String),
+    /// A replay pauses that sink: its worker sets aside what reaches it,
+    /// which only the archive holds, and a snapshot's rows are not archived.
+    #[error("a replay into sink {0} is running; rebuild once it is done (GET /replay)")]
+    Replaying(String),
 }
 
 impl TriggerError {
@@ -154,7 +158,7 @@ impl TriggerError {
             TriggerError::NotStreaming => 503,
             TriggerError::SnapshotDisabled | TriggerError::BadRequest(_) | TriggerError::UnroutedTable { .. } => 400,
             TriggerError::UnknownSink { .. } => 404,
-            TriggerError::Busy(_) => 409,
+            TriggerError::Busy(_) | TriggerError::Replaying(_) => 409,
         }
     }
 }
@@ -213,8 +217,9 @@ impl RebuildControl {
         rebuilds
     }
 
-    /// Starts the rebuild `body` asks for; what was scheduled.
-    pub fn trigger(&self, body: &str, metrics: &Metrics) -> Result<RebuildStatus, TriggerError> {
+    /// Starts the rebuild `body` asks for; what was scheduled. Refused for
+    /// a sink in `replaying` (those a replay pauses now).
+    pub fn trigger(&self, body: &str, metrics: &Metrics, replaying: &[String]) -> Result<RebuildStatus, TriggerError> {
         let request: RebuildRequest =
             serde_json::from_str(body).map_err(|err| TriggerError::BadRequest(err.to_string()))?;
         let live = self.live.read().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -237,6 +242,9 @@ impl RebuildControl {
             .is_ok_and(|gauge| gauge.get() > 0);
         if running || copying {
             return Err(TriggerError::Busy(request.sink));
+        }
+        if replaying.contains(&request.sink) {
+            return Err(TriggerError::Replaying(request.sink));
         }
         let status = RebuildStatus {
             id: rebuilds.len() as u64 + 1,
@@ -661,7 +669,7 @@ pub mod endpoint {
 
     /// `POST /rebuild`: 202 with the scheduled rebuild, else the error.
     pub async fn trigger(State(state): State<HttpState>, body: String) -> impl IntoResponse {
-        let (status, body) = match state.rebuild.trigger(&body, &state.metrics) {
+        let (status, body) = match state.rebuild.trigger(&body, &state.metrics, &state.replay.paused_sinks()) {
             Ok(scheduled) => (StatusCode::ACCEPTED, serde_json::to_string(&scheduled).unwrap_or_default()),
             Err(err) => (
                 StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
@@ -696,6 +704,7 @@ mod tests {
         assert_eq!(err.status(), 400);
         assert_eq!(err.to_string(), "sink cache does not route table public.c; it routes: public.a, app.b");
         assert_eq!(TriggerError::Busy("cache".into()).status(), 409);
+        assert_eq!(TriggerError::Replaying("cache".into()).status(), 409);
         assert_eq!(TriggerError::UnknownSink { sink: "x".into(), known: String::new() }.status(), 404);
     }
 

@@ -28,8 +28,10 @@
 //! ([`pgfanout_core::PauseHandle`]); the store then holds exactly every
 //! transaction up to the worker's checkpoint `C`. The replay waits until the
 //! archive holds everything up to `C` too, applies the archived transactions
-//! from `--from` whose end is at or before `C`, and resumes the worker,
-//! which goes on with the first transaction after `C`. Nothing is missing
+//! from `--from` whose end is at or before `C`, then every archived
+//! transaction after `C` up to the worker's horizon (what it set aside, see
+//! below), and resumes the worker at the horizon; it goes on with the first
+//! transaction after it. Nothing is missing
 //! or applied twice, and since the sink applies nothing live meanwhile, an
 //! older replayed write is always followed by every newer change of its key
 //! (replayed, then live): a delete the stream applied is re-applied after
@@ -41,13 +43,20 @@
 //! derived relationships are recomputed from source rows, never
 //! incremented, so they come out the same.
 //!
-//! While the sink is paused, the other sinks keep streaming, but the paused
-//! sink's queue fills (`pipeline.queue_mb` and `queue_capacity`); once full,
-//! the dispatcher waits, and so does the stream for every sink, until the
-//! replay ends. The flush LSN stays at or below the paused sink's checkpoint
-//! (it acknowledges nothing while paused), so PostgreSQL keeps the WAL and a
-//! crash meanwhile re-sends it. A replay cut short (crash, shutdown) leaves
-//! older versions written: run it again.
+//! While the sink is paused, the other sinks keep streaming: the paused
+//! worker drains its queue, setting aside (dropping) each transaction once
+//! the archive has acknowledged it and recording the end of the last one,
+//! its horizon ([`pgfanout_core::Paused::set_aside_to`]). The replay applies
+//! `(C, horizon]` from the archive (every table, past `--to` too: these are
+//! live changes) while the horizon moves, at most 20 rounds, then holds the worker at a transaction boundary
+//! ([`pgfanout_core::Paused::hold`]) for a last round and resumes it with
+//! [`pgfanout_core::Paused::resume`]: the worker stores the horizon as its
+//! checkpoint and acknowledges it. The flush LSN stays at or below `C` until
+//! then (nothing set aside is acknowledged), so PostgreSQL keeps the WAL and
+//! a crash meanwhile re-sends it. A replay cut short (crash, shutdown, a
+//! failed batch) leaves older versions written: run it again; if the worker
+//! had set something aside, it is stranded (it acknowledges nothing more)
+//! until pgfanout restarts and the slot re-sends what it set aside.
 //!
 //! A worker that has applied nothing yet and found no checkpoint in its
 //! store (`C` = 0) holds nothing the stream sent: the replay then goes to the
@@ -131,6 +140,8 @@ struct Target {
     counter: Option<prometheus::IntCounter>,
     /// The paused worker's status: a replayed batch is progress (for `/healthz`).
     status: Option<SinkStatus>,
+    /// How long each batch waits before it is applied (tests, see [`TEST_BATCH_DELAY_ENV`]).
+    delay: Option<Duration>,
 }
 
 impl Target {
@@ -145,6 +156,7 @@ impl Target {
             applied: 0,
             counter: None,
             status: None,
+            delay: test_batch_delay(),
         }
     }
 
@@ -331,7 +343,7 @@ async fn standalone(
         let tables = tables.into_iter().map(|(table, mapping)| (table, Arc::new(mapping))).collect();
         let mut target = Target::new(sink, tables, sink_config.delivery().lanes);
         // The next `run` applies everything after `checkpoint` again: no need to stop there.
-        let bound = Bound { to: args.to.unwrap_or(Lsn(u64::MAX)), held: Lsn(u64::MAX) };
+        let bound = Bound { after: Lsn::ZERO, to: args.to.unwrap_or(Lsn(u64::MAX)), held: Lsn(u64::MAX) };
         let started = Instant::now();
         let progress = apply_pieces(&mut reader, &mut target, bound, wanted).await?;
         println!(
@@ -399,10 +411,12 @@ fn refuse_past_the_end(from: Lsn, newest: Option<(Lsn, Lsn)>, live: Option<Lsn>)
     )
 }
 
-/// Where a replay stops: transactions committed after `to`, or ending after
-/// `held` (what the store holds), are not applied.
+/// Which transactions a replay applies: none ending at or before `after`,
+/// committed after `to`, or ending after `held` (what the store holds).
 #[derive(Debug, Clone, Copy)]
 struct Bound {
+    /// Transactions ending at or before it are skipped.
+    after: Lsn,
     to: Lsn,
     held: Lsn,
 }
@@ -425,6 +439,9 @@ async fn apply_pieces(
     let mut progress = Progress::default();
     while let Some(piece) = reader.next_piece()? {
         let transaction = piece.transaction;
+        if transaction.end_lsn <= bound.after {
+            continue;
+        }
         if transaction.commit_lsn > bound.to || transaction.end_lsn > bound.held {
             break;
         }
@@ -471,7 +488,7 @@ async fn flush(target: &mut Target) -> anyhow::Result<()> {
     settle(target).await?;
     let batch = std::mem::take(&mut target.pending);
     target.pending_changes = 0;
-    target.in_flight = Some(tokio::spawn(apply_batch(target.sink.clone(), target.lanes, batch)));
+    target.in_flight = Some(tokio::spawn(apply_batch(target.sink.clone(), target.lanes, batch, target.delay)));
     Ok(())
 }
 
@@ -492,8 +509,13 @@ async fn settle(target: &mut Target) -> anyhow::Result<()> {
 
 /// Applies `batch` to `sink` in `lanes` lanes split by key, as the sink's
 /// worker would, concurrently; returns the number of changes applied.
-async fn apply_batch(sink: Arc<dyn Sink>, lanes: usize, batch: Vec<Transaction>) -> anyhow::Result<u64> {
-    if let Some(delay) = test_batch_delay() {
+async fn apply_batch(
+    sink: Arc<dyn Sink>,
+    lanes: usize,
+    batch: Vec<Transaction>,
+    delay: Option<Duration>,
+) -> anyhow::Result<u64> {
+    if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
     let refs: Vec<ChangeRef<'_>> = batch
@@ -509,8 +531,9 @@ async fn apply_batch(sink: Arc<dyn Sink>, lanes: usize, batch: Vec<Transaction>)
 }
 
 /// Environment variable read by debug builds only: milliseconds every replay
-/// batch waits before it is applied, so that tests can widen the window in
-/// which the live stream runs ahead of a replay.
+/// batch of the archive's range waits before it is applied, so that tests
+/// can widen the window in which the live stream runs ahead of a replay
+/// (what the paused sink set aside meanwhile is applied without it).
 const TEST_BATCH_DELAY_ENV: &str = "PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS";
 
 fn test_batch_delay() -> Option<Duration> {

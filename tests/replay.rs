@@ -3,7 +3,8 @@
 //! at a transaction boundary, the archive replayed into it up to what it
 //! holds, then it rejoins the live stream, so a row the stream deletes
 //! during the replay never comes back; the other sink streams throughout
-//! (until the paused sink's queue is full: then the stream waits for all).
+//! (the paused sink sets aside what reaches its queue, applied from the
+//! archive before it rejoins).
 
 mod common;
 
@@ -252,12 +253,13 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     assert_eq!(raw_hashes(&mut redis, "rplive:").await, before, "the standalone replay differs");
 }
 
-/// With a queue of 8 transactions, a paused sink's queue fills and the
-/// stream then waits for every sink (the other sink stands still too) until
-/// the replay ends; nothing is lost, and the replay does not wait forever on
-/// the archive behind the blocked dispatcher.
+/// With a queue of 8 transactions, a long replay (each archive batch
+/// delayed 3 s) does not hold the stream: the paused sink sets aside what
+/// reaches its queue once the archive holds it, so the other sink keeps
+/// applying far more than 8 transactions meanwhile; the replay then applies
+/// what was set aside from the archive, and both stores end exactly equal.
 #[tokio::test]
-async fn a_full_queue_of_the_paused_sink_holds_the_stream_until_the_replay_ends() {
+async fn a_long_replay_with_a_tiny_queue_never_holds_the_other_sink() {
     let db = create_database("replay_full").await;
     db.client.batch_execute(SCHEMA).await.unwrap();
     let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
@@ -291,28 +293,157 @@ async fn a_full_queue_of_the_paused_sink_holds_the_stream_until_the_replay_ends(
     let replay = tokio::spawn(run_pgfanout(
         ["replay", "--config", &path, "--from", &lsn_text(from), "--sink", "full"].map(str::to_owned).to_vec(),
     ));
-    wait_until("the paused sink's queue fills", Duration::from_secs(30), || async {
-        sink_metric(&pgfanout, "pgfanout_sink_queue_depth", "full").await >= 8.0
+    wait_until("the replay pauses sink full", Duration::from_secs(30), || async {
+        sink_metric(&pgfanout, "pgfanout_sink_paused", "full").await == 1.0
     })
     .await;
-    // The other sink finishes what it holds, then gets nothing more.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let full_paused_at = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "full").await;
+    // Far more than 8 transactions pass while the replay's first batch waits its 3 s.
+    let transactions_before = pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0);
     let other_before = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let other_after = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await;
+    let transactions_after = pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0);
+    let full_now = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "full").await;
     assert_eq!(sink_metric(&pgfanout, "pgfanout_sink_paused", "full").await, 1.0, "the replay ended too soon");
-    assert_eq!(other_before, other_after, "the stream went on although the paused sink's queue was full");
+    assert!(other_after > other_before, "the other sink stood still while sink full was paused");
+    assert!(
+        transactions_after - transactions_before > 40.0,
+        "the stream waited for the paused sink: {} transactions in 1.5 s",
+        transactions_after - transactions_before
+    );
+    assert_eq!(full_now, full_paused_at, "sink full moved its checkpoint while paused");
+    assert!(sink_metric(&pgfanout, "pgfanout_sink_queue_depth", "full").await <= 8.0);
 
-    let (ok, _, stderr) = tokio::time::timeout(Duration::from_secs(60), replay).await.unwrap().unwrap();
+    let (ok, stdout, stderr) = tokio::time::timeout(Duration::from_secs(60), replay).await.unwrap().unwrap();
     assert!(ok, "replay failed: {stderr}\n{}", pgfanout.log_text());
-    wait_until("the other sink moves again", Duration::from_secs(30), || async {
-        sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "fullother").await > other_after
+    assert!(stdout.contains(r#""sink":"full""#), "{stdout}");
+    assert!(pgfanout.log_text().contains("applied what the paused sink set aside"), "{}", pgfanout.log_text());
+    // Resumed at the horizon: past where it paused, and streaming on.
+    let resumed_at = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "full").await;
+    assert!(resumed_at > full_paused_at, "sink full resumed at its old checkpoint");
+    wait_until("sink full streams again", Duration::from_secs(30), || async {
+        sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "full").await > resumed_at
     })
     .await;
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     wait_for_redis_match(&db, "items", "id", &mut redis, "rfull:", &pgfanout).await;
     wait_for_redis_match(&db, "items", "id", &mut redis, "rfullother:", &pgfanout).await;
+}
+
+/// A replay cut short (pgfanout stops) after the paused sink set
+/// transactions aside: the sink is stranded, acknowledging none of them, so
+/// the restarted pgfanout gets them again from the slot and the store ends
+/// exactly equal (a sink resuming as if nothing was missing would lose them).
+#[tokio::test]
+async fn a_replay_cut_short_after_setting_aside_loses_nothing_across_a_restart() {
+    let db = create_database("replay_cut").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
+    let mut redis = redis_connection(&redis_url).await;
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = config(&db, &redis_url, &http, archive.path())
+        .replace("rplive:", "rcut:")
+        .replace("rpother:", "rcutother:")
+        .replace("name = \"live\"", "name = \"cut\"")
+        .replace("name = \"other\"", "name = \"cutother\"")
+        .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
+    for prefix in ["rcut:", "rcutother:", "pgfanout:checkpoint:cut", "pgfanout:checkpoint:cutother"] {
+        delete_keys(&mut redis, prefix).await;
+    }
+    let env = [("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "5000")];
+    let mut pgfanout = Pgfanout::start_with_env("replay_cut", &config, &http, &env);
+    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    db.client.batch_execute("INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 300) g").await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rcut:", &pgfanout).await;
+    let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let path = std::env::temp_dir()
+        .join(format!("pgfanout-tests-{}", std::process::id()))
+        .join("replay_cut.toml")
+        .display()
+        .to_string();
+    let replay = tokio::spawn(run_pgfanout(
+        ["replay", "--config", &path, "--from", &lsn_text(from), "--sink", "cut"].map(str::to_owned).to_vec(),
+    ));
+    wait_until("the replay pauses sink cut", Duration::from_secs(30), || async {
+        sink_metric(&pgfanout, "pgfanout_sink_paused", "cut").await == 1.0
+    })
+    .await;
+    // Far more than its queue of 8 reach the paused sink: they are set aside.
+    let dispatched = pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0);
+    wait_until("transactions pass the paused sink", Duration::from_secs(30), || async {
+        pgfanout.metric("pgfanout_transactions_total").await.unwrap_or(0.0) > dispatched + 30.0
+    })
+    .await;
+    assert_eq!(sink_metric(&pgfanout, "pgfanout_sink_paused", "cut").await, 1.0, "the replay ended too soon");
+    pgfanout.signal("TERM");
+    pgfanout.wait_exit(Duration::from_secs(30)).await;
+    let log = pgfanout.log_text();
+    assert!(log.contains("a replay ended before applying the transactions this sink set aside"), "{log}");
+    let (ok, _, _) = replay.await.unwrap();
+    assert!(!ok, "the replay cut short reported success");
+
+    let pgfanout = Pgfanout::start_with_env("replay_cut", &config, &http, &env);
+    wait_until("pgfanout streams again", Duration::from_secs(30), || async {
+        http_get(&http, "/readyz").await.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rcut:", &pgfanout).await;
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rcutother:", &pgfanout).await;
+}
+
+/// `--to` bounds only the archive's range: what the paused sink set aside
+/// meanwhile is live, so it is applied whatever `--to` says (else the sink
+/// would resume past transactions it never applied).
+#[tokio::test]
+async fn a_replay_up_to_an_early_lsn_still_applies_what_the_sink_set_aside() {
+    let db = create_database("replay_to").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
+    let mut redis = redis_connection(&redis_url).await;
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = config(&db, &redis_url, &http, archive.path())
+        .replace("rplive:", "rto:")
+        .replace("rpother:", "rtoother:")
+        .replace("name = \"live\"", "name = \"to\"")
+        .replace("name = \"other\"", "name = \"toother\"")
+        .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
+    for prefix in ["rto:", "rtoother:", "pgfanout:checkpoint:to", "pgfanout:checkpoint:toother"] {
+        delete_keys(&mut redis, prefix).await;
+    }
+    let pgfanout =
+        Pgfanout::start_with_env("replay_to", &config, &http, &[("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "2000")]);
+    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
+        .await;
+    db.client.batch_execute("INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 300) g").await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rto:", &pgfanout).await;
+    let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+    let to = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "to").await as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let path = std::env::temp_dir()
+        .join(format!("pgfanout-tests-{}", std::process::id()))
+        .join("replay_to.toml")
+        .display()
+        .to_string();
+    // Only the first transaction (the 300 rows, never deleted) from the archive.
+    let replay = ["replay", "--config", &path, "--from", &lsn_text(from), "--to", &lsn_text(to), "--sink", "to"];
+    let (ok, _, stderr) = run_pgfanout(replay.map(str::to_owned).to_vec()).await;
+    assert!(ok, "replay failed: {stderr}\n{}", pgfanout.log_text());
+    assert!(pgfanout.log_text().contains("applied what the paused sink set aside"), "{}", pgfanout.log_text());
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rto:", &pgfanout).await;
+    wait_for_redis_match(&db, "items", "id", &mut redis, "rtoother:", &pgfanout).await;
 }
 
 /// `id:v` of every row, sorted.

@@ -4,8 +4,10 @@
 //!
 //! ```text
 //!  POST /replay ─► checks (sink, tables, range, archive) ─► 202 + id
-//!      task: PauseHandle::pause ─► checkpoint C ─► archive holds up to C?
-//!            ─► apply --from ..= min(--to, C) ─► drop Paused (the worker resumes after C)
+//!      task: PauseHandle::pause_setting_aside ─► checkpoint C ─► archive holds up to C?
+//!            ─► apply --from ..= min(--to, C)
+//!            ─► apply (C, horizon] while the worker's horizon moves; hold; last round
+//!            ─► Paused::resume(horizon) (the worker stores it and goes on after it)
 //! ```
 //!
 //! A replay ends with the streaming attempt that started it, and when
@@ -23,6 +25,10 @@ use tokio::sync::watch;
 
 use super::{apply_pieces, open_at, refuse_past_the_end, Bound, Target};
 
+/// Rounds of applying what the paused sink set aside before it is held (its
+/// queue then fills, for the last round only), in case the store cannot
+/// keep up with the stream: the replay ends either way.
+const CATCH_UP_ROUNDS: u32 = 20;
 /// How long a replay waits for the archive to hold what the paused sink holds.
 const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
 /// How long the archive's worker must sit idle, with the sink's checkpoint
@@ -61,7 +67,8 @@ pub struct ReplayStatus {
     pub tables: Vec<String>,
     /// `pausing`, `replaying`, `done` or `failed`.
     pub state: String,
-    /// The sink's checkpoint when its worker paused: the replay's end.
+    /// The sink's checkpoint when its worker paused: the archive's range
+    /// ends there; what the worker set aside after it is applied too.
     pub paused_at: Option<String>,
     /// Changes applied so far.
     pub changes: u64,
@@ -347,7 +354,8 @@ impl LiveReplay {
 
     async fn replay(mut self) -> anyhow::Result<()> {
         let name = self.target.sink.name().to_owned();
-        let paused = self.pause.pause().await.map_err(|_| anyhow!("the worker of sink {name} stopped"))?;
+        let stopped = || anyhow!("the worker of sink {name} stopped");
+        let paused = self.pause.pause_setting_aside(self.archive_acked.clone()).await.map_err(|_| stopped())?;
         let gauge = PausedGauge(self.metrics.sink_paused.with_label_values(&[&name]));
         gauge.0.set(1);
         let started = Instant::now();
@@ -365,8 +373,30 @@ impl LiveReplay {
         let mut target = self.target;
         // Nothing applied nor stored: the store holds nothing the stream sent (see the parent module).
         let held = if held == Lsn::ZERO { Lsn(u64::MAX) } else { held };
-        let progress = apply_pieces(&mut reader, &mut target, Bound { to: self.bound_to, held }, &wanted).await?;
-        drop(paused);
+        let bound = Bound { after: Lsn::ZERO, to: self.bound_to, held };
+        let mut progress = apply_pieces(&mut reader, &mut target, bound, &wanted).await?;
+        // Then what the worker set aside meanwhile: live changes, so every
+        // table and past --to too. Once a round finds nothing new (or after
+        // CATCH_UP_ROUNDS), the worker is held: its horizon is then final.
+        target.delay = None;
+        let mut applied = paused.checkpoint;
+        for round in 1.. {
+            let last_round = round > CATCH_UP_ROUNDS || paused.set_aside_to() <= applied;
+            let horizon = if last_round { paused.hold().await.map_err(|_| stopped())? } else { paused.set_aside_to() };
+            if horizon > applied {
+                let mut reader = open_at(&self.archive, applied)?;
+                let bound = Bound { after: applied, to: Lsn(u64::MAX), held: horizon };
+                let caught_up = apply_pieces(&mut reader, &mut target, bound, &|_: &TableName| true).await?;
+                progress.transactions += caught_up.transactions;
+                progress.last_commit = caught_up.last_commit.or(progress.last_commit);
+                tracing::info!(sink = %name, after = %applied, to = %horizon, transactions = caught_up.transactions, "applied what the paused sink set aside");
+                applied = horizon;
+            }
+            if last_round {
+                break;
+            }
+        }
+        paused.resume(applied);
         drop(gauge);
         let applied = target.applied;
         self.control.update(self.id, |status| {

@@ -36,12 +36,31 @@
 //! checkpoint and the acknowledgement.
 //!
 //! Pause ([`PauseHandle`]): between batches, never inside a transaction
-//! that arrives in pieces, the worker stops taking from its queue and
-//! reports its checkpoint: the store then holds exactly every transaction
-//! up to it and nothing after it. It applies nothing until the [`Paused`]
-//! is dropped; meanwhile its queue fills (up to its bounds, then the
-//! dispatcher waits) and its acknowledgement, so the flush LSN, stands
-//! still. `pgfanout replay` uses it to write into the store alone.
+//! that arrives in pieces, the worker stops applying and reports its
+//! checkpoint: the store then holds exactly every transaction up to it and
+//! nothing after it. It applies nothing until the [`Paused`] ends, and its
+//! acknowledgement, so the flush LSN, stands still meanwhile. `pgfanout
+//! replay` uses it to write into the store alone.
+//!
+//! A plain pause ([`PauseHandle::pause`]) stops taking from the queue: the
+//! queue fills (up to its bounds, then the dispatcher waits, for every
+//! sink). A pause that sets aside ([`PauseHandle::pause_setting_aside`],
+//! given the change archive's acknowledgement) keeps draining the queue
+//! instead: each transaction is dropped once the archive has acknowledged
+//! its end (it waits for that, never dropping what the archive may not
+//! hold), and [`Paused::set_aside_to`] (the horizon) moves to that end. The
+//! checkpoint and the acknowledgement do not move for what is set aside.
+//! The replay must apply those transactions from the archive: it resumes
+//! the worker with [`Paused::resume`] once the store holds everything up to
+//! the horizon ([`Paused::hold`] stops the setting aside at a transaction
+//! boundary, so the horizon is final); the worker then stores the horizon
+//! as its checkpoint and acknowledges it. A pause that ends any other way
+//! after something was set aside (the replay failed or was cut short)
+//! strands the worker: it drops whatever arrives, applies and acknowledges
+//! nothing more, and reports why on its status, so the flush LSN stays
+//! before the first transaction set aside and the next start re-sends it
+//! from the slot. A worker whose checkpoint is 0 (it holds nothing the
+//! stream sent) never sets aside.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -187,30 +206,79 @@ impl WorkerQueue {
 #[error("sink worker stopped")]
 pub struct WorkerStopped;
 
+/// A request to pause: where to send the [`Paused`], and the archive's
+/// acknowledgement when the worker is to set aside what it holds.
+struct PauseRequest {
+    reply: oneshot::Sender<Paused>,
+    archive: Option<watch::Receiver<Lsn>>,
+}
+
 /// Pauses a worker at a transaction boundary (see the module docs).
 #[derive(Clone)]
 pub struct PauseHandle {
-    requests: mpsc::Sender<oneshot::Sender<Paused>>,
+    requests: mpsc::Sender<PauseRequest>,
 }
 
 impl PauseHandle {
     /// Waits until the worker has finished its current batch (and the
-    /// transaction it is inside of) and paused; it stays paused until the
-    /// returned [`Paused`] is dropped.
+    /// transaction it is inside of) and paused; it stays paused, its queue
+    /// filling, until the returned [`Paused`] is dropped.
     pub async fn pause(&self) -> Result<Paused, WorkerStopped> {
+        self.request(None).await
+    }
+
+    /// [`PauseHandle::pause`], but the paused worker keeps draining its
+    /// queue, setting aside each transaction once `archive` (the change
+    /// archive's acknowledgement) has passed its end (see the module docs).
+    pub async fn pause_setting_aside(&self, archive: watch::Receiver<Lsn>) -> Result<Paused, WorkerStopped> {
+        self.request(Some(archive)).await
+    }
+
+    async fn request(&self, archive: Option<watch::Receiver<Lsn>>) -> Result<Paused, WorkerStopped> {
         let (reply, paused) = oneshot::channel();
-        self.requests.send(reply).await.map_err(|_| WorkerStopped)?;
+        self.requests.send(PauseRequest { reply, archive }).await.map_err(|_| WorkerStopped)?;
         paused.await.map_err(|_| WorkerStopped)
     }
 }
 
-/// A paused worker; dropping this resumes it.
+/// A paused worker. [`Paused::resume`] resumes it after a replay that
+/// applied everything set aside; dropping it resumes it as it was, unless
+/// something was set aside: then the worker is stranded (see the module docs).
 #[derive(Debug)]
 pub struct Paused {
     /// End LSN of the last transaction the store holds: every transaction up
     /// to it is applied, none after it.
     pub checkpoint: Lsn,
-    _resume: oneshot::Sender<()>,
+    horizon: watch::Receiver<Lsn>,
+    holds: mpsc::Sender<oneshot::Sender<Lsn>>,
+    resume: Option<oneshot::Sender<Lsn>>,
+}
+
+impl Paused {
+    /// End LSN of the last transaction set aside (the checkpoint while
+    /// none is): the archive holds every transaction up to it.
+    pub fn set_aside_to(&self) -> Lsn {
+        *self.horizon.borrow()
+    }
+
+    /// Stops the setting aside at the next transaction boundary (after a
+    /// transaction in pieces has ended) and returns the final horizon; the
+    /// queue fills from then on.
+    pub async fn hold(&self) -> Result<Lsn, WorkerStopped> {
+        let (reply, held) = oneshot::channel();
+        self.holds.send(reply).await.map_err(|_| WorkerStopped)?;
+        held.await.map_err(|_| WorkerStopped)
+    }
+
+    /// Resumes the worker, the store holding every transaction up to
+    /// `applied` (at least the horizon when something was set aside, else
+    /// the worker is stranded); the worker stores the horizon as its
+    /// checkpoint and acknowledges it before it applies anything newer.
+    pub fn resume(mut self, applied: Lsn) {
+        if let Some(resume) = self.resume.take() {
+            let _ = resume.send(applied);
+        }
+    }
 }
 
 /// Drives one sink.
@@ -228,10 +296,13 @@ pub struct SinkWorker {
     /// Changes dead-lettered since the last change the store accepted.
     consecutive_dead_letters: AtomicU64,
     status: SinkStatus,
-    pauses: mpsc::Receiver<oneshot::Sender<Paused>>,
-    pause_requests: mpsc::Sender<oneshot::Sender<Paused>>,
+    pauses: mpsc::Receiver<PauseRequest>,
+    pause_requests: mpsc::Sender<PauseRequest>,
     /// The last batch ended inside a transaction that arrives in pieces: no pause here.
     inside_transaction: bool,
+    /// A pause set transactions aside and ended before a replay applied
+    /// them: why; the worker applies and acknowledges nothing more.
+    stranded: Option<String>,
 }
 
 impl SinkWorker {
@@ -270,6 +341,7 @@ impl SinkWorker {
             pauses,
             pause_requests,
             inside_transaction: false,
+            stranded: None,
         };
         (worker, WorkerQueue { sender, bytes, capacity_permits, depth }, acked_receiver)
     }
@@ -295,6 +367,10 @@ impl SinkWorker {
         }
         while let Some(queued) = self.next_batch().await {
             self.series.queue_depth.sub(queued.len() as i64);
+            if self.stranded.is_some() {
+                // Dropped unacknowledged: the next start re-sends them from the slot.
+                continue;
+            }
             // The permits stay held (memory stays counted) until the batch is applied.
             let pending: Vec<_> =
                 queued.iter().map(|q| q.transaction.clone()).filter(|t| t.end_lsn > self.checkpoint).collect();
@@ -335,7 +411,7 @@ impl SinkWorker {
         let first = loop {
             tokio::select! {
                 biased;
-                Some(request) = self.pauses.recv(), if !self.inside_transaction => self.pause(request).await,
+                Some(request) = self.pauses.recv(), if !self.inside_transaction && self.stranded.is_none() => self.pause(request).await,
                 first = self.queue.recv() => break first?,
             }
         };
@@ -360,15 +436,106 @@ impl SinkWorker {
         Some(batch)
     }
 
-    /// Stays paused until the [`Paused`] sent to `request` is dropped.
-    async fn pause(&mut self, request: oneshot::Sender<Paused>) {
-        let (resume, resumed) = oneshot::channel();
-        if request.send(Paused { checkpoint: self.checkpoint, _resume: resume }).is_ok() {
-            tracing::info!(sink = %self.name, checkpoint = %self.checkpoint, "sink worker paused");
-            // Dropped, never sent: resumes either way.
-            let _ = resumed.await;
-            tracing::info!(sink = %self.name, "sink worker resumed");
+    /// Stays paused until the [`Paused`] sent with `request` ends, setting
+    /// transactions aside meanwhile if asked to (see the module docs).
+    async fn pause(&mut self, request: PauseRequest) {
+        let (resume, mut resumed) = oneshot::channel();
+        let (horizon_sender, horizon) = watch::channel(self.checkpoint);
+        let (holds, mut hold_requests) = mpsc::channel::<oneshot::Sender<Lsn>>(1);
+        let paused = Paused { checkpoint: self.checkpoint, horizon, holds, resume: Some(resume) };
+        if request.reply.send(paused).is_err() {
+            return;
         }
+        // A worker at 0 holds nothing the stream sent: the replay goes to the archive's end instead.
+        let mut archive = request.archive.filter(|_| self.checkpoint > Lsn::ZERO);
+        tracing::info!(sink = %self.name, checkpoint = %self.checkpoint, setting_aside = archive.is_some(), "sink worker paused");
+        let mut set_aside_any = false;
+        // Something set aside lies past the horizon (pieces of a transaction
+        // whose end is not set aside yet): no hold, no resume here.
+        let mut inside = false;
+        let mut holding = false;
+        let mut queue_closed = false;
+        // A whole transaction taken from the queue, waiting for the archive to acknowledge its end.
+        let mut waiting: Option<Queued> = None;
+        let outcome = loop {
+            let waiting_end = waiting.as_ref().map(|queued| queued.transaction.end_lsn);
+            tokio::select! {
+                biased;
+                outcome = &mut resumed => break outcome.ok(),
+                Some(reply) = hold_requests.recv(), if !holding && !inside && waiting.is_none() => {
+                    holding = true;
+                    let _ = reply.send(*horizon_sender.borrow());
+                }
+                archived = archived_past(&mut archive, waiting_end.unwrap_or_default()), if waiting.is_some() => {
+                    if archived {
+                        if let Some(end) = waiting.take().map(|queued| queued.transaction.end_lsn) {
+                            horizon_sender.send_if_modified(|horizon| {
+                                let moved = end > *horizon;
+                                *horizon = end.max(*horizon);
+                                moved
+                            });
+                            set_aside_any = true;
+                            inside = false;
+                        }
+                    } else {
+                        // The archive's worker stopped (shutdown): nothing more can be set
+                        // aside, and what was taken is lost to this worker.
+                        archive = None;
+                        waiting = None;
+                        set_aside_any = true;
+                        inside = true;
+                    }
+                }
+                queued = self.queue.recv(), if archive.is_some() && !holding && !queue_closed && waiting.is_none() => {
+                    let Some(queued) = queued else {
+                        queue_closed = true;
+                        continue;
+                    };
+                    self.series.queue_depth.dec();
+                    if queued.transaction.end_lsn <= self.checkpoint {
+                        continue;
+                    }
+                    if queued.completes {
+                        waiting = Some(queued);
+                    } else {
+                        // A piece: its transaction's end, which waits for the archive, follows.
+                        set_aside_any = true;
+                        inside = true;
+                    }
+                }
+            }
+        };
+        let horizon = *horizon_sender.borrow();
+        match outcome {
+            _ if !set_aside_any => {}
+            Some(applied) if applied >= horizon && !inside => {
+                // The replay applied what was set aside: the store holds everything up to the horizon.
+                self.apply_lane(&[], Some(horizon)).await;
+                self.checkpoint = horizon;
+                self.series.checkpoint.set(horizon.0 as i64);
+                self.acked.send_if_modified(|acked| {
+                    let moved = horizon > *acked;
+                    *acked = horizon.max(*acked);
+                    moved
+                });
+                self.on_ack.notify_one();
+            }
+            outcome => {
+                let reason = format!(
+                    "a replay ended before applying the transactions this sink set aside while paused (from after \
+                     {} to {horizon}{}): the sink applies and acknowledges nothing more, so that the flush LSN \
+                     stays before them; restart pgfanout so that the slot sends them again",
+                    self.checkpoint,
+                    outcome.map(|applied| format!("; applied up to {applied}")).unwrap_or_default()
+                );
+                tracing::error!(sink = %self.name, checkpoint = %self.checkpoint, horizon = %horizon, "{reason}");
+                self.status.blocked(reason.clone());
+                self.series.up.set(0);
+                self.stranded = Some(reason);
+                return;
+            }
+        }
+        tracing::info!(sink = %self.name, checkpoint = %self.checkpoint, "sink worker resumed");
     }
 
     /// Applies every change of `batch` and stores `checkpoint` (if any);
@@ -540,6 +707,15 @@ impl SinkWorker {
             error = %error_chain(err),
             "sink apply failed; retrying"
         );
+    }
+}
+
+/// Waits until `archive` has acknowledged `end` or a later end: true, or
+/// false once its worker has stopped (or there is no archive).
+async fn archived_past(archive: &mut Option<watch::Receiver<Lsn>>, end: Lsn) -> bool {
+    match archive {
+        Some(archive) => archive.wait_for(|acked| *acked >= end).await.is_ok(),
+        None => false,
     }
 }
 
@@ -949,6 +1125,111 @@ mod tests {
         drop(paused);
         drop(queue);
         task.await.unwrap();
+    }
+
+    /// Polls `condition` every 5 ms for up to 5 s.
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pause_setting_aside_drops_only_what_the_archive_holds_and_resumes_at_the_horizon() {
+        let sink = Arc::new(RecordingSink::default());
+        let settings = WorkerSettings { queue_capacity: 2, ..fast_settings() };
+        let (worker, queue, mut acked) =
+            SinkWorker::new(sink.clone(), Some(Lsn(5)), settings, Metrics::new().unwrap(), Arc::default());
+        let pauses = worker.pause_handle();
+        let task = tokio::spawn(worker.run());
+        let (archive, archive_acked) = watch::channel(Lsn(5));
+        let paused = pauses.pause_setting_aside(archive_acked).await.unwrap();
+        assert_eq!((paused.checkpoint, paused.set_aside_to()), (Lsn(5), Lsn(5)));
+        queue.send(transaction(10, &["a"])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(paused.set_aside_to(), Lsn(5), "set aside before the archive acknowledged it");
+        archive.send(Lsn(10)).unwrap();
+        eventually("a is set aside", || paused.set_aside_to() == Lsn(10)).await;
+        // With a queue of 2, more than it holds: it drains as the archive acknowledges.
+        for (end, id) in [(20, "b"), (30, "c"), (40, "d")] {
+            queue.send(transaction(end, &[id])).await.unwrap();
+        }
+        archive.send(Lsn(40)).unwrap();
+        eventually("b, c and d are set aside", || paused.set_aside_to() == Lsn(40)).await;
+        assert_eq!(*acked.borrow(), Lsn::ZERO, "nothing set aside is acknowledged");
+        // e waits for the archive, and the hold for e.
+        queue.send(transaction(50, &["e"])).await.unwrap();
+        let paused = Arc::new(paused);
+        let holding = tokio::spawn({
+            let paused = paused.clone();
+            async move { paused.hold().await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!holding.is_finished(), "held with e taken but not set aside");
+        archive.send(Lsn(50)).unwrap();
+        assert_eq!(holding.await.unwrap(), Lsn(50));
+        let paused = Arc::into_inner(paused).unwrap();
+        queue.send(transaction(60, &["f"])).await.unwrap();
+        paused.resume(Lsn(50));
+        acked.wait_for(|acked| *acked == Lsn(60)).await.unwrap();
+        assert_eq!(*sink.applied.lock().unwrap(), ["f"], "what was set aside is the replay's to apply");
+        assert_eq!(*sink.checkpoints.lock().unwrap(), [Lsn(50), Lsn(60)], "the horizon stored before f");
+        drop(queue);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hold_waits_for_the_end_of_a_transaction_in_pieces_set_aside() {
+        let sink = Arc::new(RecordingSink::default());
+        let (worker, queue, acked) =
+            SinkWorker::new(sink.clone(), Some(Lsn(5)), fast_settings(), Metrics::new().unwrap(), Arc::default());
+        let pauses = worker.pause_handle();
+        let task = tokio::spawn(worker.run());
+        let (archive, archive_acked) = watch::channel(Lsn(5));
+        let paused = Arc::new(pauses.pause_setting_aside(archive_acked).await.unwrap());
+        queue.send_piece(transaction(20, &["a"])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let holding = tokio::spawn({
+            let paused = paused.clone();
+            async move { paused.hold().await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!holding.is_finished(), "held inside a transaction");
+        queue.send(Arc::new(Transaction { changes: Vec::new(), ..(*transaction(20, &[])).clone() })).await.unwrap();
+        archive.send(Lsn(20)).unwrap();
+        assert_eq!(holding.await.unwrap(), Lsn(20));
+        Arc::into_inner(paused).unwrap().resume(Lsn(20));
+        drop(queue);
+        task.await.unwrap();
+        assert!(sink.applied.lock().unwrap().is_empty());
+        assert_eq!(*acked.borrow(), Lsn(20));
+    }
+
+    #[tokio::test]
+    async fn a_pause_ending_before_what_was_set_aside_is_applied_strands_the_worker() {
+        let sink = Arc::new(RecordingSink::default());
+        let (worker, queue, acked) =
+            SinkWorker::new(sink.clone(), Some(Lsn(5)), fast_settings(), Metrics::new().unwrap(), Arc::default());
+        let pauses = worker.pause_handle();
+        let status = worker.status();
+        let task = tokio::spawn(worker.run());
+        let (_archive, archive_acked) = watch::channel(Lsn(100));
+        let paused = pauses.pause_setting_aside(archive_acked).await.unwrap();
+        queue.send(transaction(10, &["a"])).await.unwrap();
+        eventually("a is set aside", || paused.set_aside_to() == Lsn(10)).await;
+        drop(paused);
+        for (end, id) in [(20, "b"), (30, "c")] {
+            queue.send(transaction(end, &[id])).await.unwrap();
+        }
+        drop(queue);
+        task.await.unwrap();
+        assert!(sink.applied.lock().unwrap().is_empty(), "applied after a gap");
+        assert!(sink.checkpoints.lock().unwrap().is_empty());
+        assert_eq!(*acked.borrow(), Lsn::ZERO, "acknowledged past what was set aside");
+        let blocked = status.blocked_on().unwrap();
+        assert!(blocked.contains("restart pgfanout"), "{blocked}");
     }
 
     #[tokio::test]
