@@ -11,6 +11,11 @@
 //!   `MERGE`d by key and linked (so the target may arrive later: until its
 //!   row does, it is a *stub*, marked with [`STUB_PROPERTY`]);
 //! - node delete: `DETACH DELETE` of the node, unless it holds a newer version;
+//! - key change: the old node's delete and the new node's upsert; when the
+//!   change left out unchanged TOAST values the old row lacks (identity
+//!   DEFAULT), the upsert first takes them from the old node (`OPTIONAL
+//!   MATCH` by the old key, `coalesce`), and the delete follows in the next
+//!   round; join rows alike with the old relationship;
 //! - stubs: a statement that removes a relationship first labels its stub
 //!   endpoints with [`STUB_CHECK_LABEL`]; the batch ends by deleting the
 //!   labelled stubs left without relationships;
