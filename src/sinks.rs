@@ -44,11 +44,12 @@ pub trait SinkKind {
     fn tables_forgetting_deletes(&self) -> Vec<TableName> {
         self.table_sources().into_iter().map(TableName::parse).collect()
     }
-    /// Whether the sink moves a value pgoutput leaves out as unchanged TOAST
-    /// when an update changes a row's key under identity DEFAULT (from the
-    /// object under the old key); kinds that cannot refuse such a change.
-    fn moves_unchanged_toast_values(&self) -> bool {
-        false
+    /// What can still befall a value pgoutput leaves out as unchanged TOAST
+    /// when an update changes a row's key under identity DEFAULT (every kind
+    /// carries it over from the object under the old key), if anything:
+    /// `check` warns with it about the tables concerned. Default: nothing.
+    fn unchanged_toast_key_move_risk(&self) -> Option<&'static str> {
+        None
     }
     /// The sink's `[sink.delivery]` section.
     fn delivery(&self) -> &DeliveryConfig;
@@ -119,10 +120,6 @@ sink_kinds! {
 impl SinkKind for RedisSinkConfig {
     fn name(&self) -> &str {
         &self.name
-    }
-    /// The batch script copies it from the hash under the old key.
-    fn moves_unchanged_toast_values(&self) -> bool {
-        true
     }
     fn table_sources(&self) -> Vec<&str> {
         self.tables.iter().map(|t| t.source.as_str()).collect()
@@ -218,10 +215,6 @@ impl SinkKind for DiscardSinkConfig {
     fn name(&self) -> &str {
         &self.name
     }
-    /// It stores nothing, so nothing is lost.
-    fn moves_unchanged_toast_values(&self) -> bool {
-        true
-    }
     fn table_sources(&self) -> Vec<&str> {
         self.tables.iter().map(|t| t.source.as_str()).collect()
     }
@@ -251,6 +244,16 @@ impl SinkKind for ScyllaSinkConfig {
     /// which an older replayed write loses to.
     fn tables_forgetting_deletes(&self) -> Vec<TableName> {
         Vec::new()
+    }
+    /// Rows carry no version, only write timestamps, and changes re-applied
+    /// after a crash get newer ones than before it.
+    fn unchanged_toast_key_move_risk(&self) -> Option<&'static str> {
+        Some(
+            "after a crash, the changes re-applied from the sink's checkpoint get newer write timestamps, so one \
+             that deletes or moves away a key a later key change had already moved such a value into (a key \
+             re-used within the re-applied changes) removes the value, which the later change does not carry; \
+             `pgfanout verify --repair` restores it",
+        )
     }
     fn delivery(&self) -> &DeliveryConfig {
         &self.delivery

@@ -2,9 +2,9 @@
 //! PostgreSQL with what each sink stored, and optionally repairs it.
 //!
 //! ```text
-//!  PostgreSQL ─ rows in key order, chunk by chunk ─► mapping ─► ReadBack::expected ─┐
-//!                                                                                  compare ─► candidates
-//!  store ───────── ReadBack::fetch (the chunk's keys) ─────────────────────────────┘     │
+//!  PostgreSQL ─ rows in key order, chunk by chunk ─► mapping ─► ReadBack::expected_digest ─┐
+//!                                                                                  compare digests ─► candidates
+//!  store ───────── ReadBack::fetch_digests (the chunk's keys) ─────────────────────┘     │
 //!  store ───────── ReadBack::scan_keys (keys PostgreSQL lacks: extra) ─────────────────► │
 //!                                                                                         ▼
 //!            settle: re-read the keys, wait until the sink is past the WAL position of
@@ -13,6 +13,12 @@
 //!            --repair: write the rows through Sink::apply (version just below the WAL
 //!            position taken before the read), then settle the repaired keys again
 //! ```
+//!
+//! The first pass compares per-row digests ([`RowDigest`]) and keeps the
+//! keys of PostgreSQL's rows in one allocation each ([`key_bytes`]), so a
+//! table of millions of rows costs little memory; every candidate is
+//! compared column by column when it is settled, so what is reported is the
+//! same as comparing the rows themselves.
 //!
 //! It runs beside a streaming pgfanout: a difference found in the first pass
 //! may be a change still in flight, so it is only reported once the sink's
@@ -37,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgfanout_core::mapping::Mapped;
-use pgfanout_core::readback::{key_row, key_texts, ReadBack, StoredColumns};
+use pgfanout_core::readback::{key_bytes, key_row, key_texts, ReadBack, RowDigest, StoredColumns};
 use pgfanout_core::{
     Change, ChangeOp, ChangeRef, Lsn, Row, Sink, TableMapping, TableName, TableSchema, Transaction, Version,
 };
@@ -288,15 +294,34 @@ impl TableCheck<'_> {
         }
     }
 
-    /// Every PostgreSQL row against the store, then the store's keys against
-    /// PostgreSQL's: the keys that may differ, and the row counts.
+    /// What the sink should hold for a PostgreSQL row, as a digest: the
+    /// mapped row and the digest of its stored form, `None` when the row is
+    /// outside the sink's filter.
+    fn expect_digest(&self, row: Row) -> anyhow::Result<Option<(Row, RowDigest)>> {
+        let change = Change { table: Arc::clone(&self.source), op: ChangeOp::Insert { new: row }, ordinal: 0 };
+        match self
+            .mapping
+            .apply(&change)
+            .with_context(|| format!("sink {}: table {}", self.sink.name(), self.source.table))?
+        {
+            Mapped::Change(Change { op: ChangeOp::Insert { new }, .. }) => {
+                let digest = self.read_back.expected_digest(&self.mapped, &new)?;
+                Ok(Some((new, digest)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Every PostgreSQL row against the store (by digest), then the store's
+    /// keys against PostgreSQL's: the keys that may differ (their
+    /// differences are only told by [`Self::settle`]), and the row counts.
     async fn first_pass(
         &self,
         reader: &mut SourceReader,
         mut derivation: Option<&mut (dyn pgfanout_core::readback::Derivation + '_)>,
     ) -> anyhow::Result<(BTreeMap<Key, Difference>, (u64, u64))> {
         let mut candidates = BTreeMap::new();
-        let mut in_postgres: HashSet<Key> = HashSet::new();
+        let mut in_postgres: HashSet<Box<[u8]>> = HashSet::new();
         let mut after: Option<Vec<String>> = None;
         loop {
             let chunk = reader.read_chunk(&self.table_reader, after.as_deref()).await?;
@@ -305,19 +330,21 @@ impl TableCheck<'_> {
             let mut mapped_rows = Vec::with_capacity(chunk.rows.len());
             let mut expected = Vec::with_capacity(chunk.rows.len());
             for row in chunk.rows {
-                if let Some((mapped, stored)) = self.expect(row)? {
+                if let Some((mapped, digest)) = self.expect_digest(row)? {
                     mapped_rows.push(mapped);
-                    expected.push(stored);
+                    expected.push(digest);
                 }
             }
             if let Some(derivation) = derivation.as_deref_mut() {
                 derivation.add(&mapped_rows)?;
             }
-            let stored = self.read_back.fetch(&self.mapped, &mapped_rows).await?;
+            let stored = self.read_back.fetch_digests(&self.mapped, &mapped_rows).await?;
             for ((row, expected), stored) in mapped_rows.iter().zip(&expected).zip(stored) {
-                let key = key_texts(&self.mapped, row).context("a key column is NULL")?;
-                if let Some(difference) = compare(Some(expected), stored.as_ref()) {
-                    candidates.insert(key.clone(), difference);
+                let key = key_bytes(&self.mapped, row).context("a key column is NULL")?;
+                if stored != Some(*expected) {
+                    let difference =
+                        if stored.is_some() { Difference::Columns(Vec::new()) } else { Difference::Missing };
+                    candidates.insert(key_texts(&self.mapped, row).context("a key column is NULL")?, difference);
                 }
                 in_postgres.insert(key);
             }
@@ -326,14 +353,16 @@ impl TableCheck<'_> {
             }
         }
         tracing::debug!(sink = self.sink.name(), table = %self.source.table, rows = in_postgres.len(), candidates = candidates.len(), "PostgreSQL's rows compared");
-        let mut in_store: HashSet<Key> = HashSet::new();
+        let mut in_store: HashSet<Box<[u8]>> = HashSet::new();
         let mut cursor = None;
         loop {
             let page = self.read_back.scan_keys(&self.mapped, cursor).await?;
             for row in &page.keys {
-                let Some(key) = key_texts(&self.mapped, row) else { continue };
+                let Some(key) = key_bytes(&self.mapped, row) else { continue };
                 if !in_postgres.contains(&key) {
-                    candidates.insert(key.clone(), Difference::Extra);
+                    if let Some(texts) = key_texts(&self.mapped, row) {
+                        candidates.insert(texts, Difference::Extra);
+                    }
                 }
                 in_store.insert(key);
             }

@@ -41,7 +41,7 @@ pub use metrics::Metrics;
 pub use model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, TableSchema, Transaction};
 pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
-pub use readback::{KeyPage, ReadBack, StoredColumns};
+pub use readback::{KeyPage, ReadBack, RowDigest, StoredColumns};
 pub use sink::{describe_apply, ChangeRef, DeadLetterQueue, ErrorKind, Sink, SinkError, Version};
 pub use status::SinkStatus;
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};

@@ -10,7 +10,10 @@
 //!
 //! Both give [`StoredColumns`]: column name (as the sink names it) → one
 //! normalised text per column, NULL and "not stored" both absent. Equal maps
-//! mean equal rows. [`ReadBack::scan_keys`] lists the keys the store holds
+//! mean equal rows. `verify` first compares [`RowDigest`]s of the two
+//! ([`ReadBack::expected_digest`], [`ReadBack::fetch_digests`]), which a
+//! sink may compute without building the maps, and compares the maps only
+//! for the keys whose digests differ. [`ReadBack::scan_keys`] lists the keys the store holds
 //! for a table (to find rows PostgreSQL no longer has), as key rows of the
 //! mapped shape: the key columns' PostgreSQL text, NULL elsewhere, which is
 //! also what a delete change carries, so an extra row can be removed through
@@ -40,6 +43,47 @@ use crate::sink::SinkError;
 /// A stored row, normalised: column name → comparable text. NULL and a
 /// column the store does not hold are both absent.
 pub type StoredColumns = BTreeMap<String, String>;
+
+/// A digest of a row's stored form: the wrapping sum of a 128-bit hash of
+/// each (column name, text) pair, so the columns' order does not matter and
+/// equal [`StoredColumns`] have equal digests; different ones collide with a
+/// chance of about 2⁻¹²⁸. Build it with [`RowDigest::add`] per present
+/// column, or [`RowDigest::of`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RowDigest(u128);
+
+impl RowDigest {
+    /// Adds a present column: its name and normalised text, as bytes.
+    pub fn add(&mut self, name: &[u8], value: &[u8]) {
+        // Length-prefixed name, then the value: no two pairs share an input.
+        const STACK: usize = 256;
+        let length = u32::try_from(name.len()).unwrap_or(u32::MAX).to_le_bytes();
+        let total = length.len() + name.len() + value.len();
+        let hash = if total <= STACK {
+            let mut input = [0u8; STACK];
+            input[..4].copy_from_slice(&length);
+            input[4..4 + name.len()].copy_from_slice(name);
+            input[4 + name.len()..total].copy_from_slice(value);
+            xxhash_rust::xxh3::xxh3_128(&input[..total])
+        } else {
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            hasher.update(&length);
+            hasher.update(name);
+            hasher.update(value);
+            hasher.digest128()
+        };
+        self.0 = self.0.wrapping_add(hash);
+    }
+
+    /// The digest of a whole stored row.
+    pub fn of(columns: &StoredColumns) -> RowDigest {
+        let mut digest = RowDigest::default();
+        for (name, value) in columns {
+            digest.add(name.as_bytes(), value.as_bytes());
+        }
+        digest
+    }
+}
 
 /// One page of the keys a store holds for a table.
 #[derive(Debug, Default)]
@@ -112,6 +156,20 @@ pub trait ReadBack: Send + Sync {
     /// `None` where it holds nothing.
     async fn fetch(&self, table: &Arc<TableSchema>, rows: &[Row]) -> Result<Vec<Option<StoredColumns>>, SinkError>;
 
+    /// The [`RowDigest`] of [`ReadBack::expected`]. Default: computed from
+    /// it; a sink may compute it without building the map.
+    fn expected_digest(&self, table: &Arc<TableSchema>, row: &Row) -> Result<RowDigest, SinkError> {
+        Ok(RowDigest::of(&self.expected(table, row)?))
+    }
+
+    /// The [`RowDigest`]s of what [`ReadBack::fetch`] returns, in the same
+    /// order. Default: computed from it; a sink may compute them from the
+    /// store's replies without building the maps.
+    async fn fetch_digests(&self, table: &Arc<TableSchema>, rows: &[Row]) -> Result<Vec<Option<RowDigest>>, SinkError> {
+        let stored = self.fetch(table, rows).await?;
+        Ok(stored.iter().map(|columns| columns.as_ref().map(RowDigest::of)).collect())
+    }
+
     /// One page of the keys the store holds for `table`, starting at
     /// `cursor` (`None`: the first page). Pages may overlap; a key may come
     /// twice.
@@ -162,6 +220,19 @@ pub fn key_texts(table: &TableSchema, row: &Row) -> Option<Vec<String>> {
         .collect()
 }
 
+/// The key of `row` in one allocation (each key column's bytes after its
+/// length), for sets of many keys; equal exactly when [`key_texts`] is.
+/// `None` when a key column is NULL or missing.
+pub fn key_bytes(table: &TableSchema, row: &Row) -> Option<Box<[u8]>> {
+    let mut bytes = Vec::new();
+    for position in table.key_positions() {
+        let value = row.get(position).and_then(ColumnValue::as_bytes)?;
+        bytes.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
+        bytes.extend_from_slice(value);
+    }
+    Some(bytes.into_boxed_slice())
+}
+
 /// A key row of `table` (key columns from `key`, NULL elsewhere), the old
 /// image of a delete.
 pub fn key_row(table: &TableSchema, key: &[String]) -> Row {
@@ -183,4 +254,31 @@ pub fn text_columns(table: &TableSchema, row: &Row) -> StoredColumns {
             value.as_bytes().map(|bytes| (column.name.clone(), String::from_utf8_lossy(bytes).into_owned()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn columns(pairs: &[(&str, &str)]) -> StoredColumns {
+        pairs.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())).collect()
+    }
+
+    #[test]
+    fn digests_ignore_column_order_and_tell_names_values_and_columns_apart() {
+        let row = columns(&[("id", "1"), ("name", "x"), ("note", &"long ".repeat(100))]);
+        let mut reversed = RowDigest::default();
+        for (name, value) in row.iter().rev() {
+            reversed.add(name.as_bytes(), value.as_bytes());
+        }
+        assert_eq!(RowDigest::of(&row), reversed, "the order of columns does not matter");
+        for other in [
+            columns(&[("id", "1"), ("name", "y"), ("note", &"long ".repeat(100))]),
+            columns(&[("id", "1"), ("name", "x")]),
+            columns(&[("id", "1"), ("nam", "ex"), ("note", &"long ".repeat(100))]),
+            columns(&[("id", "1"), ("name", "x"), ("note", &"long ".repeat(99))]),
+        ] {
+            assert_ne!(RowDigest::of(&row), RowDigest::of(&other), "{other:?}");
+        }
+    }
 }

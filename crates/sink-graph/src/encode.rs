@@ -11,6 +11,11 @@
 //!   `MERGE`d by key and linked (so the target may arrive later: until its
 //!   row does, it is a *stub*, marked with [`STUB_PROPERTY`]);
 //! - node delete: `DETACH DELETE` of the node, unless it holds a newer version;
+//! - key change: the old node's delete and the new node's upsert; when the
+//!   change left out unchanged TOAST values the old row lacks (identity
+//!   DEFAULT), the upsert first takes them from the old node (`OPTIONAL
+//!   MATCH` by the old key, `coalesce`), and the delete follows in the next
+//!   round; join rows alike with the old relationship;
 //! - stubs: a statement that removes a relationship first labels its stub
 //!   endpoints with [`STUB_CHECK_LABEL`]; the batch ends by deleting the
 //!   labelled stubs left without relationships;
@@ -198,6 +203,10 @@ struct DerivedRule {
 #[derive(Debug)]
 enum RowOp {
     Upsert(GraphValue),
+    /// The upsert of a node a row moves to, taking the named properties
+    /// (unchanged TOAST values the change left out) from the node it moves
+    /// away from, whose key is in the row as `ok…`/`oq…`.
+    CarryUpsert(GraphValue, Vec<String>),
     Delete(GraphValue),
 }
 
@@ -230,6 +239,9 @@ struct Shape {
 struct Group {
     table: TableName,
     key_names: Vec<String>,
+    /// Properties a key move's upsert carries over from the old node (empty
+    /// for every other upsert).
+    carry: Vec<String>,
 }
 
 /// Rows of one round, grouped by table and kind in first-seen order.
@@ -316,7 +328,7 @@ impl GraphEncoder {
             };
             // An insert is one row write.
             written.extend(ops.into_iter().map(|write| match write.op {
-                RowOp::Upsert(fields) | RowOp::Delete(fields) => fields,
+                RowOp::Upsert(fields) | RowOp::CarryUpsert(fields, _) | RowOp::Delete(fields) => fields,
             }));
         }
         let rule = match rule {
@@ -391,8 +403,15 @@ impl GraphEncoder {
                 self.flush(&mut round, &mut encoded.statements, &mut dirty);
             }
             let affects = matches!(rule, TableRule::Node(node) if !node.affects.is_empty());
+            let mut carried = false;
             for RowWrite { identity, op, nodes } in ops {
-                if matches!(op, RowOp::Upsert(_)) {
+                // A move carrying values over deletes the old node (or
+                // relationship) after its upsert read it: in the next round.
+                if matches!(op, RowOp::Delete(_)) && (carried || nodes.iter().any(|node| round.merged.contains(node))) {
+                    self.flush(&mut round, &mut encoded.statements, &mut dirty);
+                }
+                carried = matches!(op, RowOp::CarryUpsert(..));
+                if matches!(op, RowOp::Upsert(_) | RowOp::CarryUpsert(..)) {
                     round.merged.extend(nodes);
                 }
                 match round.seen.get_mut(table) {
@@ -411,6 +430,14 @@ impl GraphEncoder {
                             push_to(&mut round.mark_after, group, key);
                         }
                         push_to(&mut round.upserts, group, row);
+                    }
+                    RowOp::CarryUpsert(row, carry) => {
+                        if affects {
+                            let key = self.key_fields(&row, group.key_names.len());
+                            push_to(&mut round.mark_before, group, key.clone());
+                            push_to(&mut round.mark_after, group, key);
+                        }
+                        push_to(&mut round.upserts, &Group { carry, ..group.clone() }, row);
                     }
                     RowOp::Delete(row) => {
                         if affects {
@@ -517,11 +544,11 @@ impl GraphEncoder {
         }
         for (group, rows) in round.upserts {
             match &self.tables[&group.table] {
-                TableRule::Node(node) => out.push(self.node_upsert(node, &group.key_names, rows)),
+                TableRule::Node(node) => out.push(self.node_upsert(node, &group, rows)),
                 TableRule::Join(join) => {
                     // A join row moved to other endpoints leaves the old ones.
                     out.push(self.join_marks(join, &group.key_names, rows.clone()));
-                    out.push(self.join_upsert(join, &group.key_names, rows));
+                    out.push(self.join_upsert(join, &group, rows));
                 }
             }
         }
@@ -609,16 +636,35 @@ impl GraphEncoder {
         Statement::new(cypher)
     }
 
-    fn node_upsert(&self, node: &NodeRule, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
+    fn node_upsert(&self, node: &NodeRule, group: &Group, rows: Vec<GraphValue>) -> Statement {
+        let key_names = &group.key_names;
         let version = &self.version;
         let stub = ident(STUB_PROPERTY);
         let check = ident(STUB_CHECK_LABEL);
+        let label = ident(&node.label);
+        // A key move's upsert first finds the node the row moves away from
+        // (unless a newer change took its key) and takes from it what the
+        // change left out; the node itself goes in the next round.
+        let (carry_from, carry_set) = if group.carry.is_empty() {
+            (String::new(), String::new())
+        } else {
+            let from = format!(
+                "OPTIONAL MATCH (o:{label} {{{keys}}}) WHERE o.{version} IS NULL OR o.{version} < row.v WITH row, o ",
+                keys = self.old_key_match(key_names),
+            );
+            let set: Vec<String> = group
+                .carry
+                .iter()
+                .map(|name| format!("n.{name} = coalesce(o.{name}, n.{name})", name = ident(name)))
+                .collect();
+            (from, format!("SET {} ", set.join(", ")))
+        };
+        let carried = if group.carry.is_empty() { "" } else { ", o" };
         // The row's own upsert makes a stub a real node.
         let mut cypher = format!(
-            "UNWIND $rows AS row MERGE (n:{label} {{{keys}}}) \
-             WITH n, row WHERE n.{version} IS NULL OR n.{version} < row.v \
-             SET n += row.p, n.{version} = row.v, n.{stub} = null{raw}",
-            label = ident(&node.label),
+            "UNWIND $rows AS row {carry_from}MERGE (n:{label} {{{keys}}}) \
+             WITH n, row{carried} WHERE n.{version} IS NULL OR n.{version} < row.v \
+             {carry_set}SET n += row.p, n.{version} = row.v, n.{stub} = null{raw}",
             keys = self.key_match(key_names),
             raw = self.raw_keys("n", key_names),
         );
@@ -695,7 +741,8 @@ impl GraphEncoder {
         .with("rows", GraphValue::List(rows))
     }
 
-    fn join_upsert(&self, join: &JoinConfig, key_names: &[String], rows: Vec<GraphValue>) -> Statement {
+    fn join_upsert(&self, join: &JoinConfig, group: &Group, rows: Vec<GraphValue>) -> Statement {
+        let key_names = &group.key_names;
         let version = &self.version;
         let keys = self.key_match(key_names);
         let rel = ident(&join.rel_type);
@@ -716,14 +763,31 @@ impl GraphEncoder {
         // between the new endpoints with its properties carried over (an
         // unchanged TOAST value is not in `row.p` and must survive).
         // Endpoints without a row of their own are stubs.
+        // A key move's upsert also takes what the change left out from the
+        // relationship under the old key (deleted in the next round).
+        let (carry_from, carried, carry_set) = if group.carry.is_empty() {
+            (String::new(), "", String::new())
+        } else {
+            let from = format!(
+                "OPTIONAL MATCH ()-[o:{rel} {{{old_keys}}}]->() WHERE o.{version} IS NULL OR o.{version} < row.v \
+                 WITH row, o ",
+                old_keys = self.old_key_match(key_names),
+            );
+            let set: Vec<String> = group
+                .carry
+                .iter()
+                .map(|name| format!("rel.{name} = coalesce(o.{name}, rel.{name})", name = ident(name)))
+                .collect();
+            (from, ", o", format!("SET {} ", set.join(", ")))
+        };
         Statement::new(format!(
-            "UNWIND $rows AS row OPTIONAL MATCH ()-[old:{rel} {{{keys}}}]->() \
-             WITH row, old WHERE old IS NULL OR old.{version} IS NULL OR old.{version} < row.v \
+            "UNWIND $rows AS row {carry_from}OPTIONAL MATCH ()-[old:{rel} {{{keys}}}]->() \
+             WITH row, old{carried} WHERE old IS NULL OR old.{version} IS NULL OR old.{version} < row.v \
              MERGE (a:{from_label} {{{from_match}}}) ON CREATE SET a.{stub} = true{from_raw} \
              MERGE (b:{to_label} {{{to_match}}}) ON CREATE SET b.{stub} = true{to_raw} \
              MERGE (a)-[rel:{rel} {{{keys}}}]->(b) \
              SET rel += CASE WHEN old IS NULL OR id(old) = id(rel) THEN {{}} ELSE properties(old) END \
-             SET rel += row.p, rel.{version} = row.v{raw} \
+             {carry_set}SET rel += row.p, rel.{version} = row.v{raw} \
              WITH rel, old WHERE old IS NOT NULL AND id(old) <> id(rel) DELETE old",
             from_label = ident(&join.from.label),
             to_label = ident(&join.to.label),
@@ -755,6 +819,31 @@ impl GraphEncoder {
             })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// [`Self::key_match`] of the key a row moves away from (`row.ok0`, or
+    /// on FalkorDB `row.oq0`), for a key move's upsert.
+    fn old_key_match(&self, names: &[String]) -> String {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| match self.lookup_keys {
+                true => format!("{}: row.oq{i}", ident(&lookup_name(name))),
+                false => format!("{}: row.ok{i}", ident(name)),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The row fields [`Self::old_key_match`] reads: `ok…`, and on FalkorDB
+    /// the lookup values `oq…`.
+    fn old_key_fields(&self, old_key: &[GraphValue]) -> Vec<(String, GraphValue)> {
+        let mut fields = Vec::with_capacity(2 * old_key.len());
+        if self.lookup_keys {
+            fields.extend(old_key.iter().enumerate().map(|(i, value)| (format!("oq{i}"), lookup_value(value))));
+        }
+        fields.extend(old_key.iter().enumerate().map(|(i, value)| (format!("ok{i}"), value.clone())));
+        fields
     }
 
     /// FalkorDB: `, n.`id` = row.k0…`, the key properties as they are (a
@@ -816,7 +905,17 @@ impl GraphEncoder {
                 if old_key != new_key {
                     // The row moved to another key: the old node goes (with
                     // its relationships), the new one is written whole.
-                    refuse_a_move_without_toast_values(schema, old, new)?;
+                    let carry = toast_values_to_carry(schema, old, new);
+                    if !carry.is_empty() {
+                        // What the change left out (unchanged TOAST under
+                        // identity DEFAULT) is only in the old node: the new
+                        // one takes it from there first, then the old goes.
+                        let upsert = self.node_upsert_row(node, shape, schema, new, Some(old), version.clone())?;
+                        let upsert = self.carrying(upsert, node, shape, &old_key, carry);
+                        ops.push(upsert);
+                        ops.push(self.node_delete_row(node, shape, old_key, &version));
+                        return Ok(ops);
+                    }
                     ops.push(self.node_delete_row(node, shape, old_key, &version));
                 }
                 ops.push(self.node_upsert_row(node, shape, schema, new, Some(old), version)?);
@@ -828,6 +927,29 @@ impl GraphEncoder {
             ChangeOp::Truncate => {}
         }
         Ok(ops)
+    }
+
+    /// `upsert` (from [`Self::node_upsert_row`]) as the upsert of a key move
+    /// that takes the properties `carry` from the node under `old_key`: that
+    /// node's key goes into the row (`ok…`, and `oq…` on FalkorDB) and into
+    /// the nodes it touches.
+    fn carrying(
+        &self,
+        upsert: RowWrite,
+        node: &NodeRule,
+        shape: &Shape,
+        old_key: &[GraphValue],
+        carry: Vec<String>,
+    ) -> RowWrite {
+        let RowWrite { identity, op, mut nodes } = upsert;
+        nodes.push(node_id(&node.label, &shape.group.key_names, old_key));
+        let mut fields = match op {
+            RowOp::Upsert(GraphValue::Map(fields)) => fields,
+            // `node_upsert_row` always makes a map.
+            other => return RowWrite { identity, op: other, nodes },
+        };
+        fields.extend(self.old_key_fields(old_key));
+        RowWrite { identity, op: RowOp::CarryUpsert(GraphValue::Map(fields), carry), nodes }
     }
 
     fn node_delete_row(&self, node: &NodeRule, shape: &Shape, key: Vec<GraphValue>, version: &GraphValue) -> RowWrite {
@@ -883,10 +1005,18 @@ impl GraphEncoder {
             nodes: Vec::new(),
         };
         let (old, new) = change.op.images();
+        // A key move whose change left values out (unchanged TOAST under
+        // identity DEFAULT): the relationship under the old key has them.
+        let mut moved_from = None;
         if let (Some(old), Some(new)) = (old, new) {
             let old_key = self.key_values(schema, key_positions, old, Some(new))?;
             if old_key != self.key_values(schema, key_positions, new, Some(old))? {
-                ops.push(delete(old_key));
+                let carry = toast_values_to_carry(schema, old, new);
+                if carry.is_empty() {
+                    ops.push(delete(old_key));
+                } else {
+                    moved_from = Some((old_key, carry));
+                }
             }
         }
         match (old, new) {
@@ -916,10 +1046,25 @@ impl GraphEncoder {
                         }
                         fields.push(("a".into(), from));
                         fields.push(("b".into(), to));
-                        ops.push(RowWrite { identity: id, op: RowOp::Upsert(GraphValue::Map(fields)), nodes });
+                        match moved_from.take() {
+                            Some((old_key, carry)) => {
+                                fields.extend(self.old_key_fields(&old_key));
+                                let op = RowOp::CarryUpsert(GraphValue::Map(fields), carry);
+                                ops.push(RowWrite { identity: id, op, nodes });
+                                ops.push(delete(old_key));
+                            }
+                            None => {
+                                ops.push(RowWrite { identity: id, op: RowOp::Upsert(GraphValue::Map(fields)), nodes })
+                            }
+                        }
                     }
                     // An endpoint is NULL (or unchanged and unknown): no relationship.
-                    _ => ops.push(delete(key)),
+                    _ => {
+                        if let Some((old_key, _)) = moved_from.take() {
+                            ops.push(delete(old_key));
+                        }
+                        ops.push(delete(key))
+                    }
                 }
             }
             (Some(old), None) => {
@@ -1008,7 +1153,8 @@ impl GraphEncoder {
                 (key_positions, vec![schema.position(&join.from.column), schema.position(&join.to.column)])
             }
         };
-        let group = Group { table: schema.table.clone(), key_names: key_names(schema, &key_positions) };
+        let group =
+            Group { table: schema.table.clone(), key_names: key_names(schema, &key_positions), carry: Vec::new() };
         Ok(Shape { key_positions, group, link_positions })
     }
 
@@ -1100,26 +1246,19 @@ impl GraphEncoder {
     }
 }
 
-/// A row moving to another key is written whole under the new one, so a
-/// column left out as unchanged TOAST must come from the old row. Under
-/// identity FULL the pipeline has already taken it from there; under DEFAULT
-/// the old row holds only the key, and the value lives only in the node this
-/// move deletes: the move is refused rather than losing the value.
-fn refuse_a_move_without_toast_values(schema: &TableSchema, old: &Row, new: &Row) -> Result<(), GraphSinkError> {
-    let lost = new.iter().zip(old).position(|(new, old)| {
-        matches!(new, ColumnValue::UnchangedToast) && !matches!(old, ColumnValue::Text(_) | ColumnValue::Binary(_))
-    });
-    match lost {
-        None => Ok(()),
-        Some(position) => Err(GraphSinkError::Mapping {
-            table: schema.table.to_string(),
-            reason: format!(
-                "the key of a row changed while column {} was an unchanged TOAST value, which pgoutput does not \
-                 send and the new node would lose; set REPLICA IDENTITY FULL on the table",
-                schema.columns.get(position).map_or("?", |column| column.name.as_str())
-            ),
-        }),
-    }
+/// The columns a row moving to another key must take from the old node:
+/// those left out as unchanged TOAST that the old row does not hold either
+/// (identity DEFAULT: a key-only old row). Under identity FULL the old row
+/// has them and the upsert takes them from there.
+fn toast_values_to_carry(schema: &TableSchema, old: &Row, new: &Row) -> Vec<String> {
+    new.iter()
+        .zip(old)
+        .zip(&schema.columns)
+        .filter(|((new, old), _)| {
+            matches!(new, ColumnValue::UnchangedToast) && !matches!(old, ColumnValue::Text(_) | ColumnValue::Binary(_))
+        })
+        .map(|(_, column)| column.name.clone())
+        .collect()
 }
 
 /// The position of a relationship's column, resolved in [`Shape`]; an error
@@ -1398,28 +1537,65 @@ on = { "public.reservations" = "r" }
     }
 
     #[test]
-    fn a_key_change_leaving_a_toast_value_out_is_refused_unless_the_old_row_has_it() {
+    fn a_key_change_leaving_a_toast_value_out_takes_it_from_the_old_node_unless_the_old_row_has_it() {
         let reservations = table("reservations", &["id", "guest_id", "note"]);
         let moved = |old: Row| {
-            let transactions = [transaction(
+            encode(&[transaction(
                 0x680,
                 vec![(
                     reservations.clone(),
                     ChangeOp::Update { old: Some(old), new: row(&[Some("5"), Some("7"), Some("<toast>")]) },
                 )],
-            )];
-            let refs: Vec<ChangeRef<'_>> = transactions[0]
-                .changes
-                .iter()
-                .map(|change| ChangeRef { transaction: &transactions[0], change })
-                .collect();
-            encoder().encode(&refs).map(|_| ())
+            )])
         };
-        let err = moved(row(&[Some("1"), None, None])).unwrap_err();
-        assert!(err.to_string().contains("column note was an unchanged TOAST value"), "{err}");
-        assert!(err.to_string().contains("REPLICA IDENTITY FULL"), "{err}");
-        assert!(!err.is_retriable());
-        moved(row(&[Some("1"), Some("7"), Some("long")])).expect("a whole old row has the value");
+        let encoded = moved(row(&[Some("1"), None, None]));
+        let writes: Vec<&Statement> = encoded
+            .statements
+            .iter()
+            .filter(|s| s.cypher.contains("MERGE (n:") || s.cypher.contains("DETACH"))
+            .collect();
+        assert_eq!(writes.len(), 2, "{writes:#?}");
+        let upsert = writes[0];
+        assert!(
+            upsert.cypher.starts_with(
+                "UNWIND $rows AS row OPTIONAL MATCH (o:`Reservation` {`id`: row.ok0}) \
+                 WHERE o.`pgfanout_version` IS NULL OR o.`pgfanout_version` < row.v WITH row, o MERGE (n:`Reservation` {`id`: row.k0}) \
+                 WITH n, row, o WHERE n.`pgfanout_version` IS NULL OR n.`pgfanout_version` < row.v \
+                 SET n.`note` = coalesce(o.`note`, n.`note`) SET n += row.p"
+            ),
+            "the new node takes the value from the old one first: {}",
+            upsert.cypher
+        );
+        let fields = &rows_of(upsert)[0];
+        assert_eq!((field(fields, "k0"), field(fields, "ok0")), (&GraphValue::Int(5), &GraphValue::Int(1)));
+        assert!(writes[1].cypher.contains("DETACH DELETE n"), "then the old node goes, in the next round");
+        assert_eq!(field(&rows_of(writes[1])[0], "k0"), &GraphValue::Int(1));
+
+        let encoded = moved(row(&[Some("1"), Some("7"), Some("long")]));
+        let upsert = encoded.statements.iter().find(|s| s.cypher.contains("MERGE (n:")).unwrap();
+        assert!(!upsert.cypher.contains("OPTIONAL MATCH (o:"), "a whole old row has the value: {}", upsert.cypher);
+    }
+
+    #[test]
+    fn a_join_row_key_change_leaving_a_toast_value_out_takes_it_from_the_old_relationship() {
+        let favorites = table("favorites", &["id", "user_id", "property_id", "note"]);
+        let encoded = encode(&[transaction(
+            0x690,
+            vec![(
+                favorites,
+                ChangeOp::Update {
+                    old: Some(row(&[Some("1"), None, None, None])),
+                    new: row(&[Some("2"), Some("7"), Some("9"), Some("<toast>")]),
+                },
+            )],
+        )]);
+        let upsert = encoded.statements.iter().position(|s| s.cypher.contains("MERGE (a)-[rel:")).unwrap();
+        let text = &encoded.statements[upsert].cypher;
+        assert!(text.starts_with("UNWIND $rows AS row OPTIONAL MATCH ()-[o:`FAVORITE` {`id`: row.ok0}]->()"), "{text}");
+        assert!(text.contains("SET rel.`note` = coalesce(o.`note`, rel.`note`) SET rel += row.p"), "{text}");
+        let delete = encoded.statements.iter().position(|s| s.cypher.contains("DELETE rel")).unwrap();
+        assert!(upsert < delete, "the old relationship goes after the new one took the value");
+        assert_eq!(field(&rows_of(&encoded.statements[delete])[0], "k0"), &GraphValue::Int(1));
     }
 
     #[test]

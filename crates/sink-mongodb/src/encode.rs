@@ -11,7 +11,10 @@
 //! delete         delete {q: {_id, v: {$lt: V}}, limit: 1} and delete {q: {_id, v: null}, limit: 1}
 //!                 or, with tombstones, an update like the above setting {deleted: true}
 //!                 and unsetting the table's columns
-//! key change     delete (or tombstone) of the old _id, then the upsert of the new one
+//! key change     delete (or tombstone) of the old _id, then the upsert of the new one; when
+//!                 unchanged TOAST values are not in the change (identity DEFAULT): first the
+//!                 upsert of the new _id carrying them over from the old document, then,
+//!                 a round later, the removal of the old one (see "Key moves" below)
 //! truncate       delete {q: {v: {$lt: V}}, limit: 0} (tombstones: the same as a multi update)
 //! ```
 //!
@@ -33,6 +36,18 @@
 //! statements can go unordered, and the k-th change of a key goes in round k or later.
 //! A truncate is a barrier for its table: it waits for the table's earlier changes and the
 //! table's later changes wait for it. A batch without repeated keys is one round.
+//!
+//! # Key moves that carry unchanged TOAST values
+//!
+//! pgoutput leaves an unchanged TOASTed column out of an update (`'u'`), and under
+//! `REPLICA IDENTITY DEFAULT` the old row holds only the key: when the key changes, the
+//! value lives only in the document under the old `_id`. Such a move is a
+//! [`Statement::CarryingUpdate`]: the sink reads the old document just before the round
+//! that upserts the new one and takes the missing fields from it, provided it holds an
+//! older version than the move (a newer one is another row that took the key later). The
+//! old document is removed one round later, so a crash in between leaves it in place for
+//! the replay; a replay that finds it gone finds the new document already written (and
+//! its guard keeps it).
 //!
 //! # Running aggregates
 //!
@@ -85,6 +100,44 @@ pub enum Statement {
     Update(Document),
     /// `{q, limit}` of a `delete` command.
     Delete(Document),
+    /// An upsert of a moved row whose `$set` lacks unchanged TOAST values: the sink fills
+    /// them in from the old document ([`Carry::fill`]) and sends it as an
+    /// [`Update`](Statement::Update).
+    CarryingUpdate(Carry),
+}
+
+/// A key move's upsert and where its unchanged TOAST values are (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Carry {
+    /// `_id` of the document the row moves away from.
+    pub from: Bson,
+    /// The fields to take from it (the columns the change left out).
+    pub fields: Vec<String>,
+    /// The move's version: only an older old document is read from.
+    pub version: String,
+    /// The upsert `{q, u, upsert}` without those fields.
+    pub update: Document,
+}
+
+impl Carry {
+    /// The upsert with the fields `old` holds (the document under [`Carry::from`], when
+    /// found) in its `$set`. An old document that is missing, holds no version or a version
+    /// not older than the move gives nothing: a replay after the old document went finds
+    /// the new one already written, and the upsert's guard leaves it alone.
+    pub fn fill(self, old: Option<&Document>, version_field: &str) -> Document {
+        let mut update = self.update;
+        let older = old.filter(|old| old.get_str(version_field).is_ok_and(|stored| stored < self.version.as_str()));
+        let Some(old) = older else { return update };
+        let set = update.get_document_mut("u").ok().and_then(|u| u.get_document_mut("$set").ok());
+        if let Some(set) = set {
+            for field in &self.fields {
+                if let Some(value) = old.get(field) {
+                    set.insert(field.clone(), value.clone());
+                }
+            }
+        }
+        update
+    }
 }
 
 /// A statement for one collection.
@@ -173,6 +226,23 @@ impl Rounds {
         for write in writes {
             self.push(index, write);
         }
+    }
+
+    /// A key move carrying values over: the upsert of `new_id` in a round after every
+    /// earlier statement of both documents, the removal of `old_id` in the round after it.
+    fn carry(&mut self, old_id: &Bson, new_id: &Bson, upsert: Write, removal: Vec<Write>) {
+        let namespace = Arc::clone(&upsert.namespace);
+        let floor = self.floor_of_table.get(&namespace).copied().unwrap_or(0);
+        let old_key = (Arc::clone(&namespace), canonical(old_id));
+        let new_key = (namespace, canonical(new_id));
+        let next = |rounds: &Self, key| rounds.next_of_document.get(key).copied().unwrap_or(0);
+        let index = next(self, &old_key).max(next(self, &new_key)).max(floor);
+        self.push(index, upsert);
+        for write in removal {
+            self.push(index + 1, write);
+        }
+        self.next_of_document.insert(new_key, index + 1);
+        self.next_of_document.insert(old_key, index + 2);
     }
 
     fn table_wide(&mut self, write: Write) {
@@ -287,9 +357,7 @@ impl MongoEncoder {
     pub fn row_fields(&self, table: &TableSchema, row: &Row) -> Result<Document, String> {
         let (_, id) = self.locate(table, row)?;
         let any_version = Version { commit_lsn: pgfanout_core::Lsn(0), ordinal: 0 };
-        let Statement::Update(statement) = self.upsert(&id, table, row, None, any_version)? else {
-            return Err("an upsert is an update".into());
-        };
+        let statement = self.upsert(&id, table, row, None, any_version)?;
         let mut set = statement.get_document("u").and_then(|u| u.get_document("$set")).cloned().unwrap_or_default();
         set.remove(&self.version_field);
         Ok(set.into_iter().filter(|(_, value)| !matches!(value, Bson::Null)).collect())
@@ -400,18 +468,28 @@ impl MongoEncoder {
         match op {
             ChangeOp::Insert { new } => {
                 let id = self.document_id(target, table, new)?;
-                rounds.document(&id, write(self.upsert(&id, table, new, None, version)?));
+                rounds.document(&id, write(Statement::Update(self.upsert(&id, table, new, None, version)?)));
             }
             ChangeOp::Update { old, new } => {
                 let id = self.document_id(target, table, new)?;
                 if let Some(old) = old {
                     let old_id = self.document_id(target, table, old)?;
                     if old_id != id {
-                        refuse_a_move_without_toast_values(table, old, new)?;
-                        rounds.document_all(&old_id, writes(self.remove(&old_id, table, version)));
+                        let upsert = self.upsert(&id, table, new, Some(old), version)?;
+                        let removal = writes(self.remove(&old_id, table, version));
+                        let fields = toast_values_to_carry(table, old, new);
+                        if fields.is_empty() {
+                            rounds.document_all(&old_id, removal);
+                            rounds.document(&id, write(Statement::Update(upsert)));
+                        } else {
+                            let version = version.to_sortable_string();
+                            let carry = Carry { from: old_id.clone(), fields, version, update: upsert };
+                            rounds.carry(&old_id, &id, write(Statement::CarryingUpdate(carry)), removal);
+                        }
+                        return Ok(());
                     }
                 }
-                rounds.document(&id, write(self.upsert(&id, table, new, old.as_ref(), version)?));
+                rounds.document(&id, write(Statement::Update(self.upsert(&id, table, new, old.as_ref(), version)?)));
             }
             ChangeOp::Delete { old } => {
                 let id = self.document_id(target, table, old)?;
@@ -480,8 +558,9 @@ impl MongoEncoder {
         }
     }
 
-    /// The guarded upsert of a row image; unchanged TOAST values are taken from `old` when
-    /// it has them (a key change moves them to the new document), else left alone.
+    /// The guarded upsert `{q, u, upsert}` of a row image; unchanged TOAST values are taken
+    /// from `old` when it has them (a key change moves them to the new document), else left
+    /// alone.
     fn upsert(
         &self,
         id: &Bson,
@@ -489,7 +568,7 @@ impl MongoEncoder {
         new: &Row,
         old: Option<&Row>,
         version: Version,
-    ) -> Result<Statement, String> {
+    ) -> Result<Document, String> {
         let version = version.to_sortable_string();
         let mut set = Document::new();
         let mut unset = Document::new();
@@ -520,7 +599,7 @@ impl MongoEncoder {
         if !unset.is_empty() {
             update.insert("$unset", unset);
         }
-        Ok(Statement::Update(doc! { "q": self.guard(id, &version), "u": update, "upsert": true }))
+        Ok(doc! { "q": self.guard(id, &version), "u": update, "upsert": true })
     }
 
     /// `$set` of a tombstone: the version and the deleted mark, and `$unset` of every
@@ -567,23 +646,19 @@ impl MongoEncoder {
     }
 }
 
-/// A row moving to another `_id` is written as a new document, so a column
-/// left out as unchanged TOAST must come from the old row. Under identity
-/// FULL it is there; under DEFAULT the old row holds only the key and the
-/// value lives only in the document this move deletes: the move is refused
-/// rather than losing the value.
-fn refuse_a_move_without_toast_values(table: &TableSchema, old: &Row, new: &Row) -> Result<(), String> {
-    let lost = new.iter().zip(old).position(|(new, old)| {
-        matches!(new, ColumnValue::UnchangedToast) && !matches!(old, ColumnValue::Text(_) | ColumnValue::Binary(_))
-    });
-    match lost {
-        None => Ok(()),
-        Some(position) => Err(format!(
-            "the key of a row changed while column {} was an unchanged TOAST value, which pgoutput does not send \
-             and the new document would lose; set REPLICA IDENTITY FULL on the table",
-            table.columns.get(position).map_or("?", |column| column.name.as_str())
-        )),
-    }
+/// The fields a row moving to another `_id` must take from the old document: columns
+/// left out as unchanged TOAST that the old row does not hold either (identity DEFAULT:
+/// a key-only old row). Under identity FULL the old row has them, and the upsert takes
+/// them from there.
+fn toast_values_to_carry(table: &TableSchema, old: &Row, new: &Row) -> Vec<String> {
+    new.iter()
+        .zip(old)
+        .zip(&table.columns)
+        .filter(|((new, old), _)| {
+            matches!(new, ColumnValue::UnchangedToast) && !matches!(old, ColumnValue::Text(_) | ColumnValue::Binary(_))
+        })
+        .map(|(_, column)| column.name.clone())
+        .collect()
 }
 
 /// A signed amount added to one sum field.
@@ -1062,20 +1137,75 @@ mod tests {
     }
 
     #[test]
-    fn a_key_change_leaving_a_toast_value_out_is_refused_unless_the_old_row_has_it() {
+    fn a_key_change_leaving_a_toast_value_out_carries_it_from_the_old_document_unless_the_old_row_has_it() {
         let table = stays(ReplicaIdentity::Default, &["id"]);
         let encoder = MongoEncoder::new(&config(false, vec![]));
         let mut new = row(["8", "NULL", "3", "1"]);
         new[1] = ColumnValue::UnchangedToast;
         let update = ChangeOp::Update { old: Some(row(["7", "NULL", "NULL", "NULL"])), new: new.clone() };
-        let err = encode(&encoder, &[transaction(33, &table, vec![update])]).unwrap_err();
-        assert!(err.reason.contains("column city was an unchanged TOAST value"), "{err}");
-        assert!(err.reason.contains("REPLICA IDENTITY FULL"), "{err}");
+        let batch = encode(&encoder, &[transaction(33, &table, vec![update])]).unwrap();
+        let v = version(33, 0);
+        assert_eq!(batch.rounds.len(), 2, "the new document first, the old one goes a round later");
+        let Statement::CarryingUpdate(carry) = &batch.rounds[0][0].statement else { panic!("not a carrying upsert") };
+        assert_eq!(
+            (&carry.from, carry.fields.as_slice(), carry.version.as_str()),
+            (&Bson::Int32(7), &["city".to_owned()][..], v.as_str())
+        );
+        assert_eq!(carry.update.get_document("q").unwrap(), &guard(Bson::Int32(8), &v));
+        assert_eq!(
+            batch.rounds[1][0].statement,
+            Statement::Delete(doc! { "q": guard(Bson::Int32(7), &v), "limit": 1 })
+        );
+
+        // The old document gives the value when it is older than the move, else nothing.
+        let set_of = |update: Document| update.get_document("u").unwrap().get_document("$set").unwrap().clone();
+        let old = doc! { "_id": 7, "city": "Rome", "_v": version(20, 0) };
+        assert_eq!(set_of(carry.clone().fill(Some(&old), "_v")).get_str("city"), Ok("Rome"));
+        let newer = doc! { "_id": 7, "city": "Oslo", "_v": version(40, 0) };
+        assert!(!set_of(carry.clone().fill(Some(&newer), "_v")).contains_key("city"), "another row took the key later");
+        let foreign = doc! { "_id": 7, "city": "Oslo" };
+        assert!(!set_of(carry.clone().fill(Some(&foreign), "_v")).contains_key("city"), "not pgfanout's document");
+        assert!(!set_of(carry.clone().fill(None, "_v")).contains_key("city"), "gone: a replay after the move");
+
         let update = ChangeOp::Update { old: Some(row(["7", "Rome", "3", "1"])), new };
         let batch = encode(&encoder, &[transaction(34, &table, vec![update])]).unwrap();
         let Statement::Update(upsert) = &batch.rounds[0][2].statement else { panic!("not an upsert") };
         let set = upsert.get_document("u").unwrap().get_document("$set").unwrap();
         assert_eq!(set.get_str("city"), Ok("Rome"), "a whole old row gives the value: {set}");
+    }
+
+    #[test]
+    fn a_carrying_move_waits_for_earlier_writes_of_both_documents_and_later_ones_wait_for_it() {
+        let table = stays(ReplicaIdentity::Default, &["id"]);
+        let encoder = MongoEncoder::new(&config(false, vec![]));
+        let mut moved = row(["8", "NULL", "3", "1"]);
+        moved[1] = ColumnValue::UnchangedToast;
+        let changes = vec![
+            ChangeOp::Insert { new: row(["8", "Oslo", "3", "1"]) },
+            ChangeOp::Delete { old: row(["8", "NULL", "NULL", "NULL"]) },
+            ChangeOp::Update { old: Some(row(["7", "NULL", "NULL", "NULL"])), new: moved },
+            ChangeOp::Insert { new: row(["7", "Rome", "3", "1"]) },
+        ];
+        let batch = encode(&encoder, &[transaction(35, &table, changes)]).unwrap();
+        let kinds: Vec<Vec<&str>> = batch
+            .rounds
+            .iter()
+            .map(|round| {
+                round
+                    .iter()
+                    .map(|write| match &write.statement {
+                        Statement::Update(_) => "update",
+                        Statement::Delete(_) => "delete",
+                        Statement::CarryingUpdate(_) => "carry",
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![vec!["update"], vec!["delete", "delete"], vec!["carry"], vec!["delete", "delete"], vec!["update"]],
+            "8 is written and deleted before the move reads 7 and writes 8; 7 is removed after, then taken again"
+        );
     }
 
     #[test]
@@ -1160,7 +1290,7 @@ mod tests {
             .into_iter()
             .map(|w| match w.statement {
                 Statement::Update(statement) => statement,
-                Statement::Delete(_) => panic!("aggregates never delete"),
+                Statement::Delete(_) | Statement::CarryingUpdate(_) => panic!("aggregates only update"),
             })
             .collect();
         writes.sort_by_key(|w| canonical(w.get_document("q").unwrap().get("_id").unwrap()));

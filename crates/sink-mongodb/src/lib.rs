@@ -10,7 +10,8 @@
 //! key column), a sub-document `{column: value, …}` in key order (several), or the value of
 //! `id_columns`. Updates `$set` the replicated columns and `$unset` nothing else, so fields
 //! written by other applications survive; unchanged TOAST values are not written. A key
-//! change removes the old document and upserts the new one.
+//! change removes the old document and upserts the new one; unchanged TOAST values the
+//! change left out are first taken from the old document (see [`encode`], "Key moves").
 //!
 //! # Types
 //!

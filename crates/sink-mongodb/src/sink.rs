@@ -3,8 +3,10 @@
 //! One call writes, in this order:
 //!
 //! ```text
-//! rounds of row statements ──(each round: one unordered `update` and one `delete`
-//!        │                    command per collection, sent concurrently)
+//! rounds of row statements ──(each round: the old documents of key moves that carry
+//!        │                    unchanged TOAST values read (one `find` per collection),
+//!        │                    then one unordered `update` and one `delete` command per
+//!        │                    collection, sent concurrently)
 //!        │  concurrently with
 //! aggregates: resets (after a truncate) → find the groups' versions → `$inc` commands
 //!        ▼
@@ -38,6 +40,8 @@ use crate::error::MongoSinkError;
 pub const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
 /// Most statements in one command (the server's `maxWriteBatchSize`).
 const MAX_COMMAND_STATEMENTS: usize = 100_000;
+/// Most `_id`s in one `find` of old documents (keeps the filter far below 16 MiB).
+const MAX_IDS_PER_FIND: usize = 10_000;
 /// Server error code of a duplicate key.
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -191,6 +195,7 @@ impl MongoSink {
         let rows = async {
             let mut commands = 0;
             for round in rounds {
+                let round = self.fill_carried(client, round).await?;
                 commands += self.send(client, round, Purpose::Rows).await?;
             }
             Ok::<usize, MongoSinkError>(commands)
@@ -236,6 +241,57 @@ impl MongoSink {
         Ok(())
     }
 
+    /// The round with its carrying upserts filled in from the documents their rows move
+    /// away from (read just now, after the earlier rounds: see the encoder's "Key moves").
+    async fn fill_carried(&self, client: &Client, round: Vec<Write>) -> Result<Vec<Write>, MongoSinkError> {
+        let mut sources: HashMap<Arc<Namespace>, Vec<Bson>> = HashMap::new();
+        for write in &round {
+            if let Statement::CarryingUpdate(carry) = &write.statement {
+                sources.entry(Arc::clone(&write.namespace)).or_default().push(carry.from.clone());
+            }
+        }
+        if sources.is_empty() {
+            return Ok(round);
+        }
+        let reads = sources.iter().flat_map(|(namespace, ids)| {
+            ids.chunks(MAX_IDS_PER_FIND).map(move |ids| self.read_documents(client, namespace, ids.to_vec()))
+        });
+        let found: HashMap<(Arc<Namespace>, String), Document> =
+            try_join_all(reads).await?.into_iter().flatten().collect();
+        let version_field = self.encoder.version_field();
+        let filled = round
+            .into_iter()
+            .map(|Write { namespace, statement }| match statement {
+                Statement::CarryingUpdate(carry) => {
+                    let old = found.get(&(Arc::clone(&namespace), crate::encode::canonical(&carry.from)));
+                    Write { namespace, statement: Statement::Update(carry.fill(old, version_field)) }
+                }
+                statement => Write { namespace, statement },
+            })
+            .collect();
+        Ok(filled)
+    }
+
+    /// The documents with `ids` in `namespace`, keyed by namespace and canonical `_id`.
+    async fn read_documents(
+        &self,
+        client: &Client,
+        namespace: &Arc<Namespace>,
+        ids: Vec<Bson>,
+    ) -> Result<Vec<((Arc<Namespace>, String), Document)>, MongoSinkError> {
+        let collection = client.database(&namespace.database).collection::<Document>(&namespace.collection);
+        let what = || format!("reading the old documents of moved rows from {namespace}");
+        let cursor = self.timed(what, collection.find(doc! { "_id": { "$in": ids } })).await?;
+        let documents: Vec<Document> = self.timed(what, cursor.try_collect()).await?;
+        Ok(documents
+            .into_iter()
+            .filter_map(|document| {
+                let id = crate::encode::canonical(document.get("_id")?);
+                Some(((Arc::clone(namespace), id), document))
+            })
+            .collect())
+    }
+
     /// The version stored in each of `groups`' documents.
     async fn read_versions(
         &self,
@@ -268,6 +324,9 @@ impl MongoSink {
             let (is_update, statement) = match write.statement {
                 Statement::Update(statement) => (true, statement),
                 Statement::Delete(statement) => (false, statement),
+                // Filled by `fill_carried` before rounds are sent; unfilled, the upsert
+                // leaves the carried fields alone as it does any unchanged TOAST value.
+                Statement::CarryingUpdate(carry) => (true, carry.update),
             };
             let raw = RawDocumentBuf::from_document(&statement).map_err(|err| crate::encode::EncodeError {
                 table: write.namespace.to_string(),

@@ -7,11 +7,15 @@
 //! `SCAN … MATCH <key pattern> TYPE hash|string`, not the index set, so rows
 //! written behind pgfanout's back are found too; a key the pattern matches
 //! counts only when the row it holds renders that same key.
+//!
+//! Digests ([`ReadBack::fetch_digests`]) are taken straight from the
+//! `HGETALL` replies' bytes, and expected ones from the row's bytes, so the
+//! first pass over a table builds no map per row.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pgfanout_core::readback::{key_row, text_columns, KeyPage, ReadBack, StoredColumns};
+use pgfanout_core::readback::{key_row, text_columns, KeyPage, ReadBack, RowDigest, StoredColumns};
 use pgfanout_core::{ColumnValue, Row, SinkError, TableSchema};
 
 use crate::encode::RowFormat;
@@ -72,6 +76,25 @@ impl RedisSink {
             }
         };
         Ok(rows)
+    }
+
+    /// The digests of the hashes under `keys` (see [`RowDigest`]), from the
+    /// replies' bytes; `None` where a key is absent.
+    async fn read_digests(&self, keys: &[String]) -> Result<Vec<Option<RowDigest>>, RedisSinkError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let version_field = self.encoder().version_field().map(str::to_owned);
+        let mut connection = self.connection().await?;
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.cmd("HGETALL").arg(key);
+        }
+        let replies: Vec<redis::Value> = pipeline
+            .query_async(&mut connection)
+            .await
+            .map_err(|source| RedisSinkError::Command { what: format!("reading {} rows back", keys.len()), source })?;
+        replies.iter().map(|reply| hash_digest(reply, version_field.as_deref().map(str::as_bytes))).collect()
     }
 
     async fn scan_page(&self, table: &Arc<TableSchema>, cursor: Option<String>) -> Result<KeyPage, RedisSinkError> {
@@ -143,6 +166,53 @@ impl RedisSink {
     }
 }
 
+/// The digest of an `HGETALL` reply (RESP2 flat array or RESP3 map), the
+/// version field left out; `None` for an empty hash (no key).
+fn hash_digest(reply: &redis::Value, version_field: Option<&[u8]>) -> Result<Option<RowDigest>, RedisSinkError> {
+    use redis::Value;
+    // What parsing the reply into a map reports, as `fetch` does.
+    let malformed = || RedisSinkError::Command {
+        what: "reading a row back".into(),
+        source: redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "an HGETALL reply that is not a hash",
+            format!("{reply:?}"),
+        )),
+    };
+    fn bytes(value: &redis::Value) -> Option<&[u8]> {
+        match value {
+            redis::Value::BulkString(bytes) => Some(bytes.as_slice()),
+            redis::Value::SimpleString(text) => Some(text.as_bytes()),
+            _ => None,
+        }
+    }
+    let mut digest = RowDigest::default();
+    let mut fields = 0usize;
+    let mut add = |name: &Value, value: &Value| -> Result<(), RedisSinkError> {
+        let (name, value) = (bytes(name).ok_or_else(malformed)?, bytes(value).ok_or_else(malformed)?);
+        fields += 1;
+        if Some(name) != version_field {
+            digest.add(name, value);
+        }
+        Ok(())
+    };
+    match reply {
+        Value::Array(items) if items.len() % 2 == 0 => {
+            for pair in items.chunks_exact(2) {
+                add(&pair[0], &pair[1])?;
+            }
+        }
+        Value::Map(pairs) => {
+            for (name, value) in pairs {
+                add(name, value)?;
+            }
+        }
+        Value::Nil => {}
+        _ => return Err(malformed()),
+    }
+    Ok((fields > 0).then_some(digest))
+}
+
 fn bytes_of(text: &str) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(text.as_bytes())
 }
@@ -182,6 +252,34 @@ impl ReadBack for RedisSink {
             format = row_format;
         }
         self.read_rows(&keys, format).await.map_err(|err| err.into_sink_error(name, context()))
+    }
+
+    /// Straight from the row's bytes: [`text_columns`]'s pairs.
+    fn expected_digest(&self, table: &Arc<TableSchema>, row: &Row) -> Result<RowDigest, SinkError> {
+        let mut digest = RowDigest::default();
+        for (column, value) in table.columns.iter().zip(row) {
+            if let Some(bytes) = value.as_bytes() {
+                digest.add(column.name.as_bytes(), bytes);
+            }
+        }
+        Ok(digest)
+    }
+
+    /// Hashes: from the `HGETALL` replies' bytes; JSON rows: from [`ReadBack::fetch`].
+    async fn fetch_digests(&self, table: &Arc<TableSchema>, rows: &[Row]) -> Result<Vec<Option<RowDigest>>, SinkError> {
+        let name = self.name_for_errors();
+        let context = || format!("reading rows of {} back", table.table);
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (key, format) =
+                self.encoder().locate(table, row).map_err(|err| err.into_sink_error(name, context()))?;
+            if format == RowFormat::Json {
+                let stored = self.fetch(table, rows).await?;
+                return Ok(stored.iter().map(|columns| columns.as_ref().map(RowDigest::of)).collect());
+            }
+            keys.push(key);
+        }
+        self.read_digests(&keys).await.map_err(|err| err.into_sink_error(name, context()))
     }
 
     async fn scan_keys(&self, table: &Arc<TableSchema>, cursor: Option<String>) -> Result<KeyPage, SinkError> {

@@ -9,7 +9,10 @@
 //! - update: the same `INSERT` without the unchanged TOAST columns (another
 //!   statement shape, prepared on its own); if the target key changed — the
 //!   source key, or a non-key column the target is keyed by — first `DELETE`
-//!   under the old key;
+//!   under the old key; when that old key's row holds values the change
+//!   left out (unchanged TOAST under identity DEFAULT, whose old row is only
+//!   the key), a [`CarriedMove`] instead: the sink reads them from the old
+//!   row, writes the new row with them, and only then deletes the old row;
 //! - delete: `DELETE FROM ks.t WHERE key = ?…`;
 //! - truncate: `TRUNCATE ks.t`, when enabled.
 //!
@@ -28,7 +31,7 @@
 //! batch or a wave; with them, everything goes in one wave.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -73,6 +76,52 @@ pub enum CqlOp {
     /// `TRUNCATE ks.table`: every earlier write must be applied before it,
     /// every later one after.
     Truncate(String),
+    /// A key move whose unchanged TOAST values are only in the old row:
+    /// every earlier write must be applied before its read.
+    Carry(Box<CarriedMove>),
+}
+
+/// A row moving to another key of a target while columns the change left
+/// out (unchanged TOAST) live only in the row under the old key. The sink
+/// reads both rows, writes the new row (`upsert`, plus `columns` taken from
+/// the old row where the new row lacks them), then deletes the old one.
+///
+/// Replays after a crash: if the old row is gone, its delete ran, so the new
+/// row was written with the values before it; a value the new row already
+/// holds is never replaced by the old row's, which may by then belong to a
+/// later row that took the old key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedMove {
+    /// `SELECT columns… FROM ks.t WHERE key…`, bound to either key.
+    pub select: Arc<str>,
+    /// The old row's key values, in bind order.
+    pub old_key: Vec<Bound>,
+    /// The new row's key values, in bind order.
+    pub new_key: Vec<Bound>,
+    /// The columns carried over (CQL names, quoted where needed), in select order.
+    pub columns: Vec<String>,
+    /// `INSERT INTO ks.t (key…`: the carried columns, `) VALUES (…)` and
+    /// [`CarriedMove::write_using`] complete it.
+    pub insert_head: String,
+    /// ` USING …` of the target's writes (empty when none).
+    pub write_using: String,
+    /// The change's write timestamp, when they are on.
+    pub timestamp: Option<i64>,
+    /// The new row's write without the carried columns.
+    pub upsert: Statement,
+    /// The old row's delete.
+    pub delete: Statement,
+}
+
+impl CarriedMove {
+    /// The `INSERT` of the new row's key and `columns` (a subset of
+    /// [`CarriedMove::columns`]); bind the new key, the values, then the
+    /// timestamp when there is one.
+    pub fn insert(&self, columns: &[String]) -> String {
+        let markers = vec!["?"; self.new_key.len() + columns.len()].join(", ");
+        let names: String = columns.iter().map(|name| format!(", {name}")).collect();
+        format!("{}{names}) VALUES ({markers}){}", self.insert_head, self.write_using)
+    }
 }
 
 /// A target table's shape for schema management.
@@ -280,30 +329,31 @@ impl CqlEncoder {
                         let old_key = target.key_values(source, old, Some(&new))?;
                         if old_key != new_key {
                             // The row moves: nothing of it may stay under the old key.
-                            if let Some(position) =
-                                target.values.iter().find(|&&p| new.get(p).is_some_and(Option::is_none))
-                            {
-                                // A key-only old row (identity DEFAULT) holds NULL there.
-                                if old.get(*position).is_none_or(|value| matches!(value, None | Some(Value::Null))) {
-                                    return Err(ScyllaSinkError::Mapping {
-                                        table: source.to_owned(),
-                                        reason: format!(
-                                            "the key of a row changed while column {} was an unchanged TOAST value, \
-                                             which the new row of {} would lose; set REPLICA IDENTITY FULL on the table",
-                                            shape.columns.get(*position).map_or("?", |c| c.name.as_str()),
-                                            target.qualified
-                                        ),
-                                    });
-                                }
-                            }
-                            ops.push(CqlOp::Write(target.delete(old_key, timestamp)));
+                            // An unchanged TOAST value is never NULL: a NULL in
+                            // the old row is a key-only old row's (identity DEFAULT).
                             let moved: Vec<Option<Value>> = new
                                 .iter()
                                 .zip(old.iter())
-                                .map(|(new, old)| new.clone().or_else(|| old.clone()))
+                                .map(|(new, old)| new.clone().or_else(|| old.clone().filter(|old| !old.is_null())))
                                 .collect();
+                            // Unchanged TOAST values a key-only old row
+                            // (identity DEFAULT) does not hold either.
+                            let carried: Vec<usize> = target
+                                .values
+                                .iter()
+                                .copied()
+                                .filter(|&p| moved.get(p).is_some_and(Option::is_none))
+                                .collect();
+                            let delete = target.delete(old_key.clone(), timestamp);
                             // The key columns come from `new`: the key is `new_key`.
-                            ops.push(CqlOp::Write(target.upsert(new_key, &moved, timestamp)));
+                            let upsert = target.upsert(new_key.clone(), &moved, timestamp);
+                            if carried.is_empty() {
+                                ops.push(CqlOp::Write(delete));
+                                ops.push(CqlOp::Write(upsert));
+                            } else {
+                                let carry = target.carried_move(&carried, old_key, new_key, timestamp, upsert, delete);
+                                ops.push(CqlOp::Carry(Box::new(carry)));
+                            }
                             continue;
                         }
                     }
@@ -615,6 +665,34 @@ impl ResolvedTarget {
         (partition, row)
     }
 
+    /// The [`CarriedMove`] of a row from `old_key` to `new_key` taking the
+    /// value columns at `carried` from the old row.
+    fn carried_move(
+        &self,
+        carried: &[usize],
+        old_key: Vec<Value>,
+        new_key: Vec<Value>,
+        timestamp: Option<i64>,
+        upsert: Statement,
+        delete: Statement,
+    ) -> CarriedMove {
+        let columns: Vec<String> = carried.iter().map(|&p| cql_name(self.schema_column_name(p)).into_owned()).collect();
+        let keys: Vec<Cow<'_, str>> = self.partition.iter().chain(&self.clustering).map(|(_, n)| cql_name(n)).collect();
+        let condition: Vec<String> = keys.iter().map(|name| format!("{name} = ?")).collect();
+        CarriedMove {
+            select: format!("SELECT {} FROM {} WHERE {}", columns.join(", "), self.qualified, condition.join(" AND "))
+                .into(),
+            old_key: old_key.into_iter().map(Bound::Column).collect(),
+            new_key: new_key.into_iter().map(Bound::Column).collect(),
+            columns,
+            insert_head: format!("INSERT INTO {} ({}", self.qualified, keys.join(", ")),
+            write_using: self.write_using.clone(),
+            timestamp,
+            upsert,
+            delete,
+        }
+    }
+
     /// `DELETE` of the row under `key` (from [`Self::key_values`]).
     fn delete(&self, key: Vec<Value>, timestamp: Option<i64>) -> Statement {
         let (partition, row) = self.identities(&key);
@@ -677,6 +755,9 @@ pub enum Phase {
     Waves(Vec<Vec<Request>>),
     /// A truncate, alone.
     Truncate(String),
+    /// Key moves carrying values over (no two touching one row): the old
+    /// and new rows read, then the new rows written, then the old deleted.
+    Carry(Vec<CarriedMove>),
 }
 
 /// Groups `ops` into phases: writes between truncates are grouped by
@@ -687,14 +768,35 @@ pub enum Phase {
 pub fn plan_requests(ops: Vec<CqlOp>, max_statements: usize, separate_rows: bool) -> Vec<Phase> {
     let mut phases = Vec::new();
     let mut writes = Vec::new();
+    // Rows the last phase's carried moves touch, when it is one.
+    let mut carried_rows: HashSet<String> = HashSet::new();
     for op in ops {
         match op {
-            CqlOp::Write(statement) => writes.push(statement),
+            CqlOp::Write(statement) => {
+                carried_rows.clear();
+                writes.push(statement)
+            }
             CqlOp::Truncate(cql) => {
                 if !writes.is_empty() {
                     phases.push(Phase::Waves(pack(std::mem::take(&mut writes), max_statements, separate_rows)));
                 }
+                carried_rows.clear();
                 phases.push(Phase::Truncate(cql));
+            }
+            CqlOp::Carry(carry) => {
+                if !writes.is_empty() {
+                    phases.push(Phase::Waves(pack(std::mem::take(&mut writes), max_statements, separate_rows)));
+                }
+                let rows = [carry.delete.row.clone(), carry.upsert.row.clone()];
+                let joins = !carried_rows.is_empty() && !rows.iter().any(|row| carried_rows.contains(row));
+                match phases.last_mut() {
+                    Some(Phase::Carry(moves)) if joins => moves.push(*carry),
+                    _ => {
+                        carried_rows.clear();
+                        phases.push(Phase::Carry(vec![*carry]));
+                    }
+                }
+                carried_rows.extend(rows);
             }
         }
     }
@@ -818,6 +920,7 @@ mod tests {
             .map(|op| match op {
                 CqlOp::Write(s) => (&*s.cql, s.values.as_slice()),
                 CqlOp::Truncate(cql) => (cql.as_str(), &[][..]),
+                CqlOp::Carry(carry) => (&*carry.select, carry.old_key.as_slice()),
             })
             .collect()
     }
@@ -999,7 +1102,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_move_leaving_a_toast_value_out_of_a_key_only_old_row_is_refused() {
+    fn a_key_move_leaving_a_toast_value_out_of_a_key_only_old_row_carries_it_from_the_old_row() {
         let shape = shape(ReplicaIdentity::Default);
         let batch = transaction(
             &shape,
@@ -1008,10 +1111,55 @@ mod tests {
                 new: row("8", "3", None, ColumnValue::UnchangedToast),
             }],
         );
-        let mut encoder = CqlEncoder::new("ks", HashMap::new(), false, true);
-        let err = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap_err();
-        assert!(err.to_string().contains("column notes was an unchanged TOAST value"), "{err}");
-        assert!(err.to_string().contains("REPLICA IDENTITY FULL"), "{err}");
+        let mut encoder = CqlEncoder::new("ks", HashMap::new(), true, true);
+        let ops = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap();
+        let [CqlOp::Carry(carry)] = ops.as_slice() else { panic!("one carried move: {ops:?}") };
+        assert_eq!(&*carry.select, "SELECT notes FROM ks.reservations WHERE id = ?");
+        assert_eq!(
+            (carry.old_key.as_slice(), carry.new_key.as_slice()),
+            (&[col(Value::Int8(7))][..], &[col(Value::Int8(8))][..])
+        );
+        assert_eq!(
+            &*carry.upsert.cql,
+            "INSERT INTO ks.reservations (id, guest_id, status) VALUES (?, ?, ?) USING TIMESTAMP ?"
+        );
+        assert_eq!(&*carry.delete.cql, "DELETE FROM ks.reservations USING TIMESTAMP ? WHERE id = ?");
+        assert_eq!(
+            carry.insert(&["notes".to_owned()]),
+            "INSERT INTO ks.reservations (id, notes) VALUES (?, ?) USING TIMESTAMP ?"
+        );
+        let stamp = carry.timestamp.map(Bound::Timestamp);
+        assert_eq!(carry.upsert.values.last(), stamp.as_ref(), "the move's writes share its timestamp");
+    }
+
+    #[test]
+    fn carried_moves_share_a_phase_unless_one_touches_a_row_another_touches() {
+        let shape = shape(ReplicaIdentity::Default);
+        let moved = |from: &str, to: &str| ChangeOp::Update {
+            old: Some(row(from, "", None, ColumnValue::Null)),
+            new: row(to, "3", None, ColumnValue::UnchangedToast),
+        };
+        let batch = transaction(
+            &shape,
+            vec![
+                ChangeOp::Insert { new: row("1", "3", None, text("long")) },
+                moved("1", "101"),
+                moved("2", "102"),
+                moved("101", "201"),
+                ChangeOp::Delete { old: row("2", "", None, ColumnValue::Null) },
+            ],
+        );
+        let mut encoder = CqlEncoder::new("ks", HashMap::new(), true, true);
+        let ops = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap();
+        let phases: Vec<String> = plan_requests(ops, 10, false)
+            .iter()
+            .map(|phase| match phase {
+                Phase::Waves(waves) => format!("waves {}", waves.len()),
+                Phase::Truncate(_) => "truncate".into(),
+                Phase::Carry(moves) => format!("carry {}", moves.len()),
+            })
+            .collect();
+        assert_eq!(phases, ["waves 1", "carry 2", "carry 1", "waves 1"], "101 is read after it was written");
     }
 
     fn write(partition: &str, row: &str) -> Statement {

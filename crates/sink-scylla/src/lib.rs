@@ -11,7 +11,8 @@
 //!
 //! Invariants: a change to a row is written to every target table; a change
 //! of a target's key deletes the row under the old key before writing the
-//! new one; unchanged TOAST values are never written (so never overwrite);
+//! new one (or, when unchanged TOAST values must be carried over from the
+//! old row, reads it, writes the new row, then deletes the old one); unchanged TOAST values are never written (so never overwrite);
 //! the checkpoint row is written only after the batch it covers. With write
 //! timestamps (the default) every statement carries `USING TIMESTAMP` from
 //! [`timestamp::WriteClock`], so the last change to a row wins whatever

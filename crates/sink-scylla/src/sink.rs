@@ -5,7 +5,9 @@
 //! timestamp reservation when the clock needs one ([`crate::timestamp`]),
 //! send the planned requests — unlogged batches grouped by partition, the
 //! requests of a wave concurrently (up to `concurrency`), waves and
-//! truncates in order — then, when handed over, the checkpoint row.
+//! truncates in order — then, when handed over, the checkpoint row. Key
+//! moves that carry unchanged TOAST values over read the old rows in their
+//! place in that order ([`crate::encode::CarriedMove`]).
 //!
 //! Cassandra has no transactions across partitions: the data and the
 //! checkpoint are written one after the other, data first, so the stored
@@ -33,7 +35,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
 use crate::config::ScyllaSinkConfig;
-use crate::encode::{plan_requests, Bound, CqlEncoder, Phase, Request, TableOptions};
+use crate::encode::{plan_requests, Bound, CarriedMove, CqlEncoder, Phase, Request, TableOptions};
 use crate::error::ScyllaSinkError;
 use crate::timestamp::WriteClock;
 use crate::types::to_cql;
@@ -236,6 +238,7 @@ impl ScyllaSink {
                             .await?;
                     }
                 }
+                Phase::Carry(moves) => self.apply_carried(&session, moves).await?,
                 Phase::Truncate(cql) => {
                     session
                         .query_unpaged(cql.as_str(), ())
@@ -253,6 +256,84 @@ impl ScyllaSink {
             }
         }
         Ok(())
+    }
+
+    /// Applies key moves that carry values over: reads every old and new row,
+    /// writes the new rows with what only the old ones hold, then deletes the
+    /// old rows (so a crash never leaves a value in neither).
+    async fn apply_carried(&self, session: &Session, moves: Vec<CarriedMove>) -> Result<(), ScyllaSinkError> {
+        // Futures gathered first: a stream over a closure that borrows does
+        // not satisfy the `Send` bound of the trait's future.
+        let reads: Vec<_> = moves.iter().map(|carry| self.read_carried(session, carry)).collect();
+        let carried: Vec<_> = stream::iter(reads).buffered(self.config.concurrency).try_collect().await?;
+        let writes: Vec<_> =
+            moves.iter().zip(carried).map(|(carry, values)| self.write_carried(session, carry, values)).collect();
+        stream::iter(writes).buffer_unordered(self.config.concurrency).try_collect::<()>().await?;
+        let deletes: Vec<_> = moves.into_iter().map(|carry| self.send(session, vec![carry.delete])).collect();
+        stream::iter(deletes).buffer_unordered(self.config.concurrency).try_collect::<()>().await
+    }
+
+    /// The columns `carry` takes from its old row: those the old row holds
+    /// and the new row does not (a column the new row holds is a replay's,
+    /// written before the old row went, and keeps its value).
+    async fn read_carried(
+        &self,
+        session: &Session,
+        carry: &CarriedMove,
+    ) -> Result<Vec<(String, CqlValue)>, ScyllaSinkError> {
+        let select = self.prepare(session, &carry.select).await?;
+        let old = self.read_row(session, &select, &carry.select, &carry.old_key).await?;
+        let new = self.read_row(session, &select, &carry.select, &carry.new_key).await?;
+        let held = |i: usize| new.as_ref().and_then(|row| row.get(i).cloned().flatten()).is_some();
+        Ok(carry
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !held(*i))
+            .filter_map(|(i, name)| Some((name.clone(), old.as_ref()?.get(i)?.clone()?)))
+            .collect())
+    }
+
+    /// Writes `carry`'s new row: its upsert, then the `carried` columns.
+    async fn write_carried(
+        &self,
+        session: &Session,
+        carry: &CarriedMove,
+        carried: Vec<(String, CqlValue)>,
+    ) -> Result<(), ScyllaSinkError> {
+        self.send(session, vec![carry.upsert.clone()]).await?;
+        if carried.is_empty() {
+            return Ok(());
+        }
+        let (names, values): (Vec<String>, Vec<CqlValue>) = carried.into_iter().unzip();
+        let cql: Arc<str> = carry.insert(&names).into();
+        let insert = self.prepare(session, &cql).await?;
+        // The key's bind markers come first, the timestamp's last.
+        let mut bound = bind(&insert, &carry.new_key)?;
+        bound.extend(values.into_iter().map(Some));
+        bound.extend(carry.timestamp.map(|micros| Some(CqlValue::BigInt(micros))));
+        session
+            .execute_unpaged(&insert, bound)
+            .await
+            .map_err(|source| ScyllaSinkError::Execute { what: format!("statement {cql}"), source: Box::new(source) })
+            .map(drop)
+    }
+
+    /// The columns of the row `select` finds under `key`, if there is one.
+    async fn read_row(
+        &self,
+        session: &Session,
+        select: &PreparedStatement,
+        cql: &str,
+        key: &[Bound],
+    ) -> Result<Option<Vec<Option<CqlValue>>>, ScyllaSinkError> {
+        let failed = |reason: String| ScyllaSinkError::ReadBack { table: cql.to_owned(), reason };
+        let result = session.execute_unpaged(select, bind(select, key)?).await.map_err(|source| {
+            ScyllaSinkError::Execute { what: format!("statement {cql}"), source: Box::new(source) }
+        })?;
+        let rows = result.into_rows_result().map_err(|err| failed(err.to_string()))?;
+        let row = rows.maybe_first_row::<scylla::value::Row>().map_err(|err| failed(err.to_string()))?;
+        Ok(row.map(|row| row.columns))
     }
 
     /// Sends one request: a statement alone, or an unlogged batch.
