@@ -308,10 +308,13 @@ impl TableOpCounters {
     /// Adds `count` to the series of `table` and `op`.
     pub fn add(&mut self, table: &TableName, op: &str, count: u64) {
         let Some(index) = OPS.iter().position(|known| *known == op) else { return };
-        if !self.series.contains_key(table) {
-            self.series.insert(table.clone(), Default::default());
+        // One look-up (a SipHash of the name) for a series resolved before:
+        // nearly every call.
+        if let Some(Some(counter)) = self.series.get(table).map(|ops| &ops[index]) {
+            counter.inc_by(count);
+            return;
         }
-        let Some(ops) = self.series.get_mut(table) else { return };
+        let ops = self.series.entry(table.clone()).or_default();
         let counter = ops[index].get_or_insert_with(|| {
             let table = table.to_string();
             let mut labels: Vec<&str> = self.leading.iter().map(String::as_str).collect();

@@ -311,18 +311,23 @@ impl Pipeline {
     fn count_events(&mut self, transaction: &Transaction) {
         for ((table, op), count) in count_by_table_and_op(transaction.changes.iter()) {
             self.events.add(table, op, count);
-            if !self.unrouted.contains_key(table) {
-                // Not an error (a publication may serve others too), but never silent.
-                let routed = self.routes.iter().any(|route| route.tables.contains_key(table));
-                let unrouted = (!routed).then(|| {
-                    tracing::warn!(%table, "the publication sends changes of a table no sink routes; they are skipped");
-                    self.metrics.unrouted_changes_total.with_label_values(&[&table.to_string()])
-                });
-                self.unrouted.insert(table.clone(), unrouted);
+            // One look-up for a table seen before, not two.
+            if let Some(unrouted) = self.unrouted.get(table) {
+                if let Some(unrouted) = unrouted {
+                    unrouted.inc_by(count);
+                }
+                continue;
             }
-            if let Some(Some(unrouted)) = self.unrouted.get(table) {
+            // Not an error (a publication may serve others too), but never silent.
+            let routed = self.routes.iter().any(|route| route.tables.contains_key(table));
+            let unrouted = (!routed).then(|| {
+                tracing::warn!(%table, "the publication sends changes of a table no sink routes; they are skipped");
+                self.metrics.unrouted_changes_total.with_label_values(&[&table.to_string()])
+            });
+            if let Some(unrouted) = &unrouted {
                 unrouted.inc_by(count);
             }
+            self.unrouted.insert(table.clone(), unrouted);
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::error::{ReplicationError, Result};
-use crate::wire::{server_error, server_notice, FrameReader, Incoming, Transport};
+use crate::wire::{server_error, server_notice, FrameReader, Incoming, StreamFrame, Transport};
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -141,8 +141,8 @@ impl ReplicationStream {
             return Ok(None);
         }
         loop {
-            let incoming = self.reader.next().await?;
-            if let Some(event) = self.handle(incoming)? {
+            let frame = self.reader.next_stream_frame().await?;
+            if let Some(event) = self.handle(frame)? {
                 return Ok(event);
             }
         }
@@ -155,8 +155,8 @@ impl ReplicationStream {
     /// [`ReplicationStream::next_event`] then says so).
     pub fn next_buffered_event(&mut self) -> Result<Option<ReplicationEvent>> {
         while !self.finished {
-            let Some(incoming) = self.reader.next_buffered()? else { return Ok(None) };
-            if let Some(Some(event)) = self.handle(incoming)? {
+            let Some(frame) = self.reader.next_buffered_stream_frame()? else { return Ok(None) };
+            if let Some(Some(event)) = self.handle(frame)? {
                 return Ok(Some(event));
             }
         }
@@ -165,27 +165,16 @@ impl ReplicationStream {
 
     /// Acts on one backend message: `Some(event)` for an event (`Some(None)`
     /// when the stream ended), `None` for a message that is not one.
-    fn handle(&mut self, incoming: Incoming) -> Result<Option<Option<ReplicationEvent>>> {
-        let message = match incoming {
-            Incoming::Message(message) => message,
-            Incoming::CopyBothResponse => {
+    fn handle(&mut self, frame: StreamFrame) -> Result<Option<Option<ReplicationEvent>>> {
+        let message = match frame {
+            StreamFrame::CopyData(body) => return self.handle_copy_data(body).map(|event| Some(Some(event))),
+            StreamFrame::Other(Incoming::Message(message)) => message,
+            StreamFrame::Other(Incoming::CopyBothResponse) => {
                 return Err(ReplicationError::Protocol("second CopyBothResponse on one stream".into()))
             }
         };
         match message {
-            backend::Message::CopyData(body) => {
-                let event = parse_copy_payload(body.into_bytes())?;
-                let (wal_end, reply) = match &event {
-                    ReplicationEvent::XLogData { wal_end, .. } => (*wal_end, false),
-                    ReplicationEvent::Keepalive { wal_end, reply_requested } => (*wal_end, *reply_requested),
-                };
-                self.feedback.positions.received.fetch_max(wal_end.0, Ordering::AcqRel);
-                if reply {
-                    // A full channel means a reply is already queued.
-                    let _ = self.commands.try_send(StatusCommand::ReplyNow);
-                }
-                Ok(Some(Some(event)))
-            }
+            backend::Message::CopyData(body) => self.handle_copy_data(body.into_bytes()).map(|event| Some(Some(event))),
             backend::Message::ErrorResponse(body) => Err(ReplicationError::Server(server_error(&body))),
             backend::Message::NoticeResponse(body) => {
                 let notice = server_notice(&body);
@@ -198,6 +187,22 @@ impl ReplicationStream {
             }
             _ => Ok(None),
         }
+    }
+
+    /// The event a CopyData body carries; notes the server's position and
+    /// asks the status task for a reply when the server wants one.
+    fn handle_copy_data(&mut self, body: Bytes) -> Result<ReplicationEvent> {
+        let event = parse_copy_payload(body)?;
+        let (wal_end, reply) = match &event {
+            ReplicationEvent::XLogData { wal_end, .. } => (*wal_end, false),
+            ReplicationEvent::Keepalive { wal_end, reply_requested } => (*wal_end, *reply_requested),
+        };
+        self.feedback.positions.received.fetch_max(wal_end.0, Ordering::AcqRel);
+        if reply {
+            // A full channel means a reply is already queued.
+            let _ = self.commands.try_send(StatusCommand::ReplyNow);
+        }
+        Ok(event)
     }
 
     /// Ends the stream cleanly: a last status update with the confirmed

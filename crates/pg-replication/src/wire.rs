@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{self, ErrorResponseBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -70,6 +70,17 @@ impl AsyncWrite for Transport {
     }
 }
 
+/// Tag of a CopyData backend message.
+const COPY_DATA_TAG: u8 = b'd';
+
+/// A frame of the replication stream: a CopyData body, or anything else.
+pub(crate) enum StreamFrame {
+    /// The body of a CopyData message (XLogData or a keepalive).
+    CopyData(Bytes),
+    /// Any other message.
+    Other(Incoming),
+}
+
 /// A backend message, or the `CopyBothResponse` that `postgres-protocol` does not know.
 pub(crate) enum Incoming {
     Message(backend::Message),
@@ -94,21 +105,60 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(incoming) = self.try_parse()? {
                 return Ok(incoming);
             }
-            self.make_room();
-            let read = self
-                .source
-                .read_buf(&mut self.buffer)
-                .await
-                .map_err(|source| ReplicationError::Io { endpoint: self.endpoint.clone(), source })?;
-            if read == 0 {
-                return Err(ReplicationError::ConnectionClosed);
-            }
+            self.fill().await?;
         }
     }
 
-    /// The next complete message if the buffer already holds one; never reads.
-    pub(crate) fn next_buffered(&mut self) -> Result<Option<Incoming>> {
-        self.try_parse()
+    /// Like [`FrameReader::next`], for the replication stream: a CopyData
+    /// frame comes as its body alone.
+    pub(crate) async fn next_stream_frame(&mut self) -> Result<StreamFrame> {
+        loop {
+            if let Some(frame) = self.next_buffered_stream_frame()? {
+                return Ok(frame);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The next complete frame of the replication stream if the buffer
+    /// already holds one (see [`FrameReader::next_stream_frame`]); never reads.
+    pub(crate) fn next_buffered_stream_frame(&mut self) -> Result<Option<StreamFrame>> {
+        if let Some(body) = self.try_copy_data() {
+            return Ok(Some(StreamFrame::CopyData(body)));
+        }
+        Ok(self.try_parse()?.map(StreamFrame::Other))
+    }
+
+    /// Reads more of the source into the buffer.
+    async fn fill(&mut self) -> Result<()> {
+        self.make_room();
+        let read = self
+            .source
+            .read_buf(&mut self.buffer)
+            .await
+            .map_err(|source| ReplicationError::Io { endpoint: self.endpoint.clone(), source })?;
+        if read == 0 {
+            return Err(ReplicationError::ConnectionClosed);
+        }
+        Ok(())
+    }
+
+    /// The body of the whole CopyData frame at the front of the buffer, split
+    /// off as it is: one shared slice of the buffer per frame, where
+    /// `backend::Message::parse` makes two (frame, then body). Anything else
+    /// (another tag, a frame not yet whole, a bad length) is left to
+    /// [`FrameReader::try_parse`].
+    fn try_copy_data(&mut self) -> Option<Bytes> {
+        let header = self.buffer.get(..5)?;
+        if header[0] != COPY_DATA_TAG {
+            return None;
+        }
+        let declared = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if !(4..=MAX_FRAME_LEN).contains(&declared) || self.buffer.len() < declared + 1 {
+            return None;
+        }
+        self.buffer.advance(5);
+        Some(self.buffer.split_to(declared - 4).freeze())
     }
 
     /// Makes sure a read has room, without growing shared memory: frames
@@ -232,5 +282,32 @@ mod tests {
             Incoming::Message(backend::Message::CopyData(body)) => assert_eq!(body.into_bytes().as_ref(), &large[..]),
             _ => panic!("expected the large CopyData"),
         }
+    }
+
+    #[tokio::test]
+    async fn stream_frames_are_copy_data_bodies_and_other_messages_whole() {
+        // A body split across reads, an empty body, then CopyDone.
+        let mut wire = copy_data(b"wXLogData");
+        wire.extend(copy_data(b""));
+        wire.extend([b'c', 0, 0, 0, 4]);
+        let (mut writer, reader) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(reader, "test".into());
+        let send = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for chunk in wire.chunks(3) {
+                writer.write_all(chunk).await.unwrap();
+            }
+        });
+        let mut bodies = Vec::new();
+        loop {
+            match reader.next_stream_frame().await.unwrap() {
+                StreamFrame::CopyData(body) => bodies.push(body),
+                StreamFrame::Other(Incoming::Message(backend::Message::CopyDone)) => break,
+                StreamFrame::Other(_) => panic!("expected CopyData or CopyDone"),
+            }
+        }
+        send.await.unwrap();
+        assert_eq!(bodies, [&b"wXLogData"[..], b""]);
+        assert!(reader.next_buffered_stream_frame().unwrap().is_none());
     }
 }
