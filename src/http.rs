@@ -41,6 +41,25 @@ pub struct HttpState {
     pub replay: crate::replay::ReplayControl,
 }
 
+/// The answer to a `POST` that schedules a job (`/rebuild`, `/replay`): 202
+/// with the scheduled job as JSON, or the refusal's status with
+/// `{"error": message}`.
+pub fn scheduled_answer<T: serde::Serialize>(scheduled: Result<T, (u16, String)>) -> impl IntoResponse {
+    let (status, body) = match scheduled {
+        Ok(scheduled) => (StatusCode::ACCEPTED, serde_json::to_string(&scheduled).unwrap_or_default()),
+        Err((status, message)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            serde_json::json!({ "error": message }).to_string(),
+        ),
+    };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// A 200 answer holding `value` as JSON (`GET /rebuild`, `GET /replay`).
+pub fn json_answer<T: serde::Serialize>(value: &T) -> impl IntoResponse {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], serde_json::to_string(value).unwrap_or_default())
+}
+
 /// Binds `listen` and serves until the process ends.
 pub async fn serve(listen: SocketAddr, state: HttpState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(listen)

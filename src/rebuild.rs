@@ -662,27 +662,23 @@ pub(crate) async fn http_call(
 /// Rebuild handlers of the HTTP endpoint.
 pub mod endpoint {
     use axum::extract::State;
-    use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
 
-    use crate::http::HttpState;
+    use crate::http::{json_answer, scheduled_answer, HttpState};
 
     /// `POST /rebuild`: 202 with the scheduled rebuild, else the error.
     pub async fn trigger(State(state): State<HttpState>, body: String) -> impl IntoResponse {
-        let (status, body) = match state.rebuild.trigger(&body, &state.metrics, &state.replay.paused_sinks()) {
-            Ok(scheduled) => (StatusCode::ACCEPTED, serde_json::to_string(&scheduled).unwrap_or_default()),
-            Err(err) => (
-                StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_REQUEST),
-                serde_json::json!({ "error": err.to_string() }).to_string(),
-            ),
-        };
-        (status, [(header::CONTENT_TYPE, "application/json")], body)
+        scheduled_answer(
+            state
+                .rebuild
+                .trigger(&body, &state.metrics, &state.replay.paused_sinks())
+                .map_err(|err| (err.status(), err.to_string())),
+        )
     }
 
     /// `GET /rebuild`: every rebuild of this process.
     pub async fn list(State(state): State<HttpState>) -> impl IntoResponse {
-        let body = serde_json::to_string(&state.rebuild.statuses(&state.metrics)).unwrap_or_default();
-        (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body)
+        json_answer(&state.rebuild.statuses(&state.metrics))
     }
 }
 

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bson::{doc, Bson, Document};
+use common::items::*;
 use common::*;
 use futures_util::TryStreamExt;
-
-const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text)";
 
 /// Redis sinks named `sinks` with tombstones (tests/replay.rs covers a
 /// store without delete markers).
@@ -72,46 +70,10 @@ fn lsn_text(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
-/// Every hash under `prefix` with every field, the version included.
-async fn raw_hashes(
-    redis: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-) -> BTreeMap<String, BTreeMap<String, String>> {
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(redis).await.unwrap();
-    let mut hashes = BTreeMap::new();
-    for key in keys {
-        let fields: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(redis).await.unwrap();
-        hashes.insert(key, fields);
-    }
-    hashes
-}
-
-/// Writes until stopped: inserts, updates and deletes in small transactions.
-fn spawn_writer(db_url: String, stop: Arc<AtomicBool>, first_id: i32) -> tokio::task::JoinHandle<i32> {
-    tokio::spawn(async move {
-        let client = connect(&db_url).await;
-        let mut id = first_id;
-        while !stop.load(Ordering::Relaxed) {
-            client
-                .batch_execute(&format!(
-                    "BEGIN; INSERT INTO items VALUES ({id}, 0, 'w'), ({}, 1, 'w'); UPDATE items SET v = v + 1 WHERE id = {}; DELETE FROM items WHERE id = {}; COMMIT",
-                    id + 1,
-                    id - 7,
-                    id - 4
-                ))
-                .await
-                .unwrap();
-            id += 2;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        id
-    })
-}
-
 #[tokio::test]
 async fn replay_restores_a_wiped_sink_while_writes_continue_and_twice_changes_nothing() {
     let db = create_database("archive_replay").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
     let redis_url = own_prefixes_db(&[
         "a:",
         "b:",
@@ -149,7 +111,7 @@ async fn replay_restores_a_wiped_sink_while_writes_continue_and_twice_changes_no
     let keys: Vec<String> = redis::cmd("KEYS").arg("a:*").query_async(&mut redis).await.unwrap();
     redis::cmd("DEL").arg(&keys).query_async::<()>(&mut redis).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let writer = spawn_items_writer(db.url.clone(), stop.clone(), 5001);
     wait_until("writes flow to b", Duration::from_secs(30), || {
         let mut redis = redis.clone();
         async move { redis::cmd("EXISTS").arg("b:5002").query_async::<bool>(&mut redis).await.unwrap() }
@@ -177,7 +139,7 @@ async fn replay_restores_a_wiped_sink_while_writes_continue_and_twice_changes_no
     wait_for_redis_match(&db, "items", "id", &mut redis, "b:", &pgfanout).await;
 
     // The same range again: nothing changes, versions included.
-    let before = raw_hashes(&mut redis, "a:").await;
+    let before = raw_redis_hashes(&mut redis, "a:").await;
     let end = db.current_wal_lsn().await;
     let again = vec![
         "replay".into(),
@@ -192,7 +154,7 @@ async fn replay_restores_a_wiped_sink_while_writes_continue_and_twice_changes_no
     ];
     let (ok, _, stderr) = run_pgfanout(again).await;
     assert!(ok, "second replay failed: {stderr}");
-    assert_eq!(raw_hashes(&mut redis, "a:").await, before);
+    assert_eq!(raw_redis_hashes(&mut redis, "a:").await, before);
 
     // Dry run: counts per table and op, nothing applied.
     let dry = vec![
@@ -231,7 +193,7 @@ async fn replay_restores_a_wiped_sink_while_writes_continue_and_twice_changes_no
 async fn kill_9_while_appending_leaves_every_transaction_archived_once_in_order() {
     let kills: usize = std::env::var("PGFANOUT_TEST_ARCHIVE_KILLS").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
     let db = create_database("archive_kill").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
     db.client.batch_execute("CREATE PUBLICATION archive_kill_ref FOR TABLE items").await.unwrap();
     db.client.query("SELECT pg_create_logical_replication_slot('archive_kill_ref', 'pgoutput')", &[]).await.unwrap();
     let redis_url = own_prefixes_db(&["k:", "pgfanout:checkpoint:k", "pgfanout:tombstone:k:"]).await;
@@ -248,7 +210,7 @@ async fn kill_9_while_appending_leaves_every_transaction_archived_once_in_order(
                 http_get(&http, "/readyz").await.is_some()
             })
             .await;
-            writer = Some(spawn_writer(db.url.clone(), stop.clone(), 100));
+            writer = Some(spawn_items_writer(db.url.clone(), stop.clone(), 100));
         }
         let target = (round as f64 + 1.0) * 2000.0;
         wait_until("the archive grows", Duration::from_secs(60), || async {
@@ -381,7 +343,7 @@ async fn write_kilobyte_rows(db: &TestDatabase, first: i32, rows: i32) {
 #[tokio::test]
 async fn retention_removes_old_segments_moves_the_oldest_lsn_and_replay_before_it_is_refused() {
     let db = create_database("archive_retention").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
     let redis_url = own_prefixes_db(&["r:", "pgfanout:checkpoint:r", "pgfanout:tombstone:r:"]).await;
     let archive = tempfile::tempdir().unwrap();
     let http = format!("127.0.0.1:{}", free_port());
@@ -465,7 +427,7 @@ async fn retention_removes_old_segments_moves_the_oldest_lsn_and_replay_before_i
 #[tokio::test]
 async fn replay_accepts_a_start_before_the_first_transaction_and_refuses_reversed_or_future_ranges() {
     let db = create_database("archive_edges").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
     let redis_url = own_prefixes_db(&["e:", "pgfanout:checkpoint:e", "pgfanout:tombstone:e:"]).await;
     let mut redis = redis_connection(&redis_url).await;
     let archive = tempfile::tempdir().unwrap();
@@ -668,7 +630,7 @@ path = "{archive}"
 #[tokio::test]
 async fn a_crash_mid_frame_is_cut_at_restart_and_the_archive_matches_the_slot() {
     let db = create_database("archive_torn").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
     db.client.batch_execute("CREATE PUBLICATION archive_torn_ref FOR TABLE items").await.unwrap();
     db.client.query("SELECT pg_create_logical_replication_slot('archive_torn_ref', 'pgoutput')", &[]).await.unwrap();
     let redis_url = own_prefixes_db(&["t:", "pgfanout:checkpoint:t", "pgfanout:tombstone:t:"]).await;
@@ -684,7 +646,7 @@ async fn a_crash_mid_frame_is_cut_at_restart_and_the_archive_matches_the_slot() 
     wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
         .await;
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(db.url.clone(), stop.clone(), 100);
+    let writer = spawn_items_writer(db.url.clone(), stop.clone(), 100);
     let exit = crashing.wait_exit(Duration::from_secs(60)).await;
     assert_ne!(exit, Some(0), "the archive was to abort mid-frame\n{}", crashing.log_text());
     assert!(

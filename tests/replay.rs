@@ -8,15 +8,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::items::*;
 use common::*;
 
-const SCHEMA: &str = "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text)";
 /// Every replay batch waits this long before it is applied (debug builds):
 /// the live stream runs far ahead of the replay meanwhile.
 const BATCH_DELAY_MS: &str = "1500";
@@ -66,53 +65,54 @@ async fn delete_keys(redis: &mut redis::aio::MultiplexedConnection, prefix: &str
     }
 }
 
-/// Every hash under `prefix` with every field, the version included.
-async fn raw_hashes(
-    redis: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-) -> BTreeMap<String, BTreeMap<String, String>> {
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(redis).await.unwrap();
-    let mut hashes = BTreeMap::new();
-    for key in keys {
-        let fields: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&key).query_async(redis).await.unwrap();
-        hashes.insert(key, fields);
-    }
-    hashes
-}
-
-/// Writes until stopped: each transaction inserts two rows, updates one and
-/// deletes one inserted two transactions before (so rows the replay writes
-/// from the archive are deleted live while it runs).
-fn spawn_writer(db_url: String, stop: Arc<AtomicBool>, first_id: i32) -> tokio::task::JoinHandle<i32> {
-    tokio::spawn(async move {
-        let client = connect(&db_url).await;
-        let mut id = first_id;
-        while !stop.load(Ordering::Relaxed) {
-            client
-                .batch_execute(&format!(
-                    "BEGIN; INSERT INTO items VALUES ({id}, 0, 'w'), ({}, 1, 'w'); UPDATE items SET v = v + 1 WHERE id = {}; DELETE FROM items WHERE id = {}; COMMIT",
-                    id + 1,
-                    id - 7,
-                    id - 4
-                ))
-                .await
-                .unwrap();
-            id += 2;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        id
-    })
-}
-
 /// The value of `pgfanout_<name>{sink="<sink>"}`, or 0.
 async fn sink_metric(pgfanout: &Pgfanout, name: &str, sink: &str) -> f64 {
     pgfanout.metric(&format!("{name}{{sink=\"{sink}\"}}")).await.unwrap_or(0.0)
 }
 
+/// Sinks `NAME` and `NAMEother` (keys `rNAME:` and `rNAMEother:`) with
+/// queues of 8 transactions each, behind a streaming instance started with
+/// `env`: the start of every test of what a paused sink does with a full queue.
+struct TinyQueues {
+    db: TestDatabase,
+    redis: redis::aio::MultiplexedConnection,
+    config: String,
+    http: String,
+    pgfanout: Pgfanout,
+    archive: tempfile::TempDir,
+}
+
+impl TinyQueues {
+    async fn start(name: &str, env: &[(&str, &str)]) -> TinyQueues {
+        let db = create_database(&format!("replay_{name}")).await;
+        db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
+        let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
+        let mut redis = redis_connection(&redis_url).await;
+        let archive = tempfile::tempdir().unwrap();
+        let http = format!("127.0.0.1:{}", free_port());
+        let config = config(&db, &redis_url, &http, archive.path())
+            .replace("rplive:", &format!("r{name}:"))
+            .replace("rpother:", &format!("r{name}other:"))
+            .replace("name = \"live\"", &format!("name = \"{name}\""))
+            .replace("name = \"other\"", &format!("name = \"{name}other\""))
+            .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
+        for sink in [name.to_owned(), format!("{name}other")] {
+            delete_keys(&mut redis, &format!("r{sink}:")).await;
+            delete_keys(&mut redis, &format!("pgfanout:checkpoint:{sink}")).await;
+        }
+        let pgfanout = Pgfanout::start_with_env(&format!("replay_{name}"), &config, &http, env);
+        wait_until("pgfanout streams", Duration::from_secs(30), || async {
+            http_get(&http, "/readyz").await.is_some()
+        })
+        .await;
+        TinyQueues { db, redis, config, http, pgfanout, archive }
+    }
+}
+
 #[tokio::test]
 async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted_row_comes_back() {
     let db = create_database("replay_live").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
     let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
     let mut redis = redis_connection(&redis_url).await;
     for prefix in ["rplive:", "rpother:", "pgfanout:checkpoint:live", "pgfanout:checkpoint:other"] {
@@ -146,7 +146,7 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     // Wipe sink `live`; writes with deletes go on during the replay.
     delete_keys(&mut redis, "rplive:").await;
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let writer = spawn_items_writer(db.url.clone(), stop.clone(), 5001);
     wait_until("writes flow", Duration::from_secs(30), || {
         let mut redis = redis.clone();
         async move { redis::cmd("EXISTS").arg("rpother:5002").query_async::<bool>(&mut redis).await.unwrap() }
@@ -207,10 +207,10 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     wait_for_redis_match(&db, "items", "id", &mut redis, "rpother:", &pgfanout).await;
 
     // The same replay again: nothing changes, versions included.
-    let before = raw_hashes(&mut redis, "rplive:").await;
+    let before = raw_redis_hashes(&mut redis, "rplive:").await;
     let (ok, _, stderr) = run_pgfanout(replay_args).await;
     assert!(ok, "second replay failed: {stderr}");
-    assert_eq!(raw_hashes(&mut redis, "rplive:").await, before, "a second replay changed sink live");
+    assert_eq!(raw_redis_hashes(&mut redis, "rplive:").await, before, "a second replay changed sink live");
 
     // From before the archive: refused by the instance, naming the oldest LSN.
     let too_old: Vec<String> =
@@ -237,7 +237,7 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     let (ok, _, stderr) = run_pgfanout(elsewhere).await;
     assert!(!ok);
     assert!(stderr.contains("but a process streams from slot"), "{stderr}");
-    assert_eq!(raw_hashes(&mut redis, "rplive:").await, before, "a refused replay wrote");
+    assert_eq!(raw_redis_hashes(&mut redis, "rplive:").await, before, "a refused replay wrote");
 
     // Standalone, once pgfanout is stopped: the wiped sink comes back from
     // the archive up to its stored checkpoint, exactly.
@@ -250,7 +250,7 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     let (ok, _, stderr) = run_pgfanout(standalone).await;
     assert!(ok, "standalone replay failed: {stderr}");
     assert!(stderr.contains("replaying standalone"), "{stderr}");
-    assert_eq!(raw_hashes(&mut redis, "rplive:").await, before, "the standalone replay differs");
+    assert_eq!(raw_redis_hashes(&mut redis, "rplive:").await, before, "the standalone replay differs");
 }
 
 /// With a queue of 8 transactions, a long replay (each archive batch
@@ -260,31 +260,14 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
 /// what was set aside from the archive, and both stores end exactly equal.
 #[tokio::test]
 async fn a_long_replay_with_a_tiny_queue_never_holds_the_other_sink() {
-    let db = create_database("replay_full").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
-    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
-    let mut redis = redis_connection(&redis_url).await;
-    let archive = tempfile::tempdir().unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let config = config(&db, &redis_url, &http, archive.path())
-        .replace("rplive:", "rfull:")
-        .replace("rpother:", "rfullother:")
-        .replace("name = \"live\"", "name = \"full\"")
-        .replace("name = \"other\"", "name = \"fullother\"")
-        .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
-    for prefix in ["rfull:", "rfullother:", "pgfanout:checkpoint:full", "pgfanout:checkpoint:fullother"] {
-        delete_keys(&mut redis, prefix).await;
-    }
-    let pgfanout =
-        Pgfanout::start_with_env("replay_full", &config, &http, &[("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "3000")]);
-    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
-        .await;
+    let TinyQueues { db, mut redis, pgfanout, archive: _archive, .. } =
+        TinyQueues::start("full", &[("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "3000")]).await;
     db.client.batch_execute("INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 500) g").await.unwrap();
     wait_for_redis_match(&db, "items", "id", &mut redis, "rfull:", &pgfanout).await;
     let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
     delete_keys(&mut redis, "rfull:").await;
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let writer = spawn_items_writer(db.url.clone(), stop.clone(), 5001);
     let path = std::env::temp_dir()
         .join(format!("pgfanout-tests-{}", std::process::id()))
         .join("replay_full.toml")
@@ -338,30 +321,14 @@ async fn a_long_replay_with_a_tiny_queue_never_holds_the_other_sink() {
 /// exactly equal (a sink resuming as if nothing was missing would lose them).
 #[tokio::test]
 async fn a_replay_cut_short_after_setting_aside_loses_nothing_across_a_restart() {
-    let db = create_database("replay_cut").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
-    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
-    let mut redis = redis_connection(&redis_url).await;
-    let archive = tempfile::tempdir().unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let config = config(&db, &redis_url, &http, archive.path())
-        .replace("rplive:", "rcut:")
-        .replace("rpother:", "rcutother:")
-        .replace("name = \"live\"", "name = \"cut\"")
-        .replace("name = \"other\"", "name = \"cutother\"")
-        .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
-    for prefix in ["rcut:", "rcutother:", "pgfanout:checkpoint:cut", "pgfanout:checkpoint:cutother"] {
-        delete_keys(&mut redis, prefix).await;
-    }
     let env = [("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "5000")];
-    let mut pgfanout = Pgfanout::start_with_env("replay_cut", &config, &http, &env);
-    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
-        .await;
+    let TinyQueues { db, mut redis, config, http, mut pgfanout, archive: _archive } =
+        TinyQueues::start("cut", &env).await;
     db.client.batch_execute("INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 300) g").await.unwrap();
     wait_for_redis_match(&db, "items", "id", &mut redis, "rcut:", &pgfanout).await;
     let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let writer = spawn_items_writer(db.url.clone(), stop.clone(), 5001);
     let path = std::env::temp_dir()
         .join(format!("pgfanout-tests-{}", std::process::id()))
         .join("replay_cut.toml")
@@ -405,31 +372,14 @@ async fn a_replay_cut_short_after_setting_aside_loses_nothing_across_a_restart()
 /// would resume past transactions it never applied).
 #[tokio::test]
 async fn a_replay_up_to_an_early_lsn_still_applies_what_the_sink_set_aside() {
-    let db = create_database("replay_to").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
-    let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
-    let mut redis = redis_connection(&redis_url).await;
-    let archive = tempfile::tempdir().unwrap();
-    let http = format!("127.0.0.1:{}", free_port());
-    let config = config(&db, &redis_url, &http, archive.path())
-        .replace("rplive:", "rto:")
-        .replace("rpother:", "rtoother:")
-        .replace("name = \"live\"", "name = \"to\"")
-        .replace("name = \"other\"", "name = \"toother\"")
-        .replace("[pipeline]\n", "[pipeline]\nqueue_capacity = 8\n");
-    for prefix in ["rto:", "rtoother:", "pgfanout:checkpoint:to", "pgfanout:checkpoint:toother"] {
-        delete_keys(&mut redis, prefix).await;
-    }
-    let pgfanout =
-        Pgfanout::start_with_env("replay_to", &config, &http, &[("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "2000")]);
-    wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
-        .await;
+    let TinyQueues { db, mut redis, pgfanout, archive: _archive, .. } =
+        TinyQueues::start("to", &[("PGFANOUT_TEST_REPLAY_BATCH_DELAY_MS", "2000")]).await;
     db.client.batch_execute("INSERT INTO items SELECT g, g, 'first' FROM generate_series(1, 300) g").await.unwrap();
     wait_for_redis_match(&db, "items", "id", &mut redis, "rto:", &pgfanout).await;
     let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
     let to = sink_metric(&pgfanout, "pgfanout_checkpoint_lsn", "to").await as u64;
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let writer = spawn_items_writer(db.url.clone(), stop.clone(), 5001);
     let path = std::env::temp_dir()
         .join(format!("pgfanout-tests-{}", std::process::id()))
         .join("replay_to.toml")
@@ -468,7 +418,7 @@ async fn graph_items(store: &mut common::graph::GraphStore) -> Vec<String> {
 #[tokio::test]
 async fn replay_into_a_wiped_falkordb_graph_beside_deletes_ends_equal() {
     let db = create_database("replay_graph").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
     let mut store = common::graph::GraphStore::open(common::graph::Backend::FalkorDb, "replay_graph").await;
     let archive = tempfile::tempdir().unwrap();
     let http = format!("127.0.0.1:{}", free_port());
@@ -498,7 +448,7 @@ async fn replay_into_a_wiped_falkordb_graph_beside_deletes_ends_equal() {
     store.rows("MATCH (n:Item) DELETE n").await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(db.url.clone(), stop.clone(), 5001);
+    let writer = spawn_items_writer(db.url.clone(), stop.clone(), 5001);
     // Rows the live stream deletes soon are in the archive when the replay reads it.
     let deadline = Instant::now() + Duration::from_secs(30);
     while store.rows("MATCH (n:Item {id: 5002}) RETURN n.id").await.is_empty() {
@@ -542,7 +492,7 @@ async fn replay_into_a_wiped_falkordb_graph_beside_deletes_ends_equal() {
 #[tokio::test]
 async fn a_checkpoint_at_a_rebuild_watermark_does_not_hold_the_replay() {
     let db = create_database("replay_watermark").await;
-    db.client.batch_execute(SCHEMA).await.unwrap();
+    db.client.batch_execute(ITEMS_SCHEMA).await.unwrap();
     db.client.batch_execute("INSERT INTO items SELECT g, g, 'copied' FROM generate_series(1, 100) g").await.unwrap();
     let redis_url = format!("{}/0", required_env("PGFANOUT_TEST_REDIS_URL").trim_end_matches('/'));
     let mut redis = redis_connection(&redis_url).await;

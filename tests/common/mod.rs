@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod graph;
+pub mod items;
 pub mod proxy;
 
 use std::collections::BTreeMap;
