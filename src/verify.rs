@@ -277,39 +277,35 @@ impl TableCheck<'_> {
         format!("({})", pairs.join(", "))
     }
 
-    /// What the sink should hold for a PostgreSQL row: the mapped row and
-    /// its stored form, `None` when the row is outside the sink's filter.
-    fn expect(&self, row: Row) -> anyhow::Result<Option<(Row, StoredColumns)>> {
+    /// A PostgreSQL row as the sink maps it, `None` when the row is outside
+    /// the sink's filter.
+    fn mapped_row(&self, row: Row) -> anyhow::Result<Option<Row>> {
         let change = Change { table: Arc::clone(&self.source), op: ChangeOp::Insert { new: row }, ordinal: 0 };
         match self
             .mapping
             .apply(&change)
             .with_context(|| format!("sink {}: table {}", self.sink.name(), self.source.table))?
         {
-            Mapped::Change(Change { op: ChangeOp::Insert { new }, .. }) => {
-                let stored = self.read_back.expected(&self.mapped, &new)?;
-                Ok(Some((new, stored)))
-            }
+            Mapped::Change(Change { op: ChangeOp::Insert { new }, .. }) => Ok(Some(new)),
             _ => Ok(None),
         }
+    }
+
+    /// What the sink should hold for a PostgreSQL row: the mapped row and
+    /// its stored form, `None` when the row is outside the sink's filter.
+    fn expect(&self, row: Row) -> anyhow::Result<Option<(Row, StoredColumns)>> {
+        let Some(new) = self.mapped_row(row)? else { return Ok(None) };
+        let stored = self.read_back.expected(&self.mapped, &new)?;
+        Ok(Some((new, stored)))
     }
 
     /// What the sink should hold for a PostgreSQL row, as a digest: the
     /// mapped row and the digest of its stored form, `None` when the row is
     /// outside the sink's filter.
     fn expect_digest(&self, row: Row) -> anyhow::Result<Option<(Row, RowDigest)>> {
-        let change = Change { table: Arc::clone(&self.source), op: ChangeOp::Insert { new: row }, ordinal: 0 };
-        match self
-            .mapping
-            .apply(&change)
-            .with_context(|| format!("sink {}: table {}", self.sink.name(), self.source.table))?
-        {
-            Mapped::Change(Change { op: ChangeOp::Insert { new }, .. }) => {
-                let digest = self.read_back.expected_digest(&self.mapped, &new)?;
-                Ok(Some((new, digest)))
-            }
-            _ => Ok(None),
-        }
+        let Some(new) = self.mapped_row(row)? else { return Ok(None) };
+        let digest = self.read_back.expected_digest(&self.mapped, &new)?;
+        Ok(Some((new, digest)))
     }
 
     /// Every PostgreSQL row against the store (by digest), then the store's
