@@ -91,17 +91,7 @@ async fn replay_restores_a_wiped_sink_while_writes_continue_and_twice_changes_no
     wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
         .await;
 
-    for n in 0..40 {
-        db.client
-            .batch_execute(&format!(
-                "BEGIN; INSERT INTO items SELECT g, g, 'first' FROM generate_series({}, {}) g; UPDATE items SET v = v + 1 WHERE id % 3 = 0; COMMIT",
-                n * 25 + 1,
-                n * 25 + 25
-            ))
-            .await
-            .unwrap();
-    }
-    db.client.batch_execute("DELETE FROM items WHERE id % 10 = 0").await.unwrap();
+    write_items_history(&db.client, 40, 25).await;
     wait_for_redis_match(&db, "items", "id", &mut redis, "a:", &pgfanout).await;
     // The first archived transaction: the replay covers the whole table's history.
     let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;

@@ -129,17 +129,7 @@ async fn replay_through_the_running_instance_pauses_only_its_sink_and_no_deleted
     );
     wait_until("pgfanout streams", Duration::from_secs(30), || async { http_get(&http, "/readyz").await.is_some() })
         .await;
-    for n in 0..20 {
-        db.client
-            .batch_execute(&format!(
-                "BEGIN; INSERT INTO items SELECT g, g, 'first' FROM generate_series({}, {}) g; UPDATE items SET v = v + 1 WHERE id % 3 = 0; COMMIT",
-                n * 50 + 1,
-                n * 50 + 50
-            ))
-            .await
-            .unwrap();
-    }
-    db.client.batch_execute("DELETE FROM items WHERE id % 10 = 0").await.unwrap();
+    write_items_history(&db.client, 20, 50).await;
     wait_for_redis_match(&db, "items", "id", &mut redis, "rplive:", &pgfanout).await;
     let from = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
 

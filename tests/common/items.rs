@@ -26,6 +26,23 @@ pub async fn raw_redis_hashes(
     hashes
 }
 
+/// A history to replay: `transactions` transactions each inserting the
+/// next `rows_each` ids and updating every third row, then one deleting
+/// every tenth row.
+pub async fn write_items_history(client: &tokio_postgres::Client, transactions: i32, rows_each: i32) {
+    for n in 0..transactions {
+        client
+            .batch_execute(&format!(
+                "BEGIN; INSERT INTO items SELECT g, g, 'first' FROM generate_series({}, {}) g; UPDATE items SET v = v + 1 WHERE id % 3 = 0; COMMIT",
+                n * rows_each + 1,
+                n * rows_each + rows_each
+            ))
+            .await
+            .unwrap();
+    }
+    client.batch_execute("DELETE FROM items WHERE id % 10 = 0").await.unwrap();
+}
+
 /// Writes until stopped: each transaction inserts two rows, updates one and
 /// deletes one inserted two transactions before (so rows the replay writes
 /// from the archive are deleted live while it runs).

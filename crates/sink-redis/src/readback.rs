@@ -36,21 +36,9 @@ impl RedisSink {
             return Ok(Vec::new());
         }
         let version_field = self.encoder().version_field().map(str::to_owned);
-        let mut connection = self.connection().await?;
-        let mut pipeline = redis::pipe();
-        for key in keys {
-            match format {
-                RowFormat::Hash => pipeline.cmd("HGETALL").arg(key),
-                RowFormat::Json => pipeline.cmd("GET").arg(key),
-            };
-        }
-        let what = || format!("reading {} rows back", keys.len());
         let rows = match format {
             RowFormat::Hash => {
-                let hashes: Vec<std::collections::BTreeMap<String, String>> = pipeline
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|source| RedisSinkError::Command { what: what(), source })?;
+                let hashes: Vec<std::collections::BTreeMap<String, String>> = self.read_each(keys, "HGETALL").await?;
                 hashes
                     .into_iter()
                     .map(|mut fields| {
@@ -65,10 +53,7 @@ impl RedisSink {
                     .collect()
             }
             RowFormat::Json => {
-                let documents: Vec<Option<String>> = pipeline
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(|source| RedisSinkError::Command { what: what(), source })?;
+                let documents: Vec<Option<String>> = self.read_each(keys, "GET").await?;
                 documents
                     .into_iter()
                     .map(|document| document.map(|text| json_columns(&text, version_field.as_deref())))
@@ -78,6 +63,24 @@ impl RedisSink {
         Ok(rows)
     }
 
+    /// `command` (`HGETALL`, `GET`) on every key of `keys`, pipelined in
+    /// one round trip; the replies in key order.
+    async fn read_each<T: redis::FromRedisValue>(
+        &self,
+        keys: &[String],
+        command: &str,
+    ) -> Result<Vec<T>, RedisSinkError> {
+        let mut connection = self.connection().await?;
+        let mut pipeline = redis::pipe();
+        for key in keys {
+            pipeline.cmd(command).arg(key);
+        }
+        pipeline
+            .query_async(&mut connection)
+            .await
+            .map_err(|source| RedisSinkError::Command { what: format!("reading {} rows back", keys.len()), source })
+    }
+
     /// The digests of the hashes under `keys` (see [`RowDigest`]), from the
     /// replies' bytes; `None` where a key is absent.
     async fn read_digests(&self, keys: &[String]) -> Result<Vec<Option<RowDigest>>, RedisSinkError> {
@@ -85,15 +88,7 @@ impl RedisSink {
             return Ok(Vec::new());
         }
         let version_field = self.encoder().version_field().map(str::to_owned);
-        let mut connection = self.connection().await?;
-        let mut pipeline = redis::pipe();
-        for key in keys {
-            pipeline.cmd("HGETALL").arg(key);
-        }
-        let replies: Vec<redis::Value> = pipeline
-            .query_async(&mut connection)
-            .await
-            .map_err(|source| RedisSinkError::Command { what: format!("reading {} rows back", keys.len()), source })?;
+        let replies: Vec<redis::Value> = self.read_each(keys, "HGETALL").await?;
         replies.iter().map(|reply| hash_digest(reply, version_field.as_deref().map(str::as_bytes))).collect()
     }
 
