@@ -704,8 +704,6 @@ async fn key_moves_re_applied_after_a_crash_keep_the_toast_values_they_carried_i
     pgfanout.wait_exit(Duration::from_secs(5)).await;
     let checkpoint = stored_checkpoint(&session, keyspace, &db.name).await.unwrap();
     assert!(checkpoint.0 < end, "the checkpoint {checkpoint} stayed before the moves (was {before_moves})");
-    let carry_log = format!("SELECT ordinal FROM {keyspace}.pgfanout_checkpoints_carried WHERE sink = '{}'", db.name);
-    assert_eq!(cql_rows(&session, &carry_log).await.len(), 3, "the carry log holds the three moves");
 
     session.query_unpaged(format!("DROP TABLE {keyspace}.blocker"), ()).await.unwrap();
     let pgfanout = Pgfanout::start(&db.name, &config, &http);
@@ -720,5 +718,6 @@ async fn key_moves_re_applied_after_a_crash_keep_the_toast_values_they_carried_i
     };
     assert_eq!(short(&actual), short(&expected), "{}", pgfanout.log_text());
     assert_eq!(actual, expected);
+    let carry_log = format!("SELECT ordinal FROM {keyspace}.pgfanout_checkpoints_carried WHERE sink = '{}'", db.name);
     assert_eq!(cql_rows(&session, &carry_log).await.len(), 0, "the checkpoint passed the moves: their entries went");
 }
