@@ -14,20 +14,25 @@
 //!
 //! Why that is exact: a move's entry is written before any of its writes,
 //! so an old row is deleted only once its values are durable here. The
-//! first attempt that writes the entry reads a correct old row: attempts
-//! before it stopped before the move, and every change before the move is
-//! applied again, in order, above their writes. Every later attempt writes
-//! the entry's values (the first attempt's) under the new key, at the move's
-//! timestamp of that attempt, and the changes after it follow it again in
-//! order, so the last state is PostgreSQL's.
+//! first attempt that stores the entry reads correct rows: an attempt before
+//! it wrote nothing of the move nor of anything after it (a batch with a key
+//! move is one lane, applied in order), and this attempt applied every
+//! change since the checkpoint before the move again, in order, with the
+//! earlier attempts' timestamps (a retry) or newer ones (after a restart),
+//! so their writes end as the first time. Every later attempt writes
+//! the entry's values under the new key at the move's timestamp of that
+//! attempt, and the changes after the move follow it again in order, so the
+//! last state is PostgreSQL's.
 //!
 //! Layout: one partition per sink in `<checkpoint_table>_carried`, rows
 //! `(sink, commit_lsn, ordinal, target)` with `carried map<text, blob>`:
 //! each carried column (CQL name, quoted where needed) and its value in the
-//! serialized form of its column's type. An entry is never rewritten; once
-//! the checkpoint row passes its transaction, one range delete removes it
-//! (transactions the checkpoint covers have commit LSNs below it). The
-//! entries above the checkpoint are loaded with the checkpoint at start.
+//! serialized form of its column's type. An entry is written once (again
+//! only after an attempt that failed before any write of the move, with the
+//! same values); once the checkpoint row passes its transaction, one range
+//! delete removes it (transactions the checkpoint covers have commit LSNs
+//! below it). The entries are loaded with the checkpoint at start. Cost: one
+//! write per carried move, one range delete per checkpoint after them.
 
 use std::collections::HashMap;
 
