@@ -476,8 +476,9 @@ async fn a_table_under_full_identity_needs_no_id_columns_when_it_has_a_primary_k
 }
 
 /// Every sink kind carries an unchanged TOAST value over on a key change
-/// under identity DEFAULT, Cassandra's also through a replay after a crash
-/// (its carry log), so no sink gets a warning about such tables.
+/// under identity DEFAULT, Cassandra's also when the changes after its
+/// checkpoint are applied again after a crash (its carry log), so no sink
+/// gets a warning about such tables.
 #[tokio::test]
 async fn toastable_tables_under_default_identity_get_no_warning_as_every_sink_carries_a_moved_value() {
     let db = create_database("check_toast_move").await;
