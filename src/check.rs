@@ -46,7 +46,6 @@ pub async fn check(config: &Config) -> anyhow::Result<()> {
                     .extend(source_problems(&mut connection, &config.source, &routing, options.database()).await);
                 findings.problems.extend(crate::privileges::privilege_problems(&mut connection, config).await);
                 findings.problems.extend(crate::table_check::problems(&mut connection, config).await);
-                findings.warnings.extend(crate::table_check::toast_key_move_warnings(&mut connection, config).await);
                 let health = slot_health(&mut connection, &config.source).await;
                 findings.problems.extend(health.problems);
                 findings.warnings.extend(health.warnings);

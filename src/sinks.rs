@@ -44,13 +44,6 @@ pub trait SinkKind {
     fn tables_forgetting_deletes(&self) -> Vec<TableName> {
         self.table_sources().into_iter().map(TableName::parse).collect()
     }
-    /// What can still befall a value pgoutput leaves out as unchanged TOAST
-    /// when an update changes a row's key under identity DEFAULT (every kind
-    /// carries it over from the object under the old key), if anything:
-    /// `check` warns with it about the tables concerned. Default: nothing.
-    fn unchanged_toast_key_move_risk(&self) -> Option<&'static str> {
-        None
-    }
     /// The sink's `[sink.delivery]` section.
     fn delivery(&self) -> &DeliveryConfig;
     /// Problems serde cannot find, one line each.
@@ -244,16 +237,6 @@ impl SinkKind for ScyllaSinkConfig {
     /// which an older replayed write loses to.
     fn tables_forgetting_deletes(&self) -> Vec<TableName> {
         Vec::new()
-    }
-    /// Rows carry no version, only write timestamps, and changes re-applied
-    /// after a crash get newer ones than before it.
-    fn unchanged_toast_key_move_risk(&self) -> Option<&'static str> {
-        Some(
-            "after a crash, the changes re-applied from the sink's checkpoint get newer write timestamps, so one \
-             that deletes or moves away a key a later key change had already moved such a value into (a key \
-             re-used within the re-applied changes) removes the value, which the later change does not carry; \
-             `pgfanout verify --repair` restores it",
-        )
     }
     fn delivery(&self) -> &DeliveryConfig {
         &self.delivery

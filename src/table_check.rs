@@ -70,39 +70,6 @@ pub async fn problems(connection: &mut ReplicationConnection, config: &Config) -
     problems
 }
 
-/// Routed tables whose key-changing updates a sink may still get wrong in
-/// some case it names ([`crate::sinks::SinkKind::unchanged_toast_key_move_risk`]):
-/// under a replica identity other than FULL, pgoutput leaves an unchanged
-/// TOAST value out of the update and the old row holds only the key, so the
-/// sink carries the value over from the object under the old key. One line
-/// per sink.
-pub async fn toast_key_move_warnings(connection: &mut ReplicationConnection, config: &Config) -> Vec<String> {
-    // An unreadable catalog is reported as a problem by [`problems`].
-    let Ok(tables) = read_tables(connection, config).await else { return Vec::new() };
-    let mut warnings = Vec::new();
-    for sink_config in &config.sinks {
-        let kind = sink_config.kind();
-        let Some(risk) = kind.unchanged_toast_key_move_risk() else { continue };
-        let routed: Vec<TableName> = kind.table_sources().into_iter().map(TableName::parse).collect();
-        let at_risk: Vec<String> = tables
-            .iter()
-            .filter(|table| routed.contains(&table.name))
-            .filter(|table| table.shape.replica_identity != ReplicaIdentity::Full && !table.toastable.is_empty())
-            .map(|table| format!("{} ({})", table.name, table.toastable.join(", ")))
-            .collect();
-        if !at_risk.is_empty() {
-            warnings.push(format!(
-                "sink {}: an update that changes the key of a row while leaving a TOASTable column unchanged \
-                 (pgoutput does not send the value) on {}: {risk}; if keys of these tables change, \
-                 ALTER TABLE … REPLICA IDENTITY FULL avoids it",
-                kind.name(),
-                at_risk.join(", ")
-            ));
-        }
-    }
-    warnings
-}
-
 async fn read_tables(
     connection: &mut ReplicationConnection,
     config: &Config,

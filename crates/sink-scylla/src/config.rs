@@ -69,7 +69,9 @@ pub struct ScyllaSinkConfig {
     /// `TRUNCATE`). Default: true.
     #[serde(default = "default_true")]
     pub truncate: bool,
-    /// Table holding one checkpoint row per sink (created when missing).
+    /// Table holding one checkpoint row per sink (created when missing);
+    /// beside it `<checkpoint_table>_carried`, what key moves carried over
+    /// until the checkpoint passes them. At most 40 characters.
     /// Default: `"pgfanout_checkpoints"`.
     #[serde(default = "default_checkpoint_table")]
     pub checkpoint_table: String,
@@ -262,6 +264,14 @@ impl ScyllaSinkConfig {
                 ));
             }
         }
+        let carried_table = crate::carried::carried_table(&self.checkpoint_table);
+        if is_plain_identifier(&self.checkpoint_table) && !is_plain_identifier(&carried_table) {
+            problems.push(format!(
+                "sink {name}: checkpoint_table {:?} is too long: the carry log table beside it, {carried_table:?}, \
+                 would pass CQL's 48 characters; use at most 40",
+                self.checkpoint_table
+            ));
+        }
         if parse_consistency(&self.consistency).is_none() {
             problems.push(format!(
                 "sink {name}: consistency {:?} is not one of any, one, two, three, quorum, all, local_quorum, each_quorum, local_one",
@@ -302,7 +312,10 @@ impl ScyllaSinkConfig {
                 if !is_plain_identifier(&target.table) {
                     problems.push(format!("{label}: the table name must be lower-case letters, digits and _"));
                 }
-                if target.table == self.checkpoint_table || !targets.insert(&target.table) {
+                if target.table == self.checkpoint_table
+                    || target.table == carried_table
+                    || !targets.insert(&target.table)
+                {
                     problems.push(format!("{label}: the table is fed twice; every target table needs its own name"));
                 }
                 if target.partition_key.is_empty() {
@@ -382,5 +395,15 @@ mod tests {
         ] {
             assert!(problems.contains(expected), "missing {expected:?} in:\n{problems}");
         }
+        let long_name = format!(
+            r#"{{"name": "a", "nodes": ["n:9042"], "keyspace": "k", "table": [{{"source": "t"}}],
+            "checkpoint_table": "{}"}}"#,
+            "c".repeat(41)
+        );
+        let problems = parse(&long_name).validate().unwrap_err().join("\n");
+        assert!(problems.contains("carry log table") && problems.contains("at most 40"), "{problems}");
+        let carried_target = r#"{"name": "a", "nodes": ["n:9042"], "keyspace": "k", "table": [{"source": "t",
+            "target": [{"table": "pgfanout_checkpoints_carried", "partition_key": ["id"]}]}]}"#;
+        assert!(parse(carried_target).validate().unwrap_err().join("\n").contains("fed twice"));
     }
 }

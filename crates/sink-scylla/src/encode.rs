@@ -12,7 +12,8 @@
 //!   under the old key; when that old key's row holds values the change
 //!   left out (unchanged TOAST under identity DEFAULT, whose old row is only
 //!   the key), a [`CarriedMove`] instead: the sink reads them from the old
-//!   row, writes the new row with them, and only then deletes the old row;
+//!   row, records them ([`crate::carried`]), writes the new row with them,
+//!   and only then deletes the old row;
 //! - delete: `DELETE FROM ks.t WHERE key = ?…`;
 //! - truncate: `TRUNCATE ks.t`, when enabled.
 //!
@@ -35,10 +36,11 @@ use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use pgfanout_core::{ChangeOp, ChangeRef, Row, TableName, TableSchema};
+use pgfanout_core::{ChangeOp, ChangeRef, Row, TableName, TableSchema, Version};
 use pgoutput::value::ValueError;
 use pgoutput::{ReplicaIdentity, Value};
 
+use crate::carried::CarryKey;
 use crate::config::{is_plain_identifier, ScyllaTableConfig};
 use crate::error::ScyllaSinkError;
 use crate::timestamp::WriteClock;
@@ -86,12 +88,17 @@ pub enum CqlOp {
 /// reads both rows, writes the new row (`upsert`, plus `columns` taken from
 /// the old row where the new row lacks them), then deletes the old one.
 ///
-/// Replays after a crash: if the old row is gone, its delete ran, so the new
-/// row was written with the values before it; a value the new row already
-/// holds is never replaced by the old row's, which may by then belong to a
-/// later row that took the old key.
+/// What the move carries is recorded in the carry log ([`crate::carried`])
+/// before it writes anything; applied again (a retry, or after a crash), it
+/// writes what it carried the first time. Without an entry (a replay from
+/// the archive, after the checkpoint passed the move): if the old row is
+/// gone, its delete ran, so the new row was written with the values before
+/// it; a value the new row already holds is never replaced by the old row's,
+/// which may by then belong to a later row that took the old key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarriedMove {
+    /// The change's version and the target table: the move's carry log entry.
+    pub key: CarryKey,
     /// `SELECT columns… FROM ks.t WHERE key…`, bound to either key.
     pub select: Arc<str>,
     /// The old row's key values, in bind order.
@@ -351,7 +358,18 @@ impl CqlEncoder {
                                 ops.push(CqlOp::Write(delete));
                                 ops.push(CqlOp::Write(upsert));
                             } else {
-                                let carry = target.carried_move(&carried, old_key, new_key, timestamp, upsert, delete);
+                                let version = Version {
+                                    commit_lsn: change.transaction.commit_lsn,
+                                    ordinal: change.change.ordinal,
+                                };
+                                let carry = target.carried_move(
+                                    &carried,
+                                    version,
+                                    (old_key, new_key),
+                                    timestamp,
+                                    upsert,
+                                    delete,
+                                );
                                 ops.push(CqlOp::Carry(Box::new(carry)));
                             }
                             continue;
@@ -665,13 +683,13 @@ impl ResolvedTarget {
         (partition, row)
     }
 
-    /// The [`CarriedMove`] of a row from `old_key` to `new_key` taking the
-    /// value columns at `carried` from the old row.
+    /// The [`CarriedMove`] of a row from `old_key` to `new_key` by the change
+    /// `version`, taking the value columns at `carried` from the old row.
     fn carried_move(
         &self,
         carried: &[usize],
-        old_key: Vec<Value>,
-        new_key: Vec<Value>,
+        version: Version,
+        (old_key, new_key): (Vec<Value>, Vec<Value>),
         timestamp: Option<i64>,
         upsert: Statement,
         delete: Statement,
@@ -680,6 +698,7 @@ impl ResolvedTarget {
         let keys: Vec<Cow<'_, str>> = self.partition.iter().chain(&self.clustering).map(|(_, n)| cql_name(n)).collect();
         let condition: Vec<String> = keys.iter().map(|name| format!("{name} = ?")).collect();
         CarriedMove {
+            key: CarryKey { version, target: self.qualified.clone() },
             select: format!("SELECT {} FROM {} WHERE {}", columns.join(", "), self.qualified, condition.join(" AND "))
                 .into(),
             old_key: old_key.into_iter().map(Bound::Column).collect(),
@@ -1115,6 +1134,9 @@ mod tests {
         let ops = encoder.encode(&refs(&batch), &mut WriteClock::starting_after(0)).unwrap();
         let [CqlOp::Carry(carry)] = ops.as_slice() else { panic!("one carried move: {ops:?}") };
         assert_eq!(&*carry.select, "SELECT notes FROM ks.reservations WHERE id = ?");
+        // Its carry log entry: the change's version and the target table.
+        let version = pgfanout_core::Version { commit_lsn: Lsn(0x100), ordinal: 0 };
+        assert_eq!(carry.key, CarryKey { version, target: "ks.reservations".into() });
         assert_eq!(
             (carry.old_key.as_slice(), carry.new_key.as_slice()),
             (&[col(Value::Int8(7))][..], &[col(Value::Int8(8))][..])

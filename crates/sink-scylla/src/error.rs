@@ -86,6 +86,14 @@ pub enum ScyllaSinkError {
         /// What went wrong.
         reason: String,
     },
+    /// A key move's carry log entry could not be written or read back.
+    #[error("carry log entry of a key move in {table}: {reason}")]
+    Carried {
+        /// Target table.
+        table: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The `[sink.tls]` files cannot be used.
     #[error("sink tls settings: {0}")]
     Tls(String),
@@ -128,6 +136,7 @@ impl ScyllaSinkError {
             ScyllaSinkError::BadCheckpoint { .. }
             | ScyllaSinkError::CheckpointRow(_)
             | ScyllaSinkError::ReadBack { .. }
+            | ScyllaSinkError::Carried { .. }
             | ScyllaSinkError::PasswordFile { .. }
             | ScyllaSinkError::Tls(_) => ErrorKind::StoreFailing,
         }

@@ -5,14 +5,17 @@
 //! target tables per source table, each with its own partition and
 //! clustering key ([`encode`]); PostgreSQL → CQL types and values
 //! ([`types`]); write timestamps derived from change versions
-//! ([`timestamp`]); and the sink that prepares, batches by partition and
-//! sends the statements, manages the schema when asked, and stores its
-//! checkpoint in a small table ([`sink`]).
+//! ([`timestamp`]); what key moves carried over, kept for changes applied
+//! again after a crash ([`carried`]); and the sink that prepares, batches by
+//! partition and sends the statements, manages the schema when asked, and
+//! stores its checkpoint in a small table ([`sink`]).
 //!
 //! Invariants: a change to a row is written to every target table; a change
 //! of a target's key deletes the row under the old key before writing the
 //! new one (or, when unchanged TOAST values must be carried over from the
-//! old row, reads it, writes the new row, then deletes the old one); unchanged TOAST values are never written (so never overwrite);
+//! old row, reads it, records what it carries until the checkpoint passes
+//! the change ([`carried`]), writes the new row, then deletes the old one);
+//! unchanged TOAST values are never written (so never overwrite);
 //! the checkpoint row is written only after the batch it covers. With write
 //! timestamps (the default) every statement carries `USING TIMESTAMP` from
 //! [`timestamp::WriteClock`], so the last change to a row wins whatever
@@ -20,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod carried;
 pub mod config;
 pub mod encode;
 pub mod error;

@@ -7,7 +7,9 @@
 //! requests of a wave concurrently (up to `concurrency`), waves and
 //! truncates in order — then, when handed over, the checkpoint row. Key
 //! moves that carry unchanged TOAST values over read the old rows in their
-//! place in that order ([`crate::encode::CarriedMove`]).
+//! place in that order ([`crate::encode::CarriedMove`]) and record what they
+//! carry in the carry log before writing ([`crate::carried`]); the entries
+//! go once the checkpoint row passes them.
 //!
 //! Cassandra has no transactions across partitions: the data and the
 //! checkpoint are written one after the other, data first, so the stored
@@ -34,6 +36,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlValue;
 
+use crate::carried::{self, CarriedCells, CarryLog};
 use crate::config::ScyllaSinkConfig;
 use crate::encode::{plan_requests, Bound, CarriedMove, CqlEncoder, Phase, Request, TableOptions};
 use crate::error::ScyllaSinkError;
@@ -56,6 +59,10 @@ pub struct ScyllaSink {
     stored_checkpoint: Mutex<Option<Lsn>>,
     /// `INSERT` of the checkpoint row, prepared like the data statements.
     checkpoint_insert: Arc<str>,
+    /// The carry log's entries above the checkpoint; `None` until loaded.
+    carry_log: Mutex<Option<CarryLog>>,
+    /// The carry log's table, `ks.table`.
+    carried_table: String,
     /// Statements and column types `verify` reads tables back with.
     pub(crate) read_targets: crate::readback::ReadTargets,
 }
@@ -86,7 +93,10 @@ impl ScyllaSink {
             config.keyspace, config.checkpoint_table
         )
         .into();
+        let carried_table = format!("{}.{}", config.keyspace, carried::carried_table(&config.checkpoint_table));
         ScyllaSink {
+            carry_log: Mutex::new(None),
+            carried_table,
             config,
             session: tokio::sync::Mutex::new(None),
             state: Mutex::new(EncodeState { encoder, clock: None }),
@@ -194,11 +204,49 @@ impl ScyllaSink {
             })
             .transpose()?;
         *self.stored_checkpoint.lock().unwrap_or_else(|p| p.into_inner()) = lsn;
+        if self.lock_carry_log().is_none() {
+            let log = self.load_carry_log(&session).await?;
+            self.lock_carry_log().get_or_insert(log);
+        }
         let mut state = self.lock_state();
         if state.clock.is_none() {
             state.clock = Some(WriteClock::starting_after(reserved.unwrap_or(0)));
         }
         Ok(lsn)
+    }
+
+    fn lock_carry_log(&self) -> std::sync::MutexGuard<'_, Option<CarryLog>> {
+        self.carry_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The sink's carry log entries (none when the table does not exist yet).
+    async fn load_carry_log(&self, session: &Session) -> Result<CarryLog, ScyllaSinkError> {
+        let cql = format!("SELECT commit_lsn, ordinal, target, carried FROM {} WHERE sink = ?", self.carried_table);
+        let failed = |reason: String| ScyllaSinkError::Carried { table: self.carried_table.clone(), reason };
+        // Entries live only between a move and the next checkpoint: few.
+        let result = match session.query_unpaged(cql.as_str(), (self.config.name.as_str(),)).await {
+            Ok(result) => result,
+            Err(source) => {
+                let err = ScyllaSinkError::Execute { what: cql.clone(), source: Box::new(source) };
+                // No carry log table yet: no key move recorded so far.
+                if err.is_invalid_request() {
+                    return Ok(CarryLog::default());
+                }
+                return Err(err);
+            }
+        };
+        type Entry = (i64, i64, String, Option<HashMap<String, Vec<u8>>>);
+        let rows = result.into_rows_result().map_err(|err| failed(err.to_string()))?;
+        let mut log = CarryLog::default();
+        for row in rows.rows::<Entry>().map_err(|err| failed(err.to_string()))? {
+            let (commit_lsn, ordinal, target, cells) = row.map_err(|err| failed(err.to_string()))?;
+            let version = pgfanout_core::Version {
+                commit_lsn: Lsn(u64::try_from(commit_lsn).map_err(|_| failed(format!("commit_lsn {commit_lsn}")))?),
+                ordinal: u32::try_from(ordinal).map_err(|_| failed(format!("ordinal {ordinal}")))?,
+            };
+            log.insert(carried::CarryKey { version, target }, cells.unwrap_or_default().into_iter().collect());
+        }
+        Ok(log)
     }
 
     async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), ScyllaSinkError> {
@@ -254,23 +302,122 @@ impl ScyllaSink {
             if let Some(clock) = self.lock_state().clock.as_mut() {
                 clock.forget_before(checkpoint);
             }
+            self.forget_carried(&session, checkpoint).await?;
         }
         Ok(())
     }
 
-    /// Applies key moves that carry values over: reads every old and new row,
-    /// writes the new rows with what only the old ones hold, then deletes the
-    /// old rows (so a crash never leaves a value in neither).
+    /// Deletes the carry log entries of the transactions the stored
+    /// checkpoint `end_lsn` covers: they will not be applied again.
+    async fn forget_carried(&self, session: &Session, end_lsn: Lsn) -> Result<(), ScyllaSinkError> {
+        if !self.lock_carry_log().as_ref().is_some_and(|log| log.holds_before(end_lsn)) {
+            return Ok(());
+        }
+        let cql = format!("DELETE FROM {} WHERE sink = ? AND commit_lsn < ?", self.carried_table);
+        let values = (self.config.name.as_str(), carried::as_bigint(end_lsn.0));
+        session
+            .query_unpaged(cql.as_str(), values)
+            .await
+            .map_err(|source| ScyllaSinkError::Execute { what: cql.clone(), source: Box::new(source) })?;
+        if let Some(log) = self.lock_carry_log().as_mut() {
+            log.forget_before(end_lsn);
+        }
+        Ok(())
+    }
+
+    /// Applies key moves that carry values over: finds what each carries
+    /// (recorded by an earlier attempt, else read from the old and new rows
+    /// and recorded now), writes the new rows with it, then deletes the old
+    /// rows (so a crash never leaves a value in neither).
     async fn apply_carried(&self, session: &Session, moves: Vec<CarriedMove>) -> Result<(), ScyllaSinkError> {
         // Futures gathered first: a stream over a closure that borrows does
         // not satisfy the `Send` bound of the trait's future.
-        let reads: Vec<_> = moves.iter().map(|carry| self.read_carried(session, carry)).collect();
-        let carried: Vec<_> = stream::iter(reads).buffered(self.config.concurrency).try_collect().await?;
+        let finds: Vec<_> = moves.iter().map(|carry| self.find_carried(session, carry)).collect();
+        let carried: Vec<_> = stream::iter(finds).buffered(self.config.concurrency).try_collect().await?;
         let writes: Vec<_> =
             moves.iter().zip(carried).map(|(carry, values)| self.write_carried(session, carry, values)).collect();
         stream::iter(writes).buffer_unordered(self.config.concurrency).try_collect::<()>().await?;
         let deletes: Vec<_> = moves.into_iter().map(|carry| self.send(session, vec![carry.delete])).collect();
         stream::iter(deletes).buffer_unordered(self.config.concurrency).try_collect::<()>().await
+    }
+
+    /// What `carry` writes besides its upsert: its carry log entry's values
+    /// when an earlier attempt recorded one; else those [`read_carried`]
+    /// finds, recorded before anything of the move is written.
+    ///
+    /// [`read_carried`]: Self::read_carried
+    async fn find_carried(
+        &self,
+        session: &Session,
+        carry: &CarriedMove,
+    ) -> Result<Vec<(String, CqlValue)>, ScyllaSinkError> {
+        let select = self.prepare(session, &carry.select).await?;
+        let failed = |reason: String| ScyllaSinkError::Carried { table: carry.key.target.clone(), reason };
+        // The select's columns are the carried ones, in order: their types.
+        let column_type = |specs: &scylla::response::query_result::ColumnSpecs<'_, '_>, name: &String| {
+            let index = carry.columns.iter().position(|column| column == name);
+            let spec = index.and_then(|i| specs.get_by_index(i));
+            spec.map(|spec| spec.typ().clone().into_owned()).ok_or_else(|| failed(format!("no column {name}")))
+        };
+        let recorded = self.lock_carry_log().as_ref().and_then(|log| log.get(&carry.key).cloned());
+        if let Some(cells) = recorded {
+            let specs = select.get_current_result_set_col_specs();
+            return cells
+                .iter()
+                .map(|(name, bytes)| {
+                    let typ = column_type(&specs.get(), name)?;
+                    let value = carried::cell_value(bytes, &typ).map_err(|err| failed(format!("{name}: {err}")))?;
+                    Ok((name.clone(), value))
+                })
+                .collect();
+        }
+        let values = self.read_carried(session, &select, carry).await?;
+        let cells: CarriedCells = {
+            let specs = select.get_current_result_set_col_specs();
+            values
+                .iter()
+                .map(|(name, value)| {
+                    let typ = column_type(&specs.get(), name)?;
+                    let bytes = carried::cell_bytes(value, &typ).map_err(|err| failed(format!("{name}: {err}")))?;
+                    Ok((name.clone(), bytes))
+                })
+                .collect::<Result<_, ScyllaSinkError>>()?
+        };
+        self.record_carried(session, carry, &cells).await?;
+        if let Some(log) = self.lock_carry_log().as_mut() {
+            log.insert(carry.key.clone(), cells);
+        }
+        Ok(values)
+    }
+
+    /// Stores `carry`'s carry log entry.
+    async fn record_carried(
+        &self,
+        session: &Session,
+        carry: &CarriedMove,
+        cells: &CarriedCells,
+    ) -> Result<(), ScyllaSinkError> {
+        self.ensure_carried_table(session).await?;
+        let cql: Arc<str> = format!(
+            "INSERT INTO {} (sink, commit_lsn, ordinal, target, carried) VALUES (?, ?, ?, ?, ?)",
+            self.carried_table
+        )
+        .into();
+        let insert = self.prepare(session, &cql).await?;
+        let cells: HashMap<&str, &[u8]> = cells.iter().map(|(name, bytes)| (name.as_str(), bytes.as_slice())).collect();
+        let version = carry.key.version;
+        let values = (
+            self.config.name.as_str(),
+            carried::as_bigint(version.commit_lsn.0),
+            i64::from(version.ordinal),
+            carry.key.target.as_str(),
+            cells,
+        );
+        session
+            .execute_unpaged(&insert, values)
+            .await
+            .map_err(|source| ScyllaSinkError::Execute { what: format!("statement {cql}"), source: Box::new(source) })
+            .map(drop)
     }
 
     /// The columns `carry` takes from its old row: those the old row holds
@@ -279,11 +426,11 @@ impl ScyllaSink {
     async fn read_carried(
         &self,
         session: &Session,
+        select: &PreparedStatement,
         carry: &CarriedMove,
     ) -> Result<Vec<(String, CqlValue)>, ScyllaSinkError> {
-        let select = self.prepare(session, &carry.select).await?;
-        let old = self.read_row(session, &select, &carry.select, &carry.old_key).await?;
-        let new = self.read_row(session, &select, &carry.select, &carry.new_key).await?;
+        let old = self.read_row(session, select, &carry.select, &carry.old_key).await?;
+        let new = self.read_row(session, select, &carry.select, &carry.new_key).await?;
         let held = |i: usize| new.as_ref().and_then(|row| row.get(i).cloned().flatten()).is_some();
         Ok(carry
             .columns
@@ -393,6 +540,17 @@ impl ScyllaSink {
             "CREATE TABLE IF NOT EXISTS {} (sink text, lsn text, reserved_timestamp bigint, PRIMARY KEY (sink))",
             self.checkpoint_table()
         );
+        let mut schema = self.schema.lock().await;
+        if !schema.done.contains(&cql) {
+            self.ensure_keyspace(session, &mut schema).await?;
+            self.ddl(session, &cql).await?;
+            schema.done.insert(cql);
+        }
+        Ok(())
+    }
+
+    async fn ensure_carried_table(&self, session: &Session) -> Result<(), ScyllaSinkError> {
+        let cql = carried::create_cql(&self.carried_table);
         let mut schema = self.schema.lock().await;
         if !schema.done.contains(&cql) {
             self.ensure_keyspace(session, &mut schema).await?;
