@@ -301,7 +301,8 @@ pub enum ScriptArg<'a> {
     Owned(String),
     /// An opcode or a fixed word.
     Static(&'static str),
-    /// Several strings packed into one argument (see [`pack_strings`]).
+    /// MessagePack values packed into one argument: a hash row's record (see
+    /// `write_row`) or strings ([`pack_strings`]).
     Packed(Vec<u8>),
 }
 
