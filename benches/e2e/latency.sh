@@ -14,7 +14,11 @@
 # PIPELINE_OPTIONS (extra [pipeline] lines, e.g. 'max_batch_delay_ms = 20'),
 # PGFANOUT_BIN [release build of this checkout].
 #
-# Prints what pgbench achieved (transactions, rate, its own commit latency) and
+# Prints what pgbench achieved (transactions, rate, its own commit latency),
+# the CPU seconds of redis-server and pgfanout, how batches formed (batches,
+# changes per batch, the worker's apply time per batch, script calls and the
+# server's wall time per call: script_busy near 1 means redis-server spent the
+# whole run inside the script, the bound) and
 #   sink=redis transactions=T rows=R lag_p50_ms=… lag_p90_ms=… lag_p99_ms=… peak_rss_kb=…
 set -euo pipefail
 # shellcheck source=benches/e2e/lib.sh
@@ -71,8 +75,14 @@ SQL
 # CPU seconds of the Redis server (INFO cpu) and of pgfanout (/proc) so far.
 store_cpu() { redis-cli -u "$REDIS_URL" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ { s += $2 } END { printf "%.2f", s }'; }
 own_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PGFANOUT_PID/stat"; }
+# Script calls (EVALSHA) and the server time they took so far: calls per
+# second and the server's cost per call show how batches formed.
+script_stats() { redis-cli -u "$REDIS_URL" INFO commandstats | tr -d '\r' | awk -F'[=,:]' '/^cmdstat_evalsha:/ { printf "%d %d", $3, $5 }'; }
+# Sum and count of a sink histogram (pgfanout_sink_batch_size, pgfanout_sink_apply_seconds).
+histogram_totals() { metrics | awk -v name="$1" '$1 ~ "^" name "_(sum|count)" { printf "%s ", $2 }'; }
 STORE_CPU_BEFORE=$(store_cpu)
 OWN_CPU_BEFORE=$(own_cpu)
+read -r CALLS_BEFORE CALL_USEC_BEFORE <<<"$(script_stats)"
 PGOPTIONS="-c synchronous_commit=on" "$PGFANOUT_TEST_PG_BIN/pgbench" -n -h "$PGFANOUT_TEST_PG_SOCKET_DIR" \
     -p "$PGFANOUT_TEST_PG_PORT" -U postgres -c "$CLIENTS" -j "$CLIENTS" -R "$RATE" -T "$DURATION" \
     -f "$WORK/insert.sql" bench_latency >"$WORK/pgbench.out" 2>&1
@@ -91,6 +101,14 @@ done
 peak=$(awk '/VmHWM/ { print $2 }' "/proc/$PGFANOUT_PID/status")
 awk -v store="$(store_cpu)" -v store0="$STORE_CPU_BEFORE" -v own="$(own_cpu)" -v own0="$OWN_CPU_BEFORE" \
     'BEGIN { printf "redis_server_cpu_seconds=%.2f pgfanout_cpu_seconds=%.2f\n", store - store0, own - own0 }'
+read -r CALLS CALL_USEC <<<"$(script_stats)"
+read -r BATCH_CHANGES BATCHES <<<"$(histogram_totals pgfanout_sink_batch_size)"
+read -r APPLY_SECONDS _ <<<"$(histogram_totals pgfanout_sink_apply_seconds)"
+awk -v calls=$((CALLS - CALLS_BEFORE)) -v usec=$((CALL_USEC - CALL_USEC_BEFORE)) -v batches="$BATCHES" \
+    -v changes="$BATCH_CHANGES" -v apply="$APPLY_SECONDS" -v duration="$DURATION" 'BEGIN {
+    printf "batches=%d changes_per_batch=%.1f apply_ms_per_batch=%.2f script_calls=%d server_us_per_call=%.0f script_busy=%.2f\n",
+        batches, changes / batches, apply * 1000 / batches, calls, usec / calls, usec / 1e6 / duration
+}'
 metrics | awk -v rows="$rows" -v peak="$peak" '
     /^pgfanout_source_lag_seconds_bucket\{.*sink="cache"/ {
         match($0, /le="[^"]*"/)

@@ -301,7 +301,8 @@ pub enum ScriptArg<'a> {
     Owned(String),
     /// An opcode or a fixed word.
     Static(&'static str),
-    /// Several strings packed into one argument (see [`pack_strings`]).
+    /// MessagePack values packed into one argument: a hash row's record (see
+    /// `write_row`) or strings ([`pack_strings`]).
     Packed(Vec<u8>),
 }
 
@@ -400,7 +401,14 @@ impl<'a> ScriptCall<'a> {
     /// Adds `key` to `KEYS` (once: a key the call already names is not
     /// copied again) and its index to the records.
     fn key(&mut self, key: &str) {
-        let index = match self.key_positions.get(key) {
+        let index = self.key_position(key);
+        self.number(index as u64);
+    }
+
+    /// The position of `key` in `KEYS` (from 1), added if the call does not
+    /// name it yet.
+    fn key_position(&mut self, key: &str) -> usize {
+        match self.key_positions.get(key) {
             Some(&index) => index,
             None => {
                 self.bytes += key.len();
@@ -408,8 +416,7 @@ impl<'a> ScriptCall<'a> {
                 self.key_positions.insert(key.to_owned(), self.keys.len());
                 self.keys.len()
             }
-        };
-        self.number(index as u64);
+        }
     }
 
     fn optional_key(&mut self, key: Option<&str>) {
@@ -760,33 +767,47 @@ fn write_row<'a>(
     };
     let version = version.to_sortable_string();
     let columns = || table.columns.iter().map(|column| column.name.as_str()).zip(row);
-    call.word(match resolved.format {
-        RowFormat::Hash => "H",
-        RowFormat::Json => "J",
-    });
-    call.key(key);
-    call.optional_key(tombstone.as_deref());
-    call.optional_key(resolved.index_set.as_deref());
     match resolved.format {
         RowFormat::Hash => {
-            // Fields to write (present values, the version last), packed
-            // into one argument, then, for an update, fields to remove
-            // (NULLs); unchanged TOAST columns are in neither.
-            let present = columns().filter_map(|(field, value)| Some((field.as_bytes(), value.as_bytes()?)));
-            let guard = resolved.version_field.as_ref().map(|field| (field.as_bytes(), version.as_bytes()));
-            let fields = pack_strings(present.chain(guard).flat_map(|(field, value)| [field, value]));
-            call.text(version);
-            call.word(if replace { "r" } else { "p" });
-            call.number(resolved.ttl_secs.unwrap_or(0));
-            call.packed(fields);
+            // One argument holds the whole record but the fields to remove:
+            // key positions, mode, TTL and counts as MessagePack integers
+            // (numbers to the script, never parsed from text), the version,
+            // then the fields to write (present values, the version last).
+            // For an update, the fields to remove (NULLs) follow as
+            // arguments of their own; unchanged TOAST columns are in neither.
             // A replaced row has no stale fields to remove.
             let nulls = columns().filter(|(_, value)| !replace && matches!(value, ColumnValue::Null));
-            call.number(nulls.clone().count() as u64);
+            let value_bytes: usize = row.iter().filter_map(ColumnValue::as_bytes).map(<[u8]>::len).sum();
+            let mut record = Vec::with_capacity(64 + value_bytes + 24 * row.len());
+            let mut position = |key: Option<&str>| key.map_or(0, |key| call.key_position(key) as u64);
+            for number in [
+                position(Some(key)),
+                position(tombstone.as_deref()),
+                position(resolved.index_set.as_deref()),
+                u64::from(replace),
+                resolved.ttl_secs.unwrap_or(0),
+                nulls.clone().count() as u64,
+            ] {
+                pack_uint(&mut record, number);
+            }
+            pack_string(&mut record, version.as_bytes());
+            let present = columns().filter_map(|(field, value)| Some((field.as_bytes(), value.as_bytes()?)));
+            let guard = resolved.version_field.as_ref().map(|field| (field.as_bytes(), version.as_bytes()));
+            for (field, value) in present.chain(guard) {
+                pack_string(&mut record, field);
+                pack_string(&mut record, value);
+            }
+            call.word("H");
+            call.packed(record);
             for (field, _) in nulls {
                 call.bytes(field.as_bytes());
             }
         }
         RowFormat::Json => {
+            call.word("J");
+            call.key(key);
+            call.optional_key(tombstone.as_deref());
+            call.optional_key(resolved.index_set.as_deref());
             let json = row_document(table, row, resolved.version_field.as_deref().map(|f| (f, &version[..])));
             call.text(version);
             call.number(resolved.ttl_secs.unwrap_or(0));
@@ -808,24 +829,50 @@ fn write_row<'a>(
 pub fn pack_strings<'s>(strings: impl Iterator<Item = &'s [u8]> + Clone) -> Vec<u8> {
     let mut packed = Vec::with_capacity(strings.clone().map(|text| text.len() + 5).sum());
     for text in strings {
-        let len = text.len();
-        match u8::try_from(len) {
-            Ok(short) if short < 32 => packed.push(0xa0 | short),
-            Ok(short) => packed.extend_from_slice(&[0xd9, short]),
-            Err(_) => match u16::try_from(len) {
-                Ok(medium) => {
-                    packed.push(0xda);
-                    packed.extend_from_slice(&medium.to_be_bytes());
-                }
-                Err(_) => {
-                    packed.push(0xdb);
-                    packed.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-                }
-            },
-        }
-        packed.extend_from_slice(text);
+        pack_string(&mut packed, text);
     }
     packed
+}
+
+/// Appends `text` as a MessagePack string (see [`pack_strings`]).
+fn pack_string(packed: &mut Vec<u8>, text: &[u8]) {
+    let len = text.len();
+    match u8::try_from(len) {
+        Ok(short) if short < 32 => packed.push(0xa0 | short),
+        Ok(short) => packed.extend_from_slice(&[0xd9, short]),
+        Err(_) => match u16::try_from(len) {
+            Ok(medium) => {
+                packed.push(0xda);
+                packed.extend_from_slice(&medium.to_be_bytes());
+            }
+            Err(_) => {
+                packed.push(0xdb);
+                packed.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+            }
+        },
+    }
+    packed.extend_from_slice(text);
+}
+
+/// Appends `number` as a MessagePack unsigned integer, in the shortest
+/// format: cmsgpack hands it to the script as a Lua number.
+fn pack_uint(packed: &mut Vec<u8>, number: u64) {
+    match number {
+        0..=0x7f => packed.push(number as u8),
+        0x80..=0xff => packed.extend_from_slice(&[0xcc, number as u8]),
+        0x100..=0xffff => {
+            packed.push(0xcd);
+            packed.extend_from_slice(&(number as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            packed.push(0xce);
+            packed.extend_from_slice(&(number as u32).to_be_bytes());
+        }
+        _ => {
+            packed.push(0xcf);
+            packed.extend_from_slice(&number.to_be_bytes());
+        }
+    }
 }
 
 /// A table's [`TableOptions`] resolved against one shape of the table.
@@ -993,7 +1040,8 @@ mod tests {
             .collect()
     }
 
-    /// Reads back what [`pack_strings`] wrote (MessagePack str formats).
+    /// Reads back what [`pack_strings`], [`pack_string`] and [`pack_uint`]
+    /// wrote (MessagePack str and uint formats), integers as text.
     fn unpack_strings(mut packed: &[u8]) -> Vec<Vec<u8>> {
         let mut strings = Vec::new();
         while let Some((&marker, rest)) = packed.split_first() {
@@ -1002,7 +1050,25 @@ mod tests {
                 0xd9 => (usize::from(rest[0]), &rest[1..]),
                 0xda => (usize::from(u16::from_be_bytes([rest[0], rest[1]])), &rest[2..]),
                 0xdb => (u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize, &rest[4..]),
-                other => panic!("not a MessagePack string marker: {other:#x}"),
+                // Integers (pack_uint) read back as their decimal text.
+                0x00..=0x7f | 0xcc..=0xcf => {
+                    let width = match marker {
+                        0xcc => 1,
+                        0xcd => 2,
+                        0xce => 4,
+                        0xcf => 8,
+                        _ => 0,
+                    };
+                    let number = if width == 0 {
+                        u64::from(marker)
+                    } else {
+                        rest[..width].iter().fold(0u64, |number, &byte| number << 8 | u64::from(byte))
+                    };
+                    strings.push(number.to_string().into_bytes());
+                    packed = &rest[width..];
+                    continue;
+                }
+                other => panic!("not a MessagePack string or unsigned integer marker: {other:#x}"),
             };
             strings.push(rest[..len].to_vec());
             packed = &rest[len..];
@@ -1020,6 +1086,24 @@ mod tests {
         assert_eq!(packed.len(), lengths.iter().sum::<usize>() + headers.iter().sum::<usize>());
         assert_eq!(pack_strings([&b"ab"[..]].into_iter()), b"\xa2ab");
         assert_eq!(pack_strings([&[b'x'; 32][..]].into_iter())[..2], [0xd9, 32]);
+    }
+
+    #[test]
+    fn packed_integers_take_the_shortest_format_for_their_value() {
+        let packed = |number: u64| {
+            let mut out = Vec::new();
+            pack_uint(&mut out, number);
+            out
+        };
+        assert_eq!(packed(0), [0x00]);
+        assert_eq!(packed(127), [0x7f]);
+        assert_eq!(packed(128), [0xcc, 0x80]);
+        assert_eq!(packed(256), [0xcd, 0x01, 0x00]);
+        assert_eq!(packed(65_536), [0xce, 0x00, 0x01, 0x00, 0x00]);
+        assert_eq!(packed(1 << 32), [0xcf, 0, 0, 0, 1, 0, 0, 0, 0]);
+        for number in [0, 127, 128, 255, 256, 65_535, 65_536, u32::MAX as u64, 1 << 32] {
+            assert_eq!(unpack_strings(&packed(number)), [number.to_string().into_bytes()]);
+        }
     }
 
     fn version(end: u64, ordinal: u32) -> String {
@@ -1040,13 +1124,14 @@ mod tests {
         let call = only_call(&steps);
         assert_eq!(call.keys(), ["cp", "reservations:7", "idx:public.reservations"]);
         let (v0, v1, v2) = (version(0x100, 0), version(0x100, 1), version(0x100, 2));
-        // Guard field, checkpoint; then per record: opcode, key indices
-        // (row, tombstone, index set), version, mode, TTL, fields packed
-        // into one argument (the version's own last), fields to remove.
+        // Guard field, checkpoint; then per record: opcode, then for a hash
+        // row one packed argument (key positions: row, tombstone, index
+        // set; replace or patch, TTL, count of fields to remove, version,
+        // fields with the version's own last) and the fields to remove.
         let expected = [
             "_v 0/100".to_owned(),
-            format!("H 2 0 3 {v0} r 0 [id 7 status new _v {v0}] 0"),
-            format!("H 2 0 3 {v1} p 0 [id 7 _v {v1}] 1 status"),
+            format!("H [2 0 3 1 0 0 {v0} id 7 status new _v {v0}]"),
+            format!("H [2 0 3 0 0 1 {v1} id 7 _v {v1}] status"),
             format!("D h 2 0 3 {v2} 0"),
         ]
         .join(" ");
@@ -1246,7 +1331,8 @@ mod tests {
         let call = only_call(&steps);
         assert_eq!(call.keys(), ["cp", "r:7", "idx:public.reservations", "events"]);
         let args = texts(call);
-        assert_eq!(args[8], "60", "a written row gets its TTL");
+        // The packed record: key positions, replace, then the TTL.
+        assert!(args[3].starts_with("[2 0 3 1 60 0 "), "a written row gets its TTL: {}", args[3]);
         let events: Vec<usize> = args.iter().enumerate().filter(|(_, a)| *a == "X").map(|(i, _)| i).collect();
         assert_eq!(events.len(), 2, "one event per change: {args:?}");
         let field = |event: usize, name: &str| {

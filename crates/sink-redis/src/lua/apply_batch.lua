@@ -7,13 +7,17 @@
 -- ARGV[3..]: records, each an opcode then its arguments; a key argument is
 -- an index into KEYS, 0 meaning "none". Versions are fixed-width strings
 -- whose byte order is the stream order, so `<` compares them.
---   H key tomb index version mode ttl fields nunset field*
---       hash row write; mode 'r' replaces the row, 'p' patches it; fields
---       is one argument: field name, value, field name, value, ... as
---       MessagePack strings (the version field last when guarded), which
---       cmsgpack unpacks straight into HSET's arguments: one argument per
---       row instead of two per column, and a Redis server spends much of a
---       call's time taking its arguments in
+--   H record field*
+--       hash row write; record is one argument, MessagePack values one
+--       after the other: key, tomb, index (positions in KEYS, 0 = none),
+--       replace (1 replaces the row, 0 patches it), ttl, nunset (integers),
+--       version, then field name, value, field name, value, ... (strings;
+--       the version field last when guarded); the nunset fields to remove
+--       follow as arguments. cmsgpack unpacks the record straight into
+--       write_hash's parameters and the fields into HSET's arguments: two
+--       arguments per row instead of two per column and one per scalar
+--       (a Redis server spends much of a call's time taking its arguments
+--       in), and no number parsed from text
 --   J key tomb index version ttl json ntoast column*
 --       JSON row write; columns listed keep their stored value (TOAST)
 --   M format old new oldtomb index version tombttl
@@ -114,6 +118,24 @@ local function add_to_index(index, key)
   waiting[waiting_count] = key
 end
 
+-- The H record whose fields to remove start at ARGV[unset_from], its
+-- MessagePack values unpacked into the parameters (KEYS[0] is nil: no
+-- tombstone, no index set); returns where the next record starts.
+local function write_hash(unset_from, key_position, tomb_position, index_position, replace, ttl, unset_count, version, ...)
+  local key, tomb, index = KEYS[key_position], KEYS[tomb_position], KEYS[index_position]
+  local next_record = unset_from + unset_count
+  if count(may_write(key, tomb, 'h', version)) then
+    if replace == 1 then redis.call('DEL', key) end
+    local first_field = ...
+    if first_field then redis.call('HSET', key, ...) end
+    if unset_count > 0 then redis.call('HDEL', key, unpack(ARGV, unset_from, next_record - 1)) end
+    if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    if index then add_to_index(index, key) end
+    if tomb then redis.call('DEL', tomb) end
+  end
+  return next_record
+end
+
 -- Applies the records in order; returns an error reply, or nothing.
 -- Records are read in place: field lists go to Redis as ranges of ARGV
 -- (unpack) or straight out of cmsgpack, never copied into Lua tables.
@@ -124,19 +146,7 @@ local function apply_records()
     local op = ARGV[p]
     if waiting_count > 0 and op ~= 'H' and op ~= 'J' then add_waiting_to_index() end
     if op == 'H' then
-      local key, tomb, index = key_at(p + 1), key_at(p + 2), key_at(p + 3)
-      local version, mode, ttl, fields = ARGV[p + 4], ARGV[p + 5], count_at(p + 6), ARGV[p + 7]
-      local unset_count = count_at(p + 8)
-      local unset_from = p + 9
-      p = unset_from + unset_count
-      if count(may_write(key, tomb, 'h', version)) then
-        if mode == 'r' then redis.call('DEL', key) end
-        if fields ~= '' then redis.call('HSET', key, cmsgpack.unpack(fields)) end
-        if unset_count > 0 then redis.call('HDEL', key, unpack(ARGV, unset_from, p - 1)) end
-        if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-        if index then add_to_index(index, key) end
-        if tomb then redis.call('DEL', tomb) end
-      end
+      p = write_hash(p + 2, cmsgpack.unpack(ARGV[p + 1]))
     elseif op == 'J' then
       local key, tomb, index = key_at(p + 1), key_at(p + 2), key_at(p + 3)
       local version, ttl, json = ARGV[p + 4], count_at(p + 5), ARGV[p + 6]
