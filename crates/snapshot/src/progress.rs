@@ -5,9 +5,9 @@
 //! persisted after every chunk the sink acknowledged:
 //!
 //! ```text
-//!  (absent) ──first chunk applied──► Copying { after } ──last chunk──► Done
-//!     │  ▲    ──first chunk applied──► CopyingBlocks { before } ─┘      │
-//!     │  └──────────── rebuild of the table (the entry is removed) ◄────┘
+//!  (absent) ──first chunk applied──► Copying { after } ──────────────last chunk──► Done
+//!     ▲     ──first chunk applied──► CopyingBlocks { before, file } ──last chunk──► Done
+//!     └───────────── rebuild of the table (the entry is removed) ◄───────────────────┘
 //! ```
 //!
 //! A table absent from the record has not been copied into the sink; one

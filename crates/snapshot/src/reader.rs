@@ -1,4 +1,6 @@
-//! The table reader: one chunk of a table at a time, in key order.
+//! The table reader: one chunk of a table at a time, in key order (or by
+//! heap block range, [`Rows::Blocks`], for a table with a
+//! [`crate::table::BlockLayout`]).
 //!
 //! Each chunk is one short `REPEATABLE READ` transaction:
 //!
