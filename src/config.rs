@@ -126,26 +126,27 @@ pub struct SnapshotConfig {
     /// gets the changes made from now on. Default: true.
     #[serde(default = "default_snapshot_enabled")]
     pub enabled: bool,
-    /// Tables copied at the same time, over all sinks; each holds one
-    /// PostgreSQL connection while it copies (two with `chunks_in_flight`
-    /// above 1; each counts against `max_wal_senders`). Default: 2.
+    /// Tables copied at the same time, over all sinks; each holds two
+    /// PostgreSQL connections while it copies (one reads the next chunk
+    /// while the other merges the last; each counts against
+    /// `max_wal_senders`). Default: 2.
     #[serde(default = "default_parallel_tables")]
     pub parallel_tables: usize,
     /// Rows per chunk (one short read transaction each; larger chunks
-    /// spread each chunk's two watermark round trips over more rows).
-    /// Default: 20000.
+    /// spread each chunk's two watermark round trips over more rows). A
+    /// plain table without TOASTed values is read by heap block range, in
+    /// chunks of about this many rows by its statistics. Default: 20000.
     #[serde(default = "default_chunk_rows")]
     pub chunk_rows: usize,
     /// Megabytes of values per chunk at most (the row crossing it ends the
-    /// chunk). Default: 8.
+    /// chunk; a chunk of heap blocks spans 8 MB of heap at most). Default: 8.
     #[serde(default = "default_chunk_mb")]
     pub chunk_mb: usize,
-    /// Chunks of a table read ahead while the oldest one's high watermark
-    /// travels through the replication stream (1: one chunk at a time);
-    /// above 1, one more is read over a second connection meanwhile. Each
-    /// holds up to a chunk of rows in memory. Pays off when the stream is
-    /// slow to bring watermarks back and the server has idle cores.
-    /// Default: 1.
+    /// Chunks of a table merged while the oldest one's high watermark
+    /// travels through the replication stream (1: one at a time; the next
+    /// chunk is read meanwhile all the same). Each holds up to a chunk of
+    /// rows in memory. Pays off when the stream is slow to bring watermarks
+    /// back. Default: 1.
     #[serde(default = "default_chunks_in_flight")]
     pub chunks_in_flight: usize,
 }

@@ -458,7 +458,13 @@ async fn barrier(
                 .context("pg_current_snapshot() returned no snapshot")?;
             merge.chunk_read(
                 ticket.id,
-                ReadChunk { schema: shape.clone(), rows: Vec::new(), visibility, committed_in_progress: Vec::new() },
+                ReadChunk {
+                    schema: shape.clone(),
+                    rows: Vec::new(),
+                    key_positions: Vec::new(),
+                    visibility,
+                    committed_in_progress: Vec::new(),
+                },
             );
             emit(connection, &ticket.high).await
         };

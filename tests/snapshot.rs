@@ -2,7 +2,9 @@
 //! holds ~200,000 rows (composite keys, TOAST, numeric, jsonb, arrays, a
 //! partitioned table) is copied into Redis while writes, updates and
 //! deletes go on, and Redis ends equal to PostgreSQL; a `kill -9` halfway
-//! resumes after the last chunk the sink stored. A leaner scenario copies
+//! resumes after the last chunk the sink stored; a table read by heap block
+//! range keeps the rows updates move between blocks, and resumes at the
+//! first block not stored. A leaner scenario copies
 //! into one sink of every kind (Redis, MongoDB, FalkorDB, Cassandra) under
 //! writes, updates, deletes and key moves, and each store ends equal.
 
@@ -23,7 +25,9 @@ const SCHEMA: &str = "
 ";
 
 /// Fills the tables: `items` rows of item (every 1000th with a TOASTed
-/// note), 60,000 lines and 20,000 events.
+/// note, so it is read in key order), 60,000 lines (read by block range)
+/// and 20,000 events (partitioned: key order); then their statistics, which
+/// size the chunks of blocks.
 async fn fill(db: &TestDatabase, items: i32) {
     db.client
         .batch_execute(&format!(
@@ -33,7 +37,8 @@ async fn fill(db: &TestDatabase, items: i32) {
                 ELSE 'n' || i END
              FROM generate_series(1, {items}) i;
              INSERT INTO line SELECT i / 4, i % 4, i FROM generate_series(1, 60000) i;
-             INSERT INTO event SELECT i, DATE '2021-01-01' + (i % 3000), 'k' || i FROM generate_series(1, 20000) i;"
+             INSERT INTO event SELECT i, DATE '2021-01-01' + (i % 3000), 'k' || i FROM generate_series(1, 20000) i;
+             ANALYZE;"
         ))
         .await
         .unwrap();
@@ -549,8 +554,12 @@ async fn a_column_added_during_the_snapshot_is_copied_from_then_on() {
     let db = create_database("snapshot_altered").await;
     db.client
         .batch_execute(
+            // A TOASTed value: the table is read in key order, whose
+            // progress names the last key stored.
             "CREATE TABLE item (id int PRIMARY KEY, note text);
-             INSERT INTO item SELECT i, 'n' || i FROM generate_series(1, 20000) i;",
+             ALTER TABLE item ALTER COLUMN note SET STORAGE EXTERNAL;
+             INSERT INTO item SELECT i, CASE WHEN i = 1 THEN repeat('long ', 1000) ELSE 'n' || i END
+                 FROM generate_series(1, 20000) i;",
         )
         .await
         .unwrap();
@@ -588,11 +597,12 @@ async fn a_column_added_during_the_snapshot_is_copied_from_then_on() {
     })
     .await;
     // Rows read before the ALTER committed have no `extra` anywhere (adding a
-    // column with a default writes no WAL for them); at most two chunks were in
-    // flight past the stored key. Every row read afterwards carries it.
+    // column with a default writes no WAL for them); at most four chunks were
+    // read past the stored key (one applied, one merged, one waiting, one
+    // being read). Every row read afterwards carries it.
     let hashes = redis_hashes(&mut redis, "item:").await;
     assert_eq!(hashes.len(), 20_000);
-    let later: Vec<_> = hashes.iter().filter(|(id, _)| id.parse::<i64>().unwrap() > at_alter + 1_000).collect();
+    let later: Vec<_> = hashes.iter().filter(|(id, _)| id.parse::<i64>().unwrap() > at_alter + 2_000).collect();
     assert!(later.len() > 4_000, "{} rows after the ALTER", later.len());
     let without: Vec<_> =
         later.iter().filter(|(_, fields)| fields.get("extra").map(String::as_str) != Some("x")).take(3).collect();
@@ -601,4 +611,94 @@ async fn a_column_added_during_the_snapshot_is_copied_from_then_on() {
         "rows copied after the ALTER lack the new column: {without:?}\n{}",
         pgfanout.log_text()
     );
+}
+
+/// A plain table without TOASTed values is read by heap block range: rows
+/// that updates move into blocks copied already (or not yet) end equal,
+/// and a `kill -9` halfway resumes at the first block the sink had not
+/// stored, reading no stored block again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_read_by_block_range_keeps_rows_updates_move_and_resumes_at_the_stored_block() {
+    let db = create_database("snapshot_blocks").await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE plain (id int PRIMARY KEY, qty int NOT NULL, label text NOT NULL) WITH (fillfactor = 100);
+             INSERT INTO plain SELECT i, i, 'l' || i FROM generate_series(1, 60000) i;
+             DELETE FROM plain WHERE id % 5 = 0 AND id <= 6000;",
+        )
+        .await
+        .unwrap();
+    // Free space in the first blocks (in the free space map), for rows that
+    // updates move there; statistics, for chunks of about chunk_rows rows.
+    db.client.batch_execute("VACUUM ANALYZE plain").await.unwrap();
+    let server = OwnRedisServer::start().await;
+    let mut redis = redis_connection(&server.url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = format!(
+        "{}\n[snapshot]\nparallel_tables = 1\nchunk_rows = 1000\n",
+        redis_config(&db, &server.url, &http, &[("public.plain", "plain:{id}")])
+    );
+    let progress_key = format!("pgfanout:checkpoint:{}:snapshot", db.name);
+    let stored_progress = |redis: redis::aio::MultiplexedConnection| {
+        let progress_key = progress_key.clone();
+        async move {
+            let mut redis = redis;
+            let stored: Option<String> = redis::cmd("GET").arg(&progress_key).query_async(&mut redis).await.unwrap();
+            stored
+                .map(|text| serde_json::from_str::<serde_json::Value>(&text).unwrap()["tables"]["public.plain"].clone())
+        }
+    };
+
+    // Updates that grow rows out of their full blocks: each moves its row
+    // to a block with room, among the first ones or at the end.
+    let mut first = Pgfanout::start("snapshot_blocks", &settings, &http);
+    let (stop, moves) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let mover = {
+        let (url, stop, moves) = (db.url.clone(), stop.clone(), moves.clone());
+        tokio::spawn(async move {
+            let client = connect(&url).await;
+            let mut id = 60_000;
+            while !stop.load(Ordering::Relaxed) {
+                id = (id * 7919 + 13) % 60_000 + 1;
+                client
+                    .batch_execute(&format!(
+                        "UPDATE plain SET qty = qty + 1, label = label || '-moved-by-an-update' WHERE id = {id}"
+                    ))
+                    .await
+                    .unwrap();
+                moves.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    wait_until("a few chunks of blocks to be stored", Duration::from_secs(60), || {
+        let read = stored_progress(redis.clone());
+        async move { read.await.is_some_and(|plain| plain["chunks"].as_u64() >= Some(5)) }
+    })
+    .await;
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    mover.await.unwrap();
+    assert!(moves.load(Ordering::Relaxed) > 20, "rows moved during the copy: {}", moves.load(Ordering::Relaxed));
+    let plain = stored_progress(redis.clone()).await.unwrap();
+    assert_eq!(plain["state"], "copying_blocks", "killed halfway: {plain}");
+    let before = plain["before"].as_u64().unwrap();
+    let remaining: i64 = db
+        .client
+        .query_one(&format!("SELECT count(*) FROM plain WHERE ctid >= '({before},0)'::tid"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(remaining > 0 && remaining < 57_000, "rows after block {before}: {remaining}");
+
+    let second = Pgfanout::start("snapshot_blocks", &settings, &http);
+    wait_until("the snapshot to finish", Duration::from_secs(120), || async {
+        second.metric(&format!("pgfanout_snapshot_tables_remaining{{sink=\"{}\"}}", db.name)).await == Some(0.0)
+    })
+    .await;
+    wait_for_redis_match(&db, "plain", "id", &mut redis, "plain:", &second).await;
+    // The blocks the sink had stored were not read again.
+    let copied =
+        second.metric(&format!("pgfanout_snapshot_rows_total{{sink=\"{}\",table=\"public.plain\"}}", db.name)).await;
+    assert_eq!(copied, Some(remaining as f64), "rows copied after the restart ({plain})");
 }

@@ -11,19 +11,22 @@
 #   SINKS=discard benches/e2e/snapshot_vs_copy.sh              # one target only (discard, redis)
 #   LOGS=/tmp/snap PGFANOUT_LOG=info,pgfanout_snapshot=debug benches/e2e/snapshot_vs_copy.sh
 #                                   # keep pgfanout's logs (per-chunk timings at debug) in LOGS
+#   PGFANOUT_BIN=/tmp/pgfanout-old benches/e2e/snapshot_vs_copy.sh   # that binary, no build
 #
 # Prints, per target, seconds from pgfanout's start to the last row applied
-# (connecting and creating the slot included):
-#   copy rows=N seconds=T rows_per_second=R
-#   snapshot sink=discard rows=N seconds=T rows_per_second=R of_copy=0.xx
-#   snapshot sink=redis rows=N seconds=T rows_per_second=R of_copy=0.xx
+# (connecting and creating the slot included), pgfanout's CPU time (user +
+# system) over that run and PostgreSQL's (all its processes, while each ran):
+#   copy rows=N seconds=T rows_per_second=R pg_cpu_seconds=P
+#   snapshot sink=discard rows=N seconds=T rows_per_second=R of_copy=0.xx cpu_seconds=C pg_cpu_seconds=P
+#   snapshot sink=redis rows=N seconds=T rows_per_second=R of_copy=0.xx cpu_seconds=C pg_cpu_seconds=P
 set -euo pipefail
 # shellcheck source=benches/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N=${N:-1000000}
 SINKS=${SINKS:-discard redis}
-if [[ ${PROFILE:-release} == release ]]; then
+PGFANOUT=${PGFANOUT_BIN:-$TARGET/${PROFILE:-release}/pgfanout}
+if [[ -z ${PGFANOUT_BIN:-} && ${PROFILE:-release} == release ]]; then
     (cd "$REPO_ROOT" && cargo build --release --quiet --bin pgfanout)
 fi
 
@@ -37,16 +40,37 @@ SQL
 bench_backlog bench_snapshot "$N" "$ORDERS_INSERT"
 "${PSQL[@]}" -d bench_snapshot -c "VACUUM ANALYZE orders" >/dev/null
 
+# pg_cpu_ticks: CPU ticks of the PostgreSQL server so far: the postmaster's
+# own and its exited children's (fields 14-17 of /proc/PID/stat), plus its
+# live children's.
+pg_cpu_ticks() {
+    local postmaster
+    postmaster=$(head -1 "$PGFANOUT_TEST_PG_DATA/postmaster.pid")
+    { echo "$postmaster" && pgrep -P "$postmaster"; } | while read -r pid; do
+        sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null || true
+    done | awk '{ sum += $12 + $13 + $14 + $15 } END { print sum }'
+}
+HZ=$(getconf CLK_TCK)
+# pg_children: how many processes the postmaster has now.
+pg_children() {
+    pgrep -c -P "$(head -1 "$PGFANOUT_TEST_PG_DATA/postmaster.pid")" || true
+}
+
+pg_start=$(pg_cpu_ticks)
+children=$(pg_children)
 start=$(date +%s.%N)
 "${PSQL[@]}" -d bench_snapshot -c "COPY (SELECT * FROM orders) TO STDOUT" >/dev/null
 end=$(date +%s.%N)
 copy_seconds=$(awk -v start="$start" -v end="$end" 'BEGIN { printf "%.3f", end - start }')
-awk -v n="$N" -v s="$copy_seconds" 'BEGIN { printf "copy rows=%d seconds=%.2f rows_per_second=%d\n", n, s, n / s }'
+# The COPY's backend counts once the postmaster has reaped it.
+for _ in $(seq 100); do ((children >= $(pg_children))) && break; sleep 0.02; done
+awk -v n="$N" -v s="$copy_seconds" -v pg="$(($(pg_cpu_ticks) - pg_start))" -v hz="$HZ" \
+    'BEGIN { printf "copy rows=%d seconds=%.2f rows_per_second=%d pg_cpu_seconds=%.2f\n", n, s, n / s, pg / hz }'
 
 # snapshot_run KIND SINK_LINES: a fresh slot, pgfanout with one sink, timed
 # until the snapshot counted N rows applied.
 snapshot_run() {
-    local kind=$1 sink_lines=$2 copied
+    local kind=$1 sink_lines=$2 copied cpu_ticks pg_start pg_ticks
     "${PSQL[@]}" -d bench_snapshot \
         -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'bench_snapshot'" \
         >/dev/null
@@ -58,8 +82,9 @@ snapshot_run() {
         printf '\n'
         printf '[[sink]]\nname = "bench"\n%s\n[[sink.table]]\nsource = "public.orders"\n' "$sink_lines"
     } >"$WORK/$kind.toml"
+    pg_start=$(pg_cpu_ticks)
     START=$(date +%s.%N)
-    "$TARGET/${PROFILE:-release}/pgfanout" --log-format json run --config "$WORK/$kind.toml" 2>"$WORK/$kind.log" &
+    "$PGFANOUT" --log-format json run --config "$WORK/$kind.toml" 2>"$WORK/$kind.log" &
     PGFANOUT_PID=$!
     while :; do
         copied=$({ curl -s "http://127.0.0.1:$HTTP_PORT/metrics" || true; } |
@@ -69,10 +94,14 @@ snapshot_run() {
         sleep 0.02
     done
     END=$(date +%s.%N)
+    # utime + stime, fields 14 and 15 of /proc/PID/stat (after the command's parenthesis).
+    cpu_ticks=$(sed 's/.*) //' "/proc/$PGFANOUT_PID/stat" | awk '{ print $12 + $13 }')
+    pg_ticks=$(($(pg_cpu_ticks) - pg_start))
     bench_stop
     if [[ -n ${LOGS:-} ]]; then mkdir -p "$LOGS" && cp "$WORK/$kind.log" "$LOGS/"; fi
     awk -v kind="$kind" -v n="$N" -v start="$START" -v end="$END" -v copy="$copy_seconds" \
-        'BEGIN { s = end - start; printf "snapshot sink=%s rows=%d seconds=%.2f rows_per_second=%d of_copy=%.2f\n", kind, n, s, n / s, copy / s }'
+        -v cpu="$cpu_ticks" -v pg="$pg_ticks" -v hz="$HZ" \
+        'BEGIN { s = end - start; printf "snapshot sink=%s rows=%d seconds=%.2f rows_per_second=%d of_copy=%.2f cpu_seconds=%.2f pg_cpu_seconds=%.2f\n", kind, n, s, n / s, copy / s, cpu / hz, pg / hz }'
 }
 
 for sink in $SINKS; do

@@ -1,8 +1,9 @@
 //! pgfanout's snapshot: copies the rows a table already holds into a sink
 //! while the live stream goes on.
 //!
-//! What it is: the chunked, key-ordered [`TableReader`] (also what `verify`
-//! reads PostgreSQL with), and the watermark merge that turns each chunk
+//! What it is: the chunked [`TableReader`] (key-ordered, also what `verify`
+//! reads PostgreSQL with; by heap block range for plain tables without
+//! TOASTed values, see [`table::BlockLayout`]), and the watermark merge that turns each chunk
 //! into changes a sink applies at a precise point of the stream. What it is
 //! not: it opens no replication stream and writes to no store itself; the
 //! binary wires it between the source and the sink workers.
@@ -11,8 +12,9 @@
 //! - a snapshot row has exactly the shape and text values a streamed insert
 //!   of the same row has ([`SnapshotTable`] mirrors pgoutput's Relation);
 //! - no transaction stays open on the primary between two chunks;
-//! - chunks of a table are read in strictly increasing key order, so a
-//!   snapshot resumes after the last chunk a sink durably applied.
+//! - chunks of a table are read in strictly increasing key (or block)
+//!   order, so a snapshot resumes after the last chunk a sink durably
+//!   applied.
 
 #![warn(missing_docs)]
 

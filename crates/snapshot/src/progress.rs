@@ -5,14 +5,16 @@
 //! persisted after every chunk the sink acknowledged:
 //!
 //! ```text
-//!  (absent) ──first chunk applied──► Copying { after } ──last chunk──► Done
-//!     ▲                                                                 │
-//!     └───────────── rebuild of the table (the entry is removed) ◄──────┘
+//!  (absent) ──first chunk applied──► Copying { after } ──────────────last chunk──► Done
+//!     ▲     ──first chunk applied──► CopyingBlocks { before, file } ──last chunk──► Done
+//!     └───────────── rebuild of the table (the entry is removed) ◄───────────────────┘
 //! ```
 //!
 //! A table absent from the record has not been copied into the sink; one
-//! in `Copying` resumes after `after`, so chunks the sink already holds are
-//! not read again. The stored form is JSON with a version number.
+//! in `Copying` resumes after `after`, one in `CopyingBlocks` at block
+//! `before` of the same file (or starts over, after a rewrite), so chunks
+//! the sink already holds are not read again. The stored form is JSON with
+//! a version number.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,19 @@ pub enum TableProgress {
     Copying {
         /// The last applied row's key, in key order.
         after: KeyText,
+        /// Chunks applied so far.
+        chunks: u64,
+        /// Rows written so far.
+        rows: u64,
+    },
+    /// Chunks of heap blocks before `before` are applied (a table read by
+    /// block range, see [`crate::table::BlockLayout`]).
+    CopyingBlocks {
+        /// The first block not applied yet.
+        before: u64,
+        /// The table's file when the copy began: after a rewrite the
+        /// copy starts over.
+        file: String,
         /// Chunks applied so far.
         chunks: u64,
         /// Rows written so far.
@@ -98,10 +113,15 @@ mod tests {
             TableProgress::Copying { after: vec!["7".into(), "x'y".into()], chunks: 2, rows: 9 },
         );
         progress.tables.insert("public.b".into(), TableProgress::Done { chunks: 1, rows: 3 });
+        progress.tables.insert(
+            "public.c".into(),
+            TableProgress::CopyingBlocks { before: 400, file: "16384".into(), chunks: 1, rows: 20_000 },
+        );
         let text = progress.to_stored();
         let read = SnapshotProgress::parse(&text).unwrap();
         assert_eq!(read.tables, progress.tables);
         assert!(read.is_done("public.b") && !read.is_done("public.a") && !read.is_done("public.c"));
+        assert!(!read.is_done("public.d"));
         let err = SnapshotProgress::parse(&text.replace("\"version\":1", "\"version\":9")).unwrap_err();
         assert!(err.to_string().contains("pgfanout rebuild"), "{err}");
         assert!(SnapshotProgress::parse("{").is_err());

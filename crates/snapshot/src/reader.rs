@@ -1,4 +1,6 @@
-//! The table reader: one chunk of a table at a time, in key order.
+//! The table reader: one chunk of a table at a time, in key order (or by
+//! heap block range, [`Rows::Blocks`], for a table with a
+//! [`crate::table::BlockLayout`]).
 //!
 //! Each chunk is one short `REPEATABLE READ` transaction:
 //!
@@ -27,6 +29,7 @@ use postgres_protocol::escape::escape_literal;
 
 use crate::error::SnapshotError;
 use crate::table::SnapshotTable;
+use crate::watermark::key_text;
 
 /// How large one chunk may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,15 @@ pub enum Rows<'a> {
     },
     /// The rows with these keys (those that still exist); never `more`.
     Keys(&'a [KeyText]),
+    /// The rows in heap blocks `from..to` (a table with a
+    /// [`crate::table::BlockLayout`]), in no particular order; `more` while
+    /// `to` is below the layout's end. Never cut short by the byte limit.
+    Blocks {
+        /// The first block read.
+        from: u64,
+        /// The block after the last one read.
+        to: u64,
+    },
 }
 
 /// Reads one table in chunks.
@@ -139,14 +151,7 @@ impl TableReader {
     /// The key of `row` as text, in key order; `None` if a key value is
     /// missing (NULL cannot be in a key, so only a malformed row).
     pub fn key_of(&self, row: &Row) -> Option<KeyText> {
-        self.table
-            .key_positions
-            .iter()
-            .map(|&position| match row.get(position)? {
-                ColumnValue::Text(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
-                _ => None,
-            })
-            .collect()
+        key_text(row, &self.table.key_positions)
     }
 
     /// A key as a row of typed SQL literals, `('…'::type1, '…'::type2)`.
@@ -158,6 +163,13 @@ impl TableReader {
             .collect::<Vec<_>>()
             .join(", ");
         format!("({literals})")
+    }
+
+    /// The read of the chunk of blocks starting at block `from`; `None` for
+    /// a table without a block layout.
+    pub fn blocks_from(&self, from: u64) -> Option<Rows<'static>> {
+        let layout = self.table.blocks.as_ref()?;
+        Some(Rows::Blocks { from, to: from + layout.per_chunk })
     }
 
     /// The SQL of the chunk after `after` (the first chunk for `None`).
@@ -251,6 +263,10 @@ impl TableReader {
                 let sql = format!("{} WHERE ({}) IN ({list}) ORDER BY {}", self.select, self.order, self.order);
                 (sql, format!("re-reading {} keys", keys.len()))
             }
+            Rows::Blocks { from, to } => (
+                format!("{} WHERE ctid >= '({from},0)'::tid AND ctid < '({to},0)'::tid", self.select),
+                format!("reading blocks {from}..{to}"),
+            ),
         };
         // The mark commits before the read's snapshot is taken (its first
         // statement). The snapshot is kept in a session setting so that the
@@ -319,6 +335,7 @@ impl TableReader {
         let more = match rows {
             Rows::After(_) => read_rows == self.limits.rows || lines.len() < read_rows,
             Rows::Range { .. } | Rows::Keys(_) => false,
+            Rows::Blocks { to, .. } => self.table.blocks.as_ref().is_some_and(|layout| to < layout.end),
         };
         let last_key = match lines.last() {
             Some(line) => Some(

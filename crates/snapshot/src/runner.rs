@@ -3,17 +3,19 @@
 //! [`WatermarkMerge`], progress stored after each chunk the sink applied.
 //!
 //! ```text
-//!  per table (own SQL connection):
-//!    open ─► emit low + read chunk N + xact status (one round trip) ─► chunk_read ─► emit high
+//!  per table, two SQL connections:
+//!    reader task:  emit low + read chunk N + xact status (one round trip) ─► N+1 ─► N+2 …
+//!                  (each read starts once the one before arrived; one chunk waits read)
+//!    copy task:    parse N ─► chunk_read ─► emit high
 //!      ─► the same for N+1 … N+chunks_in_flight-1 while N's high watermark travels
 //!      ─► outcome of N (stream reached its high: chunk N is in the sink's queue)
 //!      ─► N's key range again (a retry) and its keys a partial update touched, if any
-//!      ─► chunk N-1 acknowledged by the sink ─► store N-1's progress ─► read one more chunk …
+//!      ─► chunk N-1 acknowledged by the sink ─► store N-1's progress ─► take one more chunk …
 //! ```
 //!
-//! With `chunks_in_flight` above 1 a table's copy holds a second
-//! connection: the server reads chunk N+1 over it while chunk N's rows are
-//! parsed (only the last row's key is needed to start the next read).
+//! The server reads chunk N+1 while chunk N's rows are parsed, merged and
+//! applied (only the last row's key is needed to start the next read), so
+//! it never waits for pgfanout between two chunks.
 //!
 //! Chunks in flight have disjoint key ranges: a retried chunk reads its own
 //! range again (bounded by its last key, whatever rows it holds now) and a
@@ -21,9 +23,9 @@
 //! [`crate::watermark`]). Progress is still stored chunk after chunk.
 //!
 //! The sink applies chunk N-1 while later chunks are read: per table at
-//! most `chunks_in_flight` + 2 chunks are held at once (one queued or
+//! most `chunks_in_flight` + 3 chunks are held at once (one queued or
 //! being applied, the others read and waiting for their high watermark,
-//! one fetched ahead),
+//! one read and waiting to be parsed, one being read),
 //! each of at most `chunk_rows` rows and about `chunk_mb` of values.
 //!
 //! Invariant: a table's progress names only chunks the sink durably
@@ -47,7 +49,7 @@ use pg_replication::{ConnectOptions, ReplicationConnection};
 use pgfanout_core::{Backoff, Lsn, Metrics, Sink, SinkError, TableName};
 use pgoutput::TypeRegistry;
 use postgres_protocol::escape::escape_literal;
-use tokio::sync::{oneshot, watch, Mutex, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Mutex, Semaphore};
 
 use crate::progress::{SnapshotProgress, TableProgress};
 use crate::reader::{ChunkLimits, FetchedChunk, KeyText, Rows, TableReader};
@@ -65,15 +67,14 @@ pub const PERMANENT_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How a snapshot runs (the `[snapshot]` config section).
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotSettings {
-    /// Tables copied at the same time, over all sinks (each holds one SQL connection).
+    /// Tables copied at the same time, over all sinks (each holds two SQL connections).
     pub parallel_tables: usize,
     /// Size of each chunk.
     pub chunk: ChunkLimits,
-    /// Chunks of one table read ahead while the oldest one's high
-    /// watermark travels through the stream (10-50 ms during which
-    /// PostgreSQL would otherwise sit idle); at least 1. Above 1, each
-    /// table's copy holds a second connection to fetch the next chunk over.
-    /// Their key ranges are disjoint; their progress is still stored in order.
+    /// Chunks of one table handed to the stream at once: those after the
+    /// oldest are merged while its high watermark travels through the
+    /// stream; at least 1. Their key ranges are disjoint; their progress is
+    /// still stored in order.
     pub chunks_in_flight: usize,
 }
 
@@ -260,110 +261,67 @@ impl TableCopy {
         };
         let snapshotter = &self.snapshotter;
         let mut connection = connect(&snapshotter.options).await.map_err(source_error("connecting"))?;
-        let table = SnapshotTable::describe(
+        let table = SnapshotTable::describe_for(
             &mut connection,
             &self.table,
             Some(&snapshotter.publication),
             snapshotter.types.clone(),
+            Some(snapshotter.settings.chunk.rows),
         )
         .await?;
         let key_names: Vec<String> =
             table.key_positions.iter().filter_map(|&p| table.schema.columns.get(p)).map(|c| c.name.clone()).collect();
         let reader = Arc::new(TableReader::new(table, snapshotter.settings.chunk));
         let table_label = self.table.to_string();
-        let (after, mut chunks, mut rows) = match self.progress.lock().await.tables.get(&table_label) {
-            Some(TableProgress::Copying { after, chunks, rows }) => (Some(after.clone()), *chunks, *rows),
-            Some(TableProgress::Done { .. }) => return Ok(()),
-            None => (None, 0, 0),
+        let layout = reader.table().blocks.clone();
+        let from_the_start = match &layout {
+            Some(_) => Position::Block(0),
+            None => Position::Key(None),
         };
-        tracing::info!(sink = self.sink.name(), table = %self.table, resume_after_chunks = chunks, "copying table");
+        let (start, mut chunks, mut rows) = match self.progress.lock().await.tables.get(&table_label) {
+            Some(TableProgress::Copying { after, chunks, rows }) => {
+                (Position::Key(Some(after.clone())), *chunks, *rows)
+            }
+            Some(TableProgress::CopyingBlocks { before, file, chunks, rows }) => match &layout {
+                Some(layout) if layout.file == *file => (Position::Block(*before), *chunks, *rows),
+                // Rewritten (its rows moved) or now holding TOASTed values: copied again.
+                _ => {
+                    tracing::info!(sink = self.sink.name(), table = %self.table, "the table was rewritten (or holds TOASTed values now) since its copy began; copying it again");
+                    (from_the_start, *chunks, *rows)
+                }
+            },
+            Some(TableProgress::Done { .. }) => return Ok(()),
+            None => (from_the_start, 0, 0),
+        };
+        tracing::info!(
+            sink = self.sink.name(),
+            table = %self.table,
+            resume_after_chunks = chunks,
+            by_block_range = matches!(start, Position::Block(_)),
+            "copying table"
+        );
         let rows_total = snapshotter.metrics.snapshot_rows_total.with_label_values(&[self.sink.name(), &table_label]);
         let chunks_in_flight = snapshotter.settings.chunks_in_flight.max(1);
-        let (merge, options) = (snapshotter.merge.clone(), snapshotter.options.clone());
-        // Chunks read whose high watermark travels through the stream, oldest first.
-        let mut in_flight = InFlight { merge: merge.clone(), chunks: VecDeque::new(), prefetch: None };
-        // The connection the next chunk is fetched over while one is parsed (with chunks_in_flight > 1).
-        let mut spare: Option<ReplicationConnection> = None;
-        // Where the next chunk read starts; `None` once the last one is read.
-        let mut next: Option<Option<KeyText>> = Some(after);
+        // Chunks handed to the merge whose high watermark travels through the stream, oldest first.
+        let mut in_flight = InFlight { merge: snapshotter.merge.clone(), chunks: VecDeque::new() };
+        // Reads the chunks after the stored progress, one after the other over a connection of its own.
+        let mut ahead = Some(self.read_ahead(&reader, &key_names, start).await?);
         // The chunk merged before the oldest in flight, until the sink acknowledges it.
         let mut applying: Option<Applying> = None;
         loop {
             while in_flight.chunks.len() < chunks_in_flight {
-                // The next chunk: fetched on the spare connection meanwhile, or now.
-                // Awaited while still in `in_flight`, so an aborted copy forgets it.
-                let prefetched = match &mut in_flight.prefetch {
-                    Some(prefetch) => Some((&mut prefetch.fetch).await),
-                    None => None,
+                let Some(reading) = ahead.as_mut() else { break };
+                let Some(read) = reading.chunks.recv().await else {
+                    // The table's last chunk is read.
+                    ahead = None;
+                    break;
                 };
-                let (after, ticket, fetched, started) = match prefetched.zip(in_flight.prefetch.take()) {
-                    Some((prefetched, prefetch)) => match prefetched {
-                        Ok((connection, Ok(fetched))) => {
-                            spare = Some(connection);
-                            (prefetch.after, prefetch.ticket, fetched, prefetch.started)
-                        }
-                        Ok((_, Err(err))) => {
-                            merge.cancel(prefetch.ticket.id);
-                            return Err(err.into());
-                        }
-                        Err(join_error) => {
-                            merge.cancel(prefetch.ticket.id);
-                            if join_error.is_panic() {
-                                std::panic::resume_unwind(join_error.into_panic());
-                            }
-                            return Err(CopyError::Stopped);
-                        }
-                    },
-                    None => {
-                        let Some(after) = next.take() else { break };
-                        let ticket = merge.open(self.sink.name(), &self.table, key_names.clone());
-                        let started = Instant::now();
-                        let rows = Rows::After(after.as_deref());
-                        match reader.fetch(&mut connection, rows, Some(&emit_sql(&ticket.low))).await {
-                            Ok(fetched) => (after, ticket, fetched, started),
-                            Err(err) => {
-                                merge.cancel(ticket.id);
-                                return Err(err.into());
-                            }
-                        }
-                    }
-                };
-                if fetched.more {
-                    next = Some(fetched.last_key.clone());
-                }
-                // The server reads the chunk after it while this one is parsed and
-                // handed over, and while the oldest chunk's outcome is awaited.
-                if chunks_in_flight > 1 {
-                    if let Some(next_after) = next.take() {
-                        let spare_connection = match spare.take() {
-                            Some(connection) => Some(connection),
-                            // Without it, chunks are fetched one after the other.
-                            None => connect(&options)
-                                .await
-                                .inspect_err(|err| {
-                                    tracing::warn!(
-                                        sink = self.sink.name(),
-                                        table = %self.table,
-                                        error = %err,
-                                        "a second connection for the snapshot failed; chunks are read one at a time"
-                                    )
-                                })
-                                .ok(),
-                        };
-                        match spare_connection {
-                            Some(connection) => {
-                                let ticket = merge.open(self.sink.name(), &self.table, key_names.clone());
-                                in_flight.prefetch =
-                                    Some(Prefetch::start(reader.clone(), connection, next_after, ticket));
-                            }
-                            None => next = Some(next_after),
-                        }
-                    }
-                }
-                let started = self.hand_over(&mut connection, &reader, ticket, fetched, started).await?;
-                in_flight.chunks.push_back(InFlightChunk { after, started });
+                let ReadAheadChunk { at, ticket, forget, fetched, started, fetched_in } = read?;
+                let started = self.hand_over(&mut connection, &reader, ticket, fetched, started, fetched_in).await?;
+                in_flight.chunks.push_back(InFlightChunk { at, started });
+                forget.disarm();
             }
-            let Some(InFlightChunk { after, started }) = in_flight.chunks.pop_front() else {
+            let Some(InFlightChunk { at, started }) = in_flight.chunks.pop_front() else {
                 return Err(CopyError::Source(SnapshotError::Unexpected {
                     table: self.table.clone(),
                     what: "no chunk left to read before the table was copied".to_owned(),
@@ -372,10 +330,16 @@ impl TableCopy {
             let (last_key, more) = (started.last_key.clone(), started.more);
             let (mut high_watermark, written, mut reread) = match self.outcome(started).await? {
                 ChunkOutcome::Merged { high_watermark, written, reread, .. } => (high_watermark, written, reread),
-                ChunkOutcome::Retry { .. } => match (&last_key, more) {
-                    // Chunks after it are read already: read its key range again, however many rows it holds now.
-                    (Some(through), true) => {
-                        let read = Rows::Range { after: after.as_deref(), through };
+                ChunkOutcome::Retry { .. } => match (&at, &last_key, more) {
+                    // Chunks after it may be read already: read its range again, however many rows it holds now.
+                    (Position::Block(_), _, _) | (Position::Key(_), Some(_), true) => {
+                        let read = match &at {
+                            Position::Block(from) => reader.blocks_from(*from).ok_or_else(|| no_layout(&self.table))?,
+                            Position::Key(after) => Rows::Range {
+                                after: after.as_deref(),
+                                through: last_key.as_deref().unwrap_or_default(),
+                            },
+                        };
                         loop {
                             let started = self.start_chunk(&mut connection, &reader, &key_names, read).await?;
                             if let ChunkOutcome::Merged { high_watermark, written, reread, .. } =
@@ -385,9 +349,9 @@ impl TableCopy {
                             }
                         }
                     }
-                    // The last chunk: nothing after it is read; read on from its start.
-                    _ => {
-                        next = Some(after);
+                    // The last chunk in key order: nothing after it is read; read on from its start.
+                    (Position::Key(_), _, _) => {
+                        ahead = Some(self.read_ahead(&reader, &key_names, at).await?);
                         continue;
                     }
                 },
@@ -410,8 +374,14 @@ impl TableCopy {
             }
             chunks += 1;
             rows += written as u64;
-            let state = match (last_key, more) {
-                (Some(last), true) => TableProgress::Copying { after: last, chunks, rows },
+            let state = match (&at, last_key, &layout, more) {
+                (Position::Block(from), _, Some(layout), true) => TableProgress::CopyingBlocks {
+                    before: from + layout.per_chunk,
+                    file: layout.file.clone(),
+                    chunks,
+                    rows,
+                },
+                (Position::Key(_), Some(last), _, true) => TableProgress::Copying { after: last, chunks, rows },
                 _ => TableProgress::Done { chunks, rows },
             };
             let current = Applying { high_watermark, written, state };
@@ -422,6 +392,38 @@ impl TableCopy {
             }
             applying = Some(current);
         }
+    }
+
+    /// Starts reading the chunks from `start` on over a connection of its
+    /// own: each chunk is fetched as soon as the one before it arrived, so
+    /// the server reads the next chunk while this task parses and merges
+    /// the last one.
+    async fn read_ahead(
+        &self,
+        reader: &Arc<TableReader>,
+        key_names: &[String],
+        start: Position,
+    ) -> Result<ReadAhead, CopyError> {
+        let connection = connect(&self.snapshotter.options).await.map_err(|source| SnapshotError::Source {
+            table: self.table.clone(),
+            doing: "connecting to read chunks ahead".to_owned(),
+            source,
+        })?;
+        // One chunk waits while the next is read: the reader stays a chunk ahead.
+        let (sender, chunks) = mpsc::channel(1);
+        let task = tokio::spawn(read_chunks_ahead(
+            reader.clone(),
+            connection,
+            ChunkOpener {
+                merge: self.snapshotter.merge.clone(),
+                sink: self.sink.name().to_owned(),
+                table: self.table.clone(),
+                key_names: key_names.to_vec(),
+            },
+            start,
+            sender,
+        ));
+        Ok(ReadAhead { chunks, task })
     }
 
     /// Waits until the sink applied `chunk`, then stores its progress.
@@ -453,7 +455,7 @@ impl TableCopy {
         let started = Instant::now();
         // The low watermark is emitted and committed in the read's round trip.
         match reader.fetch(connection, rows, Some(&emit_sql(&ticket.low))).await {
-            Ok(fetched) => self.hand_over(connection, reader, ticket, fetched, started).await,
+            Ok(fetched) => self.hand_over(connection, reader, ticket, fetched, started, started.elapsed()).await,
             Err(err) => {
                 merge.cancel(ticket.id);
                 Err(err.into())
@@ -470,8 +472,10 @@ impl TableCopy {
         ticket: ChunkTicket,
         fetched: FetchedChunk,
         started: Instant,
+        fetched_in: Duration,
     ) -> Result<Started, CopyError> {
         let merge = &self.snapshotter.merge;
+        let mut parsed_in = fetched_in;
         let staged = async {
             // Read with a stale column list (an ALTER TABLE since the table was
             // described): copy() describes it again and reads the chunk again.
@@ -481,19 +485,17 @@ impl TableCopy {
             let mut chunk = reader.parse(fetched).ok_or_else(|| reader.unparsable())?;
             // The rows move into the merge; the chunk keeps its count, last key and visibility.
             let read_rows = chunk.rows.len();
-            let rows = std::mem::take(&mut chunk.rows)
-                .into_iter()
-                .filter_map(|row| Some((reader.key_of(&row)?, row)))
-                .collect::<Vec<_>>();
             merge.chunk_read(
                 ticket.id,
                 ReadChunk {
                     schema: reader.table().schema.clone(),
-                    rows,
+                    rows: std::mem::take(&mut chunk.rows),
+                    key_positions: reader.table().key_positions.clone(),
                     visibility: chunk.visibility.clone(),
                     committed_in_progress: std::mem::take(&mut chunk.committed_in_progress),
                 },
             );
+            parsed_in = started.elapsed();
             emit(connection, &self.table, &ticket.high).await?;
             Ok::<_, SnapshotError>((chunk, read_rows))
         };
@@ -505,6 +507,8 @@ impl TableCopy {
                 more: chunk.more,
                 read_rows,
                 started,
+                fetched_in,
+                parsed_in,
                 read_in: started.elapsed(),
             }),
             Err(err) => {
@@ -533,6 +537,9 @@ impl TableCopy {
             sink = self.sink.name(),
             table = %self.table,
             rows = chunk.read_rows,
+            fetch_ms = chunk.fetched_in.as_millis() as u64,
+            parse_ms = (chunk.parsed_in - chunk.fetched_in).as_millis() as u64,
+            emit_high_ms = (chunk.read_in - chunk.parsed_in).as_millis() as u64,
             read_ms = chunk.read_in.as_millis() as u64,
             merged_ms = chunk.started.elapsed().as_millis() as u64,
             "chunk read and merged"
@@ -594,26 +601,28 @@ struct Started {
     more: bool,
     /// Rows read, for logs.
     read_rows: usize,
-    /// When its read began, and how long the read took (for logs).
+    /// When its read began, and how long after it the rows had arrived,
+    /// were parsed and handed to the merge, and the high watermark was
+    /// emitted (for logs).
     started: Instant,
+    fetched_in: Duration,
+    parsed_in: Duration,
     read_in: Duration,
 }
 
-/// A chunk read after a key, in flight.
+/// A chunk read, in flight.
 struct InFlightChunk {
-    /// The key its range starts after (`None`: the table's start).
-    after: Option<KeyText>,
+    /// Where its range starts.
+    at: Position,
     started: Started,
 }
 
-/// The chunks of one table in flight, oldest first, and the one being
-/// fetched after them. Dropped with some left (a failed or aborted copy),
-/// it forgets them in the merge: they are read again from the stored
-/// progress.
+/// The chunks of one table in flight, oldest first. Dropped with some left
+/// (a failed or aborted copy), it forgets them in the merge: they are read
+/// again from the stored progress.
 struct InFlight {
     merge: WatermarkMerge,
     chunks: VecDeque<InFlightChunk>,
-    prefetch: Option<Prefetch>,
 }
 
 impl Drop for InFlight {
@@ -621,37 +630,125 @@ impl Drop for InFlight {
         for chunk in &self.chunks {
             self.merge.cancel(chunk.started.id);
         }
-        if let Some(prefetch) = self.prefetch.take() {
-            prefetch.fetch.abort();
-            self.merge.cancel(prefetch.ticket.id);
+    }
+}
+
+/// The chunks of a table read ahead by a task of their own
+/// ([`read_chunks_ahead`]), in key order; the task stops once the last one is
+/// read, or after a failed read (sent as the last item). Dropped, it stops
+/// the task; chunks read but not taken are forgotten in the merge.
+struct ReadAhead {
+    chunks: mpsc::Receiver<Result<ReadAheadChunk, SnapshotError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Where a chunk of a table starts.
+#[derive(Debug, Clone)]
+enum Position {
+    /// After this key (at the table's start for `None`), in key order.
+    Key(Option<KeyText>),
+    /// At this heap block (a table with a [`crate::table::BlockLayout`]).
+    Block(u64),
+}
+
+/// The error of a block read of a table without a block layout (a bug).
+fn no_layout(table: &TableName) -> SnapshotError {
+    SnapshotError::Unexpected { table: table.clone(), what: "a block range read without a block layout".to_owned() }
+}
+
+/// A chunk read ahead, not yet handed to the merge.
+struct ReadAheadChunk {
+    /// Where it starts.
+    at: Position,
+    ticket: ChunkTicket,
+    /// Forgets the chunk in the merge unless it is handed over.
+    forget: ForgetOnDrop,
+    fetched: FetchedChunk,
+    /// When its read began, and how long it took.
+    started: Instant,
+    fetched_in: Duration,
+}
+
+/// What [`read_chunks_ahead`] needs to register its chunks with the merge.
+struct ChunkOpener {
+    merge: WatermarkMerge,
+    sink: String,
+    table: TableName,
+    key_names: Vec<String>,
+}
+
+/// Reads the chunks from `at` on back to back over `connection`, each
+/// with its low watermark in its read's round trip, and sends them on
+/// `chunks` (a read failure is sent as the last item).
+async fn read_chunks_ahead(
+    reader: Arc<TableReader>,
+    mut connection: ReplicationConnection,
+    opener: ChunkOpener,
+    mut at: Position,
+    chunks: mpsc::Sender<Result<ReadAheadChunk, SnapshotError>>,
+) {
+    loop {
+        let ticket = opener.merge.open(&opener.sink, &opener.table, opener.key_names.clone());
+        let forget = ForgetOnDrop { merge: opener.merge.clone(), id: Some(ticket.id) };
+        let started = Instant::now();
+        let rows = match &at {
+            Position::Key(after) => Some(Rows::After(after.as_deref())),
+            Position::Block(from) => reader.blocks_from(*from),
+        };
+        let fetched = match rows {
+            Some(rows) => reader.fetch(&mut connection, rows, Some(&emit_sql(&ticket.low))).await,
+            None => Err(no_layout(&opener.table)),
+        };
+        let fetched = match fetched {
+            Ok(fetched) => fetched,
+            Err(err) => {
+                drop(forget);
+                let _ = chunks.send(Err(err)).await;
+                return;
+            }
+        };
+        let next = match (&at, fetched.more) {
+            (_, false) => None,
+            (Position::Key(_), true) => Some(Position::Key(fetched.last_key.clone())),
+            (Position::Block(from), true) => {
+                Some(Position::Block(from + reader.table().blocks.as_ref().map_or(1, |layout| layout.per_chunk)))
+            }
+        };
+        let chunk = ReadAheadChunk { at, ticket, forget, fetched, started, fetched_in: started.elapsed() };
+        if chunks.send(Ok(chunk)).await.is_err() {
+            return;
+        }
+        match next {
+            Some(next) => at = next,
+            None => return,
         }
     }
 }
 
-/// A chunk fetched over the spare connection by a task of its own, so the
-/// server reads it while the chunk before it is parsed.
-struct Prefetch {
-    /// The key its range starts after.
-    after: Option<KeyText>,
-    ticket: ChunkTicket,
-    started: Instant,
-    fetch: tokio::task::JoinHandle<(ReplicationConnection, Result<FetchedChunk, SnapshotError>)>,
+/// Forgets a chunk in the merge when dropped, unless disarmed first (its
+/// chunk was handed over, and is forgotten by [`InFlight`] from then on).
+struct ForgetOnDrop {
+    merge: WatermarkMerge,
+    id: Option<u64>,
 }
 
-impl Prefetch {
-    fn start(
-        reader: Arc<TableReader>,
-        mut connection: ReplicationConnection,
-        after: Option<KeyText>,
-        ticket: ChunkTicket,
-    ) -> Prefetch {
-        let mark = emit_sql(&ticket.low);
-        let key = after.clone();
-        let fetch = tokio::spawn(async move {
-            let fetched = reader.fetch(&mut connection, Rows::After(key.as_deref()), Some(&mark)).await;
-            (connection, fetched)
-        });
-        Prefetch { after, ticket, started: Instant::now(), fetch }
+impl ForgetOnDrop {
+    fn disarm(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for ForgetOnDrop {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.merge.cancel(id);
+        }
     }
 }
 

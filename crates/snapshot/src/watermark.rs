@@ -80,8 +80,11 @@ pub enum ChunkOutcome {
 pub struct ReadChunk {
     /// The table's shape the rows have.
     pub schema: Arc<TableSchema>,
-    /// The rows, with their keys (same order).
-    pub rows: Vec<(KeyText, Row)>,
+    /// The rows, in key order.
+    pub rows: Vec<Row>,
+    /// Where each row's key columns are, in key order: a row's key is made
+    /// only when the window holds a change to compare it with.
+    pub key_positions: Vec<usize>,
     /// What the read could see.
     pub visibility: ReadVisibility,
     /// Transactions of `visibility.in_progress` that had committed by the
@@ -299,10 +302,16 @@ impl Pending {
                 partial_keys.push((key, touch));
             }
         }
+        // Most windows touch no key of the table: the rows' keys are then
+        // never needed.
+        let keys: Vec<Option<KeyText>> = match dropped_keys.is_empty() {
+            true => Vec::new(),
+            false => read.rows.iter().map(|row| key_text(row, &read.key_positions)).collect(),
+        };
         // See the module doc: only keys read, or moved to, are read again.
         let read_keys: HashSet<&KeyText> = match partial_keys.is_empty() {
             true => HashSet::new(),
-            false => read.rows.iter().map(|(key, _)| key).collect(),
+            false => keys.iter().flatten().collect(),
         };
         let mut reread: Vec<KeyText> = Vec::new();
         for (key, touch) in partial_keys {
@@ -313,8 +322,8 @@ impl Pending {
         drop(read_keys);
         let mut changes = Vec::with_capacity(read.rows.len());
         let mut dropped = 0;
-        for (key, row) in read.rows {
-            if dropped_keys.contains(&key) {
+        for (at, row) in read.rows.into_iter().enumerate() {
+            if keys.get(at).and_then(Option::as_ref).is_some_and(|key| dropped_keys.contains(key)) {
                 dropped += 1;
                 continue;
             }
@@ -349,6 +358,19 @@ fn widen(xid: u32, reference: u64) -> u64 {
     } else {
         candidate
     }
+}
+
+/// The key of a row read as text, its values at `positions` in key order;
+/// `None` if a key value is missing (NULL cannot be in a key, so only a
+/// malformed row).
+pub fn key_text(row: &Row, positions: &[usize]) -> Option<KeyText> {
+    positions
+        .iter()
+        .map(|&position| match row.get(position)? {
+            ColumnValue::Text(bytes) => std::str::from_utf8(bytes).ok().map(str::to_owned),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The key of a streamed row as the reader's key text: `key_names` looked up
@@ -431,7 +453,8 @@ mod tests {
     fn read(ids: &[&str], visibility: ReadVisibility, committed_in_progress: Vec<u64>) -> ReadChunk {
         ReadChunk {
             schema: schema(),
-            rows: ids.iter().map(|id| (vec![id.to_string()], row(id, text("snap")))).collect(),
+            rows: ids.iter().map(|id| row(id, text("snap"))).collect(),
+            key_positions: vec![0],
             visibility,
             committed_in_progress,
         }
