@@ -34,10 +34,7 @@ if [[ -z ${PGFANOUT_BIN:-} ]]; then
 fi
 
 bench_database bench_latency <<SQL
-CREATE TABLE events (
-    id bigserial PRIMARY KEY, kind text NOT NULL, amount numeric(12, 2) NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
+$EVENTS_TABLE
 CREATE PUBLICATION bench_latency FOR TABLE events;
 SQL
 

@@ -140,3 +140,9 @@ ORDERS_INSERT="INSERT INTO orders
     SELECT g, 'customer ' || g, g % 1000 + 0.99, g % 7, g % 2 = 0, now(), md5(g::text)::uuid,
            jsonb_build_object('channel', 'web', 'n', g)
     FROM generate_series({lo}, {hi}) g"
+
+# The `events` table of the latency benches: small rows of a steady stream.
+EVENTS_TABLE="CREATE TABLE events (
+    id bigserial PRIMARY KEY, kind text NOT NULL, amount numeric(12, 2) NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);"

@@ -27,10 +27,7 @@ command -v valgrind >/dev/null || {
 }
 
 bench_database bench_script <<SQL
-CREATE TABLE events (
-    id bigserial PRIMARY KEY, kind text NOT NULL, amount numeric(12, 2) NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
+$EVENTS_TABLE
 CREATE PUBLICATION bench_script FOR TABLE events;
 SQL
 "${PSQL[@]}" -d bench_script <<SQL

@@ -540,22 +540,21 @@ impl ScyllaSink {
             "CREATE TABLE IF NOT EXISTS {} (sink text, lsn text, reserved_timestamp bigint, PRIMARY KEY (sink))",
             self.checkpoint_table()
         );
-        let mut schema = self.schema.lock().await;
-        if !schema.done.contains(&cql) {
-            self.ensure_keyspace(session, &mut schema).await?;
-            self.ddl(session, &cql).await?;
-            schema.done.insert(cql);
-        }
-        Ok(())
+        self.ensure_own_table(session, cql).await
     }
 
     async fn ensure_carried_table(&self, session: &Session) -> Result<(), ScyllaSinkError> {
-        let cql = carried::create_cql(&self.carried_table);
+        self.ensure_own_table(session, carried::create_cql(&self.carried_table)).await
+    }
+
+    /// Runs `create_cql` (a `CREATE TABLE IF NOT EXISTS` of a table of the
+    /// sink's own) once per process, after the keyspace exists.
+    async fn ensure_own_table(&self, session: &Session, create_cql: String) -> Result<(), ScyllaSinkError> {
         let mut schema = self.schema.lock().await;
-        if !schema.done.contains(&cql) {
+        if !schema.done.contains(&create_cql) {
             self.ensure_keyspace(session, &mut schema).await?;
-            self.ddl(session, &cql).await?;
-            schema.done.insert(cql);
+            self.ddl(session, &create_cql).await?;
+            schema.done.insert(create_cql);
         }
         Ok(())
     }
