@@ -71,7 +71,8 @@ pub struct ScyllaSinkConfig {
     pub truncate: bool,
     /// Table holding one checkpoint row per sink (created when missing);
     /// beside it `<checkpoint_table>_carried`, what key moves carried over
-    /// until the checkpoint passes them. At most 40 characters.
+    /// until the checkpoint (and, with an `[archive]`, its retention)
+    /// passes them. At most 40 characters.
     /// Default: `"pgfanout_checkpoints"`.
     #[serde(default = "default_checkpoint_table")]
     pub checkpoint_table: String,

@@ -89,9 +89,10 @@ pub enum CqlOp {
 /// the old row where the new row lacks them), then deletes the old one.
 ///
 /// What the move carries is recorded in the carry log ([`crate::carried`])
-/// before it writes anything; applied again (a retry, or after a crash), it
-/// writes what it carried the first time. Without an entry (a replay from
-/// the archive, after the checkpoint passed the move): if the old row is
+/// before it writes anything; applied again (a retry, after a crash, or by a
+/// replay from the archive), it writes what it carried the first time.
+/// Without an entry (a move the sink first applied in a replay, or one older
+/// than the log): if the old row is
 /// gone, its delete ran, so the new row was written with the values before
 /// it; a value the new row already holds is never replaced by the old row's,
 /// which may by then belong to a later row that took the old key.
