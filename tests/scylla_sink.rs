@@ -819,13 +819,15 @@ async fn replay_from_the_archive_over_key_moves_into_re_used_keys_keeps_the_toas
     assert_eq!(short(&actual), short(&expected), "{}", pgfanout.log_text());
     assert_eq!(actual, expected, "every moved item keeps its note");
 
-    // About 3 MB of new rows (small ones: Cassandra refuses batches over
-    // 50 KiB): retention removes the segment with the moves.
+    // About 4 MB of new rows, 5 kB each (batches of them stay under
+    // Cassandra's 50 KiB batch limit): retention removes the segment with the moves.
     db.client
-        .batch_execute("INSERT INTO item SELECT i, repeat('x', 300), NULL FROM generate_series(100, 10099) i")
+        .batch_execute(
+            "INSERT INTO item SELECT i, 'item ' || i, repeat('other note ' || i, 400) FROM generate_series(100, 899) i",
+        )
         .await
         .unwrap();
-    let mut next = 20_000;
+    let mut next = 1_000;
     wait_until("retention passes the moves and their entries go", Duration::from_secs(60), || {
         next += 1;
         let insert = format!("INSERT INTO item VALUES ({next}, 'tick', NULL)");

@@ -89,7 +89,9 @@ pub struct ScyllaSinkConfig {
     /// Partitions written concurrently within one batch. Default: 64.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Most statements in one unlogged batch (one partition each). Default: 100.
+    /// Most statements in one unlogged batch (one partition each); a batch
+    /// also stops at 32 KiB of values, under Cassandra's default 50 KiB
+    /// `batch_size_fail_threshold`. Default: 100.
     #[serde(default = "default_max_batch_statements")]
     pub max_batch_statements: usize,
     /// Milliseconds one request may take before it counts as failed (and is
