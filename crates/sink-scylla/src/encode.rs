@@ -771,7 +771,7 @@ pub type Request = Vec<Statement>;
 /// whose mutations exceed `batch_size_fail_threshold` (50 KiB by default;
 /// ScyllaDB 1 MiB) as invalid, whatever the statement count, so rows of a
 /// few kilobytes (TOASTed text) in batches of `max_batch_statements` would
-/// block the sink. Values are counted with [`BOUND_VALUE_OVERHEAD`] each,
+/// block the sink. Values are counted with a few bytes more each,
 /// for the cell overhead the server counts too; a statement larger than
 /// this goes alone (a single statement is not a batch).
 pub const MAX_BATCH_VALUE_BYTES: usize = 32 * 1024;
