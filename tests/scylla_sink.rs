@@ -734,8 +734,9 @@ async fn carry_log_rows(session: &Session, keyspace: &str, sink: &str) -> usize 
 /// with newer write timestamps, the delete and the move away remove what
 /// the later moves wrote under 2 and 3, and those moves' old rows are long
 /// gone: only the carry log, kept while the archive can replay the moves,
-/// still holds their values. Once retention removes the archive segment
-/// holding the moves, their entries go.
+/// still holds their values. Replayed through the running instance, then
+/// standalone (a sink that knows of the entries only from the table). Once
+/// retention removes the archive segment holding the moves, their entries go.
 #[tokio::test]
 async fn replay_from_the_archive_over_key_moves_into_re_used_keys_keeps_the_toast_values_they_carried() {
     let db = create_database("e2e_scylla_carry_replay").await;
@@ -797,27 +798,40 @@ async fn replay_from_the_archive_over_key_moves_into_re_used_keys_keeps_the_toas
         .display()
         .to_string();
     let from = format!("{:X}/{:X}", from >> 32, from & 0xffff_ffff);
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
-            .args(["--log-format", "text", "replay", "--config", &path, "--from", &from])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "replay failed: {stderr}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let done: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{stdout}: {err}"));
-    // The delete and the three moves.
-    assert!(done["changes"].as_u64().is_some_and(|changes| changes >= 4), "{stdout}");
-    let expected = pg_rows(&db, pg_items).await;
-    let actual = cql_rows(&session, &cql_items).await;
     let short = |lines: &BTreeSet<Vec<String>>| -> Vec<String> {
         lines.iter().map(|line| line.join("|").chars().take(30).collect()).collect()
     };
-    assert_eq!(short(&actual), short(&expected), "{}", pgfanout.log_text());
-    assert_eq!(actual, expected, "every moved item keeps its note");
+    // Through the running instance, then standalone (a fresh sink that
+    // finds the entries from what it loads at start).
+    let mut pgfanout = pgfanout;
+    for standalone in [false, true] {
+        if standalone {
+            pgfanout.signal("TERM");
+            pgfanout.wait_exit(Duration::from_secs(30)).await;
+        }
+        let (path, from) = (path.clone(), from.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+                .args(["--log-format", "text", "replay", "--config", &path, "--from", &from])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "replay (standalone: {standalone}) failed: {stderr}");
+        assert_eq!(stderr.contains("replaying standalone"), standalone, "{stderr}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let done: serde_json::Value =
+            serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{stdout}: {err}"));
+        // The delete and the three moves.
+        assert!(done["changes"].as_u64().is_some_and(|changes| changes >= 4), "{stdout}");
+        let expected = pg_rows(&db, pg_items).await;
+        let actual = cql_rows(&session, &cql_items).await;
+        assert_eq!(short(&actual), short(&expected), "standalone: {standalone}\n{}", pgfanout.log_text());
+        assert_eq!(actual, expected, "every moved item keeps its note (standalone: {standalone})");
+    }
+    let pgfanout = start_streaming(&db.name, &config, &http).await;
 
     // About 4 MB of new rows, 5 kB each (batches of them stay under
     // Cassandra's 50 KiB batch limit): retention removes the segment with the moves.
