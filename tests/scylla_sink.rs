@@ -684,6 +684,11 @@ async fn key_moves_re_applied_after_a_crash_keep_the_toast_values_they_carried_i
         .await
         .unwrap();
     wait_until("the items are written", Duration::from_secs(30), items_match).await;
+    // The checkpoint row follows the rows it covers.
+    wait_until("the checkpoint is stored", Duration::from_secs(30), || async {
+        stored_checkpoint(&session, keyspace, &db.name).await.is_some()
+    })
+    .await;
     let before_moves = stored_checkpoint(&session, keyspace, &db.name).await.unwrap();
 
     db.client
