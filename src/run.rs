@@ -123,6 +123,11 @@ async fn stream(
                 .with_context(|| format!("cannot open the change archive {}", archive.path.display()))?;
             let sink = Arc::new(sink);
             holdings.push(load_holding_with_retry(sink.as_ref(), shutdown).await?);
+            // What a sink keeps to re-apply changes exactly must last as long
+            // as the archive can replay them (e.g. the Cassandra carry log).
+            for (_, store, _) in &sinks {
+                store.keep_replayable(sink.replay_horizon());
+            }
             Some(sink)
         }
         None => None,

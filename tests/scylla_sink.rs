@@ -684,6 +684,11 @@ async fn key_moves_re_applied_after_a_crash_keep_the_toast_values_they_carried_i
         .await
         .unwrap();
     wait_until("the items are written", Duration::from_secs(30), items_match).await;
+    // The checkpoint row follows the rows it covers.
+    wait_until("the checkpoint is stored", Duration::from_secs(30), || async {
+        stored_checkpoint(&session, keyspace, &db.name).await.is_some()
+    })
+    .await;
     let before_moves = stored_checkpoint(&session, keyspace, &db.name).await.unwrap();
 
     db.client
@@ -720,4 +725,139 @@ async fn key_moves_re_applied_after_a_crash_keep_the_toast_values_they_carried_i
     assert_eq!(actual, expected);
     let carry_log = format!("SELECT ordinal FROM {keyspace}.pgfanout_checkpoints_carried WHERE sink = '{}'", db.name);
     assert_eq!(cql_rows(&session, &carry_log).await.len(), 0, "the checkpoint passed the moves: their entries went");
+}
+
+/// The rows of the sink's carry log (`ordinal` each).
+async fn carry_log_rows(session: &Session, keyspace: &str, sink: &str) -> usize {
+    let select = format!("SELECT ordinal FROM {keyspace}.pgfanout_checkpoints_carried WHERE sink = '{sink}'");
+    cql_rows(session, &select).await.len()
+}
+
+/// With a change archive, `pgfanout replay` applies key moves into re-used
+/// keys again long after the checkpoint passed them: a delete of key 2
+/// before a move into 2, a move away from 3 before a move into 3. Replayed
+/// with newer write timestamps, the delete and the move away remove what
+/// the later moves wrote under 2 and 3, and those moves' old rows are long
+/// gone: only the carry log, kept while the archive can replay the moves,
+/// still holds their values. Replayed through the running instance, then
+/// standalone (a sink that knows of the entries only from the table). Once
+/// retention removes the archive segment holding the moves, their entries go.
+#[tokio::test]
+async fn replay_from_the_archive_over_key_moves_into_re_used_keys_keeps_the_toast_values_they_carried() {
+    let db = create_database("e2e_scylla_carry_replay").await;
+    let session = cassandra(&db.name).await;
+    let keyspace = &db.name;
+    db.client
+        .batch_execute(
+            "CREATE TABLE item (id int PRIMARY KEY, label text NOT NULL, note text);
+             ALTER TABLE item ALTER COLUMN note SET STORAGE EXTERNAL;",
+        )
+        .await
+        .unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let tables = "[[sink.table]]\nsource = \"public.item\"\n";
+    // One-megabyte segments, at most one kept: retention drops the moves'
+    // segment once a few megabytes follow it.
+    let config = scylla_config(&db, cassandra_address(), &http, "", tables)
+        + &format!(
+            "\n[snapshot]\nenabled = false\n[archive]\npath = \"{}\"\nsegment_mb = 1\nretention_mb = 1\n",
+            archive.path().display()
+        );
+    let pgfanout = start_streaming(&db.name, &config, &http).await;
+    let (pg_items, cql_items) = (ITEM_LINES.0, ITEM_LINES.1.replace("{ks}", keyspace));
+    let items_match = || async { pg_rows(&db, pg_items).await == cql_rows(&session, &cql_items).await };
+    db.client
+        .batch_execute(
+            "INSERT INTO item SELECT i, 'item ' || i, repeat('long note ' || i, 400) FROM generate_series(1, 4) i",
+        )
+        .await
+        .unwrap();
+    // The replay starts after the inserts: the moves' old rows stay gone.
+    let from = db.current_wal_lsn().await;
+    db.client
+        .batch_execute(
+            "BEGIN;
+             DELETE FROM item WHERE id = 2;
+             UPDATE item SET id = 2 WHERE id = 1;
+             UPDATE item SET id = 5 WHERE id = 3;
+             UPDATE item SET id = 3 WHERE id = 4;
+             COMMIT;",
+        )
+        .await
+        .unwrap();
+    let moved = db.current_wal_lsn().await;
+    wait_until("the moves are applied and confirmed", Duration::from_secs(30), || async {
+        db.confirmed_flush_lsn(&db.name).await >= moved && items_match().await
+    })
+    .await;
+    assert_eq!(
+        carry_log_rows(&session, keyspace, &db.name).await,
+        3,
+        "the checkpoint passed the three moves, but the archive can replay them: their entries stay"
+    );
+
+    let path = std::env::temp_dir()
+        .join(format!("pgfanout-tests-{}", std::process::id()))
+        .join(format!("{}.toml", db.name))
+        .display()
+        .to_string();
+    let from = format!("{:X}/{:X}", from >> 32, from & 0xffff_ffff);
+    let short = |lines: &BTreeSet<Vec<String>>| -> Vec<String> {
+        lines.iter().map(|line| line.join("|").chars().take(30).collect()).collect()
+    };
+    // Through the running instance, then standalone (a fresh sink that
+    // finds the entries from what it loads at start).
+    let mut pgfanout = pgfanout;
+    for standalone in [false, true] {
+        if standalone {
+            pgfanout.signal("TERM");
+            pgfanout.wait_exit(Duration::from_secs(30)).await;
+        }
+        let (path, from) = (path.clone(), from.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_pgfanout"))
+                .args(["--log-format", "text", "replay", "--config", &path, "--from", &from])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "replay (standalone: {standalone}) failed: {stderr}");
+        assert_eq!(stderr.contains("replaying standalone"), standalone, "{stderr}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let done: serde_json::Value =
+            serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{stdout}: {err}"));
+        // The delete and the three moves.
+        assert!(done["changes"].as_u64().is_some_and(|changes| changes >= 4), "{stdout}");
+        let expected = pg_rows(&db, pg_items).await;
+        let actual = cql_rows(&session, &cql_items).await;
+        assert_eq!(short(&actual), short(&expected), "standalone: {standalone}\n{}", pgfanout.log_text());
+        assert_eq!(actual, expected, "every moved item keeps its note (standalone: {standalone})");
+    }
+    let pgfanout = start_streaming(&db.name, &config, &http).await;
+
+    // About 4 MB of new rows, 5 kB each (batches of them stay under
+    // Cassandra's 50 KiB batch limit): retention removes the segment with the moves.
+    db.client
+        .batch_execute(
+            "INSERT INTO item SELECT i, 'item ' || i, repeat('other note ' || i, 400) FROM generate_series(100, 899) i",
+        )
+        .await
+        .unwrap();
+    let mut next = 1_000;
+    wait_until("retention passes the moves and their entries go", Duration::from_secs(60), || {
+        next += 1;
+        let insert = format!("INSERT INTO item VALUES ({next}, 'tick', NULL)");
+        let (db, session) = (&db, &session);
+        async move {
+            db.client.batch_execute(&insert).await.unwrap();
+            carry_log_rows(session, keyspace, &db.name).await == 0
+        }
+    })
+    .await;
+    let oldest = pgfanout.metric("pgfanout_archive_oldest_lsn").await.unwrap() as u64;
+    assert!(oldest > moved, "the archive starts at {oldest:X}, after the moves ({moved:X})");
+    wait_until("the sink still equals PostgreSQL", Duration::from_secs(30), items_match).await;
 }

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use pgfanout_core::{Change, ChangeRef, Metrics, Sink, SinkError};
+use pgfanout_core::{Change, ChangeRef, Metrics, ReplayHorizon, Sink, SinkError};
 use pgoutput::Lsn;
 
 use crate::error::ArchiveError;
@@ -42,6 +42,8 @@ pub struct ArchiveSink {
     dir: PathBuf,
     state: Mutex<State>,
     metrics: Metrics,
+    /// The archive's start, for sinks that keep what replays need.
+    horizon: ReplayHorizon,
 }
 
 impl ArchiveSink {
@@ -60,6 +62,7 @@ impl ArchiveSink {
             dir: dir.to_owned(),
             state: Mutex::new(State { archive, open: None, retention_checked: None }),
             metrics,
+            horizon: ReplayHorizon::default(),
         };
         if let Ok(state) = sink.state.lock() {
             sink.report(&state.archive);
@@ -68,8 +71,17 @@ impl ArchiveSink {
     }
 
     fn report(&self, archive: &Archive) {
+        let start = archive.start_lsn().unwrap_or_default();
         self.metrics.archive_bytes.set(archive.total_bytes() as i64);
-        self.metrics.archive_oldest_lsn.set(archive.start_lsn().unwrap_or_default().0 as i64);
+        self.metrics.archive_oldest_lsn.set(start.0 as i64);
+        self.horizon.set(start);
+    }
+
+    /// Where replays can start from ([`Archive::start_lsn`]), kept current
+    /// as the archive starts and retention removes segments; hand it to the
+    /// sinks with [`Sink::keep_replayable`].
+    pub fn replay_horizon(&self) -> ReplayHorizon {
+        self.horizon.clone()
     }
 
     /// Records `lsn`, where the stream starts, as the start of an archive

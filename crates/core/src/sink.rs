@@ -13,6 +13,9 @@
 //! single lane (so a store with transactions can write both atomically), in
 //! a call of its own otherwise.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use pgoutput::Lsn;
 
@@ -209,6 +212,27 @@ impl std::fmt::Display for Version {
     }
 }
 
+/// From where `pgfanout replay` can re-apply transactions: the change
+/// archive holds every transaction committed at or after this LSN. The
+/// archive moves it forward (it starts, retention removes old segments); a
+/// sink reads it to know how long what it keeps for re-applied changes is
+/// still needed. [`Lsn::ZERO`] (the start, and an archive holding nothing
+/// yet) means "from anywhere": keep everything.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayHorizon(Arc<AtomicU64>);
+
+impl ReplayHorizon {
+    /// The oldest commit LSN a replay can start from.
+    pub fn replayable_from(&self) -> Lsn {
+        Lsn(self.0.load(Ordering::Acquire))
+    }
+
+    /// Sets where replays can start from now (only the archive does).
+    pub fn set(&self, from: Lsn) {
+        self.0.store(from.0, Ordering::Release);
+    }
+}
+
 /// A destination store.
 #[async_trait]
 pub trait Sink: Send + Sync {
@@ -299,6 +323,17 @@ pub trait Sink: Send + Sync {
     async fn wipe(&self, table: &TableSchema, older_than: Option<Version>) -> Result<u64, SinkError> {
         let _ = older_than;
         Err(SinkError::cannot_wipe(self.name(), &table.table.to_string(), "this sink kind does not implement it"))
+    }
+
+    /// Called once before the worker starts, only when a change archive is
+    /// configured: `pgfanout replay` may re-apply, in order, any archived
+    /// transaction committed at or after `horizon`'s LSN, so what the sink
+    /// keeps to apply a change again exactly (beyond what its checkpoint
+    /// covers) must be kept from there on. Without this call no replay is
+    /// possible, and only crashes re-apply changes (those after the
+    /// checkpoint). Default: the sink keeps nothing of the kind.
+    fn keep_replayable(&self, horizon: ReplayHorizon) {
+        let _ = horizon;
     }
 
     /// Read access to what the sink stored, for `verify`; `None` (the

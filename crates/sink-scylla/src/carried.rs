@@ -1,5 +1,5 @@
 //! The carry log: what each key move carried over from its old row, kept
-//! until the checkpoint passes the move.
+//! as long as the move may be applied again (after a crash, or by a replay).
 //!
 //! Why: a key move under identity DEFAULT ([`crate::encode::CarriedMove`])
 //! takes its unchanged TOAST values from the row under the old key, which
@@ -24,17 +24,33 @@
 //! attempt, and the changes after the move follow it again in order, so the
 //! last state is PostgreSQL's.
 //!
+//! How long an entry is kept: as long as a change may be applied again.
+//! Without a change archive only a crash does that, to the changes after
+//! the checkpoint: once the checkpoint row passes a move's transaction, its
+//! entry goes. With an archive, `pgfanout replay --from L` re-applies any
+//! archived transaction, in order, with newer timestamps again: the same
+//! delete-then-move-into-K pair loses the value unless the move finds its
+//! entry. So entries are kept until both the checkpoint and the archive's
+//! start ([`pgfanout_core::ReplayHorizon`], which retention moves forward)
+//! pass them ([`forget_below`]); a replay then writes exactly what each
+//! move carried the first time, whatever the replay removed before it.
+//! A `rebuild` leaves the entries alone: they record what PostgreSQL's rows
+//! held at each move, which a re-copy does not change.
+//!
 //! Layout: one partition per sink in `<checkpoint_table>_carried`, rows
 //! `(sink, commit_lsn, ordinal, target)` with `carried map<text, blob>`:
 //! each carried column (CQL name, quoted where needed) and its value in the
 //! serialized form of its column's type. An entry is written once (again
 //! only after an attempt that failed before any write of the move, with the
-//! same values); once the checkpoint row passes its transaction, one range
-//! delete removes it (transactions the checkpoint covers have commit LSNs
-//! below it). The entries are loaded with the checkpoint at start. Cost: one
-//! write per carried move, one range delete per checkpoint after them.
-
-use std::collections::HashMap;
+//! same values); one range delete removes the entries below the bound
+//! (transactions the checkpoint covers have commit LSNs below it).
+//!
+//! Memory: the values stay in the table. The sink holds only the newest
+//! recorded version and the oldest commit LSN held ([`CarryLog`]), loaded
+//! at start: a move newer than every entry (every move the stream sends
+//! for the first time) reads nothing from the log; a move applied again
+//! reads its entry by key. Cost: one write per carried move, one read per
+//! re-applied one, one range delete per move of the bound past an entry.
 
 use pgfanout_core::{Lsn, Version};
 use scylla::deserialize::value::DeserializeValue;
@@ -69,34 +85,55 @@ pub struct CarryKey {
 /// Carried columns and their serialized values.
 pub type CarriedCells = Vec<(String, Vec<u8>)>;
 
-/// The sink's entries above its checkpoint, as stored.
-#[derive(Debug, Default)]
+/// What the sink knows of its carry log without reading it: which moves
+/// may have an entry, and whether any entry lies below a bound.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CarryLog {
-    entries: HashMap<CarryKey, CarriedCells>,
+    /// The newest version that has (or may have) an entry.
+    newest: Option<Version>,
+    /// The lowest commit LSN an entry may have; `None` when there is none.
+    oldest: Option<Lsn>,
 }
 
 impl CarryLog {
-    /// What the move `key` carried when it was first applied, if recorded.
-    pub fn get(&self, key: &CarryKey) -> Option<&CarriedCells> {
-        self.entries.get(key)
+    /// The log as stored: the oldest entry's commit LSN and the newest
+    /// entry's version, `None` for an empty log.
+    pub fn from_stored(oldest: Option<Lsn>, newest: Option<Version>) -> Self {
+        CarryLog { newest, oldest }
     }
 
-    /// Records a stored entry.
-    pub fn insert(&mut self, key: CarryKey, cells: CarriedCells) {
-        self.entries.insert(key, cells);
+    /// Whether a move of `version` may have an entry: only a move at or
+    /// before the newest one recorded can (moves are recorded in stream
+    /// order; a move applied again is at or before it).
+    pub fn may_hold(&self, version: Version) -> bool {
+        self.newest.is_some_and(|newest| version <= newest)
     }
 
-    /// Whether any entry belongs to a transaction the checkpoint `end_lsn`
-    /// covers (its commit LSN is below it).
-    pub fn holds_before(&self, end_lsn: Lsn) -> bool {
-        self.entries.keys().any(|key| key.version.commit_lsn < end_lsn)
+    /// Notes an entry of `version`, before it is written: a write whose
+    /// answer is lost may have stored it.
+    pub fn recording(&mut self, version: Version) {
+        self.newest = self.newest.max(Some(version));
+        self.oldest = Some(self.oldest.map_or(version.commit_lsn, |oldest| oldest.min(version.commit_lsn)));
     }
 
-    /// Forgets the entries [`holds_before`](Self::holds_before) finds, once
-    /// they are deleted from the store.
-    pub fn forget_before(&mut self, end_lsn: Lsn) {
-        self.entries.retain(|key, _| key.version.commit_lsn >= end_lsn);
+    /// Whether an entry may belong to a transaction committed below `bound`.
+    pub fn holds_before(&self, bound: Lsn) -> bool {
+        self.oldest.is_some_and(|oldest| oldest < bound)
     }
+
+    /// Notes that the entries below `bound` are deleted from the store.
+    pub fn forget_before(&mut self, bound: Lsn) {
+        let left = self.newest.is_some_and(|newest| newest.commit_lsn >= bound);
+        self.oldest = left.then(|| self.oldest.map_or(bound, |oldest| oldest.max(bound)));
+    }
+}
+
+/// Below which commit LSN entries go once the checkpoint `end_lsn` is
+/// stored: the checkpoint's, or the archive's start when a change archive
+/// can replay from before it (`replayable_from`; [`Lsn::ZERO`] while it
+/// holds nothing: then nothing goes).
+pub fn forget_below(end_lsn: Lsn, replayable_from: Option<Lsn>) -> Lsn {
+    replayable_from.map_or(end_lsn, |from| end_lsn.min(from))
 }
 
 /// An LSN or ordinal as a CQL `bigint`; LSNs stay below 2^63 (8 EiB of WAL).
@@ -154,18 +191,43 @@ mod tests {
     }
 
     #[test]
-    fn entries_go_once_the_checkpoint_covers_their_transaction() {
-        let key = |commit_lsn: u64| CarryKey {
-            version: Version { commit_lsn: Lsn(commit_lsn), ordinal: 1 },
-            target: "ks.item".into(),
-        };
+    fn only_moves_at_or_before_the_newest_entry_read_the_log() {
+        let version = |commit_lsn: u64, ordinal: u32| Version { commit_lsn: Lsn(commit_lsn), ordinal };
         let mut log = CarryLog::default();
-        log.insert(key(100), vec![("note".into(), b"long".to_vec())]);
-        log.insert(key(200), Vec::new());
+        assert!(!log.may_hold(version(100, 1)));
+        log.recording(version(100, 1));
+        log.recording(version(200, 3));
+        assert!(log.may_hold(version(100, 1)) && log.may_hold(version(200, 3)) && log.may_hold(version(150, 0)));
+        assert!(!log.may_hold(version(200, 4)));
+        let stored = CarryLog::from_stored(Some(Lsn(100)), Some(version(200, 3)));
+        assert_eq!(stored, log);
+    }
+
+    #[test]
+    fn entries_go_once_the_checkpoint_covers_their_transaction() {
+        let version = |commit_lsn: u64| Version { commit_lsn: Lsn(commit_lsn), ordinal: 1 };
+        let mut log = CarryLog::default();
+        log.recording(version(100));
+        log.recording(version(200));
         assert!(!log.holds_before(Lsn(100)));
         assert!(log.holds_before(Lsn(108)));
         log.forget_before(Lsn(108));
-        assert_eq!(log.get(&key(100)), None);
-        assert_eq!(log.get(&key(200)), Some(&Vec::new()));
+        assert!(!log.holds_before(Lsn(108)));
+        assert!(log.holds_before(Lsn(208)), "the entry at 200 is still there");
+        log.forget_before(Lsn(208));
+        assert!(!log.holds_before(Lsn(u64::MAX)), "no entry left");
+        assert!(log.may_hold(version(200)), "an entry deleted may still be asked for: it is then missing");
+    }
+
+    #[test]
+    fn with_an_archive_entries_stay_until_the_archive_cannot_replay_them() {
+        // No archive: the checkpoint alone.
+        assert_eq!(forget_below(Lsn(500), None), Lsn(500));
+        // An archive starting before the checkpoint keeps what it can replay.
+        assert_eq!(forget_below(Lsn(500), Some(Lsn(300))), Lsn(300));
+        // An archive holding nothing yet (start 0): nothing goes.
+        assert_eq!(forget_below(Lsn(500), Some(Lsn::ZERO)), Lsn::ZERO);
+        // Retention past the checkpoint: the checkpoint still bounds it.
+        assert_eq!(forget_below(Lsn(500), Some(Lsn(900))), Lsn(500));
     }
 }

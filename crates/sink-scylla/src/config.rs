@@ -71,7 +71,8 @@ pub struct ScyllaSinkConfig {
     pub truncate: bool,
     /// Table holding one checkpoint row per sink (created when missing);
     /// beside it `<checkpoint_table>_carried`, what key moves carried over
-    /// until the checkpoint passes them. At most 40 characters.
+    /// until the checkpoint (and, with an `[archive]`, its retention)
+    /// passes them. At most 40 characters.
     /// Default: `"pgfanout_checkpoints"`.
     #[serde(default = "default_checkpoint_table")]
     pub checkpoint_table: String,
@@ -88,7 +89,9 @@ pub struct ScyllaSinkConfig {
     /// Partitions written concurrently within one batch. Default: 64.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Most statements in one unlogged batch (one partition each). Default: 100.
+    /// Most statements in one unlogged batch (one partition each); a batch
+    /// also stops at 32 KiB of values, under Cassandra's default 50 KiB
+    /// `batch_size_fail_threshold`. Default: 100.
     #[serde(default = "default_max_batch_statements")]
     pub max_batch_statements: usize,
     /// Milliseconds one request may take before it counts as failed (and is

@@ -89,9 +89,10 @@ pub enum CqlOp {
 /// the old row where the new row lacks them), then deletes the old one.
 ///
 /// What the move carries is recorded in the carry log ([`crate::carried`])
-/// before it writes anything; applied again (a retry, or after a crash), it
-/// writes what it carried the first time. Without an entry (a replay from
-/// the archive, after the checkpoint passed the move): if the old row is
+/// before it writes anything; applied again (a retry, after a crash, or by a
+/// replay from the archive), it writes what it carried the first time.
+/// Without an entry (a move the sink first applied in a replay, or one older
+/// than the log): if the old row is
 /// gone, its delete ran, so the new row was written with the values before
 /// it; a value the new row already holds is never replaced by the old row's,
 /// which may by then belong to a later row that took the old key.
@@ -766,6 +767,45 @@ impl ResolvedTarget {
 /// several as one unlogged batch).
 pub type Request = Vec<Statement>;
 
+/// Most bytes of values packed into one batch. Cassandra refuses a batch
+/// whose mutations exceed `batch_size_fail_threshold` (50 KiB by default;
+/// ScyllaDB 1 MiB) as invalid, whatever the statement count, so rows of a
+/// few kilobytes (TOASTed text) in batches of `max_batch_statements` would
+/// block the sink. Values are counted with a few bytes more each,
+/// for the cell overhead the server counts too; a statement larger than
+/// this goes alone (a single statement is not a batch).
+pub const MAX_BATCH_VALUE_BYTES: usize = 32 * 1024;
+
+/// Bytes counted per bound value on top of its own (see [`MAX_BATCH_VALUE_BYTES`]).
+const BOUND_VALUE_OVERHEAD: usize = 16;
+
+impl Statement {
+    /// About how many bytes the statement writes, as batches are sized.
+    pub fn approximate_bytes(&self) -> usize {
+        self.values
+            .iter()
+            .map(|value| {
+                BOUND_VALUE_OVERHEAD
+                    + match value {
+                        Bound::Column(value) => value_bytes(value),
+                        Bound::Timestamp(_) => 8,
+                    }
+            })
+            .sum()
+    }
+}
+
+/// About how many bytes `value` takes once bound.
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::Text(text) | Value::Json(text) | Value::Jsonb(text) | Value::Xml(text) => text.len(),
+        Value::Enum { label: text, .. } | Value::Unknown { text, .. } => text.len(),
+        Value::Bytea(bytes) | Value::UnknownBinary { bytes, .. } => bytes.len(),
+        Value::Array(array) => array.elements().iter().map(|element| 4 + value_bytes(element)).sum(),
+        _ => 16,
+    }
+}
+
 /// How a batch's operations are sent, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
@@ -848,14 +888,25 @@ fn pack(statements: Vec<Statement>, max_statements: usize, separate_rows: bool) 
     }
     let wave_count = partitions.values().map(Vec::len).max().unwrap_or(0);
     let mut waves: Vec<Vec<Request>> = (0..wave_count).map(|_| Vec::new()).collect();
+    // Bytes of each wave's last request so far.
+    let mut last_bytes = vec![0; wave_count];
     for partition in order {
         let Some(partition_waves) = partitions.remove(&partition) else { continue };
         for (wave, statements) in partition_waves.into_iter().enumerate() {
-            let requests = &mut waves[wave];
+            let (requests, request_bytes) = (&mut waves[wave], &mut last_bytes[wave]);
             for statement in statements {
+                let bytes = statement.approximate_bytes();
                 match requests.last_mut() {
-                    Some(request) if request.len() < max_statements => request.push(statement),
-                    _ => requests.push(vec![statement]),
+                    Some(request)
+                        if request.len() < max_statements && *request_bytes + bytes <= MAX_BATCH_VALUE_BYTES =>
+                    {
+                        *request_bytes += bytes;
+                        request.push(statement)
+                    }
+                    _ => {
+                        *request_bytes = bytes;
+                        requests.push(vec![statement])
+                    }
                 }
             }
         }
@@ -1205,6 +1256,31 @@ mod tests {
         let [Phase::Waves(waves)] = phases.as_slice() else { panic!("{phases:?}") };
         assert_eq!(waves.len(), 1);
         assert_eq!(rows(&waves[0]), [vec!["a/1", "a/2", "a/3", "b/1"], vec!["c/1"]]);
+    }
+
+    #[test]
+    fn batches_stay_under_the_servers_batch_size_limit() {
+        let large = |partition: &str, row: &str| {
+            let mut statement = write(partition, row);
+            statement.values.push(Bound::Column(Value::Text("a long note ".repeat(1_000))));
+            statement
+        };
+        // Three 12 kB rows: two fit under the limit, packed across partitions.
+        let ops = vec![CqlOp::Write(large("a", "1")), CqlOp::Write(large("b", "1")), CqlOp::Write(large("c", "1"))];
+        let phases = plan_requests(ops, 100, false);
+        let [Phase::Waves(waves)] = phases.as_slice() else { panic!("{phases:?}") };
+        assert_eq!(rows(&waves[0]), [vec!["a/1", "b/1"], vec!["c/1"]]);
+        for request in &waves[0] {
+            let bytes: usize = request.iter().map(Statement::approximate_bytes).sum();
+            assert!(bytes <= MAX_BATCH_VALUE_BYTES, "{bytes}");
+        }
+        // A row over the limit goes alone; small rows still share a batch.
+        let mut huge = write("a", "1");
+        huge.values.push(Bound::Column(Value::Bytea(vec![0; 100_000].into())));
+        let ops = vec![CqlOp::Write(huge), CqlOp::Write(write("b", "1")), CqlOp::Write(write("c", "1"))];
+        let phases = plan_requests(ops, 100, false);
+        let [Phase::Waves(waves)] = phases.as_slice() else { panic!("{phases:?}") };
+        assert_eq!(rows(&waves[0]), [vec!["a/1"], vec!["b/1", "c/1"]]);
     }
 
     #[test]

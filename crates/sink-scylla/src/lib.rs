@@ -6,15 +6,15 @@
 //! clustering key ([`encode`]); PostgreSQL → CQL types and values
 //! ([`types`]); write timestamps derived from change versions
 //! ([`timestamp`]); what key moves carried over, kept for changes applied
-//! again after a crash ([`carried`]); and the sink that prepares, batches by
+//! again after a crash or by a replay ([`carried`]); and the sink that prepares, batches by
 //! partition and sends the statements, manages the schema when asked, and
 //! stores its checkpoint in a small table ([`sink`]).
 //!
 //! Invariants: a change to a row is written to every target table; a change
 //! of a target's key deletes the row under the old key before writing the
 //! new one (or, when unchanged TOAST values must be carried over from the
-//! old row, reads it, records what it carries until the checkpoint passes
-//! the change ([`carried`]), writes the new row, then deletes the old one);
+//! old row, reads it, records what it carries until neither a crash nor a
+//! replay can apply the change again ([`carried`]), writes the new row, then deletes the old one);
 //! unchanged TOAST values are never written (so never overwrite);
 //! the checkpoint row is written only after the batch it covers. With write
 //! timestamps (the default) every statement carries `USING TIMESTAMP` from

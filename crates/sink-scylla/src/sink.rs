@@ -9,7 +9,8 @@
 //! moves that carry unchanged TOAST values over read the old rows in their
 //! place in that order ([`crate::encode::CarriedMove`]) and record what they
 //! carry in the carry log before writing ([`crate::carried`]); the entries
-//! go once the checkpoint row passes them.
+//! go once the checkpoint row passes them and, with a change archive
+//! ([`Sink::keep_replayable`]), once the archive cannot replay them either.
 //!
 //! Cassandra has no transactions across partitions: the data and the
 //! checkpoint are written one after the other, data first, so the stored
@@ -23,12 +24,12 @@
 //! partition key.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use pgfanout_core::TlsConfig;
-use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName, TableSchema};
+use pgfanout_core::{ChangeRef, Lsn, MappingConfig, ReplayHorizon, Sink, SinkError, TableName, TableSchema, Version};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -59,8 +60,11 @@ pub struct ScyllaSink {
     stored_checkpoint: Mutex<Option<Lsn>>,
     /// `INSERT` of the checkpoint row, prepared like the data statements.
     checkpoint_insert: Arc<str>,
-    /// The carry log's entries above the checkpoint; `None` until loaded.
+    /// What the sink knows of its carry log; `None` until loaded.
     carry_log: Mutex<Option<CarryLog>>,
+    /// Where the change archive can replay from, when there is one: carry
+    /// log entries stay until it passes them too ([`crate::carried`]).
+    replay_horizon: OnceLock<ReplayHorizon>,
     /// The carry log's table, `ks.table`.
     carried_table: String,
     /// Statements and column types `verify` reads tables back with.
@@ -96,6 +100,7 @@ impl ScyllaSink {
         let carried_table = format!("{}.{}", config.keyspace, carried::carried_table(&config.checkpoint_table));
         ScyllaSink {
             carry_log: Mutex::new(None),
+            replay_horizon: OnceLock::new(),
             carried_table,
             config,
             session: tokio::sync::Mutex::new(None),
@@ -219,34 +224,70 @@ impl ScyllaSink {
         self.carry_log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The sink's carry log entries (none when the table does not exist yet).
+    /// The sink's carry log bounds: its oldest entry's commit LSN and its
+    /// newest entry's version (none when the table does not exist yet).
     async fn load_carry_log(&self, session: &Session) -> Result<CarryLog, ScyllaSinkError> {
-        let cql = format!("SELECT commit_lsn, ordinal, target, carried FROM {} WHERE sink = ?", self.carried_table);
         let failed = |reason: String| ScyllaSinkError::Carried { table: self.carried_table.clone(), reason };
-        // Entries live only between a move and the next checkpoint: few.
-        let result = match session.query_unpaged(cql.as_str(), (self.config.name.as_str(),)).await {
-            Ok(result) => result,
-            Err(source) => {
-                let err = ScyllaSinkError::Execute { what: cql.clone(), source: Box::new(source) };
-                // No carry log table yet: no key move recorded so far.
-                if err.is_invalid_request() {
-                    return Ok(CarryLog::default());
+        let mut ends = Vec::with_capacity(2);
+        // Clustering order is (commit_lsn, ordinal, target): the first row is the oldest.
+        for order in ["", " ORDER BY commit_lsn DESC, ordinal DESC, target DESC"] {
+            let cql = format!("SELECT commit_lsn, ordinal FROM {} WHERE sink = ?{order} LIMIT 1", self.carried_table);
+            let result = match session.query_unpaged(cql.as_str(), (self.config.name.as_str(),)).await {
+                Ok(result) => result,
+                Err(source) => {
+                    let err = ScyllaSinkError::Execute { what: cql.clone(), source: Box::new(source) };
+                    // No carry log table yet: no key move recorded so far.
+                    if err.is_invalid_request() {
+                        return Ok(CarryLog::default());
+                    }
+                    return Err(err);
                 }
-                return Err(err);
-            }
-        };
-        type Entry = (i64, i64, String, Option<HashMap<String, Vec<u8>>>);
-        let rows = result.into_rows_result().map_err(|err| failed(err.to_string()))?;
-        let mut log = CarryLog::default();
-        for row in rows.rows::<Entry>().map_err(|err| failed(err.to_string()))? {
-            let (commit_lsn, ordinal, target, cells) = row.map_err(|err| failed(err.to_string()))?;
-            let version = pgfanout_core::Version {
-                commit_lsn: Lsn(u64::try_from(commit_lsn).map_err(|_| failed(format!("commit_lsn {commit_lsn}")))?),
-                ordinal: u32::try_from(ordinal).map_err(|_| failed(format!("ordinal {ordinal}")))?,
             };
-            log.insert(carried::CarryKey { version, target }, cells.unwrap_or_default().into_iter().collect());
+            let rows = result.into_rows_result().map_err(|err| failed(err.to_string()))?;
+            let end = rows.maybe_first_row::<(i64, i64)>().map_err(|err| failed(err.to_string()))?;
+            let version = end
+                .map(|(commit_lsn, ordinal)| {
+                    Ok::<_, ScyllaSinkError>(Version {
+                        commit_lsn: Lsn(
+                            u64::try_from(commit_lsn).map_err(|_| failed(format!("commit_lsn {commit_lsn}")))?
+                        ),
+                        ordinal: u32::try_from(ordinal).map_err(|_| failed(format!("ordinal {ordinal}")))?,
+                    })
+                })
+                .transpose()?;
+            ends.push(version);
         }
-        Ok(log)
+        let oldest = ends.first().copied().flatten().map(|version| version.commit_lsn);
+        Ok(CarryLog::from_stored(oldest, ends.get(1).copied().flatten()))
+    }
+
+    /// The entry a move of `key` recorded, if the log holds one.
+    async fn read_carry_entry(
+        &self,
+        session: &Session,
+        key: &carried::CarryKey,
+    ) -> Result<Option<CarriedCells>, ScyllaSinkError> {
+        let cql: Arc<str> = format!(
+            "SELECT carried FROM {} WHERE sink = ? AND commit_lsn = ? AND ordinal = ? AND target = ?",
+            self.carried_table
+        )
+        .into();
+        let select = self.prepare(session, &cql).await?;
+        let values = (
+            self.config.name.as_str(),
+            carried::as_bigint(key.version.commit_lsn.0),
+            i64::from(key.version.ordinal),
+            key.target.as_str(),
+        );
+        let result = session.execute_unpaged(&select, values).await.map_err(|source| ScyllaSinkError::Execute {
+            what: format!("statement {cql}"),
+            source: Box::new(source),
+        })?;
+        let failed = |reason: String| ScyllaSinkError::Carried { table: self.carried_table.clone(), reason };
+        let rows = result.into_rows_result().map_err(|err| failed(err.to_string()))?;
+        let row =
+            rows.maybe_first_row::<(Option<HashMap<String, Vec<u8>>>,)>().map_err(|err| failed(err.to_string()))?;
+        Ok(row.map(|(cells,)| cells.unwrap_or_default().into_iter().collect()))
     }
 
     async fn write(&self, changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Result<(), ScyllaSinkError> {
@@ -307,20 +348,23 @@ impl ScyllaSink {
         Ok(())
     }
 
-    /// Deletes the carry log entries of the transactions the stored
-    /// checkpoint `end_lsn` covers: they will not be applied again.
+    /// Deletes the carry log entries no change applied again can need: of
+    /// transactions the stored checkpoint `end_lsn` covers, and, with a
+    /// change archive, before where it can replay from.
     async fn forget_carried(&self, session: &Session, end_lsn: Lsn) -> Result<(), ScyllaSinkError> {
-        if !self.lock_carry_log().as_ref().is_some_and(|log| log.holds_before(end_lsn)) {
+        let replayable_from = self.replay_horizon.get().map(ReplayHorizon::replayable_from);
+        let bound = carried::forget_below(end_lsn, replayable_from);
+        if !self.lock_carry_log().as_ref().is_some_and(|log| log.holds_before(bound)) {
             return Ok(());
         }
         let cql = format!("DELETE FROM {} WHERE sink = ? AND commit_lsn < ?", self.carried_table);
-        let values = (self.config.name.as_str(), carried::as_bigint(end_lsn.0));
+        let values = (self.config.name.as_str(), carried::as_bigint(bound.0));
         session
             .query_unpaged(cql.as_str(), values)
             .await
             .map_err(|source| ScyllaSinkError::Execute { what: cql.clone(), source: Box::new(source) })?;
         if let Some(log) = self.lock_carry_log().as_mut() {
-            log.forget_before(end_lsn);
+            log.forget_before(bound);
         }
         Ok(())
     }
@@ -359,7 +403,8 @@ impl ScyllaSink {
             let spec = index.and_then(|i| specs.get_by_index(i));
             spec.map(|spec| spec.typ().clone().into_owned()).ok_or_else(|| failed(format!("no column {name}")))
         };
-        let recorded = self.lock_carry_log().as_ref().and_then(|log| log.get(&carry.key).cloned());
+        let may_hold = self.lock_carry_log().as_ref().is_some_and(|log| log.may_hold(carry.key.version));
+        let recorded = if may_hold { self.read_carry_entry(session, &carry.key).await? } else { None };
         if let Some(cells) = recorded {
             let specs = select.get_current_result_set_col_specs();
             return cells
@@ -383,10 +428,10 @@ impl ScyllaSink {
                 })
                 .collect::<Result<_, ScyllaSinkError>>()?
         };
-        self.record_carried(session, carry, &cells).await?;
         if let Some(log) = self.lock_carry_log().as_mut() {
-            log.insert(carry.key.clone(), cells);
+            log.recording(carry.key.version);
         }
+        self.record_carried(session, carry, &cells).await?;
         Ok(values)
     }
 
@@ -776,6 +821,12 @@ impl Sink for ScyllaSink {
 
     fn read_back(&self) -> Option<&dyn pgfanout_core::ReadBack> {
         Some(self)
+    }
+
+    /// Carry log entries stay until the archive cannot replay them either.
+    fn keep_replayable(&self, horizon: ReplayHorizon) {
+        // Set once, before the worker starts; a sink is built per `run` attempt.
+        let _ = self.replay_horizon.set(horizon);
     }
 }
 
