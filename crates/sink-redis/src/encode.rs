@@ -772,7 +772,8 @@ fn write_row<'a>(
             // One argument holds the whole record but the fields to remove:
             // key positions, mode, TTL and counts as MessagePack integers
             // (numbers to the script, never parsed from text), the version,
-            // then the fields to write (present values, the version last).
+            // then the fields to write (present values; the script adds the
+            // version field itself, from the version, when guarded).
             // For an update, the fields to remove (NULLs) follow as
             // arguments of their own; unchanged TOAST columns are in neither.
             // A replaced row has no stale fields to remove.
@@ -792,8 +793,7 @@ fn write_row<'a>(
             }
             pack_string(&mut record, version.as_bytes());
             let present = columns().filter_map(|(field, value)| Some((field.as_bytes(), value.as_bytes()?)));
-            let guard = resolved.version_field.as_ref().map(|field| (field.as_bytes(), version.as_bytes()));
-            for (field, value) in present.chain(guard) {
+            for (field, value) in present {
                 pack_string(&mut record, field);
                 pack_string(&mut record, value);
             }
@@ -1130,8 +1130,8 @@ mod tests {
         // fields with the version's own last) and the fields to remove.
         let expected = [
             "_v 0/100".to_owned(),
-            format!("H [2 0 3 1 0 0 {v0} id 7 status new _v {v0}]"),
-            format!("H [2 0 3 0 0 1 {v1} id 7 _v {v1}] status"),
+            format!("H [2 0 3 1 0 0 {v0} id 7 status new]"),
+            format!("H [2 0 3 0 0 1 {v1} id 7] status"),
             format!("D h 2 0 3 {v2} 0"),
         ]
         .join(" ");
