@@ -45,7 +45,8 @@ pub struct RedisSinkConfig {
     pub version_guard: bool,
     /// Name of the field or JSON property holding a row's version: a
     /// 25-character string, commit LSN then position in the transaction,
-    /// in hex, that sorts in stream order. Default: `"_pgfanout_version"`.
+    /// in hex, that sorts in stream order; no column of a mapped table may
+    /// have this name. Default: `"_pgfanout_version"`.
     #[serde(default = "default_version_field")]
     pub version_field: String,
     /// Prefix of tombstone keys (tables with `tombstone_secs`): the deleted

@@ -520,7 +520,8 @@ impl RedisEncoder {
     /// What would make [`encode`](Self::encode) refuse every change of a
     /// table of this shape, one line each: a key it cannot build, template
     /// columns the table does not publish, key columns a delete does not
-    /// carry (outside the primary key, without REPLICA IDENTITY FULL).
+    /// carry (outside the primary key, without REPLICA IDENTITY FULL), a
+    /// column named like the version field.
     pub fn table_problems(&self, table: &TableSchema) -> Vec<String> {
         let reason = |err: RedisSinkError| match err {
             RedisSinkError::Mapping { reason, .. } => reason,
@@ -555,6 +556,14 @@ impl RedisEncoder {
         for template in options.invalidate.iter().chain(&options.invalidate_sets) {
             if let Err(err) = ResolvedKey::resolve(template, table) {
                 problems.push(reason(err));
+            }
+        }
+        if let Some(field) = &self.settings.version_field {
+            if table.columns.iter().any(|column| column.name == *field) {
+                problems.push(format!(
+                    "column {field} has the name of the sink's version field, so the column and each row's \
+                     version would overwrite each other: set version_field to a name no column has"
+                ));
             }
         }
         problems
@@ -772,7 +781,8 @@ fn write_row<'a>(
             // One argument holds the whole record but the fields to remove:
             // key positions, mode, TTL and counts as MessagePack integers
             // (numbers to the script, never parsed from text), the version,
-            // then the fields to write (present values, the version last).
+            // then the fields to write (present values; the script adds the
+            // version field itself, from the version, when guarded).
             // For an update, the fields to remove (NULLs) follow as
             // arguments of their own; unchanged TOAST columns are in neither.
             // A replaced row has no stale fields to remove.
@@ -792,8 +802,7 @@ fn write_row<'a>(
             }
             pack_string(&mut record, version.as_bytes());
             let present = columns().filter_map(|(field, value)| Some((field.as_bytes(), value.as_bytes()?)));
-            let guard = resolved.version_field.as_ref().map(|field| (field.as_bytes(), version.as_bytes()));
-            for (field, value) in present.chain(guard) {
+            for (field, value) in present {
                 pack_string(&mut record, field);
                 pack_string(&mut record, value);
             }
@@ -1130,8 +1139,8 @@ mod tests {
         // fields with the version's own last) and the fields to remove.
         let expected = [
             "_v 0/100".to_owned(),
-            format!("H [2 0 3 1 0 0 {v0} id 7 status new _v {v0}]"),
-            format!("H [2 0 3 0 0 1 {v1} id 7 _v {v1}] status"),
+            format!("H [2 0 3 1 0 0 {v0} id 7 status new]"),
+            format!("H [2 0 3 0 0 1 {v1} id 7] status"),
             format!("D h 2 0 3 {v2} 0"),
         ]
         .join(" ");
@@ -1227,6 +1236,19 @@ mod tests {
         assert_eq!(document, serde_json::json!({"_v": v, "id": "7", "status": "say \"hi\" ✓"}));
         assert!(args[8].starts_with("{\"_v\":"), "the version comes first: {}", args[8]);
         assert_eq!(args[9..], ["1", "notes"], "the TOAST column is kept from the store");
+    }
+
+    #[test]
+    fn a_column_named_like_the_version_field_is_a_problem() {
+        let mut shape = (*table()).clone();
+        assert!(encoder(None).table_problems(&shape).is_empty());
+        shape.columns[2].name = "_v".into();
+        let problems = encoder(None).table_problems(&shape);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("column _v has the name of the sink's version field"), "{problems:?}");
+        let mut unguarded = settings();
+        unguarded.version_field = None;
+        assert!(RedisEncoder::new(HashMap::new(), unguarded).table_problems(&shape).is_empty());
     }
 
     #[test]

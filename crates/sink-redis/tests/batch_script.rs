@@ -145,6 +145,27 @@ async fn a_replayed_older_change_never_moves_a_row_backwards() {
 }
 
 #[tokio::test]
+async fn an_insert_replaces_whatever_its_key_held() {
+    // The script skips the guard's read and the delete for a key that does
+    // not exist; a key that does (an older row, or another application's
+    // hash without a version) must still be replaced whole.
+    clear("replaced").await;
+    let sink = sink("replaced", serde_json::json!({}));
+    let mut redis = connection().await;
+    let _: () = redis.hset_multiple("replaced:1", &[("owner", "billing"), ("status", "stale")]).await.unwrap();
+    let older = transaction("replaced", 0x1000, vec![insert(["2", "new", "a"])]);
+    let _: () = redis.hset("replaced:2", "leftover", "x").await.unwrap();
+    apply(&sink, &[&older]).await;
+    let _: () = redis.hset("replaced:2", "leftover", "x").await.unwrap();
+    let inserts = transaction("replaced", 0x2000, vec![insert(["1", "new", "NULL"]), insert(["2", "again", "NULL"])]);
+    apply(&sink, &[&inserts]).await;
+    assert_eq!(hash("replaced:1").await, fields(&[("id", "1"), ("status", "new")]));
+    assert_eq!(hash("replaced:2").await, fields(&[("id", "2"), ("status", "again")]));
+    let stored: String = redis.hget("replaced:1", "_pgfanout_version").await.unwrap();
+    assert_eq!(stored, pgfanout_core::Version { commit_lsn: Lsn(0x2000), ordinal: 0 }.to_sortable_string());
+}
+
+#[tokio::test]
 async fn a_tombstone_keeps_a_replayed_insert_from_resurrecting_a_deleted_row() {
     clear("buried").await;
     let sink = sink("buried", serde_json::json!({ "tombstone_secs": 600 }));

@@ -12,7 +12,8 @@
 --       after the other: key, tomb, index (positions in KEYS, 0 = none),
 --       replace (1 replaces the row, 0 patches it), ttl, nunset (integers),
 --       version, then field name, value, field name, value, ... (strings;
---       the version field last when guarded); the nunset fields to remove
+--       the script writes the version field first when guarded, from the
+--       version it already holds); the nunset fields to remove
 --       follow as arguments. cmsgpack unpacks the record straight into
 --       write_hash's parameters and the fields into HSET's arguments: two
 --       arguments per row instead of two per column and one per scalar
@@ -81,17 +82,21 @@ local function stored_version(key, format)
   return nil
 end
 
+-- Whether the row's tombstone, if it has one, lets a change at `version`
+-- write: true unless the tombstone holds that version or a newer one.
+local function tomb_allows(tomb, version)
+  if not tomb then return true end
+  local buried = redis.call('GET', tomb)
+  return not (buried and buried >= version)
+end
+
 -- Whether a change at `version` may touch the row at `key`: true unless the
 -- row (or its tombstone) already holds that version or a newer one.
 local function may_write(key, tomb, format, version)
   if version_field == '' then return true end
   local current = stored_version(key, format)
   if current and current >= version then return false end
-  if tomb then
-    local buried = redis.call('GET', tomb)
-    if buried and buried >= version then return false end
-  end
-  return true
+  return tomb_allows(tomb, version)
 end
 
 local function count(allowed)
@@ -124,10 +129,21 @@ end
 local function write_hash(unset_from, key_position, tomb_position, index_position, replace, ttl, unset_count, version, ...)
   local key, tomb, index = KEYS[key_position], KEYS[tomb_position], KEYS[index_position]
   local next_record = unset_from + unset_count
-  if count(may_write(key, tomb, 'h', version)) then
-    if replace == 1 then redis.call('DEL', key) end
+  -- A guarded row replacing a key that does not exist (an insert, the
+  -- usual case) has no stored version to compare and nothing to delete:
+  -- one EXISTS instead of the guard's HGET and the DEL.
+  local fresh = replace == 1 and version_field ~= '' and redis.call('EXISTS', key) == 0
+  local allowed
+  if fresh then allowed = tomb_allows(tomb, version) else allowed = may_write(key, tomb, 'h', version) end
+  if count(allowed) then
+    if replace == 1 and not fresh then redis.call('DEL', key) end
     local first_field = ...
-    if first_field then redis.call('HSET', key, ...) end
+    if version_field ~= '' then
+      -- The version first: the record carries it once, not as a field too.
+      redis.call('HSET', key, version_field, version, ...)
+    elseif first_field then
+      redis.call('HSET', key, ...)
+    end
     if unset_count > 0 then redis.call('HDEL', key, unpack(ARGV, unset_from, next_record - 1)) end
     if ttl > 0 then redis.call('EXPIRE', key, ttl) end
     if index then add_to_index(index, key) end
