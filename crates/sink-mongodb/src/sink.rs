@@ -5,8 +5,9 @@
 //! ```text
 //! rounds of row statements ──(each round: the old documents of key moves that carry
 //!        │                    unchanged TOAST values read (one `find` per collection),
-//!        │                    then one unordered `update` and one `delete` command per
-//!        │                    collection, sent concurrently)
+//!        │                    then one unordered `insert`, `update` and `delete` command
+//!        │                    per collection, sent concurrently; then the upserts of
+//!        │                    inserts refused as duplicate keys)
 //!        │  concurrently with
 //! aggregates: resets (after a truncate) → find the groups' versions → `$inc` commands
 //!        ▼
@@ -54,6 +55,42 @@ enum Purpose {
     Increments,
     /// Aggregate resets: any match count is fine.
     Resets,
+}
+
+/// The write command a statement goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Verb {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Verb {
+    /// The command's name and the field that lists its statements.
+    fn fields(self) -> (&'static str, &'static str) {
+        match self {
+            Verb::Insert => ("insert", "documents"),
+            Verb::Update => ("update", "updates"),
+            Verb::Delete => ("delete", "deletes"),
+        }
+    }
+}
+
+/// One write command for one collection, as it goes on the wire.
+struct Command {
+    namespace: Arc<Namespace>,
+    verb: Verb,
+    statements: RawArrayBuf,
+    count: usize,
+    bytes: usize,
+    /// For an `insert`: the guarded upsert of each document, by position.
+    fallbacks: Vec<Document>,
+}
+
+impl Command {
+    fn new(namespace: Arc<Namespace>, verb: Verb) -> Self {
+        Command { namespace, verb, statements: RawArrayBuf::new(), count: 0, bytes: 0, fallbacks: Vec::new() }
+    }
 }
 
 /// Keeps MongoDB documents equal to PostgreSQL rows.
@@ -316,68 +353,71 @@ impl MongoSink {
         Ok((Arc::clone(namespace), versions))
     }
 
-    /// Sends `writes` as one `update` and one `delete` command per collection (split by
-    /// size), all concurrently; returns how many commands were sent.
+    /// Sends `writes` as one `insert`, one `update` and one `delete` command per collection
+    /// (split by size), all concurrently, then the upserts of inserts refused as duplicate
+    /// keys the same way; returns how many commands were sent.
     async fn send(&self, client: &Client, writes: Vec<Write>, purpose: Purpose) -> Result<usize, MongoSinkError> {
-        let mut grouped: HashMap<(Arc<Namespace>, bool), Vec<RawDocumentBuf>> = HashMap::new();
+        let mut writes = writes;
+        let mut sent = 0;
+        while !writes.is_empty() {
+            let commands = Self::commands(writes)?;
+            sent += commands.len();
+            let refused =
+                try_join_all(commands.into_iter().map(|command| self.command(client, command, purpose))).await?;
+            writes = refused.into_iter().flatten().collect();
+        }
+        Ok(sent)
+    }
+
+    /// `writes` grouped by collection and verb into commands below the size limits.
+    fn commands(writes: Vec<Write>) -> Result<Vec<Command>, MongoSinkError> {
+        let mut open: HashMap<(Arc<Namespace>, Verb), Command> = HashMap::new();
+        let mut commands = Vec::new();
         for write in writes {
-            let (is_update, statement) = match write.statement {
-                Statement::Update(statement) => (true, statement),
-                Statement::Delete(statement) => (false, statement),
+            let (verb, statement, fallback) = match write.statement {
+                Statement::InsertOrUpsert { document, upsert } => (Verb::Insert, document, Some(upsert)),
+                Statement::Update(statement) => (Verb::Update, statement, None),
+                Statement::Delete(statement) => (Verb::Delete, statement, None),
                 // Filled by `fill_carried` before rounds are sent; unfilled, the upsert
                 // leaves the carried fields alone as it does any unchanged TOAST value.
-                Statement::CarryingUpdate(carry) => (true, carry.update),
+                Statement::CarryingUpdate(carry) => (Verb::Update, carry.update, None),
             };
             let raw = RawDocumentBuf::from_document(&statement).map_err(|err| crate::encode::EncodeError {
                 table: write.namespace.to_string(),
                 version: String::new(),
                 reason: format!("statement does not serialize: {err}"),
             })?;
-            grouped.entry((write.namespace, is_update)).or_default().push(raw);
-        }
-        let mut commands = Vec::new();
-        for ((namespace, is_update), statements) in grouped {
-            let mut chunk = RawArrayBuf::new();
-            let (mut bytes, mut count) = (0, 0);
-            for statement in statements {
-                if count > 0
-                    && (bytes + statement.as_bytes().len() > MAX_COMMAND_BYTES || count == MAX_COMMAND_STATEMENTS)
-                {
-                    commands.push((Arc::clone(&namespace), is_update, std::mem::take(&mut chunk), count));
-                    (bytes, count) = (0, 0);
-                }
-                bytes += statement.as_bytes().len();
-                count += 1;
-                chunk.push(statement);
+            let namespace = write.namespace;
+            let command = open
+                .entry((Arc::clone(&namespace), verb))
+                .or_insert_with(|| Command::new(Arc::clone(&namespace), verb));
+            let bytes = raw.as_bytes().len();
+            if command.count > 0
+                && (command.bytes + bytes > MAX_COMMAND_BYTES || command.count == MAX_COMMAND_STATEMENTS)
+            {
+                commands.push(std::mem::replace(command, Command::new(namespace, verb)));
             }
-            commands.push((namespace, is_update, chunk, count));
+            command.bytes += bytes;
+            command.count += 1;
+            command.statements.push(raw);
+            command.fallbacks.extend(fallback);
         }
-        let sent = commands.len();
-        try_join_all(commands.into_iter().map(|(namespace, is_update, statements, count)| {
-            self.command(client, namespace, is_update, statements, count, purpose)
-        }))
-        .await?;
-        Ok(sent)
+        commands.extend(open.into_values());
+        Ok(commands)
     }
 
-    async fn command(
-        &self,
-        client: &Client,
-        namespace: Arc<Namespace>,
-        is_update: bool,
-        statements: RawArrayBuf,
-        count: usize,
-        purpose: Purpose,
-    ) -> Result<(), MongoSinkError> {
-        let (verb, list) = if is_update { ("update", "updates") } else { ("delete", "deletes") };
+    /// Sends one command; returns the upserts of the inserts it refused as duplicate keys.
+    async fn command(&self, client: &Client, command: Command, purpose: Purpose) -> Result<Vec<Write>, MongoSinkError> {
+        let Command { namespace, verb, statements, count, fallbacks, .. } = command;
+        let (name, list) = verb.fields();
         // Row upserts refused as duplicates are sent again for documents without a version.
-        let sent = (is_update && purpose == Purpose::Rows).then(|| statements.clone());
-        let mut command = RawDocumentBuf::new();
-        command.append(verb, namespace.collection.as_str());
-        command.append(list, statements);
-        command.append("ordered", false);
-        let what = || format!("{verb} of {count} statements on {namespace}");
-        let reply = self.timed(what, client.database(&namespace.database).run_raw_command(command)).await?;
+        let sent = (verb == Verb::Update && purpose == Purpose::Rows).then(|| statements.clone());
+        let mut body = RawDocumentBuf::new();
+        body.append(name, namespace.collection.as_str());
+        body.append(list, statements);
+        body.append("ordered", false);
+        let what = || format!("{name} of {count} statements on {namespace}");
+        let reply = self.timed(what, client.database(&namespace.database).run_raw_command(body)).await?;
         let rejected = |code, message: &str| MongoSinkError::Rejected {
             namespace: namespace.to_string(),
             code,
@@ -392,7 +432,8 @@ impl MongoSink {
             for error in errors.iter().filter_map(Bson::as_document) {
                 let code = error.get_i32("code").unwrap_or(0);
                 match (code, purpose) {
-                    // A guarded upsert of a document that is newer or holds no version.
+                    // An insert whose `_id` is taken, or a guarded upsert of a document that
+                    // is newer or holds no version.
                     (DUPLICATE_KEY, Purpose::Rows) => {
                         duplicates.push(error.get_i32("index").ok().and_then(|index| usize::try_from(index).ok()))
                     }
@@ -409,11 +450,29 @@ impl MongoSink {
                 return Err(MongoSinkError::AggregateConflict { namespace: namespace.to_string() });
             }
         }
-        if let (false, Some(sent)) = (duplicates.is_empty(), sent) {
+        if duplicates.is_empty() {
+            return Ok(Vec::new());
+        }
+        if verb == Verb::Insert {
+            let mut fallbacks: Vec<Option<Document>> = fallbacks.into_iter().map(Some).collect();
+            return duplicates
+                .into_iter()
+                .map(|index| {
+                    let upsert = index.and_then(|index| fallbacks.get_mut(index)).and_then(Option::take);
+                    let upsert = upsert.ok_or_else(|| crate::encode::EncodeError {
+                        table: namespace.to_string(),
+                        version: String::new(),
+                        reason: "a duplicate-key reply to an insert the sink cannot map back to its document".into(),
+                    })?;
+                    Ok(Write { namespace: Arc::clone(&namespace), statement: Statement::Update(upsert) })
+                })
+                .collect();
+        }
+        if let Some(sent) = sent {
             tracing::trace!(sink = %self.config.name, namespace = %namespace, duplicates = duplicates.len(), "stale writes skipped");
             self.write_unversioned(client, &namespace, &sent, &duplicates).await?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     /// Sends the upserts at `indexes` of `sent` (refused as duplicate keys) again, filtered
