@@ -20,6 +20,8 @@
 #      changes (pgfanout_sink_applied_total, polled every 10 ms over /metrics), then gets
 #      SIGTERM. Both under /usr/bin/time: wall seconds (for pgfanout: start to the last change
 #      applied), client CPU user and system seconds, peak RSS;
+#      Meanwhile the walsender serving the slot copy is sampled from /proc every 20 ms: its
+#      CPU seconds (user + system) until it exits are the server's cost of that client;
 #   5. prints every run and, per variant and transport, the medians and the ratio of
 #      pgfanout's wall time and CPU time to pg_recvlogical's.
 #
@@ -34,6 +36,8 @@
 #                            on a loaded machine; use N=100000, it runs ~50x slower); the profiles
 #                            are kept in CALLGRIND_OUT [a temporary folder] for callgrind_annotate
 #   PGFANOUT_BIN             pgfanout binary [release build of this checkout, built if needed]
+#   BASELINE_BIN             a second pgfanout binary (say, a build of main) run as variant
+#                            `baseline` in the same rounds: before/after figures taken in turns
 #   KEEP_DB=1 / REUSE=1      keep the workload / reuse the one a KEEP_DB=1 run left (same N)
 #   HUGE=ROWS                instead: the memory of one transaction inserting ROWS rows (in a
 #                            database of its own). The server streams it, pgfanout holds it,
@@ -241,28 +245,52 @@ $([[ -z $HUGE ]] || printf '\n[pipeline]\nspill_memory_mb = %s\nqueue_mb = %s\n'
 TOML
 }
 
+# walsender_cpu SLOT OUT: waits for the walsender that serves SLOT, samples its CPU time
+# (user + system, from /proc) until it exits, then writes the last sample in seconds to OUT.
+walsender_cpu() {
+    local slot=$1 out=$2 pid="" stat ticks=0 tries=0 fields
+    while [[ -z $pid ]]; do
+        pid=$(sql "$DB" "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '$slot' AND active")
+        ((++tries < 1000)) || break
+        [[ -n $pid ]] || sleep 0.01
+    done
+    while [[ -n $pid ]] && read -r stat 2>/dev/null <"/proc/$pid/stat"; do
+        # The process name is "(postgres)", without spaces: fields 14 and 15 are utime, stime.
+        read -ra fields <<<"$stat"
+        ticks=$((fields[13] + fields[14]))
+        sleep 0.02
+    done
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f\n", t / hz }' >"$out"
+}
+
 # timed VARIANT TRANSPORT RUN: drains a fresh copy of the slot; prints
-# "wall_seconds user_seconds system_seconds max_rss_kb".
+# "wall_seconds user_seconds system_seconds max_rss_kb walsender_cpu_seconds waits", where
+# waits counts the client's voluntary context switches (each a wake-up someone paid for).
 timed() {
-    local variant=$1 transport=$2 run=$3 slot="pipe_${1}_${2}_$3$SUFFIX" info timing
+    local variant=$1 transport=$2 run=$3 slot="pipe_${1}_${2}_$3$SUFFIX" info timing sampler binary=$PGFANOUT_BIN
     sql "$DB" "SELECT pg_copy_logical_replication_slot('$ORIGIN_SLOT', '$slot')" >/dev/null
     info=$(conninfo "$transport")
     timing=$WORK/timing
+    walsender_cpu "$slot" "$WORK/walsender" &
+    sampler=$!
+    [[ $variant != baseline ]] || binary=$BASELINE_BIN
     case $variant in
     pg_recvlogical)
-        PGOPTIONS=$PINNED_OPTIONS /usr/bin/time -o "$timing" -f '%e %U %S %M' \
+        PGOPTIONS=$PINNED_OPTIONS /usr/bin/time -o "$timing" -f '%e %U %S %M %w' \
             "$PG_BIN/pg_recvlogical" -d "$info" --slot "$slot" --start -o proto_version=1 \
             -o publication_names=$PUBLICATION -E "$END_LSN" -f /dev/null --no-loop
-        cat "$timing"
+        wait "$sampler"
+        read -r seconds user system rss waits <"$timing"
+        echo "$seconds $user $system $rss $(cat "$WORK/walsender") $waits"
         ;;
-    pgfanout)
+    pgfanout | baseline)
         local http_port=$((20000 + RANDOM % 20000)) started finished applied=0
         pgfanout_config "$slot" "$transport" "$http_port" >"$WORK/pgfanout.toml"
         started=$EPOCHREALTIME
         # Its output goes to files, never to this function's stdout (a pipe the
         # caller reads to its end).
-        PGFANOUT_LOG=warn /usr/bin/time -o "$timing" -f '%e %U %S %M' \
-            "$PGFANOUT_BIN" --log-format text run --config "$WORK/pgfanout.toml" \
+        PGFANOUT_LOG=warn /usr/bin/time -o "$timing" -f '%e %U %S %M %w' \
+            "$binary" --log-format text run --config "$WORK/pgfanout.toml" \
             >"$WORK/pgfanout.out" 2>"$WORK/pgfanout.log" &
         TIME_PID=$!
         PGFANOUT_PID=$(child_of "$TIME_PID")
@@ -281,8 +309,9 @@ timed() {
         # Every change was applied already; how it stopped does not change the figures.
         wait "$TIME_PID" || log "pgfanout exited with status $? after SIGTERM: $(tail -3 "$WORK/pgfanout.log")"
         PGFANOUT_PID="" TIME_PID=""
-        read -r _ user system rss <"$timing"
-        echo "$(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.3f", b - a }') $user $system $rss"
+        read -r _ user system rss waits <"$timing"
+        wait "$sampler"
+        echo "$(awk -v a="$started" -v b="$finished" 'BEGIN { printf "%.3f", b - a }') $user $system $rss $(cat "$WORK/walsender") $waits"
         ;;
     esac
     sql "$DB" "SELECT pg_drop_replication_slot('$slot')" >/dev/null
@@ -328,7 +357,7 @@ main() {
         printf 'one transaction of %s inserted rows, spill_memory_mb=%s queue_mb=%s, over the unix socket\n' \
             "$N" "${SPILL_MB:-16}" "${QUEUE_MB:-8}"
         printf '%-15s %8s %7s %7s %10s\n' variant wall_s user_s sys_s max_rss_kb
-        read -r seconds user system rss < <(timed pgfanout unix 1)
+        read -r seconds user system rss _ < <(timed pgfanout unix 1)
         printf '%-15s %8.2f %7.2f %7.2f %10d\n' pgfanout "$seconds" "$user" "$system" "$rss"
         return
     fi
@@ -338,20 +367,24 @@ main() {
     fi
     log "load before the runs: $(uptime)"
     local variants=(pg_recvlogical pgfanout) transport run variant
-    printf '%-15s %-5s %4s %8s %7s %7s %7s %10s\n' variant via run wall_s user_s sys_s cpu_s max_rss_kb
+    [[ -z ${BASELINE_BIN:-} ]] || variants+=(baseline)
+    printf '%-15s %-5s %4s %8s %7s %7s %7s %10s %12s %8s\n' variant via run wall_s user_s sys_s cpu_s max_rss_kb \
+        walsender_s waits
     for transport in $TRANSPORTS; do
         for ((run = 1; run <= REPEAT; run++)); do
             for variant in "${variants[@]}"; do
-                read -r seconds user system rss < <(timed "$variant" "$transport" "$run")
+                read -r seconds user system rss walsender waits < <(timed "$variant" "$transport" "$run")
                 local cpu
                 cpu=$(awk -v u="$user" -v s="$system" 'BEGIN { print u + s }')
-                printf '%-15s %-5s %4d %8.2f %7.2f %7.2f %7.2f %10d\n' \
-                    "$variant" "$transport" "$run" "$seconds" "$user" "$system" "$cpu" "$rss"
+                printf '%-15s %-5s %4d %8.2f %7.2f %7.2f %7.2f %10d %12.2f %8d\n' \
+                    "$variant" "$transport" "$run" "$seconds" "$user" "$system" "$cpu" "$rss" "$walsender" "$waits"
                 echo "$seconds" >>"$WORK/$variant.$transport.wall"
                 echo "$user" >>"$WORK/$variant.$transport.user"
                 echo "$system" >>"$WORK/$variant.$transport.sys"
                 echo "$cpu" >>"$WORK/$variant.$transport.cpu"
                 echo "$rss" >>"$WORK/$variant.$transport.rss"
+                echo "$walsender" >>"$WORK/$variant.$transport.walsender"
+                echo "$waits" >>"$WORK/$variant.$transport.waits"
             done
         done
     done
@@ -360,7 +393,7 @@ main() {
     printf 'N=%s row changes (60 %% inserts, 30 %% updates, 10 %% deletes, 100 per transaction), %s runs each, medians;\n' \
         "$N" "$REPEAT"
     printf 'ratio = pgfanout / pg_recvlogical on the same transport\n'
-    printf '%-15s %-5s %8s %7s %7s %7s %9s %10s\n' variant via wall_s ratio user_s sys_s cpu_s cpu_ratio
+    printf '%-15s %-5s %8s %7s %7s %7s %7s %9s %12s %8s\n' variant via wall_s ratio user_s sys_s cpu_s cpu_ratio walsender_s waits
     for transport in $TRANSPORTS; do
         local base_wall base_cpu
         base_wall=$(median <"$WORK/pg_recvlogical.$transport.wall")
@@ -369,10 +402,11 @@ main() {
             local wall cpu
             wall=$(median <"$WORK/$variant.$transport.wall")
             cpu=$(median <"$WORK/$variant.$transport.cpu")
-            printf '%-15s %-5s %8.2f %7.2f %7.2f %7.2f %7.2f %9.2f  peak RSS %s kB\n' "$variant" "$transport" "$wall" \
-                "$(awk -v a="$wall" -v b="$base_wall" 'BEGIN { print a / b }')" \
+            printf '%-15s %-5s %8.2f %7.2f %7.2f %7.2f %7.2f %9.2f %12.2f %8d  peak RSS %s kB\n' "$variant" "$transport" \
+                "$wall" "$(awk -v a="$wall" -v b="$base_wall" 'BEGIN { print a / b }')" \
                 "$(median <"$WORK/$variant.$transport.user")" "$(median <"$WORK/$variant.$transport.sys")" "$cpu" \
                 "$(awk -v a="$cpu" -v b="$base_cpu" 'BEGIN { print a / b }')" \
+                "$(median <"$WORK/$variant.$transport.walsender")" "$(median <"$WORK/$variant.$transport.waits")" \
                 "$(sort -n "$WORK/$variant.$transport.rss" | tail -1)"
         done
     done
