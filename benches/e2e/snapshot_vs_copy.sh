@@ -12,6 +12,7 @@
 #   LOGS=/tmp/snap PGFANOUT_LOG=info,pgfanout_snapshot=debug benches/e2e/snapshot_vs_copy.sh
 #                                   # keep pgfanout's logs (per-chunk timings at debug) in LOGS
 #   PGFANOUT_BIN=/tmp/pgfanout-old benches/e2e/snapshot_vs_copy.sh   # that binary, no build
+#   REUSE=1 benches/e2e/snapshot_vs_copy.sh   # the orders table an earlier run filled, if it has N rows
 #   CALLGRIND=1 SINKS=discard N=200000 benches/e2e/snapshot_vs_copy.sh
 #                                   # instead of timing: pgfanout under valgrind --tool=callgrind,
 #                                   # printing its instructions per row (whole process; stable on a
@@ -36,13 +37,18 @@ fi
 
 # The rows exist before pgfanout's slot does: they reach the sinks only
 # through the snapshot.
-bench_database bench_snapshot <<SQL
+if [[ ${REUSE:-0} == 1 ]] &&
+    [[ $("${PSQL[@]}" -d bench_snapshot -Atc "SELECT count(*) FROM orders" 2>/dev/null) == "$N" ]]; then
+    echo "reusing the $N-row orders table of database bench_snapshot" >&2
+else
+    bench_database bench_snapshot <<SQL
 $ORDERS_TABLE
 CREATE PUBLICATION bench_snapshot FOR TABLE orders;
 SQL
-"${PSQL[@]}" -d bench_snapshot -c "SELECT pg_drop_replication_slot('bench_snapshot')" >/dev/null
-bench_backlog bench_snapshot "$N" "$ORDERS_INSERT"
-"${PSQL[@]}" -d bench_snapshot -c "VACUUM ANALYZE orders" >/dev/null
+    "${PSQL[@]}" -d bench_snapshot -c "SELECT pg_drop_replication_slot('bench_snapshot')" >/dev/null
+    bench_backlog bench_snapshot "$N" "$ORDERS_INSERT"
+    "${PSQL[@]}" -d bench_snapshot -c "VACUUM ANALYZE orders" >/dev/null
+fi
 
 # pg_cpu_ticks: CPU ticks of the PostgreSQL server so far: the postmaster's
 # own and its exited children's (fields 14-17 of /proc/PID/stat), plus its
