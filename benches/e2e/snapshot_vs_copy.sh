@@ -12,6 +12,11 @@
 #   LOGS=/tmp/snap PGFANOUT_LOG=info,pgfanout_snapshot=debug benches/e2e/snapshot_vs_copy.sh
 #                                   # keep pgfanout's logs (per-chunk timings at debug) in LOGS
 #   PGFANOUT_BIN=/tmp/pgfanout-old benches/e2e/snapshot_vs_copy.sh   # that binary, no build
+#   REUSE=1 benches/e2e/snapshot_vs_copy.sh   # the orders table an earlier run filled, if it has N rows
+#   CALLGRIND=1 SINKS=discard N=200000 benches/e2e/snapshot_vs_copy.sh
+#                                   # instead of timing: pgfanout under valgrind --tool=callgrind,
+#                                   # printing its instructions per row (whole process; stable on a
+#                                   # loaded machine, ~50x slower); profiles kept in CALLGRIND_OUT
 #
 # Prints, per target, seconds from pgfanout's start to the last row applied
 # (connecting and creating the slot included), pgfanout's CPU time (user +
@@ -32,13 +37,18 @@ fi
 
 # The rows exist before pgfanout's slot does: they reach the sinks only
 # through the snapshot.
-bench_database bench_snapshot <<SQL
+if [[ ${REUSE:-0} == 1 ]] &&
+    [[ $("${PSQL[@]}" -d bench_snapshot -Atc "SELECT count(*) FROM orders" 2>/dev/null) == "$N" ]]; then
+    echo "reusing the $N-row orders table of database bench_snapshot" >&2
+else
+    bench_database bench_snapshot <<SQL
 $ORDERS_TABLE
 CREATE PUBLICATION bench_snapshot FOR TABLE orders;
 SQL
-"${PSQL[@]}" -d bench_snapshot -c "SELECT pg_drop_replication_slot('bench_snapshot')" >/dev/null
-bench_backlog bench_snapshot "$N" "$ORDERS_INSERT"
-"${PSQL[@]}" -d bench_snapshot -c "VACUUM ANALYZE orders" >/dev/null
+    "${PSQL[@]}" -d bench_snapshot -c "SELECT pg_drop_replication_slot('bench_snapshot')" >/dev/null
+    bench_backlog bench_snapshot "$N" "$ORDERS_INSERT"
+    "${PSQL[@]}" -d bench_snapshot -c "VACUUM ANALYZE orders" >/dev/null
+fi
 
 # pg_cpu_ticks: CPU ticks of the PostgreSQL server so far: the postmaster's
 # own and its exited children's (fields 14-17 of /proc/PID/stat), plus its
@@ -84,7 +94,9 @@ snapshot_run() {
     } >"$WORK/$kind.toml"
     pg_start=$(pg_cpu_ticks)
     START=$(date +%s.%N)
-    "$PGFANOUT" --log-format json run --config "$WORK/$kind.toml" 2>"$WORK/$kind.log" &
+    local profile=${CALLGRIND_OUT:-$WORK}/callgrind.$kind.out wrapper=()
+    if [[ ${CALLGRIND:-0} == 1 ]]; then wrapper=(valgrind --tool=callgrind --callgrind-out-file="$profile"); fi
+    "${wrapper[@]}" "$PGFANOUT" --log-format json run --config "$WORK/$kind.toml" 2>"$WORK/$kind.log" &
     PGFANOUT_PID=$!
     while :; do
         copied=$({ curl -s "http://127.0.0.1:$HTTP_PORT/metrics" || true; } |
@@ -99,6 +111,13 @@ snapshot_run() {
     pg_ticks=$(($(pg_cpu_ticks) - pg_start))
     bench_stop
     if [[ -n ${LOGS:-} ]]; then mkdir -p "$LOGS" && cp "$WORK/$kind.log" "$LOGS/"; fi
+    if [[ ${CALLGRIND:-0} == 1 ]]; then
+        local total
+        total=$(awk '/^(summary|totals):/ { print $2; exit }' "$profile")
+        printf 'snapshot sink=%s rows=%d instructions=%d per_row=%.0f profile=%s\n' "$kind" "$N" "$total" \
+            "$(awk -v t="$total" -v n="$N" 'BEGIN { print t / n }')" "$profile"
+        return
+    fi
     awk -v kind="$kind" -v n="$N" -v start="$START" -v end="$END" -v copy="$copy_seconds" \
         -v cpu="$cpu_ticks" -v pg="$pg_ticks" -v hz="$HZ" \
         'BEGIN { s = end - start; printf "snapshot sink=%s rows=%d seconds=%.2f rows_per_second=%d of_copy=%.2f cpu_seconds=%.2f pg_cpu_seconds=%.2f\n", kind, n, s, n / s, copy / s, cpu / hz, pg / hz }'

@@ -44,35 +44,56 @@ pub fn split_into_lanes_with<'a>(
     if lanes <= 1 || changes.len() <= 1 || changes.iter().any(|change| changes_key(change) || is_truncate(change)) {
         return vec![changes];
     }
-    // Fixed seeds: the same key maps to the same lane in every batch.
-    let hasher = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    // Union-find over changes: each is joined to the first change that
-    // shares one of its keys; a group goes where its first change's row hashes.
-    let mut parent: Vec<usize> = (0..changes.len()).collect();
+    // A fixed seed: the same key maps to the same lane in every batch.
+    let hasher = foldhash::fast::FixedState::with_seed(LANE_HASH_SEED);
     let mut row_hashes = Vec::with_capacity(changes.len());
-    let mut first_with: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    // (change, key) for each further object a change writes, in change order.
+    let mut related_keys: Vec<(usize, u64)> = Vec::new();
     let mut keys = Vec::new();
     for (index, change) in changes.iter().enumerate() {
-        let row = hasher.hash_one(LaneKey(change));
-        row_hashes.push(row);
+        row_hashes.push(hasher.hash_one(LaneKey(change)));
         keys.clear();
-        keys.push(row);
         related(change, &mut keys);
-        for key in &keys {
-            let first = *first_with.entry(*key).or_insert(index);
+        related_keys.extend(keys.iter().map(|&key| (index, key)));
+    }
+    // Without related objects a row's own hash places it: equal keys hash
+    // alike, so they share a lane, in order.
+    let group_hashes = match related_keys.is_empty() {
+        true => row_hashes,
+        false => group_by_shared_keys(&row_hashes, &related_keys),
+    };
+    let per_lane = changes.len() / lanes + 1;
+    let mut split: Vec<Vec<ChangeRef<'a>>> = (0..lanes).map(|_| Vec::with_capacity(per_lane)).collect();
+    for (change, group_hash) in changes.into_iter().zip(group_hashes) {
+        // Lane count fits in u64; the remainder is below `lanes`.
+        split[(group_hash % lanes as u64) as usize].push(change);
+    }
+    split.retain(|lane| !lane.is_empty());
+    split
+}
+
+/// The seed of the lane hash: any constant, fixed so that a key's lane
+/// never depends on the process.
+const LANE_HASH_SEED: u64 = 0x6c61_6e65_7370_6c69;
+
+/// Each change's group hash: changes sharing a row (equal `row_hashes`) or
+/// one of `related_keys` form one group (union-find), each taking the row
+/// hash of its first change.
+fn group_by_shared_keys(row_hashes: &[u64], related_keys: &[(usize, u64)]) -> Vec<u64> {
+    let mut parent: Vec<usize> = (0..row_hashes.len()).collect();
+    let mut first_with: std::collections::HashMap<u64, usize, foldhash::fast::FixedState> =
+        std::collections::HashMap::with_capacity_and_hasher(row_hashes.len(), Default::default());
+    let mut related = related_keys.iter().peekable();
+    for (index, &row_hash) in row_hashes.iter().enumerate() {
+        let own_related = std::iter::from_fn(|| related.next_if(|&&(of, _)| of == index).map(|&(_, key)| key));
+        for key in std::iter::once(row_hash).chain(own_related) {
+            let first = *first_with.entry(key).or_insert(index);
             let (a, b) = (root(&mut parent, first), root(&mut parent, index));
             // The smaller index is the root: a group's root is its first change.
             parent[a.max(b)] = a.min(b);
         }
     }
-    let mut split: Vec<Vec<ChangeRef<'a>>> = (0..lanes).map(|_| Vec::new()).collect();
-    for (index, change) in changes.into_iter().enumerate() {
-        // Lane count fits in u64; the remainder is below `lanes`.
-        let lane = (row_hashes[root(&mut parent, index)] % lanes as u64) as usize;
-        split[lane].push(change);
-    }
-    split.retain(|lane| !lane.is_empty());
-    split
+    (0..row_hashes.len()).map(|index| row_hashes[root(&mut parent, index)]).collect()
 }
 
 /// The first change of `index`'s group (path halving keeps lookups short).

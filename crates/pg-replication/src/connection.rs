@@ -30,7 +30,7 @@ use crate::error::{ReplicationError, Result};
 use crate::slot::{slot_state_query, SlotOptions};
 use crate::stream::{ReplicationStream, StreamSettings};
 use crate::tls::{session_end_point, Negotiated, SslMode, TlsPolicy};
-use crate::wire::{server_error, server_notice, FrameReader, Incoming, Transport};
+use crate::wire::{server_error, server_notice, FrameReader, Incoming, StreamFrame, Transport};
 
 /// Session settings sent at startup. pgoutput renders text values with the
 /// walsender session's settings, so they are pinned to what the value parsers expect.
@@ -475,25 +475,52 @@ impl ReplicationConnection {
     /// Next message; an `ErrorResponse` becomes an error and notices are logged.
     async fn next_message(&mut self) -> Result<backend::Message> {
         loop {
-            match self.reader.next().await? {
-                Incoming::CopyBothResponse => {
-                    return Err(ReplicationError::Protocol("unexpected CopyBothResponse in command mode".into()))
-                }
-                Incoming::Message(backend::Message::ErrorResponse(body)) => {
-                    let error = server_error(&body);
-                    // After an error in command mode the server sends ReadyForQuery;
-                    // consume it so the connection stays usable.
-                    if error.severity != "FATAL" {
-                        self.drain_until_ready().await?;
-                    }
-                    return Err(ReplicationError::Server(error));
-                }
-                Incoming::Message(backend::Message::NoticeResponse(body)) => {
-                    let notice = server_notice(&body);
-                    tracing::info!(code = %notice.code, message = %notice.message, "server notice");
-                }
-                Incoming::Message(message) => return Ok(message),
+            let incoming = self.reader.next().await?;
+            if let Some(message) = self.command_message(incoming).await? {
+                return Ok(message);
             }
+        }
+    }
+
+    /// Like [`ReplicationConnection::next_message`], but a CopyData
+    /// message's body comes split off the read buffer as it is (one slice
+    /// per message, where parsing the whole message makes two): a chunk
+    /// read by `COPY … TO STDOUT` is one such message per row.
+    async fn next_message_or_copy_data(&mut self) -> Result<StreamFrame> {
+        loop {
+            let incoming = match self.reader.next_stream_frame().await? {
+                StreamFrame::CopyData(body) => return Ok(StreamFrame::CopyData(body)),
+                StreamFrame::Other(incoming) => incoming,
+            };
+            if let Some(message) = self.command_message(incoming).await? {
+                return Ok(StreamFrame::Other(Incoming::Message(message)));
+            }
+        }
+    }
+
+    /// What a message read in command mode means: an `ErrorResponse`
+    /// becomes an error, a notice is logged (`None`), any other message is
+    /// returned.
+    async fn command_message(&mut self, incoming: Incoming) -> Result<Option<backend::Message>> {
+        match incoming {
+            Incoming::CopyBothResponse => {
+                Err(ReplicationError::Protocol("unexpected CopyBothResponse in command mode".into()))
+            }
+            Incoming::Message(backend::Message::ErrorResponse(body)) => {
+                let error = server_error(&body);
+                // After an error in command mode the server sends ReadyForQuery;
+                // consume it so the connection stays usable.
+                if error.severity != "FATAL" {
+                    self.drain_until_ready().await?;
+                }
+                Err(ReplicationError::Server(error))
+            }
+            Incoming::Message(backend::Message::NoticeResponse(body)) => {
+                let notice = server_notice(&body);
+                tracing::info!(code = %notice.code, message = %notice.message, "server notice");
+                Ok(None)
+            }
+            Incoming::Message(message) => Ok(Some(message)),
         }
     }
 
@@ -542,16 +569,25 @@ impl ReplicationConnection {
         self.send(&buf).await?;
         let mut results: Vec<StatementOutput> = Vec::new();
         loop {
-            match self.next_message().await? {
+            let message = match self.next_message_or_copy_data().await? {
+                StreamFrame::CopyData(body) => match results.last_mut() {
+                    Some(StatementOutput::CopyOut(lines)) => {
+                        lines.push(body);
+                        continue;
+                    }
+                    _ => return Err(ReplicationError::Protocol("copy data outside a COPY TO STDOUT".into())),
+                },
+                StreamFrame::Other(Incoming::Message(message)) => message,
+                StreamFrame::Other(Incoming::CopyBothResponse) => {
+                    return Err(ReplicationError::Protocol("unexpected CopyBothResponse in command mode".into()))
+                }
+            };
+            match message {
                 backend::Message::RowDescription(body) => {
                     results
                         .push(StatementOutput::Rows(QueryResult { columns: column_names(&body)?, rows: Vec::new() }));
                 }
                 backend::Message::CopyOutResponse(_) => results.push(StatementOutput::CopyOut(Vec::new())),
-                backend::Message::CopyData(body) => match results.last_mut() {
-                    Some(StatementOutput::CopyOut(lines)) => lines.push(body.into_bytes()),
-                    _ => return Err(ReplicationError::Protocol("copy data outside a COPY TO STDOUT".into())),
-                },
                 backend::Message::DataRow(body) => {
                     let Some(StatementOutput::Rows(result)) = results.last_mut() else {
                         return Err(ReplicationError::Protocol("a data row before its row description".into()));

@@ -390,21 +390,37 @@ pub struct FetchedChunk {
 /// value is the type's output text exactly as a `DataRow` (and pgoutput)
 /// carries it. A value without escapes shares the line's buffer. `None`
 /// when the line has not `columns` values.
+///
+/// One pass over the line finds both separators and backslashes: COPY
+/// writes a tab inside a value as `\t`, so every tab byte separates values,
+/// and a backslash always starts an escape inside the value it is in.
 fn copy_text_row(line: Bytes, columns: usize) -> Option<Row> {
     let length = line.strip_suffix(b"\n").map_or(line.len(), <[u8]>::len);
-    let line = line.slice(..length);
     let mut row = Vec::with_capacity(columns);
     let mut start = 0;
-    for end in line.iter().enumerate().filter(|(_, &byte)| byte == b'\t').map(|(at, _)| at).chain([line.len()]) {
-        let field = line.slice(start..end);
-        start = end + 1;
-        row.push(match &field[..] {
-            b"\\N" => ColumnValue::Null,
-            bytes if !bytes.contains(&b'\\') => ColumnValue::Text(field),
-            bytes => ColumnValue::Text(Bytes::from(unescape_copy_text(bytes))),
-        });
+    let mut escaped = false;
+    for at in memchr::memchr2_iter(b'\t', b'\\', &line[..length]).chain([length]) {
+        if at < length && line[at] == b'\\' {
+            escaped = true;
+            continue;
+        }
+        if row.len() == columns {
+            return None;
+        }
+        row.push(copy_text_value(&line, start, at, escaped));
+        start = at + 1;
+        escaped = false;
     }
     (row.len() == columns).then_some(row)
+}
+
+/// The value of `line[start..end]`, which holds a backslash if `escaped`.
+fn copy_text_value(line: &Bytes, start: usize, end: usize, escaped: bool) -> ColumnValue {
+    match (escaped, &line[start..end]) {
+        (true, b"\\N") => ColumnValue::Null,
+        (true, field) => ColumnValue::Text(Bytes::from(unescape_copy_text(field))),
+        (false, _) => ColumnValue::Text(line.slice(start..end)),
+    }
 }
 
 /// Undoes COPY's text escapes: `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, `\v`
@@ -449,6 +465,16 @@ mod tests {
             ]
         );
         assert_eq!(copy_text_row(Bytes::from_static(b"1\t2\n"), 3), None);
+        assert_eq!(copy_text_row(Bytes::from_static(b"1\t2\t3\n"), 2), None);
+        // An escaped backslash ends its value; the tab after it separates.
+        assert_eq!(
+            copy_text_row(Bytes::from_static(b"a\\\\\tb\\N\t\\N"), 3),
+            Some(vec![
+                ColumnValue::Text(Bytes::from_static(b"a\\")),
+                ColumnValue::Text(Bytes::from_static(b"bN")),
+                ColumnValue::Null,
+            ])
+        );
         assert_eq!(unescape_copy_text(b"\\b\\f\\r\\v\\x"), b"\x08\x0c\r\x0bx");
     }
 
