@@ -641,6 +641,16 @@ async fn a_lost_store_blocks_the_slot_and_restarts_under_load_lose_nothing() {
 /// the sink's table.
 const ITEM_LINES: (&str, &str) = ("SELECT id::text, label, note FROM item", "SELECT id, label, note FROM {ks}.item");
 
+/// Items 1 to 4, each with a note stored out of line (TOAST).
+const FOUR_ITEMS_WITH_TOASTED_NOTES: &str =
+    "INSERT INTO item SELECT i, 'item ' || i, repeat('long note ' || i, 400) FROM generate_series(1, 4) i";
+
+/// Key moves that carry the unchanged notes into keys re-used in the same
+/// transaction: key 2 is deleted before item 1 moves into it, and item 3
+/// moves away from key 3 before item 4 moves into it.
+const MOVES_INTO_RE_USED_KEYS: &str = "DELETE FROM item WHERE id = 2; UPDATE item SET id = 2 WHERE id = 1; \
+    UPDATE item SET id = 5 WHERE id = 3; UPDATE item SET id = 3 WHERE id = 4;";
+
 /// Under identity DEFAULT a key move carries an unchanged TOAST value over
 /// from the row under the old key. The changes after the checkpoint are
 /// applied again after a crash, with newer write timestamps; among them a
@@ -677,12 +687,7 @@ async fn key_moves_re_applied_after_a_crash_keep_the_toast_values_they_carried_i
     let mut pgfanout = start_streaming(&db.name, &config, &http).await;
     let (pg_items, cql_items) = (ITEM_LINES.0, ITEM_LINES.1.replace("{ks}", keyspace));
     let items_match = || async { pg_rows(&db, pg_items).await == cql_rows(&session, &cql_items).await };
-    db.client
-        .batch_execute(
-            "INSERT INTO item SELECT i, 'item ' || i, repeat('long note ' || i, 400) FROM generate_series(1, 4) i",
-        )
-        .await
-        .unwrap();
+    db.client.batch_execute(FOUR_ITEMS_WITH_TOASTED_NOTES).await.unwrap();
     wait_until("the items are written", Duration::from_secs(30), items_match).await;
     // The checkpoint row follows the rows it covers.
     wait_until("the checkpoint is stored", Duration::from_secs(30), || async {
@@ -692,15 +697,9 @@ async fn key_moves_re_applied_after_a_crash_keep_the_toast_values_they_carried_i
     let before_moves = stored_checkpoint(&session, keyspace, &db.name).await.unwrap();
 
     db.client
-        .batch_execute(
-            "BEGIN;
-             DELETE FROM item WHERE id = 2;
-             UPDATE item SET id = 2 WHERE id = 1;
-             UPDATE item SET id = 5 WHERE id = 3;
-             UPDATE item SET id = 3 WHERE id = 4;
-             INSERT INTO blocker VALUES (1, 'not a number');
-             COMMIT;",
-        )
+        .batch_execute(&format!(
+            "BEGIN; {MOVES_INTO_RE_USED_KEYS} INSERT INTO blocker VALUES (1, 'not a number'); COMMIT;"
+        ))
         .await
         .unwrap();
     let end = db.current_wal_lsn().await;
@@ -767,25 +766,10 @@ async fn replay_from_the_archive_over_key_moves_into_re_used_keys_keeps_the_toas
     let pgfanout = start_streaming(&db.name, &config, &http).await;
     let (pg_items, cql_items) = (ITEM_LINES.0, ITEM_LINES.1.replace("{ks}", keyspace));
     let items_match = || async { pg_rows(&db, pg_items).await == cql_rows(&session, &cql_items).await };
-    db.client
-        .batch_execute(
-            "INSERT INTO item SELECT i, 'item ' || i, repeat('long note ' || i, 400) FROM generate_series(1, 4) i",
-        )
-        .await
-        .unwrap();
+    db.client.batch_execute(FOUR_ITEMS_WITH_TOASTED_NOTES).await.unwrap();
     // The replay starts after the inserts: the moves' old rows stay gone.
     let from = db.current_wal_lsn().await;
-    db.client
-        .batch_execute(
-            "BEGIN;
-             DELETE FROM item WHERE id = 2;
-             UPDATE item SET id = 2 WHERE id = 1;
-             UPDATE item SET id = 5 WHERE id = 3;
-             UPDATE item SET id = 3 WHERE id = 4;
-             COMMIT;",
-        )
-        .await
-        .unwrap();
+    db.client.batch_execute(&format!("BEGIN; {MOVES_INTO_RE_USED_KEYS} COMMIT;")).await.unwrap();
     let moved = db.current_wal_lsn().await;
     wait_until("the moves are applied and confirmed", Duration::from_secs(30), || async {
         db.confirmed_flush_lsn(&db.name).await >= moved && items_match().await
