@@ -8,6 +8,7 @@
 #   N=200000 benches/e2e/verify_redis.sh
 #   PROFILE=debug N=200000 benches/e2e/verify_redis.sh   # try it out without a release build
 #   BASELINE_BIN=/tmp/pgfanout-old benches/e2e/verify_redis.sh  # also time another build, same data
+#   PGFANOUT_BIN=/tmp/pgfanout-new benches/e2e/verify_redis.sh  # that binary throughout, no build
 #
 # Prints:
 #   verify rows=N seconds=T rows_per_second=R exit=0
@@ -18,7 +19,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 N=${N:-1000000}
-if [[ ${PROFILE:-release} == release ]]; then
+if [[ -z ${PGFANOUT_BIN:-} && ${PROFILE:-release} == release ]]; then
     (cd "$REPO_ROOT" && cargo build --release --quiet)
 fi
 
@@ -37,7 +38,7 @@ bench_run "$WORK/pgfanout.toml" "$N"
 
 start=$(date +%s.%N)
 code=0
-"$TARGET/${PROFILE:-release}/pgfanout" --log-format json verify --config "$WORK/pgfanout.toml" \
+"${PGFANOUT_BIN:-$TARGET/${PROFILE:-release}/pgfanout}" --log-format json verify --config "$WORK/pgfanout.toml" \
     >"$WORK/verify.out" 2>"$WORK/verify.log" || code=$?
 end=$(date +%s.%N)
 tail -2 "$WORK/verify.out" >&2
