@@ -112,19 +112,44 @@ pub enum Statement {
     Update(Document),
     /// `{q, limit}` of a `delete` command.
     Delete(Document),
-    /// A new row: `document` is inserted as is; refused as a duplicate key, `upsert` (the
-    /// row's guarded upsert `{q, u, upsert}`) is sent instead (see "New rows" in the
-    /// module docs).
-    InsertOrUpsert {
-        /// The whole document, `_id` first.
-        document: Document,
-        /// The guarded upsert writing the same row into an existing document.
-        upsert: Document,
-    },
+    /// A new row: its document is inserted as is; refused as a duplicate key, its
+    /// [`NewRow::upsert`] is sent instead (see "New rows" in the module docs).
+    InsertOrUpsert(NewRow),
     /// An upsert of a moved row whose `$set` lacks unchanged TOAST values: the sink fills
     /// them in from the old document ([`Carry::fill`]) and sends it as an
     /// [`Update`](Statement::Update).
     CarryingUpdate(Carry),
+}
+
+/// A row insert: the document it creates, and what its guarded upsert needs besides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRow {
+    /// The whole document, `_id` first, then the upsert's `$set` (version included).
+    pub document: Document,
+    /// The upsert's `$unset` (NULLs written as absent, the deleted mark), which a new
+    /// document lacks anyway.
+    pub unset: Document,
+    /// The upsert's filter: the document is older than the insert.
+    pub guard: Document,
+}
+
+impl NewRow {
+    /// The guarded upsert `{q, u, upsert}` writing the same row into an existing document,
+    /// for when the insert is refused as a duplicate key.
+    pub fn upsert(self) -> Document {
+        let mut set = self.document;
+        set.remove("_id");
+        upsert_statement(self.guard, set, self.unset)
+    }
+}
+
+/// `{q: guard, u: {$set, $unset}, upsert: true}`, without an empty `$unset`.
+fn upsert_statement(guard: Document, set: Document, unset: Document) -> Document {
+    let mut update = doc! { "$set": set };
+    if !unset.is_empty() {
+        update.insert("$unset", unset);
+    }
+    doc! { "q": guard, "u": update, "upsert": true }
 }
 
 /// A key move's upsert and where its unchanged TOAST values are (see the module docs).
@@ -272,15 +297,6 @@ impl Rounds {
         self.floor_of_table.insert(Arc::clone(&write.namespace), index + 1);
         self.push(index, write);
     }
-}
-
-/// The document a guarded upsert creates when no document has its `_id`: `_id`, then its
-/// `$set` (its `$unset` names fields a new document lacks anyway).
-fn new_document(id: &Bson, upsert: &Document) -> Option<Document> {
-    let set = upsert.get_document("u").ok()?.get_document("$set").ok()?;
-    let mut document = doc! { "_id": id.clone() };
-    document.extend(set.clone());
-    Some(document)
 }
 
 /// The filter of document `id` when it holds no version (`null` matches a missing field):
@@ -498,12 +514,12 @@ impl MongoEncoder {
         match op {
             ChangeOp::Insert { new } => {
                 let id = self.document_id(target, table, new)?;
-                let upsert = self.upsert(&id, table, new, None, version)?;
-                let statement = match new_document(&id, &upsert) {
-                    Some(document) => Statement::InsertOrUpsert { document, upsert },
-                    None => Statement::Update(upsert),
-                };
-                rounds.document(&id, write(statement));
+                let version = version.to_sortable_string();
+                let (set, unset) = self.row_fields_to_write(table, new, None, &version)?;
+                let mut document = doc! { "_id": id.clone() };
+                document.extend(set);
+                let new_row = NewRow { document, unset, guard: self.guard(&id, &version) };
+                rounds.document(&id, write(Statement::InsertOrUpsert(new_row)));
             }
             ChangeOp::Update { old, new } => {
                 let id = self.document_id(target, table, new)?;
@@ -605,6 +621,18 @@ impl MongoEncoder {
         version: Version,
     ) -> Result<Document, String> {
         let version = version.to_sortable_string();
+        let (set, unset) = self.row_fields_to_write(table, new, old, &version)?;
+        Ok(upsert_statement(self.guard(id, &version), set, unset))
+    }
+
+    /// The `$set` and `$unset` of a row image written at `version` (see [`Self::upsert`]).
+    fn row_fields_to_write(
+        &self,
+        table: &TableSchema,
+        new: &Row,
+        old: Option<&Row>,
+        version: &str,
+    ) -> Result<(Document, Document), String> {
         let mut set = Document::new();
         let mut unset = Document::new();
         for (position, (column, value)) in table.columns.iter().zip(new).enumerate() {
@@ -626,15 +654,11 @@ impl MongoEncoder {
                 self.values.to_bson(&typed).map_err(|err: ValueRejected| format!("column {}: {err}", column.name))?;
             set.insert(field, bson);
         }
-        set.insert(self.version_field.clone(), version.as_str());
+        set.insert(self.version_field.clone(), version);
         if self.tombstones {
             unset.insert(self.deleted_field.clone(), "");
         }
-        let mut update = doc! { "$set": set };
-        if !unset.is_empty() {
-            update.insert("$unset", unset);
-        }
-        Ok(doc! { "q": self.guard(id, &version), "u": update, "upsert": true })
+        Ok((set, unset))
     }
 
     /// `$set` of a tombstone: the version and the deleted mark, and `$unset` of every
@@ -1134,15 +1158,24 @@ mod tests {
         let price: Decimal128 = "10.50".parse().unwrap();
         assert_eq!(
             write.statement,
-            Statement::InsertOrUpsert {
+            Statement::InsertOrUpsert(NewRow {
                 document: doc! { "_id": 7, "id": 7, "city": "Oslo", "host": 3, "price": price, "_v": &v },
-                upsert: doc! {
-                    "q": guard(Bson::Int32(7), &v),
-                    "u": { "$set": { "id": 7, "city": "Oslo", "host": 3, "price": price, "_v": &v } },
-                    "upsert": true,
-                },
+                unset: doc! {},
+                guard: guard(Bson::Int32(7), &v),
+            })
+        );
+        let Statement::InsertOrUpsert(new_row) = write.statement.clone() else { panic!("not an insert") };
+        let upsert = new_row.upsert();
+        assert_eq!(
+            upsert,
+            doc! {
+                "q": guard(Bson::Int32(7), &v),
+                "u": { "$set": { "id": 7, "city": "Oslo", "host": 3, "price": price, "_v": &v } },
+                "upsert": true,
             }
         );
+        let set = upsert.get_document("u").unwrap().get_document("$set").unwrap();
+        assert_eq!(set.keys().collect::<Vec<_>>(), ["id", "city", "host", "price", "_v"], "column order kept");
     }
 
     #[test]
@@ -1153,9 +1186,8 @@ mod tests {
         let encoder = MongoEncoder::new(&unset_nulls);
         let insert = ChangeOp::Insert { new: row(["7", "NULL", "3", "1"]) };
         let batch = encode(&encoder, &[transaction(17, &table, vec![insert])]).unwrap();
-        let Statement::InsertOrUpsert { document, upsert } = &batch.rounds[0][0].statement else {
-            panic!("not an insert")
-        };
+        let Statement::InsertOrUpsert(new_row) = &batch.rounds[0][0].statement else { panic!("not an insert") };
+        let (document, upsert) = (&new_row.document, new_row.clone().upsert());
         let price: Decimal128 = "1".parse().unwrap();
         assert_eq!(document, &doc! { "_id": 7, "id": 7, "host": 3, "price": price, "_v": version(17, 0) });
         let unset = upsert.get_document("u").unwrap().get_document("$unset").unwrap();
@@ -1250,7 +1282,7 @@ mod tests {
                     .iter()
                     .map(|write| match &write.statement {
                         Statement::Update(_) => "update",
-                        Statement::InsertOrUpsert { .. } => "insert",
+                        Statement::InsertOrUpsert(_) => "insert",
                         Statement::Delete(_) => "delete",
                         Statement::CarryingUpdate(_) => "carry",
                     })
@@ -1314,8 +1346,8 @@ mod tests {
         let keyed = stays(ReplicaIdentity::Full, &["id"]);
         let insert = ChangeOp::Insert { new: row(["1", "a", "1", "1"]) };
         let batch = encode(&encoder, &[transaction(80, &keyed, vec![insert])]).unwrap();
-        let Statement::InsertOrUpsert { upsert, .. } = &batch.rounds[0][0].statement else { panic!("an insert") };
-        assert_eq!(upsert.get_document("q").unwrap().get_i32("_id").unwrap(), 1, "keyed by id alone: {upsert}");
+        let Statement::InsertOrUpsert(new_row) = &batch.rounds[0][0].statement else { panic!("an insert") };
+        assert_eq!(new_row.guard.get_i32("_id").unwrap(), 1, "keyed by id alone: {new_row:?}");
         let table = stays(ReplicaIdentity::Default, &["id"]);
         let too_long = format!("{}.1", "9".repeat(40));
         let insert = ChangeOp::Insert { new: row(["1", "a", "1", &too_long]) };
@@ -1346,7 +1378,7 @@ mod tests {
             .into_iter()
             .map(|w| match w.statement {
                 Statement::Update(statement) => statement,
-                Statement::Delete(_) | Statement::CarryingUpdate(_) | Statement::InsertOrUpsert { .. } => {
+                Statement::Delete(_) | Statement::CarryingUpdate(_) | Statement::InsertOrUpsert(_) => {
                     panic!("aggregates only update")
                 }
             })

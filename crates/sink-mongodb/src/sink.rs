@@ -33,7 +33,7 @@ use pgfanout_core::{ChangeRef, Lsn, MappingConfig, Sink, SinkError, TableName};
 use tokio::sync::OnceCell;
 
 use crate::config::MongoSinkConfig;
-use crate::encode::{EncodedBatch, MongoEncoder, Namespace, Statement, Write};
+use crate::encode::{EncodedBatch, MongoEncoder, Namespace, NewRow, Statement, Write};
 use crate::error::MongoSinkError;
 
 /// Largest command the sink sends, in bytes of statements (the server takes 16 MiB per
@@ -84,7 +84,7 @@ struct Command {
     count: usize,
     bytes: usize,
     /// For an `insert`: the guarded upsert of each document, by position.
-    fallbacks: Vec<Document>,
+    fallbacks: Vec<NewRow>,
 }
 
 impl Command {
@@ -374,19 +374,21 @@ impl MongoSink {
         let mut open: HashMap<(Arc<Namespace>, Verb), Command> = HashMap::new();
         let mut commands = Vec::new();
         for write in writes {
-            let (verb, statement, fallback) = match write.statement {
-                Statement::InsertOrUpsert { document, upsert } => (Verb::Insert, document, Some(upsert)),
-                Statement::Update(statement) => (Verb::Update, statement, None),
-                Statement::Delete(statement) => (Verb::Delete, statement, None),
+            let serialize = |statement: &Document| {
+                RawDocumentBuf::from_document(statement).map_err(|err| crate::encode::EncodeError {
+                    table: write.namespace.to_string(),
+                    version: String::new(),
+                    reason: format!("statement does not serialize: {err}"),
+                })
+            };
+            let (verb, raw, fallback) = match write.statement {
+                Statement::InsertOrUpsert(new_row) => (Verb::Insert, serialize(&new_row.document)?, Some(new_row)),
+                Statement::Update(statement) => (Verb::Update, serialize(&statement)?, None),
+                Statement::Delete(statement) => (Verb::Delete, serialize(&statement)?, None),
                 // Filled by `fill_carried` before rounds are sent; unfilled, the upsert
                 // leaves the carried fields alone as it does any unchanged TOAST value.
-                Statement::CarryingUpdate(carry) => (Verb::Update, carry.update, None),
+                Statement::CarryingUpdate(carry) => (Verb::Update, serialize(&carry.update)?, None),
             };
-            let raw = RawDocumentBuf::from_document(&statement).map_err(|err| crate::encode::EncodeError {
-                table: write.namespace.to_string(),
-                version: String::new(),
-                reason: format!("statement does not serialize: {err}"),
-            })?;
             let namespace = write.namespace;
             let command = open
                 .entry((Arc::clone(&namespace), verb))
@@ -454,17 +456,17 @@ impl MongoSink {
             return Ok(Vec::new());
         }
         if verb == Verb::Insert {
-            let mut fallbacks: Vec<Option<Document>> = fallbacks.into_iter().map(Some).collect();
+            let mut fallbacks: Vec<Option<NewRow>> = fallbacks.into_iter().map(Some).collect();
             return duplicates
                 .into_iter()
                 .map(|index| {
-                    let upsert = index.and_then(|index| fallbacks.get_mut(index)).and_then(Option::take);
-                    let upsert = upsert.ok_or_else(|| crate::encode::EncodeError {
+                    let new_row = index.and_then(|index| fallbacks.get_mut(index)).and_then(Option::take);
+                    let new_row = new_row.ok_or_else(|| crate::encode::EncodeError {
                         table: namespace.to_string(),
                         version: String::new(),
                         reason: "a duplicate-key reply to an insert the sink cannot map back to its document".into(),
                     })?;
-                    Ok(Write { namespace: Arc::clone(&namespace), statement: Statement::Update(upsert) })
+                    Ok(Write { namespace: Arc::clone(&namespace), statement: Statement::Update(new_row.upsert()) })
                 })
                 .collect();
         }
