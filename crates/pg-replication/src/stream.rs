@@ -252,14 +252,20 @@ impl StatusTask {
         let mut ticker = tokio::time::interval(self.settings.status_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_sent_flush = 0;
+        // After an update a confirmation asked for, the next such one waits
+        // until then (a permit the wake-up left is taken afterwards); the
+        // ticker and commands (Finish at shutdown) are served meanwhile.
+        let mut quiet_until = tokio::time::Instant::now();
         loop {
             let wake = self.feedback.wake.clone();
+            let quiet = quiet_until > tokio::time::Instant::now();
             let result = tokio::select! {
                 _ = ticker.tick() => self.send_status().await,
-                _ = wake.notified() => {
+                _ = tokio::time::sleep_until(quiet_until), if quiet => continue,
+                _ = wake.notified(), if !quiet => {
                     let flushed = self.feedback.positions.flushed.load(Ordering::Acquire);
                     let sent = if flushed > last_sent_flush { self.send_status().await } else { Ok(()) };
-                    tokio::time::sleep(self.settings.min_feedback_interval).await;
+                    quiet_until = tokio::time::Instant::now() + self.settings.min_feedback_interval;
                     sent
                 }
                 command = self.commands.recv() => match command {
