@@ -43,6 +43,11 @@ enum Command {
         /// Path of the TOML config.
         #[arg(long, short, env = "PGFANOUT_CONFIG")]
         config: PathBuf,
+        /// Exit once every transaction committed at or before this LSN is applied by every sink
+        /// and confirmed, like `pg_recvlogical -E`: later transactions are left whole to the
+        /// next run (a keepalive at or past it ends the stream when none is open).
+        #[arg(long, value_name = "LSN")]
+        until_lsn: Option<pgfanout_core::Lsn>,
     },
     /// Validate the config, PostgreSQL's prerequisites and every sink:
     /// "problem:" lines exit 1, "warning:" lines alone exit 0.
@@ -129,12 +134,15 @@ fn main() -> std::process::ExitCode {
     let mut differences_found = false;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => {
+            Command::Run { config, until_lsn } => {
                 let config = config::Config::load(&config)?;
                 // On a worker thread, not on this one: the stream task then hands
                 // transactions to the sink workers within one thread (no wake-up of
                 // another), as block_on's own thread never runs spawned tasks.
-                anyhow::Context::context(tokio::spawn(async move { run::run(&config).await }).await, "pgfanout run")?
+                anyhow::Context::context(
+                    tokio::spawn(async move { run::run(&config, until_lsn).await }).await,
+                    "pgfanout run",
+                )?
             }
             Command::Check { config } => match config::Config::load(&config) {
                 Ok(config) => check::check(&config).await,

@@ -11,8 +11,9 @@
 //! loads each sink's checkpoint, prepares the source (publication,
 //! then slot), starts one worker per sink, then reads the stream on the
 //! current task ([`pgfanout_source::stream_until_shutdown`], which
-//! reconnects after transient failures) until SIGINT or SIGTERM. Shutdown drains in-flight batches, confirms what they applied
-//! and ends the stream with CopyDone. A second signal exits at once without
+//! reconnects after transient failures) until SIGINT or SIGTERM, or with
+//! `--until-lsn` until the stream passes that LSN. Shutdown drains in-flight
+//! batches, confirms what they applied and ends the stream with CopyDone. A second signal exits at once without
 //! confirming anything more.
 
 use std::io::IsTerminal;
@@ -36,9 +37,10 @@ use crate::http::{self, HttpState};
 use crate::sinks::build_sink;
 
 /// `pgfanout run`: stands by while another process streams from the slot
-/// ([`pgfanout_source::standby`]), then streams until shutdown; back to
-/// standing by when another instance takes the slot meanwhile.
-pub async fn run(config: &Config) -> anyhow::Result<()> {
+/// ([`pgfanout_source::standby`]), then streams until shutdown (or until
+/// the stream passes `until`, once every sink applied what came before it);
+/// back to standing by when another instance takes the slot meanwhile.
+pub async fn run(config: &Config, until: Option<Lsn>) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("cannot register metrics")?;
     let streaming = Arc::new(AtomicBool::new(false));
     let statuses = Arc::new(std::sync::RwLock::new(Vec::new()));
@@ -75,7 +77,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             return Ok(());
         }
         statuses.write().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
-        let streamed = stream(config, &metrics, &streaming, &statuses, (&rebuild, &replay), &shutdown).await;
+        let streamed = stream(config, &metrics, &streaming, &statuses, (&rebuild, &replay), &shutdown, until).await;
         rebuild.go_offline();
         replay.go_offline();
         match streamed {
@@ -96,6 +98,7 @@ async fn stream(
     statuses: &Arc<std::sync::RwLock<Vec<(String, pgfanout_core::SinkStatus)>>>,
     (rebuild, replay): (&crate::rebuild::RebuildControl, &crate::replay::ReplayControl),
     shutdown: &watch::Receiver<bool>,
+    until: Option<Lsn>,
 ) -> anyhow::Result<()> {
     // Every sink first: nothing is created on the primary (publication,
     // slot) before every store answers, so an unreachable store does not
@@ -264,6 +267,7 @@ async fn stream(
         on_ack: &on_ack,
         shutdown,
         streaming,
+        until,
     };
     match stream_until_shutdown(&cx, connection, start, confirmed_at_start, &mut pipeline, &mut marker).await {
         Ok(stopped) => finish(pipeline, workers, stopped.stream, &mut marker, stopped.confirmed, config).await,

@@ -210,6 +210,56 @@ async fn sigterm_drains_and_confirms_exactly_what_was_applied() {
     assert_eq!(applied, 300 - applied_rows, "the restart applies exactly the rest");
 }
 
+/// `run --until-lsn` stops by itself, like `pg_recvlogical -E`: every
+/// transaction committed at or before the LSN is applied and confirmed, a
+/// later one is left whole to the next run; past the last transaction a
+/// keepalive ends the run.
+#[tokio::test]
+async fn run_until_an_lsn_applies_what_committed_before_it_then_exits() {
+    let db = create_database("e2e_until").await;
+    db.client.batch_execute(SCHEMA).await.unwrap();
+    let redis_url = fresh_redis_db(13).await;
+    let mut redis = redis_connection(&redis_url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let config = redis_config(&db, &redis_url, &http, &[("public.orders", "order:{id}")]);
+    // The slot first (and the empty table's snapshot), so the rows below are streamed.
+    let mut pgfanout = Pgfanout::start("e2e_until", &config, &http);
+    wait_for_readiness(&http).await;
+    pgfanout.signal("TERM");
+    assert_eq!(pgfanout.wait_exit(Duration::from_secs(20)).await, Some(0));
+
+    let insert = |first: i64, last: i64| {
+        format!("INSERT INTO orders SELECT id, 'u', 1 FROM generate_series({first}, {last}) AS id")
+    };
+    db.client.batch_execute(&insert(1, 2)).await.unwrap();
+    db.client.batch_execute(&insert(3, 4)).await.unwrap();
+    let until = db.current_wal_lsn().await;
+    db.client.batch_execute(&insert(5, 6)).await.unwrap();
+    db.client.batch_execute(&insert(7, 7)).await.unwrap();
+
+    let mut pgfanout = Pgfanout::start_with_args("e2e_until", &config, &http, &["--until-lsn", &lsn_text(until)]);
+    let exit = pgfanout.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(exit, Some(0), "exits by itself at the LSN; log:\n{}", pgfanout.log_text());
+    let held: Vec<String> = redis_hashes(&mut redis, "order:").await.into_keys().collect();
+    assert_eq!(held, ["1", "2", "3", "4"], "the transactions committed before the LSN, whole");
+    let confirmed = db.confirmed_flush_lsn("e2e_until").await;
+    assert!(
+        confirmed >= redis_checkpoint(&mut redis, "e2e_until").await && confirmed <= until,
+        "confirmed {} is what was applied, not past the LSN {}",
+        lsn_text(confirmed),
+        lsn_text(until)
+    );
+
+    // Past the last transaction: the keepalive that reaches the LSN ends the run.
+    let until = db.current_wal_lsn().await;
+    let mut pgfanout = Pgfanout::start_with_args("e2e_until", &config, &http, &["--until-lsn", &lsn_text(until)]);
+    let exit = pgfanout.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(exit, Some(0), "exits by itself once caught up; log:\n{}", pgfanout.log_text());
+    let held: Vec<String> = redis_hashes(&mut redis, "order:").await.into_keys().collect();
+    assert_eq!(held, ["1", "2", "3", "4", "5", "6", "7"]);
+    assert!(db.confirmed_flush_lsn("e2e_until").await >= until, "confirmed through the LSN");
+}
+
 /// Every metric the operator's guide lists.
 const EXPORTED_METRICS: &[&str] = &[
     "pgfanout_events_total",

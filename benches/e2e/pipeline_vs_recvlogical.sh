@@ -16,10 +16,12 @@
 #      copy with
 #        pg_recvlogical --start -o proto_version=1 -o publication_names=pipeline -E END -f /dev/null
 #        pgfanout run   (one sink, kind = "discard", routing public.orders)
-#      pg_recvlogical stops by itself at END; pgfanout runs until its sink has applied all N
-#      changes (pgfanout_sink_applied_total, polled every 10 ms over /metrics), then gets
-#      SIGTERM. Both under /usr/bin/time: wall seconds (for pgfanout: start to the last change
-#      applied), client CPU user and system seconds, peak RSS;
+#      pg_recvlogical stops by itself at END, and so does pgfanout (`run --until-lsn END`: it
+#      exits once its sink applied everything up to END and it confirmed END to the slot, which
+#      the script checks). Both under /usr/bin/time: wall seconds, client CPU user and system
+#      seconds, peak RSS. STOP=poll instead polls pgfanout_sink_applied_total over /metrics
+#      every 10 ms and sends SIGTERM once all N changes are applied (for builds without
+#      --until-lsn; the poller and the metrics it asks for cost CPU on the same two cores);
 #      Meanwhile the walsender serving the slot copy is sampled from /proc every 20 ms: its
 #      CPU seconds (user + system) until it exits are the server's cost of that client;
 #   5. prints every run and, per variant and transport, the medians and the ratio of
@@ -36,6 +38,7 @@
 #                            on a loaded machine; use N=100000, it runs ~50x slower); the profiles
 #                            are kept in CALLGRIND_OUT [a temporary folder] for callgrind_annotate
 #   PGFANOUT_BIN             pgfanout binary [release build of this checkout, built if needed]
+#   STOP [until]             how a pgfanout run ends: `until` (--until-lsn) or `poll` (see 4.)
 #   BASELINE_BIN             a second pgfanout binary (say, a build of main) run as variant
 #                            `baseline` in the same rounds: before/after figures taken in turns
 #   KEEP_DB=1 / REUSE=1      keep the workload / reuse the one a KEEP_DB=1 run left (same N)
@@ -284,8 +287,23 @@ timed() {
         echo "$seconds $user $system $rss $(cat "$WORK/walsender") $waits"
         ;;
     pgfanout | baseline)
-        local http_port=$((20000 + RANDOM % 20000)) started finished applied=0
+        local http_port=$((20000 + RANDOM % 20000)) started finished applied=0 confirmed
         pgfanout_config "$slot" "$transport" "$http_port" >"$WORK/pgfanout.toml"
+        if [[ ${STOP:-until} == until ]]; then
+            # Like pg_recvlogical -E: pgfanout exits by itself once every sink applied
+            # everything up to END and it confirmed that to the slot.
+            PGFANOUT_LOG=warn /usr/bin/time -o "$timing" -f '%e %U %S %M %w' \
+                "$binary" --log-format text run --config "$WORK/pgfanout.toml" --until-lsn "$END_LSN" \
+                >"$WORK/pgfanout.out" 2>"$WORK/pgfanout.log" ||
+                die "pgfanout run --until-lsn failed: $(tail -5 "$WORK/pgfanout.log")"
+            wait "$sampler"
+            confirmed=$(sql "$DB" "SELECT confirmed_flush_lsn >= '$END_LSN' FROM pg_replication_slots WHERE slot_name = '$slot'")
+            [[ $confirmed == t ]] || die "pgfanout exited before confirming $END_LSN"
+            read -r seconds user system rss waits <"$timing"
+            echo "$seconds $user $system $rss $(cat "$WORK/walsender") $waits"
+            sql "$DB" "SELECT pg_drop_replication_slot('$slot')" >/dev/null
+            return
+        fi
         started=$EPOCHREALTIME
         # Its output goes to files, never to this function's stdout (a pipe the
         # caller reads to its end).

@@ -99,6 +99,11 @@ impl TestDatabase {
     }
 }
 
+/// An LSN in PostgreSQL's text form (`16/B374D848`).
+pub fn lsn_text(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
 /// Every row of `table` as column → text value (NULLs left out), keyed by
 /// the text of `key_column`, using each type's output function.
 pub async fn table_as_text(
@@ -227,6 +232,15 @@ impl Pgfanout {
 
     /// [`Pgfanout::start`] with extra environment variables (secrets).
     pub fn start_with_env(name: &str, config: &str, http: &str, env: &[(&str, &str)]) -> Pgfanout {
+        Pgfanout::start_with(name, config, http, env, &[])
+    }
+
+    /// [`Pgfanout::start`] with extra arguments after `run --config FILE`.
+    pub fn start_with_args(name: &str, config: &str, http: &str, args: &[&str]) -> Pgfanout {
+        Pgfanout::start_with(name, config, http, &[], args)
+    }
+
+    fn start_with(name: &str, config: &str, http: &str, env: &[(&str, &str)], args: &[&str]) -> Pgfanout {
         // One folder per test process: logs of earlier runs do not mix in.
         let dir = std::env::temp_dir().join(format!("pgfanout-tests-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -237,6 +251,7 @@ impl Pgfanout {
         let child = Command::new(env!("CARGO_BIN_EXE_pgfanout"))
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config_path)
+            .args(args)
             // PGFANOUT_TEST_LOG overrides the filter, e.g. "trace" to see every message.
             .env("PGFANOUT_LOG", std::env::var("PGFANOUT_TEST_LOG").unwrap_or_else(|_| "info,pgfanout=debug".into()))
             .envs(env.iter().copied())

@@ -184,6 +184,11 @@ impl Pipeline {
         self.coordinator.keepalive(wal_end, self.assembler.is_idle());
     }
 
+    /// Whether no transaction is open (between a Commit and the next Begin).
+    pub fn is_between_transactions(&self) -> bool {
+        self.assembler.is_idle()
+    }
+
     /// The LSN that may be confirmed to PostgreSQL now.
     pub fn flush_lsn(&self) -> Lsn {
         self.coordinator.flush_lsn()

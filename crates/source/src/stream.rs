@@ -308,6 +308,18 @@ pub fn start_options(source: &SourceConfig, server_version: u32) -> StartOptions
 enum StreamEnd {
     Shutdown,
     ServerClosed,
+    /// Every transaction committed at or before [`StreamContext::until`] was fed to the pipeline.
+    ReachedUntil,
+}
+
+/// What handling one event did.
+enum Handled {
+    /// Fed to the pipeline; the confirmable position stays where it was.
+    Fed,
+    /// Fed; a transaction ended or a keepalive came, so the confirmable position may move.
+    PositionMayMove,
+    /// The stream reached `until`: the event was fed if it belongs before it, left out if not.
+    ReachedUntil,
 }
 
 enum PumpError {
@@ -328,6 +340,7 @@ async fn pump(
     shutdown: &watch::Receiver<bool>,
     options: &ConnectOptions,
     marker: &mut Marker,
+    until: Option<Lsn>,
 ) -> Result<StreamEnd, PumpError> {
     let feedback = stream.feedback();
     let mut shutdown = shutdown.clone();
@@ -367,8 +380,11 @@ async fn pump(
                 // Bounded, so acknowledgements and shutdown are seen often.
                 loop {
                     let Some(current) = event else { return Ok(StreamEnd::ServerClosed) };
-                    position_may_move |=
-                        handle_event(current, &mut decoder, pipeline, options, &mut server_position).await?;
+                    match handle_event(current, &mut decoder, pipeline, options, &mut server_position, until).await? {
+                        Handled::Fed => {}
+                        Handled::PositionMayMove => position_may_move = true,
+                        Handled::ReachedUntil => return Ok(StreamEnd::ReachedUntil),
+                    }
                     handled += 1;
                     if handled == MAX_EVENTS_PER_WAKE_UP {
                         break;
@@ -396,22 +412,25 @@ async fn pump(
 /// pump looks at acknowledgements, the marker and shutdown again.
 const MAX_EVENTS_PER_WAKE_UP: usize = 1024;
 
-/// Decodes and feeds one event to the pipeline; whether the confirmable
-/// position may have moved (a keepalive, or a message that completed a
-/// transaction — not every row message).
+/// Decodes and feeds one event to the pipeline, unless it belongs to a
+/// transaction committed after `until`.
 async fn handle_event(
     event: ReplicationEvent,
     decoder: &mut pgoutput::Decoder,
     pipeline: &mut Pipeline,
     options: &ConnectOptions,
     server_position: &mut Lsn,
-) -> Result<bool, PumpError> {
+    until: Option<Lsn>,
+) -> Result<Handled, PumpError> {
     match event {
         ReplicationEvent::XLogData { payload, wal_end, .. } => {
             *server_position = (*server_position).max(wal_end);
             let message =
                 decoder.decode(payload).map_err(|err| PumpError::Fatal(SourceError::Decode(Box::new(err))))?;
             tracing::trace!(tag = %char::from(message.tag()), "pgoutput message");
+            if until.is_some_and(|until| commits_after(&message, until)) {
+                return Ok(Handled::ReachedUntil);
+            }
             if let PgOutputMessage::Type(announced) = &message {
                 if !pipeline.converts(announced.oid) {
                     // A type created since start: learn it before the
@@ -424,13 +443,32 @@ async fn handle_event(
             }
             let received = pipeline.received_lsn();
             pipeline.push(message).await.map_err(|err| PumpError::Fatal(err.into()))?;
-            Ok(pipeline.received_lsn() != received)
+            Ok(match pipeline.received_lsn() {
+                now if until.is_some_and(|until| now >= until) => Handled::ReachedUntil,
+                now if now != received => Handled::PositionMayMove,
+                _ => Handled::Fed,
+            })
         }
         ReplicationEvent::Keepalive { wal_end, .. } => {
             *server_position = (*server_position).max(wal_end);
             pipeline.keepalive(wal_end);
-            Ok(true)
+            // Past `until` with no transaction open: nothing at or before it is still to come.
+            if until.is_some_and(|until| wal_end >= until) && pipeline.is_between_transactions() {
+                return Ok(Handled::ReachedUntil);
+            }
+            Ok(Handled::PositionMayMove)
         }
+    }
+}
+
+/// Whether `message` opens or commits a transaction that commits after
+/// `until`: such a transaction is left to the next run whole.
+fn commits_after(message: &PgOutputMessage, until: Lsn) -> bool {
+    match message {
+        PgOutputMessage::Begin(begin) => begin.final_lsn > until,
+        PgOutputMessage::StreamCommit(commit) => commit.commit_lsn > until,
+        PgOutputMessage::CommitPrepared(commit) => commit.commit_lsn > until,
+        _ => false,
     }
 }
 
@@ -484,6 +522,9 @@ pub struct StreamContext<'a> {
     pub shutdown: &'a watch::Receiver<bool>,
     /// Set while the replication stream runs (for `/readyz`).
     pub streaming: &'a AtomicBool,
+    /// Stop once every transaction committed at or before this LSN was fed
+    /// to the pipeline, like `pg_recvlogical -E` (`run --until-lsn`).
+    pub until: Option<Lsn>,
 }
 
 /// Where the loop stopped on shutdown.
@@ -495,7 +536,7 @@ pub struct Stopped {
     pub confirmed: Lsn,
 }
 
-/// Streams from `start` into `pipeline` until shutdown, reconnecting (and
+/// Streams from `start` into `pipeline` until shutdown (or `until`), reconnecting (and
 /// re-checking the source with [`identity::verify_reconnect`]) after
 /// transient failures. `connection` is the one the source was prepared on,
 /// used for the first stream; `confirmed` what the slot confirmed at start.
@@ -507,7 +548,7 @@ pub async fn stream_until_shutdown(
     pipeline: &mut Pipeline,
     marker: &mut Marker,
 ) -> Result<Stopped, SourceError> {
-    let StreamContext { source, options, start_options, settings, metrics, on_ack, shutdown, streaming } = cx;
+    let StreamContext { source, options, start_options, settings, metrics, on_ack, shutdown, streaming, until } = cx;
     let settings = *settings;
     let mut backoff = reconnect_backoff();
     loop {
@@ -562,11 +603,15 @@ pub async fn stream_until_shutdown(
         backoff.reset();
         streaming.store(true, Ordering::Release);
         let decoder = pgoutput::Decoder::new(start_options.proto_version);
-        let outcome = pump(&mut stream, decoder, pipeline, metrics, on_ack, shutdown, options, marker).await;
+        let outcome = pump(&mut stream, decoder, pipeline, metrics, on_ack, shutdown, options, marker, *until).await;
         streaming.store(false, Ordering::Release);
         confirmed = confirmed.max(stream.feedback().confirmed());
         match outcome {
             Ok(StreamEnd::Shutdown) => return Ok(Stopped { stream: Some(stream), confirmed }),
+            Ok(StreamEnd::ReachedUntil) => {
+                tracing::info!(until = %until.unwrap_or_default(), "reached --until-lsn: stopping");
+                return Ok(Stopped { stream: Some(stream), confirmed });
+            }
             Ok(StreamEnd::ServerClosed) => tracing::warn!("server ended the replication stream; reconnecting"),
             Err(PumpError::Replication(err)) if err.is_transient() => {
                 tracing::warn!(error = %error_chain(&err), "replication connection lost; reconnecting");
