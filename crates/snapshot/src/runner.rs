@@ -45,7 +45,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg_replication::{ConnectOptions, ReplicationConnection};
+use pg_replication::{ConnectOptions, QueryResult, ReplicationConnection};
 use pgfanout_core::{Backoff, Lsn, Metrics, Sink, SinkError, TableName};
 use pgoutput::TypeRegistry;
 use postgres_protocol::escape::escape_literal;
@@ -455,7 +455,10 @@ impl TableCopy {
         let started = Instant::now();
         // The low watermark is emitted and committed in the read's round trip.
         match reader.fetch(connection, rows, Some(&emit_sql(&ticket.low))).await {
-            Ok(fetched) => self.hand_over(connection, reader, ticket, fetched, started, started.elapsed()).await,
+            Ok(fetched) => {
+                note_watermark_transaction(merge, fetched.mark_output.as_ref());
+                self.hand_over(connection, reader, ticket, fetched, started, started.elapsed()).await
+            }
             Err(err) => {
                 merge.cancel(ticket.id);
                 Err(err.into())
@@ -496,7 +499,7 @@ impl TableCopy {
                 },
             );
             parsed_in = started.elapsed();
-            emit(connection, &self.table, &ticket.high).await?;
+            emit(connection, merge, &self.table, &ticket.high).await?;
             Ok::<_, SnapshotError>((chunk, read_rows))
         };
         match staged.await {
@@ -706,7 +709,10 @@ async fn read_chunks_ahead(
             None => Err(no_layout(&opener.table)),
         };
         let fetched = match fetched {
-            Ok(fetched) => fetched,
+            Ok(fetched) => {
+                note_watermark_transaction(&opener.merge, fetched.mark_output.as_ref());
+                fetched
+            }
             Err(err) => {
                 drop(forget);
                 let _ = chunks.send(Err(err)).await;
@@ -772,16 +778,33 @@ impl From<SnapshotError> for CopyError {
 /// transaction id makes the statement's commit flush the WAL up to the
 /// message at once (the connection commits synchronously, see
 /// [`connect`]).
-async fn emit(connection: &mut ReplicationConnection, table: &TableName, content: &str) -> Result<Lsn, SnapshotError> {
+///
+/// That transaction id is noted in `merge`, so that a read beside it is not
+/// taken for one that missed a change ([`WatermarkMerge::watermark_transaction`]).
+async fn emit(
+    connection: &mut ReplicationConnection,
+    merge: &WatermarkMerge,
+    table: &TableName,
+    content: &str,
+) -> Result<Lsn, SnapshotError> {
     let result = connection.simple_query(&emit_sql(content)).await.map_err(|source| SnapshotError::Source {
         table: table.clone(),
         doing: "emitting a watermark (pg_logical_emit_message)".to_owned(),
         source,
     })?;
+    note_watermark_transaction(merge, Some(&result));
     result.get(0, "lsn").and_then(|text| text.parse().ok()).ok_or_else(|| SnapshotError::Unexpected {
         table: table.clone(),
         what: "pg_logical_emit_message returned no LSN".to_owned(),
     })
+}
+
+/// Notes the transaction id a watermark statement's `output` names (see
+/// [`emit_sql`]) in `merge`.
+fn note_watermark_transaction(merge: &WatermarkMerge, output: Option<&QueryResult>) {
+    if let Some(xid) = output.and_then(|output| output.get(0, "flushes_at_commit")?.parse().ok()) {
+        merge.watermark_transaction(xid);
+    }
 }
 
 /// The statement that emits the watermark message `content` (see [`emit`]).
