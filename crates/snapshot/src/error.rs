@@ -38,6 +38,15 @@ pub enum SnapshotError {
         /// The table.
         table: TableName,
     },
+    /// The thread that reads a table's chunks ahead could not be started.
+    #[error("table {table}: cannot start the thread that reads chunks ahead")]
+    Thread {
+        /// The table.
+        table: TableName,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The server answered with something the reader cannot use.
     #[error("table {table}: unexpected answer from the server: {what}")]
     Unexpected {
@@ -55,7 +64,7 @@ impl SnapshotError {
     pub fn is_transient(&self) -> bool {
         match self {
             SnapshotError::Source { source, .. } => source.is_transient(),
-            SnapshotError::Altered { .. } => true,
+            SnapshotError::Altered { .. } | SnapshotError::Thread { .. } => true,
             SnapshotError::NoSuchTable { .. } | SnapshotError::NoKey { .. } | SnapshotError::Unexpected { .. } => false,
         }
     }

@@ -23,7 +23,7 @@
 //! chunk's [`Chunk::last_key`] is the key to resume after.
 
 use bytes::Bytes;
-use pg_replication::{ReplicationConnection, StatementOutput};
+use pg_replication::{QueryResult, ReplicationConnection, StatementOutput};
 use pgfanout_core::{ColumnValue, Row};
 use postgres_protocol::escape::escape_literal;
 
@@ -310,6 +310,11 @@ impl TableReader {
         else {
             return Err(unexpected("a chunk's read returned results of unexpected kinds".to_owned()));
         };
+        // What's left is the mark's output, when it returned rows.
+        let mark_output = match results.pop() {
+            Some(StatementOutput::Rows(output)) => Some(output),
+            _ => None,
+        };
         let visibility = snapshot
             .get(0, "snapshot")
             .and_then(ReadVisibility::parse)
@@ -345,13 +350,14 @@ impl TableReader {
             ),
             None => None,
         };
-        Ok(FetchedChunk { lines, last_key, more, bytes, visibility, shape_version, committed_in_progress })
+        Ok(FetchedChunk { lines, last_key, more, bytes, visibility, shape_version, committed_in_progress, mark_output })
     }
 
     /// The rows of a fetched chunk; `None` when a row has not the table's
     /// columns (it changed while it was copied).
     pub fn parse(&self, fetched: FetchedChunk) -> Option<Chunk> {
-        let FetchedChunk { lines, last_key, more, bytes, visibility, shape_version, committed_in_progress } = fetched;
+        let FetchedChunk { lines, last_key, more, bytes, visibility, shape_version, committed_in_progress, .. } =
+            fetched;
         let columns = self.table.schema.columns.len();
         let rows = lines.into_iter().map(|line| copy_text_row(line, columns)).collect::<Option<Vec<Row>>>()?;
         Some(Chunk { rows, last_key, more, bytes, visibility, shape_version, committed_in_progress })
@@ -383,6 +389,9 @@ pub struct FetchedChunk {
     /// The table's `pg_class` version the read saw.
     pub shape_version: Option<String>,
     committed_in_progress: Vec<u64>,
+    /// The rows the mark statement (see [`TableReader::read_after_mark`])
+    /// returned, if it was a query.
+    pub mark_output: Option<QueryResult>,
 }
 
 /// One line of `COPY … TO STDOUT` in text format as a row of `columns`

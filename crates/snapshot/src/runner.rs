@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!  per table, two SQL connections:
-//!    reader task:  emit low + read chunk N + xact status (one round trip) ─► N+1 ─► N+2 …
-//!                  (each read starts once the one before arrived; one chunk waits read)
+//!    reader thread: emit low + read chunk N + xact status (one round trip) ─► N+1 ─► N+2 …
+//!                   (each read starts once the one before arrived; one chunk waits read)
 //!    copy task:    parse N ─► chunk_read ─► emit high
 //!      ─► the same for N+1 … N+chunks_in_flight-1 while N's high watermark travels
 //!      ─► outcome of N (stream reached its high: chunk N is in the sink's queue)
@@ -15,7 +15,11 @@
 //!
 //! The server reads chunk N+1 while chunk N's rows are parsed, merged and
 //! applied (only the last row's key is needed to start the next read), so
-//! it never waits for pgfanout between two chunks.
+//! it never waits for pgfanout between two chunks. The reader has a thread
+//! (and runtime) of its own, so that neither its next round trip nor its
+//! reading of the rows as they arrive waits for the runtime's workers,
+//! busy parsing, merging and applying earlier chunks in bursts of
+//! milliseconds.
 //!
 //! Chunks in flight have disjoint key ranges: a retried chunk reads its own
 //! range again (bounded by its last key, whatever rows it holds now) and a
@@ -45,7 +49,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg_replication::{ConnectOptions, ReplicationConnection};
+use pg_replication::{ConnectOptions, QueryResult, ReplicationConnection};
 use pgfanout_core::{Backoff, Lsn, Metrics, Sink, SinkError, TableName};
 use pgoutput::TypeRegistry;
 use postgres_protocol::escape::escape_literal;
@@ -398,22 +402,24 @@ impl TableCopy {
     /// own: each chunk is fetched as soon as the one before it arrived, so
     /// the server reads the next chunk while this task parses and merges
     /// the last one.
+    ///
+    /// The reader runs on a thread of its own (with a runtime of its own):
+    /// on the runtime's workers its next round trip would queue behind
+    /// whatever they run meanwhile (parsing, merging and applying earlier
+    /// chunks take milliseconds each, and a task woken by the one that takes
+    /// a chunk waits until that task yields), and the server would sit idle
+    /// that long between two chunks.
     async fn read_ahead(
         &self,
         reader: &Arc<TableReader>,
         key_names: &[String],
         start: Position,
     ) -> Result<ReadAhead, CopyError> {
-        let connection = connect(&self.snapshotter.options).await.map_err(|source| SnapshotError::Source {
-            table: self.table.clone(),
-            doing: "connecting to read chunks ahead".to_owned(),
-            source,
-        })?;
         // One chunk waits while the next is read: the reader stays a chunk ahead.
         let (sender, chunks) = mpsc::channel(1);
-        let task = tokio::spawn(read_chunks_ahead(
+        let reading = read_chunks_ahead(
             reader.clone(),
-            connection,
+            self.snapshotter.options.clone(),
             ChunkOpener {
                 merge: self.snapshotter.merge.clone(),
                 sink: self.sink.name().to_owned(),
@@ -422,7 +428,9 @@ impl TableCopy {
             },
             start,
             sender,
-        ));
+        );
+        let task = spawn_on_own_thread(reading)
+            .map_err(|source| SnapshotError::Thread { table: self.table.clone(), source })?;
         Ok(ReadAhead { chunks, task })
     }
 
@@ -455,7 +463,10 @@ impl TableCopy {
         let started = Instant::now();
         // The low watermark is emitted and committed in the read's round trip.
         match reader.fetch(connection, rows, Some(&emit_sql(&ticket.low))).await {
-            Ok(fetched) => self.hand_over(connection, reader, ticket, fetched, started, started.elapsed()).await,
+            Ok(fetched) => {
+                note_watermark_transaction(merge, fetched.mark_output.as_ref());
+                self.hand_over(connection, reader, ticket, fetched, started, started.elapsed()).await
+            }
             Err(err) => {
                 merge.cancel(ticket.id);
                 Err(err.into())
@@ -496,7 +507,7 @@ impl TableCopy {
                 },
             );
             parsed_in = started.elapsed();
-            emit(connection, &self.table, &ticket.high).await?;
+            emit(connection, merge, &self.table, &ticket.high).await?;
             Ok::<_, SnapshotError>((chunk, read_rows))
         };
         match staged.await {
@@ -639,7 +650,23 @@ impl Drop for InFlight {
 /// the task; chunks read but not taken are forgotten in the merge.
 struct ReadAhead {
     chunks: mpsc::Receiver<Result<ReadAheadChunk, SnapshotError>>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::AbortHandle,
+}
+
+/// Runs `task` on a new thread with a current-thread runtime of its own,
+/// until it ends or is aborted (which ends the thread).
+fn spawn_on_own_thread(
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<tokio::task::AbortHandle> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = runtime.spawn(task);
+    let abort = handle.abort_handle();
+    std::thread::Builder::new().name("snapshot-reader".to_owned()).spawn(move || {
+        // Ends with the task (done or aborted); the runtime, and the
+        // connection the task holds, go with the thread.
+        let _ = runtime.block_on(handle);
+    })?;
+    Ok(abort)
 }
 
 impl Drop for ReadAhead {
@@ -683,20 +710,32 @@ struct ChunkOpener {
     key_names: Vec<String>,
 }
 
-/// Reads the chunks from `at` on back to back over `connection`, each
+/// Connects, then reads the chunks from `at` on back to back, each
 /// with its low watermark in its read's round trip, and sends them on
 /// `chunks` (a read failure is sent as the last item).
 async fn read_chunks_ahead(
     reader: Arc<TableReader>,
-    mut connection: ReplicationConnection,
+    options: ConnectOptions,
     opener: ChunkOpener,
     mut at: Position,
     chunks: mpsc::Sender<Result<ReadAheadChunk, SnapshotError>>,
 ) {
+    let mut connection = match connect(&options).await {
+        Ok(connection) => connection,
+        Err(source) => {
+            let doing = "connecting to read chunks ahead".to_owned();
+            let _ = chunks.send(Err(SnapshotError::Source { table: opener.table.clone(), doing, source })).await;
+            return;
+        }
+    };
+    // When the last read ended: the time until the next one starts is time
+    // the server waits for pgfanout (logged at debug).
+    let mut last_read_end: Option<Instant> = None;
     loop {
         let ticket = opener.merge.open(&opener.sink, &opener.table, opener.key_names.clone());
         let forget = ForgetOnDrop { merge: opener.merge.clone(), id: Some(ticket.id) };
         let started = Instant::now();
+        let idle_before = last_read_end.map_or(Duration::ZERO, |end| started - end);
         let rows = match &at {
             Position::Key(after) => Some(Rows::After(after.as_deref())),
             Position::Block(from) => reader.blocks_from(*from),
@@ -706,7 +745,10 @@ async fn read_chunks_ahead(
             None => Err(no_layout(&opener.table)),
         };
         let fetched = match fetched {
-            Ok(fetched) => fetched,
+            Ok(fetched) => {
+                note_watermark_transaction(&opener.merge, fetched.mark_output.as_ref());
+                fetched
+            }
             Err(err) => {
                 drop(forget);
                 let _ = chunks.send(Err(err)).await;
@@ -720,7 +762,16 @@ async fn read_chunks_ahead(
                 Some(Position::Block(from + reader.table().blocks.as_ref().map_or(1, |layout| layout.per_chunk)))
             }
         };
-        let chunk = ReadAheadChunk { at, ticket, forget, fetched, started, fetched_in: started.elapsed() };
+        let fetched_in = started.elapsed();
+        last_read_end = Some(started + fetched_in);
+        tracing::debug!(
+            sink = %opener.sink,
+            table = %opener.table,
+            fetch_ms = fetched_in.as_millis() as u64,
+            server_idle_before_ms = idle_before.as_millis() as u64,
+            "chunk fetched"
+        );
+        let chunk = ReadAheadChunk { at, ticket, forget, fetched, started, fetched_in };
         if chunks.send(Ok(chunk)).await.is_err() {
             return;
         }
@@ -772,16 +823,33 @@ impl From<SnapshotError> for CopyError {
 /// transaction id makes the statement's commit flush the WAL up to the
 /// message at once (the connection commits synchronously, see
 /// [`connect`]).
-async fn emit(connection: &mut ReplicationConnection, table: &TableName, content: &str) -> Result<Lsn, SnapshotError> {
+///
+/// That transaction id is noted in `merge`, so that a read beside it is not
+/// taken for one that missed a change ([`WatermarkMerge::watermark_transaction`]).
+async fn emit(
+    connection: &mut ReplicationConnection,
+    merge: &WatermarkMerge,
+    table: &TableName,
+    content: &str,
+) -> Result<Lsn, SnapshotError> {
     let result = connection.simple_query(&emit_sql(content)).await.map_err(|source| SnapshotError::Source {
         table: table.clone(),
         doing: "emitting a watermark (pg_logical_emit_message)".to_owned(),
         source,
     })?;
+    note_watermark_transaction(merge, Some(&result));
     result.get(0, "lsn").and_then(|text| text.parse().ok()).ok_or_else(|| SnapshotError::Unexpected {
         table: table.clone(),
         what: "pg_logical_emit_message returned no LSN".to_owned(),
     })
+}
+
+/// Notes the transaction id a watermark statement's `output` names (see
+/// [`emit_sql`]) in `merge`.
+fn note_watermark_transaction(merge: &WatermarkMerge, output: Option<&QueryResult>) {
+    if let Some(xid) = output.and_then(|output| output.get(0, "flushes_at_commit")?.parse().ok()) {
+        merge.watermark_transaction(xid);
+    }
 }
 
 /// The statement that emits the watermark message `content` (see [`emit`]).

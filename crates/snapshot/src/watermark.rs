@@ -41,7 +41,7 @@
 //!
 //! [`Version::snapshot_row`]: pgfanout_core::Version::snapshot_row
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pgfanout_core::{Change, ChangeOp, ColumnValue, Injection, Row, StreamTap, TableName, TableSchema, Transaction};
@@ -52,6 +52,11 @@ use crate::reader::{KeyText, ReadVisibility};
 
 /// Prefix of the watermark messages (`pg_logical_emit_message`).
 pub const WATERMARK_PREFIX: &str = "pgfanout-snapshot";
+
+/// How many of the run's own watermark transactions the merge remembers
+/// (see [`WatermarkMerge::watermark_transaction`]): far more than can be in
+/// progress around one read; one forgotten costs a chunk's read, no more.
+const OWN_TRANSACTIONS_KEPT: usize = 1024;
 
 /// What became of a chunk at its high watermark.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +126,8 @@ struct Shared {
     run: u64,
     next_id: u64,
     chunks: HashMap<u64, Pending>,
+    /// Transaction ids of this run's watermark statements, most recent last.
+    own_transactions: VecDeque<u64>,
 }
 
 /// How a transaction in the window touched a key.
@@ -187,6 +194,19 @@ impl WatermarkMerge {
         }
     }
 
+    /// Notes the transaction id of a watermark statement that committed
+    /// (the 64-bit `pg_current_xact_id()` it took to flush its message).
+    /// Such a transaction writes no row, so a read that could not see it
+    /// missed nothing: a chunk whose read ran beside another chunk's
+    /// watermark is merged, not read again.
+    pub fn watermark_transaction(&self, xid: u64) {
+        let mut shared = self.lock();
+        if shared.own_transactions.len() == OWN_TRANSACTIONS_KEPT {
+            shared.own_transactions.pop_front();
+        }
+        shared.own_transactions.push_back(xid);
+    }
+
     /// Forgets chunk `id` (its read failed).
     pub fn cancel(&self, id: u64) {
         self.lock().chunks.remove(&id);
@@ -237,7 +257,7 @@ impl StreamTap for Tap {
                 Vec::new()
             }
             "high" => match shared.chunks.remove(&id) {
-                Some(pending) => pending.resolve(message.lsn).into_iter().collect(),
+                Some(pending) => pending.resolve(message.lsn, &shared.own_transactions).into_iter().collect(),
                 None => Vec::new(),
             },
             _ => Vec::new(),
@@ -267,8 +287,9 @@ impl Pending {
         }
     }
 
-    /// The chunk's fate at the high watermark `lsn`.
-    fn resolve(mut self, lsn: Lsn) -> Option<Injection> {
+    /// The chunk's fate at the high watermark `lsn`; `own_transactions`
+    /// are the run's watermark transactions (they write no row).
+    fn resolve(mut self, lsn: Lsn, own_transactions: &VecDeque<u64>) -> Option<Injection> {
         let outcome_sender = self.outcome.take();
         let send = |outcome: ChunkOutcome| {
             if let Some(sender) = outcome_sender {
@@ -280,7 +301,10 @@ impl Pending {
             return None;
         };
         let visibility = &read.visibility;
-        let missed = read.committed_in_progress.iter().any(|&xid| !self.seen_xids.contains(&(xid as u32)));
+        let missed = read
+            .committed_in_progress
+            .iter()
+            .any(|&xid| !self.seen_xids.contains(&(xid as u32)) && !own_transactions.contains(&xid));
         if missed {
             send(ChunkOutcome::Retry {
                 reason: "a transaction the read could not see committed before the low watermark",
@@ -518,6 +542,21 @@ mod tests {
         assert!(tap.message(&mark(&ticket.high, 60)).is_empty());
         let mut outcome = ticket.outcome;
         assert!(matches!(outcome.try_recv().unwrap(), ChunkOutcome::Retry { .. }));
+    }
+
+    #[test]
+    fn another_chunks_watermark_the_read_could_not_see_needs_no_second_read() {
+        let merge = WatermarkMerge::new(7);
+        let mut tap = merge.tap();
+        let ticket = merge.open("cache", &TableName::parse("t"), vec!["id".into()]);
+        tap.message(&mark(&ticket.low, 20));
+        // 104 is another chunk's watermark statement, in progress when the
+        // read took its snapshot and committed (without a change) since.
+        merge.watermark_transaction(104);
+        merge.chunk_read(ticket.id, read(&["1", "2"], visibility(), vec![104]));
+        assert_eq!(tap.message(&mark(&ticket.high, 60))[0].transaction.changes.len(), 2);
+        let mut outcome = ticket.outcome;
+        assert!(matches!(outcome.try_recv().unwrap(), ChunkOutcome::Merged { written: 2, .. }));
     }
 
     #[test]
