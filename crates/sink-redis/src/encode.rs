@@ -304,6 +304,10 @@ pub const MAX_CALL_CHANGES: usize = 2000;
 /// changes (a single change larger than this still gets a call of its own).
 pub const MAX_CALL_BYTES: usize = 8 * 1024 * 1024;
 
+/// Most bytes of arguments a call reserves ahead (see
+/// [`ScriptCall::reserve_like_first`]); beyond them its buffer grows as needed.
+const RESERVE_BYTES: usize = 1024 * 1024;
+
 /// The set of keys a call names. A fixed-seed hash: keys come from row
 /// values, but a call holds at most [`MAX_CALL_CHANGES`] changes' keys, so
 /// colliding keys could cost a call little more than a scan of them.
@@ -380,6 +384,17 @@ impl ScriptCall {
     /// Whether the call has neither records nor a checkpoint.
     pub fn is_empty(&self) -> bool {
         self.arg_ends.is_empty() && self.checkpoint.is_empty()
+    }
+
+    /// Sizes the buffers for `more` changes like the one encoded so far:
+    /// the rows of a batch are mostly alike, and buffers that grow by
+    /// doubling copy what they hold each time. At most [`RESERVE_BYTES`]
+    /// ahead, so that one large first row does not reserve for many.
+    fn reserve_like_first(&mut self, more: usize) {
+        let more = more.min(MAX_CALL_CHANGES - 1);
+        self.arg_bytes.reserve((self.arg_bytes.len() * more).min(RESERVE_BYTES));
+        self.arg_ends.reserve(self.arg_ends.len() * more);
+        self.keys.reserve((self.keys.len() - 1) * more);
     }
 
     fn set_checkpoint(&mut self, checkpoint: Lsn) {
@@ -541,7 +556,7 @@ impl RedisEncoder {
     ) -> Result<Vec<BatchStep>, RedisSinkError> {
         let mut steps = Vec::new();
         let mut call = ScriptCall::new(&self.settings);
-        for change in changes {
+        for (index, change) in changes.iter().enumerate() {
             if call.is_full() {
                 steps.push(BatchStep::Script(std::mem::replace(&mut call, ScriptCall::new(&self.settings))));
             }
@@ -551,6 +566,8 @@ impl RedisEncoder {
                     steps.push(BatchStep::Script(std::mem::replace(&mut call, ScriptCall::new(&self.settings))));
                 }
                 steps.push(scan);
+            } else if call.changes == 1 {
+                call.reserve_like_first(changes.len() - index - 1);
             }
         }
         if let Some(checkpoint) = checkpoint {
