@@ -534,7 +534,10 @@ pub struct RedisEncoder {
     tables: HashMap<TableName, TableOptions>,
     /// Looked up twice per change: a fast hash (table names come from the
     /// source's catalog, not from row values).
-    resolved: HashMap<TableName, ResolvedTable, foldhash::fast::FixedState>,
+    resolved: HashMap<TableName, Arc<ResolvedTable>, foldhash::fast::FixedState>,
+    /// The table the last change belonged to: a batch is mostly runs of
+    /// one table, whose shape (the same `Arc`) finds it without a look-up.
+    last_resolved: Option<Arc<ResolvedTable>>,
     settings: EncoderSettings,
 }
 
@@ -542,7 +545,7 @@ impl RedisEncoder {
     /// An encoder with the configured per-table options (tables without a
     /// template use the default).
     pub fn new(tables: HashMap<TableName, TableOptions>, settings: EncoderSettings) -> Self {
-        RedisEncoder { tables, resolved: HashMap::default(), settings }
+        RedisEncoder { tables, resolved: HashMap::default(), last_resolved: None, settings }
     }
 
     /// The steps applying `changes` in order, the last one storing
@@ -634,7 +637,7 @@ impl RedisEncoder {
     /// Where a row of shape `table` is stored: its key (rendered from `row`)
     /// and the table's row format; for reading rows back (`verify`).
     pub fn locate(&mut self, table: &Arc<TableSchema>, row: &Row) -> Result<(String, RowFormat), RedisSinkError> {
-        let resolved = Self::resolve(&mut self.resolved, &self.tables, &self.settings, table)?;
+        let resolved = Self::resolve(&mut self.resolved, &mut self.last_resolved, &self.tables, &self.settings, table)?;
         Ok((resolved.key.render(&table.table, row, None)?, resolved.format))
     }
 
@@ -680,7 +683,7 @@ impl RedisEncoder {
         let version = change_ref.version();
         let sortable = SortableVersion::of(version);
         let settings = &self.settings;
-        let resolved = Self::resolve(&mut self.resolved, &self.tables, settings, table)?;
+        let resolved = Self::resolve(&mut self.resolved, &mut self.last_resolved, &self.tables, settings, table)?;
         let key = &resolved.key;
         let tombstone = |key: &str| resolved.tombstone_secs.map(|_| format!("{}{key}", settings.tombstone_prefix));
         // The row's key goes into the call's keys as it is; a copy only
@@ -779,47 +782,52 @@ impl RedisEncoder {
     /// positions instead of names), re-resolved only when a Relation message
     /// changed the shape: nothing is cloned or resolved per change.
     fn resolve<'r>(
-        resolved: &'r mut HashMap<TableName, ResolvedTable, foldhash::fast::FixedState>,
+        resolved: &'r mut HashMap<TableName, Arc<ResolvedTable>, foldhash::fast::FixedState>,
+        last: &'r mut Option<Arc<ResolvedTable>>,
         tables: &HashMap<TableName, TableOptions>,
         settings: &EncoderSettings,
         table: &Arc<TableSchema>,
     ) -> Result<&'r ResolvedTable, RedisSinkError> {
-        let stale = match resolved.get(&table.table) {
-            Some(known) => !Arc::ptr_eq(&known.shape, table) && *known.shape != **table,
-            None => true,
-        };
-        if stale {
-            let options = tables.get(&table.table).cloned().unwrap_or_default();
-            let template = match options.key {
-                Some(template) => template,
-                None => KeyTemplate::default_for(table)?,
+        if !last.as_ref().is_some_and(|hit| Arc::ptr_eq(&hit.shape, table)) {
+            *last = None;
+            let stale = match resolved.get(&table.table) {
+                Some(known) => !Arc::ptr_eq(&known.shape, table) && *known.shape != **table,
+                None => true,
             };
-            let resolve_all = |templates: &[KeyTemplate]| {
-                templates.iter().map(|t| ResolvedKey::resolve(t, table)).collect::<Result<Vec<_>, _>>()
-            };
-            let truncate = options
-                .truncate
-                .unwrap_or_else(|| TruncateBy::IndexSet(format!("{}{}", settings.index_prefix, table.table)));
-            let index_set = match &truncate {
-                TruncateBy::IndexSet(set) => Some(set.clone()),
-                TruncateBy::Scan(_) => None,
-            };
-            let entry = ResolvedTable {
-                shape: Arc::clone(table),
-                key: ResolvedKey::resolve(&template, table)?,
-                format: options.format,
-                invalidate: resolve_all(&options.invalidate)?,
-                invalidate_sets: resolve_all(&options.invalidate_sets)?,
-                ttl_secs: options.ttl_secs,
-                tombstone_secs: options.tombstone_secs.filter(|_| settings.version_field.is_some()),
-                truncate,
-                index_set,
-                stream: options.stream,
-                version_field: settings.version_field.as_deref().map(Arc::from),
-            };
-            resolved.insert(table.table.clone(), entry);
+            if stale {
+                let options = tables.get(&table.table).cloned().unwrap_or_default();
+                let template = match options.key {
+                    Some(template) => template,
+                    None => KeyTemplate::default_for(table)?,
+                };
+                let resolve_all = |templates: &[KeyTemplate]| {
+                    templates.iter().map(|t| ResolvedKey::resolve(t, table)).collect::<Result<Vec<_>, _>>()
+                };
+                let truncate = options
+                    .truncate
+                    .unwrap_or_else(|| TruncateBy::IndexSet(format!("{}{}", settings.index_prefix, table.table)));
+                let index_set = match &truncate {
+                    TruncateBy::IndexSet(set) => Some(set.clone()),
+                    TruncateBy::Scan(_) => None,
+                };
+                let entry = ResolvedTable {
+                    shape: Arc::clone(table),
+                    key: ResolvedKey::resolve(&template, table)?,
+                    format: options.format,
+                    invalidate: resolve_all(&options.invalidate)?,
+                    invalidate_sets: resolve_all(&options.invalidate_sets)?,
+                    ttl_secs: options.ttl_secs,
+                    tombstone_secs: options.tombstone_secs.filter(|_| settings.version_field.is_some()),
+                    truncate,
+                    index_set,
+                    stream: options.stream,
+                    version_field: settings.version_field.as_deref().map(Arc::from),
+                };
+                resolved.insert(table.table.clone(), Arc::new(entry));
+            }
         }
-        Ok(&resolved[&table.table])
+        // Kept from the last change of the same shape, or taken from the map just now.
+        Ok(last.get_or_insert_with(|| Arc::clone(&resolved[&table.table])))
     }
 }
 
@@ -1390,6 +1398,33 @@ mod tests {
         assert_eq!(only_call(&steps).keys()[1], "reservations:7:paid", "default: table, then each key column");
         let steps = encoder(Some("r:{status}/{id}")).encode(&refs, None).unwrap();
         assert_eq!(only_call(&steps).keys()[1], "r:paid/7");
+    }
+
+    #[test]
+    fn each_change_is_keyed_by_its_own_table_shape() {
+        // The table after a Relation message that moved the key column
+        // (ALTER TABLE, then a new shape): each change's own shape places
+        // its key, whichever shape the change before it had.
+        let mut moved = (*table()).clone();
+        moved.columns.swap(0, 1);
+        let moved = Transaction {
+            xid: Xid(2),
+            commit_lsn: Lsn(0x1f8),
+            end_lsn: Lsn(0x200),
+            commit_time: PgTimestamp(0),
+            changes: vec![Change {
+                table: Arc::new(moved),
+                op: ChangeOp::Insert { new: vec![text("new"), text("8"), ColumnValue::Null] },
+                ordinal: 0,
+            }],
+        };
+        let insert = |id| ChangeOp::Insert { new: vec![text(id), text("new"), ColumnValue::Null] };
+        let batch = [transaction(0x100, vec![insert("7")]), Arc::new(moved), transaction(0x300, vec![insert("9")])];
+        let steps = encoder(None).encode(&refs(&batch), None).unwrap();
+        assert_eq!(
+            *only_call(&steps).keys(),
+            ["cp", "reservations:7", "idx:public.reservations", "reservations:8", "reservations:9"]
+        );
     }
 
     #[test]
