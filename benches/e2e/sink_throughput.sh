@@ -11,6 +11,7 @@
 #   PGFANOUT_BIN=/tmp/pgfanout-main N=200000 benches/e2e/sink_throughput.sh redis
 #   SINK_OPTIONS='version_guard = false' TABLE_OPTIONS='truncate = "scan"' \
 #       benches/e2e/sink_throughput.sh redis
+#   CALLGRIND=1 N=50000 benches/e2e/sink_throughput.sh redis   # instructions per change
 #
 # Uses the local stack from the environment (PGFANOUT_TEST_PG_URL, ...) when
 # set, else starts a throwaway one. For a store, the discarding pipeline
@@ -19,6 +20,18 @@
 #   sink=S changes=N seconds=T changes_per_second=R peak_rss_kb=K   (discard, then the store)
 #   ratio_to_discard=R
 #   (redis) yardstick=... requests_per_second=R pgfanout_ratio=...
+#
+# CALLGRIND=1: instead of timing, pgfanout runs under `valgrind
+# --tool=callgrind` (whole process, start-up included), which counts the
+# instructions pgfanout itself executes: unlike wall time on a shared
+# machine, that does not move with the load, so it is the before/after
+# measure of the sink's own CPU. For a store the discarding pipeline is
+# counted first on a copy of the same slot, and the difference is what the
+# store's path costs pgfanout per change. Prints
+#   sink=S changes=N instructions=I per_change=I/N profile=FILE   (discard, then the store)
+#   store_path_per_change=...
+# and keeps the profiles in CALLGRIND_OUT [the current folder] for
+# callgrind_annotate. Valgrind runs the process ~50x slower: use N=50000.
 set -euo pipefail
 # shellcheck source=benches/e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -35,6 +48,20 @@ discard | redis) ;;
 esac
 # PGFANOUT_BIN: another build to time (e.g. a copy of main's), without building.
 [[ -n ${PGFANOUT_BIN:-} ]] || (cd "$REPO_ROOT" && cargo build --release --quiet)
+if [[ ${CALLGRIND:-0} == 1 ]]; then
+    command -v valgrind >/dev/null || {
+        echo "valgrind is needed (apt-get install valgrind)" >&2
+        exit 1
+    }
+    CALLGRIND_OUT=$(cd "${CALLGRIND_OUT:-.}" && pwd)
+    REAL_BIN=${PGFANOUT_BIN:-$TARGET/release/pgfanout}
+    # bench_run starts PGFANOUT_BIN: a wrapper that execs valgrind keeps
+    # its pid, so stopping it (and waiting) lets callgrind write its profile.
+    PGFANOUT_BIN=$WORK/pgfanout-under-callgrind
+    printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file="$CALLGRIND_FILE" %q "$@"\n' \
+        "$REAL_BIN" >"$PGFANOUT_BIN"
+    chmod +x "$PGFANOUT_BIN"
+fi
 
 bench_database bench_sink <<SQL
 $ORDERS_TABLE
@@ -59,6 +86,16 @@ store_cpu_seconds() {
         awk -F: '/^used_cpu_(user|sys):/ { sum += $2 } END { printf "%.2f", sum }'
 }
 report() {
+    if [[ ${CALLGRIND:-0} == 1 ]]; then
+        # The profile is written when pgfanout stops.
+        bench_stop
+        local total
+        total=$(awk '/^(summary|totals):/ { print $2; exit }' "$CALLGRIND_FILE")
+        awk -v sink="$1" -v n="$N" -v total="$total" -v file="$CALLGRIND_FILE" \
+            'BEGIN { printf "sink=%s changes=%d instructions=%d per_change=%.0f profile=%s\n", sink, n, total, total / n, file }'
+        eval "INSTRUCTIONS_$1=$total"
+        return
+    fi
     awk -v sink="$1" -v n="$N" -v start="$START" -v end="$END" -v rate="$RATE" -v peak="$PEAK" -v cpu="$CPU" \
         'BEGIN { printf "sink=%s changes=%d seconds=%.2f changes_per_second=%d peak_rss_kb=%d pgfanout_cpu_seconds=%.2f\n", sink, n, end - start, rate, peak, cpu }'
 }
@@ -70,6 +107,7 @@ if [[ $SINK != discard ]]; then
     { bench_source bench_sink bench_sink_discard && bench_stream_only; } >"$WORK/discard.toml"
     printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/discard.toml"
     printf '[[sink.table]]\nsource = "public.orders"\n[sink.delivery]\nlanes = %s\n' "$LANES" >>"$WORK/discard.toml"
+    export CALLGRIND_FILE=${CALLGRIND_OUT:-}/callgrind.out.sink-discard
     bench_run "$WORK/discard.toml" "$N"
     CPU=$(cpu_seconds "$PGFANOUT_PID")
     report discard
@@ -91,6 +129,7 @@ esac
 table_lines >>"$WORK/pgfanout.toml"
 
 STORE_CPU_BEFORE=$([[ $SINK == redis ]] && store_cpu_seconds || echo 0)
+export CALLGRIND_FILE=${CALLGRIND_OUT:-}/callgrind.out.sink-$SINK
 bench_run "$WORK/pgfanout.toml" "$N"
 CPU=$(cpu_seconds "$PGFANOUT_PID")
 report "$SINK"
@@ -100,6 +139,13 @@ if [[ $SINK == redis ]]; then
         'BEGIN { printf "redis_server_cpu_seconds=%.2f\n", after - before }'
 fi
 bench_stop
+if [[ ${CALLGRIND:-0} == 1 ]]; then
+    if [[ $SINK != discard ]]; then
+        awk -v store="$INSTRUCTIONS_redis" -v discard="$INSTRUCTIONS_discard" -v n="$N" \
+            'BEGIN { printf "store_path_per_change=%.0f (the store run minus the discarding one)\n", (store - discard) / n }'
+    fi
+    exit 0
+fi
 if [[ $SINK != discard ]]; then
     awk -v rate="$RATE" -v discard="$DISCARD_RATE" \
         'BEGIN { printf "ratio_to_discard=%.2f (goal >= 0.8)\n", rate / discard }'

@@ -45,7 +45,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgfanout_core::{row_json, Change, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, TableName, TableSchema, Version};
+use pgfanout_core::{row_json, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, TableName, TableSchema, Version};
 
 use crate::error::RedisSinkError;
 
@@ -224,6 +224,8 @@ impl KeyTemplate {
 #[derive(Debug)]
 struct ResolvedKey {
     parts: Vec<ResolvedPart>,
+    /// Bytes of the literal parts.
+    literal_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -247,8 +249,10 @@ impl ResolvedKey {
                         reason: format!("key template refers to column {name}, which the table does not publish"),
                     }),
             })
-            .collect::<Result<_, _>>()?;
-        Ok(ResolvedKey { parts })
+            .collect::<Result<Vec<_>, _>>()?;
+        let literal_bytes =
+            parts.iter().map(|part| if let ResolvedPart::Literal(text) = part { text.len() } else { 0 }).sum();
+        Ok(ResolvedKey { parts, literal_bytes })
     }
 
     /// Builds the key from `row` when every column it needs is present.
@@ -268,7 +272,9 @@ impl ResolvedKey {
     /// Builds the key from `row`, taking a column from `fallback` where `row`
     /// lacks it (a key-only old tuple holds NULL for non-key columns).
     fn render(&self, table: &TableName, row: &Row, fallback: Option<&Row>) -> Result<String, RedisSinkError> {
-        let mut key = String::new();
+        // Sized for the usual key (literals and short values) so that it is
+        // one allocation, not one per doubling.
+        let mut key = String::with_capacity(self.literal_bytes + 24 * self.parts.len());
         for part in &self.parts {
             match part {
                 ResolvedPart::Literal(text) => key.push_str(text),
@@ -291,47 +297,6 @@ impl ResolvedKey {
     }
 }
 
-/// One argument of the batch script; row values are borrowed from the
-/// changes (the call is written while they are alive), not copied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScriptArg<'a> {
-    /// Bytes of a column name or value.
-    Borrowed(&'a [u8]),
-    /// A rendered key index, version, number or JSON text.
-    Owned(String),
-    /// An opcode or a fixed word.
-    Static(&'static str),
-    /// MessagePack values packed into one argument: a hash row's record (see
-    /// `write_row`) or strings ([`pack_strings`]).
-    Packed(Vec<u8>),
-}
-
-impl ScriptArg<'_> {
-    /// The argument's bytes as sent.
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            ScriptArg::Borrowed(bytes) => bytes,
-            ScriptArg::Owned(text) => text.as_bytes(),
-            ScriptArg::Static(text) => text.as_bytes(),
-            ScriptArg::Packed(bytes) => bytes,
-        }
-    }
-}
-
-impl redis::ToRedisArgs for ScriptArg<'_> {
-    fn write_redis_args<W>(&self, out: &mut W)
-    where
-        W: ?Sized + redis::RedisWrite,
-    {
-        out.write_arg(self.as_bytes());
-    }
-}
-
-/// The decimal text of 0, 1, … up to a little more than the keys a call
-/// names, made once: the numbers a call sends are mostly these.
-static SMALL_NUMBERS: std::sync::LazyLock<Box<[String]>> =
-    std::sync::LazyLock::new(|| (0..2 * MAX_CALL_CHANGES + 64).map(|number| number.to_string()).collect());
-
 /// Most changes one script call applies.
 pub const MAX_CALL_CHANGES: usize = 2000;
 
@@ -339,84 +304,134 @@ pub const MAX_CALL_CHANGES: usize = 2000;
 /// changes (a single change larger than this still gets a call of its own).
 pub const MAX_CALL_BYTES: usize = 8 * 1024 * 1024;
 
+/// Most bytes of arguments a call reserves ahead (see
+/// [`ScriptCall::reserve_like_first`]); beyond them its buffer grows as needed.
+const RESERVE_BYTES: usize = 1024 * 1024;
+
+/// The set of keys a call names. A fixed-seed hash: keys come from row
+/// values, but a call holds at most [`MAX_CALL_CHANGES`] changes' keys, so
+/// colliding keys could cost a call little more than a scan of them.
+type KeySet = indexmap::IndexSet<String, foldhash::fast::FixedState>;
+
 /// One call of the batch script: the keys it touches (each once; the
 /// checkpoint key first) and its records.
+///
+/// The records' arguments are written one after the other into one buffer
+/// (`arg_bytes`, each argument's end in `arg_ends`), the row values copied
+/// in as they are encoded: a call of a thousand rows makes a few growing
+/// buffers instead of several allocations per row, and the keys are kept
+/// once, in the set that also gives their positions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptCall<'a> {
-    keys: Vec<String>,
-    key_positions: HashMap<String, usize>,
-    args: Vec<ScriptArg<'a>>,
-    /// Bytes of `keys` and `args`, to bound the request's size.
-    bytes: usize,
+pub struct ScriptCall {
+    /// `KEYS`, in the order first named; a key's position is its index + 1.
+    keys: KeySet,
+    /// Bytes of the keys.
+    key_bytes: usize,
+    /// `ARGV[1]`: the version field, empty without the guard.
+    version_field: String,
+    /// `ARGV[2]`: the checkpoint to store, empty for none.
+    checkpoint: String,
+    /// The records' arguments (`ARGV[3..]`), back to back.
+    arg_bytes: Vec<u8>,
+    /// Where each record argument ends in `arg_bytes`.
+    arg_ends: Vec<usize>,
     /// Changes encoded into the call.
     changes: usize,
 }
 
-impl<'a> ScriptCall<'a> {
+impl ScriptCall {
     fn new(settings: &EncoderSettings) -> Self {
-        let version_field = settings.version_field.clone().unwrap_or_default();
+        let mut keys = KeySet::default();
+        keys.insert(settings.checkpoint_key.clone());
         ScriptCall {
-            bytes: settings.checkpoint_key.len() + version_field.len(),
-            keys: vec![settings.checkpoint_key.clone()],
-            key_positions: HashMap::from([(settings.checkpoint_key.clone(), 1)]),
-            args: vec![ScriptArg::Owned(version_field), ScriptArg::Static("")],
+            key_bytes: settings.checkpoint_key.len(),
+            keys,
+            version_field: settings.version_field.clone().unwrap_or_default(),
+            checkpoint: String::new(),
+            arg_bytes: Vec::new(),
+            arg_ends: Vec::new(),
             changes: 0,
         }
     }
 
     /// `KEYS` of the call.
-    pub fn keys(&self) -> &[String] {
-        &self.keys
+    pub fn keys(&self) -> &indexmap::set::Slice<String> {
+        self.keys.as_slice()
     }
 
-    /// `ARGV` of the call.
-    pub fn args(&self) -> &[ScriptArg<'a>] {
-        &self.args
+    /// Number of `ARGV` arguments.
+    pub fn arg_count(&self) -> usize {
+        2 + self.arg_ends.len()
+    }
+
+    /// `ARGV` of the call, each argument's bytes as sent ([`arg_count`](Self::arg_count) of them).
+    pub fn args(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.arg_ends.iter().copied());
+        let records = starts.zip(&self.arg_ends).map(|(start, &end)| &self.arg_bytes[start..end]);
+        [self.version_field.as_bytes(), self.checkpoint.as_bytes()].into_iter().chain(records)
     }
 
     /// Bytes of the call's keys and arguments (without protocol framing).
     pub fn size_bytes(&self) -> usize {
-        self.bytes
+        self.key_bytes + self.version_field.len() + self.checkpoint.len() + self.arg_bytes.len()
     }
 
     /// Whether the call is full: the next change goes into a new one.
     fn is_full(&self) -> bool {
-        self.changes >= MAX_CALL_CHANGES || self.bytes >= MAX_CALL_BYTES
-    }
-
-    fn push_arg(&mut self, arg: ScriptArg<'a>) {
-        self.bytes += arg.as_bytes().len();
-        self.args.push(arg);
+        self.changes >= MAX_CALL_CHANGES || self.size_bytes() >= MAX_CALL_BYTES
     }
 
     /// Whether the call has neither records nor a checkpoint.
     pub fn is_empty(&self) -> bool {
-        self.args.len() == 2 && self.args[1].as_bytes().is_empty()
+        self.arg_ends.is_empty() && self.checkpoint.is_empty()
+    }
+
+    /// Sizes the buffers for `more` changes like the one encoded so far:
+    /// the rows of a batch are mostly alike, and buffers that grow by
+    /// doubling copy what they hold each time. At most [`RESERVE_BYTES`]
+    /// ahead, so that one large first row does not reserve for many.
+    fn reserve_like_first(&mut self, more: usize) {
+        let more = more.min(MAX_CALL_CHANGES - 1);
+        self.arg_bytes.reserve((self.arg_bytes.len() * more).min(RESERVE_BYTES));
+        self.arg_ends.reserve(self.arg_ends.len() * more);
+        self.keys.reserve((self.keys.len() - 1) * more);
     }
 
     fn set_checkpoint(&mut self, checkpoint: Lsn) {
-        self.args[1] = ScriptArg::Owned(checkpoint.to_string());
+        self.checkpoint = checkpoint.to_string();
     }
 
     /// Adds `key` to `KEYS` (once: a key the call already names is not
     /// copied again) and its index to the records.
     fn key(&mut self, key: &str) {
-        let index = self.key_position(key);
-        self.number(index as u64);
+        let position = self.key_position(key);
+        self.number(position as u64);
+    }
+
+    /// [`key`](Self::key) for a key rendered for this record: kept as it
+    /// is, not copied.
+    fn owned_key(&mut self, key: String) {
+        let position = self.owned_key_position(key);
+        self.number(position as u64);
     }
 
     /// The position of `key` in `KEYS` (from 1), added if the call does not
     /// name it yet.
     fn key_position(&mut self, key: &str) -> usize {
-        match self.key_positions.get(key) {
-            Some(&index) => index,
-            None => {
-                self.bytes += key.len();
-                self.keys.push(key.to_owned());
-                self.key_positions.insert(key.to_owned(), self.keys.len());
-                self.keys.len()
-            }
+        match self.keys.get_index_of(key) {
+            Some(index) => index + 1,
+            None => self.owned_key_position(key.to_owned()),
         }
+    }
+
+    /// [`key_position`](Self::key_position) taking the key's ownership.
+    fn owned_key_position(&mut self, key: String) -> usize {
+        let len = key.len();
+        let (index, added) = self.keys.insert_full(key);
+        if added {
+            self.key_bytes += len;
+        }
+        index + 1
     }
 
     fn optional_key(&mut self, key: Option<&str>) {
@@ -426,36 +441,79 @@ impl<'a> ScriptCall<'a> {
         }
     }
 
+    /// Appends one argument.
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.arg_bytes.extend_from_slice(bytes);
+        self.arg_ends.push(self.arg_bytes.len());
+    }
+
     fn word(&mut self, word: &'static str) {
-        self.push_arg(ScriptArg::Static(word));
+        self.bytes(word.as_bytes());
     }
 
-    fn text(&mut self, text: String) {
-        self.push_arg(ScriptArg::Owned(text));
+    fn text(&mut self, text: &str) {
+        self.bytes(text.as_bytes());
     }
 
-    fn packed(&mut self, packed: Vec<u8>) {
-        self.push_arg(ScriptArg::Packed(packed));
+    /// Appends one argument written by `write` straight into the buffer
+    /// (a hash row's MessagePack record).
+    fn packed(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        write(&mut self.arg_bytes);
+        self.arg_ends.push(self.arg_bytes.len());
     }
 
-    fn bytes(&mut self, bytes: &'a [u8]) {
-        self.push_arg(ScriptArg::Borrowed(bytes));
-    }
-
+    /// Appends `number` as decimal text (key indexes, counts, zeros:
+    /// several per record), without formatting machinery.
     fn number(&mut self, number: u64) {
-        // Key indexes, counts and zeros: several per row, none allocated.
-        match usize::try_from(number).ok().and_then(|index| SMALL_NUMBERS.get(index)) {
-            Some(text) => self.push_arg(ScriptArg::Static(text)),
-            None => self.push_arg(ScriptArg::Owned(number.to_string())),
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = number;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
         }
+        self.bytes(&digits[start..]);
+    }
+}
+
+/// A change's [`Version::to_sortable_string`] without allocating it: the
+/// same 25 bytes, on the stack.
+#[derive(Clone, Copy)]
+struct SortableVersion([u8; Version::SORTABLE_LEN]);
+
+impl SortableVersion {
+    fn of(version: Version) -> Self {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut text = [b'.'; Version::SORTABLE_LEN];
+        let lsn = version.commit_lsn.0;
+        for (i, digit) in text[..16].iter_mut().enumerate() {
+            *digit = HEX[(lsn >> (60 - 4 * i) & 0xf) as usize];
+        }
+        for (i, digit) in text[17..].iter_mut().enumerate() {
+            *digit = HEX[(version.ordinal >> (28 - 4 * i) & 0xf) as usize];
+        }
+        SortableVersion(text)
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn as_str(&self) -> &str {
+        // Hex digits and a dot: always ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
 /// One step of applying a batch, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BatchStep<'a> {
+pub enum BatchStep {
     /// A script call (one round trip).
-    Script(ScriptCall<'a>),
+    Script(ScriptCall),
     /// A truncate by `SCAN`: delete the keys matching `pattern` that hold
     /// rows older than `version` (see [`RedisEncoder::delete_if_older`]).
     ScanTruncate {
@@ -474,7 +532,12 @@ pub enum BatchStep<'a> {
 #[derive(Debug)]
 pub struct RedisEncoder {
     tables: HashMap<TableName, TableOptions>,
-    resolved: HashMap<TableName, ResolvedTable>,
+    /// Looked up twice per change: a fast hash (table names come from the
+    /// source's catalog, not from row values).
+    resolved: HashMap<TableName, Arc<ResolvedTable>, foldhash::fast::FixedState>,
+    /// The table the last change belonged to: a batch is mostly runs of
+    /// one table, whose shape (the same `Arc`) finds it without a look-up.
+    last_resolved: Option<Arc<ResolvedTable>>,
     settings: EncoderSettings,
 }
 
@@ -482,21 +545,21 @@ impl RedisEncoder {
     /// An encoder with the configured per-table options (tables without a
     /// template use the default).
     pub fn new(tables: HashMap<TableName, TableOptions>, settings: EncoderSettings) -> Self {
-        RedisEncoder { tables, resolved: HashMap::new(), settings }
+        RedisEncoder { tables, resolved: HashMap::default(), last_resolved: None, settings }
     }
 
     /// The steps applying `changes` in order, the last one storing
     /// `checkpoint` when given. Usually a single script call; a truncate by
     /// scan splits the batch around it, and a batch larger than one call
     /// ([`MAX_CALL_CHANGES`], [`MAX_CALL_BYTES`]) takes several.
-    pub fn encode<'a>(
+    pub fn encode(
         &mut self,
-        changes: &[ChangeRef<'a>],
+        changes: &[ChangeRef<'_>],
         checkpoint: Option<Lsn>,
-    ) -> Result<Vec<BatchStep<'a>>, RedisSinkError> {
+    ) -> Result<Vec<BatchStep>, RedisSinkError> {
         let mut steps = Vec::new();
         let mut call = ScriptCall::new(&self.settings);
-        for change in changes {
+        for (index, change) in changes.iter().enumerate() {
             if call.is_full() {
                 steps.push(BatchStep::Script(std::mem::replace(&mut call, ScriptCall::new(&self.settings))));
             }
@@ -506,6 +569,8 @@ impl RedisEncoder {
                     steps.push(BatchStep::Script(std::mem::replace(&mut call, ScriptCall::new(&self.settings))));
                 }
                 steps.push(scan);
+            } else if call.changes == 1 {
+                call.reserve_like_first(changes.len() - index - 1);
             }
         }
         if let Some(checkpoint) = checkpoint {
@@ -572,7 +637,7 @@ impl RedisEncoder {
     /// Where a row of shape `table` is stored: its key (rendered from `row`)
     /// and the table's row format; for reading rows back (`verify`).
     pub fn locate(&mut self, table: &Arc<TableSchema>, row: &Row) -> Result<(String, RowFormat), RedisSinkError> {
-        let resolved = Self::resolve(&mut self.resolved, &self.tables, &self.settings, table)?;
+        let resolved = Self::resolve(&mut self.resolved, &mut self.last_resolved, &self.tables, &self.settings, table)?;
         Ok((resolved.key.render(&table.table, row, None)?, resolved.format))
     }
 
@@ -591,16 +656,16 @@ impl RedisEncoder {
 
     /// A call deleting each of `keys` unless it holds a row at `version` or
     /// newer: one page of a truncate by scan.
-    pub fn delete_if_older(&self, keys: Vec<String>, format: RowFormat, version: Version) -> ScriptCall<'static> {
+    pub fn delete_if_older(&self, keys: Vec<String>, format: RowFormat, version: Version) -> ScriptCall {
         let mut call = ScriptCall::new(&self.settings);
-        let version = version.to_sortable_string();
-        for key in &keys {
+        let version = SortableVersion::of(version);
+        for key in keys {
             call.word("D");
             call.word(format.code());
-            call.key(key);
+            call.owned_key(key);
             call.number(0);
             call.number(0);
-            call.text(version.clone());
+            call.bytes(version.as_bytes());
             call.number(0);
         }
         call
@@ -608,61 +673,69 @@ impl RedisEncoder {
 
     /// Adds the records of one change; a truncate by scan is returned as a
     /// step of its own instead.
-    fn encode_change<'a>(
+    fn encode_change(
         &mut self,
-        change_ref: &ChangeRef<'a>,
-        call: &mut ScriptCall<'a>,
-    ) -> Result<Option<BatchStep<'a>>, RedisSinkError> {
-        let change: &'a Change = change_ref.change;
+        change_ref: &ChangeRef<'_>,
+        call: &mut ScriptCall,
+    ) -> Result<Option<BatchStep>, RedisSinkError> {
+        let change = change_ref.change;
         let table = &change.table;
         let version = change_ref.version();
+        let sortable = SortableVersion::of(version);
         let settings = &self.settings;
-        let resolved = Self::resolve(&mut self.resolved, &self.tables, settings, table)?;
+        let resolved = Self::resolve(&mut self.resolved, &mut self.last_resolved, &self.tables, settings, table)?;
         let key = &resolved.key;
         let tombstone = |key: &str| resolved.tombstone_secs.map(|_| format!("{}{key}", settings.tombstone_prefix));
+        // The row's key goes into the call's keys as it is; a copy only
+        // for the event stream, when the table has one.
+        let for_event = |key: &String| resolved.stream.as_ref().map(|_| key.clone());
         let format = resolved.format;
         let written_key = match &change.op {
             ChangeOp::Insert { new } => {
                 let key = key.render(&table.table, new, None)?;
-                write_row(call, resolved, &key, tombstone(&key), version, RowImage::Replace(new), table);
-                key
+                let (tomb, written) = (tombstone(&key), for_event(&key));
+                write_row(call, resolved, key, tomb, sortable, RowImage::Replace(new), table);
+                written
             }
             ChangeOp::Update { old, new } => {
                 let new_key = key.render(&table.table, new, None)?;
                 if let Some(old) = old {
                     let old_key = key.render(&table.table, old, Some(new))?;
                     if old_key != new_key {
+                        let old_tomb = tombstone(&old_key);
                         call.word("M");
                         call.word(format.code());
-                        call.key(&old_key);
+                        call.owned_key(old_key);
                         call.key(&new_key);
-                        call.optional_key(tombstone(&old_key).as_deref());
+                        call.optional_key(old_tomb.as_deref());
                         call.optional_key(resolved.index_set.as_deref());
-                        call.text(version.to_sortable_string());
+                        call.bytes(sortable.as_bytes());
                         call.number(resolved.tombstone_secs.unwrap_or(0));
                     }
                 }
-                write_row(call, resolved, &new_key, tombstone(&new_key), version, RowImage::Patch(new), table);
-                new_key
+                let (tomb, written) = (tombstone(&new_key), for_event(&new_key));
+                write_row(call, resolved, new_key, tomb, sortable, RowImage::Patch(new), table);
+                written
             }
             ChangeOp::Delete { old } => {
                 let key = key.render(&table.table, old, None)?;
+                let (tomb, written) = (tombstone(&key), for_event(&key));
                 call.word("D");
                 call.word(format.code());
-                call.key(&key);
-                call.optional_key(tombstone(&key).as_deref());
+                call.owned_key(key);
+                call.optional_key(tomb.as_deref());
                 call.optional_key(resolved.index_set.as_deref());
-                call.text(version.to_sortable_string());
+                call.bytes(sortable.as_bytes());
                 call.number(resolved.tombstone_secs.unwrap_or(0));
-                key
+                written
             }
             ChangeOp::Truncate => match &resolved.truncate {
                 TruncateBy::IndexSet(set) => {
                     call.word("T");
                     call.word(format.code());
                     call.key(set);
-                    call.text(version.to_sortable_string());
-                    String::new()
+                    call.bytes(sortable.as_bytes());
+                    None
                 }
                 TruncateBy::Scan(pattern) => {
                     return Ok(Some(BatchStep::ScanTruncate {
@@ -691,15 +764,15 @@ impl RedisEncoder {
             }
         }
         if let Some((stream, max_len)) = &resolved.stream {
-            let fields = event_fields(change_ref, written_key);
+            let fields = event_fields(change_ref, written_key.unwrap_or_default());
             call.word("X");
             call.key(stream);
             call.number(*max_len);
-            call.text(format!("{}-{}", version.commit_lsn.0, version.ordinal));
+            call.text(&format!("{}-{}", version.commit_lsn.0, version.ordinal));
             call.number(fields.len() as u64);
             for (field, value) in fields {
                 call.word(field);
-                call.text(value);
+                call.text(&value);
             }
         }
         Ok(None)
@@ -709,47 +782,52 @@ impl RedisEncoder {
     /// positions instead of names), re-resolved only when a Relation message
     /// changed the shape: nothing is cloned or resolved per change.
     fn resolve<'r>(
-        resolved: &'r mut HashMap<TableName, ResolvedTable>,
+        resolved: &'r mut HashMap<TableName, Arc<ResolvedTable>, foldhash::fast::FixedState>,
+        last: &'r mut Option<Arc<ResolvedTable>>,
         tables: &HashMap<TableName, TableOptions>,
         settings: &EncoderSettings,
         table: &Arc<TableSchema>,
     ) -> Result<&'r ResolvedTable, RedisSinkError> {
-        let stale = match resolved.get(&table.table) {
-            Some(known) => !Arc::ptr_eq(&known.shape, table) && *known.shape != **table,
-            None => true,
-        };
-        if stale {
-            let options = tables.get(&table.table).cloned().unwrap_or_default();
-            let template = match options.key {
-                Some(template) => template,
-                None => KeyTemplate::default_for(table)?,
+        if !last.as_ref().is_some_and(|hit| Arc::ptr_eq(&hit.shape, table)) {
+            *last = None;
+            let stale = match resolved.get(&table.table) {
+                Some(known) => !Arc::ptr_eq(&known.shape, table) && *known.shape != **table,
+                None => true,
             };
-            let resolve_all = |templates: &[KeyTemplate]| {
-                templates.iter().map(|t| ResolvedKey::resolve(t, table)).collect::<Result<Vec<_>, _>>()
-            };
-            let truncate = options
-                .truncate
-                .unwrap_or_else(|| TruncateBy::IndexSet(format!("{}{}", settings.index_prefix, table.table)));
-            let index_set = match &truncate {
-                TruncateBy::IndexSet(set) => Some(set.clone()),
-                TruncateBy::Scan(_) => None,
-            };
-            let entry = ResolvedTable {
-                shape: Arc::clone(table),
-                key: ResolvedKey::resolve(&template, table)?,
-                format: options.format,
-                invalidate: resolve_all(&options.invalidate)?,
-                invalidate_sets: resolve_all(&options.invalidate_sets)?,
-                ttl_secs: options.ttl_secs,
-                tombstone_secs: options.tombstone_secs.filter(|_| settings.version_field.is_some()),
-                truncate,
-                index_set,
-                stream: options.stream,
-                version_field: settings.version_field.as_deref().map(Arc::from),
-            };
-            resolved.insert(table.table.clone(), entry);
+            if stale {
+                let options = tables.get(&table.table).cloned().unwrap_or_default();
+                let template = match options.key {
+                    Some(template) => template,
+                    None => KeyTemplate::default_for(table)?,
+                };
+                let resolve_all = |templates: &[KeyTemplate]| {
+                    templates.iter().map(|t| ResolvedKey::resolve(t, table)).collect::<Result<Vec<_>, _>>()
+                };
+                let truncate = options
+                    .truncate
+                    .unwrap_or_else(|| TruncateBy::IndexSet(format!("{}{}", settings.index_prefix, table.table)));
+                let index_set = match &truncate {
+                    TruncateBy::IndexSet(set) => Some(set.clone()),
+                    TruncateBy::Scan(_) => None,
+                };
+                let entry = ResolvedTable {
+                    shape: Arc::clone(table),
+                    key: ResolvedKey::resolve(&template, table)?,
+                    format: options.format,
+                    invalidate: resolve_all(&options.invalidate)?,
+                    invalidate_sets: resolve_all(&options.invalidate_sets)?,
+                    ttl_secs: options.ttl_secs,
+                    tombstone_secs: options.tombstone_secs.filter(|_| settings.version_field.is_some()),
+                    truncate,
+                    index_set,
+                    stream: options.stream,
+                    version_field: settings.version_field.as_deref().map(Arc::from),
+                };
+                resolved.insert(table.table.clone(), Arc::new(entry));
+            }
         }
-        Ok(&resolved[&table.table])
+        // Kept from the last change of the same shape, or taken from the map just now.
+        Ok(last.get_or_insert_with(|| Arc::clone(&resolved[&table.table])))
     }
 }
 
@@ -761,20 +839,19 @@ enum RowImage<'a> {
 }
 
 /// The `H` or `J` record writing `image` under `key`.
-fn write_row<'a>(
-    call: &mut ScriptCall<'a>,
+fn write_row(
+    call: &mut ScriptCall,
     resolved: &ResolvedTable,
-    key: &str,
+    key: String,
     tombstone: Option<String>,
-    version: Version,
-    image: RowImage<'a>,
-    table: &'a TableSchema,
+    version: SortableVersion,
+    image: RowImage<'_>,
+    table: &TableSchema,
 ) {
     let (row, replace) = match image {
         RowImage::Replace(row) => (row, true),
         RowImage::Patch(row) => (row, false),
     };
-    let version = version.to_sortable_string();
     let columns = || table.columns.iter().map(|column| column.name.as_str()).zip(row);
     match resolved.format {
         RowFormat::Hash => {
@@ -787,40 +864,41 @@ fn write_row<'a>(
             // arguments of their own; unchanged TOAST columns are in neither.
             // A replaced row has no stale fields to remove.
             let nulls = columns().filter(|(_, value)| !replace && matches!(value, ColumnValue::Null));
-            let value_bytes: usize = row.iter().filter_map(ColumnValue::as_bytes).map(<[u8]>::len).sum();
-            let mut record = Vec::with_capacity(64 + value_bytes + 24 * row.len());
+            let key_position = call.owned_key_position(key) as u64;
             let mut position = |key: Option<&str>| key.map_or(0, |key| call.key_position(key) as u64);
-            for number in [
-                position(Some(key)),
+            let numbers = [
+                key_position,
                 position(tombstone.as_deref()),
                 position(resolved.index_set.as_deref()),
                 u64::from(replace),
                 resolved.ttl_secs.unwrap_or(0),
                 nulls.clone().count() as u64,
-            ] {
-                pack_uint(&mut record, number);
-            }
-            pack_string(&mut record, version.as_bytes());
-            let present = columns().filter_map(|(field, value)| Some((field.as_bytes(), value.as_bytes()?)));
-            for (field, value) in present {
-                pack_string(&mut record, field);
-                pack_string(&mut record, value);
-            }
+            ];
             call.word("H");
-            call.packed(record);
+            call.packed(|record| {
+                for number in numbers {
+                    pack_uint(record, number);
+                }
+                pack_string(record, version.as_bytes());
+                let present = columns().filter_map(|(field, value)| Some((field.as_bytes(), value.as_bytes()?)));
+                for (field, value) in present {
+                    pack_string(record, field);
+                    pack_string(record, value);
+                }
+            });
             for (field, _) in nulls {
                 call.bytes(field.as_bytes());
             }
         }
         RowFormat::Json => {
+            let json = row_document(table, row, resolved.version_field.as_deref().map(|f| (f, version.as_str())));
             call.word("J");
-            call.key(key);
+            call.owned_key(key);
             call.optional_key(tombstone.as_deref());
             call.optional_key(resolved.index_set.as_deref());
-            let json = row_document(table, row, resolved.version_field.as_deref().map(|f| (f, &version[..])));
-            call.text(version);
+            call.bytes(version.as_bytes());
             call.number(resolved.ttl_secs.unwrap_or(0));
-            call.text(json);
+            call.text(&json);
             let kept = columns().filter(|(_, value)| matches!(value, ColumnValue::UnchangedToast));
             call.number(kept.clone().count() as u64);
             for (column, _) in kept {
@@ -967,7 +1045,7 @@ fn row_document(table: &TableSchema, row: &Row, version: Option<(&str, &str)>) -
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use pgfanout_core::{ColumnSchema, Transaction};
+    use pgfanout_core::{Change, ColumnSchema, Transaction};
     use pgoutput::{Oid, PgTimestamp, ReplicaIdentity, Xid};
 
     fn table() -> Arc<TableSchema> {
@@ -1027,24 +1105,27 @@ mod tests {
         encoder_with(TableOptions { key: template.map(|t| KeyTemplate::parse(t).unwrap()), ..TableOptions::default() })
     }
 
-    fn only_call<'a>(steps: &'a [BatchStep<'a>]) -> &'a ScriptCall<'a> {
+    fn only_call(steps: &[BatchStep]) -> &ScriptCall {
         match steps {
             [BatchStep::Script(call)] => call,
             other => panic!("expected one script call, got {other:?}"),
         }
     }
 
-    /// The call's arguments as text, key indices replaced by `<key>`.
-    /// The arguments as text; packed ones as `[a b c]`.
-    fn texts(call: &ScriptCall<'_>) -> Vec<String> {
+    /// The arguments as text; a hash row's packed record (the argument
+    /// after an `H`) as `[a b c]`.
+    fn texts(call: &ScriptCall) -> Vec<String> {
         let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let mut after_h = false;
         call.args()
-            .iter()
-            .map(|arg| match arg {
-                ScriptArg::Packed(packed) => {
-                    format!("[{}]", unpack_strings(packed).iter().map(|s| text(s)).collect::<Vec<_>>().join(" "))
-                }
-                other => text(other.as_bytes()),
+            .map(|arg| {
+                let shown = if after_h {
+                    format!("[{}]", unpack_strings(arg).iter().map(|s| text(s)).collect::<Vec<_>>().join(" "))
+                } else {
+                    text(arg)
+                };
+                after_h = arg == b"H";
+                shown
             })
             .collect()
     }
@@ -1131,7 +1212,7 @@ mod tests {
         )];
         let steps = encoder(None).encode(&refs(&batch), batch.last().map(|t| t.end_lsn)).unwrap();
         let call = only_call(&steps);
-        assert_eq!(call.keys(), ["cp", "reservations:7", "idx:public.reservations"]);
+        assert_eq!(*call.keys(), ["cp", "reservations:7", "idx:public.reservations"]);
         let (v0, v1, v2) = (version(0x100, 0), version(0x100, 1), version(0x100, 2));
         // Guard field, checkpoint; then per record: opcode, then for a hash
         // row one packed argument (key positions: row, tombstone, index
@@ -1160,9 +1241,9 @@ mod tests {
         let batch = [transaction(0x900, ops)];
         let steps = encoder(None).encode(&refs(&batch), Some(Lsn(0x900))).unwrap();
         assert_eq!(steps.len(), 3);
-        let calls: Vec<&ScriptCall<'_>> =
+        let calls: Vec<&ScriptCall> =
             steps.iter().map(|step| if let BatchStep::Script(call) = step { call } else { panic!() }).collect();
-        let records = |call: &ScriptCall<'_>| texts(call).iter().filter(|arg| *arg == "H").count();
+        let records = |call: &ScriptCall| texts(call).iter().filter(|arg| *arg == "H").count();
         assert_eq!(
             calls.iter().map(|call| records(call)).collect::<Vec<_>>(),
             [MAX_CALL_CHANGES, MAX_CALL_CHANGES, 10]
@@ -1187,8 +1268,8 @@ mod tests {
         for step in &steps {
             let BatchStep::Script(call) = step else { panic!("script calls only") };
             assert!(call.size_bytes() < MAX_CALL_BYTES + 2 * 1024 * 1024, "{} bytes", call.size_bytes());
-            let on_the_wire: usize = call.args().iter().map(|arg| arg.as_bytes().len()).sum::<usize>()
-                + call.keys().iter().map(String::len).sum::<usize>();
+            let on_the_wire: usize =
+                call.args().map(<[u8]>::len).sum::<usize>() + call.keys().iter().map(String::len).sum::<usize>();
             assert_eq!(call.size_bytes(), on_the_wire, "the size counts every argument and key");
         }
     }
@@ -1209,7 +1290,7 @@ mod tests {
         };
         let steps = encoder_with(options).encode(&refs(&batch), None).unwrap();
         let call = only_call(&steps);
-        assert_eq!(call.keys(), ["cp", "r:7", "r:8", "tomb:r:7", "idx:public.reservations", "tomb:r:8"]);
+        assert_eq!(*call.keys(), ["cp", "r:7", "r:8", "tomb:r:7", "idx:public.reservations", "tomb:r:8"]);
         let v = version(0x200, 0);
         assert_eq!(texts(call)[2..11], ["M", "h", "2", "3", "4", "5", v.as_str(), "60", "H"]);
     }
@@ -1290,7 +1371,7 @@ mod tests {
         };
         assert_eq!(pattern, "r\\[*\\]");
         assert_eq!(version.to_sortable_string(), v);
-        assert_eq!(before.keys(), ["cp", "r[1]"]);
+        assert_eq!(*before.keys(), ["cp", "r[1]"]);
         assert_eq!(texts(before)[1], "", "the checkpoint waits for the last step");
         assert_eq!(texts(after)[1], "0/400");
         assert_eq!(KeyTemplate::parse("r[{id}]:*{x}").unwrap().scan_pattern(), "r\\[*\\]:\\**");
@@ -1317,6 +1398,33 @@ mod tests {
         assert_eq!(only_call(&steps).keys()[1], "reservations:7:paid", "default: table, then each key column");
         let steps = encoder(Some("r:{status}/{id}")).encode(&refs, None).unwrap();
         assert_eq!(only_call(&steps).keys()[1], "r:paid/7");
+    }
+
+    #[test]
+    fn each_change_is_keyed_by_its_own_table_shape() {
+        // The table after a Relation message that moved the key column
+        // (ALTER TABLE, then a new shape): each change's own shape places
+        // its key, whichever shape the change before it had.
+        let mut moved = (*table()).clone();
+        moved.columns.swap(0, 1);
+        let moved = Transaction {
+            xid: Xid(2),
+            commit_lsn: Lsn(0x1f8),
+            end_lsn: Lsn(0x200),
+            commit_time: PgTimestamp(0),
+            changes: vec![Change {
+                table: Arc::new(moved),
+                op: ChangeOp::Insert { new: vec![text("new"), text("8"), ColumnValue::Null] },
+                ordinal: 0,
+            }],
+        };
+        let insert = |id| ChangeOp::Insert { new: vec![text(id), text("new"), ColumnValue::Null] };
+        let batch = [transaction(0x100, vec![insert("7")]), Arc::new(moved), transaction(0x300, vec![insert("9")])];
+        let steps = encoder(None).encode(&refs(&batch), None).unwrap();
+        assert_eq!(
+            *only_call(&steps).keys(),
+            ["cp", "reservations:7", "idx:public.reservations", "reservations:8", "reservations:9"]
+        );
     }
 
     #[test]
@@ -1351,7 +1459,7 @@ mod tests {
         )];
         let steps = encoder_with(options).encode(&refs(&batch), None).unwrap();
         let call = only_call(&steps);
-        assert_eq!(call.keys(), ["cp", "r:7", "idx:public.reservations", "events"]);
+        assert_eq!(*call.keys(), ["cp", "r:7", "idx:public.reservations", "events"]);
         let args = texts(call);
         // The packed record: key positions, replace, then the TTL.
         assert!(args[3].starts_with("[2 0 3 1 60 0 "), "a written row gets its TTL: {}", args[3]);
@@ -1397,7 +1505,7 @@ mod tests {
         let steps = encoder.encode(&refs(&batch), None).unwrap();
         let call = only_call(&steps);
         assert_eq!(
-            call.keys(),
+            *call.keys(),
             [
                 "cp",
                 "r:7",
@@ -1415,6 +1523,6 @@ mod tests {
         let batch =
             [transaction(0x400, vec![ChangeOp::Insert { new: vec![text("8"), ColumnValue::Null, ColumnValue::Null] }])];
         let steps = encoder.encode(&refs(&batch), None).unwrap();
-        assert_eq!(only_call(&steps).keys(), ["cp", "r:8", "idx:public.reservations"]);
+        assert_eq!(*only_call(&steps).keys(), ["cp", "r:8", "idx:public.reservations"]);
     }
 }
