@@ -228,13 +228,23 @@ async fn run_until_an_lsn_applies_what_committed_before_it_then_exits() {
     pgfanout.signal("TERM");
     assert_eq!(pgfanout.wait_exit(Duration::from_secs(20)).await, Some(0));
 
+    // Every commit flushed when it returns (the stack runs synchronous_commit
+    // = off): the run below must find the whole history in the WAL, not
+    // catch up with the flush position inside the third transaction first.
+    db.client.batch_execute("SET synchronous_commit = on").await.unwrap();
     let insert = |first: i64, last: i64| {
         format!("INSERT INTO orders SELECT id, 'u', 1 FROM generate_series({first}, {last}) AS id")
     };
     db.client.batch_execute(&insert(1, 2)).await.unwrap();
     db.client.batch_execute(&insert(3, 4)).await.unwrap();
-    let until = db.current_wal_lsn().await;
-    db.client.batch_execute(&insert(5, 6)).await.unwrap();
+    // The LSN falls inside the third transaction, after its rows and before
+    // its commit record (which starts at the current insert position at
+    // the earliest, hence the - 1: a commit starting at the LSN counts as
+    // before it). That transaction must be left out whole.
+    let third = connect(&db.url).await;
+    third.batch_execute(&format!("BEGIN; {}", insert(5, 6))).await.unwrap();
+    let until = db.current_wal_lsn().await - 1;
+    third.batch_execute("COMMIT").await.unwrap();
     db.client.batch_execute(&insert(7, 7)).await.unwrap();
 
     let mut pgfanout = Pgfanout::start_with_args("e2e_until", &config, &http, &["--until-lsn", &lsn_text(until)]);
