@@ -42,7 +42,9 @@ pub use model::{Change, ChangeOp, ColumnSchema, ColumnValue, Row, TableName, Tab
 pub use pgoutput::Lsn;
 pub use pipeline::{Pipeline, PipelineError};
 pub use readback::{KeyPage, ReadBack, RowDigest, StoredColumns};
-pub use sink::{describe_apply, ChangeRef, DeadLetterQueue, ErrorKind, ReplayHorizon, Sink, SinkError, Version};
+pub use sink::{
+    describe_apply, ChangeRef, DeadLetterQueue, ErrorKind, ReplayHorizon, Sink, SinkError, SortableVersion, Version,
+};
 pub use status::SinkStatus;
 pub use streamed::{SpillError, SpillSettings, StreamedTransactions};
 pub use tap::{Injection, StreamTap};

@@ -147,6 +147,23 @@ pub fn describe_apply(changes: &[ChangeRef<'_>], checkpoint: Option<Lsn>) -> Str
     }
 }
 
+/// A [`Version`]'s sortable text ([`Version::sortable`]): 25 ASCII bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SortableVersion([u8; Version::SORTABLE_LEN]);
+
+impl SortableVersion {
+    /// The text's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Hex digits and a dot, written by `Version::sortable`: always ASCII.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
 /// A change's place in the stream: the commit LSN of its transaction, then
 /// its position in the transaction. Versions grow strictly along the stream
 /// (commits are sent in commit order, each at a higher LSN), so a store that
@@ -168,7 +185,22 @@ impl Version {
     /// order is the version order: for stores that compare versions as
     /// strings (Lua scripts, document filters, graph properties).
     pub fn to_sortable_string(&self) -> String {
-        format!("{:016X}.{:08X}", self.commit_lsn.0, self.ordinal)
+        self.sortable().as_str().to_owned()
+    }
+
+    /// [`to_sortable_string`](Self::to_sortable_string)'s text on the
+    /// stack, for encoders that write it per row without allocating.
+    pub fn sortable(&self) -> SortableVersion {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        let mut text = [b'.'; Version::SORTABLE_LEN];
+        let lsn = self.commit_lsn.0;
+        for (i, digit) in text[..16].iter_mut().enumerate() {
+            *digit = HEX[(lsn >> (60 - 4 * i) & 0xf) as usize];
+        }
+        for (i, digit) in text[17..].iter_mut().enumerate() {
+            *digit = HEX[(self.ordinal >> (28 - 4 * i) & 0xf) as usize];
+        }
+        SortableVersion(text)
     }
 
     /// The version of the `row`-th row of a snapshot chunk merged into the
@@ -368,6 +400,7 @@ mod tests {
             prop_assert_eq!(text_a.len(), Version::SORTABLE_LEN);
             prop_assert_eq!(a.cmp(&b), text_a.cmp(&text_b));
             prop_assert_eq!(Version::parse_sortable(&text_a), Some(a));
+            prop_assert_eq!(text_a, format!("{:016X}.{:08X}", a.commit_lsn.0, a.ordinal));
         }
 
         #[test]

@@ -45,7 +45,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pgfanout_core::{row_json, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, TableName, TableSchema, Version};
+use pgfanout_core::{
+    row_json, ChangeOp, ChangeRef, ColumnValue, Lsn, Row, SortableVersion, TableName, TableSchema, Version,
+};
 
 use crate::error::RedisSinkError;
 
@@ -465,47 +467,7 @@ impl ScriptCall {
     /// Appends `number` as decimal text (key indexes, counts, zeros:
     /// several per record), without formatting machinery.
     fn number(&mut self, number: u64) {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        let mut rest = number;
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
-        self.bytes(&digits[start..]);
-    }
-}
-
-/// A change's [`Version::to_sortable_string`] without allocating it: the
-/// same 25 bytes, on the stack.
-#[derive(Clone, Copy)]
-struct SortableVersion([u8; Version::SORTABLE_LEN]);
-
-impl SortableVersion {
-    fn of(version: Version) -> Self {
-        const HEX: &[u8; 16] = b"0123456789ABCDEF";
-        let mut text = [b'.'; Version::SORTABLE_LEN];
-        let lsn = version.commit_lsn.0;
-        for (i, digit) in text[..16].iter_mut().enumerate() {
-            *digit = HEX[(lsn >> (60 - 4 * i) & 0xf) as usize];
-        }
-        for (i, digit) in text[17..].iter_mut().enumerate() {
-            *digit = HEX[(version.ordinal >> (28 - 4 * i) & 0xf) as usize];
-        }
-        SortableVersion(text)
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    fn as_str(&self) -> &str {
-        // Hex digits and a dot: always ASCII.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        self.bytes(itoa::Buffer::new().format(number).as_bytes());
     }
 }
 
@@ -658,7 +620,7 @@ impl RedisEncoder {
     /// newer: one page of a truncate by scan.
     pub fn delete_if_older(&self, keys: Vec<String>, format: RowFormat, version: Version) -> ScriptCall {
         let mut call = ScriptCall::new(&self.settings);
-        let version = SortableVersion::of(version);
+        let version = version.sortable();
         for key in keys {
             call.word("D");
             call.word(format.code());
@@ -681,7 +643,7 @@ impl RedisEncoder {
         let change = change_ref.change;
         let table = &change.table;
         let version = change_ref.version();
-        let sortable = SortableVersion::of(version);
+        let sortable = version.sortable();
         let settings = &self.settings;
         let resolved = Self::resolve(&mut self.resolved, &mut self.last_resolved, &self.tables, settings, table)?;
         let key = &resolved.key;
