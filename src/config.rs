@@ -126,10 +126,10 @@ pub struct SnapshotConfig {
     /// gets the changes made from now on. Default: true.
     #[serde(default = "default_snapshot_enabled")]
     pub enabled: bool,
-    /// Tables copied at the same time, over all sinks; each holds two
-    /// PostgreSQL connections while it copies (one reads the next chunk
-    /// while the other merges the last; each counts against
-    /// `max_wal_senders`). Default: 2.
+    /// Tables copied at the same time, over all sinks; each holds
+    /// 1 + `readers_per_table` PostgreSQL connections while it copies (the
+    /// readers read the next chunks while the other merges the last; each
+    /// counts against `max_wal_senders`). Default: 2.
     #[serde(default = "default_parallel_tables")]
     pub parallel_tables: usize,
     /// Rows per chunk (one short read transaction each; larger chunks
@@ -149,6 +149,13 @@ pub struct SnapshotConfig {
     /// back. Default: 1.
     #[serde(default = "default_chunks_in_flight")]
     pub chunks_in_flight: usize,
+    /// Connections reading chunks of one table at the same time. A plain
+    /// table without TOASTed values (read by heap block range) is read by
+    /// this many, each taking every `readers_per_table`-th chunk, so the
+    /// server reads it on as many cores; a table read in key order has one
+    /// reader. Each holds up to two chunks of rows in memory. Default: 2.
+    #[serde(default = "default_readers_per_table")]
+    pub readers_per_table: usize,
 }
 
 impl Default for SnapshotConfig {
@@ -159,6 +166,7 @@ impl Default for SnapshotConfig {
             chunk_rows: default_chunk_rows(),
             chunk_mb: default_chunk_mb(),
             chunks_in_flight: default_chunks_in_flight(),
+            readers_per_table: default_readers_per_table(),
         }
     }
 }
@@ -183,6 +191,9 @@ fn default_chunk_mb() -> usize {
 }
 fn default_chunks_in_flight() -> usize {
     1
+}
+fn default_readers_per_table() -> usize {
+    2
 }
 
 /// `[http]`.
@@ -336,9 +347,10 @@ impl Config {
             || self.snapshot.chunk_rows == 0
             || self.snapshot.chunk_mb == 0
             || self.snapshot.chunks_in_flight == 0
+            || self.snapshot.readers_per_table == 0
         {
             problems.push(
-                "snapshot.parallel_tables, snapshot.chunk_rows, snapshot.chunk_mb and snapshot.chunks_in_flight must be at least 1".to_owned(),
+                "snapshot.parallel_tables, snapshot.chunk_rows, snapshot.chunk_mb, snapshot.chunks_in_flight and snapshot.readers_per_table must be at least 1".to_owned(),
             );
         }
         if self.pipeline.max_batch_changes == 0 || self.pipeline.queue_capacity == 0 {

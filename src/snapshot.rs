@@ -121,6 +121,7 @@ pub fn snapshotter(
     let settings = SnapshotSettings {
         parallel_tables: config.parallel_tables,
         chunks_in_flight: config.chunks_in_flight,
+        readers_per_table: config.readers_per_table,
         chunk: ChunkLimits { rows: config.chunk_rows, bytes: config.chunk_mb.saturating_mul(1024 * 1024) },
     };
     Snapshotter::new(options, publication, WatermarkMerge::new(run), Arc::new(types), settings, metrics)

@@ -613,10 +613,11 @@ async fn a_column_added_during_the_snapshot_is_copied_from_then_on() {
     );
 }
 
-/// A plain table without TOASTed values is read by heap block range: rows
-/// that updates move into blocks copied already (or not yet) end equal,
-/// and a `kill -9` halfway resumes at the first block the sink had not
-/// stored, reading no stored block again.
+/// A plain table without TOASTed values is read by heap block range, by
+/// three readers taking its chunks in turn: rows that updates move into
+/// blocks copied already (or not yet) end equal, and a `kill -9` halfway
+/// resumes at the first block the sink had not stored, reading no stored
+/// block again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_read_by_block_range_keeps_rows_updates_move_and_resumes_at_the_stored_block() {
     let db = create_database("snapshot_blocks").await;
@@ -635,7 +636,7 @@ async fn a_table_read_by_block_range_keeps_rows_updates_move_and_resumes_at_the_
     let mut redis = redis_connection(&server.url).await;
     let http = format!("127.0.0.1:{}", free_port());
     let settings = format!(
-        "{}\n[snapshot]\nparallel_tables = 1\nchunk_rows = 1000\n",
+        "{}\n[snapshot]\nparallel_tables = 1\nchunk_rows = 1000\nreaders_per_table = 3\n",
         redis_config(&db, &server.url, &http, &[("public.plain", "plain:{id}")])
     );
     let progress_key = format!("pgfanout:checkpoint:{}:snapshot", db.name);

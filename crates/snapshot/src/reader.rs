@@ -394,6 +394,23 @@ pub struct FetchedChunk {
     pub mark_output: Option<QueryResult>,
 }
 
+#[cfg(test)]
+impl FetchedChunk {
+    /// A chunk without rows, for tests of what carries chunks around.
+    pub(crate) fn without_rows(more: bool) -> FetchedChunk {
+        FetchedChunk {
+            lines: Vec::new(),
+            last_key: None,
+            more,
+            bytes: 0,
+            visibility: ReadVisibility::default(),
+            shape_version: None,
+            committed_in_progress: Vec::new(),
+            mark_output: None,
+        }
+    }
+}
+
 /// One line of `COPY … TO STDOUT` in text format as a row of `columns`
 /// values: tab-separated, `\N` for NULL, backslash escapes undone, so each
 /// value is the type's output text exactly as a `DataRow` (and pgoutput)

@@ -3,7 +3,7 @@
 //! [`WatermarkMerge`], progress stored after each chunk the sink applied.
 //!
 //! ```text
-//!  per table, two SQL connections:
+//!  per table, one SQL connection for the copy task and one per reader:
 //!    reader thread: emit low + read chunk N + xact status (one round trip) ─► N+1 ─► N+2 …
 //!                   (each read starts once the one before arrived; one chunk waits read)
 //!    copy task:    parse N ─► chunk_read ─► emit high
@@ -15,7 +15,14 @@
 //!
 //! The server reads chunk N+1 while chunk N's rows are parsed, merged and
 //! applied (only the last row's key is needed to start the next read), so
-//! it never waits for pgfanout between two chunks. The reader has a thread
+//! it never waits for pgfanout between two chunks. A table read by heap
+//! block range knows every chunk's range in advance, so
+//! [`SnapshotSettings::readers_per_table`] readers take its chunks in turn
+//! (reader `r` of `R` reads chunks `r`, `r + R`, …), each over a connection
+//! of its own, and the copy task takes their chunks in order: the server
+//! reads that many chunks at once, on as many cores. A table read in key
+//! order has one reader (a chunk starts after the last key of the one
+//! before). The reader has a thread
 //! (and runtime) of its own, so that neither its next round trip nor its
 //! reading of the rows as they arrive waits for the runtime's workers,
 //! busy parsing, merging and applying earlier chunks in bursts of
@@ -27,9 +34,10 @@
 //! [`crate::watermark`]). Progress is still stored chunk after chunk.
 //!
 //! The sink applies chunk N-1 while later chunks are read: per table at
-//! most `chunks_in_flight` + 3 chunks are held at once (one queued or
-//! being applied, the others read and waiting for their high watermark,
-//! one read and waiting to be parsed, one being read),
+//! most `chunks_in_flight` + 1 + 2 × readers chunks are held at once (one
+//! queued or being applied, the others read and waiting for their high
+//! watermark, and per reader one read and waiting to be parsed and one
+//! being read),
 //! each of at most `chunk_rows` rows and about `chunk_mb` of values.
 //!
 //! Invariant: a table's progress names only chunks the sink durably
@@ -71,7 +79,8 @@ pub const PERMANENT_RETRY_MAX: Duration = Duration::from_secs(30);
 /// How a snapshot runs (the `[snapshot]` config section).
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotSettings {
-    /// Tables copied at the same time, over all sinks (each holds two SQL connections).
+    /// Tables copied at the same time, over all sinks (each holds 1 +
+    /// `readers_per_table` SQL connections).
     pub parallel_tables: usize,
     /// Size of each chunk.
     pub chunk: ChunkLimits,
@@ -80,6 +89,10 @@ pub struct SnapshotSettings {
     /// stream; at least 1. Their key ranges are disjoint; their progress is
     /// still stored in order.
     pub chunks_in_flight: usize,
+    /// Connections reading chunks of one table at the same time, each
+    /// chunk after chunk; only tables read by heap block range use more
+    /// than one (key-order chunks follow one another); at least 1.
+    pub readers_per_table: usize,
 }
 
 /// Why a sink's snapshot stopped.
@@ -315,7 +328,7 @@ impl TableCopy {
         loop {
             while in_flight.chunks.len() < chunks_in_flight {
                 let Some(reading) = ahead.as_mut() else { break };
-                let Some(read) = reading.chunks.recv().await else {
+                let Some(read) = reading.next_chunk().await else {
                     // The table's last chunk is read.
                     ahead = None;
                     break;
@@ -398,10 +411,10 @@ impl TableCopy {
         }
     }
 
-    /// Starts reading the chunks from `start` on over a connection of its
-    /// own: each chunk is fetched as soon as the one before it arrived, so
-    /// the server reads the next chunk while this task parses and merges
-    /// the last one.
+    /// Starts reading the chunks from `start` on, over connections of their
+    /// own (one per reader, see [`SnapshotSettings::readers_per_table`]):
+    /// each reader fetches its next chunk as soon as its last one arrived,
+    /// so the server reads ahead while this task parses and merges.
     ///
     /// The reader runs on a thread of its own (with a runtime of its own):
     /// on the runtime's workers its next round trip would queue behind
@@ -415,23 +428,40 @@ impl TableCopy {
         key_names: &[String],
         start: Position,
     ) -> Result<ReadAhead, CopyError> {
-        // One chunk waits while the next is read: the reader stays a chunk ahead.
-        let (sender, chunks) = mpsc::channel(1);
-        let reading = read_chunks_ahead(
-            reader.clone(),
-            self.snapshotter.options.clone(),
-            ChunkOpener {
-                merge: self.snapshotter.merge.clone(),
-                sink: self.sink.name().to_owned(),
-                table: self.table.clone(),
-                key_names: key_names.to_vec(),
-            },
-            start,
-            sender,
-        );
-        let task = spawn_on_own_thread(reading)
-            .map_err(|source| SnapshotError::Thread { table: self.table.clone(), source })?;
-        Ok(ReadAhead { chunks, task })
+        // Chunks in key order follow one another: one reader.
+        let (readers, per_chunk) = match (&start, &reader.table().blocks) {
+            (Position::Block(_), Some(layout)) => {
+                (self.snapshotter.settings.readers_per_table.max(1), layout.per_chunk)
+            }
+            _ => (1, 0),
+        };
+        let mut ahead =
+            ReadAhead { table: self.table.clone(), readers: Vec::with_capacity(readers), turn: 0, ended: false };
+        for turn in 0..readers {
+            let at = match &start {
+                Position::Block(from) => Position::Block(from + turn as u64 * per_chunk),
+                Position::Key(after) => Position::Key(after.clone()),
+            };
+            // One chunk waits while the next is read: each reader stays a chunk ahead.
+            let (sender, chunks) = mpsc::channel(1);
+            let reading = read_chunks_ahead(
+                reader.clone(),
+                self.snapshotter.options.clone(),
+                ChunkOpener {
+                    merge: self.snapshotter.merge.clone(),
+                    sink: self.sink.name().to_owned(),
+                    table: self.table.clone(),
+                    key_names: key_names.to_vec(),
+                },
+                ReaderTurn { at, first_exists: turn == 0, stride: readers as u64 },
+                sender,
+            );
+            let task = spawn_on_own_thread(reading)
+                .map_err(|source| SnapshotError::Thread { table: self.table.clone(), source })?;
+            // Pushed at once: dropping `ahead` on an error below stops the readers started.
+            ahead.readers.push(Reader { chunks, task });
+        }
+        Ok(ahead)
     }
 
     /// Waits until the sink applied `chunk`, then stores its progress.
@@ -644,13 +674,46 @@ impl Drop for InFlight {
     }
 }
 
-/// The chunks of a table read ahead by a task of their own
-/// ([`read_chunks_ahead`]), in key order; the task stops once the last one is
-/// read, or after a failed read (sent as the last item). Dropped, it stops
-/// the task; chunks read but not taken are forgotten in the merge.
+/// The chunks of a table read ahead by readers of their own
+/// ([`read_chunks_ahead`]), taken in the table's order: reader `r` of `R`
+/// holds chunks `r`, `r + R`, …. A reader stops after the table's last
+/// chunk, or after a failed read (sent as its last item). Dropped, it stops
+/// the readers; chunks read but not taken are forgotten in the merge.
 struct ReadAhead {
+    table: TableName,
+    readers: Vec<Reader>,
+    /// The reader whose chunk comes next (modulo their number).
+    turn: usize,
+    /// The table's last chunk, or a failure, was taken.
+    ended: bool,
+}
+
+/// One reader of a [`ReadAhead`].
+struct Reader {
     chunks: mpsc::Receiver<Result<ReadAheadChunk, SnapshotError>>,
     task: tokio::task::AbortHandle,
+}
+
+impl ReadAhead {
+    /// The table's next chunk; `None` once its last chunk was taken.
+    async fn next_chunk(&mut self) -> Option<Result<ReadAheadChunk, SnapshotError>> {
+        if self.ended || self.readers.is_empty() {
+            return None;
+        }
+        let turn = self.turn % self.readers.len();
+        self.turn += 1;
+        let next = self.readers[turn].chunks.recv().await;
+        self.ended = !matches!(&next, Some(Ok(chunk)) if chunk.fetched.more);
+        // A reader stops on its own only after the last chunk (handed out
+        // above, ending the table) or a failure (sent first).
+        match next {
+            Some(next) => Some(next),
+            None => Some(Err(SnapshotError::Unexpected {
+                table: self.table.clone(),
+                what: "a chunk reader stopped before the table's last chunk".to_owned(),
+            })),
+        }
+    }
 }
 
 /// Runs `task` on a new thread with a current-thread runtime of its own,
@@ -669,7 +732,7 @@ fn spawn_on_own_thread(
     Ok(abort)
 }
 
-impl Drop for ReadAhead {
+impl Drop for Reader {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -710,16 +773,37 @@ struct ChunkOpener {
     key_names: Vec<String>,
 }
 
-/// Connects, then reads the chunks from `at` on back to back, each
+/// Which chunks one reader of a table reads.
+struct ReaderTurn {
+    /// Its first chunk.
+    at: Position,
+    /// Whether its first chunk is read whatever the table's size (the
+    /// first reader's: a table without rows still has one, empty, chunk);
+    /// any other chunk of blocks exists only below the layout's end.
+    first_exists: bool,
+    /// Readers of the table: the reader's next chunk of blocks is this many
+    /// chunks on.
+    stride: u64,
+}
+
+/// Connects, then reads its chunks ([`ReaderTurn`]) back to back, each
 /// with its low watermark in its read's round trip, and sends them on
 /// `chunks` (a read failure is sent as the last item).
 async fn read_chunks_ahead(
     reader: Arc<TableReader>,
     options: ConnectOptions,
     opener: ChunkOpener,
-    mut at: Position,
+    turn: ReaderTurn,
     chunks: mpsc::Sender<Result<ReadAheadChunk, SnapshotError>>,
 ) {
+    let ReaderTurn { mut at, first_exists, stride } = turn;
+    let beyond_end = |at: &Position| match (at, &reader.table().blocks) {
+        (Position::Block(from), Some(layout)) => *from >= layout.end,
+        _ => false,
+    };
+    if !first_exists && beyond_end(&at) {
+        return;
+    }
     let mut connection = match connect(&options).await {
         Ok(connection) => connection,
         Err(source) => {
@@ -758,9 +842,9 @@ async fn read_chunks_ahead(
         let next = match (&at, fetched.more) {
             (_, false) => None,
             (Position::Key(_), true) => Some(Position::Key(fetched.last_key.clone())),
-            (Position::Block(from), true) => {
-                Some(Position::Block(from + reader.table().blocks.as_ref().map_or(1, |layout| layout.per_chunk)))
-            }
+            (Position::Block(from), true) => Some(Position::Block(
+                from + stride * reader.table().blocks.as_ref().map_or(1, |layout| layout.per_chunk),
+            )),
         };
         let fetched_in = started.elapsed();
         last_read_end = Some(started + fetched_in);
@@ -776,8 +860,8 @@ async fn read_chunks_ahead(
             return;
         }
         match next {
-            Some(next) => at = next,
-            None => return,
+            Some(next) if !beyond_end(&next) => at = next,
+            _ => return,
         }
     }
 }
@@ -869,4 +953,106 @@ async fn connect(options: &ConnectOptions) -> Result<ReplicationConnection, pg_r
     let mut connection = ReplicationConnection::connect(options).await?;
     connection.simple_query("SET synchronous_commit = on").await?;
     Ok(connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader of a [`ReadAhead`] whose chunks are sent by the test.
+    fn test_reader() -> (Reader, mpsc::Sender<Result<ReadAheadChunk, SnapshotError>>) {
+        let (sender, chunks) = mpsc::channel(4);
+        let task = tokio::spawn(std::future::pending::<()>()).abort_handle();
+        (Reader { chunks, task }, sender)
+    }
+
+    fn chunk_at(merge: &WatermarkMerge, block: u64, more: bool) -> ReadAheadChunk {
+        let ticket = merge.open("sink", &TableName::new("public", "t"), vec!["id".to_owned()]);
+        let forget = ForgetOnDrop { merge: merge.clone(), id: Some(ticket.id) };
+        ReadAheadChunk {
+            at: Position::Block(block),
+            ticket,
+            forget,
+            fetched: FetchedChunk::without_rows(more),
+            started: Instant::now(),
+            fetched_in: Duration::ZERO,
+        }
+    }
+
+    fn block_of(chunk: &ReadAheadChunk) -> u64 {
+        match chunk.at {
+            Position::Block(block) => block,
+            Position::Key(_) => panic!("a chunk in key order"),
+        }
+    }
+
+    fn read_ahead(readers: Vec<Reader>) -> ReadAhead {
+        ReadAhead { table: TableName::new("public", "t"), readers, turn: 0, ended: false }
+    }
+
+    /// Readers take chunks in turn; the copy gets them in the table's
+    /// order whichever reader finished first, and nothing after the last.
+    #[tokio::test]
+    async fn chunks_of_several_readers_come_in_the_tables_order_and_end_with_its_last() {
+        let merge = WatermarkMerge::new(1);
+        let ((first, to_first), (second, to_second), (third, to_third)) = (test_reader(), test_reader(), test_reader());
+        // The third reader is quickest, the first slowest; chunk 4 (the
+        // second reader's) is the table's last, and the third reader's
+        // next chunk (5) lies beyond its end, so it stops.
+        for block in [20, 50] {
+            to_third.send(Ok(chunk_at(&merge, block, true))).await.unwrap();
+        }
+        drop(to_third);
+        to_second.send(Ok(chunk_at(&merge, 10, true))).await.unwrap();
+        to_second.send(Ok(chunk_at(&merge, 40, false))).await.unwrap();
+        to_first.send(Ok(chunk_at(&merge, 0, true))).await.unwrap();
+        to_first.send(Ok(chunk_at(&merge, 30, true))).await.unwrap();
+        let mut ahead = read_ahead(vec![first, second, third]);
+        let mut blocks = Vec::new();
+        while let Some(chunk) = ahead.next_chunk().await {
+            blocks.push(block_of(&chunk.unwrap_or_else(|_| panic!("a failed chunk"))));
+        }
+        assert_eq!(blocks, [0, 10, 20, 30, 40], "taken in the table's order, up to its last chunk");
+        assert!(ahead.next_chunk().await.is_none(), "nothing after the last chunk");
+        drop(to_first);
+    }
+
+    /// A reader that stops before the table's last chunk (its thread
+    /// ended) is a failure of the copy, never taken for the table's end.
+    #[tokio::test]
+    async fn a_reader_gone_before_the_last_chunk_fails_the_copy() {
+        let merge = WatermarkMerge::new(1);
+        let ((first, to_first), (second, to_second)) = (test_reader(), test_reader());
+        to_first.send(Ok(chunk_at(&merge, 0, true))).await.unwrap();
+        drop(to_second);
+        let mut ahead = read_ahead(vec![first, second]);
+        assert!(matches!(ahead.next_chunk().await, Some(Ok(_))));
+        match ahead.next_chunk().await {
+            Some(Err(SnapshotError::Unexpected { what, .. })) => {
+                assert!(what.contains("stopped before the table's last chunk"), "{what}")
+            }
+            Some(Ok(_)) => panic!("a chunk from a reader that stopped"),
+            other => panic!("the table taken as copied: {:?}", other.map(|chunk| chunk.err())),
+        }
+        assert!(ahead.next_chunk().await.is_none(), "the copy ends at its failure");
+        drop(to_first);
+    }
+
+    /// A failed read ends the table's chunks: the copy starts over from
+    /// its stored progress.
+    #[tokio::test]
+    async fn a_failed_read_is_the_last_chunk_taken() {
+        let merge = WatermarkMerge::new(1);
+        let ((first, to_first), (second, to_second)) = (test_reader(), test_reader());
+        to_first.send(Ok(chunk_at(&merge, 0, true))).await.unwrap();
+        to_second
+            .send(Err(SnapshotError::Unexpected { table: TableName::new("public", "t"), what: "read".to_owned() }))
+            .await
+            .unwrap();
+        to_first.send(Ok(chunk_at(&merge, 20, true))).await.unwrap();
+        let mut ahead = read_ahead(vec![first, second]);
+        assert!(matches!(ahead.next_chunk().await, Some(Ok(_))));
+        assert!(matches!(ahead.next_chunk().await, Some(Err(_))));
+        assert!(ahead.next_chunk().await.is_none());
+    }
 }
