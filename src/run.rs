@@ -236,6 +236,7 @@ async fn stream(
 
     let settings = StreamSettings {
         status_interval: Duration::from_millis(config.source.status_interval_ms),
+        busy_read_pause: Duration::from_micros(config.source.busy_read_pause_us),
         ..StreamSettings::default()
     };
     let mut marker = Marker::spawn(all_sinks, record, settings.status_interval, shutdown.clone());

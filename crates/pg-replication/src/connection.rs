@@ -697,6 +697,9 @@ impl ReplicationConnection {
                 }
             }
         }
+        if matches!(self.options.endpoint, Endpoint::Tcp { .. }) {
+            self.reader.pause_after_busy_reads(settings.busy_read_pause);
+        }
         let endpoint = self.options.endpoint.to_string();
         Ok(ReplicationStream::new(self.reader, self.writer, endpoint, settings))
     }

@@ -44,5 +44,5 @@ pub use connection::{
 };
 pub use error::{ReplicationError, Result, ServerError};
 pub use slot::{SlotOptions, SnapshotAction};
-pub use stream::{FeedbackHandle, ReplicationEvent, ReplicationStream, StreamSettings};
+pub use stream::{FeedbackHandle, ReplicationEvent, ReplicationStream, StreamSettings, DEFAULT_BUSY_READ_PAUSE};
 pub use tls::SslMode;

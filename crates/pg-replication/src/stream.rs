@@ -38,13 +38,26 @@ pub struct StreamSettings {
     /// Least time between two updates triggered by `confirm`, so a busy
     /// stream does not send one per transaction.
     pub min_feedback_interval: Duration,
+    /// Over TCP (plain or TLS), after a read of 16 KiB or more (a busy
+    /// stream), the next read waits this long, so the walsender's messages
+    /// pile up in the socket and come in one read instead of waking the
+    /// reader one by one; zero reads at once. Unix sockets are always read
+    /// at once. The runtime's timer rounds it up to the millisecond.
+    pub busy_read_pause: Duration,
 }
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        StreamSettings { status_interval: Duration::from_secs(10), min_feedback_interval: Duration::from_millis(100) }
+        StreamSettings {
+            status_interval: Duration::from_secs(10),
+            min_feedback_interval: Duration::from_millis(100),
+            busy_read_pause: DEFAULT_BUSY_READ_PAUSE,
+        }
     }
 }
+
+/// The default [`StreamSettings::busy_read_pause`].
+pub const DEFAULT_BUSY_READ_PAUSE: Duration = Duration::from_micros(500);
 
 /// One event from the walsender.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
@@ -23,6 +24,10 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// Below this much free space a new chunk is started before reading.
 const MIN_READ: usize = 16 * 1024;
+
+/// A read of at least this much says the stream is busy: the server sent
+/// faster than the reader woke up (see [`FrameReader::pause_after_busy_reads`]).
+const BUSY_READ: usize = 16 * 1024;
 
 /// Largest backend frame accepted. The server caps CopyData at about 1 GB;
 /// a larger length is corruption, not data.
@@ -92,11 +97,33 @@ pub(crate) struct FrameReader<R> {
     source: R,
     buffer: BytesMut,
     endpoint: String,
+    /// How long to wait before reading again after a busy read; `None`: never.
+    busy_read_pause: Option<Duration>,
+    /// Bytes the last read brought.
+    last_read: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(source: R, endpoint: String) -> Self {
-        FrameReader { source, buffer: BytesMut::with_capacity(READ_CHUNK), endpoint }
+        FrameReader {
+            source,
+            buffer: BytesMut::with_capacity(READ_CHUNK),
+            endpoint,
+            busy_read_pause: None,
+            last_read: 0,
+        }
+    }
+
+    /// From now on, after a read of at least [`BUSY_READ`] bytes, waits
+    /// `pause` before reading again, so that what the server sends
+    /// meanwhile piles up in the socket and comes in one read. For TCP: a
+    /// walsender sends every message as it is decoded, and while a reader
+    /// waits on the socket each one costs the sending side a wake-up; with
+    /// nobody waiting, a message costs little more than its copy. (A unix
+    /// socket holds too little: the server would block on it and wait.)
+    /// An idle stream is read the moment data arrives.
+    pub(crate) fn pause_after_busy_reads(&mut self, pause: Duration) {
+        self.busy_read_pause = Some(pause).filter(|pause| !pause.is_zero());
     }
 
     /// The next complete message, reading from the socket as needed.
@@ -131,6 +158,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads more of the source into the buffer.
     async fn fill(&mut self) -> Result<()> {
+        if let Some(pause) = self.busy_read_pause.filter(|_| self.last_read >= BUSY_READ) {
+            tokio::time::sleep(pause).await;
+        }
         self.make_room();
         let read = self
             .source
@@ -140,6 +170,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if read == 0 {
             return Err(ReplicationError::ConnectionClosed);
         }
+        self.last_read = read;
         Ok(())
     }
 
@@ -250,6 +281,39 @@ mod tests {
         frame.extend_from_slice(&(payload.len() as u32 + 4).to_be_bytes());
         frame.extend_from_slice(payload);
         frame
+    }
+
+    /// After a read of 16 KiB or more the next read waits the pause; after
+    /// a small read (an idle stream) it reads at once; without a pause set,
+    /// never. (Runtime time is paused: the clock moves only by sleeps.)
+    #[tokio::test(start_paused = true)]
+    async fn only_a_read_after_a_busy_read_waits_the_pause() {
+        use tokio::io::AsyncWriteExt;
+        let pause = Duration::from_micros(500);
+        let busy_burst: Vec<u8> = (0..300).flat_map(|_| copy_data(&[1u8; 96])).collect();
+        assert!(busy_burst.len() >= BUSY_READ);
+        let lone = copy_data(b"lone message");
+        for (paused, first, expect_wait) in
+            [(true, &busy_burst, true), (true, &lone, false), (false, &busy_burst, false)]
+        {
+            let (mut server, client) = tokio::io::duplex(1 << 20);
+            let mut reader = FrameReader::new(client, "test".into());
+            if paused {
+                reader.pause_after_busy_reads(pause);
+            }
+            server.write_all(first).await.unwrap();
+            // One read brings all of it; then take the rest of its frames.
+            reader.next_stream_frame().await.unwrap();
+            while reader.next_buffered_stream_frame().unwrap().is_some() {}
+            server.write_all(&lone).await.unwrap();
+            let before = tokio::time::Instant::now();
+            reader.next_stream_frame().await.unwrap();
+            let waited = before.elapsed();
+            match expect_wait {
+                true => assert!(waited >= pause, "after a busy read: waited {waited:?}"),
+                false => assert_eq!(waited, Duration::ZERO, "paused: {paused}, first read {} bytes", first.len()),
+            }
+        }
     }
 
     #[tokio::test]

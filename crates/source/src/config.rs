@@ -51,6 +51,15 @@ pub struct SourceConfig {
     /// Milliseconds between standby status updates. Default: 10000.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
+    /// Over TCP, microseconds the stream waits before reading again after a
+    /// read of 16 KiB or more (a busy stream), so the walsender's messages
+    /// pile up in the socket and are taken in one read rather than waking
+    /// pgfanout one by one: over loopback this halves the walsender's CPU
+    /// per message. An idle stream is read the moment data arrives; unix
+    /// sockets (too small a buffer to pile up in) are never paused; 0 turns
+    /// it off. The timer rounds it up to the millisecond. Default: 500.
+    #[serde(default = "default_busy_read_pause_us")]
+    pub busy_read_pause_us: u64,
     /// Receive large transactions while they run (pgoutput `streaming`,
     /// PostgreSQL 14+), held until they commit and spilled to disk past
     /// `pipeline.spill_memory_mb`. Off: the server holds (and spills) them.
@@ -115,4 +124,7 @@ fn default_standby_poll_secs() -> u64 {
 }
 fn default_status_interval_ms() -> u64 {
     10_000
+}
+fn default_busy_read_pause_us() -> u64 {
+    pg_replication::DEFAULT_BUSY_READ_PAUSE.as_micros() as u64
 }
