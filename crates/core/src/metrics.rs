@@ -60,6 +60,10 @@ pub const SNAPSHOT_ROWS_TOTAL: &str = "pgfanout_snapshot_rows_total";
 pub const SNAPSHOT_TABLES_REMAINING: &str = "pgfanout_snapshot_tables_remaining";
 /// Attempts to copy a table into a sink that failed (each is retried from the stored progress).
 pub const SNAPSHOT_FAILURES_TOTAL: &str = "pgfanout_snapshot_failures_total";
+/// Snapshot chunks read again because their read could not be merged as it
+/// was (a transaction the read could not see may have changed the table
+/// before the chunk's low watermark, or the table was truncated meanwhile).
+pub const SNAPSHOT_CHUNKS_REREAD_TOTAL: &str = "pgfanout_snapshot_chunks_reread_total";
 /// Tables whose copy into a sink failed with an error retrying alone cannot fix
 /// (a missing privilege, key or table); retried until an operator fixes it.
 pub const SNAPSHOT_TABLES_FAILED: &str = "pgfanout_snapshot_tables_failed";
@@ -125,6 +129,8 @@ pub struct Metrics {
     pub snapshot_failures_total: IntCounterVec,
     /// See [`SNAPSHOT_TABLES_FAILED`].
     pub snapshot_tables_failed: IntGaugeVec,
+    /// See [`SNAPSHOT_CHUNKS_REREAD_TOTAL`].
+    pub snapshot_chunks_reread_total: IntCounterVec,
     /// See [`REPLAY_CHANGES_TOTAL`].
     pub replay_changes_total: IntCounterVec,
     /// See [`SINK_PAUSED`].
@@ -265,6 +271,11 @@ impl Metrics {
                 &["sink", "table"],
             )?,
             snapshot_tables_failed,
+            snapshot_chunks_reread_total: counter_vec(
+                SNAPSHOT_CHUNKS_REREAD_TOTAL,
+                "Snapshot chunks read again because their read could not be merged as it was",
+                &["sink", "table"],
+            )?,
             replay_changes_total: counter_vec(
                 REPLAY_CHANGES_TOTAL,
                 "Changes a replay applied into the sink from the change archive",

@@ -317,6 +317,9 @@ impl TableCopy {
             by_block_range = matches!(start, Position::Block(_)),
             "copying table"
         );
+        // From before the first chunk is opened until the copy ends: which
+        // streamed transactions change the table (see `WatermarkMerge::track`).
+        let _tracking = snapshotter.merge.track(&self.table);
         let rows_total = snapshotter.metrics.snapshot_rows_total.with_label_values(&[self.sink.name(), &table_label]);
         let chunks_in_flight = snapshotter.settings.chunks_in_flight.max(1);
         // Chunks handed to the merge whose high watermark travels through the stream, oldest first.
@@ -494,7 +497,7 @@ impl TableCopy {
         // The low watermark is emitted and committed in the read's round trip.
         match reader.fetch(connection, rows, Some(&emit_sql(&ticket.low))).await {
             Ok(fetched) => {
-                note_watermark_transaction(merge, fetched.mark_output.as_ref());
+                note_low_watermark_transaction(merge, ticket.id, fetched.mark_output.as_ref());
                 self.hand_over(connection, reader, ticket, fetched, started, started.elapsed()).await
             }
             Err(err) => {
@@ -587,6 +590,11 @@ impl TableCopy {
         );
         if let ChunkOutcome::Retry { reason } = &outcome {
             tracing::info!(sink = self.sink.name(), table = %self.table, reason, "reading the chunk again");
+            self.snapshotter
+                .metrics
+                .snapshot_chunks_reread_total
+                .with_label_values(&[self.sink.name(), &self.table.to_string()])
+                .inc();
         }
         Ok(outcome)
     }
@@ -830,7 +838,7 @@ async fn read_chunks_ahead(
         };
         let fetched = match fetched {
             Ok(fetched) => {
-                note_watermark_transaction(&opener.merge, fetched.mark_output.as_ref());
+                note_low_watermark_transaction(&opener.merge, ticket.id, fetched.mark_output.as_ref());
                 fetched
             }
             Err(err) => {
@@ -931,9 +939,21 @@ async fn emit(
 /// Notes the transaction id a watermark statement's `output` names (see
 /// [`emit_sql`]) in `merge`.
 fn note_watermark_transaction(merge: &WatermarkMerge, output: Option<&QueryResult>) {
-    if let Some(xid) = output.and_then(|output| output.get(0, "flushes_at_commit")?.parse().ok()) {
+    if let Some(xid) = watermark_xid(output) {
         merge.watermark_transaction(xid);
     }
+}
+
+/// [`note_watermark_transaction`] for the low watermark of chunk `id`.
+fn note_low_watermark_transaction(merge: &WatermarkMerge, id: u64, output: Option<&QueryResult>) {
+    if let Some(xid) = watermark_xid(output) {
+        merge.low_watermark_transaction(id, xid);
+    }
+}
+
+/// The transaction id a watermark statement's `output` names.
+fn watermark_xid(output: Option<&QueryResult>) -> Option<u64> {
+    output.and_then(|output| output.get(0, "flushes_at_commit")?.parse().ok())
 }
 
 /// The statement that emits the watermark message `content` (see [`emit`]).

@@ -26,7 +26,12 @@
 //! in-progress list whose commit record precedes the low watermark (a
 //! commit whose WAL was flushed but not yet visible when S was taken) is
 //! caught because `pg_xact_status` says committed and the window never saw
-//! it: the chunk is then read again. Changes *after* the high watermark
+//! it: the chunk is then read again, if that transaction may have changed
+//! the table. While a table is copied ([`WatermarkMerge::track`]) the merge
+//! keeps the ids of the streamed transactions that changed it, so a
+//! transaction the stream never delivered (one that changed no published
+//! row: an unpublished table, or nothing at all) costs no second read; one
+//! older than the tracking, or forgotten, still does. Changes *after* the high watermark
 //! carry versions that beat the chunk's ([`Version::snapshot_row`]), and
 //! they reach the sink after the chunk, so a later delete is never undone.
 //!
@@ -57,6 +62,11 @@ pub const WATERMARK_PREFIX: &str = "pgfanout-snapshot";
 /// (see [`WatermarkMerge::watermark_transaction`]): far more than can be in
 /// progress around one read; one forgotten costs a chunk's read, no more.
 const OWN_TRANSACTIONS_KEPT: usize = 1024;
+
+/// How many ids of transactions that changed a table being copied the
+/// merge remembers (see [`TableHistory`]): at 5,000 such transactions a
+/// second, the last 13 s; one forgotten costs a chunk's read, no more.
+const TABLE_TRANSACTIONS_KEPT: usize = 65_536;
 
 /// What became of a chunk at its high watermark.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +138,76 @@ struct Shared {
     chunks: HashMap<u64, Pending>,
     /// Transaction ids of this run's watermark statements, most recent last.
     own_transactions: VecDeque<u64>,
+    /// The tables being copied, and the transactions that changed them.
+    histories: HashMap<TableName, TableHistory>,
+}
+
+/// The streamed transactions that changed a table while it is copied: what
+/// tells a transaction a read could not see, committed before its low
+/// watermark and so never in its window, from one that changed no
+/// published row (the stream delivers no such transaction).
+#[derive(Default)]
+struct TableHistory {
+    /// Copies of the table under way ([`WatermarkMerge::track`]).
+    copies: usize,
+    /// Ids (as streamed) of the transactions that changed the table, in
+    /// stream order, the most recent [`TABLE_TRANSACTIONS_KEPT`].
+    order: VecDeque<u32>,
+    ids: HashSet<u32>,
+    /// The transaction id of the first low watermark of a chunk opened
+    /// since the tracking began: a transaction with a later id started after
+    /// that, so it committed after the tracking began and is recorded here
+    /// if it changed the table. `None` until such a chunk was read.
+    complete_from: Option<u64>,
+    /// The latest id forgotten to keep the history bounded.
+    forgotten: Option<u32>,
+}
+
+impl TableHistory {
+    fn record(&mut self, xid: u32) {
+        if self.order.back() == Some(&xid) || !self.ids.insert(xid) {
+            return;
+        }
+        self.order.push_back(xid);
+        if self.order.len() > TABLE_TRANSACTIONS_KEPT {
+            if let Some(oldest) = self.order.pop_front() {
+                self.ids.remove(&oldest);
+                // Ids come roughly in order: keep the latest one forgotten.
+                if self.forgotten.is_none_or(|latest| (oldest.wrapping_sub(latest) as i32) > 0) {
+                    self.forgotten = Some(oldest);
+                }
+            }
+        }
+    }
+
+    /// Whether transaction `xid` (64-bit, of a read whose snapshot's `xmax`
+    /// is `reference`), which the window did not see, may have changed the
+    /// table before the low watermark.
+    fn may_have_changed(&self, xid: u64, reference: u64) -> bool {
+        let Some(complete_from) = self.complete_from else { return true };
+        xid < complete_from
+            || self.ids.contains(&(xid as u32))
+            || self.forgotten.is_some_and(|latest| widen(latest, reference) >= xid)
+    }
+}
+
+/// Keeps a table's transactions recorded while held (see
+/// [`WatermarkMerge::track`]); dropped, the history goes with the last copy.
+pub struct TableTracking {
+    merge: WatermarkMerge,
+    table: TableName,
+}
+
+impl Drop for TableTracking {
+    fn drop(&mut self) {
+        let mut shared = self.merge.lock();
+        if let Some(history) = shared.histories.get_mut(&self.table) {
+            history.copies -= 1;
+            if history.copies == 0 {
+                shared.histories.remove(&self.table);
+            }
+        }
+    }
 }
 
 /// How a transaction in the window touched a key.
@@ -207,6 +287,30 @@ impl WatermarkMerge {
         shared.own_transactions.push_back(xid);
     }
 
+    /// Records, from now until the returned tracking is dropped, which
+    /// streamed transactions change `table`; take it before the copy opens
+    /// its first chunk, and note each chunk's low watermark with
+    /// [`WatermarkMerge::low_watermark_transaction`]. A read that could not
+    /// see a transaction committed meanwhile then reads its chunk again only
+    /// if that transaction may have changed the table.
+    pub fn track(&self, table: &TableName) -> TableTracking {
+        self.lock().histories.entry(table.clone()).or_default().copies += 1;
+        TableTracking { merge: self.clone(), table: table.clone() }
+    }
+
+    /// [`WatermarkMerge::watermark_transaction`] for the low watermark of
+    /// chunk `id`: also where its table's history is complete from, if that
+    /// was not known yet (the chunk was opened after the tracking began, so
+    /// its watermark's id was taken after it).
+    pub fn low_watermark_transaction(&self, id: u64, xid: u64) {
+        self.watermark_transaction(xid);
+        let mut shared = self.lock();
+        let Some(table) = shared.chunks.get(&id).map(|pending| pending.table.clone()) else { return };
+        if let Some(history) = shared.histories.get_mut(&table) {
+            history.complete_from.get_or_insert(xid);
+        }
+    }
+
     /// Forgets chunk `id` (its read failed).
     pub fn cancel(&self, id: u64) {
         self.lock().chunks.remove(&id);
@@ -225,6 +329,13 @@ struct Tap {
 impl StreamTap for Tap {
     fn transaction(&mut self, transaction: &Transaction) {
         let mut shared = self.merge.lock();
+        if !shared.histories.is_empty() {
+            for change in &transaction.changes {
+                if let Some(history) = shared.histories.get_mut(&change.table.table) {
+                    history.record(transaction.xid.0);
+                }
+            }
+        }
         for pending in shared.chunks.values_mut().filter(|pending| pending.window_open) {
             pending.seen_xids.insert(transaction.xid.0);
             for change in &transaction.changes {
@@ -257,7 +368,10 @@ impl StreamTap for Tap {
                 Vec::new()
             }
             "high" => match shared.chunks.remove(&id) {
-                Some(pending) => pending.resolve(message.lsn, &shared.own_transactions).into_iter().collect(),
+                Some(pending) => {
+                    let history = shared.histories.get(&pending.table);
+                    pending.resolve(message.lsn, &shared.own_transactions, history).into_iter().collect()
+                }
                 None => Vec::new(),
             },
             _ => Vec::new(),
@@ -288,8 +402,14 @@ impl Pending {
     }
 
     /// The chunk's fate at the high watermark `lsn`; `own_transactions`
-    /// are the run's watermark transactions (they write no row).
-    fn resolve(mut self, lsn: Lsn, own_transactions: &VecDeque<u64>) -> Option<Injection> {
+    /// are the run's watermark transactions (they write no row), `history`
+    /// the table's, if it is tracked.
+    fn resolve(
+        mut self,
+        lsn: Lsn,
+        own_transactions: &VecDeque<u64>,
+        history: Option<&TableHistory>,
+    ) -> Option<Injection> {
         let outcome_sender = self.outcome.take();
         let send = |outcome: ChunkOutcome| {
             if let Some(sender) = outcome_sender {
@@ -301,10 +421,11 @@ impl Pending {
             return None;
         };
         let visibility = &read.visibility;
-        let missed = read
-            .committed_in_progress
-            .iter()
-            .any(|&xid| !self.seen_xids.contains(&(xid as u32)) && !own_transactions.contains(&xid));
+        let missed = read.committed_in_progress.iter().any(|&xid| {
+            !self.seen_xids.contains(&(xid as u32))
+                && !own_transactions.contains(&xid)
+                && history.is_none_or(|history| history.may_have_changed(xid, visibility.xmax))
+        });
         if missed {
             send(ChunkOutcome::Retry {
                 reason: "a transaction the read could not see committed before the low watermark",
@@ -542,6 +663,90 @@ mod tests {
         assert!(tap.message(&mark(&ticket.high, 60)).is_empty());
         let mut outcome = ticket.outcome;
         assert!(matches!(outcome.try_recv().unwrap(), ChunkOutcome::Retry { .. }));
+    }
+
+    /// A tracked copy of table t whose chunk's low watermark took
+    /// transaction id `low_xid`; its read saw [`visibility`] and found 104
+    /// committed by its end. Returns whether the chunk is read again, after
+    /// the stream delivered `before_low` before its low watermark.
+    fn tracked_read_again(low_xid: u64, before_low: Option<Transaction>) -> bool {
+        let merge = WatermarkMerge::new(7);
+        let mut tap = merge.tap();
+        let _tracking = merge.track(&TableName::parse("t"));
+        let ticket = merge.open("cache", &TableName::parse("t"), vec!["id".into()]);
+        merge.low_watermark_transaction(ticket.id, low_xid);
+        if let Some(transaction) = before_low {
+            tap.transaction(&transaction);
+        }
+        tap.message(&mark(&ticket.low, 20));
+        merge.chunk_read(ticket.id, read(&["1", "2"], visibility(), vec![104]));
+        let injected = tap.message(&mark(&ticket.high, 60));
+        let mut outcome = ticket.outcome;
+        match outcome.try_recv().unwrap() {
+            ChunkOutcome::Retry { .. } => true,
+            ChunkOutcome::Merged { written, .. } => {
+                assert_eq!((written, injected.len()), (2, 1));
+                false
+            }
+        }
+    }
+
+    /// 104 committed before the read ended without the stream delivering
+    /// it, so it changed no published row (an unpublished table's write, or
+    /// nothing): the chunk stands. Untracked, it is read again (the merge
+    /// cannot tell such a transaction from one it forgot).
+    #[test]
+    fn a_transaction_the_stream_never_delivered_costs_no_second_read_of_a_tracked_table() {
+        assert!(!tracked_read_again(102, None));
+        let changed_another_table = {
+            let mut transaction = transaction(104, 10, vec![ChangeOp::Insert { new: row("1", text("x")) }]);
+            let mut other = (*schema()).clone();
+            other.table = TableName::parse("u");
+            transaction.changes[0].table = Arc::new(other);
+            transaction
+        };
+        assert!(!tracked_read_again(102, Some(changed_another_table)), "104 changed table u only");
+    }
+
+    /// 104 changed the table and committed before the low watermark while
+    /// the read could not see it: read again, as untracked.
+    #[test]
+    fn a_tracked_transaction_that_changed_the_table_before_the_low_mark_makes_the_chunk_read_again() {
+        let changed = transaction(104, 10, vec![ChangeOp::Delete { old: row("2", ColumnValue::Null) }]);
+        assert!(tracked_read_again(102, Some(changed)));
+    }
+
+    /// 104 started before the tracking could have seen it commit (its id is
+    /// below the first low watermark's): read again.
+    #[test]
+    fn a_transaction_older_than_the_tracking_makes_the_chunk_read_again() {
+        assert!(tracked_read_again(105, None));
+    }
+
+    /// Past the history's bound the oldest ids are forgotten: a forgotten
+    /// transaction counts as one that may have changed the table.
+    #[test]
+    fn a_forgotten_transaction_counts_as_one_that_changed_the_table() {
+        let mut history = TableHistory { complete_from: Some(1_000), ..TableHistory::default() };
+        for xid in 1_000..1_000 + TABLE_TRANSACTIONS_KEPT as u32 + 10 {
+            history.record(xid);
+        }
+        assert_eq!(history.order.len(), TABLE_TRANSACTIONS_KEPT);
+        assert!(history.may_have_changed(1_005, 1 << 20), "forgotten");
+        assert!(history.may_have_changed(1_000 + TABLE_TRANSACTIONS_KEPT as u64, 1 << 20), "kept");
+        assert!(!history.may_have_changed(1_000 + TABLE_TRANSACTIONS_KEPT as u64 + 20, 1 << 20), "never recorded");
+    }
+
+    /// The history lives while a copy of the table holds its tracking.
+    #[test]
+    fn the_history_goes_with_the_last_copy_of_the_table() {
+        let merge = WatermarkMerge::new(7);
+        let table = TableName::parse("t");
+        let (first, second) = (merge.track(&table), merge.track(&table));
+        drop(first);
+        assert!(merge.lock().histories.contains_key(&table));
+        drop(second);
+        assert!(!merge.lock().histories.contains_key(&table));
     }
 
     #[test]
