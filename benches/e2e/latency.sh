@@ -10,8 +10,10 @@
 #   RATE=1000 DURATION=20 benches/e2e/latency.sh
 #
 # Environment (defaults in brackets): RATE [5000] transactions/s, DURATION [60] s,
-# CLIENTS [16] pgbench connections (4 reached only 2,400-3,600 tx/s here: each
-# waits for its own commit's flush), LANES [4] delivery.lanes of the Redis sink,
+# CLIENTS [4] pgbench connections (they reach 5,000 tx/s on a quiet 2-core machine;
+# on a loaded one each waits for its own commit's flush and the rate falls short:
+# check the tps printed, and raise CLIENTS; 16 busy backends on two cores also
+# delay everything else, see benches/README.md), LANES [4] delivery.lanes of the Redis sink,
 # PIPELINE_OPTIONS (extra [pipeline] lines, e.g. 'max_batch_delay_ms = 20'),
 # PGFANOUT_BIN [release build of this checkout].
 #
@@ -27,7 +29,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 RATE=${RATE:-5000}
 DURATION=${DURATION:-60}
-CLIENTS=${CLIENTS:-16}
+CLIENTS=${CLIENTS:-4}
 LANES=${LANES:-4}
 if [[ -z ${PGFANOUT_BIN:-} ]]; then
     (cd "$REPO_ROOT" && cargo build --release --quiet --bin pgfanout)
