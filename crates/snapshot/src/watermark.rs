@@ -31,9 +31,14 @@
 //! keeps the ids of the streamed transactions that changed it, so a
 //! transaction the stream never delivered (one that changed no published
 //! row: an unpublished table, or nothing at all) costs no second read; one
-//! older than the tracking, or forgotten, still does. Changes *after* the high watermark
-//! carry versions that beat the chunk's ([`Version::snapshot_row`]), and
-//! they reach the sink after the chunk, so a later delete is never undone.
+//! older than the tracking, or forgotten, still does. The same record
+//! catches a transaction in S's in-progress list that the stream delivered
+//! before the low watermark with a change to the table even when
+//! `pg_xact_status` did not call it committed yet (a backend flushes its
+//! commit record before it marks the commit in the commit log). Changes
+//! *after* the high watermark carry versions that beat the chunk's
+//! ([`Version::snapshot_row`]), and they reach the sink after the chunk, so
+//! a later delete is never undone.
 //!
 //! A dropped key whose invisible change was an update that left a TOASTed
 //! value out (the sink may hold a partial row) is returned in
@@ -425,6 +430,15 @@ impl Pending {
             !self.seen_xids.contains(&(xid as u32))
                 && !own_transactions.contains(&xid)
                 && history.is_none_or(|history| history.may_have_changed(xid, visibility.xmax))
+        }) || history.is_some_and(|history| {
+            // In progress for the read, yet streamed before the low watermark
+            // with a change to the table: it committed before the low
+            // watermark, whatever `pg_xact_status` said at the read's end
+            // (its backend may not have marked it committed yet).
+            visibility
+                .in_progress
+                .iter()
+                .any(|&xid| history.ids.contains(&(xid as u32)) && !self.seen_xids.contains(&(xid as u32)))
         });
         if missed {
             send(ChunkOutcome::Retry {
@@ -714,6 +728,26 @@ mod tests {
     fn a_tracked_transaction_that_changed_the_table_before_the_low_mark_makes_the_chunk_read_again() {
         let changed = transaction(104, 10, vec![ChangeOp::Delete { old: row("2", ColumnValue::Null) }]);
         assert!(tracked_read_again(102, Some(changed)));
+    }
+
+    /// 104 changed the table, was streamed before the low watermark, and
+    /// was still in progress for the read; `pg_xact_status` at the read's
+    /// end did not call it committed yet (its backend had flushed the
+    /// commit record, not yet marked it in the commit log). The stream's
+    /// record shows it committed before the low watermark: read again.
+    #[test]
+    fn a_streamed_change_the_read_saw_in_progress_makes_the_chunk_read_again_whatever_its_status() {
+        let merge = WatermarkMerge::new(7);
+        let mut tap = merge.tap();
+        let _tracking = merge.track(&TableName::parse("t"));
+        let ticket = merge.open("cache", &TableName::parse("t"), vec!["id".into()]);
+        merge.low_watermark_transaction(ticket.id, 102);
+        tap.transaction(&transaction(104, 10, vec![ChangeOp::Delete { old: row("2", ColumnValue::Null) }]));
+        tap.message(&mark(&ticket.low, 20));
+        merge.chunk_read(ticket.id, read(&["1", "2"], visibility(), vec![]));
+        assert!(tap.message(&mark(&ticket.high, 60)).is_empty());
+        let mut outcome = ticket.outcome;
+        assert!(matches!(outcome.try_recv().unwrap(), ChunkOutcome::Retry { .. }));
     }
 
     /// 104 started before the tracking could have seen it commit (its id is
