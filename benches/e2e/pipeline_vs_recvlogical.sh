@@ -31,7 +31,8 @@
 #   N [1000000]              row changes (a multiple of 100)
 #   REPEAT [3]               runs per variant and transport (taking turns)
 #   TRANSPORTS ["unix tcp"]  unix-domain socket and/or loopback TCP (same sslmode for both tools)
-#   SSLMODE [prefer]         sslmode in both tools' connection strings
+#   SSLMODE [disable]        sslmode in both tools' connection strings (plain TCP by default,
+#                            whether or not the stack's server has ssl on; require: TLS)
 #   LANES [1]                delivery.lanes of the discarding sink
 #   CALLGRIND=1              instead of timing: one run of pgfanout per transport under
 #                            valgrind --tool=callgrind, printing instructions per change (stable
@@ -56,7 +57,7 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 N=${N:-1000000}
 REPEAT=${REPEAT:-3}
 TRANSPORTS=${TRANSPORTS:-unix tcp}
-SSLMODE=${SSLMODE:-prefer}
+SSLMODE=${SSLMODE:-disable}
 LANES=${LANES:-1}
 HUGE=${HUGE:-}
 [[ -z $HUGE ]] || N=$HUGE
