@@ -96,6 +96,26 @@ fn spawn_writer(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> tok
     })
 }
 
+/// One table copied into a Redis server of the test's own: the server, a
+/// connection to it, pgfanout's HTTP address and its config (one Redis
+/// sink of `table` with key template `key`, one table copied at a time,
+/// plus the `[snapshot]` lines `snapshot`).
+async fn one_table_into_redis(
+    db: &TestDatabase,
+    table: &str,
+    key: &str,
+    snapshot: &str,
+) -> (OwnRedisServer, redis::aio::MultiplexedConnection, String, String) {
+    let server = OwnRedisServer::start().await;
+    let redis = redis_connection(&server.url).await;
+    let http = format!("127.0.0.1:{}", free_port());
+    let settings = format!(
+        "{}\n[snapshot]\nparallel_tables = 1\n{snapshot}",
+        redis_config(db, &server.url, &http, &[(table, key)])
+    );
+    (server, redis, http, settings)
+}
+
 async fn wait_snapshot_done(pgfanout: &Pgfanout) {
     wait_until("the snapshot to finish", Duration::from_secs(480), || async {
         pgfanout.metric("pgfanout_snapshot_tables_remaining{sink=\"cache\"}").await == Some(0.0)
@@ -563,13 +583,8 @@ async fn a_column_added_during_the_snapshot_is_copied_from_then_on() {
         )
         .await
         .unwrap();
-    let server = OwnRedisServer::start().await;
-    let mut redis = redis_connection(&server.url).await;
-    let http = format!("127.0.0.1:{}", free_port());
-    let settings = format!(
-        "{}\n[snapshot]\nparallel_tables = 1\nchunk_rows = 500\n",
-        redis_config(&db, &server.url, &http, &[("public.item", "item:{id}")])
-    );
+    let (_server, mut redis, http, settings) =
+        one_table_into_redis(&db, "public.item", "item:{id}", "chunk_rows = 500\n").await;
     let pgfanout = Pgfanout::start("snapshot_altered", &settings, &http);
     let sink = db.name.clone();
     let progress_key = format!("pgfanout:checkpoint:{sink}:snapshot");
@@ -632,13 +647,8 @@ async fn a_table_read_by_block_range_keeps_rows_updates_move_and_resumes_at_the_
     // Free space in the first blocks (in the free space map), for rows that
     // updates move there; statistics, for chunks of about chunk_rows rows.
     db.client.batch_execute("VACUUM ANALYZE plain").await.unwrap();
-    let server = OwnRedisServer::start().await;
-    let mut redis = redis_connection(&server.url).await;
-    let http = format!("127.0.0.1:{}", free_port());
-    let settings = format!(
-        "{}\n[snapshot]\nparallel_tables = 1\nchunk_rows = 1000\nreaders_per_table = 3\n",
-        redis_config(&db, &server.url, &http, &[("public.plain", "plain:{id}")])
-    );
+    let (_server, mut redis, http, settings) =
+        one_table_into_redis(&db, "public.plain", "plain:{id}", "chunk_rows = 1000\nreaders_per_table = 3\n").await;
     let progress_key = format!("pgfanout:checkpoint:{}:snapshot", db.name);
     let stored_progress = |redis: redis::aio::MultiplexedConnection| {
         let progress_key = progress_key.clone();
@@ -722,13 +732,8 @@ async fn writes_to_an_unpublished_table_do_not_make_chunks_be_read_again() {
         )
         .await
         .unwrap();
-    let server = OwnRedisServer::start().await;
-    let mut redis = redis_connection(&server.url).await;
-    let http = format!("127.0.0.1:{}", free_port());
-    let settings = format!(
-        "{}\n[snapshot]\nparallel_tables = 1\nchunk_rows = 1000\n",
-        redis_config(&db, &server.url, &http, &[("public.kept", "kept:{id}")])
-    );
+    let (_server, mut redis, http, settings) =
+        one_table_into_redis(&db, "public.kept", "kept:{id}", "chunk_rows = 1000\n").await;
     let (stop, commits) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let mut writers = Vec::new();
     for _ in 0..WRITERS {
