@@ -11,7 +11,7 @@
 #   PGFANOUT_BIN=/tmp/pgfanout-new benches/e2e/verify_redis.sh  # that binary throughout, no build
 #
 # Prints:
-#   verify rows=N seconds=T rows_per_second=R exit=0
+#   verify rows=N seconds=T rows_per_second=R exit=0 user_s=U sys_s=S peak_rss_kb=K   (verify's own CPU and memory)
 #   baseline rows=N seconds=T rows_per_second=R exit=0   (with BASELINE_BIN)
 #   copy rows=N seconds=T verify_ratio=…  (verify time / COPY time)
 set -euo pipefail
@@ -38,12 +38,14 @@ bench_run "$WORK/pgfanout.toml" "$N"
 
 start=$(date +%s.%N)
 code=0
-"${PGFANOUT_BIN:-$TARGET/${PROFILE:-release}/pgfanout}" --log-format json verify --config "$WORK/pgfanout.toml" \
+/usr/bin/time -o "$WORK/verify.time" -f '%U %S %M' \
+    "${PGFANOUT_BIN:-$TARGET/${PROFILE:-release}/pgfanout}" --log-format json verify --config "$WORK/pgfanout.toml" \
     >"$WORK/verify.out" 2>"$WORK/verify.log" || code=$?
 end=$(date +%s.%N)
 tail -2 "$WORK/verify.out" >&2
-awk -v n="$N" -v start="$start" -v end="$end" -v code="$code" \
-    'BEGIN { printf "verify rows=%d seconds=%.2f rows_per_second=%d exit=%d\n", n, end - start, n / (end - start), code }'
+read -r user_s sys_s rss_kb < <(tail -1 "$WORK/verify.time")
+awk -v n="$N" -v start="$start" -v end="$end" -v code="$code" -v user="$user_s" -v sys="$sys_s" -v rss="$rss_kb" \
+    'BEGIN { printf "verify rows=%d seconds=%.2f rows_per_second=%d exit=%d user_s=%.2f sys_s=%.2f peak_rss_kb=%d\n", n, end - start, n / (end - start), code, user, sys, rss }'
 verify_seconds=$(awk -v start="$start" -v end="$end" 'BEGIN { printf "%.3f", end - start }')
 if [[ -n ${BASELINE_BIN:-} ]]; then
     start=$(date +%s.%N)
