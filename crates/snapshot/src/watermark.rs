@@ -335,7 +335,13 @@ impl StreamTap for Tap {
     fn transaction(&mut self, transaction: &Transaction) {
         let mut shared = self.merge.lock();
         if !shared.histories.is_empty() {
+            // One look-up per run of changes to the same table, not per change.
+            let mut last: Option<&Arc<TableSchema>> = None;
             for change in &transaction.changes {
+                if last.is_some_and(|last| Arc::ptr_eq(last, &change.table)) {
+                    continue;
+                }
+                last = Some(&change.table);
                 if let Some(history) = shared.histories.get_mut(&change.table.table) {
                     history.record(transaction.xid.0);
                 }
