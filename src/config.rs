@@ -117,6 +117,9 @@ impl ArchiveConfig {
     }
 }
 
+/// The longest `source.busy_read_pause_us` accepted (100 ms).
+const MAX_BUSY_READ_PAUSE_US: u64 = 100_000;
+
 /// `[snapshot]`: the copy of existing rows into a sink that starts without
 /// them (no checkpoint yet, or a table newly added to its config).
 #[derive(Debug, Deserialize)]
@@ -340,6 +343,13 @@ impl Config {
         if self.source.password.is_some() && self.source.password_file.is_some() {
             problems.push("source: set either password (environment) or password_file, not both".to_owned());
         }
+        if self.source.busy_read_pause_us > MAX_BUSY_READ_PAUSE_US {
+            problems.push(format!(
+                "source.busy_read_pause_us: {} is longer than {MAX_BUSY_READ_PAUSE_US} (100 ms): a busy stream would \
+                 be read that rarely; the default, 500, is what pays over TCP (0 turns it off)",
+                self.source.busy_read_pause_us
+            ));
+        }
         if self.sinks.is_empty() {
             problems.push("no [[sink]] configured: add at least one, e.g. kind = \"redis\"".to_owned());
         }
@@ -479,6 +489,14 @@ key = "reservation:{id}"
         let err = parse(&MINIMAL.replace("slot_typo", "").replace("[source]", "[source]\nslto = \"x\"")).unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("slto"), "{text}");
+    }
+
+    #[test]
+    fn a_busy_read_pause_longer_than_100_ms_is_refused() {
+        let slow = MINIMAL.replace("[source]", "[source]\nbusy_read_pause_us = 250000");
+        let text = format!("{:#}", parse(&slow).unwrap_err());
+        assert!(text.contains("source.busy_read_pause_us: 250000 is longer than 100000"), "{text}");
+        assert!(parse(&MINIMAL.replace("[source]", "[source]\nbusy_read_pause_us = 0")).is_ok());
     }
 
     #[test]

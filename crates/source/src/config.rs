@@ -57,7 +57,8 @@ pub struct SourceConfig {
     /// pgfanout one by one: over loopback this halves the walsender's CPU
     /// per message. An idle stream is read the moment data arrives; unix
     /// sockets (too small a buffer to pile up in) are never paused; 0 turns
-    /// it off. The timer rounds it up to the millisecond. Default: 500.
+    /// it off. The timer rounds it up to the millisecond. At most 100000
+    /// (100 ms). Default: 500.
     #[serde(default = "default_busy_read_pause_us")]
     pub busy_read_pause_us: u64,
     /// Receive large transactions while they run (pgoutput `streaming`,
