@@ -48,7 +48,7 @@
 #                            spills it past spill_memory_mb and reads it back in pieces into
 #                            the discarding sink; one run over the unix socket prints wall
 #                            seconds, client CPU and peak RSS, for SPILL_MB / QUEUE_MB
-#                            ([pipeline] spill_memory_mb / queue_mb, defaults 16 / 8). E.g.
+#                            ([pipeline] spill_memory_mb / queue_mb, defaults 8 / 8, as pgfanout's). E.g.
 #                            HUGE=10000000 KEEP_DB=1 (the insert alone takes minutes; add REUSE=1
 #                            to run again on it)
 set -euo pipefail
@@ -245,7 +245,7 @@ source = "public.orders"
 
 [sink.delivery]
 lanes = $LANES
-$([[ -z $HUGE ]] || printf '\n[pipeline]\nspill_memory_mb = %s\nqueue_mb = %s\n' "${SPILL_MB:-16}" "${QUEUE_MB:-8}")
+$([[ -z $HUGE ]] || printf '\n[pipeline]\nspill_memory_mb = %s\nqueue_mb = %s\n' "${SPILL_MB:-8}" "${QUEUE_MB:-8}")
 TOML
 }
 
@@ -374,7 +374,7 @@ main() {
     if [[ -n $HUGE ]]; then
         log "load before the run: $(uptime)"
         printf 'one transaction of %s inserted rows, spill_memory_mb=%s queue_mb=%s, over the unix socket\n' \
-            "$N" "${SPILL_MB:-16}" "${QUEUE_MB:-8}"
+            "$N" "${SPILL_MB:-8}" "${QUEUE_MB:-8}"
         printf '%-15s %8s %7s %7s %10s\n' variant wall_s user_s sys_s max_rss_kb
         read -r seconds user system rss _ < <(timed pgfanout unix 1)
         printf '%-15s %8.2f %7.2f %7.2f %10d\n' pgfanout "$seconds" "$user" "$system" "$rss"
