@@ -42,7 +42,9 @@ pub struct StreamSettings {
     /// stream), the next read waits this long, so the walsender's messages
     /// pile up in the socket and come in one read instead of waking the
     /// reader one by one; zero reads at once. Unix sockets are always read
-    /// at once. The runtime's timer rounds it up to the millisecond.
+    /// at once; over TLS, whose layer hands over a record or so per read, a
+    /// read seldom reaches 16 KiB. The runtime's timer rounds the pause up
+    /// to the millisecond.
     pub busy_read_pause: Duration,
 }
 

@@ -456,7 +456,7 @@ impl TableCopy {
                     table: self.table.clone(),
                     key_names: key_names.to_vec(),
                 },
-                ReaderTurn { at, first_exists: turn == 0, stride: readers as u64 },
+                ReaderTurn { at, first_exists: turn == 0, step: readers as u64 * per_chunk },
                 sender,
             );
             let task = spawn_on_own_thread(reading)
@@ -789,9 +789,9 @@ struct ReaderTurn {
     /// first reader's: a table without rows still has one, empty, chunk);
     /// any other chunk of blocks exists only below the layout's end.
     first_exists: bool,
-    /// Readers of the table: the reader's next chunk of blocks is this many
-    /// chunks on.
-    stride: u64,
+    /// Blocks from one of its chunks of blocks to its next: the other
+    /// readers' chunks lie in between.
+    step: u64,
 }
 
 /// Connects, then reads its chunks ([`ReaderTurn`]) back to back, each
@@ -804,7 +804,7 @@ async fn read_chunks_ahead(
     turn: ReaderTurn,
     chunks: mpsc::Sender<Result<ReadAheadChunk, SnapshotError>>,
 ) {
-    let ReaderTurn { mut at, first_exists, stride } = turn;
+    let ReaderTurn { mut at, first_exists, step } = turn;
     let beyond_end = |at: &Position| match (at, &reader.table().blocks) {
         (Position::Block(from), Some(layout)) => *from >= layout.end,
         _ => false,
@@ -850,9 +850,7 @@ async fn read_chunks_ahead(
         let next = match (&at, fetched.more) {
             (_, false) => None,
             (Position::Key(_), true) => Some(Position::Key(fetched.last_key.clone())),
-            (Position::Block(from), true) => Some(Position::Block(
-                from + stride * reader.table().blocks.as_ref().map_or(1, |layout| layout.per_chunk),
-            )),
+            (Position::Block(from), true) => Some(Position::Block(from + step)),
         };
         let fetched_in = started.elapsed();
         last_read_end = Some(started + fetched_in);

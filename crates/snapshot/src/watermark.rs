@@ -170,7 +170,7 @@ struct TableHistory {
 
 impl TableHistory {
     fn record(&mut self, xid: u32) {
-        if self.order.back() == Some(&xid) || !self.ids.insert(xid) {
+        if !self.ids.insert(xid) {
             return;
         }
         self.order.push_back(xid);
