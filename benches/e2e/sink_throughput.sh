@@ -20,6 +20,7 @@
 #   sink=S changes=N seconds=T changes_per_second=R peak_rss_kb=K   (discard, then the store)
 #   ratio_to_discard=R
 #   (redis) yardstick=... requests_per_second=R pgfanout_ratio=...
+#   (redis) beside=NAME ... ceiling_ratio=R   (what sharing the CPUs allows; see below)
 #
 # CALLGRIND=1: instead of timing, pgfanout runs under `valgrind
 # --tool=callgrind` (whole process, start-up included), which counts the
@@ -104,6 +105,11 @@ if [[ $SINK != discard ]]; then
     # The discarding pipeline on the same backlog (a copy of the slot), just
     # before the store's run: the yardstick for the store's ratio.
     bench_copy_slot bench_sink bench_sink_discard
+    if [[ $SINK == redis && ${CALLGRIND:-0} != 1 ]]; then
+        # Two more copies, for the discarding pipeline beside Redis writers (below).
+        bench_copy_slot bench_sink bench_sink_beside_hset
+        bench_copy_slot bench_sink bench_sink_beside_rows
+    fi
     { bench_source bench_sink bench_sink_discard && bench_stream_only; } >"$WORK/discard.toml"
     printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/discard.toml"
     printf '[[sink.table]]\nsource = "public.orders"\n[sink.delivery]\nlanes = %s\n' "$LANES" >>"$WORK/discard.toml"
@@ -159,15 +165,83 @@ if [[ $SINK == redis ]]; then
     HOST_PORT=${PGFANOUT_TEST_REDIS_URL#redis://}
     BENCH=(redis-benchmark -h "${HOST_PORT%:*}" -p "${HOST_PORT##*:}" --dbnum 9 -P 64 -n "$N" -r "$N" -q)
     yardstick() {
-        local name=$1 rps
+        local name=$1
         shift
         rps=$("${BENCH[@]}" "$@" | tr '\r' '\n' | awk '/requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") v = $(i - 1) } END { printf "%.0f", v }')
         awk -v name="$name" -v rps="$rps" -v rate="$RATE" \
             'BEGIN { printf "yardstick=%s requests_per_second=%d pgfanout_ratio=%.2f\n", name, rps, rate / rps }'
     }
+    ROW_HSET=(HSET order:__rand_int__ id __rand_int__ customer "customer __rand_int__"
+        amount 123.99 quantity 3 paid t placed_at "2026-11-23 10:00:00.123456+00"
+        reference 6512bd43-d9ca-a6e0-2c99-0b0a82652dca attributes '{"n": 12345, "channel": "web"}')
     yardstick redis-benchmark-hset -t hset
-    yardstick hset-8-fields HSET order:__rand_int__ id __rand_int__ customer "customer __rand_int__" \
-        amount 123.99 quantity 3 paid t placed_at "2026-11-23 10:00:00.123456+00" \
-        reference 6512bd43-d9ca-a6e0-2c99-0b0a82652dca attributes '{"n": 12345, "channel": "web"}'
+    yardstick hset-8-fields "${ROW_HSET[@]}"
+    HSET_RATE=$rps
     redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
+
+    # What sharing the CPUs allows. The walsender, pgfanout and Redis run on
+    # the same cores, so a sink at r rows/s needs the pipeline's work at r
+    # and Redis's at r at the same time. `beside` drains one more copy of the
+    # slot with the discarding pipeline while a writer puts N rows into
+    # Redis: one more point (P, W) of what the two reach together, between
+    # the pipeline alone (DISCARD_RATE, 0) and the writer alone (0, A). On
+    # the straight line through the two points on either side of P = W, the
+    # rate both reach estimates the most a sink could reach whose rows cost
+    # Redis what the writer's rows cost and pgfanout nothing beyond the
+    # discarding pipeline: a ceiling, estimated, not a measure. Two writers:
+    # - hset-8-fields: redis-benchmark's bare HSET of a row (above);
+    # - row-writes: what the sink's writes are without its script, sent by
+    #   `redis-cli --pipe`: per row DEL (an insert replaces the key) and HSET
+    #   of the version and the 8 columns, per 1,000 rows one SADD of their
+    #   keys to the table's index set (for TRUNCATE).
+    writer_rate() { awk '/requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") v = $(i - 1) } END { printf "%.0f", v }'; }
+    hset_writer() { "${BENCH[@]}" "${ROW_HSET[@]}" 2>&1 | tr '\r' '\n' | writer_rate; }
+    awk -v n="$N" 'function arg(text) { return "$" length(text) "\r\n" text "\r\n" }
+        BEGIN {
+            for (first = 1; first <= n; first += 1000) {
+                last = first + 999 > n ? n : first + 999
+                keys = ""
+                for (g = first; g <= last; g++) {
+                    key = "orders:" g
+                    keys = keys arg(key)
+                    printf "*2\r\n%s%s", arg("DEL"), arg(key)
+                    printf "*20\r\n%s%s%s%s%s%s%s%s", arg("HSET"), arg(key), arg("_pgfanout_version"),
+                        arg(sprintf("0000000001A2B3C4.%08X", g)), arg("id"), arg(g), arg("customer"), arg("customer " g)
+                    printf "%s%s%s%s%s%s", arg("amount"), arg(g % 1000 ".99"), arg("quantity"), arg(g % 7),
+                        arg("paid"), arg(g % 2 ? "f" : "t")
+                    printf "%s%s%s%s%s%s", arg("placed_at"), arg("2026-11-23 10:00:00.123456+00"), arg("reference"),
+                        arg("6512bd43-d9ca-a6e0-2c99-0b0a82652dca"), arg("attributes"), arg("{\"n\": " g ", \"channel\": \"web\"}")
+                }
+                printf "*%d\r\n%s%s%s", last - first + 3, arg("SADD"), arg("pgfanout:index:bench:public.orders"), keys
+            }
+        }' >"$WORK/row-writes.resp"
+    row_writer() {
+        local start
+        start=$(date +%s.%N)
+        redis-cli -u "$REDIS_BENCH_URL" --pipe <"$WORK/row-writes.resp" >/dev/null
+        awk -v n="$N" -v start="$start" -v end="$(date +%s.%N)" 'BEGIN { printf "%.0f", n / (end - start) }'
+    }
+    ROW_WRITES_RATE=$(row_writer)
+    redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
+    echo "yardstick=row-writes rows_per_second=$ROW_WRITES_RATE pgfanout_ratio=$(awk -v r="$RATE" -v w="$ROW_WRITES_RATE" 'BEGIN { printf "%.2f", r / w }')"
+    # beside NAME ALONE_RATE WRITER SLOT: the point and the estimate for one writer.
+    beside() {
+        local name=$1 alone=$2 writer=$3 copy=$4 written
+        { bench_source bench_sink "$copy" && bench_stream_only; } >"$WORK/beside.toml"
+        printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/beside.toml"
+        printf '[[sink.table]]\nsource = "public.orders"\n[sink.delivery]\nlanes = %s\n' "$LANES" >>"$WORK/beside.toml"
+        "$writer" >"$WORK/beside.rate" &
+        local writer_pid=$!
+        bench_run "$WORK/beside.toml" "$N"
+        bench_stop
+        wait "$writer_pid"
+        written=$(cat "$WORK/beside.rate")
+        redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
+        awk -v name="$name" -v d="$DISCARD_RATE" -v a="$alone" -v p="$RATE" -v w="$written" 'BEGIN {
+            if (w >= p) r = p + (d - p) * (w - p) / (d - p + w); else r = p * a / (p + a - w)
+            printf "beside=%s pipeline_per_second=%d writes_per_second=%d shares_of_alone=%.2f+%.2f ceiling_ratio=%.2f\n", name, p, w, p / d, w / a, r / d
+        }'
+    }
+    beside hset-8-fields "$HSET_RATE" hset_writer bench_sink_beside_hset
+    beside row-writes "$ROW_WRITES_RATE" row_writer bench_sink_beside_rows
 fi
