@@ -164,10 +164,12 @@ if [[ $SINK == redis ]]; then
     redis-cli -u "$REDIS_BENCH_URL" FLUSHDB >/dev/null
     HOST_PORT=${PGFANOUT_TEST_REDIS_URL#redis://}
     BENCH=(redis-benchmark -h "${HOST_PORT%:*}" -p "${HOST_PORT##*:}" --dbnum 9 -P 64 -n "$N" -r "$N" -q)
+    # writer_rate: the requests per second redis-benchmark printed last.
+    writer_rate() { tr '\r' '\n' | awk '/requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") v = $(i - 1) } END { printf "%.0f", v }'; }
     yardstick() {
         local name=$1
         shift
-        rps=$("${BENCH[@]}" "$@" | tr '\r' '\n' | awk '/requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") v = $(i - 1) } END { printf "%.0f", v }')
+        rps=$("${BENCH[@]}" "$@" | writer_rate)
         awk -v name="$name" -v rps="$rps" -v rate="$RATE" \
             'BEGIN { printf "yardstick=%s requests_per_second=%d pgfanout_ratio=%.2f\n", name, rps, rate / rps }'
     }
@@ -194,8 +196,7 @@ if [[ $SINK == redis ]]; then
     #   `redis-cli --pipe`: per row DEL (an insert replaces the key) and HSET
     #   of the version and the 8 columns, per 1,000 rows one SADD of their
     #   keys to the table's index set (for TRUNCATE).
-    writer_rate() { awk '/requests per second/ { for (i = 1; i <= NF; i++) if ($i == "requests") v = $(i - 1) } END { printf "%.0f", v }'; }
-    hset_writer() { "${BENCH[@]}" "${ROW_HSET[@]}" 2>&1 | tr '\r' '\n' | writer_rate; }
+    hset_writer() { "${BENCH[@]}" "${ROW_HSET[@]}" 2>&1 | writer_rate; }
     awk -v n="$N" 'function arg(text) { return "$" length(text) "\r\n" text "\r\n" }
         BEGIN {
             for (first = 1; first <= n; first += 1000) {
