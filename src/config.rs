@@ -226,8 +226,9 @@ pub struct PipelineConfig {
     /// `spill_memory_mb`, this bounds the memory a slow sink can cost: peak
     /// RSS stays under about 12 MB + 3 × (`spill_memory_mb` + `queue_mb`)
     /// per sink (measured while a 10,000,000-row transaction is spilled and
-    /// applied: 58 MB with the defaults, 8 and 8; 67 MB with
-    /// `spill_memory_mb = 16`; keep the two at 16 or less for under 64 MB).
+    /// applied: 57-58 MB with the defaults, 8 and 8; 67-71 MB with
+    /// `spill_memory_mb = 16`; keep the two together at 16 or less for
+    /// under 64 MB).
     /// Default: 8.
     #[serde(default = "default_queue_mb")]
     pub queue_mb: usize,
