@@ -110,9 +110,13 @@ if [[ $SINK != discard ]]; then
         bench_copy_slot bench_sink bench_sink_beside_hset
         bench_copy_slot bench_sink bench_sink_beside_rows
     fi
-    { bench_source bench_sink bench_sink_discard && bench_stream_only; } >"$WORK/discard.toml"
-    printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/discard.toml"
-    printf '[[sink.table]]\nsource = "public.orders"\n[sink.delivery]\nlanes = %s\n' "$LANES" >>"$WORK/discard.toml"
+    # discard_config SLOT: the config of the discarding pipeline reading slot SLOT.
+    discard_config() {
+        bench_source bench_sink "$1" && bench_stream_only
+        printf '[[sink]]\nname = "null"\nkind = "discard"\n'
+        printf '[[sink.table]]\nsource = "public.orders"\n[sink.delivery]\nlanes = %s\n' "$LANES"
+    }
+    discard_config bench_sink_discard >"$WORK/discard.toml"
     export CALLGRIND_FILE=${CALLGRIND_OUT:-}/callgrind.out.sink-discard
     bench_run "$WORK/discard.toml" "$N"
     CPU=$(cpu_seconds "$PGFANOUT_PID")
@@ -228,9 +232,7 @@ if [[ $SINK == redis ]]; then
     # beside NAME ALONE_RATE WRITER SLOT: the point and the estimate for one writer.
     beside() {
         local name=$1 alone=$2 writer=$3 copy=$4 written
-        { bench_source bench_sink "$copy" && bench_stream_only; } >"$WORK/beside.toml"
-        printf '[[sink]]\nname = "null"\nkind = "discard"\n' >>"$WORK/beside.toml"
-        printf '[[sink.table]]\nsource = "public.orders"\n[sink.delivery]\nlanes = %s\n' "$LANES" >>"$WORK/beside.toml"
+        discard_config "$copy" >"$WORK/beside.toml"
         "$writer" >"$WORK/beside.rate" &
         local writer_pid=$!
         bench_run "$WORK/beside.toml" "$N"
